@@ -1,0 +1,50 @@
+"""`python -m broker`: run the AegisFS broker (request routing and the event proxy)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import zmq
+
+from . import config
+from .process import setup_logging, stop_on_signals
+from .server import Broker
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (default: $AEGISFS_CONFIG or configs/cluster.toml).")
+@click.option("--base-port", type=int, help="Derive all endpoints on 127.0.0.1: client P, "
+              "worker P+1, events in P+2, events out P+3.")
+@click.option("--client", help="Client endpoint to bind, e.g. tcp://127.0.0.1:5550.")
+@click.option("--worker", help="Worker endpoint to bind.")
+@click.option("--events-in", help="XSUB endpoint publishers connect to.")
+@click.option("--events-out", help="XPUB endpoint subscribers connect to.")
+@click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
+def main(config_path, base_port, client, worker, events_in, events_out, heartbeat_interval,
+         log_level, log_file) -> None:
+    """Route requests between AegisFS clients and workers, and relay events.
+
+    Example: python -m broker --base-port 6000
+    """
+    setup_logging(log_level, log_file)
+    flags = {"client": client, "worker": worker, "events_in": events_in,
+             "events_out": events_out, "heartbeat_interval": heartbeat_interval}
+    if base_port:
+        flags = {**config.endpoints_for_base_port(base_port),
+                 **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        cfg = config.load(config_path, {"broker": flags})["broker"]
+        broker = Broker(cfg)
+    except (config.ConfigError, zmq.ZMQError) as exc:
+        logging.getLogger("broker").error("cannot start the broker: %s", exc)
+        sys.exit(2)
+    stop_on_signals(broker.stop)
+    broker.run()
+
+
+if __name__ == "__main__":
+    main()

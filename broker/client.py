@@ -1,0 +1,192 @@
+"""Client helper: requests to services through the broker, matched to replies by id.
+
+    c = Client("tcp://127.0.0.1:5550")
+    r = c.call("mds", {"op": "stat", "path": "/a"})       # r.result, r.payload
+    rid = c.send("dn.dn1", {"op": "get_block", ...})      # pipelined: up to max_in_flight
+    r = c.wait(rid)
+
+Errors arrive as OSError subclasses (FileNotFoundError, ...). No broker within
+`connect_timeout` -> BrokerUnavailable; no reply within the timeout -> TimeoutError; the
+broker connection dropping with requests out -> ConnectionResetError for each, at once,
+so callers can retry instead of waiting out a timeout. One Client per thread.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import zmq
+
+from . import protocol as P
+from . import wire
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(ConnectionRefusedError):
+    """The broker cannot be reached (the cluster is down or the endpoint is wrong)."""
+
+
+@dataclass(slots=True)
+class Reply:
+    rid: int
+    service: str
+    result: dict | None = None
+    error: OSError | None = None
+    payload: list = field(default_factory=list)   # memoryviews
+
+    def unwrap(self) -> "Reply":
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class Client:
+    def __init__(self, endpoint: str, *, timeout: float = 30.0, max_in_flight: int = 64,
+                 connect_timeout: float = 5.0, context: zmq.Context | None = None,
+                 hwm: int = 1000, max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self.connect_timeout = connect_timeout
+        self.max_header = max_header
+        self.ctx = context or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        wire.configure(self.sock, hwm=hwm)
+        # Queue only on a live connection, so a down broker is seen at once (POLLOUT).
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._monitor = wire.monitor(self.sock)
+        self.sock.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[str, float]] = {}   # rid -> (service, deadline)
+        self._done: dict[int, Reply] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent whose replies have not been collected yet (by wait/wait_any)."""
+        return len(self._pending) + len(self._done)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, service: str, header: Mapping[str, Any], payload: Iterable = (),
+             timeout: float | None = None) -> int:
+        """Send a request; returns its id. Blocks while `max_in_flight` requests are out."""
+        while len(self._pending) >= self.max_in_flight:
+            self._pump(self._earliest_deadline())
+        if not self.sock.poll(self.connect_timeout * 1000, zmq.POLLOUT):
+            raise BrokerUnavailable(errno.ECONNREFUSED,
+                                    f"cannot reach the broker at {self.endpoint} within "
+                                    f"{self.connect_timeout:g}s (is the cluster running?)")
+        rid = next(self._ids)
+        env = P.pack(P.REQUEST, service.encode("ascii"), struct.pack(">Q", rid),
+                     P.encode_header(header))
+        wire.send(self.sock, [env, *payload])
+        self._pending[rid] = (service, time.monotonic() + (timeout or self.timeout))
+        return rid
+
+    def call(self, service: str, header: Mapping[str, Any], payload: Iterable = (),
+             timeout: float | None = None) -> Reply:
+        return self.wait(self.send(service, header, payload, timeout))
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def wait(self, rid: int, timeout: float | None = None) -> Reply:
+        """The reply to `rid` (raising its error). Other replies are kept for later."""
+        limit = None if timeout is None else time.monotonic() + timeout
+        while rid not in self._done:
+            if rid not in self._pending:
+                raise KeyError(f"request {rid} is not outstanding")
+            deadline = self._pending[rid][1]
+            if limit is not None:
+                if time.monotonic() >= limit:
+                    service = self._pending.pop(rid)[0]
+                    raise TimeoutError(errno.ETIMEDOUT, f"no reply from service {service!r} in time")
+                deadline = min(limit, deadline)
+            self._pump(deadline)
+        return self._done.pop(rid).unwrap()
+
+    def wait_any(self, timeout: float | None = None) -> Reply | None:
+        """The next finished reply (not raised: check .error), or None on timeout."""
+        limit = time.monotonic() + timeout if timeout is not None else None
+        while not self._done:
+            if not self._pending:
+                return None
+            deadline = self._earliest_deadline()
+            if limit is not None:
+                if time.monotonic() >= limit:
+                    return None
+                deadline = min(deadline, limit)
+            self._pump(deadline)
+        rid = next(iter(self._done))
+        return self._done.pop(rid)
+
+    def _earliest_deadline(self) -> float:
+        return min(d for _, d in self._pending.values())
+
+    def _pump(self, deadline: float) -> None:
+        """Receive what is waiting (or wait until `deadline`); expire overdue requests."""
+        wait = max(0.0, deadline - time.monotonic())
+        events = dict(self._poller.poll(wait * 1000))
+        if self._monitor in events and zmq.EVENT_DISCONNECTED in wire.monitor_events(self._monitor):
+            self._fail_all(ConnectionResetError(
+                errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))
+        if self.sock in events:
+            while True:
+                try:
+                    _, env, payload = wire.recv(self.sock, wire.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._accept(env, payload)
+                if not wire.readable(self.sock):
+                    break
+        now = time.monotonic()
+        for rid, (service, dl) in list(self._pending.items()):
+            if dl <= now:
+                del self._pending[rid]
+                self._done[rid] = Reply(rid, service, error=TimeoutError(
+                    errno.ETIMEDOUT, f"no reply from service {service!r} in time"))
+
+    def _accept(self, env: bytes, payload: list) -> None:
+        try:
+            cmd, _, rid_bytes, header = P.unpack(env)
+        except P.ProtocolError as exc:
+            log.warning("dropped a malformed reply from the broker: %s", exc)
+            return
+        if cmd != P.REPLY or len(rid_bytes) != 8:
+            log.warning("dropped a reply with command %d / request id of %d bytes",
+                        cmd, len(rid_bytes))
+            return
+        rid = struct.unpack(">Q", rid_bytes)[0]
+        entry = self._pending.pop(rid, None)
+        if entry is None:
+            return   # a late reply to a request we already gave up on
+        reply = Reply(rid, entry[0], payload=wire.payload_views(payload))
+        try:
+            reply.result = P.parse_reply(header, self.max_header)
+        except OSError as exc:
+            reply.error = exc
+        self._done[rid] = reply
+
+    def _fail_all(self, exc: OSError) -> None:
+        for rid, (service, _) in self._pending.items():
+            self._done[rid] = Reply(rid, service, error=exc)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""Configuration loading: the one place that reads configs/*.toml and AEGISFS_* variables.
+
+Precedence, lowest first: built-in defaults < TOML file < environment < explicit flags
+(the caller passes flags as `overrides`). Every role calls `load()` and reads its section.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "cluster.toml"
+DEFAULT_BASE_PORT = 5550
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "broker": {
+        "client": "tcp://127.0.0.1:5550",
+        "worker": "tcp://127.0.0.1:5551",
+        "events_in": "tcp://127.0.0.1:5552",
+        "events_out": "tcp://127.0.0.1:5553",
+        "heartbeat_interval": 1.0,
+        "heartbeat_liveness": 3,
+        "max_message_size": 64 * 1024 * 1024 + 1024 * 1024,
+        "hwm": 1000,
+        "max_header_size": 65536,
+        "request_ttl": 120.0,
+    },
+    "mds": {
+        "data_dir": "data/mds",
+        "replication": 2,
+        "block_size": 4 * 1024 * 1024,
+        "lease": 60.0,
+        "dead_after": 5.0,
+        "checkpoint_records": 200_000,
+        "checkpoint_bytes": 64 * 1024 * 1024,
+    },
+    "datanode": {
+        "data_dir": "data/dn",
+        "heartbeat": 1.0,
+        "scrub_rate": 16 * 1024 * 1024,
+        "writer_threads": 2,
+    },
+    "client": {"timeout": 30.0, "window": 8},
+}
+
+# Short aliases users reach for first; they win over the long AEGISFS_BROKER_CLIENT form.
+ENV_ALIASES = {"AEGISFS_BROKER": ("broker", "client")}
+
+
+class ConfigError(ValueError):
+    """A configuration file or variable that cannot be used."""
+
+
+def endpoints_for_base_port(port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """The broker endpoints derived from one base port: client P, worker P+1, events P+2/P+3."""
+    return {
+        "client": f"tcp://{host}:{port}",
+        "worker": f"tcp://{host}:{port + 1}",
+        "events_in": f"tcp://{host}:{port + 2}",
+        "events_out": f"tcp://{host}:{port + 3}",
+    }
+
+
+def _coerce(value: str, like: Any, name: str) -> Any:
+    try:
+        if isinstance(like, bool):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(like, int):
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r}: expected {type(like).__name__}") from exc
+    return value
+
+
+def _merge(base: dict[str, dict[str, Any]], extra: Mapping[str, Any], origin: str) -> None:
+    for section, values in extra.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        base.setdefault(section, {}).update(values)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Return the merged configuration as {section: {key: value}}.
+
+    `path` defaults to $AEGISFS_CONFIG or configs/cluster.toml (a missing default file is
+    fine; a missing explicit one is an error). `overrides` holds flag values; None values
+    are ignored so click options can be passed straight through.
+    """
+    env = os.environ if environ is None else environ
+    cfg = copy.deepcopy(DEFAULTS)
+    explicit = path is not None or "AEGISFS_CONFIG" in env
+    cfg_path = Path(path or env.get("AEGISFS_CONFIG") or DEFAULT_CONFIG)
+    if cfg_path.exists():
+        try:
+            with cfg_path.open("rb") as fh:
+                _merge(cfg, tomllib.load(fh), str(cfg_path))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{cfg_path}: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"config file not found: {cfg_path}")
+
+    for section, values in cfg.items():
+        for key, value in list(values.items()):
+            name = f"AEGISFS_{section.upper()}_{key.upper()}"
+            if name in env:
+                values[key] = _coerce(env[name], value, name)
+    for name, (section, key) in ENV_ALIASES.items():
+        if env.get(name):
+            cfg[section][key] = env[name]
+
+    for section, values in (overrides or {}).items():
+        cfg.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return cfg

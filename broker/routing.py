@@ -1,0 +1,265 @@
+"""The broker's routing core, sans-IO: services, workers, dispatch, heartbeats, expiry.
+
+Theory of operation. Inputs are parsed messages (`on_client`, `on_worker`) and the passage
+of time (`tick`, with an injected clock); outputs are lists of `(side, identity, frames)`
+sends that the I/O loop performs verbatim. Nothing here imports zmq.
+
+- A worker registers with READY (service name, capacity = how many requests it takes at
+  once). Requests go to the live worker of the service with the fewest in flight; when every
+  worker is at capacity they wait in a bounded per-service queue (full -> EBUSY).
+- A request for a service with no live worker is answered at once with ECONNREFUSED.
+- Any message from a worker proves it alive. Heartbeats go to every worker each interval;
+  a worker silent for `liveness` intervals is expired: its in-flight requests are answered
+  with ECONNRESET and queued ones (if no other worker is left) with ECONNREFUSED.
+- An unregistered peer on the worker side (e.g. after a broker restart) gets DISCONNECT,
+  which makes its helper send READY again.
+- In-flight entries older than `request_ttl` are dropped, so a client that went away costs
+  nothing forever; replies to unknown requests are dropped (ZeroMQ drops unroutable sends).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import protocol as P
+
+log = logging.getLogger(__name__)
+
+CLIENT = 0   # send on the client-facing socket
+WORKER = 1   # send on the worker-facing socket
+
+Send = tuple[int, bytes, list]
+
+
+@dataclass(eq=False, slots=True)
+class Worker:
+    identity: bytes
+    service: "Service"
+    capacity: int
+    expiry: float
+    in_flight: set = field(default_factory=set)   # (client, rid) keys
+
+
+@dataclass(eq=False, slots=True)
+class Service:
+    name: str
+    name_bytes: bytes
+    workers: list = field(default_factory=list)
+    queue: deque = field(default_factory=deque)   # (client, rid, header, payload)
+
+
+class Router:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+                 heartbeat_interval: float = 1.0, liveness: int = 3,
+                 max_queue: int = 10_000, request_ttl: float = 120.0,
+                 max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+        self.clock = clock
+        self.interval = heartbeat_interval
+        self.liveness = liveness
+        self.max_queue = max_queue
+        self.request_ttl = request_ttl
+        self.max_header = max_header
+        self.services: dict[bytes, Service] = {}
+        self.workers: dict[bytes, Worker] = {}
+        # (client, rid) -> (worker, deadline); swept once per heartbeat interval
+        self.in_flight: dict[tuple[bytes, bytes], tuple[Worker, float]] = {}
+        self._next_heartbeat = clock() + heartbeat_interval
+        self.stats = {"requests": 0, "replies": 0, "dropped_replies": 0, "rejected": 0,
+                      "expired_workers": 0}
+
+    # -- client side ---------------------------------------------------------------------
+
+    def on_client(self, client: bytes, env: bytes, payload: list) -> list[Send]:
+        """One message from a client: its envelope frame and payload frames."""
+        cmd, service, rid, header = P.unpack(env)
+        if cmd != P.REQUEST:
+            name = P.COMMAND_NAMES.get(cmd, str(cmd))
+            raise P.ProtocolError(f"command {name} is not valid from a client")
+        if not rid or len(rid) > P.MAX_RID_LEN:
+            raise P.ProtocolError(f"request id must be 1..{P.MAX_RID_LEN} bytes")
+        if len(header) > self.max_header:
+            return [self._error(client, service, rid, "EMSGSIZE",
+                                f"header of {len(header)} bytes exceeds {self.max_header}")]
+        svc = self.services.get(service)
+        if svc is None or not svc.workers:
+            name = P.decode_name(service, "service name")
+            if name == P.BROKER_SERVICE:
+                return [self._broker_service(client, rid, header)]
+            return [self._error(client, service, rid, P.E_NO_WORKER,
+                                f"no live worker for service {name!r}")]
+        key = (client, rid)
+        if key in self.in_flight:
+            return [self._error(client, service, rid, P.E_PROTOCOL,
+                                "request id already in flight")]
+        self.stats["requests"] += 1
+        worker = self._pick(svc)
+        if worker is None:
+            if len(svc.queue) >= self.max_queue:
+                self.stats["rejected"] += 1
+                return [self._error(client, service, rid, P.E_BUSY,
+                                    f"service {svc.name!r} is overloaded; retry later")]
+            svc.queue.append((client, rid, header, payload))
+            return []
+        return [self._dispatch(worker, client, rid, header, payload)]
+
+    @staticmethod
+    def _pick(svc: Service) -> Worker | None:
+        workers = svc.workers
+        if len(workers) == 1:
+            w = workers[0]
+            return w if len(w.in_flight) < w.capacity else None
+        best = None
+        for w in workers:
+            n = len(w.in_flight)
+            if n < w.capacity and (best is None or n < len(best.in_flight)):
+                best = w
+        return best
+
+    def _dispatch(self, worker: Worker, client: bytes, rid: bytes, header: bytes,
+                  payload: list) -> Send:
+        key = (client, rid)
+        self.in_flight[key] = (worker, self.clock() + self.request_ttl)
+        worker.in_flight.add(key)
+        return (WORKER, worker.identity, [P.pack(P.REQUEST, client, rid, header), *payload])
+
+    def _error(self, client: bytes, service: bytes, rid: bytes, code: str, message: str) -> Send:
+        return (CLIENT, client, [P.pack(P.REPLY, service, rid, P.error_header(code, message))])
+
+    def _broker_service(self, client: bytes, rid: bytes, header: bytes) -> Send:
+        """A tiny management interface: ping, and the live workers of each service."""
+        service = P.BROKER_SERVICE.encode()
+        try:
+            op = P.decode_header(header, self.max_header, {"op": str})["op"]
+        except P.ProtocolError as exc:
+            return self._error(client, service, rid, P.E_PROTOCOL, str(exc))
+        if op == "ping":
+            result: dict[str, Any] = {"pong": True}
+        elif op == "services":
+            result = {"services": {s.name: len(s.workers)
+                                   for s in self.services.values() if s.workers}}
+        else:
+            return self._error(client, service, rid, "EOPNOTSUPP",
+                               f"broker has no operation {op!r}")
+        return (CLIENT, client, [P.pack(P.REPLY, service, rid, P.ok_header(result))])
+
+    # -- worker side ---------------------------------------------------------------------
+
+    def on_worker(self, identity: bytes, env: bytes, payload: list) -> list[Send]:
+        cmd, name, rid, header = P.unpack(env)
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.expiry = self.clock() + self.interval * self.liveness
+        if cmd == P.REPLY:
+            if worker is None:
+                return [(WORKER, identity, [P.DISCONNECT_ENV])]
+            return self._on_reply(worker, name, rid, header, payload)
+        if cmd == P.HEARTBEAT:
+            return [] if worker else [(WORKER, identity, [P.DISCONNECT_ENV])]
+        if cmd == P.READY:
+            return self._on_ready(identity, name, header)
+        if cmd == P.DISCONNECT:
+            return self._remove_worker(worker) if worker else []
+        cname = P.COMMAND_NAMES.get(cmd, str(cmd))
+        raise P.ProtocolError(f"command {cname} is not valid from a worker")
+
+    def _on_reply(self, worker: Worker, client: bytes, rid: bytes, header: bytes,
+                  payload: list) -> list[Send]:
+        key = (client, rid)
+        entry = self.in_flight.get(key)
+        if entry is None or entry[0] is not worker:
+            self.stats["dropped_replies"] += 1
+            return []
+        del self.in_flight[key]
+        worker.in_flight.discard(key)
+        self.stats["replies"] += 1
+        svc = worker.service
+        out: list[Send] = [(CLIENT, client, [P.pack(P.REPLY, svc.name_bytes, rid, header),
+                                             *payload])]
+        if svc.queue:
+            out.extend(self._drain_queue(svc))
+        return out
+
+    def _drain_queue(self, svc: Service) -> list[Send]:
+        out = []
+        while svc.queue:
+            worker = self._pick(svc)
+            if worker is None:
+                break
+            client, rid, header, payload = svc.queue.popleft()
+            out.append(self._dispatch(worker, client, rid, header, payload))
+        return out
+
+    def _on_ready(self, identity: bytes, service: bytes, header: bytes) -> list[Send]:
+        name = P.decode_name(service, "service name")
+        if name == P.BROKER_SERVICE:
+            raise P.ProtocolError(f"service name {name!r} is reserved")
+        info = P.decode_header(header, self.max_header, {"capacity?": int})
+        capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
+        out: list[Send] = []
+        if identity in self.workers:   # re-registration: its old requests are lost
+            out.extend(self._remove_worker(self.workers[identity]))
+        svc = self.services.get(service)
+        if svc is None:
+            svc = self.services[service] = Service(name, service)
+        worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness)
+        self.workers[identity] = worker
+        svc.workers.append(worker)
+        log.info("worker %s registered for service %r (capacity %d)",
+                 identity.hex(), name, capacity)
+        out.extend(self._drain_queue(svc))
+        return out
+
+    def _remove_worker(self, worker: Worker, reason: str = "disconnected") -> list[Send]:
+        self.workers.pop(worker.identity, None)
+        svc = worker.service
+        if worker in svc.workers:
+            svc.workers.remove(worker)
+        log.warning("worker %s of service %r %s with %d requests in flight",
+                    worker.identity.hex(), svc.name, reason, len(worker.in_flight))
+        out = []
+        for key in worker.in_flight:
+            self.in_flight.pop(key, None)
+            out.append(self._error(key[0], svc.name_bytes, key[1], P.E_WORKER_LOST,
+                                   f"worker of service {svc.name!r} was lost "
+                                   f"with the request in flight"))
+        worker.in_flight.clear()
+        if not svc.workers:
+            while svc.queue:
+                client, rid, _, _ = svc.queue.popleft()
+                out.append(self._error(client, svc.name_bytes, rid, P.E_NO_WORKER,
+                                       f"no live worker for service {svc.name!r}"))
+        else:
+            out.extend(self._drain_queue(svc))
+        return out
+
+    # -- time ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        return self._next_heartbeat
+
+    def tick(self) -> list[Send]:
+        """Send due heartbeats, expire silent workers and forget stale in-flight entries."""
+        now = self.clock()
+        if now < self._next_heartbeat:
+            return []
+        self._next_heartbeat = now + self.interval
+        out: list[Send] = []
+        for worker in list(self.workers.values()):
+            if worker.expiry <= now:
+                self.stats["expired_workers"] += 1
+                out.extend(self._remove_worker(worker, "expired (missed heartbeats)"))
+            else:
+                out.append((WORKER, worker.identity, [P.HEARTBEAT_ENV]))
+        stale = [(key, w) for key, (w, deadline) in self.in_flight.items() if deadline <= now]
+        for key, worker in stale:
+            del self.in_flight[key]
+            worker.in_flight.discard(key)
+            out.extend(self._drain_queue(worker.service))
+        return out
+
+    def shutdown(self) -> list[Send]:
+        """Tell every worker to go (they reconnect to whatever broker comes next)."""
+        return [(WORKER, ident, [P.DISCONNECT_ENV]) for ident in self.workers]

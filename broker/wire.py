@@ -1,0 +1,82 @@
+"""The socket layer: the only code that sends or receives multipart messages.
+
+Routing frames (tag, command, names, ids, header) are small and received as bytes;
+everything after them - payload - is received with copy=False and handed on as
+zmq.Frame objects or memoryviews, and sent with copy=False, so bulk data is never copied
+by Python on its way through.
+"""
+from __future__ import annotations
+
+import zmq
+
+# Plain ints: pyzmq's enum flags cost ~1 us per `|` on the hot path.
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def recv(sock: zmq.Socket, flags: int = 0, routed: bool = False) -> tuple[bytes, bytes, list]:
+    """Receive one message as (identity, envelope, payload frames as zmq.Frame).
+
+    `routed` means a ROUTER socket, whose first frame is the peer identity (else identity
+    is b""). A message with no envelope frame gets envelope b"". Raises zmq.Again under
+    NOBLOCK when nothing is waiting.
+    """
+    getsockopt = sock.getsockopt
+    ident = b""
+    env = sock.recv(flags)
+    if routed:
+        ident, env = env, (sock.recv() if getsockopt(_RCVMORE) else b"")
+    if not getsockopt(_RCVMORE):
+        return ident, env, []
+    payload = []
+    while True:
+        payload.append(sock.recv(copy=False))
+        if not getsockopt(_RCVMORE):
+            return ident, env, payload
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Another message is waiting (cheaper than a recv that raises zmq.Again)."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+
+
+def send(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Send frames (bytes, memoryviews or zmq.Frame) without copying large buffers."""
+    send_one = sock.send
+    more = int(flags) | _SNDMORE
+    for i in range(len(frames) - 1):
+        send_one(frames[i], more, copy=False)
+    send_one(frames[-1], int(flags), copy=False)
+
+
+def payload_views(payload: list) -> list[memoryview]:
+    """Frames as memoryviews; a view keeps its frame (and the received bytes) alive."""
+    return [f.buffer if isinstance(f, zmq.Frame) else memoryview(f) for f in payload]
+
+
+def configure(sock: zmq.Socket, *, hwm: int = 1000, max_message_size: int | None = None) -> None:
+    """Common options: no lingering on close, bounded queues, a frame-size limit."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    if max_message_size:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+
+
+def monitor(sock: zmq.Socket) -> zmq.Socket:
+    """A PAIR socket that reports the connection coming up or going down."""
+    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+
+
+def monitor_events(mon: zmq.Socket) -> list[int]:
+    """Drain the monitor socket; return the event numbers seen."""
+    from zmq.utils.monitor import recv_monitor_message
+    seen = []
+    while True:
+        try:
+            seen.append(recv_monitor_message(mon, zmq.NOBLOCK)["event"])
+        except zmq.Again:
+            return seen

@@ -1,0 +1,227 @@
+"""Worker helper: what mds/ and datanode/ use to serve a service through the broker.
+
+A worker's loop is a few lines:
+
+    worker = Worker(endpoint, "mds")
+    while running:
+        req = worker.recv(timeout=0.5)          # heartbeats, READY, reconnects handled here
+        if req is not None:
+            worker.reply(req, {"answer": 42})   # or worker.reply_error(req, exc)
+
+Requests carry a decoded header and payload frames as memoryviews. Replies may also be
+sent from other threads with `reply_threadsafe`, which queues them for the loop's thread
+(ZeroMQ sockets belong to one thread) and wakes it.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import zmq
+
+from . import protocol as P
+from . import wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Request:
+    client: bytes
+    rid: bytes
+    header: dict
+    payload: list   # memoryviews, zero-copy
+
+    @property
+    def op(self) -> Any:
+        return self.header.get("op")
+
+
+class Worker:
+    def __init__(self, endpoint: str, service: str, *, heartbeat_interval: float = 1.0,
+                 liveness: int = 3, capacity: int = 64, info: Mapping[str, Any] | None = None,
+                 context: zmq.Context | None = None, hwm: int = 1000,
+                 max_message_size: int | None = None,
+                 max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+        P.decode_name(service.encode("ascii", "replace"), "service name")
+        self.endpoint = endpoint
+        self.service = service
+        self.interval = heartbeat_interval
+        self.liveness = liveness
+        self.info = {**(info or {}), "capacity": capacity}
+        self.ctx = context or zmq.Context.instance()
+        self.hwm, self.max_message_size, self.max_header = hwm, max_message_size, max_header
+        self._pending: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.reconnects = 0
+        self.sock: zmq.Socket | None = None
+        self._connect()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self.sock.close(linger=0)
+            self.reconnects += 1
+        self.sock = self.ctx.socket(zmq.DEALER)
+        wire.configure(self.sock, hwm=self.hwm, max_message_size=self.max_message_size)
+        self._monitor = wire.monitor(self.sock)
+        self.sock.connect(self.endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        now = time.monotonic()
+        self._broker_expiry = now + self.interval * self.liveness
+        self._next_heartbeat = now + self.interval
+
+    def _ready(self) -> None:
+        wire.send(self.sock, [P.ready_envelope(self.service, self.info)])
+        log.info("registered as %r at %s", self.service, self.endpoint)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> Request | None:
+        """The next request, or None when `timeout` passes or another thread called wake()."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._flush_pending()
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                wire.send(self.sock, [P.HEARTBEAT_ENV])
+                self._next_heartbeat = now + self.interval
+            if now >= self._broker_expiry:
+                log.warning("no word from the broker for %.1fs; reconnecting",
+                            self.interval * self.liveness)
+                self._connect()
+                continue
+            wait = self._next_heartbeat - now
+            if deadline is not None:
+                if now >= deadline:
+                    return None
+                wait = min(wait, deadline - now)
+            events = dict(self._poller.poll(max(0.0, wait) * 1000))
+            if self._wake_r in events:
+                self._drain_wake()
+                self._flush_pending()
+                return None
+            if self._monitor in events and zmq.EVENT_CONNECTED in wire.monitor_events(self._monitor):
+                self._ready()
+            if self.sock in events:
+                req = self._recv_one()
+                if req is not None:
+                    return req
+
+    def _recv_one(self) -> Request | None:
+        try:
+            _, env, payload = wire.recv(self.sock, wire.NOBLOCK)
+        except zmq.Again:
+            return None
+        self._broker_expiry = time.monotonic() + self.interval * self.liveness
+        try:
+            cmd, client, rid, header = P.unpack(env)
+            if cmd == P.REQUEST:
+                try:
+                    fields = P.decode_header(header, self.max_header)
+                except P.ProtocolError as exc:
+                    self._send_reply(client, rid, P.error_header(P.E_PROTOCOL, str(exc)), ())
+                    return None
+                return Request(client, rid, fields, wire.payload_views(payload))
+            if cmd == P.HEARTBEAT:
+                return None
+            if cmd == P.DISCONNECT:
+                log.info("broker asked us to register again")
+                self._ready()
+                return None
+            raise P.ProtocolError(f"unexpected command {cmd} from the broker")
+        except P.ProtocolError as exc:
+            log.warning("dropped a malformed message from the broker: %s", exc)
+            return None
+
+    # -- replying ------------------------------------------------------------------------
+
+    def _send_reply(self, client: bytes, rid: bytes, header: bytes, payload: Iterable) -> None:
+        wire.send(self.sock, [P.pack(P.REPLY, client, rid, header), *payload])
+
+    def reply(self, request: Request, result: Mapping[str, Any] | None = None,
+              payload: Iterable = ()) -> None:
+        self._send_reply(request.client, request.rid, P.ok_header(result), payload)
+
+    def reply_error(self, request: Request, exc: BaseException) -> None:
+        code, message = P.exception_to_error(exc)
+        if code == "EIO" and not isinstance(exc, OSError):
+            log.exception("internal error handling %r", request.header.get("op"), exc_info=exc)
+        self._send_reply(request.client, request.rid, P.error_header(code, message), ())
+
+    def reply_threadsafe(self, request: Request, result: Mapping[str, Any] | None = None,
+                         payload: Iterable = (), error: BaseException | None = None) -> None:
+        """Queue a reply from any thread; the loop's thread sends it."""
+        self._pending.append((request, result, payload, error))
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass   # the pipe is full: the loop is already due to wake
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _flush_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            request, result, payload, error = pending.popleft()
+            if error is not None:
+                self.reply_error(request, error)
+            else:
+                self.reply(request, result, payload)
+
+    # -- convenience ---------------------------------------------------------------------
+
+    def serve(self, handler: Callable[[Request], Any], stop: threading.Event) -> None:
+        """Run `handler` for each request until `stop` is set. The handler returns a result
+        map, or (result map, payload buffers); an exception becomes an error reply."""
+        while not stop.is_set():
+            req = self.recv(timeout=0.25)
+            if req is None:
+                continue
+            try:
+                out = handler(req)
+            except Exception as exc:
+                self.reply_error(req, exc)
+                continue
+            if isinstance(out, tuple):
+                self.reply(req, out[0], out[1])
+            else:
+                self.reply(req, out)
+
+    def close(self) -> None:
+        """Tell the broker we are leaving (it fails our in-flight requests at once)."""
+        if self.sock is None:
+            return
+        self._flush_pending()
+        try:
+            wire.send(self.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        self.sock.setsockopt(zmq.LINGER, 200)   # let DISCONNECT leave before we go
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self.sock.close()
+        self.sock = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)

@@ -1,0 +1,269 @@
+"""Start a local AegisFS cluster: the broker, the MDS and N DataNodes (and the viz on request).
+
+    python run_cluster.py                 # 3 DataNodes, data in ./data, broker on :5550
+    python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
+
+Each role runs as a child process (`sys.executable -m <role>`) logging to
+<data-dir>/logs/<role>.log. The script prints one line with `ready` and the broker
+endpoint once every role has registered, then watches the children: a child that dies is
+reported loudly. Ctrl-C or SIGTERM stops them all. The `Cluster` class is also what the
+integration tests use to run real clusters on free ports.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker import config
+
+ROOT = Path(__file__).resolve().parent
+
+
+def free_base_port(span: int = 4, host: str = "127.0.0.1") -> int:
+    """A port P such that P..P+span-1 are all free on `host` right now."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + span >= 65000:
+            continue
+        held = []
+        try:
+            for port in range(base, base + span):
+                t = socket.socket()
+                held.append(t)
+                t.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in held:
+                t.close()
+    raise RuntimeError("no free block of ports found")
+
+
+@dataclass
+class Role:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    log_file: Any = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Cluster:
+    """A set of role processes sharing one base port and one data directory."""
+
+    data_dir: Path
+    base_port: int
+    datanodes: int = 3
+    config_path: str | None = None
+    heartbeat: float | None = None        # seconds; tests use short ones
+    replication: int | None = None
+    viz: bool = False
+    viz_port: int = 8501
+    extra: dict[str, list[str]] = field(default_factory=dict)   # role name -> extra flags
+    env: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, Role] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.endpoints = config.endpoints_for_base_port(self.base_port)
+        self.broker = self.endpoints["client"]
+        self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
+
+    # -- role definitions ----------------------------------------------------------------
+
+    def _common(self) -> list[str]:
+        args = ["--base-port", str(self.base_port)]
+        if self.config_path:
+            args += ["--config", self.config_path]
+        return args
+
+    def _define(self) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        py = sys.executable
+        hb = ["--heartbeat-interval", str(self.heartbeat)] if self.heartbeat else []
+        specs: dict[str, list[str]] = {"broker": [py, "-m", "broker", *self._common(), *hb]}
+        mds = [py, "-m", "mds", *self._common(), "--data-dir", str(self.data_dir / "mds"), *hb]
+        if self.replication:
+            mds += ["--replication", str(self.replication)]
+        specs["mds"] = mds
+        for node in self.node_ids:
+            specs[node] = [py, "-m", "datanode", *self._common(), "--id", node,
+                           "--data-dir", str(self.data_dir / "dn" / node), *hb]
+        if self.viz:
+            specs["viz"] = [py, "-m", "streamlit", "run", str(ROOT / "viz" / "app.py"),
+                            "--server.address", "127.0.0.1", "--server.port", str(self.viz_port),
+                            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                            "--", "--broker", self.broker, "--events", self.endpoints["events_out"]]
+        for name, argv in specs.items():
+            argv = argv + self.extra.get(name, [])
+            self.roles[name] = Role(name, argv, logs / f"{name}.log")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> "Cluster":
+        self._define()
+        for name in self.roles:
+            self.start_role(name)
+        self.wait_ready(timeout)
+        return self
+
+    def start_role(self, name: str) -> Role:
+        role = self.roles[name]
+        if role.alive():
+            return role
+        role.log_file = open(role.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        role.proc = subprocess.Popen(role.argv, stdout=role.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(ROOT), env=env)
+        return role
+
+    def services(self, timeout: float = 1.0) -> dict[str, int]:
+        from broker.client import Client
+        with Client(self.broker, timeout=timeout, connect_timeout=timeout) as c:
+            return c.call("broker", {"op": "services"}).result["services"]
+
+    def wait_ready(self, timeout: float = 30.0, roles: list[str] | None = None) -> None:
+        """Until the broker answers and every worker role has registered its service."""
+        wanted = {"mds" if r == "mds" else f"dn.{r}"
+                  for r in (roles or self.roles) if r not in ("broker", "viz")}
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for role in self.roles.values():
+                if role.proc is not None and not role.alive() and (roles is None or role.name in roles):
+                    raise RuntimeError(f"{role.name} exited with code {role.proc.returncode}; "
+                                       f"see {role.log_path}")
+            try:
+                last = self.services()
+                if wanted <= set(last):
+                    return
+            except OSError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise TimeoutError(f"cluster not ready after {timeout}s (services: {last})")
+
+    def stop_role(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Stop one role by PID (SIGKILL after `timeout`); returns its exit code."""
+        role = self.roles[name]
+        if role.proc is None:
+            return None
+        if role.alive():
+            role.proc.send_signal(sig)
+            try:
+                role.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                role.proc.kill()
+                role.proc.wait()
+        if role.log_file:
+            role.log_file.close()
+            role.log_file = None
+        return role.proc.returncode
+
+    def kill(self, name: str) -> None:
+        self.stop_role(name, signal.SIGKILL)
+
+    def restart(self, name: str, timeout: float = 30.0) -> None:
+        self.stop_role(name)
+        self.start_role(name)
+        if name not in ("broker", "viz"):
+            self.wait_ready(timeout, [name])
+
+    def stop(self) -> None:
+        # Workers first so they can say goodbye to a live broker; the broker last.
+        order = [n for n in self.roles if n not in ("broker",)] + ["broker"]
+        for name in order:
+            if name in self.roles:
+                self.stop_role(name)
+
+    def __enter__(self) -> "Cluster":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--datanodes", "-n", default=3, show_default=True, help="Number of DataNodes.")
+@click.option("--data-dir", default="data", show_default=True,
+              help="Root data directory (a subdirectory per role, logs in <dir>/logs).")
+@click.option("--base-port", default=config.DEFAULT_BASE_PORT, show_default=True,
+              help="Broker client endpoint tcp://127.0.0.1:P; P+1..P+3 for workers and events.")
+@click.option("--reset", is_flag=True, help="Wipe the data directory first.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (default configs/cluster.toml).")
+@click.option("--replication", type=int, help="Default replication factor R.")
+@click.option("--viz", is_flag=True, help="Also start the Streamlit visualizer.")
+@click.option("--viz-port", default=8501, show_default=True)
+def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
+         replication: int | None, viz: bool, viz_port: int) -> None:
+    """Run a local AegisFS cluster until Ctrl-C.
+
+    Example: python run_cluster.py --reset --datanodes 3
+    """
+    root = Path(data_dir).resolve()
+    if reset and root.exists():
+        shutil.rmtree(root)
+        click.echo(f"reset: removed {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(root, base_port, datanodes, config_path=config_path,
+                      replication=replication, viz=viz, viz_port=viz_port)
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"starting broker, mds and {datanodes} DataNodes; logs in {root / 'logs'}")
+    try:
+        cluster.start()
+    except (RuntimeError, TimeoutError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        cluster.stop()
+        sys.exit(1)
+    extra = f", viz http://127.0.0.1:{viz_port}" if viz else ""
+    click.echo(f"ready: broker {cluster.broker}{extra} (Ctrl-C to stop)", )
+    sys.stdout.flush()
+    status = 0
+    try:
+        while not stopping:
+            for role in cluster.roles.values():
+                if role.proc is not None and not role.alive():
+                    click.echo(f"ERROR: {role.name} (pid {role.pid}) died with exit code "
+                               f"{role.proc.returncode}; see {role.log_path}", err=True)
+                    role.proc = None
+                    status = 1
+            time.sleep(0.5)
+    finally:
+        click.echo("stopping cluster...")
+        cluster.stop()
+        click.echo("stopped")
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

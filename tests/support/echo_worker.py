@@ -1,0 +1,47 @@
+"""An echo worker for broker tests: replies with the request header and payload frames.
+
+Ops: "echo" (default) returns {"echo": header, "worker": name}; "sleep" waits `seconds`
+first (to hold requests in flight); "crash" exits the process at once.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import click
+
+from broker.process import setup_logging, stop_on_signals
+from broker.worker import Worker
+
+
+@click.command()
+@click.option("--endpoint", required=True)
+@click.option("--service", default="echo")
+@click.option("--name", default="echo")
+@click.option("--heartbeat-interval", type=float, default=1.0)
+@click.option("--capacity", type=int, default=64)
+def main(endpoint: str, service: str, name: str, heartbeat_interval: float, capacity: int) -> None:
+    setup_logging("INFO")
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    worker = Worker(endpoint, service, heartbeat_interval=heartbeat_interval, capacity=capacity)
+
+    def handle(req):
+        op = req.header.get("op", "echo")
+        if op == "crash":
+            os._exit(1)
+        if op == "sleep":
+            time.sleep(float(req.header.get("seconds", 1)))
+        return {"echo": req.header, "worker": name}, req.payload
+
+    try:
+        worker.serve(handle, stop)
+    finally:
+        worker.close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
