@@ -81,8 +81,8 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Event | None:
         while self.sock.poll(None if timeout is None else timeout * 1000):
-            routing, payload = wire.recv(self.sock)
-            event = decode_event(routing + payload)
+            _, topic, rest = wire.recv(self.sock)
+            event = decode_event([topic, *wire.payload_views(rest)])
             if event is not None:
                 return event
         return None

@@ -5,7 +5,8 @@ of time (`tick`, with an injected clock); outputs are lists of `(side, identity,
 sends that the I/O loop performs verbatim. Nothing here imports zmq.
 
 - A worker registers with READY (service name, capacity = how many requests it takes at
-  once). Requests go to the live worker of the service with the fewest in flight; when every
+  once; `exclusive` = a new registration replaces the service's older workers, for named
+  workers like `dn.<id>` that restart faster than they expire). Requests go to the live worker of the service with the fewest in flight; when every
   worker is at capacity they wait in a bounded per-service queue (full -> EBUSY).
 - A request for a service with no live worker is answered at once with ECONNREFUSED.
 - Any message from a worker proves it alive. Heartbeats go to every worker each interval;
@@ -196,7 +197,7 @@ class Router:
         name = P.decode_name(service, "service name")
         if name == P.BROKER_SERVICE:
             raise P.ProtocolError(f"service name {name!r} is reserved")
-        info = P.decode_header(header, self.max_header, {"capacity?": int})
+        info = P.decode_header(header, self.max_header, {"capacity?": int, "exclusive?": bool})
         capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
         out: list[Send] = []
         if identity in self.workers:   # re-registration: its old requests are lost
@@ -204,6 +205,12 @@ class Router:
         svc = self.services.get(service)
         if svc is None:
             svc = self.services[service] = Service(name, service)
+        if info.get("exclusive"):
+            # A named worker (dn.<id>, mds) that registers again - typically restarted after
+            # a crash - supersedes its dead predecessor at once instead of sharing requests
+            # with it until it expires.
+            for old in list(svc.workers):
+                out.extend(self._remove_worker(old, "superseded by a new registration"))
         worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness)
         self.workers[identity] = worker
         svc.workers.append(worker)

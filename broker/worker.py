@@ -44,7 +44,8 @@ class Request:
 
 class Worker:
     def __init__(self, endpoint: str, service: str, *, heartbeat_interval: float = 1.0,
-                 liveness: int = 3, capacity: int = 64, info: Mapping[str, Any] | None = None,
+                 liveness: int = 3, capacity: int = 64, exclusive: bool = False,
+                 info: Mapping[str, Any] | None = None,
                  context: zmq.Context | None = None, hwm: int = 1000,
                  max_message_size: int | None = None,
                  max_header: int = P.DEFAULT_MAX_HEADER) -> None:
@@ -53,7 +54,7 @@ class Worker:
         self.service = service
         self.interval = heartbeat_interval
         self.liveness = liveness
-        self.info = {**(info or {}), "capacity": capacity}
+        self.info = {**(info or {}), "capacity": capacity, "exclusive": exclusive}
         self.ctx = context or zmq.Context.instance()
         self.hwm, self.max_message_size, self.max_header = hwm, max_message_size, max_header
         self._pending: collections.deque = collections.deque()

@@ -222,3 +222,12 @@ def test_broker_service(router):
     ready(router, b"W2", "echo")
     (send,) = router.on_client(b"C", request(b"broker", b"1", {"op": "services"}), [])
     assert P.parse_reply(P.unpack(send[2][0])[3]) == {"services": {"echo": 2}}
+
+
+def test_exclusive_registration_supersedes_a_dead_predecessor(router):
+    ready(router, b"OLD", "dn.dn1")
+    router.on_client(b"C", request(b"dn.dn1", b"1"), [])
+    out = router.on_worker(b"NEW", P.ready_envelope("dn.dn1", {"exclusive": True}), [])
+    assert [error_of(s)[0] for s in out] == ["ECONNRESET"]
+    assert [w.identity for w in router.services[b"dn.dn1"].workers] == [b"NEW"]
+    assert router.on_client(b"C", request(b"dn.dn1", b"2"), [])[0][1] == b"NEW"

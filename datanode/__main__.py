@@ -1,0 +1,60 @@
+"""`python -m datanode --id dn1 --data-dir ...`: run one AegisFS DataNode."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from broker import config
+from broker.process import setup_logging, stop_on_signals
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--id", "node_id", required=True, help="Node id; registers as service dn.<id>.")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Block directory (default: <datanode.data_dir>/<id>).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
+@click.option("--base-port", type=int, help="Broker endpoints derived from base port P.")
+@click.option("--broker-worker", help="Broker worker endpoint (register here).")
+@click.option("--broker-client", help="Broker client endpoint (talk to the MDS and peers).")
+@click.option("--events", help="Broker XSUB endpoint to publish events to.")
+@click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
+@click.option("--scrub-rate", type=float, help="Bytes/s the scrubber may read.")
+@click.option("--capacity", type=int, help="Advertise at most this many bytes of capacity.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False))
+def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client, events,
+         heartbeat_interval, scrub_rate, capacity, log_level, log_file) -> None:
+    """Store blocks for AegisFS and serve them through the broker.
+
+    Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
+    """
+    setup_logging(log_level, log_file)
+    from .server import DataNode   # after logging is set up
+    broker_flags = config.endpoints_for_base_port(base_port) if base_port else {}
+    broker_flags.update({k: v for k, v in {"worker": broker_worker, "client": broker_client,
+                                           "events_in": events}.items() if v})
+    if heartbeat_interval:
+        broker_flags["heartbeat_interval"] = heartbeat_interval
+    try:
+        cfg = config.load(config_path, {"broker": broker_flags,
+                                        "datanode": {"scrub_rate": scrub_rate}})
+        b, d = cfg["broker"], cfg["datanode"]
+        node = DataNode(node_id, Path(data_dir or Path(d["data_dir"]) / node_id),
+                        worker_endpoint=b["worker"], client_endpoint=b["client"],
+                        events_endpoint=b["events_in"],
+                        heartbeat=float(heartbeat_interval or d["heartbeat"]),
+                        liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),
+                        writer_threads=int(d["writer_threads"]), capacity=capacity,
+                        max_message_size=int(b["max_message_size"]))
+    except (config.ConfigError, OSError) as exc:
+        logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
+        sys.exit(2)
+    stop_on_signals(node.stop)
+    node.run()
+
+
+if __name__ == "__main__":
+    main()

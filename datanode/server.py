@@ -1,0 +1,262 @@
+"""The DataNode process: serves service `dn.<id>` from a BlockStore, talks to the MDS.
+
+Threads: the main thread owns the broker socket (Worker) and only moves messages; block
+I/O runs in a small pool (replies go back with `reply_threadsafe`); one thread heartbeats
+the MDS and carries out what it answers (deletes, copies, block reports); one scrubs.
+Events (`block.commit` only once a block is durable) go out through a Publisher.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+
+from broker import protocol as P
+from broker.client import Client
+from broker.events import Publisher
+from broker.worker import Request, Worker
+
+from .blockid import block_id_bytes, parse_block_id
+from .scrub import Scrubber
+from .store import BlockCorrupt, BlockStore
+
+log = logging.getLogger(__name__)
+
+PUT_SCHEMA = {"id": bytes, "checksum?": int}
+GET_SCHEMA = {"id": bytes, "offset?": int, "length?": int}
+ID_SCHEMA = {"id": bytes}
+COPY_SCHEMA = {"id": bytes, "target": str}
+MAX_COMMANDS = 1000        # deletes carried out per heartbeat answer
+
+
+class DataNode:
+    def __init__(self, node_id: str, data_dir: Path, *, worker_endpoint: str,
+                 client_endpoint: str, events_endpoint: str, heartbeat: float = 1.0,
+                 liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
+                 writer_threads: int = 2, capacity: int | None = None,
+                 max_message_size: int | None = None) -> None:
+        P.decode_name(f"dn.{node_id}".encode(), "node id")
+        self.node_id = node_id
+        self.heartbeat = heartbeat
+        self.client_endpoint = client_endpoint
+        self.capacity_limit = capacity
+        self.store = BlockStore(Path(data_dir))
+        self.events = Publisher(events_endpoint, node_id)
+        self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
+                             liveness=liveness, capacity=64, exclusive=True,
+                             info={"node": node_id},
+                             max_message_size=max_message_size)
+        self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
+        self.scrubber = Scrubber(self.store, rate_bytes_per_s=scrub_rate,
+                                 on_corrupt=self._scrub_found)
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._report_now = threading.Event()
+        self._report_now.set()          # a full block report right after start
+        self.handlers: dict[str, Callable[[Request], Any]] = {
+            "put_block": self._put_block, "get_block": self._get_block,
+            "delete_block": self._delete_block, "stat_block": self._stat_block,
+            "copy_block": self._copy_block, "info": self._info,
+            "block_report": self._request_report,
+        }
+
+    # -- request handling (pool threads) ------------------------------------------------
+
+    def _put_block(self, req: Request) -> dict:
+        P.check_fields(req.header, PUT_SCHEMA)
+        block = parse_block_id(req.header["id"])
+        info = self.store.put(block, req.payload, req.header.get("checksum"))
+        self.events.publish("block.commit", node=self.node_id, block=block, size=info.size,
+                            checksum=info.crc)
+        return {"id": req.header["id"], "size": info.size, "checksum": info.crc}
+
+    def _get_block(self, req: Request) -> tuple[dict, list]:
+        P.check_fields(req.header, GET_SCHEMA)
+        block = parse_block_id(req.header["id"])
+        try:
+            data = self.store.get(block, req.header.get("offset") or 0, req.header.get("length"))
+        except BlockCorrupt as exc:
+            self._corrupt(block, exc)
+            raise
+        info = self.store.stat(block)
+        return {"size": info.size, "checksum": info.crc, "length": len(data)}, [data]
+
+    def _delete_block(self, req: Request) -> dict:
+        P.check_fields(req.header, ID_SCHEMA)
+        block = parse_block_id(req.header["id"])
+        return {"deleted": self._delete(block)}
+
+    def _stat_block(self, req: Request) -> dict:
+        P.check_fields(req.header, ID_SCHEMA)
+        info = self.store.stat(parse_block_id(req.header["id"]))
+        return {"size": info.size, "checksum": info.crc}
+
+    def _copy_block(self, req: Request) -> dict:
+        P.check_fields(req.header, COPY_SCHEMA)
+        return self._copy(parse_block_id(req.header["id"]), req.header["target"])
+
+    def _info(self, req: Request) -> dict:
+        return self._stats()
+
+    def _request_report(self, req: Request) -> dict:
+        self._report_now.set()
+        return {"blocks": self.store.usage().blocks}
+
+    # -- shared actions -----------------------------------------------------------------
+
+    def _client(self) -> Client:
+        """One broker client per thread (ZeroMQ sockets belong to one thread)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = Client(self.client_endpoint, timeout=30.0,
+                                                 connect_timeout=2.0)
+        return client
+
+    def _delete(self, block: str) -> bool:
+        deleted = self.store.delete(block)
+        if deleted:
+            self.events.publish("block.delete", node=self.node_id, block=block)
+        return deleted
+
+    def _copy(self, block: str, target: str) -> dict:
+        """Re-replication: read and verify here, store on `target`, tell the MDS."""
+        try:
+            data = self.store.get(block)
+        except BlockCorrupt as exc:
+            self._corrupt(block, exc)
+            raise
+        info = self.store.stat(block)
+        raw_id = block_id_bytes(block)
+        self._client().call(f"dn.{target}", {"op": "put_block", "id": raw_id,
+                                             "checksum": info.crc}, [data])
+        self._client().call("mds", {"op": "replica_added", "node": target, "block": raw_id,
+                                    "size": info.size, "checksum": info.crc})
+        log.info("copied block %s to %s", block, target)
+        return {"size": info.size, "checksum": info.crc}
+
+    def _corrupt(self, block: str, exc: Exception) -> None:
+        """A bad replica is never served again: set aside, published, reported."""
+        log.error("corrupt replica %s: %s", block, exc)
+        self.store.quarantine(block)
+        self.events.publish("block.corrupt", node=self.node_id, block=block, reason=str(exc))
+        try:
+            self._client().call("mds", {"op": "block_corrupt", "node": self.node_id,
+                                        "block": block_id_bytes(block)}, timeout=5.0)
+        except OSError as err:
+            log.warning("could not report corrupt block %s to the MDS: %s", block, err)
+
+    def _scrub_found(self, block: str, exc: BlockCorrupt) -> None:
+        self._corrupt(block, exc)
+
+    def _stats(self) -> dict:
+        usage = self.store.usage()
+        cap = self.store.capacity()
+        total = cap.total if self.capacity_limit is None else self.capacity_limit
+        return {"node": self.node_id, "capacity": total, "used": usage.bytes_used,
+                "free": min(cap.free, max(0, total - usage.bytes_used)),
+                "blocks": usage.blocks}
+
+    # -- MDS link (its own thread) ------------------------------------------------------
+
+    def _send_report(self, client: Client) -> None:
+        blocks = [[block_id_bytes(i.id), i.size, i.crc] for i in self.store.infos()]
+        client.call("mds", {"op": "block_report", "node": self.node_id, "count": len(blocks)},
+                    [msgpack.packb(blocks, use_bin_type=True)], timeout=60.0)
+        log.info("block report sent: %d blocks", len(blocks))
+
+    def _carry_out(self, commands: list) -> None:
+        for cmd in commands[:MAX_COMMANDS]:
+            if not isinstance(cmd, dict):
+                continue
+            op = cmd.get("op")
+            try:
+                if op == "delete":
+                    for raw in cmd.get("blocks", [])[:MAX_COMMANDS]:
+                        self._delete(parse_block_id(raw))
+                elif op == "copy":
+                    self.pool.submit(self._copy_logged, parse_block_id(cmd["block"]),
+                                     str(cmd["target"]))
+                elif op == "report":
+                    self._report_now.set()
+                else:
+                    log.warning("unknown command from the MDS: %r", op)
+            except (OSError, KeyError, TypeError) as exc:
+                log.warning("command %r failed: %s", op, exc)
+
+    def _copy_logged(self, block: str, target: str) -> None:
+        try:
+            self._copy(block, target)
+        except OSError as exc:
+            log.warning("copy of %s to %s failed: %s", block, target, exc)
+
+    def _mds_link(self) -> None:
+        client = Client(self.client_endpoint, timeout=10.0, connect_timeout=2.0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._report_now.is_set():
+                        self._send_report(client)
+                        self._report_now.clear()
+                    reply = client.call("mds", {"op": "dn_heartbeat", **self._stats()},
+                                        timeout=max(2.0, self.heartbeat * 3))
+                    self._carry_out(reply.result.get("commands") or [])
+                except OSError as exc:
+                    # MDS down or restarting: it will ask for a report when it is back
+                    log.debug("heartbeat to the MDS failed: %s", exc)
+                    if isinstance(exc, ConnectionRefusedError):
+                        self._report_now.set()
+                self._stop.wait(self.heartbeat)
+        finally:
+            client.close()
+
+    # -- main loop ----------------------------------------------------------------------
+
+    def _run_request(self, req: Request, handler: Callable[[Request], Any]) -> None:
+        try:
+            out = handler(req)
+        except Exception as exc:
+            self.worker.reply_threadsafe(req, error=exc)
+            return
+        if isinstance(out, tuple):
+            self.worker.reply_threadsafe(req, out[0], out[1])
+        else:
+            self.worker.reply_threadsafe(req, out)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.worker.wake()
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self._mds_link, name="mds-link", daemon=True),
+                   threading.Thread(target=self.scrubber.run, name="scrub", daemon=True)]
+        for t in threads:
+            t.start()
+        self.events.publish("node.up", **self._stats())
+        log.info("DataNode %s serving %s", self.node_id, self.store.root)
+        worker = self.worker
+        try:
+            while not self._stop.is_set():
+                req = worker.recv(timeout=0.5)
+                if req is None:
+                    continue
+                handler = self.handlers.get(req.op)
+                if handler is None:
+                    worker.reply_error(req, OSError(errno.EOPNOTSUPP,
+                                                     f"DataNode has no operation {req.op!r}"))
+                    continue
+                self.pool.submit(self._run_request, req, handler)
+        finally:
+            self.scrubber.stop()
+            self.pool.shutdown(wait=True)
+            self.events.publish("node.down", node=self.node_id, reason="clean stop")
+            time.sleep(0.05)
+            worker.close()
+            self.events.close()
+            self.store.close()
+            log.info("DataNode %s stopped", self.node_id)
