@@ -59,6 +59,7 @@ class DataNode:
         self._stop = threading.Event()
         self._report_now = threading.Event()
         self._report_now.set()          # a full block report right after start
+        self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
         self.handlers: dict[str, Callable[[Request], Any]] = {
             "put_block": self._put_block, "get_block": self._get_block,
             "delete_block": self._delete_block, "stat_block": self._stat_block,
@@ -179,6 +180,7 @@ class DataNode:
                 if op == "delete":
                     for raw in cmd.get("blocks", [])[:MAX_COMMANDS]:
                         self._delete(parse_block_id(raw))
+                        self._deleted.append(block_id_bytes(raw))
                 elif op == "copy":
                     self.pool.submit(self._copy_logged, parse_block_id(cmd["block"]),
                                      str(cmd["target"]))
@@ -203,8 +205,14 @@ class DataNode:
                     if self._report_now.is_set():
                         self._send_report(client)
                         self._report_now.clear()
-                    reply = client.call("mds", {"op": "dn_heartbeat", **self._stats()},
-                                        timeout=max(2.0, self.heartbeat * 3))
+                    acked, self._deleted = self._deleted, []
+                    try:
+                        reply = client.call("mds", {"op": "dn_heartbeat", **self._stats(),
+                                                    "deleted": acked},
+                                            timeout=max(2.0, self.heartbeat * 3))
+                    except OSError:
+                        self._deleted[:0] = acked     # ack them with the next heartbeat
+                        raise
                     self._carry_out(reply.result.get("commands") or [])
                 except OSError as exc:
                     # MDS down or restarting: it will ask for a report when it is back

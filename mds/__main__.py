@@ -1,0 +1,80 @@
+"""`python -m mds`: run the AegisFS metadata server."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from broker import config
+from broker.process import setup_logging, stop_on_signals
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Metadata directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
+@click.option("--base-port", type=int, help="Broker endpoints derived from base port P.")
+@click.option("--broker-worker", help="Broker worker endpoint (register here).")
+@click.option("--events", help="Broker XSUB endpoint to publish events to.")
+@click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats "
+              "(DataNodes are declared dead after 5 intervals unless --dead-after).")
+@click.option("--replication", type=int, help="Default replication factor R.")
+@click.option("--block-size", type=int, help="Default block size in bytes.")
+@click.option("--lease", type=float, help="Seconds a draft lives without renewal.")
+@click.option("--dead-after", type=float, help="A DataNode silent this long is down.")
+@click.option("--safemode-timeout", type=float, default=30.0, show_default=True,
+              help="Leave safe mode after this long even if some DataNodes never reported.")
+@click.option("--orphan-grace", type=float, default=60.0, show_default=True,
+              help="Seconds an unknown block may sit on a DataNode before it is deleted.")
+@click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
+              "instead of refusing to start (loses what follows it; logged loudly).")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-file", type=click.Path(dir_okay=False))
+def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_interval,
+         replication, block_size, lease, dead_after, safemode_timeout, orphan_grace, salvage,
+         log_level, log_file) -> None:
+    """Serve the AegisFS namespace (service "mds") with a write-ahead log.
+
+    Example: python -m mds --data-dir data/mds --base-port 5550
+    """
+    setup_logging(log_level, log_file)
+    from .metastore import RecoveryError
+    from .server import MetadataServer, Settings
+    from .wal import WalCorruption
+    broker_flags = config.endpoints_for_base_port(base_port) if base_port else {}
+    broker_flags.update({k: v for k, v in {"worker": broker_worker, "events_in": events}.items()
+                         if v})
+    if heartbeat_interval:
+        broker_flags["heartbeat_interval"] = heartbeat_interval
+    try:
+        cfg = config.load(config_path, {
+            "broker": broker_flags,
+            "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
+                    "lease": lease, "dead_after": dead_after}})
+        b, m = cfg["broker"], cfg["mds"]
+        hb = float(b["heartbeat_interval"])
+        settings = Settings(
+            data_dir=Path(m["data_dir"]), worker_endpoint=b["worker"],
+            events_endpoint=b["events_in"], replication=int(m["replication"]),
+            block_size=int(m["block_size"]), lease=float(m["lease"]), heartbeat=hb,
+            liveness=int(b["heartbeat_liveness"]),
+            dead_after=float(dead_after or (5 * hb if heartbeat_interval else m["dead_after"])),
+            checkpoint_records=int(m["checkpoint_records"]),
+            checkpoint_bytes=int(m["checkpoint_bytes"]), salvage=salvage,
+            safemode_timeout=safemode_timeout, orphan_grace=orphan_grace)
+        server = MetadataServer(settings)
+    except (WalCorruption, RecoveryError) as exc:
+        logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
+                                          "changed. Start with --salvage to cut the log at "
+                                          "the damage (loses what follows it).", exc)
+        sys.exit(3)
+    except (config.ConfigError, OSError) as exc:
+        logging.getLogger("mds").error("cannot start the MDS: %s", exc)
+        sys.exit(2)
+    stop_on_signals(server.stop)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Self-healing decisions, sans-IO: safe mode, block reports, re-replication, orphans, fsck.
+
+Theory of operation. The planner reads the namespace and the cluster view and *returns*
+records (set_replicas, queue_delete) for the server to submit, and copy commands for the
+DataNodes' heartbeat replies; it never does I/O and takes time from an injected clock.
+
+- Safe mode: after an MDS start nothing is copied or deleted until every DataNode named
+  in the namespace has sent a block report (or `safemode_timeout` passed), so a restart
+  never triggers a storm of copies or deletes.
+- A scan (after a node goes down/up, a bad replica, a report, or `kick()`) lists every
+  committed block with fewer live replicas than its replication, most endangered first.
+  A heartbeating live replica holder gets copy commands (source -> target chosen by
+  placement), at most `max_copies_per_node` in flight each; a copy that does not report
+  back within `copy_timeout` is forgotten and planned again.
+- Block reports reconcile: a block the namespace does not know is an orphan candidate,
+  deleted after `orphan_grace`; a committed block on a node not in its replica list is
+  adopted if the block is short of replicas, else trimmed (deleted there); blocks with
+  more live replicas than wanted are trimmed.
+- A replica reported corrupt is dropped from the block map (which queues its deletion)
+  when another replica exists; the scan then re-replicates from a good copy.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from .cluster import ClusterView
+from .namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+Record = dict
+Event = tuple[str, dict]
+
+
+class RepairPlanner:
+    def __init__(self, ns: Namespace, cluster: ClusterView, *,
+                 clock: Callable[[], float] = time.monotonic, safemode_timeout: float = 30.0,
+                 orphan_grace: float = 60.0, max_copies_per_node: int = 4,
+                 copy_timeout: float = 60.0) -> None:
+        self.ns = ns
+        self.cluster = cluster
+        self.clock = clock
+        self.orphan_grace = orphan_grace
+        self.max_copies = max_copies_per_node
+        self.copy_timeout = copy_timeout
+        self.started = clock()
+        self.safemode_deadline = self.started + safemode_timeout
+        self.expected = {n for _, replicas, _ in ns.iter_blocks() for n in replicas}
+        self.safe_mode = True
+        self.reports: dict[str, set[bytes]] = {}
+        self._unreconciled: set[str] = set()
+        self.orphan_since: dict[tuple[str, bytes], float] = {}
+        self.corrupt: set[tuple[str, bytes]] = set()
+        self.copies: dict[bytes, tuple[str, str, float]] = {}   # block -> source, target, deadline
+        self.endangered: list[tuple[int, bytes]] = []            # (live replicas, block)
+        self._dirty = True
+        self.stats = {"copies_started": 0, "copies_done": 0, "bytes_copied": 0,
+                      "orphans_deleted": 0, "replicas_dropped": 0, "replicas_trimmed": 0}
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def has_report(self, node: str) -> bool:
+        return node in self.reports
+
+    def kick(self) -> None:
+        self._dirty = True
+
+    def on_node_up(self, node: str) -> None:
+        self._dirty = True
+
+    def on_node_down(self, node: str) -> None:
+        self._dirty = True
+        for block, (src, dst, _) in list(self.copies.items()):
+            if node in (src, dst):
+                del self.copies[block]
+
+    def on_report(self, node: str, entries: list[tuple[bytes, int, int]]) -> list[Record]:
+        self.reports[node] = {bid for bid, _, _ in entries}
+        self._unreconciled.add(node)
+        self._dirty = True
+        log.info("block report from %s: %d blocks", node, len(entries))
+        return [] if self.safe_mode else self._reconcile(node)
+
+    def on_bad_replica(self, node: str, block: bytes) -> list[Record]:
+        info = self.ns.block_info(block)
+        self._dirty = True
+        if info is None or "replicas" not in info:
+            return []
+        replicas = info["replicas"]
+        self.corrupt.add((node, block))
+        if node not in replicas:
+            return []
+        rest = [n for n in replicas if n != node]
+        if not rest:
+            log.error("the only replica of block %s (on %s) is bad: keeping it, data is at risk",
+                      block.hex(), node)
+            return []
+        self.stats["replicas_dropped"] += 1
+        self.reports.get(node, set()).discard(block)
+        return [self.ns.prepare_set_replicas(block, rest)]
+
+    def on_replica_added(self, node: str, block: bytes, size: int, checksum: int) -> list[Record]:
+        self.copies.pop(block, None)
+        info = self.ns.block_info(block)
+        if info is None or "replicas" not in info:
+            return []
+        if info["size"] != size or info["checksum"] != checksum:
+            log.error("copy of %s on %s does not match the block map", block.hex(), node)
+            return []
+        self.reports.setdefault(node, set()).add(block)
+        self.corrupt.discard((node, block))
+        self.stats["copies_done"] += 1
+        self.stats["bytes_copied"] += size
+        self._dirty = True
+        now = self.clock()
+        live = [n for n in info["replicas"] if self.cluster.is_live(n, now) and n != node]
+        return [self.ns.prepare_set_replicas(block, [*live, node])]
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def commands_for(self, node: str) -> list[dict]:
+        """Copy commands for `node` as a source, most endangered blocks first."""
+        if self.safe_mode or not self.endangered:
+            return []
+        busy = sum(1 for src, _, _ in self.copies.values() if src == node)
+        if busy >= self.max_copies:
+            return []
+        now = self.clock()
+        out = []
+        for _, block in self.endangered:
+            if block in self.copies:
+                continue
+            info = self.ns.block_info(block)
+            if info is None or "replicas" not in info:
+                continue
+            replicas = info["replicas"]
+            if node not in replicas or (node, block) in self.corrupt:
+                continue
+            live = [n for n in replicas if self.cluster.is_live(n, now)]
+            if len(live) >= info["replication"]:
+                continue
+            try:
+                target = self.cluster.place(1, now=now, exclude=replicas,
+                                            reserve=info["size"])[0]
+            except OSError:
+                continue   # no node to copy to; the scan will try again later
+            self.copies[block] = (node, target, now + self.copy_timeout)
+            self.stats["copies_started"] += 1
+            out.append({"op": "copy", "block": block, "target": target})
+            busy += 1
+            if busy >= self.max_copies:
+                break
+        return out
+
+    def tick(self) -> tuple[list[Record], list[Event]]:
+        now = self.clock()
+        records: list[Record] = []
+        events: list[Event] = []
+        if self.safe_mode and (self.expected <= set(self.reports) or now >= self.safemode_deadline):
+            self.safe_mode = False
+            missing = sorted(self.expected - set(self.reports))
+            log.info("leaving safe mode (%d nodes reported%s)", len(self.reports),
+                     f", never heard from {missing}" if missing else "")
+            events.append(("repair.safe_mode_off", {"reported": sorted(self.reports),
+                                                    "missing": missing}))
+        if self.safe_mode:
+            return records, events
+        for node in list(self._unreconciled):
+            records.extend(self._reconcile(node))
+        for key, since in list(self.orphan_since.items()):
+            if now - since < self.orphan_grace:
+                continue
+            del self.orphan_since[key]
+            node, block = key
+            if self.ns.block_info(block) is None:
+                records.append(self.ns.prepare_queue_delete(node, [block]))
+                self.reports.get(node, set()).discard(block)
+                self.stats["orphans_deleted"] += 1
+                events.append(("repair.orphan_delete", {"node": node, "block": block.hex()}))
+        for block, (_, _, deadline) in list(self.copies.items()):
+            if deadline <= now:
+                del self.copies[block]
+                self._dirty = True
+        if self._dirty:
+            self._dirty = False
+            records.extend(self._scan(now))
+        return records, events
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _reconcile(self, node: str) -> list[Record]:
+        self._unreconciled.discard(node)
+        now = self.clock()
+        records: list[Record] = []
+        extra: list[bytes] = []
+        for block in self.reports.get(node, ()):
+            info = self.ns.block_info(block)
+            if info is None:
+                self.orphan_since.setdefault((node, block), now)
+                continue
+            if "replicas" not in info or node in info["replicas"]:
+                continue          # a draft's block, or where it belongs
+            live = [n for n in info["replicas"] if self.cluster.is_live(n, now)]
+            if len(live) < info["replication"]:
+                records.append(self.ns.prepare_set_replicas(block, [*live, node]))
+            else:
+                extra.append(block)
+        if extra:
+            self.stats["replicas_trimmed"] += len(extra)
+            records.append(self.ns.prepare_queue_delete(node, extra))
+            for block in extra:
+                self.reports[node].discard(block)
+        return records
+
+    def _prune_corrupt(self) -> None:
+        """A corrupt replica stops counting once it left the block map (dropped, deleted)."""
+        for node, block in list(self.corrupt):
+            info = self.ns.block_info(block)
+            if info is None or node not in info.get("replicas", ()):
+                self.corrupt.discard((node, block))
+
+    def _scan(self, now: float) -> list[Record]:
+        """Rebuild the endangered list; trim replicas beyond the wanted count."""
+        self._prune_corrupt()
+        endangered = []
+        records = []
+        for block, replicas, wanted in self.ns.iter_blocks():
+            live = [n for n in replicas if self.cluster.is_live(n, now)]
+            if len(live) < wanted:
+                endangered.append((len(live), block))
+            elif len(live) > wanted and len(live) == len(replicas):
+                keep = live[:wanted]
+                records.append(self.ns.prepare_set_replicas(block, keep))
+                self.stats["replicas_trimmed"] += len(live) - wanted
+        endangered.sort()
+        self.endangered = endangered
+        return records
+
+    def summary(self) -> dict:
+        missing = sum(1 for live, _ in self.endangered if live == 0)
+        return {"under_replicated": len(self.endangered) - missing, "missing": missing,
+                "corrupt": len(self.corrupt), "orphans": len(self.orphan_since),
+                "copies_in_flight": len(self.copies), "safe_mode": self.safe_mode,
+                **self.stats}
+
+    def fsck(self) -> dict:
+        """A fresh, read-only look at every block (the answer of `aegisfs fsck`)."""
+        now = self.clock()
+        self._prune_corrupt()
+        missing, under = [], []
+        for block, replicas, wanted in self.ns.iter_blocks():
+            live = [n for n in replicas if self.cluster.is_live(n, now)
+                    and (n, block) not in self.corrupt]
+            if not live:
+                missing.append(block.hex())
+            elif len(live) < wanted:
+                under.append(block.hex())
+        corrupt = sorted(f"{node}:{block.hex()}" for node, block in self.corrupt)
+        orphans = sorted(f"{node}:{block.hex()}" for node, block in self.orphan_since)
+        return {"healthy": not (missing or under or corrupt or orphans),
+                "missing": missing, "under_replicated": under, "corrupt": corrupt,
+                "orphans": orphans, "safe_mode": self.safe_mode,
+                "live_nodes": self.cluster.live_nodes(now), **self.stats}

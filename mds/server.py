@@ -1,0 +1,149 @@
+"""The MDS process: serves service `mds` from a MetaStore, one batch per loop turn.
+
+Theory of operation. Each turn drains the requests that have arrived (up to BATCH),
+handles them in order - reads answer from memory, mutations are validated, applied to
+memory and appended to the WAL buffer - then one `flush()` makes the whole batch durable
+with a single fsync (group commit), and only then are the replies sent and the events
+published. No client can observe a change before it is durable: replies wait for the
+fsync. If the fsync fails the process exits without replying (fail-stop); recovery
+replays the durable prefix. Cluster upkeep (leases, dead nodes, repairs) runs between
+batches. Request handlers live in mds/ops.py; this file is only the loop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker import protocol as P
+from broker.events import Publisher
+from broker.worker import Request, Worker
+
+from .cluster import ClusterView
+from .metastore import MetaStore
+from .namespace import NamespaceConfig
+from .ops import Handlers
+from .repair import RepairPlanner
+
+log = logging.getLogger(__name__)
+
+BATCH = 512
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    worker_endpoint: str
+    events_endpoint: str
+    replication: int = 2
+    block_size: int = 4 * 1024 * 1024
+    lease: float = 60.0
+    heartbeat: float = 1.0
+    liveness: int = 3
+    dead_after: float = 5.0
+    checkpoint_records: int = 200_000
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    salvage: bool = False
+    safemode_timeout: float = 30.0
+    orphan_grace: float = 60.0
+    max_copies_per_node: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MetadataServer:
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        started = time.monotonic()
+        self.store = MetaStore(s.data_dir, config=NamespaceConfig(
+            replication=s.replication, block_size=s.block_size, lease=s.lease),
+            checkpoint_records=s.checkpoint_records, checkpoint_bytes=s.checkpoint_bytes,
+            salvage=s.salvage)
+        log.info("metadata recovered in %.2fs: %s", time.monotonic() - started,
+                 self.store.ns.counts())
+        self.cluster = ClusterView(dead_after=s.dead_after)
+        self.events = Publisher(s.events_endpoint, "mds")
+        self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
+                                    safemode_timeout=s.safemode_timeout,
+                                    orphan_grace=s.orphan_grace,
+                                    max_copies_per_node=s.max_copies_per_node)
+        self.ops = Handlers(self.store, self.cluster, self.repair, s)
+        self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
+                             liveness=s.liveness, capacity=4096, exclusive=True)
+        self._stop = False
+        self._next_upkeep = 0.0
+
+    def stop(self) -> None:
+        self._stop = True
+        self.worker.wake()
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _batch(self) -> list[Request]:
+        first = self.worker.recv(timeout=0.2)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < BATCH:
+            req = self.worker.recv(timeout=0)
+            if req is None:
+                break
+            batch.append(req)
+        return batch
+
+    def turn(self) -> None:
+        batch = self._batch()
+        replies: list[tuple[Request, Any, BaseException | None]] = []
+        events: list[tuple[str, dict]] = []
+        for req in batch:
+            try:
+                result = self.ops.handle(req, events)
+                replies.append((req, result, None))
+            except OSError as exc:
+                replies.append((req, None, exc))
+            except Exception as exc:   # a bug in a handler must not take the MDS down
+                log.exception("handler for %r failed", req.op)
+                replies.append((req, None, exc))
+        events.extend(self._upkeep())
+        try:
+            self.store.flush()
+        except Exception:
+            log.critical("the write-ahead log cannot be made durable; exiting without "
+                         "acknowledging the last batch", exc_info=True)
+            sys.exit(70)
+        for req, result, error in replies:
+            if error is None:
+                if isinstance(result, tuple):
+                    self.worker.reply(req, result[0], result[1])
+                else:
+                    self.worker.reply(req, result)
+            else:
+                self.worker.reply_error(req, error)
+        for topic, fields in events:
+            self.events.publish(topic, **fields)
+        self.store.poll()
+
+    def _upkeep(self) -> list[tuple[str, dict]]:
+        now = time.monotonic()
+        if now < self._next_upkeep:
+            return []
+        self._next_upkeep = now + min(0.5, self.s.heartbeat)
+        return self.ops.upkeep()
+
+    def run(self) -> None:
+        log.info("MDS serving (replication %d, block size %d)", self.s.replication,
+                 self.s.block_size)
+        try:
+            while not self._stop:
+                self.turn()
+        finally:
+            self.worker.close()
+            self.events.close()
+            try:
+                self.store.close(checkpoint=False)
+            except Exception:
+                log.exception("closing the metadata store failed")
+            log.info("MDS stopped")
