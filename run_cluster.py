@@ -146,24 +146,33 @@ class Cluster:
             return c.call("broker", {"op": "services"}).result["services"]
 
     def wait_ready(self, timeout: float = 30.0, roles: list[str] | None = None) -> None:
-        """Until the broker answers and every worker role has registered its service."""
-        wanted = {"mds" if r == "mds" else f"dn.{r}"
-                  for r in (roles or self.roles) if r not in ("broker", "viz")}
+        """Until every worker role answers a request through the broker.
+
+        Answering, not merely registered: after a kill -9 the broker may still list the
+        dead predecessor until its heartbeats run out.
+        """
+        from broker.client import Client
+        names = [r for r in (roles or self.roles) if r not in ("broker", "viz")]
+        probes = {r: ("mds", {"op": "ping"}) if r == "mds" else (f"dn.{r}", {"op": "info"})
+                  for r in names}
         deadline = time.monotonic() + timeout
         last: Any = None
-        while time.monotonic() < deadline:
-            for role in self.roles.values():
-                if role.proc is not None and not role.alive() and (roles is None or role.name in roles):
-                    raise RuntimeError(f"{role.name} exited with code {role.proc.returncode}; "
-                                       f"see {role.log_path}")
-            try:
-                last = self.services()
-                if wanted <= set(last):
-                    return
-            except OSError as exc:
-                last = exc
-            time.sleep(0.1)
-        raise TimeoutError(f"cluster not ready after {timeout}s (services: {last})")
+        with Client(self.broker, timeout=2.0, connect_timeout=1.0) as client:
+            for name, (service, probe) in probes.items():
+                while True:
+                    role = self.roles[name]
+                    if role.proc is not None and not role.alive():
+                        raise RuntimeError(f"{name} exited with code {role.proc.returncode}; "
+                                           f"see {role.log_path}")
+                    try:
+                        client.call(service, probe)
+                        break
+                    except OSError as exc:
+                        last = exc
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"cluster not ready after {timeout}s: {name} did "
+                                           f"not answer ({last})")
+                    time.sleep(0.1)
 
     def stop_role(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Stop one role by PID (SIGKILL after `timeout`); returns its exit code."""
