@@ -173,6 +173,20 @@ class Cluster:
                         raise TimeoutError(f"cluster not ready after {timeout}s: {name} did "
                                            f"not answer ({last})")
                     time.sleep(0.1)
+            # The MDS places blocks only on DataNodes it has heard from: ready means it
+            # sees every running DataNode up.
+            nodes = {n for n in self.node_ids if self.roles.get(n) and self.roles[n].alive()}
+            while "mds" in self.roles and self.roles["mds"].alive() and nodes:
+                try:
+                    status = client.call("mds", {"op": "status"}).result
+                    if nodes <= {n["id"] for n in status["nodes"] if n["state"] == "up"}:
+                        break
+                except OSError as exc:
+                    last = exc
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cluster not ready after {timeout}s: the MDS does "
+                                       f"not see every DataNode up ({last})")
+                time.sleep(0.1)
 
     def stop_role(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Stop one role by PID (SIGKILL after `timeout`); returns its exit code."""
