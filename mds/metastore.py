@@ -1,0 +1,351 @@
+"""Durable metadata store: a Namespace kept in memory, made durable by the WAL and
+checkpointed to snapshots by a forked child. The MDS server's single-threaded loop
+drives it; nothing here blocks on the network.
+
+Public API (one MetaStore per data directory; not thread-safe, by design):
+    MetaStore(data_dir, *, config=NamespaceConfig(), clock=time.time,
+              random_bytes=os.urandom, checkpoint_records=200_000,
+              checkpoint_bytes=64 MiB, salvage=False, keep_snapshots=2)
+        Opens or recovers: newest valid snapshot + replay of the later WAL records
+        (a torn tail is cut; other damage raises WalCorruption unless salvage=True).
+    .ns                       the Namespace: call its prepare_*/reads directly
+    .submit(record | prepare) -> result
+        ``prepare`` is a callable ``ns -> record`` (e.g. ``lambda ns: ns.prepare_rm(p)``)
+        whose record is trusted; a plain record is validated first. Applies to memory
+        and buffers the record in the WAL. The caller must NOT reply before flush().
+    .flush() -> bytes         one write + one fsync for everything submitted since the
+                              last flush (group commit). Then reply.
+    .poll()                   call every loop turn: reaps a checkpoint child, starts a
+                              checkpoint when due (records or WAL bytes since the last one)
+    .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
+    .close(checkpoint=False)
+    .last_seq, .snapshot_seq, .checkpointing, .stats()
+
+Data directory: ``wal-<seq>.log`` segments and ``snapshot-<seq>.msgpack`` files side by
+side, and a ``LOCK`` file held with flock (a second opener gets OSError EBUSY). A checkpoint rotates the WAL, forks, and the child writes the snapshot of its
+copy-on-write memory (tmp, fsync, rename, fsync dir) and exits 0/1; the parent keeps
+serving. Only after the child succeeded are snapshots beyond the newest
+``keep_snapshots`` deleted, and the segments the oldest kept snapshot covers: so a
+damaged newest snapshot can fall back to the older one plus the WAL. Recovery does that
+fallback (renaming the damaged file ``*.corrupt``) only when the WAL still reaches back
+to the older snapshot, else it raises RecoveryError naming the file.
+
+GC: after recovery and before each checkpoint fork the store runs gc.collect() and
+gc.freeze() (see _freeze_heap): a process-wide choice, made here because the namespace
+is by far the largest object population of the MDS process.
+
+Failure model (fail-stop): memory cannot be rolled back. If a write or fsync of the WAL
+fails, or apply raises on a record that validated (a bug), flush()/submit() raise and
+every later call raises too: the server must exit without replying to anything it
+submitted since the last successful flush; restart recovers the durable prefix.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Mapping, Union
+
+from mds.namespace import Namespace, NamespaceConfig
+from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapshot_name, \
+    write_snapshot
+from mds.wal import WriteAheadLog, fsync_dir, list_segments, recover
+
+log = logging.getLogger(__name__)
+
+Submission = Union[Mapping[str, Any], Callable[[Namespace], Mapping[str, Any]]]
+RETRY_AFTER_FAILED_CHECKPOINT = 30.0
+
+
+def _freeze_heap() -> None:
+    """Collect, then move every live object to the GC's permanent generation.
+
+    Why: full collections would otherwise walk the whole namespace (0.66 s a pass at 1M
+    files, recurring as it grows), and a forked checkpoint child would copy every page
+    whose GC header such a pass touches. The namespace holds no reference cycles, and
+    the collection first means no cyclic garbage is frozen for good; it only walks the
+    objects created since the last freeze, so its pause is bounded by the checkpoint
+    interval."""
+    gc.collect()
+    gc.freeze()
+
+
+def _lock_directory(directory: Path) -> BinaryIO:
+    """Hold an exclusive flock on ``LOCK``: a second MDS on the same directory would
+    take the live writer's half-written record for a torn tail and cut it off. The lock
+    goes with the process (and a checkpoint child still writing)."""
+    f = open(directory / "LOCK", "ab")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OSError(errno.EBUSY, "data directory is in use by another MDS process",
+                      str(directory)) from None
+    return f
+
+
+class RecoveryError(OSError):
+    """The data directory cannot be recovered without losing acknowledged records."""
+
+    def __init__(self, path: os.PathLike | str, message: str) -> None:
+        super().__init__(errno.EIO, message, str(path))
+
+
+class MetaStore:
+    def __init__(self, data_dir: os.PathLike | str, *,
+                 config: NamespaceConfig = NamespaceConfig(),
+                 clock: Callable[[], float] = time.time,
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 checkpoint_records: int = 200_000, checkpoint_bytes: int = 64 << 20,
+                 salvage: bool = False, keep_snapshots: int = 2) -> None:
+        self.dir = Path(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._config, self._clock, self._random = config, clock, random_bytes
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_bytes = checkpoint_bytes
+        self.keep_snapshots = max(1, keep_snapshots)
+        self._failed: BaseException | None = None
+        self._child: tuple[int, int, float] | None = None  # pid, seq, start (monotonic)
+        self._child_bytes = 0  # self._bytes when the running checkpoint started
+        self._retry_at = 0.0
+        self._lock = _lock_directory(self.dir)
+        try:
+            self.ns, self.snapshot_seq, self.last_seq = self._recover(salvage)
+            _freeze_heap()
+            self.wal = WriteAheadLog(self.dir, self.last_seq + 1)
+        except BaseException:
+            self._lock.close()
+            raise
+        # WAL bytes written since the newest snapshot, for the checkpoint_bytes trigger
+        self._bytes = sum(p.stat().st_size for first, p in list_segments(self.dir)
+                          if first > self.snapshot_seq)
+        self._bytes_at_snapshot = 0
+
+    def _new_namespace(self) -> Namespace:
+        return Namespace(self._config, clock=self._clock, random_bytes=self._random)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self, salvage: bool) -> tuple[Namespace, int, int]:
+        for tmp in self.dir.glob("*.tmp"):
+            log.warning("removing %s left by an interrupted checkpoint", tmp)
+            tmp.unlink()
+        snaps = list_snapshots(self.dir)
+        segs = list_segments(self.dir)
+        wal_start = segs[0][0] if segs else None
+        started = time.monotonic()
+        ns, base = None, 0
+        for seq, path in reversed(snaps):
+            candidate = self._new_namespace()
+            try:
+                load_snapshot(path, candidate)
+                # objects born while the GC was paused sit in generation 0: without this
+                # the next young collection would walk all of them (~0.5 s at 1M files)
+                gc.freeze()
+                ns, base = candidate, seq
+                break
+            except SnapshotCorrupt as exc:
+                older = [s for s, _ in snaps if s < seq]
+                fallback = older[-1] if older else 0
+                if wal_start is None or wal_start > fallback + 1:
+                    raise RecoveryError(path, (
+                        f"{exc.strerror}; the WAL in {self.dir} starts at seq {wal_start}, "
+                        f"so it cannot rebuild from "
+                        f"{'snapshot ' + str(fallback) if older else 'an empty namespace'}: "
+                        "restore the snapshot from a backup (refusing to lose records)")
+                    ) from exc
+                log.error("%s; falling back to %s and replaying the WAL from seq %d; the "
+                          "damaged file is renamed *.corrupt", exc.strerror,
+                          f"snapshot {fallback}" if older else "an empty namespace",
+                          fallback + 1)
+                path.rename(path.with_name(path.name + ".corrupt"))
+        if ns is None:
+            if wal_start is not None and wal_start > 1:
+                raise RecoveryError(self.dir, f"the WAL begins at seq {wal_start} but no "
+                                              f"snapshot covers seqs 1..{wal_start - 1}")
+            ns = self._new_namespace()
+        loaded = time.monotonic()
+        last, count = base, 0
+        for rec in recover(self.dir, base, salvage=salvage):
+            try:
+                ns.validate(rec)
+            except OSError as exc:
+                raise RecoveryError(self.dir, f"WAL record seq {rec['seq']} does not apply "
+                                              f"to the recovered state: {exc}") from exc
+            ns.apply(rec)
+            last, count = rec["seq"], count + 1
+        log.info("recovered %s: snapshot seq %d loaded in %.2f s, %d WAL records replayed in "
+                 "%.2f s, last seq %d, %s", self.dir, base, loaded - started, count,
+                 time.monotonic() - loaded, last, ns.counts())
+        return ns, base, last
+
+    # ------------------------------------------------------------------ mutations
+
+    def _ensure_usable(self) -> None:
+        if self._failed is not None:
+            raise OSError(errno.EIO, f"metadata store stopped after a fatal error: "
+                                     f"{self._failed!r}", str(self.dir))
+
+    def submit(self, record_or_prepare: Submission) -> dict:
+        """Validate, apply to memory, buffer in the WAL; reply only after flush()."""
+        self._ensure_usable()
+        if callable(record_or_prepare):
+            record = record_or_prepare(self.ns)
+        else:
+            record = record_or_prepare
+            self.ns.validate(record)
+        seq = self.wal.append(record)  # encode before mutating: a bad value changes nothing
+        try:
+            result = self.ns.apply(record)
+        except BaseException as exc:
+            self._failed = exc
+            log.critical("apply failed for a validated %s record (seq %d): memory may be "
+                         "inconsistent, stopping", record.get("op"), seq, exc_info=True)
+            raise
+        self.last_seq = seq
+        return result
+
+    def flush(self) -> int:
+        """Make everything submitted durable (one write, one fsync); bytes written."""
+        self._ensure_usable()
+        try:
+            written = self.wal.sync()
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        self._bytes += written
+        return written
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._child is not None
+
+    def _due(self) -> bool:
+        return (self.last_seq > self.snapshot_seq and self._clock() >= self._retry_at
+                and (self.last_seq - self.snapshot_seq >= self.checkpoint_records
+                     or self._bytes - self._bytes_at_snapshot >= self.checkpoint_bytes))
+
+    def poll(self) -> None:
+        """Reap a finished checkpoint child; start a checkpoint when one is due."""
+        if self._child is not None:
+            self._reap(block=False)
+        if (self._child is None and self._failed is None and self.wal.pending == 0
+                and self._due()):
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        seq = self.last_seq
+        self.wal.rotate()  # later records go to a segment the snapshot does not cover
+        _freeze_heap()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._retry_at = self._clock() + RETRY_AFTER_FAILED_CHECKPOINT
+            log.error("cannot fork a checkpoint child: %s; retrying in %.0f s", exc,
+                      RETRY_AFTER_FAILED_CHECKPOINT)
+            return
+        if pid == 0:  # child: write the copy-on-write image of the namespace, then leave
+            code = 1
+            try:
+                # a GC pass would write to every object header and copy the parent's pages
+                gc.disable()
+                write_snapshot(self.dir, self.ns, seq, clock=self._clock)
+                code = 0
+            except BaseException:
+                log.exception("checkpoint child failed writing the snapshot at seq %d", seq)
+            finally:
+                os._exit(code)
+        self._child = (pid, seq, time.monotonic())
+        self._child_bytes = self._bytes
+        log.info("checkpoint at seq %d started in child %d", seq, pid)
+
+    def _reap(self, block: bool) -> bool | None:
+        """None while the child runs, else whether it succeeded."""
+        pid, seq, started = self._child
+        try:
+            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its exit status is lost
+            done, status = pid, -1
+        if done == 0:
+            return None
+        self._child = None
+        ok = (status != -1 and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+              and (self.dir / snapshot_name(seq)).exists())
+        if not ok:
+            self._retry_at = self._clock() + RETRY_AFTER_FAILED_CHECKPOINT
+            log.error("checkpoint at seq %d failed (child status %#x); the WAL is kept and "
+                      "a new attempt follows in %.0f s", seq, status,
+                      RETRY_AFTER_FAILED_CHECKPOINT)
+            return False
+        self.snapshot_seq = seq
+        self._bytes_at_snapshot = self._child_bytes
+        log.info("checkpoint at seq %d durable after %.2f s", seq, time.monotonic() - started)
+        self._prune()
+        return True
+
+    def _prune(self) -> None:
+        """Drop snapshots beyond the newest few, and the segments the oldest kept one
+        covers: a damaged newest snapshot can still fall back to the one before."""
+        snaps = list_snapshots(self.dir)
+        if len(snaps) < self.keep_snapshots:
+            return  # the fallback for a damaged snapshot is then a replay from seq 1
+        for _, path in snaps[:-self.keep_snapshots]:
+            path.unlink()
+        oldest = snaps[-self.keep_snapshots][0]
+        segs = list_segments(self.dir)
+        removed = []
+        for (_, path), (next_first, _) in zip(segs, segs[1:]):
+            if next_first <= oldest + 1:
+                path.unlink()
+                removed.append(path.name)
+        fsync_dir(self.dir)
+        if removed:
+            log.info("removed WAL segments covered by snapshot %d: %s", oldest, removed)
+
+    def checkpoint_now(self, wait: bool = True) -> bool:
+        """Flush and snapshot the current state; False when there was nothing new."""
+        self.flush()
+        if self._child is not None:
+            self._reap(block=True)
+        if self.last_seq == self.snapshot_seq:
+            return False
+        self._start_checkpoint()
+        if wait and not self._reap(block=True):
+            raise OSError(errno.EIO, "checkpoint failed; see the log", str(self.dir))
+        return True
+
+    # ------------------------------------------------------------------ misc
+
+    def stats(self) -> dict:
+        return {"last_seq": self.last_seq, "snapshot_seq": self.snapshot_seq,
+                "wal_bytes_since_snapshot": self._bytes - self._bytes_at_snapshot,
+                "checkpointing": self.checkpointing, **self.ns.counts()}
+
+    def close(self, checkpoint: bool = False) -> None:
+        """Flush, optionally checkpoint, wait for a running checkpoint, close the WAL."""
+        try:
+            if self._failed is None:
+                if checkpoint:
+                    self.checkpoint_now(wait=True)
+                else:
+                    self.flush()
+            if self._child is not None:
+                self._reap(block=True)
+        finally:
+            try:
+                # after a fatal error the buffer may hold a record memory did not take
+                self.wal.close(sync=self._failed is None)
+            finally:
+                self._lock.close()
+
+    def __enter__(self) -> MetaStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,333 @@
+"""The MDS write-ahead log: frame codec, segment files, group commit and recovery scan.
+
+Owns everything about ``wal-<first seq, 20 digits>.log`` files in one directory.
+
+Frame (little-endian): ``[u32 length][u32 crc][body]`` where body is msgpack of
+``{"seq": n, **record}`` (``seq`` is always the first key) and crc is CRC32C over the
+4 length bytes followed by the body, so a damaged length is caught like damaged data.
+
+Public API:
+    encode_frame(body: bytes) -> bytes
+    frame_at(buf, offset) -> (obj, end offset) | str reason it is bad
+    read_segment(path) -> SegmentRead(records, good_end, damage)
+    list_segments(directory) -> list[(first_seq, path)]
+    recover(directory, after_seq=0, *, salvage=False) -> Iterator[record]
+        yields every record with seq > after_seq in order. Torn tail (damage at the end
+        of the LAST segment with no valid frame after it): the file is truncated to the
+        last good record, fsynced, and a warning names file and offset. Any other damage
+        (valid frames after it, damage in an earlier segment, a seq gap, a segment whose
+        name disagrees with its first record) raises WalCorruption naming file and byte
+        offset; with salvage=True the log is instead cut at the damage, later segments are
+        deleted, and the loss is logged at ERROR level.
+    WriteAheadLog(directory, next_seq)
+        .append(record) -> seq   encode and buffer only (no I/O)
+        .sync()                  one write + one fdatasync for all buffered frames; raises
+                                 on failure and refuses further use (fail-stop)
+        .rotate() -> Path        start a new segment named after the next seq
+        .close(sync=True)        sync=False drops the buffer (fail-stop shutdown)
+        .next_seq, .pending, .segment, .segment_bytes
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any, Iterator, Mapping, NamedTuple
+
+import msgpack
+from crc32c import crc32c
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<II")
+MAX_BODY = 256 << 20  # a commit of ~4M blocks; anything larger is damage, not data
+SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
+# Every frame our encoder writes starts its body with a fixmap or map16 header then the
+# key "seq": searching for this marker finds candidate frames at C speed when scanning
+# past damage for "is there a valid record after it?".
+_SEQ_KEY = b"\xa3seq"
+
+
+class WalCorruption(OSError):
+    """Damage in the log that is not a torn tail; names the file and byte offset."""
+
+    def __init__(self, path: os.PathLike | str, offset: int, reason: str) -> None:
+        super().__init__(errno.EIO, f"WAL damaged in {path} at byte {offset}: {reason}",
+                         str(path))
+        self.offset = offset
+        self.reason = reason
+
+
+class Damage(NamedTuple):
+    offset: int             # where the bad frame starts (== good_end)
+    reason: str
+    valid_after: bool       # a well-formed frame with a valid CRC starts later in the file
+
+
+class SegmentRead(NamedTuple):
+    records: list[dict]
+    good_end: int           # offset just after the last good frame
+    damage: Damage | None
+
+
+def segment_name(first_seq: int) -> str:
+    return f"wal-{first_seq:020d}.log"
+
+
+def list_segments(directory: os.PathLike | str) -> list[tuple[int, Path]]:
+    out = []
+    for entry in os.scandir(directory):
+        m = SEGMENT_RE.match(entry.name)
+        if m:
+            out.append((int(m.group(1)), Path(entry.path)))
+    return sorted(out)
+
+
+def fsync_dir(directory: os.PathLike | str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_frame(body: bytes) -> bytes:
+    head = struct.pack("<I", len(body))
+    return head + struct.pack("<I", crc32c(body, crc32c(head))) + body
+
+
+def frame_at(buf: bytes | memoryview, offset: int) -> tuple[Any, int] | str:
+    """Decode the frame at ``offset``: (object, end offset), or the reason it is bad."""
+    if len(buf) - offset < HEADER.size:
+        return "truncated frame header"
+    length, crc = HEADER.unpack_from(buf, offset)
+    if length > MAX_BODY:
+        return f"implausible length {length}"
+    end = offset + HEADER.size + length
+    if end > len(buf):
+        return f"truncated frame ({length}-byte body, {len(buf) - offset - 8} present)"
+    body = buf[offset + HEADER.size:end]
+    if crc32c(body, crc32c(buf[offset:offset + 4])) != crc:
+        return "checksum mismatch"
+    try:
+        return msgpack.unpackb(body, raw=False), end
+    except Exception as exc:  # msgpack raises several types for garbage
+        return f"undecodable body ({exc.__class__.__name__})"
+
+
+def _as_record(obj: Any) -> dict | None:
+    if isinstance(obj, dict) and type(obj.get("seq")) is int and next(iter(obj)) == "seq":
+        return obj
+    return None
+
+
+def _valid_frame_after(buf: bytes, start: int) -> int | None:
+    """Offset of the first valid record frame starting after ``start``, if any."""
+    pos = buf.find(_SEQ_KEY, start + HEADER.size)
+    while pos != -1:
+        # fixmap: 1 marker byte before the key; map16: 3 bytes
+        for off in (pos - HEADER.size - 1, pos - HEADER.size - 3):
+            if off > start:
+                got = frame_at(buf, off)
+                if not isinstance(got, str) and _as_record(got[0]) is not None:
+                    return off
+        pos = buf.find(_SEQ_KEY, pos + 1)
+    return None
+
+
+def read_segment(path: os.PathLike | str) -> SegmentRead:
+    """Decode a segment up to its first damaged frame; reports whether valid frames
+    follow the damage (which tells a torn tail from corruption)."""
+    buf = Path(path).read_bytes()
+    records, offset = [], 0
+    while offset < len(buf):
+        got = frame_at(buf, offset)
+        if isinstance(got, str):
+            reason = got
+        elif _as_record(got[0]) is None:
+            reason = "frame is not a WAL record"
+        else:
+            records.append(got[0])
+            offset = got[1]
+            continue
+        return SegmentRead(records, offset,
+                           Damage(offset, reason, _valid_frame_after(buf, offset) is not None))
+    return SegmentRead(records, offset, None)
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def recover(directory: os.PathLike | str, after_seq: int = 0, *,
+            salvage: bool = False) -> Iterator[dict]:
+    """Yield the records with seq > after_seq in order, repairing a torn tail (see the
+    module doc). Segments wholly covered by ``after_seq`` (the next segment starts at or
+    before after_seq + 1) are not read at all."""
+    segments = list_segments(directory)
+    while len(segments) > 1 and segments[1][0] <= after_seq + 1:
+        segments.pop(0)
+    prev = None  # seq of the last record seen
+    for n, (first, path) in enumerate(segments):
+        seg = read_segment(path)
+        for i, rec in enumerate(seg.records):
+            seq = rec["seq"]
+            problem = _sequence_problem(seq, i, first, prev, after_seq)
+            if problem:
+                _give_up(path, _offset_of(path, i), problem, salvage, segments[n + 1:])
+                return
+            prev = seq
+            if seq > after_seq:
+                yield rec
+        damage = seg.damage
+        if damage is None:
+            continue
+        if n == len(segments) - 1 and not damage.valid_after:
+            log.warning("WAL torn tail in %s at byte %d (%s): truncating %d bytes "
+                        "(a record cut short by a crash, or damaged)", path, damage.offset,
+                        damage.reason, path.stat().st_size - damage.offset)
+            _truncate(path, damage.offset)
+            return
+        why = damage.reason + (" and valid records follow it" if damage.valid_after
+                               else " in a segment that is not the last")
+        _give_up(path, damage.offset, why, salvage, segments[n + 1:])
+        return
+
+
+def _sequence_problem(seq: int, index: int, first: int, prev: int | None,
+                      after_seq: int) -> str | None:
+    if index == 0 and seq != first:
+        return f"first record has seq {seq} but the segment is named for {first}"
+    if prev is not None and seq != prev + 1:
+        return f"seq {seq} follows seq {prev}"
+    if prev is None and seq > after_seq + 1:
+        return f"records {after_seq + 1}..{seq - 1} are missing"
+    return None
+
+
+def _offset_of(path: Path, index: int) -> int:
+    """Byte offset of the index-th frame (only used to report damage)."""
+    buf, offset = Path(path).read_bytes(), 0
+    for _ in range(index):
+        offset = frame_at(buf, offset)[1]
+    return offset
+
+
+def _give_up(path: Path, offset: int, reason: str, salvage: bool,
+             later: list[tuple[int, Path]]) -> None:
+    """Raise WalCorruption, or under salvage cut the log at the damage, drop the later
+    segments and say so loudly."""
+    if not salvage:
+        raise WalCorruption(path, offset, reason)
+    dropped = [p for _, p in later]
+    lost = sum(p.stat().st_size for p in dropped) + path.stat().st_size - offset
+    log.error("WAL SALVAGE: damage in %s at byte %d (%s); DISCARDING %d bytes: the rest of "
+              "this segment and %d later segment(s) %s", path, offset, reason, lost,
+              len(dropped), [p.name for p in dropped])
+    if offset == 0:
+        dropped.append(path)  # nothing of it survives; its name would claim a wrong seq
+    else:
+        _truncate(path, offset)
+    for p in dropped:
+        p.unlink()
+    fsync_dir(path.parent)
+
+
+class WriteAheadLog:
+    """Appends records to the newest segment; durable only after ``sync()`` returns."""
+
+    def __init__(self, directory: os.PathLike | str, next_seq: int) -> None:
+        self.directory = Path(directory)
+        self.next_seq = next_seq
+        self._buffer: list[bytes] = []
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._failed: BaseException | None = None
+        self._fd = -1
+        self.segment: Path | None = None
+        self.segment_bytes = 0
+        self._open_segment()
+
+    def _open_segment(self) -> None:
+        path = self.directory / segment_name(self.next_seq)
+        existing = list_segments(self.directory)
+        if existing and existing[-1][0] > self.next_seq:
+            raise WalCorruption(existing[-1][1], 0,
+                                f"segment is newer than the next seq {self.next_seq}")
+        if path.exists() and path.stat().st_size:
+            raise WalCorruption(path, 0, f"segment for seq {self.next_seq} already has data")
+        created = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if created:
+            os.fsync(self._fd)
+            fsync_dir(self.directory)  # the new name must survive a crash
+        self.segment, self.segment_bytes = path, 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def _ensure_usable(self) -> None:
+        if self._failed is not None:
+            raise OSError(errno.EIO, f"WAL unusable after an earlier failure: "
+                                     f"{self._failed!r}", str(self.segment))
+
+    def append(self, record: Mapping[str, Any]) -> int:
+        """Encode and buffer ``record`` under the next seq; returns that seq. No I/O."""
+        self._ensure_usable()
+        seq = self.next_seq
+        if "seq" in record:  # a record read back from the log: its old seq must not win
+            record = {k: v for k, v in record.items() if k != "seq"}
+        frame = encode_frame(self._packer.pack({"seq": seq, **record}))
+        if len(frame) - HEADER.size > MAX_BODY:
+            raise OSError(errno.EFBIG, f"WAL record of {len(frame)} bytes is too large")
+        self._buffer.append(frame)
+        self.next_seq = seq + 1
+        return seq
+
+    def sync(self) -> int:
+        """Write every buffered frame with one write and one fdatasync; bytes written."""
+        self._ensure_usable()
+        if not self._buffer:
+            return 0
+        data = b"".join(self._buffer)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fdatasync(self._fd)
+        except BaseException as exc:
+            # after a failed fsync the page cache state is unknown: never retry (fail-stop)
+            self._failed = exc
+            log.critical("WAL write/fsync to %s failed: %r", self.segment, exc)
+            raise
+        self._buffer.clear()
+        self.segment_bytes += len(data)
+        return len(data)
+
+    def rotate(self) -> Path:
+        """Sync, then continue in a new segment named after the next seq (no-op when the
+        current segment is still empty)."""
+        self.sync()
+        if self.segment_bytes == 0 and self.segment == self.directory / segment_name(
+                self.next_seq):
+            return self.segment
+        os.close(self._fd)
+        self._fd = -1
+        self._open_segment()
+        return self.segment
+
+    def close(self, sync: bool = True) -> None:
+        """Close the segment; ``sync=False`` drops buffered records (fail-stop path)."""
+        if self._fd >= 0:
+            try:
+                if sync and self._failed is None:
+                    self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
