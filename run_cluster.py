@@ -115,6 +115,7 @@ class Cluster:
             specs["viz"] = [py, "-m", "streamlit", "run", str(ROOT / "viz" / "app.py"),
                             "--server.address", "127.0.0.1", "--server.port", str(self.viz_port),
                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                            "--client.toolbarMode", "viewer",
                             "--", "--broker", self.broker, "--events", self.endpoints["events_out"]]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])

@@ -1,0 +1,331 @@
+"""End-to-end throughput of AegisFS beside a raw baseline, measured in the same run.
+
+    python bench/put_get.py                      # 1 GiB put/get at R=1 and R=2, 4 KiB creates
+    python bench/put_get.py --size-mib 256 --small-files 200
+
+Starts its own cluster (run_cluster.Cluster: broker, MDS, 3 DataNodes) on free ports in a
+temporary directory. Every client runs in a child process of its own, which reports its
+wall time and peak RSS (getrusage). The raw baseline is the minimal same-shaped path: a
+client DEALER -> a C `zmq.proxy` relay -> single-threaded sink processes writing each block
+tmp, fsync, DONTNEED, rename, fsync dir (as bench/raw_disk.py's raw_put) - no MDS, no
+checksums, no placement. Prints a table; benchmarks are scripts, not tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MiB = 1024 * 1024
+BLOCK = 4 * MiB
+WINDOW = 8
+
+
+# ---------------------------------------------------------------------------------------
+# Child roles: each prints one JSON line {seconds, rss_mib, ...} and exits.
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+class _Timed:
+    """Wall time and process CPU (all threads, zmq's I/O thread included) of a block."""
+
+    def __enter__(self) -> "_Timed":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def result(self, **extra: object) -> dict:
+        return {"seconds": self.wall, "cpu": self.cpu, **extra}
+
+
+def role_put(broker: str, src: str, remote: str, replication: int) -> dict:
+    from client import AegisClient
+    with AegisClient(broker, timeout=60) as fs, _Timed() as t:
+        fs.put(src, remote, replication=replication)
+    return t.result()
+
+
+def role_get(broker: str, remote: str, dst: str) -> dict:
+    from client import AegisClient
+    with AegisClient(broker, timeout=60) as fs, _Timed() as t:
+        fs.get(remote, dst)
+    return t.result()
+
+
+def role_small(broker: str, prefix: str, count: int, replication: int) -> dict:
+    from client import AegisClient
+    data = os.urandom(4096)
+    with AegisClient(broker, timeout=60) as fs:
+        fs.mkdir(prefix, parents=True)
+        start = time.time()
+        for i in range(count):
+            fs.write_bytes(f"{prefix}/f{i:06d}", data, replication=replication)
+        return {"start": start, "end": time.time(), "count": count}
+
+
+def role_sink(endpoint: str, directory: str) -> None:
+    """Raw baseline DataNode: REP loop, durable write per block (raw_put's sequence)."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.MAXMSGSIZE, -1)
+    sock.connect(endpoint)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    print("ready", flush=True)
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        op, name = frames[0].bytes, frames[1].bytes.decode()
+        if op == b"stop":
+            sock.send(b"bye")
+            return
+        path = os.path.join(directory, name)
+        if op == b"put":
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.writev(fd, [f.buffer for f in frames[2:]])
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            os.rename(path + ".tmp", path)
+            os.fsync(dir_fd)
+            sock.send_multipart([b"ok", name.encode()])
+        else:   # get
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                buf = bytearray(os.fstat(fd).st_size)
+                os.preadv(fd, [buf], 0)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            sock.send(buf, copy=False)
+
+
+def role_relay(front: str, back: str) -> None:
+    import zmq
+    ctx = zmq.Context()
+    f, b = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    f.bind(front)
+    b.bind(back)
+    print("ready", flush=True)
+    zmq.proxy(f, b)
+
+
+def role_raw_client(endpoint: str, op: str, src: str, replication: int) -> dict:
+    """Window of WINDOW blocks in flight; R copies of each block (the relay round-robins
+    them over R sinks); get reads every block back once, writing the local file."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.MAXMSGSIZE, -1)
+    sock.connect(endpoint)
+    size = os.path.getsize(src)
+    nblocks = -(-size // BLOCK)
+    t0 = time.perf_counter()
+    if op == "put":
+        bufs = [bytearray(BLOCK) for _ in range(WINDOW)]
+        acks: dict[bytes, int] = {}          # block name -> copies still unacknowledged
+
+        def collect() -> None:
+            name = sock.recv_multipart()[2]
+            acks[name] -= 1
+            if not acks[name]:
+                del acks[name]
+
+        with open(src, "rb", buffering=0) as f:
+            for i in range(nblocks):
+                # block i reuses the buffer of block i - WINDOW: wait until it is acked
+                while f"b{i - WINDOW}".encode() in acks or len(acks) >= WINDOW:
+                    collect()
+                view = memoryview(bufs[i % WINDOW])
+                n = f.readinto(view)
+                name = f"b{i}".encode()
+                acks[name] = replication
+                for _ in range(replication):
+                    sock.send_multipart([b"", b"put", name, view[:n]], copy=False)
+        while acks:
+            collect()
+    else:
+        # the local file is written as AegisClient.get writes it: fdatasync + DONTNEED every
+        # 32 MiB, fsync at the end
+        fd = os.open(src + ".raw-get", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        sent = done = unsynced = 0
+        while done < nblocks:
+            while sent < nblocks and sent - done < WINDOW:
+                sock.send_multipart([b"", b"get", f"b{sent}".encode()])
+                sent += 1
+            frames = sock.recv_multipart(copy=False)   # one sink: replies come in order
+            unsynced += os.write(fd, frames[1].buffer)
+            done += 1
+            if unsynced >= 32 * MiB:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                unsynced = 0
+        os.fsync(fd)
+        os.close(fd)
+        os.unlink(src + ".raw-get")
+    return {"seconds": time.perf_counter() - t0}
+
+
+ROLES = {"put": role_put, "get": role_get, "small": role_small, "raw-client": role_raw_client}
+
+
+# ---------------------------------------------------------------------------------------
+# The driver
+
+def child(role: str, *args: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--role", role, *map(str, args)],
+                            stdout=subprocess.PIPE, cwd=str(ROOT), text=True)
+
+
+def run_child(role: str, *args: object) -> dict:
+    proc = child(role, *args)
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{role} failed ({proc.returncode}): {out}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def make_source(path: Path, size: int) -> None:
+    rnd = random.Random(7)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(rnd.randbytes(n))
+            left -= n
+
+
+def raw_baseline(tmp: Path, src: Path, replication: int) -> dict[str, float]:
+    """MB/s of the raw path: put with `replication` sinks, and get (one copy read)."""
+    from run_cluster import free_base_port
+    port = free_base_port(2)
+    front, back = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+    procs = [child("relay", front, back)]
+    try:
+        procs[0].stdout.readline()
+        sink_dir = tmp / f"raw-r{replication}"
+        for r in range(replication):
+            (sink_dir / str(r)).mkdir(parents=True)
+            procs.append(child("sink", back, sink_dir / str(r)))
+            procs[-1].stdout.readline()
+        time.sleep(0.2)     # both sinks connected before the round-robin starts
+        size = src.stat().st_size
+        put = run_child("raw-client", front, "put", src, replication)
+        out = {"put": size / put["seconds"] / 1e6}
+        if replication == 1:
+            get = run_child("raw-client", front, "get", src, replication)
+            out["get"] = size / get["seconds"] / 1e6
+        return out
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(tmp / f"raw-r{replication}", ignore_errors=True)
+
+
+def small_files(broker: str, clients: int, per_client: int, tag: str) -> float:
+    procs = [child("small", broker, f"/small-{tag}/c{i}", per_client, 2) for i in range(clients)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"small-file client failed: {out}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return sum(r["count"] for r in results) / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="file size for put/get")
+    ap.add_argument("--small-files", type=int, default=400,
+                    help="4 KiB files per run with 1 client (8 clients make 1/4 as many each)")
+    ap.add_argument("--dir", default=None, help="scratch parent dir (default $TMPDIR)")
+    ap.add_argument("--role", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.role:
+        role, rest = args.role[0], args.role[1:]
+        if role == "sink":
+            return role_sink(*rest)
+        if role == "relay":
+            return role_relay(*rest)
+        conv = [int(a) if a.isdigit() else a for a in rest]
+        result = ROLES[role](*conv)
+        result["rss_mib"] = _peak_rss_mib()
+        print(json.dumps(result), flush=True)
+        return
+
+    from run_cluster import Cluster, free_base_port
+    tmp = Path(tempfile.mkdtemp(prefix="aegisfs-bench-", dir=args.dir))
+    size = args.size_mib * MiB
+    rows: list[tuple] = []
+    try:
+        src = tmp / "source.bin"
+        make_source(src, size)
+        raw = {r: raw_baseline(tmp, src, r) for r in (1, 2)}
+        cluster = Cluster(tmp / "cluster", free_base_port(), datanodes=3).start()
+        try:
+            _wait_nodes(cluster.broker, 3)
+            for r in (1, 2):
+                put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
+                get = run_child("get", cluster.broker, f"/bench/r{r}.bin", tmp / "out.bin")
+                os.unlink(tmp / "out.bin")
+                p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
+                gib = size / 2**30
+                rows.append((f"put R={r}", p_mbs, put["rss_mib"], put["cpu"] / gib,
+                             raw[r]["put"]))
+                rows.append((f"get R={r}", g_mbs, get["rss_mib"], get["cpu"] / gib,
+                             raw[1]["get"]))
+            one = small_files(cluster.broker, 1, args.small_files, "one")
+            eight = small_files(cluster.broker, 8, max(1, args.small_files // 4), "eight")
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nAegisFS put/get of {args.size_mib} MiB, {BLOCK // MiB} MiB blocks, window "
+          f"{WINDOW}, 3 DataNodes, {os.cpu_count()} cores")
+    print(f"{'':10} {'MB/s':>8} {'client peak RSS':>16} {'client CPU-s/GiB':>17} "
+          f"{'raw MB/s':>9} {'ratio':>6}")
+    for name, mbs, rss, cpu, base in rows:
+        print(f"{name:10} {mbs:8.0f} {rss:12.0f} MiB {cpu:17.2f} {base:9.0f} {mbs / base:6.2f}")
+    print("raw: client -> zmq.proxy -> single-threaded sinks (tmp, writev, fsync, DONTNEED, "
+          "rename, fsync dir);\n     the DataNodes overlap two writer threads, so a ratio "
+          "above 1 is possible when fsync latency dominates.")
+    print(f"\n4 KiB files, R=2, durable creates/s: 1 client {one:,.0f}   8 clients {eight:,.0f}")
+
+
+def _wait_nodes(broker: str, count: int, timeout: float = 30.0) -> None:
+    from client import AegisClient
+    deadline = time.monotonic() + timeout
+    with AegisClient(broker, timeout=2, connect_timeout=2) as fs:
+        while time.monotonic() < deadline:
+            try:
+                st = fs.status()
+                if sum(n["state"] == "up" for n in st["nodes"]) >= count and not st.get("safe_mode"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError("DataNodes did not come up")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,466 @@
+"""AegisClient: the Python API of AegisFS - POSIX-like verbs over the MDS and DataNodes.
+
+Namespace verbs are one MDS request each; put / get / read_bytes / open stream blocks
+through streams.py. Errors are OSError subclasses whose message names the path.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Mapping, TypeVar
+
+import zmq
+
+from broker import config as broker_config
+from broker.client import Client
+
+from .blocks import Piece, Suspects, pieces_for_range
+from .files import ReadFile, WriteFile
+from .streams import MDS, BlockReader, BlockWriter, Mux, name_error
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PathLike = str | os.PathLike
+Source = PathLike | BinaryIO
+ProgressFn = Callable[[int, "int | None"], None]     # (bytes done, total or None)
+
+
+def _abs(path: Any) -> str:
+    """Remote paths are absolute; a relative one is taken from the root (no cwd here)."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise OSError(errno.EINVAL, f"invalid path {path!r}")
+    return path if path.startswith("/") else "/" + path
+
+
+@contextlib.contextmanager
+def _about(path: str | None) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise name_error(exc, path)
+
+
+def hexify(value: Any) -> Any:
+    """Block ids travel as 16 raw bytes; users and JSON see 32 hex characters."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {k: hexify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [hexify(v) for v in value]
+    return value
+
+
+class AegisClient:
+    """A connection to an AegisFS cluster through its broker.
+
+        with AegisClient() as fs:               # $AEGISFS_BROKER, else configs/cluster.toml
+            fs.put("photo.png", "/uploads/photo.png")
+            data = fs.read_bytes("/uploads/photo.png", offset=0, length=100)
+
+    Safe to share between threads: each thread gets its own broker socket.
+    """
+
+    def __init__(self, broker: str | None = None, *, timeout: float | None = None,
+                 window: int | None = None, config: Mapping | PathLike | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        cfg = config if isinstance(config, Mapping) else broker_config.load(config)
+        client_cfg = cfg.get("client", {})
+        self.broker = (broker or os.environ.get("AEGISFS_BROKER")
+                       or cfg["broker"]["client"])
+        self.timeout = float(timeout if timeout is not None else client_cfg.get("timeout", 30.0))
+        self.window = int(window if window is not None else client_cfg.get("window", 8))
+        if self.window < 1:
+            raise ValueError("window must be at least 1")
+        self.connect_timeout = connect_timeout
+        self.suspects = Suspects()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Client] = []
+        self._closed = False
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _io(self) -> Mux:
+        mux = getattr(self._local, "mux", None)
+        if mux is None:
+            if self._closed:
+                raise ValueError("AegisClient is closed")
+            try:
+                rpc = Client(self.broker, timeout=self.timeout, max_in_flight=4096,
+                             connect_timeout=self.connect_timeout)
+            except zmq.ZMQError as exc:
+                raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
+                              f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
+            mux = self._local.mux = Mux(rpc, keep_buffers=self.window)
+            with self._lock:
+                self._clients.append(rpc)
+        return mux
+
+    def _mds(self, about: str | None, op: str, **fields: Any) -> dict:
+        """One MDS request; an error names `about` (the path) if it does not already."""
+        with _about(about):
+            return self._io().call(MDS, {"op": op, **fields}).result
+
+    def close(self) -> None:
+        """Close the broker sockets (of every thread: call when all are done)."""
+        self._closed = True
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for rpc in clients:
+            rpc.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> "AegisClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- namespace -----------------------------------------------------------------------
+
+    def ls(self, path: PathLike = "/", detail: bool = False) -> list:
+        """Names in a directory, sorted (a file lists itself); with detail, the entries
+        as dicts: name, type ("file"/"dir"), size, mtime (and replication if known)."""
+        p = _abs(path)
+        entries = self._mds(p, "ls", path=p)["entries"]
+        return entries if detail else [e["name"] for e in entries]
+
+    def stat(self, path: PathLike) -> dict:
+        """path, type, size, mtime; for files also replication, block_size and blocks
+        [{id (hex), size, checksum, replicas}]."""
+        p = _abs(path)
+        return hexify(self._mds(p, "stat", path=p))
+
+    def _file_info(self, path: str) -> dict:
+        info = self._mds(path, "stat", path=path)
+        info["path"] = path
+        if info.get("type") != "file":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not isinstance(info.get("blocks"), list):
+            raise OSError(errno.EPROTO, f"{path}: the MDS's stat reply has no block list")
+        return info
+
+    def exists(self, path: PathLike) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def isdir(self, path: PathLike) -> bool:
+        try:
+            return self.stat(path).get("type") == "dir"
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def isfile(self, path: PathLike) -> bool:
+        try:
+            return self.stat(path).get("type") == "file"
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def mkdir(self, path: PathLike, parents: bool = False) -> None:
+        """Create a directory; with parents, missing ancestors too and no error if it exists."""
+        p = _abs(path)
+        try:
+            self._mds(p, "mkdir", path=p, parents=parents)
+        except FileExistsError:
+            if not (parents and self.isdir(p)):
+                raise
+
+    def rm(self, path: PathLike, recursive: bool = False) -> None:
+        """Remove a file, or a directory (non-empty ones only with recursive). The blocks
+        are deleted from the DataNodes in the background."""
+        p = _abs(path)
+        self._mds(p, "rm", path=p, recursive=recursive)
+
+    def mv(self, src: PathLike, dst: PathLike) -> str:
+        """Rename src to dst (into dst when it is a directory); returns the final path."""
+        s, d = _abs(src), _abs(dst)
+        return self._mds(f"{s} -> {d}", "mv", src=s, dst=d).get("path", d)
+
+    def du(self, path: PathLike = "/") -> dict:
+        """bytes, files and dirs under a path (inclusive)."""
+        p = _abs(path)
+        return self._mds(p, "du", path=p)
+
+    def status(self) -> dict:
+        """The cluster: nodes [{id, state, capacity, used, blocks, last_seen}], counts, health."""
+        return hexify(self._mds(None, "status"))
+
+    def fsck(self, repair: bool = False) -> dict:
+        """Check every block (missing, under-replicated, corrupt, orphans); `healthy`."""
+        return hexify(self._mds(None, "fsck", repair=repair))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _writer(self, path: str, replication: int | None, block_size: int | None,
+                parents: bool, size_hint: int | None = None,
+                progress: Callable[[int], None] | None = None) -> BlockWriter:
+        with _about(path):
+            return BlockWriter.create(self._io(), path, replication=replication,
+                                      block_size=block_size, parents=parents,
+                                      window=self.window, size_hint=size_hint,
+                                      progress=progress, suspects=self.suspects,
+                                      timeout=self.timeout)
+
+    def put(self, src: Source, remote: PathLike, replication: int | None = None,
+            block_size: int | None = None, progress: ProgressFn | None = None,
+            parents: bool = True) -> dict:
+        """Store a local file (path or binary file object) at `remote`, replacing any old
+        version atomically. Missing parent directories are created unless parents=False.
+        progress(done, total) is called as blocks are stored. Returns {path, size}."""
+        p = _abs(remote)
+        with contextlib.ExitStack() as stack:
+            if isinstance(src, (str, os.PathLike)):
+                f = stack.enter_context(open(src, "rb", buffering=0))
+            else:
+                f = src
+            total = _known_size(f)
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                progress(done[0], total)
+
+            w = self._writer(p, replication, block_size, parents, total,
+                             advance if progress else None)
+            with _about(p):
+                try:
+                    while True:
+                        buf = w.buffer()
+                        n = _read_full(f, buf)
+                        if n:
+                            w.submit(n)
+                        if n < buf.nbytes:
+                            break
+                    return w.commit()
+                except BaseException:
+                    w.abort()
+                    raise
+
+    def write_bytes(self, remote: PathLike, data: bytes | bytearray | memoryview,
+                    replication: int | None = None, block_size: int | None = None,
+                    parents: bool = True) -> dict:
+        """Store `data` at `remote` (replacing it atomically). Returns {path, size}."""
+        return self.put(io.BytesIO(data), remote, replication=replication,
+                        block_size=block_size, parents=parents)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _reader(self, info: dict, pieces: list[Piece]) -> BlockReader:
+        return BlockReader(self._io(), info["path"], info["blocks"], pieces,
+                           window=self.window, suspects=self.suspects, timeout=self.timeout)
+
+    def _consistent(self, path: str, read: Callable[[dict], T],
+                    can_retry: Callable[[], bool] = lambda: True) -> T:
+        """read(info) of the file's current version. When the file is replaced while we
+        read, the MDS deletes the old blocks and they go missing under us; then the new
+        version is read instead (up to 3 tries), so a reader sees one whole version."""
+        info = self._file_info(path)
+        for attempt in range(3):
+            try:
+                return read(info)
+            except OSError as exc:
+                if exc.errno != errno.EIO or attempt == 2 or not can_retry():
+                    raise
+                fresh = self._file_info(path)
+                if _block_ids(fresh) == _block_ids(info):
+                    raise
+                log.info("%s was replaced while being read; reading the new version", path)
+                info = fresh
+        raise AssertionError("unreachable")
+
+    def get(self, remote: PathLike, dst: Source, progress: ProgressFn | None = None) -> int:
+        """Copy `remote` into a local path (written to a temporary file, renamed into place
+        when complete) or a binary file object. Returns the number of bytes."""
+        p = _abs(remote)
+        with _about(p):
+            if not isinstance(dst, (str, os.PathLike)):
+                start = _tell(dst)
+                written = [0]
+
+                def to_object(info: dict) -> int:
+                    if start is not None and written[0]:
+                        dst.seek(start)
+                        dst.truncate()
+                    return self._copy_out(info, dst, progress, written)
+
+                return self._consistent(p, to_object,
+                                        lambda: start is not None or not written[0])
+            target = Path(dst)
+            # beside the target so the rename is atomic; 0o666 so the umask decides the mode
+            tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.part"
+            out = _LocalOutput(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            try:
+                def to_file(info: dict) -> int:
+                    out.restart()
+                    return self._copy_out(info, out, progress, [0])
+
+                n = self._consistent(p, to_file)
+                out.close()                 # synced: the data is on disk before the rename
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+            except BaseException:
+                out.close(sync=False)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return n
+
+    def _copy_out(self, info: dict, out: BinaryIO, progress: ProgressFn | None,
+                  written: list[int]) -> int:
+        total = int(info["size"])
+        pieces = [Piece(i, 0, int(b["size"]), True) for i, b in enumerate(info["blocks"])]
+        done = 0
+        for data in self._reader(info, pieces):
+            view = data
+            while view.nbytes:          # a raw file may write short
+                n = out.write(view)
+                if n is None:
+                    raise BlockingIOError(errno.EAGAIN, "output is not ready")
+                view = view[n:]
+                written[0] += n
+            done += data.nbytes
+            if progress:
+                progress(done, total)
+        return done
+
+    def read_bytes(self, remote: PathLike, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes [offset, offset+length) of a file (to its end when length is None);
+        only the blocks (and parts of blocks) in the range are fetched."""
+        p = _abs(remote)
+
+        def read(info: dict) -> bytes:
+            sizes = [int(b["size"]) for b in info["blocks"]]
+            return b"".join(self._reader(info, pieces_for_range(sizes, offset, length)))
+
+        with _about(p):
+            return self._consistent(p, read)
+
+    cat = read_bytes
+
+    def open(self, remote: PathLike, mode: str = "rb", *, replication: int | None = None,
+             block_size: int | None = None, parents: bool = True) -> ReadFile | WriteFile:
+        """A streaming binary file object. "rb": read, seek, tell. "wb": blocks go out as
+        the buffer fills; close() commits atomically, an exception in a `with` block or
+        abort() drops the draft."""
+        p = _abs(remote)
+        if mode in ("rb", "br"):
+            with _about(p):
+                info = self._file_info(p)
+                return ReadFile(self._io(), info, window=self.window, suspects=self.suspects,
+                                timeout=self.timeout)
+        if mode in ("wb", "bw"):
+            return WriteFile(self._writer(p, replication, block_size, parents))
+        raise ValueError(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
+
+
+class _LocalOutput:
+    """The local file `get` writes: fdatasync + DONTNEED every SYNC_EVERY bytes, so the page
+    cache recycles its pages instead of faulting fresh ones (shared/PERFORMANCE.md: fresh
+    memory costs ~2 CPU-s per GiB on these VMs), and the data is durable before the rename."""
+
+    SYNC_EVERY = 32 * 1024 * 1024
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._unsynced = 0
+
+    def write(self, data: memoryview) -> int:
+        n = os.write(self.fd, data)
+        self._unsynced += n
+        if self._unsynced >= self.SYNC_EVERY:
+            self.sync()
+        return n
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        self._unsynced = 0
+
+    def restart(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+
+    def close(self, sync: bool = True) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if sync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return          # not every file system lets a directory be opened
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _block_ids(info: dict) -> list:
+    return [bytes(b["id"]) for b in info["blocks"]]
+
+
+def _tell(f: Any) -> int | None:
+    """Where a seekable output stands (so a retry can rewind), else None."""
+    try:
+        return f.tell() if f.seekable() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _known_size(f: Any) -> int | None:
+    """Bytes left to read in a regular file or seekable buffer; None for pipes/streams."""
+    try:
+        st = os.fstat(f.fileno())
+        if not (st.st_mode & 0o170000) == 0o100000:      # not a regular file
+            return None
+        return max(0, st.st_size - f.tell())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    try:
+        if f.seekable():
+            pos = f.tell()
+            end = f.seek(0, io.SEEK_END)
+            f.seek(pos)
+            return max(0, end - pos)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return None
+
+
+def _read_full(f: Any, buf: memoryview) -> int:
+    """Fill buf from f (short only at end of file)."""
+    got = 0
+    readinto = getattr(f, "readinto", None)
+    while got < buf.nbytes:
+        if readinto is not None:
+            n = readinto(buf[got:])
+        else:
+            chunk = f.read(buf.nbytes - got)
+            n = len(chunk) if chunk else 0
+            buf[got:got + n] = chunk
+        if not n:
+            break
+        got += n
+    return got

@@ -1,0 +1,476 @@
+"""Block streams over the broker: BlockWriter (a draft written block by block, with failover
+to replacement DataNodes) and BlockReader (pieces fetched with fallback to other replicas),
+each through a bounded window, sharing a thread's broker Client through a Mux.
+
+Decisions (geometry, window, replica order) live in blocks.py; this module does the I/O;
+files.py wraps it as file objects.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import crc32c
+
+from broker.client import BrokerUnavailable, Client, Reply
+
+from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, block_ranges,
+                     reason_of, renew_period, replica_order)
+
+log = logging.getLogger(__name__)
+
+MDS = "mds"
+Progress = Callable[[int], None]        # called with the bytes just finished
+
+
+def name_error(exc: OSError, path: str | None) -> OSError:
+    """Make sure an error names the path (the MDS may name a parent, a draft, or nothing).
+    Not for BrokerUnavailable: that one is about the cluster, not the file."""
+    if path and exc.filename is None and path not in str(exc) \
+            and not isinstance(exc, BrokerUnavailable):
+        exc.filename = path
+    return exc
+
+
+def dn(node: str) -> str:
+    """The broker service name of a DataNode."""
+    return f"dn.{node}"
+
+
+class BufferPool:
+    """Block buffers kept between the writes of one thread. A fresh multi-MiB bytearray
+    costs a page fault per 4 KiB on first touch, which would dominate small-file puts."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        while self._free:
+            buf = self._free.pop()
+            if len(buf) == size:
+                return buf
+        return bytearray(size)
+
+    def give(self, buf: bytearray) -> None:
+        if self._free and len(self._free[0]) != len(buf):
+            self._free.clear()          # keep one block size only
+        if len(self._free) < self.keep:
+            self._free.append(buf)
+
+
+class Mux:
+    """Lets several streams of one thread share its broker Client: each reply goes to the
+    stream that sent the request, whoever happens to be waiting when it arrives."""
+
+    def __init__(self, rpc: Client, keep_buffers: int = 8) -> None:
+        self.rpc = rpc
+        self.buffers = BufferPool(keep_buffers)
+        self._owner: dict[int, object] = {}
+        self._stash: dict[object, deque[Reply]] = {}
+
+    def call(self, service: str, header: dict, payload: Iterable = (),
+             timeout: float | None = None) -> Reply:
+        return self.rpc.call(service, header, payload, timeout)
+
+    def send(self, owner: object, service: str, header: dict, payload: Iterable = (),
+             timeout: float | None = None) -> int:
+        rid = self.rpc.send(service, header, payload, timeout)
+        self._owner[rid] = owner
+        return rid
+
+    def next(self, owner: object, timeout: float | None) -> Reply | None:
+        """The next reply for `owner` (errors not raised), or None after `timeout`."""
+        stash = self._stash.get(owner)
+        if stash:
+            return stash.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reply = self.rpc.wait_any(left)
+            if reply is None:
+                return None
+            who = self._owner.pop(reply.rid, None)
+            if who is owner:
+                return reply
+            if who is not None:
+                self._stash.setdefault(who, deque()).append(reply)
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def cancel(self, owner: object, rids: Iterable[int]) -> None:
+        """Forget requests: their replies, now or later, are dropped."""
+        for rid in rids:
+            self._owner.pop(rid, None)
+            try:
+                self.rpc.wait(rid, timeout=0)
+            except (OSError, KeyError):
+                pass
+        self._stash.pop(owner, None)
+
+
+# ---------------------------------------------------------------------------------------
+# I/O: writing
+
+@dataclass(slots=True)
+class _PutBlock:
+    seq: int
+    id: bytes
+    size: int
+    checksum: int
+    data: memoryview
+    replicas: ReplicaWrite
+    rids: dict[int, str] = field(default_factory=dict)
+
+
+class BlockWriter:
+    """One draft on the MDS, written block by block through a window of slot buffers.
+
+        w = BlockWriter.create(mux, "/a", replication=2)
+        buf = w.buffer(); n = f.readinto(buf); w.submit(n)   # repeat
+        w.commit()            # or w.abort() on any failure
+
+    Each slot buffer is reused once its block is acked by every replica it will get, so
+    memory is window x block size whatever the file size.
+    """
+
+    def __init__(self, mux: Mux, path: str, created: dict, *, window: int = 8,
+                 size_hint: int | None = None, progress: Progress | None = None,
+                 suspects: Suspects | None = None, timeout: float | None = None) -> None:
+        self.mux = mux
+        self.path = path
+        self.handle = created["handle"]
+        self.block_size = int(created["block_size"])
+        self.replication = int(created["replication"])
+        self.timeout = timeout
+        self.window: OrderedWindow[dict] = OrderedWindow(window)
+        self.progress = progress
+        self.suspects = suspects or Suspects()
+        self._buffers: list[bytearray | None] = [None] * window
+        self._alloc: deque[tuple[bytes, list[str]]] = deque()
+        self._allocated = 0
+        self._remaining = (None if size_hint is None
+                           else len(block_ranges(size_hint, self.block_size)))
+        self._tasks: dict[int, _PutBlock] = {}          # rid -> block
+        self._renew_every = renew_period(created.get("lease"))
+        self._renew_at = time.monotonic() + self._renew_every
+        self.blocks: list[dict] = []
+        self.size = 0
+        self.closed = False
+
+    @classmethod
+    def create(cls, mux: Mux, path: str, *, replication: int | None = None,
+               block_size: int | None = None, parents: bool = True, **kw: Any) -> "BlockWriter":
+        header: dict[str, Any] = {"op": "create", "path": path, "parents": parents}
+        if replication is not None:
+            header["replication"] = replication
+        if block_size is not None:
+            header["block_size"] = block_size
+        created = mux.call(MDS, header).result
+        created.setdefault("replication", replication or 1)
+        created.setdefault("block_size", block_size or 4 * 1024 * 1024)
+        return cls(mux, path, created, **kw)
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def buffer(self) -> memoryview:
+        """The buffer for the next block (block_size bytes); waits for a free slot."""
+        while self.window.full():
+            self._pump(block=True)
+        slot = self.window.next_slot()
+        buf = self._buffers[slot]
+        if buf is None:
+            buf = self._buffers[slot] = self.mux.buffers.take(self.block_size)
+        return memoryview(buf)
+
+    def submit(self, n: int) -> None:
+        """Send the first n bytes (1..block_size) of the last buffer() as the next block."""
+        if not 0 < n <= self.block_size:
+            raise ValueError(f"block of {n} bytes (block size {self.block_size})")
+        view = memoryview(self._buffers[self.window.next_slot()])[:n]
+        bid, nodes = self._next_id()
+        seq = self.window.start()
+        task = _PutBlock(seq, bid, n, crc32c.crc32c(view), view,
+                         ReplicaWrite(nodes, self.replication))
+        if not nodes:
+            self._replace(task)
+        for node in set(nodes) & self.suspects.current():
+            self._avoid(task, node)
+        self._send(task)
+        self._settle(task)
+        self._pump(block=False)
+
+    def _next_id(self) -> tuple[bytes, list[str]]:
+        if not self._alloc:
+            count = alloc_batch(self._remaining, self.window.size, self._allocated)
+            exclude = sorted(self.suspects.current())
+            try:
+                got = self._mds({"op": "allocate", "handle": self.handle, "count": count,
+                                 "exclude": exclude})
+            except OSError as exc:
+                if not exclude or exc.errno != errno.ENOSPC:
+                    raise
+                # our suspects may be back and needed to place R replicas: ask again
+                got = self._mds({"op": "allocate", "handle": self.handle, "count": count})
+            self._renew_at = time.monotonic() + self._renew_every   # allocate renews
+            for b in got["blocks"]:
+                self._alloc.append((bytes(b["id"]), list(b.get("nodes") or [])))
+            self._allocated += len(got["blocks"])
+            if self._remaining is not None:
+                self._remaining = max(0, self._remaining - len(got["blocks"]))
+            if not self._alloc:
+                raise OSError(errno.EIO, f"{self.path}: the MDS allocated no block")
+        return self._alloc.popleft()
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _send(self, task: _PutBlock) -> None:
+        header = {"op": "put_block", "id": task.id, "checksum": task.checksum}
+        for node in task.replicas.take_queue():
+            rid = self.mux.send(self, dn(node), header, [task.data], self.timeout)
+            task.rids[rid] = node
+            self._tasks[rid] = task
+
+    def _on_reply(self, reply: Reply) -> None:
+        task = self._tasks.pop(reply.rid, None)
+        if task is None:
+            log.debug("reply %d matches no block of %s; ignored", reply.rid, self.path)
+            return
+        node = task.rids.pop(reply.rid)
+        result = reply.result or {}
+        if reply.error is not None:
+            self._failed(task, node, reason_of(reply.error), reply.error)
+        elif result.get("size") != task.size or result.get("checksum") != task.checksum:
+            self._failed(task, node, f"acked size {result.get('size')} checksum "
+                         f"{result.get('checksum')}, sent {task.size} / {task.checksum}", None)
+        else:
+            task.replicas.ack(node)
+        self._settle(task)
+
+    def _failed(self, task: _PutBlock, node: str, reason: str, exc: BaseException | None) -> None:
+        log.warning("%s: block %s on %s failed (%s); looking for a replacement",
+                    self.path, task.id.hex(), node, reason)
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            self.suspects.mark(node)
+        task.replicas.fail(node, reason)
+        if task.replicas.wants_replacement():
+            self._replace(task)
+            self._send(task)
+
+    def _replacement(self, task: _PutBlock) -> str | None:
+        """A live node the MDS offers for this block, none of those already tried."""
+        try:
+            node = self._mds({"op": "replace_target", "handle": self.handle, "block": task.id,
+                              "exclude": task.replicas.exclude()}).get("node")
+        except OSError as exc:
+            log.warning("%s: no replacement for block %s: %s", self.path, task.id.hex(), exc)
+            return None
+        return str(node) if node else None
+
+    def _replace(self, task: _PutBlock) -> None:
+        node = self._replacement(task)
+        if node:
+            task.replicas.add(node)
+
+    def _avoid(self, task: _PutBlock, node: str) -> None:
+        """A target that failed us moments ago: swap it for another node if there is one
+        (else keep it: it may be back, and a replica is better than none)."""
+        new = self._replacement(task)
+        if new and task.replicas.swap(node, new, "recently down"):
+            log.info("%s: block %s goes to %s instead of %s (recently down)", self.path,
+                     task.id.hex(), new, node)
+
+    def _settle(self, task: _PutBlock) -> None:
+        if not task.replicas.done:
+            return
+        if not task.replicas.acked:
+            raise OSError(errno.EIO, f"{self.path}: block {task.seq} could not be stored on any "
+                          f"DataNode: {task.replicas.describe_failures()}")
+        if len(task.replicas.acked) < self.replication:
+            log.warning("%s: block %s committed with %d of %d replicas; the MDS re-replicates",
+                        self.path, task.id.hex(), len(task.replicas.acked), self.replication)
+        self.window.complete(task.seq, {"id": task.id, "size": task.size,
+                                        "checksum": task.checksum,
+                                        "replicas": list(task.replicas.acked)})
+        for _, block in self.window.release():
+            self.blocks.append(block)
+            self.size += block["size"]
+            if self.progress:
+                self.progress(block["size"])
+
+    def _pump(self, block: bool) -> None:
+        """Handle the replies that are in (block: wait for at least one); renew the lease."""
+        if time.monotonic() >= self._renew_at:
+            self._mds({"op": "renew", "handle": self.handle})
+            self._renew_at = time.monotonic() + self._renew_every
+        wait = max(0.0, self._renew_at - time.monotonic()) if block else 0.0
+        reply = self.mux.next(self, wait)
+        while reply is not None:
+            self._on_reply(reply)
+            reply = self.mux.next(self, 0)
+        if block and not self._tasks and self.window.full():
+            raise RuntimeError("write window is full with nothing in flight")   # a bug
+
+    def _mds(self, header: dict) -> dict:
+        try:
+            return self.mux.call(MDS, header).result
+        except OSError as exc:
+            raise name_error(exc, self.path)
+
+    # -- ending --------------------------------------------------------------------------
+
+    def commit(self) -> dict:
+        """Wait for every block, then make the file visible; returns the MDS's answer."""
+        while not self.window.empty():
+            self._pump(block=True)
+        result = self._mds({"op": "commit", "handle": self.handle, "blocks": self.blocks})
+        self.closed = True
+        self._give_buffers()
+        return result
+
+    def _give_buffers(self) -> None:
+        # After an abort a zero-copy frame may still point into a buffer; reusing it can
+        # only send bytes that fail the DataNode's checksum check for a dropped draft.
+        for i, buf in enumerate(self._buffers):
+            if buf is not None:
+                self.mux.buffers.give(buf)
+                self._buffers[i] = None
+
+    def abort(self) -> None:
+        """Drop the draft (best effort: an expired lease drops it anyway)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.mux.cancel(self, list(self._tasks))
+        self._tasks.clear()
+        self._give_buffers()
+        try:
+            self.mux.call(MDS, {"op": "abort", "handle": self.handle}, timeout=5.0)
+        except OSError as exc:
+            log.warning("%s: could not abort draft %s: %s", self.path, self.handle, exc)
+
+
+# ---------------------------------------------------------------------------------------
+# I/O: reading
+
+@dataclass(slots=True)
+class _GetPiece:
+    seq: int
+    piece: Piece
+    block: dict
+    order: list[str]
+    tried: list[str] = field(default_factory=list)
+
+
+class BlockReader:
+    """Fetches pieces of a file's blocks through a window and yields their bytes in order.
+
+    Each piece is read from its replicas in `replica_order`; a whole block is verified
+    (size and CRC32C), a range by its length (the DataNode verifies the chunks it reads).
+    A missing, corrupt or silent replica is reported to the MDS and the next one tried.
+    The `window` attribute may be raised while iterating (read-ahead ramp-up).
+    """
+
+    def __init__(self, mux: Mux, path: str, blocks: Sequence[dict], pieces: Sequence[Piece],
+                 *, window: int = 8, suspects: Suspects | None = None,
+                 timeout: float | None = None, rng: random.Random | None = None) -> None:
+        self.mux = mux
+        self.path = path
+        self.blocks = blocks
+        self.pieces = list(pieces)
+        self.window = window
+        self.timeout = timeout
+        self.suspects = suspects or Suspects()
+        self.rng = rng
+        self._tasks: dict[int, _GetPiece] = {}
+        self._started = 0
+
+    def __iter__(self) -> Iterator[memoryview]:
+        win: OrderedWindow[memoryview] = OrderedWindow(max(1, self.window))
+        try:
+            emitted = 0
+            while emitted < len(self.pieces):
+                win.size = max(1, self.window)
+                while self._started < len(self.pieces) and not win.full():
+                    self._start(win.start())
+                reply = self.mux.next(self, None)
+                if reply is None:
+                    raise RuntimeError("read window has nothing in flight")   # a bug
+                done = self._on_reply(reply)
+                if done is not None:
+                    win.complete(*done)
+                for _, data in win.release():
+                    emitted += 1
+                    yield data
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.mux.cancel(self, list(self._tasks))
+        self._tasks.clear()
+
+    def _start(self, seq: int) -> None:
+        piece = self.pieces[self._started]
+        self._started += 1
+        block = self.blocks[piece.index]
+        order = replica_order(block.get("replicas") or [], self.suspects.current(), self.rng)
+        self._fetch(_GetPiece(seq, piece, block, order))
+
+    def _fetch(self, task: _GetPiece) -> None:
+        if len(task.tried) >= len(task.order):
+            raise OSError(errno.EIO, f"{self.path}: block {task.piece.index} "
+                          f"({bytes(task.block['id']).hex()}) cannot be read: "
+                          + ("; ".join(task.tried) or "it has no replica"))
+        node = task.order[len(task.tried)]
+        header: dict[str, Any] = {"op": "get_block", "id": task.block["id"]}
+        if not task.piece.whole:
+            header.update(offset=task.piece.offset, length=task.piece.length)
+        rid = self.mux.send(self, dn(node), header, (), self.timeout)
+        self._tasks[rid] = task
+        task.tried.append(node)
+
+    def _on_reply(self, reply: Reply) -> tuple[int, memoryview] | None:
+        task = self._tasks.pop(reply.rid, None)
+        if task is None:
+            return None
+        node = task.tried[-1]
+        problem, report = self._check(task, reply)
+        if problem is None:
+            return task.seq, reply.payload[0] if reply.payload else memoryview(b"")
+        log.warning("%s: block %s on %s: %s; trying another replica", self.path,
+                    bytes(task.block["id"]).hex(), node, problem)
+        task.tried[-1] = f"{node}: {problem}"
+        if report:
+            self._report(task.block["id"], node, problem)
+        else:
+            self.suspects.mark(node)
+        self._fetch(task)
+        return None
+
+    @staticmethod
+    def _check(task: _GetPiece, reply: Reply) -> tuple[str | None, bool]:
+        """(problem or None, whether the replica itself is bad and the MDS should know)."""
+        if reply.error is not None:
+            exc = reply.error
+            return reason_of(exc), not isinstance(exc, ConnectionError)
+        data = reply.payload[0] if reply.payload else memoryview(b"")
+        if len(reply.payload) > 1:
+            return f"{len(reply.payload)} payload frames", True
+        if data.nbytes != task.piece.length:
+            return f"{data.nbytes} bytes instead of {task.piece.length}", True
+        if task.piece.whole and crc32c.crc32c(data) != task.block["checksum"]:
+            return "checksum mismatch", True
+        return None, False
+
+    def _report(self, block_id: bytes, node: str, reason: str) -> None:
+        try:
+            self.mux.call(MDS, {"op": "bad_replica", "block": block_id, "node": node,
+                                "reason": reason}, timeout=5.0)
+        except OSError as exc:
+            log.warning("could not report bad replica %s on %s: %s", bytes(block_id).hex(),
+                        node, exc)

@@ -1,0 +1,163 @@
+"""The `aegisfs` CLI as a user runs it (`python -m client.cli` subprocesses) against real
+clusters: the seed's demo verbatim, binary-safe read, JSON outputs, exit codes and
+one-line errors for missing files, bad parents, unhealthy fsck and a cluster that is down."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from client import AegisClient
+
+from .conftest import make_png, make_wav, run_cli, start_cluster
+
+
+def ok(proc) -> bytes:
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return proc.stdout
+
+
+def failed(proc, *needles: str, code: int | None = None) -> str:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode != 0, proc.stdout
+    if code is not None:
+        assert proc.returncode == code, (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_seed_workflow_verbatim(cluster, tmp_path):
+    """The README's Example Demo, command for command (reset_fs.py is our fresh cluster)."""
+    (tmp_path / "image.png").write_bytes(make_png(120, 80))
+    cli = lambda *a: run_cli(cluster.broker, *a, cwd=tmp_path)   # noqa: E731
+    ok(cli("write", "/hello", "Hello AegisFS!"))
+    ok(cli("put", "image.png", "/uploads/image.png"))
+    stat_out = ok(cli("stat", "/uploads/image.png")).decode()
+    assert "/uploads/image.png" in stat_out and "file" in stat_out
+    ok(cli("get", "/uploads/image.png", "recovered.png"))
+    assert (tmp_path / "recovered.png").read_bytes() == (tmp_path / "image.png").read_bytes()
+    assert ok(cli("read", "/hello")) == b"Hello AegisFS!"
+
+
+def test_seed_text_operations(cluster):
+    ok(run_cli(cluster.broker, "write", "/demo", "hello"))
+    assert ok(run_cli(cluster.broker, "read", "/demo")) == b"hello"
+    assert "demo" in ok(run_cli(cluster.broker, "ls")).decode().split()
+    ok(run_cli(cluster.broker, "rm", "/demo"))
+    assert "demo" not in ok(run_cli(cluster.broker, "ls")).decode().split()
+
+
+def test_binary_files_round_trip_through_put_get_and_read(cluster, tmp_path):
+    blob = bytes(range(256)) * 999 + b"\r\n\x00\x1a"
+    files = {"blob.bin": blob, "image.png": make_png(), "tone.wav": make_wav(tmp_path / "t.wav")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        ok(run_cli(cluster.broker, "put", "--block-size", "64K", "--replication", "2",
+                   str(tmp_path / name), f"/bin/{name}"))
+        assert ok(run_cli(cluster.broker, "read", f"/bin/{name}")) == data
+        ok(run_cli(cluster.broker, "get", f"/bin/{name}", str(tmp_path / f"{name}.out")))
+        assert hashlib.sha256((tmp_path / f"{name}.out").read_bytes()).digest() == \
+            hashlib.sha256(data).digest()
+    # stdin / stdout with '-'
+    ok(run_cli(cluster.broker, "put", "-", "/bin/stdin.bin", input=blob))
+    assert ok(run_cli(cluster.broker, "get", "/bin/stdin.bin", "-")) == blob
+    # a range
+    assert ok(run_cli(cluster.broker, "read", "/bin/blob.bin", "--offset", "70000",
+                      "--length", "10")) == blob[70000:70010]
+
+
+def test_stat_json_fields(cluster):
+    ok(run_cli(cluster.broker, "write", "/j/file.txt", "x" * 100))
+    info = json.loads(ok(run_cli(cluster.broker, "stat", "/j/file.txt", "--json")))
+    assert {"path", "type", "size", "replication", "mtime", "blocks"} <= set(info)
+    assert info["path"] == "/j/file.txt" and info["type"] == "file" and info["size"] == 100
+    assert info["replication"] == 2 and isinstance(info["mtime"], (int, float))
+    [block] = info["blocks"]
+    assert set(block) == {"id", "size", "checksum", "replicas"}
+    assert len(block["id"]) == 32 and int(block["id"], 16) >= 0
+    assert block["size"] == 100 and len(block["replicas"]) == 2
+    with AegisClient(cluster.broker) as fs:
+        assert fs.stat("/j/file.txt")["blocks"][0]["checksum"] == block["checksum"]
+
+
+def test_ls_mkdir_mv_du_rm(cluster):
+    b = cluster.broker
+    ok(run_cli(b, "mkdir", "-p", "/tree/a/b"))
+    ok(run_cli(b, "mkdir", "-p", "/tree/a/b"))
+    ok(run_cli(b, "write", "/tree/a/f1", "12345"))
+    assert ok(run_cli(b, "ls", "/tree/a")).decode().split() == ["b/", "f1"]
+    long = ok(run_cli(b, "ls", "-l", "/tree/a")).decode().splitlines()
+    assert long[0].startswith("d") and long[1].startswith("-") and " 5 " in long[1]
+    entries = json.loads(ok(run_cli(b, "ls", "--json", "/tree/a")))
+    assert [(e["name"], e["type"]) for e in entries] == [("b", "dir"), ("f1", "file")]
+    assert "moved /tree/a/f1 -> /tree/a/b/f1" in ok(run_cli(b, "mv", "/tree/a/f1", "/tree/a/b")).decode()
+    du = json.loads(ok(run_cli(b, "du", "--json", "/tree")))
+    assert (du["bytes"], du["files"], du["dirs"]) == (5, 1, 3)
+    assert "5 bytes" in ok(run_cli(b, "du", "/tree")).decode()
+    failed(run_cli(b, "rm", "/tree"), "/tree")              # not empty without -r
+    ok(run_cli(b, "rm", "-r", "/tree"))
+    failed(run_cli(b, "ls", "/tree"), "/tree", "No such file", code=1)
+
+
+def test_status_and_fsck(cluster):
+    status = json.loads(ok(run_cli(cluster.broker, "status", "--json")))
+    assert sorted(n["id"] for n in status["nodes"]) == ["dn1", "dn2", "dn3"]
+    assert all(n["state"] == "up" and n["capacity"] > 0 for n in status["nodes"])
+    assert all({"used", "blocks"} <= set(n) for n in status["nodes"])
+    text = ok(run_cli(cluster.broker, "status")).decode()
+    assert "dn1" in text and "up" in text and "health" in text
+    report = json.loads(ok(run_cli(cluster.broker, "fsck", "--json")))
+    assert report["healthy"] is True
+    assert "HEALTHY" in ok(run_cli(cluster.broker, "fsck")).decode()
+
+
+def test_expected_errors_are_one_line_with_the_path(cluster, tmp_path):
+    b = cluster.broker
+    err = failed(run_cli(b, "get", "/no/such/file", str(tmp_path / "out")), "/no/such/file",
+                 "No such file", code=1)
+    assert not (tmp_path / "out").exists(), err
+    ok(run_cli(b, "write", "/afile", "x"))
+    (tmp_path / "local.txt").write_bytes(b"data")
+    failed(run_cli(b, "put", str(tmp_path / "local.txt"), "/afile/child.txt"), "/afile",
+           "Not a directory", code=1)
+    failed(run_cli(b, "ls", "/missing-dir"), "/missing-dir", "No such file", code=1)
+    failed(run_cli(b, "read", "/"), "/", "directory", code=1)
+    failed(run_cli(b, "put", str(tmp_path / "nope.txt"), "/x"), "nope.txt", "No such file",
+           code=1)
+    failed(run_cli(b, "stat", "/bad/../path"), "invalid", code=1)
+
+
+def test_unhealthy_fsck_and_cluster_down(tmp_path):
+    """R=1 data on a DataNode that dies: fsck reports it and exits 1. Then the broker
+    stops: every command says the cluster cannot be reached, exit code 3, quickly."""
+    cluster = start_cluster(tmp_path / "c", datanodes=1)
+    try:
+        b = cluster.broker
+        ok(run_cli(b, "write", "--replication", "1", "/lonely", "only copy"))
+        assert json.loads(ok(run_cli(b, "fsck", "--json")))["healthy"] is True
+        cluster.kill("dn1")
+        deadline = time.monotonic() + 20
+        while True:
+            proc = run_cli(b, "fsck", "--json")
+            report = json.loads(proc.stdout)
+            if not report["healthy"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert proc.returncode == 1 and report["healthy"] is False
+        assert report["missing"], report
+        failed(run_cli(b, "read", "/lonely"), "/lonely")
+        cluster.stop_role("broker")
+        for args in (["ls", "/"], ["get", "/lonely", str(tmp_path / "x")], ["status"]):
+            t0 = time.monotonic()
+            failed(run_cli(b, "--timeout", "1", *args), "cannot reach the broker", code=3)
+            assert time.monotonic() - t0 < 10
+    finally:
+        cluster.stop()
+
+
+def test_bad_broker_endpoint_is_a_clear_error():
+    failed(run_cli("not-an-endpoint", "ls", "/"), "invalid broker endpoint", "not-an-endpoint",
+           code=1)
