@@ -84,10 +84,14 @@ class Worker:
         now = time.monotonic()
         self._broker_expiry = now + self.interval * self.liveness
         self._next_heartbeat = now + self.interval
+        # READY is queued now (delivered once connected), so a worker is registered even
+        # before its first recv(); later reconnections (a broker restart) send it again.
+        self._ready()
+        self._first_connect = True
 
     def _ready(self) -> None:
         wire.send(self.sock, [P.ready_envelope(self.service, self.info)])
-        log.info("registered as %r at %s", self.service, self.endpoint)
+        log.info("registering as %r at %s", self.service, self.endpoint)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -107,16 +111,20 @@ class Worker:
                 continue
             wait = self._next_heartbeat - now
             if deadline is not None:
-                if now >= deadline:
-                    return None
                 wait = min(wait, deadline - now)
             events = dict(self._poller.poll(max(0.0, wait) * 1000))
+            # Give up only after a poll found nothing: timeout=0 still takes what is queued.
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                return None
             if self._wake_r in events:
                 self._drain_wake()
                 self._flush_pending()
                 return None
             if self._monitor in events and zmq.EVENT_CONNECTED in wire.monitor_events(self._monitor):
-                self._ready()
+                if self._first_connect:
+                    self._first_connect = False
+                else:
+                    self._ready()
             if self.sock in events:
                 req = self._recv_one()
                 if req is not None:

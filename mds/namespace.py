@@ -385,6 +385,10 @@ class Namespace:
                 i = self._locate(bid)[1]
                 yield bid, self._rsets[owner.block(i)[2]], owner.header()[3]
 
+    def replica_nodes(self) -> set[str]:
+        """Every node named in a replica set ever used (cheap: the interned table)."""
+        return {node for rs in self._rsets for node in rs}
+
     def counts(self) -> dict:
         return {"files": self.files, "dirs": self.dirs, "blocks": self.blocks,
                 "bytes": self.bytes, "drafts": len(self._drafts),

@@ -88,7 +88,7 @@ class MetadataServer:
             return []
         batch = [first]
         while len(batch) < BATCH:
-            req = self.worker.recv(timeout=0)
+            req = self.worker.recv(timeout=0)     # what is already queued, no waiting
             if req is None:
                 break
             batch.append(req)

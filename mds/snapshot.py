@@ -82,7 +82,9 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
     """Stream ``ns`` (whose last applied record is ``seq``) to a durable snapshot."""
     directory = Path(directory)
     final = directory / snapshot_name(seq)
-    tmp = final.with_name(final.name + ".tmp")
+    # per process: a checkpoint child orphaned by a killed MDS may still be writing the
+    # same seq's tmp file when the restarted MDS checkpoints
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     packer = msgpack.Packer(use_bin_type=True)
     started = time.monotonic()
     frames = 0

@@ -261,3 +261,25 @@ def test_broker_restart_under_load(setup):
     assert before > 100
     assert stats["ok_after_restart"] >= 200, stats
     assert all(w.poll() is None for w in setup.workers)
+
+
+def test_worker_recv_with_zero_timeout_takes_what_is_queued(setup):
+    """What the MDS's group commit relies on: recv(timeout=0) drains queued requests."""
+    from broker.worker import Worker
+    worker = Worker(setup.ep["worker"], "drain", heartbeat_interval=HB)
+    try:
+        setup.wait_service("drain")
+        with setup.client() as c:
+            rids = [c.send("drain", {"op": "x", "i": i}) for i in range(10)]
+            first = worker.recv(timeout=5)
+            assert first is not None
+            time.sleep(0.2)                       # the other nine are queued by now
+            batch = [first]
+            while (req := worker.recv(timeout=0)) is not None:
+                batch.append(req)
+            assert [r.header["i"] for r in batch] == list(range(10))
+            for req in batch:
+                worker.reply(req, {"i": req.header["i"]})
+            assert [c.wait(rid).result["i"] for rid in rids] == list(range(10))
+    finally:
+        worker.close()
