@@ -8,7 +8,7 @@ import click
 import zmq
 
 from . import config
-from .process import setup_logging, stop_on_signals
+from .process import setup_logging, stop_on_signals, tune_malloc
 from .server import Broker
 
 
@@ -31,6 +31,7 @@ def main(config_path, base_port, client, worker, events_in, events_out, heartbea
     Example: python -m broker --base-port 6000
     """
     setup_logging(log_level, log_file)
+    tune_malloc()
     flags = {"client": client, "worker": worker, "events_in": events_in,
              "events_out": events_out, "heartbeat_interval": heartbeat_interval}
     if base_port:

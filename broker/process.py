@@ -27,3 +27,24 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
         stop()
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def tune_malloc() -> None:
+    """Keep freed block-sized buffers for reuse instead of returning them to the OS.
+
+    libzmq mallocs every received frame; a 4 MiB frame is above glibc's mmap threshold, so
+    each one came from fresh pages, and fresh memory is what this kind of machine charges
+    most for (shared/PERFORMANCE.md). Serving 4 MiB allocations from the heap and trimming
+    it only past 128 MiB measured ~10% less CPU per GiB in the broker and the DataNode.
+    A no-op where glibc's mallopt is not available.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024)
+    mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
