@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from broker import config
-from broker.process import setup_logging, stop_on_signals
+from broker.process import setup_logging, stop_on_signals, tune_malloc
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,16 +22,22 @@ from broker.process import setup_logging, stop_on_signals
 @click.option("--events", help="Broker XSUB endpoint to publish events to.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
 @click.option("--scrub-rate", type=float, help="Bytes/s the scrubber may read.")
+@click.option("--scrub-pause", type=float, default=60.0, show_default=True,
+              help="Seconds between two scrub passes.")
+@click.option("--block-report-interval", type=float, default=600.0, show_default=True,
+              help="Seconds between full block reports to the MDS.")
 @click.option("--capacity", type=int, help="Advertise at most this many bytes of capacity.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client, events,
-         heartbeat_interval, scrub_rate, capacity, log_level, log_file) -> None:
+         heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
+         log_level, log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
     Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
     """
     setup_logging(log_level, log_file)
+    tune_malloc()
     from .server import DataNode   # after logging is set up
     broker_flags = config.endpoints_for_base_port(base_port) if base_port else {}
     broker_flags.update({k: v for k, v in {"worker": broker_worker, "client": broker_client,
@@ -48,7 +54,8 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
                         heartbeat=float(heartbeat_interval or d["heartbeat"]),
                         liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
-                        max_message_size=int(b["max_message_size"]))
+                        max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
+                        report_interval=block_report_interval)
     except (config.ConfigError, OSError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)

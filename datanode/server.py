@@ -1,8 +1,10 @@
 """The DataNode process: serves service `dn.<id>` from a BlockStore, talks to the MDS.
 
 Threads: the main thread owns the broker socket (Worker) and only moves messages; block
-I/O runs in a small pool (replies go back with `reply_threadsafe`); one thread heartbeats
-the MDS and carries out what it answers (deletes, copies, block reports); one scrubs.
+I/O runs in a small pool (replies go back with `reply_threadsafe`); copies to other nodes
+run in a pool of their own; one thread heartbeats the MDS and carries out what it answers
+(deletes, copies, block reports) and sends a full block report every `report_interval`;
+one scrubs.
 Events (`block.commit` only once a block is durable) go out through a Publisher.
 """
 from __future__ import annotations
@@ -33,6 +35,12 @@ GET_SCHEMA = {"id": bytes, "offset?": int, "length?": int}
 ID_SCHEMA = {"id": bytes}
 COPY_SCHEMA = {"id": bytes, "target": str}
 MAX_COMMANDS = 1000        # deletes carried out per heartbeat answer
+SMALL_BLOCK = 256 * 1024   # requests below this size go to the small-block pool
+SMALL_THREADS = 8
+# A copy waits for the target's put_block; if copies ran in the request pool, two nodes
+# copying to each other would fill both pools with copies waiting for puts that queue
+# behind them (a deadlock until the timeout). Hence a pool of their own.
+COPY_THREADS = 2
 
 
 class DataNode:
@@ -40,7 +48,8 @@ class DataNode:
                  client_endpoint: str, events_endpoint: str, heartbeat: float = 1.0,
                  liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
                  writer_threads: int = 2, capacity: int | None = None,
-                 max_message_size: int | None = None) -> None:
+                 max_message_size: int | None = None, scrub_pause: float = 60.0,
+                 report_interval: float = 600.0) -> None:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
         self.heartbeat = heartbeat
@@ -53,6 +62,13 @@ class DataNode:
                              info={"node": node_id},
                              max_message_size=max_message_size)
         self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
+        # Small blocks are all fsync latency: many of them in flight at once let the
+        # file system fold their fsyncs into shared journal commits (group commit). Big
+        # blocks keep the few threads that suit memory bandwidth (shared/PERFORMANCE.md).
+        self.small_pool = ThreadPoolExecutor(SMALL_THREADS, thread_name_prefix="io-small")
+        self.copier = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="copy")
+        self.scrub_pause = scrub_pause
+        self.report_interval = report_interval
         self.scrubber = Scrubber(self.store, rate_bytes_per_s=scrub_rate,
                                  on_corrupt=self._scrub_found)
         self._local = threading.local()
@@ -60,6 +76,8 @@ class DataNode:
         self._report_now = threading.Event()
         self._report_now.set()          # a full block report right after start
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
+        self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
+        self._copy_lock = threading.Lock()
         self.handlers: dict[str, Callable[[Request], Any]] = {
             "put_block": self._put_block, "get_block": self._get_block,
             "delete_block": self._delete_block, "stat_block": self._stat_block,
@@ -182,8 +200,8 @@ class DataNode:
                         self._delete(parse_block_id(raw))
                         self._deleted.append(block_id_bytes(raw))
                 elif op == "copy":
-                    self.pool.submit(self._copy_logged, parse_block_id(cmd["block"]),
-                                     str(cmd["target"]))
+                    self.copier.submit(self._copy_logged, parse_block_id(cmd["block"]),
+                                       str(cmd["target"]))
                 elif op == "report":
                     self._report_now.set()
                 else:
@@ -196,22 +214,34 @@ class DataNode:
             self._copy(block, target)
         except OSError as exc:
             log.warning("copy of %s to %s failed: %s", block, target, exc)
+            with self._copy_lock:     # told to the MDS with the next heartbeat: it re-plans
+                self._copy_failed.append(block_id_bytes(block))
 
     def _mds_link(self) -> None:
         client = Client(self.client_endpoint, timeout=10.0, connect_timeout=2.0)
+        next_report = time.monotonic() + self.report_interval
         try:
             while not self._stop.is_set():
                 try:
+                    # periodic full reports let the MDS find blocks it has no record of
+                    # (e.g. written for a draft that expired meanwhile) and delete them
+                    if time.monotonic() >= next_report:
+                        self._report_now.set()
                     if self._report_now.is_set():
                         self._send_report(client)
                         self._report_now.clear()
+                        next_report = time.monotonic() + self.report_interval
                     acked, self._deleted = self._deleted, []
+                    with self._copy_lock:
+                        failed, self._copy_failed = self._copy_failed, []
                     try:
                         reply = client.call("mds", {"op": "dn_heartbeat", **self._stats(),
-                                                    "deleted": acked},
+                                                    "deleted": acked, "copy_failed": failed},
                                             timeout=max(2.0, self.heartbeat * 3))
                     except OSError:
                         self._deleted[:0] = acked     # ack them with the next heartbeat
+                        with self._copy_lock:
+                            self._copy_failed[:0] = failed
                         raise
                     self._carry_out(reply.result.get("commands") or [])
                 except OSError as exc:
@@ -242,7 +272,8 @@ class DataNode:
 
     def run(self) -> None:
         threads = [threading.Thread(target=self._mds_link, name="mds-link", daemon=True),
-                   threading.Thread(target=self.scrubber.run, name="scrub", daemon=True)]
+                   threading.Thread(target=self.scrubber.run, args=(self.scrub_pause,),
+                                    name="scrub", daemon=True)]
         for t in threads:
             t.start()
         self.events.publish("node.up", **self._stats())
@@ -258,10 +289,18 @@ class DataNode:
                     worker.reply_error(req, OSError(errno.EOPNOTSUPP,
                                                      f"DataNode has no operation {req.op!r}"))
                     continue
-                self.pool.submit(self._run_request, req, handler)
+                if handler == self._copy_block:
+                    pool = self.copier
+                elif sum(len(p) for p in req.payload) < SMALL_BLOCK and req.op != "get_block":
+                    pool = self.small_pool
+                else:
+                    pool = self.pool
+                pool.submit(self._run_request, req, handler)
         finally:
             self.scrubber.stop()
+            self.copier.shutdown(wait=True)
             self.pool.shutdown(wait=True)
+            self.small_pool.shutdown(wait=True)
             self.events.publish("node.down", node=self.node_id, reason="clean stop")
             time.sleep(0.05)
             worker.close()

@@ -25,6 +25,7 @@ from .repair import RepairPlanner
 log = logging.getLogger(__name__)
 
 MAX_ALLOCATE = 1024
+FIRST_ALLOCATION = 16      # blocks allocated with a create that gives the expected size
 MAX_DELETES_PER_HEARTBEAT = 1000
 Events = list
 
@@ -48,7 +49,7 @@ class Handlers:
             "stat": ({"path": str}, self.stat),
             "du": ({"path": str}, self.du),
             "create": ({"path": str, "replication?": int, "block_size?": int,
-                        "parents?": bool}, self.create),
+                        "parents?": bool, "size?": int}, self.create),
             "allocate": ({"handle": str, "count": int, "exclude?": list}, self.allocate),
             "replace_target": ({"handle": str, "block": bytes, "exclude": list},
                                self.replace_target),
@@ -61,7 +62,7 @@ class Handlers:
             "status": ({}, self.status),
             "fsck": ({"repair?": bool}, self.fsck),
             "dn_heartbeat": ({"node": str, "capacity": int, "used": int, "blocks": int,
-                              "deleted?": list}, self.dn_heartbeat),
+                              "deleted?": list, "copy_failed?": list}, self.dn_heartbeat),
             "block_report": ({"node": str, "count?": int}, self.block_report),
             "replica_added": ({"node": str, "block": bytes, "size": int, "checksum": int},
                               self.replica_added),
@@ -108,23 +109,33 @@ class Handlers:
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents"))))
         draft = self.ns.draft_info(result["handle"])
-        return {"handle": draft["handle"], "path": draft["path"],
-                "replication": draft["replication"], "block_size": draft["block_size"],
-                "lease": self.s.lease}
+        out = {"handle": draft["handle"], "path": draft["path"],
+               "replication": draft["replication"], "block_size": draft["block_size"],
+               "lease": self.s.lease}
+        size = h.get("size")
+        if size:   # the expected size: allocate the first blocks in the same batch
+            count = min(FIRST_ALLOCATION, -(-max(0, size) // draft["block_size"]))
+            try:
+                out["blocks"] = self._allocate(draft, count, [])
+            except OSError:
+                pass   # best effort: the client's own allocate reports why
+        return out
 
     def allocate(self, h, payload, events) -> dict:
         count = h["count"]
         if not 0 < count <= MAX_ALLOCATE:
             raise _bad(f"count must be 1..{MAX_ALLOCATE}")
         draft = self.ns.draft_info(h["handle"])
-        exclude = [str(n) for n in h.get("exclude") or []]
+        return {"blocks": self._allocate(draft, count, [str(n) for n in h.get("exclude") or []])}
+
+    def _allocate(self, draft: dict, count: int, exclude: list[str]) -> list[dict]:
         now = time.monotonic()
         targets = [self.cluster.place(draft["replication"], now=now, exclude=exclude,
                                       min_nodes=1, reserve=draft["block_size"])
                    for _ in range(count)]
-        self.submit(lambda ns: ns.prepare_allocate(h["handle"], targets))
-        blocks = self.ns.draft_info(h["handle"])["blocks"][-count:]
-        return {"blocks": [{"id": b["id"], "nodes": b["targets"]} for b in blocks]}
+        self.submit(lambda ns: ns.prepare_allocate(draft["handle"], targets))
+        blocks = self.ns.draft_info(draft["handle"])["blocks"][-count:]
+        return [{"id": b["id"], "nodes": b["targets"]} for b in blocks]
 
     def replace_target(self, h, payload, events) -> dict:
         draft = self.ns.draft_info(h["handle"])
@@ -140,6 +151,10 @@ class Handlers:
         return {"node": node}
 
     def commit(self, h, payload, events) -> dict:
+        for b in h["blocks"]:
+            # list() in prepare_commit would turn a replicas string "dn1" into d, n, 1
+            if isinstance(b, dict) and not isinstance(b.get("replicas", []), list):
+                raise _bad("a block's replicas must be a list of node ids")
         result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"]))
         path = result.get("path") or ""
         size = sum(int(b["size"]) for b in h["blocks"])
@@ -225,8 +240,12 @@ class Handlers:
         deleted = [b for b in h.get("deleted") or [] if isinstance(b, bytes)]
         if deleted:
             self.submit(lambda ns: ns.prepare_ack_delete(node, deleted))
+            self.repair.on_deleted(node, deleted)
+        failed = [b for b in h.get("copy_failed") or [] if isinstance(b, bytes)]
+        if failed:
+            self.repair.on_copy_failed(node, failed)
         commands: list[dict] = []
-        if not self.repair.has_report(node):
+        if self.repair.wants_report(node):
             commands.append({"op": "report"})
         if not self.repair.safe_mode:
             deletes = self.ns.deletes_for(node, MAX_DELETES_PER_HEARTBEAT)

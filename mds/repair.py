@@ -10,12 +10,16 @@ DataNodes' heartbeat replies; it never does I/O and takes time from an injected 
 - A scan (after a node goes down/up, a bad replica, a report, or `kick()`) lists every
   committed block with fewer live replicas than its replication, most endangered first.
   A heartbeating live replica holder gets copy commands (source -> target chosen by
-  placement), at most `max_copies_per_node` in flight each; a copy that does not report
-  back within `copy_timeout` is forgotten and planned again.
+  placement), at most `max_copies_per_node` in flight each; a copy the source reports
+  failed, or that does not report back within `copy_timeout`, is planned again.
 - Block reports reconcile: a block the namespace does not know is an orphan candidate,
   deleted after `orphan_grace`; a committed block on a node not in its replica list is
   adopted if the block is short of replicas, else trimmed (deleted there); blocks with
-  more live replicas than wanted are trimmed.
+  more live replicas than wanted are trimmed. A block the map places on a node that two
+  reports in a row did not list is gone from it (lost file, quarantine never reported):
+  that replica is dropped. One report is not proof, since it may have been taken before
+  a copy or a commit put the block there; the second is asked for at once and is taken
+  after the first was reconciled, so it lists every block that was there by then.
 - A replica reported corrupt is dropped from the block map (which queues its deletion)
   when another replica exists; the scan then re-replicates from a good copy.
 """
@@ -47,22 +51,29 @@ class RepairPlanner:
         self.copy_timeout = copy_timeout
         self.started = clock()
         self.safemode_deadline = self.started + safemode_timeout
-        self.expected = {n for _, replicas, _ in ns.iter_blocks() for n in replicas}
+        self.expected = ns.replica_nodes()
         self.safe_mode = True
         self.reports: dict[str, set[bytes]] = {}
         self._unreconciled: set[str] = set()
+        self.unlisted: dict[str, set[bytes]] = {}   # node -> mapped there, not in its report
+        self._recheck: set[str] = set()             # nodes asked for a second report
         self.orphan_since: dict[tuple[str, bytes], float] = {}
         self.corrupt: set[tuple[str, bytes]] = set()
         self.copies: dict[bytes, tuple[str, str, float]] = {}   # block -> source, target, deadline
         self.endangered: list[tuple[int, bytes]] = []            # (live replicas, block)
         self._dirty = True
         self.stats = {"copies_started": 0, "copies_done": 0, "bytes_copied": 0,
-                      "orphans_deleted": 0, "replicas_dropped": 0, "replicas_trimmed": 0}
+                      "orphans_deleted": 0, "replicas_dropped": 0, "replicas_trimmed": 0,
+                      "replicas_lost": 0}
 
     # -- inputs --------------------------------------------------------------------------
 
     def has_report(self, node: str) -> bool:
         return node in self.reports
+
+    def wants_report(self, node: str) -> bool:
+        """Whether `node`'s heartbeat reply should ask for a full block report."""
+        return node not in self.reports or node in self._recheck
 
     def kick(self) -> None:
         self._dirty = True
@@ -76,9 +87,23 @@ class RepairPlanner:
             if node in (src, dst):
                 del self.copies[block]
 
+    def on_copy_failed(self, node: str, blocks: list[bytes]) -> None:
+        for block in blocks:
+            if self.copies.get(block, ("",))[0] == node:
+                del self.copies[block]
+                self._dirty = True
+
+    def on_deleted(self, node: str, blocks: list[bytes]) -> None:
+        """`node` deleted these: they are neither its replicas nor orphans any more."""
+        held = self.reports.get(node, set())
+        for block in blocks:
+            held.discard(block)
+            self.orphan_since.pop((node, block), None)
+
     def on_report(self, node: str, entries: list[tuple[bytes, int, int]]) -> list[Record]:
         self.reports[node] = {bid for bid, _, _ in entries}
         self._unreconciled.add(node)
+        self._recheck.discard(node)
         self._dirty = True
         log.info("block report from %s: %d blocks", node, len(entries))
         return [] if self.safe_mode else self._reconcile(node)
@@ -141,8 +166,12 @@ class RepairPlanner:
             live = [n for n in replicas if self.cluster.is_live(n, now)]
             if len(live) >= info["replication"]:
                 continue
+            # nor to a node still told to delete this block (say, its corrupt copy was
+            # dropped): the delete could land after the copy
+            exclude = set(replicas).union(
+                n for n, pending in self.ns.pending_deletes.items() if block in pending)
             try:
-                target = self.cluster.place(1, now=now, exclude=replicas,
+                target = self.cluster.place(1, now=now, exclude=exclude,
                                             reserve=info["size"])[0]
             except OSError:
                 continue   # no node to copy to; the scan will try again later
@@ -158,7 +187,7 @@ class RepairPlanner:
         now = self.clock()
         records: list[Record] = []
         events: list[Event] = []
-        if self.safe_mode and (self.expected <= set(self.reports) or now >= self.safemode_deadline):
+        if self.safe_mode and (self._all_reported(now) or now >= self.safemode_deadline):
             self.safe_mode = False
             missing = sorted(self.expected - set(self.reports))
             log.info("leaving safe mode (%d nodes reported%s)", len(self.reports),
@@ -190,6 +219,11 @@ class RepairPlanner:
 
     # -- internals -----------------------------------------------------------------------
 
+    def _all_reported(self, now: float) -> bool:
+        # a node that reported must also be heartbeating again, or the first scan would
+        # count its replicas as lost and copy them
+        return all(n in self.reports and self.cluster.is_live(n, now) for n in self.expected)
+
     def _reconcile(self, node: str) -> list[Record]:
         self._unreconciled.discard(node)
         now = self.clock()
@@ -212,6 +246,31 @@ class RepairPlanner:
             records.append(self.ns.prepare_queue_delete(node, extra))
             for block in extra:
                 self.reports[node].discard(block)
+        records.extend(self._drop_unlisted(node))
+        return records
+
+    def _drop_unlisted(self, node: str) -> list[Record]:
+        """Drop `node` from blocks it did not list in two reports in a row (see top)."""
+        held = self.reports.get(node, set())
+        unlisted = {b for b, replicas, _ in self.ns.iter_blocks()
+                    if node in replicas and b not in held}
+        gone = unlisted & self.unlisted.get(node, set())
+        self.unlisted[node] = unlisted - gone
+        if self.unlisted[node]:
+            self._recheck.add(node)
+        records: list[Record] = []
+        for block in gone:
+            info = self.ns.block_info(block)
+            rest = [n for n in info["replicas"] if n != node]
+            log.warning("block %s is not on %s, though the block map has it there",
+                        block.hex(), node)
+            if rest:
+                self.stats["replicas_lost"] += 1
+                records.append(self.ns.prepare_set_replicas(block, rest))
+            else:   # its only replica: keep the entry, but fsck must not call it healthy
+                self.corrupt.add((node, block))
+        if gone:
+            self._dirty = True
         return records
 
     def _prune_corrupt(self) -> None:

@@ -1,0 +1,560 @@
+"""Chaos run: a mixed workload against a real cluster while random roles (MDS, DataNodes,
+broker) are SIGKILLed and restarted; every acknowledged write is kept in a ledger and
+checked byte for byte once the cluster has settled.
+
+    python bench/chaos.py --minutes 10 [--seed 7] [--writers 2] [--keep]
+
+Prints the figures (operations, kills, ledger size, settle time, bytes re-replicated) and
+exits 1 when an acknowledged write is lost or the cluster does not heal. The fault tests
+(tests/fault/) run the same code for a shorter time and reuse `Harness`.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import logging
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT_DIR))
+
+from client import AegisClient  # noqa: E402
+from run_cluster import Cluster, free_base_port  # noqa: E402
+
+HEARTBEAT = 0.3
+BLOCK_SIZE = 64 * 1024
+ABSENT = None          # ledger value of a removed (or never written) path
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# A cluster with the checks the fault tests need
+
+class Harness:
+    """A `run_cluster.Cluster` with short timings, a client, and views of what is on disk.
+
+    `mds_flags` / `dn_flags` are extra command-line flags for the MDS / every DataNode.
+    """
+
+    def __init__(self, root: Path, *, datanodes: int = 3, replication: int = 2,
+                 block_size: int = BLOCK_SIZE, mds_flags: Iterable[str] = (),
+                 dn_flags: Iterable[str] = (), heartbeat: float = HEARTBEAT) -> None:
+        self.root = Path(root)
+        extra = {"mds": ["--block-size", str(block_size), *mds_flags]}
+        for i in range(datanodes):
+            extra[f"dn{i + 1}"] = list(dn_flags)
+        self.cluster = Cluster(self.root, free_base_port(), datanodes, heartbeat=heartbeat,
+                               replication=replication, extra=extra)
+        self.replication = replication
+        self.block_size = block_size
+        self.fs: AegisClient | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> "Harness":
+        self.cluster.start(timeout)
+        self.fs = AegisClient(self.cluster.broker, timeout=10.0, connect_timeout=2.0)
+        self.wait_serving(timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.fs is not None:
+            self.fs.close()
+        self.cluster.stop()
+
+    def __enter__(self) -> "Harness":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def nodes(self) -> list[str]:
+        return list(self.cluster.node_ids)
+
+    @property
+    def broker(self) -> str:
+        return self.cluster.broker
+
+    def kill(self, role: str) -> None:
+        """SIGKILL by PID."""
+        self.cluster.kill(role)
+
+    def start_role(self, role: str, timeout: float = 30.0) -> None:
+        self.cluster.start_role(role)
+        self.cluster.wait_ready(timeout, [role])
+
+    def alive(self, role: str) -> bool:
+        return self.cluster.roles[role].alive()
+
+    # -- views ---------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return self.fs.status()
+
+    def fsck(self, repair: bool = False) -> dict:
+        return self.fs.fsck(repair=repair)
+
+    def up_nodes(self) -> set[str]:
+        return {n["id"] for n in self.status()["nodes"] if n["state"] == "up"}
+
+    def wait_until(self, what: str, check: Callable[[], Any], timeout: float,
+                   interval: float = 0.2, log: Callable[[str], None] | None = None) -> float:
+        """Poll `check` until it returns a truthy value (or empty Problems); returns the
+        seconds it took. An OSError from `check` (a role restarting) counts as not yet;
+        `log` hears the last answer every few seconds."""
+        start = time.monotonic()
+        last: Any = None
+        told = start
+        while True:
+            if log is not None and time.monotonic() - told >= 3.0:
+                told = time.monotonic()
+                log(f"  [{told - start:5.1f}s] not {what} yet: {last}")
+            try:
+                last = check()
+                if (not last) if isinstance(last, Problems) else last:
+                    return time.monotonic() - start
+            except OSError as exc:
+                last = exc
+            if time.monotonic() - start > timeout:
+                raise AssertionError(f"not {what} after {timeout:.0f}s: {last}")
+            time.sleep(interval)
+
+    def wait_serving(self, timeout: float = 30.0) -> float:
+        """Until the MDS is out of safe mode and sees every running DataNode up."""
+        def ready() -> bool:
+            st = self.status()
+            up = {n["id"] for n in st["nodes"] if n["state"] == "up"}
+            running = {n for n in self.nodes if self.alive(n)}
+            return not st["safe_mode"] and running <= up
+        return self.wait_until("serving", ready, timeout)
+
+    def blk_path(self, node: str, block: str) -> Path:
+        return self.root / "dn" / node / "blocks" / block[:2] / f"{block}.blk"
+
+    def disk_blocks(self, nodes: Iterable[str] | None = None) -> set[tuple[str, str]]:
+        """(node, block hex) of every block file on the DataNodes' disks."""
+        out = set()
+        for node in self.nodes if nodes is None else nodes:
+            for path in (self.root / "dn" / node / "blocks").glob("*/*.blk"):
+                out.add((node, path.stem))
+        return out
+
+    def files(self, top: str = "/") -> list[str]:
+        out, stack = [], [top]
+        while stack:
+            d = stack.pop()
+            for e in self.fs.ls(d, detail=True):
+                p = d.rstrip("/") + "/" + e["name"]
+                (stack.append if e["type"] == "dir" else out.append)(p)
+        return sorted(out)
+
+    def block_map(self, top: str = "/") -> dict[str, dict]:
+        """block hex -> {path, size, checksum, replicas} from a stat of every file."""
+        out = {}
+        for path in self.files(top):
+            for b in self.fs.stat(path)["blocks"]:
+                out[b["id"]] = {**b, "path": path}
+        return out
+
+    def problems(self, top: str = "/", check_disk: bool = True) -> "Problems":
+        """What keeps the cluster from being healed: fsck, replica counts, disk vs map."""
+        out = Problems()
+        fsck = self.fsck()
+        if not fsck["healthy"]:
+            out.append("fsck: " + json.dumps({k: (len(v) if isinstance(v, list) else v)
+                                             for k, v in fsck.items()
+                                             if k in ("missing", "under_replicated",
+                                                      "corrupt", "orphans", "safe_mode")}))
+        up = self.up_nodes()
+        bmap = self.block_map(top)
+        bad = [f"{b['path']} block {bid}: replicas {b['replicas']}"
+               for bid, b in bmap.items()
+               if len(b["replicas"]) != self.replication or not set(b["replicas"]) <= up]
+        if bad:
+            out.append(f"{len(bad)} blocks without {self.replication} replicas on up nodes "
+                       f"{sorted(up)}: {bad[:3]}")
+        if check_disk:     # the disks of running DataNodes against the block map
+            running = [n for n in self.nodes if self.alive(n)]
+            wanted = {(n, bid) for bid, b in bmap.items() for n in b["replicas"]
+                      if n in running}
+            on_disk = self.disk_blocks(running)
+            if wanted - on_disk:
+                out.append(f"{len(wanted - on_disk)} replicas in the block map are not on "
+                           f"disk: {sorted(wanted - on_disk)[:3]}")
+            if on_disk - wanted:
+                out.append(f"{len(on_disk - wanted)} block files on disk are in no file "
+                           f"(orphans): {sorted(on_disk - wanted)[:3]}")
+        return out
+
+    def wait_healed(self, timeout: float, top: str = "/", check_disk: bool = True,
+                    log: Callable[[str], None] | None = None) -> float:
+        return self.wait_until("healed", lambda: self.problems(top, check_disk), timeout,
+                               interval=0.3, log=log)
+
+    def write_files(self, count: int, rng: random.Random, prefix: str = "/data",
+                    max_blocks: int = 3) -> dict[str, str]:
+        """`count` files of 0..max_blocks blocks of random bytes; path -> sha256."""
+        out = {}
+        for i in range(count):
+            size = rng.choice([rng.randrange(1, 4096),
+                               rng.randrange(1, max_blocks * self.block_size + 1)])
+            data = rng.randbytes(size)
+            path = f"{prefix}/f{i:04d}"
+            self.fs.write_bytes(path, data)
+            out[path] = sha(data)
+        return out
+
+    def verify(self, expected: dict[str, str]) -> list[str]:
+        """Paths whose content differs from their sha256 (or cannot be read)."""
+        bad = []
+        for path, digest in expected.items():
+            try:
+                if sha(self.fs.read_bytes(path)) != digest:
+                    bad.append(f"{path}: content differs")
+            except OSError as exc:
+                bad.append(f"{path}: {exc}")
+        return bad
+
+
+class Problems(list):
+    """A list of problems: empty means fine (wait_until treats it as done)."""
+
+
+# ---------------------------------------------------------------------------------------
+# The ledger of acknowledged operations
+
+class Ledger:
+    """path -> sha256 of the last acknowledged content (ABSENT after an acknowledged rm),
+    plus, per path, the outcomes of operations that failed without an answer since then:
+    such an operation may or may not have happened, so the file may hold either."""
+
+    def __init__(self) -> None:
+        self.acked: dict[str, str | None] = {}
+        self.maybe: dict[str, set[str | None]] = {}
+        self._lock = threading.Lock()
+
+    def ack(self, path: str, value: str | None) -> None:
+        with self._lock:
+            self.acked[path] = value
+            self.maybe.pop(path, None)
+
+    def unknown(self, path: str, value: str | None) -> None:
+        with self._lock:
+            self.maybe.setdefault(path, set()).add(value)
+
+    def state(self, path: str) -> str | None:
+        with self._lock:
+            return self.acked.get(path, ABSENT)
+
+    def allowed(self, path: str) -> set[str | None]:
+        with self._lock:
+            return {self.acked.get(path, ABSENT)} | self.maybe.get(path, set())
+
+    def paths(self) -> set[str]:
+        with self._lock:
+            return set(self.acked) | set(self.maybe)
+
+    def size(self) -> dict[str, int]:
+        present = sum(1 for v in self.acked.values() if v is not ABSENT)
+        return {"paths": len(self.acked), "files": present,
+                "removed": len(self.acked) - present, "uncertain": len(self.maybe)}
+
+
+TRANSIENT = (ConnectionError, TimeoutError)
+
+
+class Writer(threading.Thread):
+    """Puts (small and multi-block), overwrites and removes on its own set of paths, each
+    operation retried until acknowledged (or `op_deadline` passes)."""
+
+    def __init__(self, fs: AegisClient, index: int, ledger: Ledger, stop: threading.Event,
+                 seed: int, *, paths: int = 80, block_size: int = BLOCK_SIZE,
+                 op_deadline: float = 60.0) -> None:
+        super().__init__(name=f"writer-{index}", daemon=True)
+        self.fs, self.ledger, self.stop_event = fs, ledger, stop
+        self.rng = random.Random(seed)
+        self.paths = [f"/chaos/w{index}/f{i:03d}" for i in range(paths)]
+        self.block_size = block_size
+        self.op_deadline = op_deadline
+        self.counts: Counter = Counter()
+        self.errors: Counter = Counter()     # errors that were retried, by kind
+        self.anomalies: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            path = self.rng.choice(self.paths)
+            exists = self.ledger.state(path) is not ABSENT
+            roll = self.rng.random()
+            if exists and roll < 0.15:
+                self._op("rm", path, ABSENT, lambda attempt: self._rm(path, attempt))
+                continue
+            if roll < 0.65:
+                size = self.rng.randrange(0, 4096)
+            else:
+                size = self.rng.randrange(self.block_size, 4 * self.block_size + 1)
+            data = self.rng.randbytes(size)
+            kind = ("overwrite" if exists else "put") + ("_multi" if size > self.block_size
+                                                         else "_small")
+            self._op(kind, path, sha(data), lambda attempt: self.fs.write_bytes(path, data))
+
+    def _rm(self, path: str, attempt: int) -> None:
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            if attempt == 0:     # our own file: gone only if an earlier attempt removed it
+                self.anomalies.append(f"{path}: acknowledged, yet gone before rm")
+
+    def _op(self, kind: str, path: str, value: str | None, fn: Callable[[int], Any]) -> None:
+        deadline = time.monotonic() + self.op_deadline
+        attempt = 0
+        while True:
+            # until acknowledged it may or may not happen (a reply lost with the broker)
+            self.ledger.unknown(path, value)
+            try:
+                fn(attempt)
+            except OSError as exc:
+                self.errors[_kind(exc)] += 1
+                if time.monotonic() > deadline:
+                    self.counts["abandoned"] += 1
+                    return
+                attempt += 1
+                time.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)))
+                continue
+            self.ledger.ack(path, value)
+            self.counts[kind] += 1
+            self.counts["acked"] += 1
+            if attempt:
+                self.counts["acked_after_retry"] += 1
+            return
+
+
+def _kind(exc: OSError) -> str:
+    if isinstance(exc, TRANSIENT):
+        return type(exc).__name__
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+class Reader(threading.Thread):
+    """Reads random ledger paths during the chaos: a read may fail (and is not retried),
+    but what it returns must be a version the ledger allows at the time."""
+
+    def __init__(self, fs: AegisClient, ledger: Ledger, stop: threading.Event,
+                 seed: int) -> None:
+        super().__init__(name="reader", daemon=True)
+        self.fs, self.ledger, self.stop_event = fs, ledger, stop
+        self.rng = random.Random(seed)
+        self.counts: Counter = Counter()
+        self.wrong: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.02):
+            paths = sorted(self.ledger.paths())
+            if not paths:
+                continue
+            path = self.rng.choice(paths)
+            before = self.ledger.allowed(path)
+            try:
+                actual: str | None = sha(self.fs.read_bytes(path))
+            except FileNotFoundError:
+                actual = ABSENT
+            except OSError:
+                self.counts["read_failed"] += 1
+                continue
+            self.counts["reads"] += 1
+            if actual not in before | self.ledger.allowed(path):
+                self.wrong.append(f"{path}: a read returned {actual and actual[:12]}, "
+                                  f"never written there")
+
+
+# ---------------------------------------------------------------------------------------
+# The killer
+
+class Killer(threading.Thread):
+    """Every few seconds: SIGKILL one random role (sometimes two at once), wait a little,
+    start them again."""
+
+    def __init__(self, h: Harness, stop: threading.Event, seed: int,
+                 roles: list[str] | None = None, every: tuple[float, float] = (2.0, 5.0),
+                 down: tuple[float, float] = (0.3, 2.5), double: float = 0.2,
+                 log: Callable[[str], None] = print) -> None:
+        super().__init__(name="killer", daemon=True)
+        self.h, self.stop_event, self.rng = h, stop, random.Random(seed)
+        self.roles = roles or ["mds", "broker", *h.nodes]
+        self.every, self.down, self.double, self.log = every, down, double, log
+        self.kills: Counter = Counter()
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_event.wait(self.rng.uniform(*self.every)):
+            victims = self.rng.sample(self.roles, 2 if self.rng.random() < self.double else 1)
+            for role in victims:
+                self.h.kill(role)
+                self.kills[role] += 1
+            self.log(f"  [{time.monotonic() - t0:6.1f}s] kill -9 {' + '.join(victims)}")
+            self.stop_event.wait(self.rng.uniform(*self.down))
+            # the broker first: nothing else can be seen serving without it
+            for role in sorted(victims, key=lambda r: (r != "broker", r != "mds", r)):
+                try:
+                    self.h.start_role(role, timeout=30.0)
+                except (RuntimeError, TimeoutError) as exc:
+                    self.failures.append(f"{role}: {exc}")
+                    self.log(f"  restart of {role} failed: {exc}")
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+@dataclass
+class ChaosResult:
+    seconds: float
+    ops: Counter = field(default_factory=Counter)
+    retried_errors: Counter = field(default_factory=Counter)
+    kills: Counter = field(default_factory=Counter)
+    ledger: dict = field(default_factory=dict)
+    settle_seconds: float = 0.0
+    health: dict = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    unhealed: str = ""
+    restart_failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.unhealed or self.restart_failures)
+
+    def summary(self) -> str:
+        h = self.health
+        return (f"chaos {self.seconds:.0f}s: {self.ops['acked']} acknowledged ops "
+                f"({', '.join(f'{k} {v}' for k, v in sorted(self.ops.items()) if k != 'acked')}); "
+                f"retried errors {dict(self.retried_errors)}; kills {dict(self.kills)}; "
+                f"ledger {self.ledger}; settled in {self.settle_seconds:.1f}s; "
+                f"re-replicated {h.get('copies_done', 0)} blocks / {h.get('bytes_copied', 0)} "
+                f"bytes, orphans deleted {h.get('orphans_deleted', 0)}, lost replicas "
+                f"dropped {h.get('replicas_lost', 0)}; "
+                f"lost {len(self.lost)}" + (f"; NOT HEALED: {self.unhealed}" if self.unhealed
+                                            else ""))
+
+
+def chaos_harness(root: Path, datanodes: int = 3) -> Harness:
+    return Harness(root, datanodes=datanodes, mds_flags=[
+        "--lease", "5", "--orphan-grace", "2", "--safemode-timeout", "10"],
+        dn_flags=["--block-report-interval", "3"])
+
+
+def run_chaos(root: Path, seconds: float, *, seed: int | None = None, writers: int = 2,
+              datanodes: int = 3, settle_timeout: float = 90.0,
+              log: Callable[[str], None] = print) -> ChaosResult:
+    seed = random.randrange(1 << 30) if seed is None else seed
+    log(f"chaos: seed {seed}, {seconds:.0f}s, {writers} writers, {datanodes} DataNodes")
+    h = chaos_harness(root, datanodes)
+    h.start()
+    try:
+        ledger, stop_writers, stop_killer = Ledger(), threading.Event(), threading.Event()
+        team = [Writer(h.fs, i, ledger, stop_writers, seed + i, block_size=h.block_size)
+                for i in range(writers)]
+        killer = Killer(h, stop_killer, seed - 1, log=log)
+        reader = Reader(h.fs, ledger, stop_writers, seed - 2)
+        t0 = time.monotonic()
+        for w in team:
+            w.start()
+        reader.start()
+        killer.start()
+        stop_killer.wait(seconds)
+        stop_killer.set()
+        killer.join(60)
+        stop_writers.set()
+        for w in team:
+            w.join(120)
+        reader.join(60)
+        result = ChaosResult(time.monotonic() - t0, kills=killer.kills,
+                             restart_failures=killer.failures)
+        for w in team:
+            result.ops.update({k: v for k, v in w.counts.items() if not k.startswith("_")})
+            result.retried_errors.update(w.errors)
+            result.lost.extend(w.anomalies)
+        result.ops.update(reader.counts)
+        result.lost.extend(reader.wrong)
+        result.ledger = ledger.size()
+        # every role back, then wait for the cluster to heal itself
+        for role in h.cluster.roles:
+            if not h.alive(role):
+                h.start_role(role)
+        t1 = time.monotonic()
+        try:
+            h.wait_serving(60)
+            h.wait_healed(settle_timeout, top="/", log=log)
+        except AssertionError as exc:
+            result.unhealed = str(exc)
+        result.settle_seconds = time.monotonic() - t1
+        result.health = h.status()["health"]
+        result.lost += check_ledger(h, ledger)
+        log(result.summary())
+        return result
+    finally:
+        h.stop()
+
+
+def check_ledger(h: Harness, ledger: Ledger) -> list[str]:
+    """Every path holds its acknowledged content (or one it may have been given since)."""
+    lost = []
+    for path in sorted(ledger.paths()):
+        try:
+            actual: str | None = sha(h.fs.read_bytes(path))
+        except FileNotFoundError:
+            actual = ABSENT
+        except OSError as exc:
+            lost.append(f"{path}: unreadable: {exc}")
+            continue
+        if actual not in ledger.allowed(path):
+            lost.append(f"{path}: holds {actual and actual[:12]}, acknowledged "
+                        f"{(ledger.acked.get(path) or 'absent')[:12]}")
+    present = {p for p in h.files("/chaos")} if h.fs.exists("/chaos") else set()
+    for path in sorted(present - ledger.paths()):
+        lost.append(f"{path}: exists but was never written")
+    return lost
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--writers", type=int, default=2)
+    ap.add_argument("--datanodes", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="Keep the data and logs.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)   # the client's failover warnings are expected
+    root = Path(tempfile.mkdtemp(prefix="aegisfs-chaos-"))
+    ok = False
+    try:
+        result = run_chaos(root, args.minutes * 60, seed=args.seed, writers=args.writers,
+                           datanodes=args.datanodes)
+        for line in result.lost[:20]:
+            print("LOST", line)
+        for line in result.restart_failures:
+            print("RESTART FAILED", line)
+        ok = result.ok
+    finally:
+        if args.keep or not ok:
+            print(f"data and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
