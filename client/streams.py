@@ -24,6 +24,8 @@ from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, 
 
 log = logging.getLogger(__name__)
 
+BAD_REPLICA_ERRNOS = frozenset({errno.ENOENT, errno.EIO, errno.EBADMSG})
+
 MDS = "mds"
 Progress = Callable[[int], None]        # called with the bytes just finished
 
@@ -467,7 +469,10 @@ class BlockReader:
         """(problem or None, whether the replica itself is bad and the MDS should know)."""
         if reply.error is not None:
             exc = reply.error
-            return reason_of(exc), not isinstance(exc, ConnectionError)
+            # Only a replica that is missing or damaged is the replica's fault; a timeout,
+            # a busy broker or a node that is down says nothing about the stored copy, and
+            # reporting it would make the MDS drop a good replica.
+            return reason_of(exc), exc.errno in BAD_REPLICA_ERRNOS
         data = reply.payload[0] if reply.payload else memoryview(b"")
         if len(reply.payload) > 1:
             return f"{len(reply.payload)} payload frames", True
