@@ -251,7 +251,11 @@ class Handlers:
             deletes = self.ns.deletes_for(node, MAX_DELETES_PER_HEARTBEAT)
             if deletes:
                 commands.append({"op": "delete", "blocks": deletes})
-            commands.extend(self.repair.commands_for(node))
+            copies = self.repair.commands_for(node)
+            for cmd in copies:
+                events.append(("repair.copy", {"node": node, "block": cmd["block"].hex(),
+                                               "target": cmd["target"]}))
+            commands.extend(copies)
         return {"commands": commands}
 
     def block_report(self, h, payload, events) -> dict:

@@ -21,8 +21,9 @@ def _blocks_on(h: Harness, node: str) -> dict[str, dict]:
     return {bid: b for bid, b in h.block_map().items() if node in b["replicas"]}
 
 
-def test_datanode_kill_restores_replication(cluster, rng):
+def test_datanode_kill_restores_replication(cluster, rng, events):
     h = cluster()
+    ev = events(h, ["repair."])
     files = h.write_files(120, rng)
     h.wait_healed(15)
     lost = _blocks_on(h, "dn1")
@@ -44,6 +45,10 @@ def test_datanode_kill_restores_replication(cluster, rng):
     assert health["copies_done"] == len(lost)
     assert health["bytes_copied"] == need          # nothing moved beyond what was lost
     assert h.verify(files) == []
+    # every step is published: each copy as it is planned and as it lands
+    h.wait_until("repair events", lambda: len(ev.of("repair.replica_added")) >= len(lost), 5)
+    copied = {e.body["block"] for e in ev.of("repair.copy")}
+    assert {b.hex() if isinstance(b, bytes) else b for b in lost} <= copied
 
     # the node comes back: its stale replicas are deleted, nothing is copied again
     h.start_role("dn1")
