@@ -1,0 +1,190 @@
+"""The repair planner, sans-IO: a real Namespace and ClusterView, a fake clock, no sockets."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mds.cluster import ClusterView
+from mds.namespace import Namespace, NamespaceConfig
+from mds.repair import RepairPlanner
+
+GiB = 1 << 30
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def commit_file(ns: Namespace, path: str, replicas: list[str], size: int = 10) -> bytes:
+    """A committed one-block file whose block sits on `replicas`; returns the block id."""
+    handle = ns.apply(ns.prepare_create(path, parents=True, replication=2))["handle"]
+    ns.apply(ns.prepare_allocate(handle, [replicas]))
+    bid = ns.draft_info(handle)["blocks"][0]["id"]
+    ns.apply(ns.prepare_commit(handle, [{"id": bid, "size": size, "checksum": 7,
+                                         "replicas": replicas}]))
+    return bid
+
+
+def submit(ns: Namespace, records: list) -> None:
+    for rec in records:
+        ns.apply(rec)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def world(clock):
+    ns = Namespace(NamespaceConfig(replication=2), clock=lambda: 1_000.0)
+    cluster = ClusterView(dead_after=5.0, rng=random.Random(1))
+    return ns, cluster
+
+
+def beat(cluster: ClusterView, clock: Clock, *nodes: str) -> None:
+    for node in nodes:
+        cluster.heartbeat(node, 10 * GiB, 0, 0, clock.now)
+
+
+def planner(world, clock, **kw) -> RepairPlanner:
+    ns, cluster = world
+    return RepairPlanner(ns, cluster, clock=clock, **{"safemode_timeout": 30.0,
+                                                      "orphan_grace": 10.0, **kw})
+
+
+def report(p: RepairPlanner, node: str, blocks: list[bytes]) -> list:
+    return p.on_report(node, [(b, 10, 7) for b in blocks])
+
+
+def test_safe_mode_holds_until_every_expected_node_reported_and_beats(world, clock):
+    ns, cluster = world
+    bid = commit_file(ns, "/a", ["dn1", "dn2"])
+    p = planner(world, clock)
+    assert p.safe_mode
+    beat(cluster, clock, "dn1")
+    assert report(p, "dn1", [bid]) == []        # nothing is decided in safe mode
+    p.tick()
+    assert p.safe_mode                           # dn2 has not reported yet
+    beat(cluster, clock, "dn2")
+    report(p, "dn2", [bid])
+    records, events = p.tick()
+    assert not p.safe_mode and [t for t, _ in events] == ["repair.safe_mode_off"]
+    assert records == []                         # a healthy cluster: no data movement
+
+
+def test_safe_mode_ends_at_the_timeout_with_a_node_missing(world, clock):
+    ns, cluster = world
+    bid = commit_file(ns, "/a", ["dn1", "dn2"])
+    p = planner(world, clock)
+    beat(cluster, clock, "dn1")
+    report(p, "dn1", [bid])
+    p.tick()
+    assert p.safe_mode
+    clock.now += 31
+    beat(cluster, clock, "dn1")
+    _, events = p.tick()
+    assert not p.safe_mode
+    assert events[0][1]["missing"] == ["dn2"]
+
+
+def test_no_copy_commands_in_safe_mode(world, clock):
+    ns, cluster = world
+    commit_file(ns, "/a", ["dn1", "dn2"])
+    p = planner(world, clock)
+    beat(cluster, clock, "dn1", "dn3")            # dn2 never comes
+    p.tick()
+    assert p.commands_for("dn1") == []
+
+
+def _healthy_then_down(world, clock, files: int = 1):
+    ns, cluster = world
+    blocks = [commit_file(ns, f"/f{i}", ["dn1", "dn2"]) for i in range(files)]
+    p = planner(world, clock)
+    beat(cluster, clock, "dn1", "dn2", "dn3")
+    for node in ("dn1", "dn2", "dn3"):
+        report(p, node, blocks if node != "dn3" else [])
+    p.tick()
+    assert not p.safe_mode
+    clock.now += 6                                # dn2 falls silent past dead_after
+    beat(cluster, clock, "dn1", "dn3")
+    for ev in cluster.check(clock.now):
+        p.on_node_down(ev.node)
+    p.tick()
+    return p, blocks
+
+
+def test_a_dead_nodes_blocks_are_copied_from_a_live_holder_to_a_new_node(world, clock):
+    p, (bid,) = _healthy_then_down(world, clock)
+    assert p.summary()["under_replicated"] == 1
+    assert p.commands_for("dn3") == []            # dn3 does not hold the block
+    (cmd,) = p.commands_for("dn1")
+    assert cmd == {"op": "copy", "block": bid, "target": "dn3"}
+    assert p.commands_for("dn1") == []            # not planned twice while in flight
+    ns, _ = world
+    submit(ns, p.on_replica_added("dn3", bid, 10, 7))
+    assert sorted(ns.block_info(bid)["replicas"]) == ["dn1", "dn3"]
+    p.tick()
+    assert p.summary()["under_replicated"] == 0 and p.stats["bytes_copied"] == 10
+
+
+def test_copies_in_flight_per_source_are_bounded(world, clock):
+    p, blocks = _healthy_then_down(world, clock, files=10)
+    assert len(p.commands_for("dn1")) == 4        # max_copies_per_node default
+    assert p.commands_for("dn1") == []
+
+
+def test_a_copy_that_does_not_match_the_block_map_is_refused(world, clock):
+    p, (bid,) = _healthy_then_down(world, clock)
+    p.commands_for("dn1")
+    assert p.on_replica_added("dn3", bid, 11, 7) == []
+    assert p.on_replica_added("dn3", bid, 10, 8) == []
+
+
+def test_a_bad_replica_is_dropped_only_while_another_exists(world, clock):
+    ns, cluster = world
+    bid = commit_file(ns, "/a", ["dn1", "dn2"])
+    p = planner(world, clock)
+    submit(ns, p.on_bad_replica("dn1", bid))
+    assert ns.block_info(bid)["replicas"] == ["dn2"]
+    assert bid in ns.deletes_for("dn1")           # the bad copy is deleted on its node
+    assert p.on_bad_replica("dn2", bid) == []     # the last copy is kept, reported corrupt
+    assert ("dn2", bid) in p.corrupt
+
+
+def test_unknown_blocks_are_deleted_only_after_the_grace_period(world, clock):
+    ns, cluster = world
+    orphan = bytes(range(16))
+    p = planner(world, clock, safemode_timeout=0.0)
+    beat(cluster, clock, "dn1")
+    p.tick()
+    report(p, "dn1", [orphan])
+    records, _ = p.tick()
+    assert records == [] and p.fsck()["orphans"] == [f"dn1:{orphan.hex()}"]
+    clock.now += 11
+    beat(cluster, clock, "dn1")
+    records, events = p.tick()
+    submit(ns, records)
+    assert ns.deletes_for("dn1") == [orphan]
+    assert [t for t, _ in events] == ["repair.orphan_delete"]
+
+
+def test_a_returning_nodes_extra_replica_is_trimmed(world, clock):
+    p, (bid,) = _healthy_then_down(world, clock)
+    ns, cluster = world
+    p.commands_for("dn1")
+    submit(ns, p.on_replica_added("dn3", bid, 10, 7))
+    clock.now += 1
+    beat(cluster, clock, "dn1", "dn2", "dn3")      # dn2 is back, still holding its copy
+    p.on_node_up("dn2")
+    submit(ns, report(p, "dn2", [bid]))
+    records, _ = p.tick()
+    submit(ns, records)
+    assert sorted(ns.block_info(bid)["replicas"]) == ["dn1", "dn3"]
+    assert bid in ns.deletes_for("dn2")
+    assert p.fsck()["healthy"]
