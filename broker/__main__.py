@@ -32,11 +32,8 @@ def main(config_path, base_port, client, worker, events_in, events_out, heartbea
     """
     setup_logging(log_level, log_file)
     tune_malloc()
-    flags = {"client": client, "worker": worker, "events_in": events_in,
-             "events_out": events_out, "heartbeat_interval": heartbeat_interval}
-    if base_port:
-        flags = {**config.endpoints_for_base_port(base_port),
-                 **{k: v for k, v in flags.items() if v is not None}}
+    flags = config.broker_flags(base_port, client=client, worker=worker, events_in=events_in,
+                                events_out=events_out, heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {"broker": flags})["broker"]
         broker = Broker(cfg)

@@ -64,6 +64,14 @@ def endpoints_for_base_port(port: int, host: str = "127.0.0.1") -> dict[str, str
     }
 
 
+def broker_flags(base_port: int | None = None, **values: Any) -> dict[str, Any]:
+    """[broker] overrides from a role's flags: endpoints derived from `base_port` first,
+    then every explicit flag that was given (None means "not given")."""
+    flags: dict[str, Any] = endpoints_for_base_port(base_port) if base_port else {}
+    flags.update({k: v for k, v in values.items() if v is not None})
+    return flags
+
+
 def _coerce(value: str, like: Any, name: str) -> Any:
     try:
         if isinstance(like, bool):

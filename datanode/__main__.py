@@ -39,11 +39,8 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
     setup_logging(log_level, log_file)
     tune_malloc()
     from .server import DataNode   # after logging is set up
-    broker_flags = config.endpoints_for_base_port(base_port) if base_port else {}
-    broker_flags.update({k: v for k, v in {"worker": broker_worker, "client": broker_client,
-                                           "events_in": events}.items() if v})
-    if heartbeat_interval:
-        broker_flags["heartbeat_interval"] = heartbeat_interval
+    broker_flags = config.broker_flags(base_port, worker=broker_worker, client=broker_client,
+                                       events_in=events, heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {"broker": broker_flags,
                                         "datanode": {"scrub_rate": scrub_rate}})

@@ -42,11 +42,8 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
     from .metastore import RecoveryError
     from .server import MetadataServer, Settings
     from .wal import WalCorruption
-    broker_flags = config.endpoints_for_base_port(base_port) if base_port else {}
-    broker_flags.update({k: v for k, v in {"worker": broker_worker, "events_in": events}.items()
-                         if v})
-    if heartbeat_interval:
-        broker_flags["heartbeat_interval"] = heartbeat_interval
+    broker_flags = config.broker_flags(base_port, worker=broker_worker, events_in=events,
+                                       heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {
             "broker": broker_flags,
