@@ -161,6 +161,26 @@ def exception_to_error(exc: BaseException) -> tuple[str, str]:
     return "EIO", f"internal error ({exc.__class__.__name__})"
 
 
+def item_ok(result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of a batched reply's result list (same shape as a reply header)."""
+    return {"ok": dict(result or {})}
+
+
+def item_error(exc: BaseException) -> dict[str, Any]:
+    return {"err": list(exception_to_error(exc))}
+
+
+def item_result(item: Any) -> dict[str, Any]:
+    """The result map of one batched entry, or raise the OSError its error code maps to."""
+    if isinstance(item, dict):
+        if isinstance(item.get("ok"), dict):
+            return item["ok"]
+        err = item.get("err")
+        if isinstance(err, list) and len(err) == 2 and all(isinstance(x, str) for x in err):
+            raise error_to_exception(err[0], err[1])
+    raise ProtocolError("a batched result has neither 'ok' nor a valid 'err'")
+
+
 # ---------------------------------------------------------------------------------------
 # Frame builders and checks shared by the broker and the helpers.
 

@@ -642,3 +642,63 @@ def test_sigterm_restart_keeps_everything(cluster, mds):
     # the draft survived too and can still be committed
     assert mds("commit", handle=pending, blocks=[])["path"] == "/rs/draft"
     assert mds("stat", path="/rs/draft")["size"] == 0
+
+
+# -- batch ------------------------------------------------------------------------------------
+
+def _item(result: dict):
+    """A batched entry as its result map or its OSError (not raised)."""
+    try:
+        return P.item_result(result)
+    except OSError as exc:
+        return exc
+
+
+def test_batch_creates_and_commits_many_files_with_per_item_errors(mds):
+    mds("mkdir", path="/batch")
+    mds.write("/batch/plain", b"x")            # a file, to be a bad parent below
+    data = {f"/batch/d{i % 3}/f{i}": bytes([i]) * (i + 1) for i in range(40)}
+    ops = [{"op": "create", "path": p, "parents": True, "size": len(d), "block_size": KIB,
+            "replication": 2} for p, d in data.items()]
+    ops += [{"op": "create", "path": "/batch/plain/under", "size": 1},   # parent is a file
+            {"op": "create", "path": "no/../bad", "size": 1},
+            {"op": "dn_heartbeat", "node": "dnX", "capacity": 1, "used": 0, "blocks": 0},
+            {"op": "batch", "ops": []}, "not a map", {"op": "stat"}]
+    results = [_item(r) for r in mds("batch", ops=ops)["results"]]
+    assert len(results) == len(ops)
+    created, bad = results[:40], results[40:]
+    assert isinstance(bad[0], NotADirectoryError)
+    assert bad[1].errno == errno.EINVAL
+    assert bad[2].errno == errno.EOPNOTSUPP and bad[3].errno == errno.EOPNOTSUPP
+    assert bad[4].errno == errno.EOPNOTSUPP
+    assert isinstance(bad[5], P.ProtocolError)          # stat without its path
+    commits = []
+    for (path, d), res in zip(data.items(), created):
+        assert not isinstance(res, OSError), (path, res)
+        (blk,) = res["blocks"]                            # allocated with the create
+        assert len(blk["nodes"]) == 2
+        crc = crc32c.crc32c(d)
+        for node in blk["nodes"]:
+            mds.dn(node, "put_block", [d], id=blk["id"], checksum=crc)
+        commits.append({"op": "commit", "handle": res["handle"], "blocks": [
+            {"id": blk["id"], "size": len(d), "checksum": crc, "replicas": blk["nodes"]}]})
+    with pytest.raises(FileNotFoundError):              # drafts stay invisible until commit
+        mds("stat", path="/batch/d0/f0")
+    commits.append({"op": "commit", "handle": "no-such-draft", "blocks": []})
+    results = [_item(r) for r in mds("batch", ops=commits)["results"]]
+    assert isinstance(results[-1], FileNotFoundError)
+    for (path, d), res in zip(data.items(), results):
+        assert res == {"path": path, "size": len(d)}
+        info = mds("stat", path=path)
+        assert info["size"] == len(d) and info["blocks"][0]["checksum"] == crc32c.crc32c(d)
+
+
+def test_batch_limits_and_types(mds):
+    with pytest.raises(P.ProtocolError):
+        mds("batch", ops="create")
+    for ops in ([], [{"op": "ping"}] * 257):
+        assert _errno_of(lambda: mds("batch", ops=ops)) == errno.EINVAL
+    reads = mds("batch", ops=[{"op": "stat", "path": "/"}, {"op": "ls", "path": "/missing"}])
+    assert _item(reads["results"][0])["type"] == "dir"
+    assert isinstance(_item(reads["results"][1]), FileNotFoundError)
+    assert mds("ping")["pong"] is True
