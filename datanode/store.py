@@ -1,21 +1,33 @@
-"""Block store of a DataNode: one self-checking file per block, written durably, read verified.
+"""Block store of a DataNode: big blocks one self-checking file each, small ones in pack files.
 
-Owns the on-disk layout and format, the durable write path, checksum verification on
+Owns the on-disk layout and format, the durable write paths, checksum verification on
 every read, and the usage counters the heartbeat reports. Pure file I/O: no sockets.
+Blocks of at most small_max bytes go to the pack log (datanode/packs.py: append-only pack
+files, group commit, ~40x more durable small writes per second than a file each); bigger
+ones get a file of their own. Callers see one store: every call below works the same
+wherever a block lives.
 
 API (stable; datanode/server.py builds on it)
 ----------------------------------------------
-BlockStore(root, *, chunk_size=65536, fsync=True, drop_cache=True)  also a context manager
+BlockStore(root, *, chunk_size=65536, fsync=True, drop_cache=True, small_max=131072,
+           pack_size=64 MiB)     also a context manager; small_max=0: no new pack blocks
   put(block_id, buffers, expected_crc=None) -> BlockInfo   durable once it returns
+  put_many(items) -> list[BlockInfo | OSError]  items: (block_id, buffers, expected_crc or
+                                         None); per-item results; the small ones share one
+                                         append and one sync, big ones take the file path
   get(block_id, offset=0, length=None) -> memoryview       read-only, verified
-  stat(block_id) -> BlockInfo            footer only (cheap), footer checked
+  stat(block_id) -> BlockInfo            footer / pack index only (cheap)
   check(block_id) -> BlockInfo           full re-verification; raises BlockCorrupt
   verify(block_id) -> bool               check() as a bool, for the scrubber
   delete(block_id) -> bool               False if it was not there
-  quarantine(block_id) -> bool           move a bad block aside to root/corrupt/
-  ids() -> Iterator[str]                 names only: the fast block report
-  infos(on_corrupt=None) -> Iterator[BlockInfo]   footers; corrupt ones skipped/reported
-  usage() -> Usage(blocks, bytes_used)   bytes of block files on disk, kept incrementally
+  delete_many(block_ids) -> list[bool]   durable on return; one sync for the pack blocks
+  quarantine(block_id) -> bool           set a bad block aside in root/corrupt/
+  compact(min_garbage=0.5) -> CompactStats   rewrite pack files that are mostly dead
+  ids() -> Iterator[str]                 no block is read: the fast block report
+  infos(on_corrupt=None) -> Iterator[BlockInfo]   footers / index; corrupt ones skipped
+  usage() -> Usage(blocks, bytes_used)   blocks in files and packs; bytes of block files
+                                         plus pack files on disk, kept incrementally
+  pack_stats() -> PackStats              live, on-disk and garbage bytes of the pack log
   capacity() -> Capacity(total, free)    from statvfs (free = available to this user)
   close()
 Errors are OSError: invalid id / offset -> EINVAL; missing -> FileNotFoundError (ENOENT);
@@ -23,7 +35,7 @@ expected_crc differs -> OSError(EBADMSG); same id, other content -> FileExistsEr
 damaged or unreadable block -> BlockCorrupt (EIO, .block_id); write failures (ENOSPC,
 EIO, ...) keep their errno. Data is never returned unverified.
 
-On-disk format, version 1 (little-endian), file root/blocks/<id[:2]>/<id>.blk:
+On-disk format, version 1 (little-endian). Big blocks: file root/blocks/<id[:2]>/<id>.blk:
   data (size bytes) | chunk table: count x u32 CRC32C, one per chunk_size piece | footer
   footer (40 bytes) = magic "AEGISBLK" | u16 version | u16 flags (0) | u32 chunk_size |
                       u64 size | u32 count | u32 CRC32C(data) | u32 CRC32C(table) |
@@ -31,19 +43,35 @@ On-disk format, version 1 (little-endian), file root/blocks/<id[:2]>/<id>.blk:
 The file size must equal size + 4*count + 40, so truncation is always detected. A whole
 read checks footer, table CRC and data CRC; a range read checks footer, table CRC and the
 chunks it touches; stat() checks only the footer.
+Small blocks: records in root/packs/pack-<seq>.pack, format in datanode/packs.py (44-byte
+header with its own CRC32C and the data CRC32C, then the data). Every read of a pack block
+reads the whole record and checks its CRC; stat() uses the index built at open.
 
 Behaviour worth knowing:
 - put: CRCs are computed (one pass) before anything touches the disk, so a mismatch with
-  expected_crc costs no I/O. Then tmp/<id>.<pid>.<n>.tmp is written with writev straight
-  from the caller's buffers, fsynced, its pages dropped (drop_cache), renamed into place,
-  and the fan-out dir fsynced. Same id + same size and CRC -> no-op; a stored copy that
-  fails verification is replaced; same id + other content -> FileExistsError. If only the
-  final directory fsync fails, the block may stay visible but put still raises.
-- get of a whole block also drops its pages (drop_cache): blocks are read once and sent on.
-- Opening removes crash residue from tmp/ and takes an exclusive flock on root/LOCK
-  (OSError EBUSY if another process has the store open).
-- Thread-safe: put/get/delete may run concurrently; same-id puts are serialised at the
-  rename by a striped lock, counters by their own lock.
+  expected_crc costs no I/O. Same id + same size and CRC -> no-op; a stored copy that
+  fails verification is replaced; same id + other content -> FileExistsError. This holds
+  across locations (a small put finds a big file of the same id and vice versa; one that
+  replaces a corrupt copy elsewhere removes that copy once the new one is durable). Puts
+  of one id are serialised by a striped lock held around the existence check and the write
+  (not around the pack sync).
+- Big put: tmp/<id>.<pid>.<n>.tmp is written with writev straight from the caller's
+  buffers, fsynced, its pages dropped (drop_cache), renamed into place, and the fan-out dir
+  fsynced. If only the final directory fsync fails, the block may stay visible but put
+  still raises.
+- Small put: one record appended to the active pack and made durable by a group-commit
+  fdatasync shared with concurrent writers. A failed pack sync makes this and every later
+  pack write fail (reopen the store to recover); the file path is unaffected.
+- get of a whole big block also drops its pages (drop_cache): blocks are read once and
+  sent on.
+- quarantine: a block file is moved to root/corrupt/; a pack block's record (header and
+  data as stored) is written to root/corrupt/<id>.<ns>.rec and then tombstoned.
+- Opening removes crash residue from tmp/, replays the pack log (a torn tail from a crash
+  is cut off, damage is stepped over and logged) and takes an exclusive flock on root/LOCK
+  (OSError EBUSY if another process has the store open). An id found both as a file and in
+  a pack (a crash while one copy replaced the other) keeps one good copy.
+- Thread-safe: put/get/delete/compact may run concurrently; same-id puts are serialised by
+  a striped lock, counters by their own locks.
 """
 from __future__ import annotations
 
@@ -64,6 +92,11 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import crc32c
 
 from datanode.blockid import parse_block_id
+# BlockCorrupt lives in packs.py (both modules raise it; store imports packs, not the reverse).
+from datanode.packs import DEFAULT_PACK_SIZE, BlockCorrupt, CompactStats, PackLog, PackStats
+
+__all__ = ["BlockCorrupt", "BlockInfo", "BlockStore", "Capacity", "CompactStats", "PackStats",
+           "Usage"]
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +111,6 @@ _BLOCK_NAME = re.compile(r"([0-9a-f]{32})\.blk")
 _FANOUT_NAME = re.compile(r"[0-9a-f]{2}")
 _LOCK_STRIPES = 64
 MAX_CHUNK = 64 * 1024 * 1024  # bounds what a footer may ask check() to allocate
-
-
-class BlockCorrupt(OSError):
-    """A stored block failed verification or could not be read back (errno EIO)."""
-
-    def __init__(self, block_id: str, reason: str) -> None:
-        super().__init__(errno.EIO, f"block {block_id} is corrupt: {reason}")
-        self.block_id = block_id
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +258,13 @@ class BlockStore:
     """Blocks under root/blocks/; see the module docstring for the API and format."""
 
     def __init__(self, root: str | os.PathLike[str], *, chunk_size: int = 64 * 1024,
-                 fsync: bool = True, drop_cache: bool = True) -> None:
+                 fsync: bool = True, drop_cache: bool = True, small_max: int = 128 * 1024,
+                 pack_size: int = DEFAULT_PACK_SIZE) -> None:
         if not 0 < chunk_size <= MAX_CHUNK:
             raise ValueError(f"chunk_size must be in 1..{MAX_CHUNK}, got {chunk_size}")
+        if not 0 <= small_max <= MAX_CHUNK:
+            raise ValueError(f"small_max must be in 0..{MAX_CHUNK}, got {small_max}")
+        self.small_max = small_max  # blocks up to this size go to the pack log
         self.root = Path(root)
         self.chunk_size = chunk_size
         self._fsync_enabled = fsync  # False only for tests/benchmarks: nothing is durable
@@ -252,9 +280,15 @@ class BlockStore:
         self._stats_lock = threading.Lock()
         self._dir_fds: dict[str, int] = {}  # fan-out dirs known to exist durably
         self._dir_lock = threading.Lock()
+        self._packs: PackLog | None = None
         try:
             self._clean_tmp()
-            self._blocks, self._bytes = self._scan()
+            # Always opened: packs written with another small_max must stay readable.
+            self._packs = PackLog(self.root / "packs", pack_size=pack_size, fsync=fsync,
+                                  drop_cache=drop_cache)
+            dups: list[str] = []
+            self._blocks, self._bytes = self._scan(dups)
+            self._resolve_duplicates(dups)
             # New top-level dirs and fan-outs from any earlier crash become durable here.
             self._fsync_dir(str(self.root))
             self._fsync_dir(str(self._blocks_dir))
@@ -288,8 +322,9 @@ class BlockStore:
             log.warning("removed %d leftover tmp file(s) from %s (crash residue)",
                         removed, self._tmp_dir)
 
-    def _scan(self) -> tuple[int, int]:
+    def _scan(self, dups: list[str]) -> tuple[int, int]:
         blocks = size = 0
+        packs = self._packs
         for fan in os.scandir(self._blocks_dir):
             if not (fan.is_dir(follow_symlinks=False) and _FANOUT_NAME.fullmatch(fan.name)):
                 log.warning("ignoring unexpected entry %s", fan.path)
@@ -300,7 +335,33 @@ class BlockStore:
                     if self._is_block_entry(fan.name, entry):
                         blocks += 1
                         size += entry.stat(follow_symlinks=False).st_size
+                        if packs is not None and entry.name[:-4] in packs:
+                            dups.append(entry.name[:-4])
         return blocks, size
+
+    def _resolve_duplicates(self, dups: list[str]) -> None:
+        """Ids stored both as a file and in a pack: a crash came between writing the new
+        copy and removing the old. Keep one that verifies, the pack copy if both do."""
+        packs = self._packs
+        assert packs is not None
+        for bid in dups:
+            try:
+                packs.check(bid)
+            except BlockCorrupt:
+                if self._verify_file(bid):
+                    log.warning("block %s in a pack and as a file: dropping the bad pack copy",
+                                bid)
+                    packs.delete_many([bid])
+                continue
+            log.warning("block %s in a pack and as a file: removing the file copy", bid)
+            self._remove(bid, None)
+
+    def _verify_file(self, bid: str) -> bool:
+        try:
+            self._check_file(bid)
+        except (FileNotFoundError, BlockCorrupt):
+            return False
+        return True
 
     @staticmethod
     def _is_block_entry(fan: str, entry: os.DirEntry[str]) -> bool:
@@ -309,6 +370,8 @@ class BlockStore:
 
     def close(self) -> None:
         """Release the root lock and cached directory handles; the store is unusable after."""
+        if self._packs is not None:
+            self._packs.close()
         with self._dir_lock:
             for fd in self._dir_fds.values():
                 os.close(fd)
@@ -329,8 +392,15 @@ class BlockStore:
         # bid is always parse_block_id output: 32 lowercase hex, never a path fragment.
         return os.path.join(self._blocks_dir, bid[:2], bid + ".blk")
 
+    def _is_small(self, size: int) -> bool:
+        return 0 < self.small_max and size <= self.small_max  # small_max=0: no new pack blocks
+
+    @staticmethod
+    def _stripe(bid: str) -> int:
+        return int(bid[-2:], 16) % _LOCK_STRIPES
+
     def _id_lock(self, bid: str) -> threading.Lock:
-        return self._id_locks[int(bid[-2:], 16) % _LOCK_STRIPES]
+        return self._id_locks[self._stripe(bid)]
 
     def _add_usage(self, blocks: int, nbytes: int) -> None:
         with self._stats_lock:
@@ -417,20 +487,62 @@ class BlockStore:
         finally:
             os.close(fd)
 
-    def _existing(self, bid: str, info: BlockInfo) -> bool | None:
-        """None: absent or corrupt (to be replaced). True: same block, already stored."""
-        try:
-            have = self.check(bid)
-        except FileNotFoundError:
-            return None
-        except BlockCorrupt as exc:
-            log.warning("replacing corrupt copy on put: %s", exc)
-            return None
+    @staticmethod
+    def _same(bid: str, have: BlockInfo, info: BlockInfo) -> None:
         if (have.size, have.crc) != (info.size, info.crc):
             raise FileExistsError(errno.EEXIST, (
                 f"block {bid} already exists with different content (stored: size "
                 f"{have.size} crc {have.crc:#010x}; new: size {info.size} crc {info.crc:#010x})"))
+
+    def _file_exists(self, bid: str) -> bool:
+        try:
+            os.stat(self._path(bid))
+        except FileNotFoundError:
+            return False
         return True
+
+    def _existing_file(self, bid: str, info: BlockInfo) -> bool | None:
+        """Block file: None absent, False corrupt (to be replaced), True same block."""
+        try:
+            have = self._check_file(bid)
+        except FileNotFoundError:
+            return None
+        except BlockCorrupt as exc:
+            log.warning("replacing corrupt copy on put: %s", exc)
+            return False
+        self._same(bid, have, info)
+        return True
+
+    def _existing(self, bid: str, info: BlockInfo, stale: list[int]) -> bool | None:
+        """Falsy: absent or corrupt (to be replaced). True: same block, already stored.
+
+        Looks in the pack log, then for a file. The location of a corrupt pack copy is
+        appended to stale: the caller tombstones it once the replacement is durable.
+        """
+        packs = self._packs
+        assert packs is not None
+        entry = packs.locate(bid)
+        if entry is not None:
+            try:
+                have = packs.check(bid)
+            except BlockCorrupt as exc:
+                log.warning("replacing corrupt copy on put: %s", exc)
+                stale.append(entry[0])
+                have = None
+            if have is not None:
+                self._same(bid, BlockInfo(bid, *have), info)
+                return True
+        return self._existing_file(bid, info)
+
+    def _small_info(self, bid: str, views: Sequence[memoryview], size: int,
+                    expected_crc: int | None) -> BlockInfo:
+        crc = 0
+        for view in views:
+            crc = crc32c.crc32c(view, value=crc)
+        if expected_crc is not None and crc != expected_crc:
+            raise OSError(errno.EBADMSG, f"checksum mismatch for block {bid}: "
+                          f"expected {expected_crc:#010x}, received data has {crc:#010x}")
+        return BlockInfo(bid, size, crc)
 
     def put(self, block_id: str | bytes, buffers: Sequence[object],
             expected_crc: int | None = None) -> BlockInfo:
@@ -441,12 +553,118 @@ class BlockStore:
         """
         bid = parse_block_id(block_id)
         views = [memoryview(b).cast("B") for b in buffers]
+        size = sum(v.nbytes for v in views)
+        if not self._is_small(size):
+            return self._put_file(bid, views, expected_crc)
+        out = self._put_small([(bid, views, self._small_info(bid, views, size, expected_crc))])
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+
+    def put_many(self, items: Sequence[tuple[str | bytes, Sequence[object], int | None]]
+                 ) -> list[BlockInfo | OSError]:
+        """put() for many blocks; one result per item, a bad item fails alone.
+
+        The small blocks share one append and one sync (durable when this returns); big ones
+        take the file path one by one.
+        """
+        results: list[BlockInfo | OSError | None] = [None] * len(items)
+        small: list[tuple[int, tuple[str, list[memoryview], BlockInfo]]] = []
+        big: list[tuple[int, str, list[memoryview], int | None]] = []
+        for i, (block_id, buffers, expected_crc) in enumerate(items):
+            try:
+                bid = parse_block_id(block_id)
+                try:
+                    views = [memoryview(b).cast("B") for b in buffers]
+                except (TypeError, ValueError) as exc:
+                    raise OSError(errno.EINVAL, f"block {bid}: unusable buffer: {exc}") from exc
+                size = sum(v.nbytes for v in views)
+                if not self._is_small(size):
+                    big.append((i, bid, views, expected_crc))
+                else:
+                    small.append((i, (bid, views,
+                                      self._small_info(bid, views, size, expected_crc))))
+            except OSError as exc:
+                results[i] = exc
+        if small:
+            for (i, _), out in zip(small, self._put_small([e for _, e in small])):
+                results[i] = out
+        for i, bid, views, expected_crc in big:
+            try:
+                results[i] = self._put_file(bid, views, expected_crc)
+            except OSError as exc:
+                results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _put_small(self, entries: Sequence[tuple[str, Sequence[memoryview], BlockInfo]]
+                   ) -> list[BlockInfo | OSError]:
+        """Pack path: existence checks and the append under the ids' striped locks, then
+        one shared sync outside them."""
+        packs = self._packs
+        assert packs is not None
+        out: list[BlockInfo | OSError | None] = [None] * len(entries)
+        todo: list[int] = []
+        bad_files: list[int] = []  # corrupt block files this put replaces
+        res: list[OSError | None] = []
+        ticket = None
+        locks = [self._id_locks[i] for i in sorted({self._stripe(e[0]) for e in entries})]
+        for lock in locks:
+            lock.acquire()
+        try:
+            for k, (bid, _, info) in enumerate(entries):
+                try:
+                    found = self._existing_file(bid, info) if self._file_exists(bid) else None
+                except OSError as exc:
+                    out[k] = exc
+                    continue
+                if found:
+                    out[k] = info
+                    continue
+                if found is False:
+                    bad_files.append(k)
+                todo.append(k)
+            if todo:
+                try:
+                    res, ticket = packs.append_puts(
+                        [(entries[k][0], entries[k][1], entries[k][2].size, entries[k][2].crc)
+                         for k in todo])
+                except OSError as exc:
+                    res = [exc] * len(todo)
+        finally:
+            for lock in locks:
+                lock.release()
+        try:
+            packs.wait(ticket)
+            failed = None
+        except OSError as exc:
+            failed = exc
+        for k, r in zip(todo, res):
+            bid, _, info = entries[k]
+            err = r if r is not None else failed
+            if err is None:
+                out[k] = info
+            elif isinstance(err, FileExistsError) or bid in str(err):
+                out[k] = err
+            else:
+                out[k] = OSError(err.errno, f"cannot store block {bid}: {err.strerror or err}")
+        for k in bad_files:
+            if isinstance(out[k], BlockInfo):
+                try:
+                    self._remove(entries[k][0], None)
+                except OSError as exc:  # the good pack copy is what reads find first
+                    log.warning("could not remove the corrupt file of block %s: %s",
+                                entries[k][0], exc)
+        return out  # type: ignore[return-value]
+
+    def _put_file(self, bid: str, views: list[memoryview],
+                  expected_crc: int | None) -> BlockInfo:
         crc, table = _checksums(views, self.chunk_size)
         info = BlockInfo(bid, sum(v.nbytes for v in views), crc)
         if expected_crc is not None and crc != expected_crc:
             raise OSError(errno.EBADMSG, f"checksum mismatch for block {bid}: "
                           f"expected {expected_crc:#010x}, received data has {crc:#010x}")
-        if self._existing(bid, info):
+        stale: list[int] = []
+        if self._existing(bid, info, stale):
             return info
         tail = _encode_tail(info.size, crc, self.chunk_size, table)
         file_size = info.size + len(tail)
@@ -457,7 +675,7 @@ class BlockStore:
             final = self._path(bid)
             with self._id_lock(bid):
                 # Re-check under the lock: another thread may have stored this id meanwhile.
-                if self._existing(bid, info):
+                if self._existing(bid, info, stale):
                     os.unlink(tmp)
                     return info
                 try:
@@ -478,6 +696,11 @@ class BlockStore:
         except BaseException:
             self._discard(tmp)
             raise
+        if stale:  # a corrupt pack copy this block file replaces
+            try:
+                self._packs.delete_many([bid], expect=[stale[-1]])  # type: ignore[union-attr]
+            except OSError as exc:
+                log.warning("could not drop the corrupt pack copy of block %s: %s", bid, exc)
         return info
 
     @staticmethod
@@ -498,6 +721,9 @@ class BlockStore:
         chunks it touches. offset must be within 0..size.
         """
         bid = parse_block_id(block_id)
+        data = self._packs.get(bid, offset, length)  # type: ignore[union-attr]
+        if data is not None:
+            return data
         fd, meta = self._open_block(bid)
         try:
             if offset < 0 or offset > meta.size or (length is not None and length < 0):
@@ -539,15 +765,26 @@ class BlockStore:
             os.close(fd)
 
     def stat(self, block_id: str | bytes) -> BlockInfo:
-        """Size and CRC from the footer (footer CRC and file length checked, data not read)."""
+        """Size and CRC from the footer (footer CRC and file length checked, data not read)
+        or, for a pack block, from the index."""
         bid = parse_block_id(block_id)
+        have = self._packs.stat(bid)  # type: ignore[union-attr]
+        if have is not None:
+            return BlockInfo(bid, *have)
         fd, meta = self._open_block(bid)
         os.close(fd)
         return BlockInfo(bid, meta.size, meta.crc)
 
     def check(self, block_id: str | bytes) -> BlockInfo:
-        """Re-verify everything: footer, chunk table, every chunk and the whole-block CRC."""
+        """Re-verify everything: footer, chunk table, every chunk and the whole-block CRC
+        (a pack block: its record's data CRC)."""
         bid = parse_block_id(block_id)
+        have = self._packs.check(bid)  # type: ignore[union-attr]
+        if have is not None:
+            return BlockInfo(bid, *have)
+        return self._check_file(bid)
+
+    def _check_file(self, bid: str) -> BlockInfo:
         fd, meta = self._open_block(bid)
         try:
             table = self._read_table(bid, fd, meta)
@@ -603,27 +840,73 @@ class BlockStore:
 
     def delete(self, block_id: str | bytes) -> bool:
         """Remove a block durably; False if it did not exist."""
-        return self._remove(parse_block_id(block_id), None)
+        return self.delete_many([block_id])[0]
+
+    def delete_many(self, block_ids: Sequence[str | bytes]) -> list[bool]:
+        """Remove blocks durably (one sync for all the pack blocks); False: was not there."""
+        bids = [parse_block_id(b) for b in block_ids]  # all valid, or nothing is done
+        in_pack = self._packs.delete_many(bids)  # type: ignore[union-attr]
+        # A file is looked for even when the pack had the id: never leave a second copy.
+        return [self._remove(bid, None) or found for bid, found in zip(bids, in_pack)]
 
     def quarantine(self, block_id: str | bytes) -> bool:
-        """Move a block to root/corrupt/ (kept for inspection, no longer served or listed)."""
+        """Set a block aside in root/corrupt/ (kept for inspection, no longer served or listed).
+
+        A block file is moved there; a pack block's record is copied there as
+        <id>.<ns>.rec (header and data as stored), then tombstoned.
+        """
         bid = parse_block_id(block_id)
+        packs = self._packs
+        assert packs is not None
+        in_pack = False
+        entry = packs.locate(bid)
+        if entry is not None:
+            dest = os.path.join(self._corrupt_dir, f"{bid}.{time.time_ns()}.rec")
+            try:
+                record = packs.read_record(bid)
+            except OSError as exc:  # unreadable: nothing to keep, still stop serving it
+                log.warning("quarantine of block %s: cannot read its record: %s", bid, exc)
+                record = (entry[0], None)
+            if record is not None:
+                loc, raw = record
+                if raw is not None:
+                    self._write_aside(dest, raw)
+                in_pack = packs.delete_many([bid], expect=[loc])[0]
+                if in_pack:
+                    log.warning("quarantined pack block %s to %s", bid, dest)
         dest = os.path.join(self._corrupt_dir, f"{bid}.{time.time_ns()}.blk")
         moved = self._remove(bid, dest)
         if moved:
             self._fsync_dir(str(self._corrupt_dir))
             log.warning("quarantined block %s to %s", bid, dest)
-        return moved
+        return moved or in_pack
+
+    def _write_aside(self, path: str, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            self._write(fd, [memoryview(data)])
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+        self._fsync_dir(str(self._corrupt_dir))
+
+    def compact(self, min_garbage: float = 0.5) -> CompactStats:
+        """Rewrite pack files whose dead bytes are >= min_garbage of their size (see packs.py).
+        Cheap when there is nothing to do; meant for a background thread."""
+        return self._packs.compact(min_garbage)  # type: ignore[union-attr]
 
     # ---- listing and accounting -------------------------------------------------------
 
     def ids(self) -> Iterator[str]:
-        """Ids of stored blocks, from directory names only (no file is opened)."""
+        """Ids of stored blocks: the pack index, then directory names (no file is opened)."""
+        packs = self._packs
+        assert packs is not None
+        yield from packs.ids()
         for fan in sorted(os.scandir(self._blocks_dir), key=lambda e: e.name):
             if fan.is_dir(follow_symlinks=False) and _FANOUT_NAME.fullmatch(fan.name):
                 with os.scandir(fan.path) as entries:
                     for entry in entries:
-                        if self._is_block_entry(fan.name, entry):
+                        if self._is_block_entry(fan.name, entry) and entry.name[:-4] not in packs:
                             yield entry.name[:-4]
 
     def infos(self, on_corrupt: Callable[[str, BlockCorrupt], None] | None = None
@@ -640,8 +923,13 @@ class BlockStore:
                     on_corrupt(bid, exc)
 
     def usage(self) -> Usage:
+        packs = self._packs
+        assert packs is not None
         with self._stats_lock:
-            return Usage(self._blocks, self._bytes)
+            return Usage(self._blocks + len(packs), self._bytes + packs.disk_bytes())
+
+    def pack_stats(self) -> PackStats:
+        return self._packs.stats()  # type: ignore[union-attr]
 
     def capacity(self) -> Capacity:
         st = os.statvfs(self.root)

@@ -32,7 +32,7 @@ class FakeClock:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[BlockStore]:
-    with BlockStore(tmp_path / "dn", chunk_size=4096, fsync=False) as s:
+    with BlockStore(tmp_path / "dn", chunk_size=4096, fsync=False, small_max=0) as s:
         yield s
 
 

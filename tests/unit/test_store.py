@@ -22,9 +22,17 @@ CS = 64 * 1024
 MiB = 1024 * 1024
 
 
+@pytest.fixture(params=["packs", "files"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BlockStore]:
+    """The contract holds wherever blocks live: default routing, and every block a file."""
+    with BlockStore(tmp_path / "dn", small_max=0 if request.param == "files" else 128 * 1024) as s:
+        yield s
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[BlockStore]:
-    with BlockStore(tmp_path / "dn") as s:
+def file_store(tmp_path: Path) -> Iterator[BlockStore]:
+    """Every block in a file of its own (small_max=0): for tests of the block file format."""
+    with BlockStore(tmp_path / "dn", small_max=0) as s:
         yield s
 
 
@@ -47,7 +55,8 @@ def tmp_files(s: BlockStore) -> list[str]:
 
 
 @pytest.mark.parametrize("size", [0, 1, CS - 1, CS, CS + 1, 4 * MiB, 8 * MiB])
-def test_round_trip(store: BlockStore, size: int) -> None:
+def test_round_trip(file_store: BlockStore, size: int) -> None:
+    store = file_store
     rng = random.Random(size)
     data = rng.randbytes(size)
     bid = new_block_id()
@@ -97,7 +106,8 @@ def test_range_reads_at_edges(store: BlockStore) -> None:
 def stores_by_chunk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, BlockStore]]:
     # Hypothesis reruns the body many times: one store per chunk size, without fsync.
     base = tmp_path_factory.mktemp("hyp")
-    stores = {c: BlockStore(base / str(c), chunk_size=c, fsync=False) for c in (1, 7, 512, CS)}
+    stores = {c: BlockStore(base / str(c), chunk_size=c, fsync=False, small_max=0)
+              for c in (1, 7, 512, CS)}
     yield stores
     for s in stores.values():
         s.close()
@@ -140,8 +150,9 @@ def test_checksums_match_plain_crc32c(data: bytes, chunk: int, cuts: list[int]) 
 # ---- put semantics ------------------------------------------------------------------------
 
 
-def test_durability_order(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_durability_order(file_store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """fsync file -> DONTNEED -> rename -> fsync fan-out dir, all before put returns."""
+    store = file_store
     events: list[tuple[str, str]] = []
     real = {name: getattr(os, name) for name in ("fsync", "posix_fadvise", "rename")}
 
@@ -188,7 +199,8 @@ def test_put_is_idempotent_but_never_overwrites(store: BlockStore) -> None:
     assert store.usage().blocks == 1 and tmp_files(store) == []
 
 
-def test_put_replaces_a_corrupt_copy(store: BlockStore) -> None:
+def test_put_replaces_a_corrupt_copy(file_store: BlockStore) -> None:
+    store = file_store
     bid = new_block_id()
     store.put(bid, [b"x" * 1000])
     with open(block_path(store, bid), "r+b") as f:
@@ -225,7 +237,8 @@ def test_delete_quarantine_and_usage(tmp_path: Path) -> None:
         assert 0 < free <= total
 
 
-def test_junk_in_blocks_dir_is_ignored(store: BlockStore) -> None:
+def test_junk_in_blocks_dir_is_ignored(file_store: BlockStore) -> None:
+    store = file_store
     bid = new_block_id()
     store.put(bid, [b"data"])
     fan = store.root / "blocks" / bid[:2]
@@ -250,7 +263,7 @@ def test_every_bit_flip_and_truncation_detected(tmp_path: Path) -> None:
     chunk = 64
     size = 3 * chunk + 5
     data = random.Random(7).randbytes(size)
-    with BlockStore(tmp_path / "dn", chunk_size=chunk, fsync=False) as s:
+    with BlockStore(tmp_path / "dn", chunk_size=chunk, fsync=False, small_max=0) as s:
         bid = new_block_id()
         s.put(bid, [data])
         path = block_path(s, bid)
@@ -303,7 +316,8 @@ def test_flip_in_big_block(store: BlockStore) -> None:
     assert reported == []  # infos() reads footers only; the scrubber finds data damage
 
 
-def test_infos_skips_bad_footer(store: BlockStore) -> None:
+def test_infos_skips_bad_footer(file_store: BlockStore) -> None:
+    store = file_store
     good, bad = new_block_id(), new_block_id()
     store.put(good, [b"a" * 100])
     store.put(bad, [b"b" * 100])
@@ -415,7 +429,9 @@ def test_crash_leaves_no_partial_block(tmp_path: Path, point: str,
             assert s.get(victim) == data
 
 
-def test_exception_mid_write_cleans_tmp(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exception_mid_write_cleans_tmp(file_store: BlockStore,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    store = file_store
     def boom(fd: int, iov: list[memoryview]) -> None:
         os.write(fd, b"partial")
         raise KeyboardInterrupt
