@@ -30,6 +30,7 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
 from client import AegisClient  # noqa: E402
+from datanode import packs  # noqa: E402
 from run_cluster import Cluster, free_base_port  # noqa: E402
 
 HEARTBEAT = 0.3
@@ -144,14 +145,28 @@ class Harness:
         return self.wait_until("serving", ready, timeout)
 
     def blk_path(self, node: str, block: str) -> Path:
+        """The file of a big block (small ones live in pack files: see block_bytes)."""
         return self.root / "dn" / node / "blocks" / block[:2] / f"{block}.blk"
 
+    def block_bytes(self, node: str, block: str) -> tuple[Path, int]:
+        """(file, offset) where a stored block's data starts on a DataNode's disk."""
+        path = self.blk_path(node, block)
+        if path.exists():
+            return path, 0
+        found = packs.inspect(self.root / "dn" / node / "packs").get(block)
+        if found is None:
+            raise FileNotFoundError(f"block {block} is not on {node}'s disk")
+        return Path(found[0]), found[1]
+
     def disk_blocks(self, nodes: Iterable[str] | None = None) -> set[tuple[str, str]]:
-        """(node, block hex) of every block file on the DataNodes' disks."""
+        """(node, block hex) of every block on the DataNodes' disks (files and packs)."""
         out = set()
         for node in self.nodes if nodes is None else nodes:
-            for path in (self.root / "dn" / node / "blocks").glob("*/*.blk"):
+            root = self.root / "dn" / node
+            for path in (root / "blocks").glob("*/*.blk"):
                 out.add((node, path.stem))
+            if (root / "packs").is_dir():
+                out.update((node, bid) for bid in packs.inspect(root / "packs"))
         return out
 
     def files(self, top: str = "/") -> list[str]:

@@ -68,15 +68,44 @@ def role_get(broker: str, remote: str, dst: str) -> dict:
     return t.result()
 
 
-def role_small(broker: str, prefix: str, count: int, replication: int) -> dict:
+def role_small(broker: str, prefix: str, count: int, replication: int, mode: str) -> dict:
+    """`count` 4 KiB files: one write_bytes each ("single"), or put_many ("batched")."""
     from client import AegisClient
     data = os.urandom(4096)
     with AegisClient(broker, timeout=60) as fs:
         fs.mkdir(prefix, parents=True)
         start = time.time()
-        for i in range(count):
-            fs.write_bytes(f"{prefix}/f{i:06d}", data, replication=replication)
+        if mode == "batched":
+            out = fs.put_many([(data, f"{prefix}/f{i:06d}") for i in range(count)],
+                              replication=replication)
+            assert len(out) == count
+        else:
+            for i in range(count):
+                fs.write_bytes(f"{prefix}/f{i:06d}", data, replication=replication)
         return {"start": start, "end": time.time(), "count": count}
+
+
+def raw_small_files(tmp: Path, count: int = 400) -> float:
+    """Durable 4 KiB files/s written directly, one process: tmp, write, fsync, rename,
+    fsync dir - the per-file ceiling of this disk without any network or metadata."""
+    d = tmp / "raw-small"
+    d.mkdir()
+    data = os.urandom(4096)
+    dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        t0 = time.perf_counter()
+        for i in range(count):
+            path = os.path.join(d, f"f{i:06d}")
+            fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(path + ".tmp", path)
+            os.fsync(dir_fd)
+        return count / (time.perf_counter() - t0)
+    finally:
+        os.close(dir_fd)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def role_sink(endpoint: str, directory: str) -> None:
@@ -240,8 +269,9 @@ def raw_baseline(tmp: Path, src: Path, replication: int) -> dict[str, float]:
         shutil.rmtree(tmp / f"raw-r{replication}", ignore_errors=True)
 
 
-def small_files(broker: str, clients: int, per_client: int, tag: str) -> float:
-    procs = [child("small", broker, f"/small-{tag}/c{i}", per_client, 2) for i in range(clients)]
+def small_files(broker: str, clients: int, per_client: int, tag: str, mode: str) -> float:
+    procs = [child("small", broker, f"/small-{tag}/c{i}", per_client, 2, mode)
+             for i in range(clients)]
     results = []
     for p in procs:
         out, _ = p.communicate()
@@ -254,9 +284,14 @@ def small_files(broker: str, clients: int, per_client: int, tag: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-mib", type=int, default=1024, help="file size for put/get")
+    ap.add_argument("--size-mib", type=int, default=1024,
+                    help="file size for put/get (0: only the small-file figures)")
     ap.add_argument("--small-files", type=int, default=400,
-                    help="4 KiB files per run with 1 client (8 clients make 1/4 as many each)")
+                    help="4 KiB files written one by one with 1 client (8 clients make "
+                         "1/4 as many each)")
+    ap.add_argument("--batched-files", type=int, default=8000,
+                    help="4 KiB files written with put_many by 1 client (8 clients make "
+                         "1/4 as many each)")
     ap.add_argument("--dir", default=None, help="scratch parent dir (default $TMPDIR)")
     ap.add_argument("--role", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -278,12 +313,15 @@ def main() -> None:
     rows: list[tuple] = []
     try:
         src = tmp / "source.bin"
-        make_source(src, size)
-        raw = {r: raw_baseline(tmp, src, r) for r in (1, 2)}
+        raw = {}
+        if size:
+            make_source(src, size)
+            raw = {r: raw_baseline(tmp, src, r) for r in (1, 2)}
+        raw_small = raw_small_files(tmp)
         cluster = Cluster(tmp / "cluster", free_base_port(), datanodes=3).start()
         try:
             _wait_nodes(cluster.broker, 3)
-            for r in (1, 2):
+            for r in ((1, 2) if size else ()):
                 put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
                 get = run_child("get", cluster.broker, f"/bench/r{r}.bin", tmp / "out.bin")
                 os.unlink(tmp / "out.bin")
@@ -293,14 +331,30 @@ def main() -> None:
                              raw[r]["put"]))
                 rows.append((f"get R={r}", g_mbs, get["rss_mib"], get["cpu"] / gib,
                              raw[1]["get"]))
-            one = small_files(cluster.broker, 1, args.small_files, "one")
-            eight = small_files(cluster.broker, 8, max(1, args.small_files // 4), "eight")
+            small = {}
+            for mode, n in (("single", args.small_files), ("batched", args.batched_files)):
+                small[mode] = (
+                    small_files(cluster.broker, 1, n, f"{mode}-one", mode),
+                    small_files(cluster.broker, 8, max(1, n // 4), f"{mode}-eight", mode))
         finally:
             cluster.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nAegisFS put/get of {args.size_mib} MiB, {BLOCK // MiB} MiB blocks, window "
+    if rows:
+        print_table(args.size_mib, rows)
+    print("\n4 KiB files, R=2, durable creates/s (each file acknowledged only once its data "
+          "is synced on 2 DataNodes and its metadata in the MDS log):")
+    for mode, label in (("single", "one write_bytes per file"),
+                        ("batched", "put_many, 64 files per batch")):
+        one, eight = small[mode]
+        print(f"  {label:30} 1 client {one:8,.0f}   8 clients {eight:8,.0f}")
+    print(f"  raw disk, one file per block (tmp, fsync, rename, fsync dir), 1 process, "
+          f"1 copy: {raw_small:,.0f} files/s")
+
+
+def print_table(size_mib: int, rows: list[tuple]) -> None:
+    print(f"\nAegisFS put/get of {size_mib} MiB, {BLOCK // MiB} MiB blocks, window "
           f"{WINDOW}, 3 DataNodes, {os.cpu_count()} cores")
     print(f"{'':10} {'MB/s':>8} {'client peak RSS':>16} {'client CPU-s/GiB':>17} "
           f"{'raw MB/s':>9} {'ratio':>6}")
@@ -309,7 +363,6 @@ def main() -> None:
     print("raw: client -> zmq.proxy -> single-threaded sinks (tmp, writev, fsync, DONTNEED, "
           "rename, fsync dir);\n     the DataNodes overlap two writer threads, so a ratio "
           "above 1 is possible when fsync latency dominates.")
-    print(f"\n4 KiB files, R=2, durable creates/s: 1 client {one:,.0f}   8 clients {eight:,.0f}")
 
 
 def _wait_nodes(broker: str, count: int, timeout: float = 30.0) -> None:

@@ -360,31 +360,108 @@ def rm(state: State, path: str, recursive: bool) -> None:
 
 
 @cli.command()
-@click.argument("local", type=LOCAL_IN)
+@click.argument("sources", nargs=-1, required=True, type=LOCAL_IN)
 @click.argument("remote", type=REMOTE)
+@click.option("--recursive", "-r", is_flag=True, help="Upload directories with their contents.")
 @click.option("--replication", "-R", type=click.IntRange(1, 255), help="Replicas per block.")
 @click.option("--block-size", "-b", type=SizeType(), help="Block size, e.g. 4M or 65536.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
 @pass_state
-def put(state: State, local: str, remote: str, replication: int | None,
-        block_size: int | None, progress: bool) -> None:
-    """Upload the local file LOCAL ('-' for stdin) to REMOTE. Missing parent directories
-    are created; an existing file is replaced atomically. A REMOTE ending in '/' or naming
-    a directory receives the file under its own name.
+def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
+        replication: int | None, block_size: int | None, progress: bool) -> None:
+    """Upload local files to REMOTE. Missing parent directories are created; an existing
+    file is replaced atomically.
+
+    With one SOURCE file ('-' for stdin), REMOTE is the new file's path; a REMOTE ending in
+    '/' or naming a directory receives the file under its own name. With several SOURCES,
+    or a directory and -r, REMOTE is a directory that receives each under its own name
+    (as cp -r does). Small files are sent many at a time, which is much faster than one
+    by one. A file that fails is reported and the others go on; the exit code is non-zero
+    if any failed.
 
     \b
     Example:
       aegisfs put image.png /uploads/image.png
       aegisfs put --replication 3 --block-size 8M big.iso /isos/
+      aegisfs put -r photos/ notes.txt /backup
     """
     fs = state.fs
-    if local != "-" and (remote.endswith("/") or fs.isdir(remote)):
-        remote = remote.rstrip("/") + "/" + Path(local).name
-    src = sys.stdin.buffer if local == "-" else local
-    with Progress(f"put {remote}", progress) as bar:
-        result = fs.put(src, remote, replication=replication, block_size=block_size,
-                        progress=bar)
-    click.echo(f"stored {result.get('path', remote)} ({result.get('size', '?')} bytes)")
+    if len(sources) == 1 and (sources[0] == "-" or not os.path.isdir(sources[0])):
+        local = sources[0]
+        if local != "-" and (remote.endswith("/") or fs.isdir(remote)):
+            remote = remote.rstrip("/") + "/" + Path(local).name
+        src = sys.stdin.buffer if local == "-" else local
+        with Progress(f"put {remote}", progress) as bar:
+            result = fs.put(src, remote, replication=replication, block_size=block_size,
+                            progress=bar)
+        click.echo(f"stored {result.get('path', remote)} ({result.get('size', '?')} bytes)")
+        return
+    if "-" in sources:
+        raise Failure("put: '-' (stdin) cannot be combined with other sources", EXIT_USAGE)
+    files, empty_dirs = plan_upload(sources, remote, recursive)
+    total = sum(size for _, _, size in files)
+    with Progress(f"put {len(files)} files", progress) as bar:
+        outcomes = fs.put_many(((local, dest) for local, dest, _ in files),
+                               replication=replication, block_size=block_size,
+                               errors="return",
+                               progress=(lambda n, done: bar(done, total)) if bar else None)
+    for d in empty_dirs:
+        try:
+            fs.mkdir(d, parents=True)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            outcomes.append(exc)
+    failed = [o for o in outcomes if isinstance(o, OSError)]
+    for exc in failed:
+        click.echo(f"aegisfs: put: {describe(exc)}", err=True)
+    stored = sum(int(o.get("size") or 0) for o in outcomes if isinstance(o, dict))
+    click.echo(f"stored {len(files) - len(failed)} files ({human(stored)}) "
+               f"under {remote.rstrip('/') or '/'}")
+    if failed:
+        code = max(exit_code_for(exc) for exc in failed)
+        raise Failure(f"put: {len(failed)} of {len(outcomes)} failed", code)
+
+
+def plan_upload(sources: tuple[str, ...], remote: str, recursive: bool
+                ) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(local file, remote path, size) for every file to upload, and the remote
+    directories that would stay empty (they are created too)."""
+    base = remote.rstrip("/")
+    files: list[tuple[str, str, int]] = []
+    empty: list[str] = []
+    for src in sources:
+        name = Path(src).name or Path(os.path.abspath(src)).name
+        if not os.path.isdir(src):
+            try:
+                size = os.stat(src).st_size
+            except OSError as exc:
+                raise Failure(f"put: {describe(exc)}") from None
+            files.append((src, f"{base}/{name}", size))
+            continue
+        if not recursive:
+            raise Failure(f"put: {src}: is a directory (use -r to upload it)", EXIT_USAGE)
+        for top, dirs, names in os.walk(src, onerror=_walk_error):
+            dirs.sort()
+            rel = os.path.relpath(top, src)
+            dest = f"{base}/{name}" + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
+            if not dirs and not names:
+                empty.append(dest)
+            for n in sorted(names):
+                local = os.path.join(top, n)
+                try:
+                    st = os.stat(local)
+                except OSError as exc:
+                    raise Failure(f"put: {describe(exc)}") from None
+                if not os.path.isfile(local):
+                    click.echo(f"aegisfs: put: skipping {local}: not a regular file", err=True)
+                    continue
+                files.append((local, f"{dest}/{n}", st.st_size))
+    return files, empty
+
+
+def _walk_error(exc: OSError) -> None:
+    raise Failure(f"put: {describe(exc)}")
 
 
 @cli.command()

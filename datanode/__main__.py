@@ -27,11 +27,14 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
 @click.option("--block-report-interval", type=float, default=600.0, show_default=True,
               help="Seconds between full block reports to the MDS.")
 @click.option("--capacity", type=int, help="Advertise at most this many bytes of capacity.")
+@click.option("--small-max", type=click.IntRange(0, 64 * 1024 * 1024), default=128 * 1024,
+              show_default=True,
+              help="Blocks up to this many bytes go to the pack files (0: a file each).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
-         log_level, log_file) -> None:
+         small_max, log_level, log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
     Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
@@ -52,7 +55,7 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
                         liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
                         max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
-                        report_interval=block_report_interval)
+                        report_interval=block_report_interval, small_max=small_max)
     except (config.ConfigError, OSError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)

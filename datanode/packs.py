@@ -945,6 +945,29 @@ class PackLog:
         return self._disk_bytes
 
 
+def inspect(directory: str | os.PathLike[str]) -> dict[str, tuple[str, int, int, int]]:
+    """Read-only replay of a pack directory, for tools and fault tests (never while they
+    could race a running DataNode's writes in a way that matters): the live blocks as
+    id -> (pack path, offset of the data, size, crc). Nothing is truncated or synced."""
+    found = sorted((int(m[1]), os.path.join(directory, name))
+                   for name in os.listdir(directory)
+                   if (m := _PACK_NAME.fullmatch(name)))
+    live: dict[str, tuple[int, str, int, int, int]] = {}   # id -> (loc, path, off, size, crc)
+    for seq, path in found:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for rec in _Scanner(fd, path, seq, os.fstat(fd).st_size, with_data=False,
+                                verify=False):
+                bid, loc = rec.rid.hex(), seq << 32 | rec.off
+                if rec.kind == KIND_PUT:
+                    live[bid] = (loc, path, rec.off + HEADER_SIZE, rec.size, rec.crc)
+                elif bid in live and live[bid][0] == rec.ref:
+                    del live[bid]
+        finally:
+            os.close(fd)
+    return {bid: v[1:] for bid, v in live.items()}
+
+
 def _end(entry: Entry) -> tuple[int, int]:
     loc, size, _ = entry
     return loc >> 32, (loc & 0xFFFFFFFF) + HEADER_SIZE + size

@@ -4,7 +4,8 @@ Threads: the main thread owns the broker socket (Worker) and only moves messages
 I/O runs in a small pool (replies go back with `reply_threadsafe`); copies to other nodes
 run in a pool of their own; one thread heartbeats the MDS and carries out what it answers
 (deletes, copies, block reports) and sends a full block report every `report_interval`;
-one scrubs.
+one scrubs; one compacts the pack files that hold small blocks.
+Small blocks also come many to a request (`put_blocks`): they share one sync in the store.
 Events (`block.commit` only once a block is durable) go out through a Publisher.
 """
 from __future__ import annotations
@@ -34,6 +35,9 @@ PUT_SCHEMA = {"id": bytes, "checksum?": int}
 GET_SCHEMA = {"id": bytes, "offset?": int, "length?": int}
 ID_SCHEMA = {"id": bytes}
 COPY_SCHEMA = {"id": bytes, "target": str}
+PUT_MANY_SCHEMA = {"blocks": list}
+MAX_PUT_MANY = 256         # blocks in one put_blocks request
+COMPACT_EVERY = 10.0       # seconds between looks for pack files worth compacting
 MAX_COMMANDS = 1000        # deletes carried out per heartbeat answer
 SMALL_BLOCK = 256 * 1024   # requests below this size go to the small-block pool
 SMALL_THREADS = 8
@@ -49,13 +53,13 @@ class DataNode:
                  liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
-                 report_interval: float = 600.0) -> None:
+                 report_interval: float = 600.0, small_max: int = 128 * 1024) -> None:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.client_endpoint = client_endpoint
         self.capacity_limit = capacity
-        self.store = BlockStore(Path(data_dir))
+        self.store = BlockStore(Path(data_dir), small_max=small_max)
         self.events = Publisher(events_endpoint, node_id)
         self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
                              liveness=liveness, capacity=64, exclusive=True,
@@ -79,7 +83,8 @@ class DataNode:
         self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
         self._copy_lock = threading.Lock()
         self.handlers: dict[str, Callable[[Request], Any]] = {
-            "put_block": self._put_block, "get_block": self._get_block,
+            "put_block": self._put_block, "put_blocks": self._put_blocks,
+            "get_block": self._get_block,
             "delete_block": self._delete_block, "stat_block": self._stat_block,
             "copy_block": self._copy_block, "info": self._info,
             "block_report": self._request_report,
@@ -94,6 +99,37 @@ class DataNode:
         self.events.publish("block.commit", node=self.node_id, block=block, size=info.size,
                             checksum=info.crc)
         return {"id": req.header["id"], "size": info.size, "checksum": info.crc}
+
+    def _put_blocks(self, req: Request) -> dict:
+        """Many small blocks in one request (one payload frame each), stored with one
+        shared sync; each block gets its own result, so one bad block fails alone."""
+        P.check_fields(req.header, PUT_MANY_SCHEMA)
+        specs = req.header["blocks"]
+        if not 0 < len(specs) <= MAX_PUT_MANY:
+            raise OSError(errno.EINVAL, f"put_blocks takes 1..{MAX_PUT_MANY} blocks, "
+                          f"got {len(specs)}")
+        if len(specs) != len(req.payload):
+            raise OSError(errno.EINVAL, f"put_blocks: {len(specs)} blocks but "
+                          f"{len(req.payload)} payload frames")
+        results: list[dict | None] = [None] * len(specs)
+        items, where = [], []
+        for i, spec in enumerate(specs):
+            try:
+                if not isinstance(spec, dict):
+                    raise P.ProtocolError("each block of put_blocks is a map")
+                P.check_fields(spec, PUT_SCHEMA)
+                items.append((parse_block_id(spec["id"]), [req.payload[i]], spec.get("checksum")))
+                where.append(i)
+            except OSError as exc:
+                results[i] = P.item_error(exc)
+        for i, (block, _, _), out in zip(where, items, self.store.put_many(items)):
+            if isinstance(out, BaseException):
+                results[i] = P.item_error(out)
+                continue
+            self.events.publish("block.commit", node=self.node_id, block=block,
+                                size=out.size, checksum=out.crc)
+            results[i] = P.item_ok({"size": out.size, "checksum": out.crc})
+        return {"results": results}
 
     def _get_block(self, req: Request) -> tuple[dict, list]:
         P.check_fields(req.header, GET_SCHEMA)
@@ -138,10 +174,26 @@ class DataNode:
         return client
 
     def _delete(self, block: str) -> bool:
-        deleted = self.store.delete(block)
-        if deleted:
-            self.events.publish("block.delete", node=self.node_id, block=block)
-        return deleted
+        return self._delete_many([block])[0]
+
+    def _delete_many(self, blocks: list[str]) -> list[bool]:
+        """Durable on return, with one shared sync for the small blocks among them."""
+        done = self.store.delete_many(blocks)
+        for block, deleted in zip(blocks, done):
+            if deleted:
+                self.events.publish("block.delete", node=self.node_id, block=block)
+        return done
+
+    def _maintain(self) -> None:
+        """Reclaim the space of deleted small blocks: rewrite pack files that are mostly
+        dead (the store decides which); off the request path, in its own thread."""
+        while not self._stop.wait(COMPACT_EVERY):
+            try:
+                self.store.compact()
+            except OSError as exc:
+                log.warning("pack compaction failed: %s", exc)
+            except Exception:
+                log.exception("pack compaction failed")
 
     def _copy(self, block: str, target: str) -> dict:
         """Re-replication: read and verify here, store on `target`, tell the MDS."""
@@ -196,9 +248,9 @@ class DataNode:
             op = cmd.get("op")
             try:
                 if op == "delete":
-                    for raw in cmd.get("blocks", [])[:MAX_COMMANDS]:
-                        self._delete(parse_block_id(raw))
-                        self._deleted.append(block_id_bytes(raw))
+                    raws = [raw for raw in cmd.get("blocks", [])[:MAX_COMMANDS]]
+                    self._delete_many([parse_block_id(raw) for raw in raws])
+                    self._deleted.extend(block_id_bytes(raw) for raw in raws)
                 elif op == "copy":
                     self.copier.submit(self._copy_logged, parse_block_id(cmd["block"]),
                                        str(cmd["target"]))
@@ -273,7 +325,8 @@ class DataNode:
     def run(self) -> None:
         threads = [threading.Thread(target=self._mds_link, name="mds-link", daemon=True),
                    threading.Thread(target=self.scrubber.run, args=(self.scrub_pause,),
-                                    name="scrub", daemon=True)]
+                                    name="scrub", daemon=True),
+                   threading.Thread(target=self._maintain, name="compact", daemon=True)]
         for t in threads:
             t.start()
         self.events.publish("node.up", **self._stats())
@@ -291,7 +344,8 @@ class DataNode:
                     continue
                 if handler == self._copy_block:
                     pool = self.copier
-                elif sum(len(p) for p in req.payload) < SMALL_BLOCK and req.op != "get_block":
+                elif req.op == "put_blocks" or (
+                        sum(len(p) for p in req.payload) < SMALL_BLOCK and req.op != "get_block"):
                     pool = self.small_pool
                 else:
                     pool = self.pool

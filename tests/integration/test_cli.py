@@ -161,3 +161,33 @@ def test_unhealthy_fsck_and_cluster_down(tmp_path):
 def test_bad_broker_endpoint_is_a_clear_error():
     failed(run_cli("not-an-endpoint", "ls", "/"), "invalid broker endpoint", "not-an-endpoint",
            code=1)
+
+
+def test_put_many_sources_and_recursive_directories(cluster, tmp_path):
+    tree = {"photos/a.png": make_png(32, 16), "photos/raw/b.bin": bytes(range(256)) * 40,
+            "photos/raw/deep/c.txt": b"deep\n", "notes.txt": "ünïcode\n".encode()}
+    for rel, data in tree.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    (tmp_path / "photos" / "empty").mkdir()
+    cli = lambda *a: run_cli(cluster.broker, *a, cwd=tmp_path)   # noqa: E731
+    out = ok(cli("put", "-r", "photos/", "notes.txt", "/backup")).decode()
+    assert "stored 4 files" in out
+    for rel, data in tree.items():
+        assert ok(cli("read", f"/backup/{rel}")) == data, rel
+    listing = json.loads(ok(cli("ls", "--json", "/backup/photos")))
+    assert {e["name"] for e in listing} == {"a.png", "raw", "empty"}
+    # several plain files into a directory; a directory without -r is a usage error
+    ok(cli("put", "notes.txt", "photos/a.png", "/flat"))
+    assert ok(cli("read", "/flat/a.png")) == tree["photos/a.png"]
+    failed(cli("put", "photos", "/nope"), "photos", "-r", code=2)
+    failed(cli("put", "-", "notes.txt", "/nope"), "stdin", code=2)
+
+
+def test_put_many_reports_the_files_that_failed(cluster, tmp_path):
+    (tmp_path / "good.txt").write_bytes(b"good")
+    ok(run_cli(cluster.broker, "write", "/blocker", "i am a file"))
+    proc = run_cli(cluster.broker, "put", "good.txt", "good.txt", "/blocker", cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert "/blocker/good.txt" in err and "2 of 2 failed" in err

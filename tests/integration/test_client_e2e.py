@@ -282,3 +282,92 @@ def test_put_survives_a_datanode_sigkill(fresh_cluster, tmp_path):
         assert fs.get("/survivor.bin", out) == size
         assert file_sha(out) == digest
         assert not fresh_cluster.roles["dn2"].alive()
+
+
+# -- many small files -------------------------------------------------------------------
+
+def test_put_many_round_trips_small_multi_block_and_streamed_files(fs, tmp_path):
+    rnd = __import__("random").Random(5)
+    expect: dict[str, bytes] = {}
+    items: list = []
+    sizes = [0, 1, 100, 4096, SMALL_BS - 1, SMALL_BS, SMALL_BS + 1, 300_000]
+    for i in range(120):
+        data = rnd.randbytes(sizes[i % len(sizes)])
+        path = f"/many/d{i % 4}/f{i}"
+        expect[path] = data
+        items.append((data, path))
+    big = tmp_path / "big.bin"                     # over the batching limit: streamed
+    big_digest = write_random(big, 2 * MiB + 3, seed=9)
+    items.append((str(big), "/many/big.bin"))
+    (tmp_path / "small.txt").write_bytes(b"hello from disk")
+    items.append((tmp_path / "small.txt", "/many/small.txt"))
+    items.append((io.BytesIO(b"from a file object"), "/many/fobj"))
+    expect["/many/small.txt"] = b"hello from disk"
+    expect["/many/fobj"] = b"from a file object"
+    seen = []
+    out = fs.put_many(items, block_size=SMALL_BS, replication=2,
+                      progress=lambda files, nbytes: seen.append((files, nbytes)))
+    assert all(isinstance(o, dict) for o in out), [o for o in out if isinstance(o, OSError)]
+    assert [o["path"] for o in out] == [p for _, p in items]
+    assert seen[-1][0] == len(items)
+    assert seen[-1][1] == sum(map(len, expect.values())) + 2 * MiB + 3
+    for path, data in expect.items():
+        assert fs.read_bytes(path) == data, path
+        info = fs.stat(path)
+        assert info["size"] == len(data)
+        assert len(info["blocks"]) == -(-len(data) // SMALL_BS)
+        assert all(len(b["replicas"]) == 2 for b in info["blocks"]), path
+    fs.get("/many/big.bin", tmp_path / "big.out")
+    assert file_sha(tmp_path / "big.out") == big_digest
+    # a second put_many of the same paths replaces each file atomically
+    out = fs.put_many([(b"v2" + p.encode(), p) for p in expect])
+    assert all(fs.read_bytes(p) == b"v2" + p.encode() for p in expect)
+
+
+def test_put_many_reports_each_failure_and_stores_the_rest(fs, tmp_path):
+    fs.write_bytes("/pm/file", b"x")
+    items = [(b"a", "/pm/ok1"), (b"b", "/pm/file/under"), (b"c", "/pm/ok2"),
+             (b"d", ""), (tmp_path / "missing.txt", "/pm/ok3"), (b"e" * 5000, "/pm/ok4")]
+    out = fs.put_many(items, errors="return")
+    assert out[0] == {"path": "/pm/ok1", "size": 1} and out[2]["size"] == 1
+    assert isinstance(out[1], NotADirectoryError) and "/pm/file/under" in str(out[1])
+    assert out[3].errno == errno.EINVAL
+    assert isinstance(out[4], FileNotFoundError) and "missing.txt" in str(out[4])
+    assert out[5]["size"] == 5000 and fs.read_bytes("/pm/ok4") == b"e" * 5000
+    fs.rm("/pm/ok1")
+    with pytest.raises(NotADirectoryError) as info:      # default: raise, after trying all
+        fs.put_many(items)
+    assert "2 more of 6 files failed" in "".join(getattr(info.value, "__notes__", []))
+    assert fs.read_bytes("/pm/ok1") == b"a"
+    with pytest.raises(ValueError):
+        fs.put_many(items, errors="ignore")
+
+
+def test_put_many_survives_a_datanode_sigkill_and_rm_frees_pack_blocks(fresh_cluster):
+    rnd = __import__("random").Random(11)
+    files = {f"/swarm/{i // 100}/f{i}": rnd.randbytes(rnd.randrange(0, 8192))
+             for i in range(1200)}
+    killed = []
+
+    def progress(done: int, nbytes: int) -> None:
+        if not killed and done >= 200:
+            fresh_cluster.kill("dn3")                   # SIGKILL, between batches
+            killed.append(done)
+
+    with AegisClient(fresh_cluster.broker, timeout=30) as fs:
+        base = sum(node_blocks(fs).values())
+        out = fs.put_many([(d, p) for p, d in files.items()], replication=2, progress=progress)
+        assert killed and killed[0] < len(files)
+        assert not fresh_cluster.roles["dn3"].alive()
+        assert [o["path"] for o in out] == list(files)
+        late = list(files)[-300:]                        # written well after the kill
+        for path in late:
+            replicas = [r for b in fs.stat(path)["blocks"] for r in b["replicas"]]
+            assert "dn3" not in replicas and (len(replicas) == 2 or not files[path])
+        for path, data in files.items():                # read back while dn3 stays down
+            assert fs.read_bytes(path) == data, path
+        # the small blocks live in pack files; deleting them gives the counts back
+        fresh_cluster.start_role("dn3")
+        wait_for(lambda: sum(n["state"] == "up" for n in fs.status()["nodes"]) == 3, 30)
+        fs.rm("/swarm", recursive=True)
+        assert wait_for(lambda: sum(node_blocks(fs).values()) == base, 30), node_blocks(fs)

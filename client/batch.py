@@ -1,0 +1,263 @@
+"""Many small files at once: the write protocol batched across files.
+
+Writing one small file costs three round trips (create with allocation, put_block to
+each replica, commit) and an MDS fsync and a DataNode sync per step, which caps a client
+at a few hundred files per second. `SmallFiles.write` runs the same protocol for a batch
+of files in lock step:
+
+  1. one MDS `batch` of creates (each with its size, so its block is allocated with it);
+  2. one `put_blocks` request per DataNode, carrying every block that node is a target
+     for; the node stores them with one shared sync and answers per block;
+  3. replicas that failed are replaced (one MDS `batch` of replace_target) and resent,
+     round by round, with the same rules as a single file (client/blocks.ReplicaWrite);
+  4. one MDS `batch` of commits (and aborts for the files that could not be stored).
+
+Each file is durable and visible when its commit is acknowledged, exactly as with `put`;
+files succeed or fail one by one. A file bigger than one block (or whose first block was
+not allocated with the create) is finished by an ordinary BlockWriter on the same draft.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import crc32c
+
+from broker import protocol as P
+
+from .blocks import ReplicaWrite, Suspects, reason_of
+from .streams import MDS, BlockWriter, Mux, dn, name_error
+
+log = logging.getLogger(__name__)
+
+SMALL_FILE_MAX = 1024 * 1024   # files up to this size are written in batches
+BATCH_FILES = 64               # files per batch
+BATCH_BYTES = 16 * 1024 * 1024  # bytes per batch (and per put_blocks request)
+MAX_PUT_MANY = 256             # blocks per put_blocks request (the DataNode's limit)
+
+Outcome = dict | OSError
+
+
+@dataclass(slots=True)
+class _File:
+    path: str
+    data: memoryview
+    checksum: int
+    handle: str | None = None
+    created: dict | None = None         # set when a BlockWriter must finish the file
+    block: bytes | None = None
+    replicas: ReplicaWrite | None = None
+    result: Outcome | None = None
+
+
+class SmallFiles:
+    """Writes batches of small files through one thread's Mux (see module docstring)."""
+
+    def __init__(self, mux: Mux, *, replication: int | None = None,
+                 block_size: int | None = None, parents: bool = True,
+                 timeout: float | None = None, suspects: Suspects | None = None,
+                 window: int = 8) -> None:
+        self.mux = mux
+        self.replication = replication
+        self.block_size = block_size
+        self.parents = parents
+        self.timeout = timeout
+        self.suspects = suspects or Suspects()
+        self.window = window
+
+    def write(self, files: Sequence[tuple[str, Any]],
+              done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
+        """Store each (absolute path, bytes-like) and return, in order, {path, size} or the
+        OSError of that file. done(i, outcome) is called as each file is settled."""
+        batch = []
+        for path, data in files:
+            view = memoryview(data).cast("B")
+            batch.append(_File(path, view, crc32c.crc32c(view)))
+        try:
+            self._create(batch)
+            self._store([f for f in batch if f.replicas is not None])
+            self._finish_big(batch)
+            self._commit(batch)
+        except OSError as exc:    # the MDS itself failed us: nothing more is known
+            for f in batch:
+                if f.result is None:
+                    f.result = name_error(exc, f.path)
+        if done:
+            for i, f in enumerate(batch):
+                done(i, f.result)
+        return [f.result for f in batch]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _mds_batch(self, ops: list[dict]) -> list[Outcome]:
+        results = self.mux.call(MDS, {"op": "batch", "ops": ops}).result.get("results")
+        if not isinstance(results, list) or len(results) != len(ops):
+            raise P.ProtocolError("the MDS answered a batch with a malformed result list")
+        out: list[Outcome] = []
+        for item in results:
+            try:
+                out.append(P.item_result(item))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    def _create(self, batch: list[_File]) -> None:
+        ops = []
+        for f in batch:
+            op: dict[str, Any] = {"op": "create", "path": f.path, "parents": self.parents,
+                                  "size": f.data.nbytes}
+            if self.replication is not None:
+                op["replication"] = self.replication
+            if self.block_size is not None:
+                op["block_size"] = self.block_size
+            ops.append(op)
+        for f, res in zip(batch, self._mds_batch(ops)):
+            if isinstance(res, OSError):
+                f.result = name_error(res, f.path)
+                continue
+            f.handle = res["handle"]
+            if not f.data.nbytes:
+                continue
+            blocks = res.get("blocks") or []
+            if len(blocks) == 1 and f.data.nbytes <= int(res.get("block_size") or 0):
+                f.block = bytes(blocks[0]["id"])
+                f.replicas = ReplicaWrite(list(blocks[0].get("nodes") or []),
+                                          int(res.get("replication") or 1))
+            else:
+                f.created = res
+
+    def _store(self, files: list[_File]) -> None:
+        """Rounds of put_blocks until every block is acked by R nodes or out of options."""
+        while True:
+            by_node: dict[str, list[_File]] = defaultdict(list)
+            for f in files:
+                for node in f.replicas.take_queue():
+                    by_node[node].append(f)
+            if not by_node:
+                break
+            self._put_round(by_node)
+            short = [f for f in files if f.replicas.wants_replacement()]
+            if short:
+                self._replace(short)
+        for f in files:
+            if not f.replicas.acked:
+                f.result = OSError(errno.EIO, f"{f.path}: could not be stored on any "
+                                   f"DataNode: {f.replicas.describe_failures()}")
+            elif len(f.replicas.acked) < f.replicas.replication:
+                log.warning("%s: committed with %d of %d replicas; the MDS re-replicates",
+                            f.path, len(f.replicas.acked), f.replicas.replication)
+
+    def _put_round(self, by_node: dict[str, list[_File]]) -> None:
+        in_flight: dict[int, tuple[str, list[_File]]] = {}
+        for node, files in by_node.items():
+            for part in _chunks(files):
+                header = {"op": "put_blocks",
+                          "blocks": [{"id": f.block, "checksum": f.checksum} for f in part]}
+                rid = self.mux.send(self, dn(node), header, [f.data for f in part], self.timeout)
+                in_flight[rid] = (node, part)
+        while in_flight:
+            reply = self.mux.next(self, None)
+            if reply is None:         # cannot happen while requests are pending; be safe
+                for node, part in in_flight.values():
+                    for f in part:
+                        f.replicas.fail(node, "no reply")
+                return
+            node, part = in_flight.pop(reply.rid, (None, None))
+            if part is None:
+                continue
+            if reply.error is not None:
+                if isinstance(reply.error, (ConnectionError, TimeoutError)):
+                    self.suspects.mark(node)
+                for f in part:
+                    f.replicas.fail(node, reason_of(reply.error))
+                continue
+            results = (reply.result or {}).get("results")
+            if not isinstance(results, list) or len(results) != len(part):
+                for f in part:
+                    f.replicas.fail(node, "malformed put_blocks reply")
+                continue
+            for f, item in zip(part, results):
+                try:
+                    got = P.item_result(item)
+                except OSError as exc:
+                    f.replicas.fail(node, reason_of(exc))
+                    continue
+                if got.get("size") != f.data.nbytes or got.get("checksum") != f.checksum:
+                    f.replicas.fail(node, f"acked size {got.get('size')} checksum "
+                                    f"{got.get('checksum')}, sent {f.data.nbytes} / {f.checksum}")
+                else:
+                    f.replicas.ack(node)
+
+    def _replace(self, files: list[_File]) -> None:
+        ops = [{"op": "replace_target", "handle": f.handle, "block": f.block,
+                "exclude": f.replicas.exclude()} for f in files]
+        for f, res in zip(files, self._mds_batch(ops)):
+            if isinstance(res, OSError):
+                log.warning("%s: no replacement for block %s: %s", f.path, f.block.hex(), res)
+                f.replicas.tries = f.replicas.max_tries      # stop asking for this one
+            elif res.get("node"):
+                f.replicas.add(str(res["node"]))
+
+    def _finish_big(self, batch: list[_File]) -> None:
+        """Files the batch cannot carry (several blocks, or no block allocated yet) are
+        written by a BlockWriter on their draft, one by one."""
+        for f in batch:
+            if f.created is None or f.result is not None:
+                continue
+            w = BlockWriter(self.mux, f.path, f.created, window=self.window,
+                            size_hint=f.data.nbytes, suspects=self.suspects,
+                            timeout=self.timeout)
+            try:
+                pos = 0
+                while pos < f.data.nbytes:
+                    buf = w.buffer()
+                    n = min(buf.nbytes, f.data.nbytes - pos)
+                    buf[:n] = f.data[pos:pos + n]
+                    w.submit(n)
+                    pos += n
+                f.result = w.commit()
+            except OSError as exc:
+                w.abort()
+                f.result = name_error(exc, f.path)
+            f.handle = None           # settled either way
+
+    def _commit(self, batch: list[_File]) -> None:
+        ops, owners = [], []
+        for f in batch:
+            if f.handle is None:
+                continue
+            if f.result is not None:          # its block could not be stored
+                ops.append({"op": "abort", "handle": f.handle})
+            else:
+                blocks = []
+                if f.replicas is not None:
+                    blocks.append({"id": f.block, "size": f.data.nbytes,
+                                   "checksum": f.checksum, "replicas": list(f.replicas.acked)})
+                ops.append({"op": "commit", "handle": f.handle, "blocks": blocks})
+            owners.append(f)
+        if not ops:
+            return
+        for f, op, res in zip(owners, ops, self._mds_batch(ops)):
+            if op["op"] == "abort":
+                if isinstance(res, OSError):
+                    log.warning("%s: could not abort draft %s: %s", f.path, f.handle, res)
+            elif isinstance(res, OSError):
+                f.result = name_error(res, f.path)
+            else:
+                f.result = res
+
+
+def _chunks(files: list[_File]) -> list[list[_File]]:
+    """Split one node's blocks into put_blocks requests within the count and byte limits."""
+    parts: list[list[_File]] = [[]]
+    size = 0
+    for f in files:
+        if parts[-1] and (len(parts[-1]) >= MAX_PUT_MANY or size + f.data.nbytes > BATCH_BYTES):
+            parts.append([])
+            size = 0
+        parts[-1].append(f)
+        size += f.data.nbytes
+    return parts
