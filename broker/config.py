@@ -25,7 +25,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "heartbeat_liveness": 3,
         "max_message_size": 64 * 1024 * 1024 + 1024 * 1024,
         "hwm": 1000,
-        "max_header_size": 65536,
+        "max_header_size": 8 * 1024 * 1024,
         "request_ttl": 120.0,
     },
     "mds": {

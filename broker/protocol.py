@@ -44,7 +44,7 @@ WORKER_COMMANDS = frozenset({READY, REPLY, HEARTBEAT, DISCONNECT})
 BROKER_SERVICE = "broker"    # answered by the broker itself: ping, services
 MAX_SERVICE_LEN = 128
 MAX_RID_LEN = 64
-DEFAULT_MAX_HEADER = 64 * 1024
+DEFAULT_MAX_HEADER = 8 * 1024 * 1024   # a commit of ~120k blocks, an ls of ~150k entries
 
 # The broker and helpers refer to these names; any errno name is a valid code.
 E_NO_WORKER = "ECONNREFUSED"    # no live worker for the service: fail over at once

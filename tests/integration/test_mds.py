@@ -702,3 +702,26 @@ def test_batch_limits_and_types(mds):
     assert _item(reads["results"][0])["type"] == "dir"
     assert isinstance(_item(reads["results"][1]), FileNotFoundError)
     assert mds("ping")["pong"] is True
+
+
+def test_thousands_of_blocks_and_entries_fit_one_reply(mds):
+    """A commit, stat and ls carry their lists in the header: a 2,048-block file (8 GiB
+    at 4 MiB blocks) and a 6,000-entry directory must go through, both ways."""
+    handle = mds("create", path="/huge", block_size=KIB, replication=1)["handle"]
+    ids = [b for _ in range(2) for b in mds("allocate", handle=handle, count=1024)["blocks"]]
+    blocks = [{"id": b["id"], "size": KIB, "checksum": i, "replicas": b["nodes"]}
+              for i, b in enumerate(ids)]
+    assert mds("commit", handle=handle, blocks=blocks)["size"] == 2048 * KIB
+    info = mds("stat", path="/huge")
+    assert [b["checksum"] for b in info["blocks"]] == list(range(2048))
+    for start in range(0, 6000, 256):
+        ops = [{"op": "create", "path": f"/wide/f{i:05d}", "parents": True}
+               for i in range(start, min(6000, start + 256))]
+        handles = [P.item_result(r)["handle"] for r in mds("batch", ops=ops)["results"]]
+        results = mds("batch", ops=[{"op": "commit", "handle": h, "blocks": []}
+                                    for h in handles])["results"]
+        assert all("ok" in r for r in results)
+    names = [e["name"] for e in mds("ls", path="/wide")["entries"]]
+    assert sorted(names) == [f"f{i:05d}" for i in range(6000)]
+    mds("rm", path="/wide", recursive=True)
+    mds("rm", path="/huge")
