@@ -11,7 +11,7 @@ import logging
 from typing import Any, Iterator
 
 from .blocks import Piece, Suspects
-from .streams import BlockReader, BlockWriter, Mux
+from .streams import MDS, BlockReader, BlockWriter, Mux
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,28 @@ class ReadFile(io.RawIOBase):
             self._ahead, self._ahead_next = iter(self._reader), i
         else:
             self._reader.window = min(self._max_window, self._reader.window * 2)
-        data = next(self._ahead)
+        try:
+            data = next(self._ahead)
+        except OSError as exc:
+            self._drop_reader()
+            raise self._stale(i) or exc
         self._ahead_next += 1
         self._cur = (i, data)
         return data
+
+    def _stale(self, i: int) -> OSError | None:
+        """ESTALE if block i failed because the file was replaced or removed since open
+        (its old blocks are deleted once the MDS's delete grace has passed)."""
+        try:
+            info = self._mux.call(MDS, {"op": "stat", "path": self.name}).result
+        except FileNotFoundError:
+            return OSError(errno.ESTALE, f"{self.name} was removed while open")
+        except OSError:
+            return None
+        if all(b.get("id") != self._blocks[i]["id"] for b in info.get("blocks") or []):
+            return OSError(errno.ESTALE, f"{self.name} was replaced while open; open it "
+                           "again to read the new version")
+        return None
 
     def _drop_reader(self) -> None:
         if self._ahead is not None:

@@ -27,13 +27,16 @@ from broker.process import setup_logging, stop_on_signals
               help="Leave safe mode after this long even if some DataNodes never reported.")
 @click.option("--orphan-grace", type=float, default=60.0, show_default=True,
               help="Seconds an unknown block may sit on a DataNode before it is deleted.")
+@click.option("--delete-grace", type=float, default=5.0, show_default=True,
+              help="Seconds a replaced or removed file's blocks stay readable on the "
+                   "DataNodes (for readers that opened it just before).")
 @click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
               "instead of refusing to start (loses what follows it; logged loudly).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_interval,
-         replication, block_size, lease, dead_after, safemode_timeout, orphan_grace, salvage,
-         log_level, log_file) -> None:
+         replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
+         delete_grace, salvage, log_level, log_file) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
     Example: python -m mds --data-dir data/mds --base-port 5550
@@ -59,7 +62,8 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
             dead_after=float(dead_after or (5 * hb if heartbeat_interval else m["dead_after"])),
             checkpoint_records=int(m["checkpoint_records"]),
             checkpoint_bytes=int(m["checkpoint_bytes"]), salvage=salvage,
-            safemode_timeout=safemode_timeout, orphan_grace=orphan_grace)
+            safemode_timeout=safemode_timeout, orphan_grace=orphan_grace,
+            delete_grace=delete_grace)
         server = MetadataServer(settings)
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "

@@ -280,7 +280,8 @@ class Handlers:
         if self.repair.wants_report(node):
             commands.append({"op": "report"})
         if not self.repair.safe_mode:
-            deletes = self.ns.deletes_for(node, MAX_DELETES_PER_HEARTBEAT)
+            deletes = self.repair.deletes_ready(
+                node, self.ns.deletes_for(node, MAX_DELETES_PER_HEARTBEAT))
             if deletes:
                 commands.append({"op": "delete", "blocks": deletes})
             copies = self.repair.commands_for(node)

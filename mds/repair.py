@@ -22,6 +22,9 @@ DataNodes' heartbeat replies; it never does I/O and takes time from an injected 
   after the first was reconciled, so it lists every block that was there by then.
 - A replica reported corrupt is dropped from the block map (which queues its deletion)
   when another replica exists; the scan then re-replicates from a good copy.
+- Deletes wait `delete_grace` seconds after they are first seen queued before they go to
+  a DataNode: a reader that listed the blocks of a file just before an overwrite or rm
+  can still fetch them meanwhile.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class RepairPlanner:
     def __init__(self, ns: Namespace, cluster: ClusterView, *,
                  clock: Callable[[], float] = time.monotonic, safemode_timeout: float = 30.0,
                  orphan_grace: float = 60.0, max_copies_per_node: int = 4,
-                 copy_timeout: float = 60.0) -> None:
+                 copy_timeout: float = 60.0, delete_grace: float = 0.0) -> None:
         self.ns = ns
         self.cluster = cluster
         self.clock = clock
@@ -58,6 +61,8 @@ class RepairPlanner:
         self.unlisted: dict[str, set[bytes]] = {}   # node -> mapped there, not in its report
         self._recheck: set[str] = set()             # nodes asked for a second report
         self.orphan_since: dict[tuple[str, bytes], float] = {}
+        self.delete_grace = delete_grace
+        self.delete_seen: dict[str, dict[bytes, float]] = {}   # node -> block -> first seen
         self.corrupt: set[tuple[str, bytes]] = set()
         self.copies: dict[bytes, tuple[str, str, float]] = {}   # block -> source, target, deadline
         self.endangered: list[tuple[int, bytes]] = []            # (live replicas, block)
@@ -92,6 +97,15 @@ class RepairPlanner:
             if self.copies.get(block, ("",))[0] == node:
                 del self.copies[block]
                 self._dirty = True
+
+    def deletes_ready(self, node: str, queued: list[bytes]) -> list[bytes]:
+        """Of the deletes queued for `node`, those queued at least delete_grace ago."""
+        if self.delete_grace <= 0:
+            return queued
+        now = self.clock()
+        old = self.delete_seen.get(node, {})
+        seen = self.delete_seen[node] = {b: old.get(b, now) for b in queued}
+        return [b for b, since in seen.items() if now - since >= self.delete_grace]
 
     def on_deleted(self, node: str, blocks: list[bytes]) -> None:
         """`node` deleted these: they are neither its replicas nor orphans any more."""

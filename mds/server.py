@@ -50,6 +50,7 @@ class Settings:
     salvage: bool = False
     safemode_timeout: float = 30.0
     orphan_grace: float = 60.0
+    delete_grace: float = 5.0
     max_copies_per_node: int = 4
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +70,7 @@ class MetadataServer:
         self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
                                     safemode_timeout=s.safemode_timeout,
                                     orphan_grace=s.orphan_grace,
+                                    delete_grace=s.delete_grace,
                                     max_copies_per_node=s.max_copies_per_node)
         self.ops = Handlers(self.store, self.cluster, self.repair, s)
         self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,

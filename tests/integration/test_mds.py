@@ -467,6 +467,8 @@ def test_overwrite_replaces_atomically_and_old_blocks_are_deleted(cluster, mds):
     old_ids = [b["id"] for b in old["blocks"]]
     assert len(old_ids) == 3
     wait_for(lambda: all(c >= 3 for c in mds.node_blocks().values()), what="heartbeat counts")
+    # deletes of earlier tests land after the MDS's delete grace: let them finish first
+    wait_for(lambda: mds("status")["pending_deletes"] == 0, what="earlier deletes")
     before = _settled_counts(mds)
 
     # readers polling during overwrites see the old or the new version, never nothing

@@ -188,3 +188,23 @@ def test_a_returning_nodes_extra_replica_is_trimmed(world, clock):
     assert sorted(ns.block_info(bid)["replicas"]) == ["dn1", "dn3"]
     assert bid in ns.deletes_for("dn2")
     assert p.fsck()["healthy"]
+
+
+def test_deletes_wait_out_the_grace_period(world, clock):
+    ns, _ = world
+    p = planner(world, clock, delete_grace=5.0)
+    old = commit_file(ns, "/a", ["dn1", "dn2"])
+    ns.apply(ns.prepare_rm("/a"))
+    assert ns.deletes_for("dn1") == [old]
+    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == []      # just queued
+    clock.now += 3
+    newer = commit_file(ns, "/b", ["dn1", "dn3"])
+    ns.apply(ns.prepare_rm("/b"))
+    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == []
+    clock.now += 2.5                                               # old: 5.5 s, newer: 2.5 s
+    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == [old]
+    assert p.deletes_ready("dn3", ns.deletes_for("dn3")) == []     # first seen only now
+    clock.now += 3
+    assert sorted(p.deletes_ready("dn1", ns.deletes_for("dn1"))) == sorted([old, newer])
+    # without a grace every queued delete goes at once
+    assert planner(world, clock).deletes_ready("dn3", [newer]) == [newer]
