@@ -13,6 +13,7 @@ checksums, no placement. Prints a table; benchmarks are scripts, not tests.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -82,7 +83,17 @@ def role_small(broker: str, prefix: str, count: int, replication: int, mode: str
         else:
             for i in range(count):
                 fs.write_bytes(f"{prefix}/f{i:06d}", data, replication=replication)
-        return {"start": start, "end": time.time(), "count": count}
+        end = time.time()
+        # then read them all back (verified), the same way: get_many or one read_bytes each
+        sinks = [io.BytesIO() for _ in range(count)]
+        if mode == "batched":
+            fs.get_many([(f"{prefix}/f{i:06d}", sinks[i]) for i in range(count)])
+        else:
+            for i in range(count):
+                sinks[i].write(fs.read_bytes(f"{prefix}/f{i:06d}"))
+        assert all(s.getvalue() == data for s in sinks)
+        return {"start": start, "end": end, "count": count, "read_start": end,
+                "read_end": time.time()}
 
 
 def raw_small_files(tmp: Path, count: int = 400) -> float:
@@ -269,7 +280,9 @@ def raw_baseline(tmp: Path, src: Path, replication: int) -> dict[str, float]:
         shutil.rmtree(tmp / f"raw-r{replication}", ignore_errors=True)
 
 
-def small_files(broker: str, clients: int, per_client: int, tag: str, mode: str) -> float:
+def small_files(broker: str, clients: int, per_client: int, tag: str,
+                mode: str) -> tuple[float, float]:
+    """(creates/s, reads/s) of `clients` processes writing, then reading, their files."""
     procs = [child("small", broker, f"/small-{tag}/c{i}", per_client, 2, mode)
              for i in range(clients)]
     results = []
@@ -278,8 +291,10 @@ def small_files(broker: str, clients: int, per_client: int, tag: str, mode: str)
         if p.returncode:
             raise RuntimeError(f"small-file client failed: {out}")
         results.append(json.loads(out.strip().splitlines()[-1]))
-    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-    return sum(r["count"] for r in results) / wall
+    count = sum(r["count"] for r in results)
+    write = max(r["end"] for r in results) - min(r["start"] for r in results)
+    read = max(r["read_end"] for r in results) - min(r["read_start"] for r in results)
+    return count / write, count / read
 
 
 def main() -> None:
@@ -348,7 +363,12 @@ def main() -> None:
     for mode, label in (("single", "one write_bytes per file"),
                         ("batched", "put_many, 64 files per batch")):
         one, eight = small[mode]
-        print(f"  {label:30} 1 client {one:8,.0f}   8 clients {eight:8,.0f}")
+        print(f"  {label:30} 1 client {one[0]:8,.0f}   8 clients {eight[0]:8,.0f}")
+    print("  reading them back, verified, files/s:")
+    for mode, label in (("single", "one read_bytes per file"),
+                        ("batched", "get_many, 256 files per batch")):
+        one, eight = small[mode]
+        print(f"  {label:30} 1 client {one[1]:8,.0f}   8 clients {eight[1]:8,.0f}")
     print(f"  raw disk, one file per block (tmp, fsync, rename, fsync dir), 1 process, "
           f"1 copy: {raw_small:,.0f} files/s")
 

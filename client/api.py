@@ -19,7 +19,8 @@ import zmq
 from broker import config as broker_config
 from broker.client import Client
 
-from .batch import BATCH_BYTES, BATCH_FILES, SMALL_FILE_MAX, SmallFiles
+from .batch import (BATCH_BYTES, BATCH_FILES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles,
+                    SmallReads)
 from .blocks import Piece, Suspects, pieces_for_range
 from .files import ReadFile, WriteFile
 from .streams import MDS, BlockReader, BlockWriter, Mux, name_error
@@ -311,6 +312,8 @@ class AegisClient:
                 continue
             if data is None:           # too big to batch: its own streaming put
                 flush()                # keeps the order of writes to the same path
+                if isinstance(src, (bytes, bytearray, memoryview)):
+                    src = io.BytesIO(src)
                 try:
                     outcome: Outcome = self.put(src, p, replication=replication,
                                                 block_size=block_size, parents=parents)
@@ -392,6 +395,66 @@ class AegisClient:
                     os.unlink(tmp)
                 raise
             return n
+
+    def get_many(self, items: Iterable[tuple[PathLike, Source]], *, errors: str = "raise",
+                 progress: Callable[[int, int], None] | None = None,
+                 batch: int = 256) -> list[Outcome]:
+        """Copy many files out: each item is (remote, local) with local a path or a binary
+        file object. Small files are fetched in batches - one MDS round trip for a batch's
+        block lists, their blocks through one window of requests - and bigger ones stream
+        through `get`. A local path is written beside itself and renamed into place when
+        complete; the files written are synced to disk together, once, before returning.
+
+        Returns one outcome per item, in order: {path, size} or the OSError of that file;
+        errors and progress(files settled, bytes read) work as in put_many.
+        """
+        if errors not in ("raise", "return"):
+            raise ValueError("errors must be 'raise' or 'return'")
+        reads = SmallReads(self._io(), timeout=self.timeout, suspects=self.suspects,
+                           window=max(self.window, READ_WINDOW))
+        items = list(items)
+        out: list[Outcome] = []
+        tally = [0, 0]
+        unsynced = False
+        for start in range(0, len(items), max(1, min(batch, 256))):
+            chunk = items[start:start + max(1, min(batch, 256))]
+            paths: list[str | OSError] = []
+            for remote, _ in chunk:
+                try:
+                    paths.append(_abs(remote))
+                except OSError as exc:
+                    paths.append(exc)
+            valid = [p for p in paths if isinstance(p, str)]
+            fetched = iter(reads.read(valid)) if valid else iter(())
+            for p, (_, local) in zip(paths, chunk):
+                try:
+                    if isinstance(p, OSError):
+                        raise p
+                    data = next(fetched)
+                    if data is BIG or (isinstance(data, OSError) and data.errno == errno.EIO):
+                        # streamed, or fetched again: it may have been replaced meanwhile
+                        outcome: Outcome = {"path": p, "size": self.get(p, local)}
+                    elif isinstance(data, OSError):
+                        raise data
+                    else:
+                        unsynced |= _write_local(local, data)
+                        outcome = {"path": p, "size": len(data)}
+                except OSError as exc:
+                    outcome = exc
+                out.append(outcome)
+                tally[0] += 1
+                tally[1] += outcome["size"] if isinstance(outcome, dict) else 0
+                if progress:
+                    progress(tally[0], tally[1])
+        if unsynced:
+            os.sync()           # one flush for every small file written, not one each
+        failed = [o for o in out if isinstance(o, OSError)]
+        if failed and errors == "raise":
+            first = failed[0]
+            if len(failed) > 1:
+                first.add_note(f"{len(failed) - 1} more of {len(out)} files failed too")
+            raise first
+        return out
 
     def _copy_out(self, info: dict, out: BinaryIO, progress: ProgressFn | None,
                   written: list[int]) -> int:
@@ -478,6 +541,36 @@ class _LocalOutput:
         finally:
             os.close(self.fd)
             self.fd = -1
+
+
+def _write_local(dst: Any, data: bytes) -> bool:
+    """Write a small file's bytes to a binary file object, or to a local path through a
+    temporary file renamed into place (not synced: True says a sync is owed)."""
+    if not isinstance(dst, (str, os.PathLike)):
+        view = memoryview(data)
+        while view.nbytes:
+            n = dst.write(view)
+            if n is None:
+                raise BlockingIOError(errno.EAGAIN, "output is not ready")
+            view = view[n:]
+        return False
+    target = Path(dst)
+    tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        view = memoryview(data)
+        while view.nbytes:
+            view = view[os.write(fd, view):]
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

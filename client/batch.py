@@ -1,4 +1,4 @@
-"""Many small files at once: the write protocol batched across files.
+"""Many small files at once: the write and read protocols batched across files.
 
 Writing one small file costs three round trips (create with allocation, put_block to
 each replica, commit) and an MDS fsync and a DataNode sync per step, which caps a client
@@ -15,6 +15,10 @@ of files in lock step:
 Each file is durable and visible when its commit is acknowledged, exactly as with `put`;
 files succeed or fail one by one. A file bigger than one block (or whose first block was
 not allocated with the create) is finished by an ordinary BlockWriter on the same draft.
+
+`SmallReads.read` is the reverse: one MDS `batch` of stats, then the single blocks of the
+small files fetched through one BlockReader window (replica failover, CRC checks and
+bad-replica reports as for any read). Bigger files are left to the caller's `get`.
 """
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ import crc32c
 
 from broker import protocol as P
 
-from .blocks import ReplicaWrite, Suspects, reason_of
-from .streams import MDS, BlockWriter, Mux, dn, name_error
+from .blocks import Piece, ReplicaWrite, Suspects, reason_of
+from .streams import MDS, BlockReader, BlockWriter, Mux, dn, name_error
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ BATCH_BYTES = 16 * 1024 * 1024  # bytes per batch (and per put_blocks request)
 MAX_PUT_MANY = 256             # blocks per put_blocks request (the DataNode's limit)
 
 Outcome = dict | OSError
+BIG = object()                 # SmallReads: this file is for the streaming reader
+READ_WINDOW = 64               # small blocks in flight while reading many files
 
 
 @dataclass(slots=True)
@@ -93,16 +99,7 @@ class SmallFiles:
     # -- steps ---------------------------------------------------------------------------
 
     def _mds_batch(self, ops: list[dict]) -> list[Outcome]:
-        results = self.mux.call(MDS, {"op": "batch", "ops": ops}).result.get("results")
-        if not isinstance(results, list) or len(results) != len(ops):
-            raise P.ProtocolError("the MDS answered a batch with a malformed result list")
-        out: list[Outcome] = []
-        for item in results:
-            try:
-                out.append(P.item_result(item))
-            except OSError as exc:
-                out.append(exc)
-        return out
+        return mds_batch(self.mux, ops)
 
     def _create(self, batch: list[_File]) -> None:
         ops = []
@@ -248,6 +245,66 @@ class SmallFiles:
                 f.result = name_error(res, f.path)
             else:
                 f.result = res
+
+
+def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
+    """One MDS `batch` request: each op's result map or OSError, in order."""
+    results = mux.call(MDS, {"op": "batch", "ops": ops}).result.get("results")
+    if not isinstance(results, list) or len(results) != len(ops):
+        raise P.ProtocolError("the MDS answered a batch with a malformed result list")
+    out: list[Outcome] = []
+    for item in results:
+        try:
+            out.append(P.item_result(item))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
+class SmallReads:
+    """Reads batches of small files through one thread's Mux (see module docstring)."""
+
+    def __init__(self, mux: Mux, *, timeout: float | None = None,
+                 suspects: Suspects | None = None, window: int = READ_WINDOW) -> None:
+        self.mux = mux
+        self.timeout = timeout
+        self.suspects = suspects or Suspects()
+        self.window = window
+
+    def read(self, paths: Sequence[str]) -> list[Any]:
+        """For each absolute path, in order: its bytes (verified), its OSError, or BIG
+        when it is not a small one-block file (read it with the streaming reader)."""
+        out: list[Any] = [None] * len(paths)
+        wanted: list[tuple[int, dict]] = []
+        infos = mds_batch(self.mux, [{"op": "stat", "path": p} for p in paths])
+        for i, (path, info) in enumerate(zip(paths, infos)):
+            if isinstance(info, OSError):
+                out[i] = name_error(info, path)
+            elif info.get("type") != "file":
+                out[i] = IsADirectoryError(errno.EISDIR, f"{path}: is a directory")
+            elif not int(info.get("size") or 0):
+                out[i] = b""
+            elif len(info.get("blocks") or []) != 1 or int(info["size"]) > SMALL_FILE_MAX:
+                out[i] = BIG
+            else:
+                wanted.append((i, info["blocks"][0]))
+        start = 0
+        while start < len(wanted):   # a block no replica can give fails its file alone
+            blocks = [b for _, b in wanted[start:]]
+            pieces = [Piece(j, 0, int(b["size"]), True) for j, b in enumerate(blocks)]
+            reader = BlockReader(self.mux, "(batch)", blocks, pieces, window=self.window,
+                                 suspects=self.suspects, timeout=self.timeout)
+            try:
+                for data in reader:
+                    out[wanted[start][0]] = bytes(data)
+                    start += 1
+            except OSError as exc:
+                i, block = wanted[start]
+                why = (exc.strerror or str(exc)).split("cannot be read: ", 1)[-1]
+                out[i] = OSError(exc.errno, f"{paths[i]}: block {bytes(block['id']).hex()} "
+                                 f"cannot be read: {why}")
+                start += 1
+        return out
 
 
 def _chunks(files: list[_File]) -> list[list[_File]]:

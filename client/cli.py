@@ -465,27 +465,92 @@ def _walk_error(exc: OSError) -> None:
 
 
 @cli.command()
-@click.argument("remote", type=REMOTE)
+@click.argument("remotes", nargs=-1, required=True, type=REMOTE)
 @click.argument("local", type=LOCAL_OUT)
+@click.option("--recursive", "-r", is_flag=True, help="Download directories with their contents.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
 @pass_state
-def get(state: State, remote: str, local: str, progress: bool) -> None:
-    """Download REMOTE to the local file LOCAL ('-' for stdout; a directory receives it
-    under its own name). The local file appears only once complete and verified.
+def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
+        progress: bool) -> None:
+    """Download files from AegisFS. A local file appears only once complete and verified.
+
+    With one REMOTE file, LOCAL is the file to write ('-' for stdout; a directory receives
+    it under its own name). With several REMOTEs, or a directory and -r, LOCAL is a
+    directory (created if missing) that receives each under its own name. Small files are
+    fetched many at a time. A file that fails is reported and the others go on.
 
     \b
     Example:
       aegisfs get /uploads/image.png recovered.png
+      aegisfs get -r /backup/photos ./restore
     """
-    if local == "-":
-        state.fs.get(remote, sys.stdout.buffer)
-        sys.stdout.buffer.flush()
+    fs = state.fs
+    if len(remotes) == 1 and not (recursive and fs.isdir(remotes[0])):
+        remote = remotes[0]
+        if local == "-":
+            fs.get(remote, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return
+        if os.path.isdir(local):
+            local = os.path.join(local, remote.rstrip("/").rsplit("/", 1)[-1])
+        with Progress(f"get {remote}", progress) as bar:
+            try:
+                n = fs.get(remote, local, progress=bar)
+            except IsADirectoryError:
+                raise Failure(f"get: {remote}: is a directory (use -r to download it)",
+                              EXIT_USAGE) from None
+        click.echo(f"wrote {local} ({n} bytes)")
         return
-    if os.path.isdir(local):
-        local = os.path.join(local, remote.rstrip("/").rsplit("/", 1)[-1])
-    with Progress(f"get {remote}", progress) as bar:
-        n = state.fs.get(remote, local, progress=bar)
-    click.echo(f"wrote {local} ({n} bytes)")
+    if local == "-":
+        raise Failure("get: several files cannot go to stdout", EXIT_USAGE)
+    files, dirs, missing = plan_download(fs, remotes, local, recursive)
+    for d in dirs:
+        os.makedirs(d, exist_ok=True)
+    total = sum(size for _, _, size in files)
+    with Progress(f"get {len(files)} files", progress) as bar:
+        outcomes = fs.get_many(((remote, dest) for remote, dest, _ in files), errors="return",
+                               progress=(lambda n, done: bar(done, total)) if bar else None)
+    outcomes += missing
+    failed = [o for o in outcomes if isinstance(o, OSError)]
+    for exc in failed:
+        click.echo(f"aegisfs: get: {describe(exc)}", err=True)
+    got = sum(int(o.get("size") or 0) for o in outcomes if isinstance(o, dict))
+    click.echo(f"wrote {len(outcomes) - len(failed)} files ({human(got)}) under {local}")
+    if failed:
+        raise Failure(f"get: {len(failed)} of {len(outcomes)} failed",
+                      max(exit_code_for(exc) for exc in failed))
+
+
+def plan_download(fs: AegisClient, remotes: tuple[str, ...], local: str, recursive: bool
+                  ) -> tuple[list[tuple[str, str, int]], list[str], list[OSError]]:
+    """(remote file, local path, size) for every file to download, the local directories
+    to create (parents first), and the errors of REMOTEs that cannot be looked at."""
+    files: list[tuple[str, str, int]] = []
+    dirs = [local]
+    missing: list[OSError] = []
+    for remote in remotes:
+        name = remote.rstrip("/").rsplit("/", 1)[-1] or "root"
+        try:
+            info = fs.stat(remote)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            missing.append(exc)
+            continue
+        if info["type"] != "dir":
+            files.append((remote, os.path.join(local, name), int(info["size"])))
+            continue
+        if not recursive:
+            raise Failure(f"get: {remote}: is a directory (use -r to download it)", EXIT_USAGE)
+        stack = [(remote.rstrip("/") or "/", os.path.join(local, name))]
+        while stack:
+            top, dest = stack.pop()
+            dirs.append(dest)
+            for entry in sorted(fs.ls(top, detail=True), key=lambda e: e["name"]):
+                child = top.rstrip("/") + "/" + entry["name"]
+                if entry["type"] == "dir":
+                    stack.append((child, os.path.join(dest, entry["name"])))
+                else:
+                    files.append((child, os.path.join(dest, entry["name"]), int(entry["size"])))
+    return files, dirs, missing
 
 
 @cli.command()

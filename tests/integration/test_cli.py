@@ -191,3 +191,30 @@ def test_put_many_reports_the_files_that_failed(cluster, tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err
     assert "/blocker/good.txt" in err and "2 of 2 failed" in err
+
+
+def test_get_recursive_restores_what_put_recursive_stored(cluster, tmp_path):
+    src = tmp_path / "src"
+    rnd = __import__("random").Random(3)
+    tree = {f"proj/d{i % 3}/f{i}.bin": rnd.randbytes(rnd.choice([0, 1, 700, 5000]))
+            for i in range(60)}
+    tree["proj/big.bin"] = rnd.randbytes(1_500_000)          # streamed, not batched
+    for rel, data in tree.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    (src / "proj" / "empty").mkdir()
+    ok(run_cli(cluster.broker, "put", "-r", str(src / "proj"), "/restore-me"))
+    out = ok(run_cli(cluster.broker, "get", "-r", "/restore-me/proj", str(tmp_path / "back")))
+    assert f"wrote {len(tree)} files" in out.decode()
+    for rel, data in tree.items():
+        assert (tmp_path / "back" / rel).read_bytes() == data, rel
+    assert (tmp_path / "back" / "proj" / "empty").is_dir()
+    assert not list((tmp_path / "back").rglob("*.part"))
+    failed(run_cli(cluster.broker, "get", "/restore-me/proj", str(tmp_path / "x")),
+           "/restore-me/proj", "-r", code=2)
+    # several files into a directory; a missing one is reported, the others written
+    proc = run_cli(cluster.broker, "get", "/restore-me/proj/d0/f0.bin", "/restore-me/nope",
+                   "/restore-me/proj/big.bin", str(tmp_path / "some"))
+    assert proc.returncode == 1 and "/restore-me/nope" in proc.stderr.decode()
+    assert (tmp_path / "some" / "big.bin").read_bytes() == tree["proj/big.bin"]
+    assert (tmp_path / "some" / "f0.bin").read_bytes() == tree["proj/d0/f0.bin"]

@@ -150,6 +150,34 @@ def test_open_streams_both_ways(fs):
     assert fs.read_bytes("/stream.bin") == data
 
 
+def test_a_file_replaced_while_open_stays_readable_then_is_estale(fs):
+    old = os.urandom(4 * SMALL_BS)
+    fs.write_bytes("/open.bin", old, block_size=SMALL_BS, replication=2)
+    old_blocks = fs.stat("/open.bin")["blocks"]
+    with fs.open("/open.bin", "rb") as f:
+        assert f.read(10) == old[:10]
+        fs.write_bytes("/open.bin", b"the new version")
+        f.seek(SMALL_BS)        # a fresh fetch, after the overwrite queued the old deletes
+        assert f.read(SMALL_BS) == old[SMALL_BS:2 * SMALL_BS]    # within the delete grace
+
+        def gone(block: dict) -> bool:
+            for node in block["replicas"]:
+                try:
+                    fs._io().call(f"dn.{node}", {"op": "stat_block",
+                                                 "id": bytes.fromhex(block["id"])})
+                    return False
+                except FileNotFoundError:
+                    pass
+            return True
+
+        assert wait_for(lambda: gone(old_blocks[3]), 20)
+        f.seek(3 * SMALL_BS)
+        with pytest.raises(OSError) as info:
+            f.read()
+        assert info.value.errno == errno.ESTALE and "/open.bin" in str(info.value)
+    assert fs.read_bytes("/open.bin") == b"the new version"
+
+
 def test_slow_write_outlives_its_lease_by_renewing(fs):
     """The shared cluster's MDS drops drafts unrenewed for LEASE (3 s). The first 9 blocks
     go fast (the stream has then allocated 16 block ids: 1+1+2+4+8), the next 6 slowly, so
@@ -371,3 +399,26 @@ def test_put_many_survives_a_datanode_sigkill_and_rm_frees_pack_blocks(fresh_clu
         wait_for(lambda: sum(n["state"] == "up" for n in fs.status()["nodes"]) == 3, 30)
         fs.rm("/swarm", recursive=True)
         assert wait_for(lambda: sum(node_blocks(fs).values()) == base, 30), node_blocks(fs)
+
+
+def test_get_many_small_big_missing_and_file_objects(fs, tmp_path):
+    rnd = __import__("random").Random(8)
+    files = {f"/gm/f{i}": rnd.randbytes(rnd.choice([0, 1, 4096, SMALL_BS + 5])) for i in range(40)}
+    files["/gm/big"] = rnd.randbytes(3 * MiB)
+    fs.put_many([(d, p) for p, d in files.items()], block_size=SMALL_BS)
+    sink = io.BytesIO()
+    items = [(p, tmp_path / p.rsplit("/", 1)[1]) for p in files]
+    items += [("/gm/missing", tmp_path / "missing"), ("/gm", tmp_path / "dir"),
+              ("/gm/f3", sink)]
+    seen = []
+    out = fs.get_many(items, errors="return", progress=lambda n, b: seen.append((n, b)))
+    for (p, local), o in zip(items[:len(files)], out):
+        assert o == {"path": p, "size": len(files[p])}
+        assert local.read_bytes() == files[p]
+    assert isinstance(out[-3], FileNotFoundError) and "/gm/missing" in str(out[-3])
+    assert isinstance(out[-2], IsADirectoryError)
+    assert sink.getvalue() == files["/gm/f3"]
+    assert seen[-1] == (len(items), sum(map(len, files.values())) + len(files["/gm/f3"]))
+    assert not (tmp_path / "missing").exists() and not list(tmp_path.glob(".*.part"))
+    with pytest.raises(FileNotFoundError):
+        fs.get_many(items)

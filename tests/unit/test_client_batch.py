@@ -13,6 +13,7 @@ from broker import protocol as P
 from broker.client import Reply
 from client import batch as B
 from client.batch import SmallFiles
+from client.blocks import Suspects
 
 
 class FakeCluster:
@@ -35,12 +36,17 @@ class FakeCluster:
         self.stored: dict[str, dict[bytes, bytes]] = {n: {} for n in nodes}
         self.put_requests: list[tuple[str, int]] = []
         self.mds_calls: list[str] = []
+        self.bad_reports: list[tuple[str, bytes]] = []
+        self.files: dict[str, dict] = {}      # path -> stat result, for reads
         self._ids = itertools.count(1)
         self._place = itertools.cycle(sorted(nodes))
 
     # -- the Mux interface -------------------------------------------------------------
 
     def call(self, service, header, payload=(), timeout=None) -> Reply:
+        if header["op"] == "bad_replica":
+            self.bad_reports.append((header["node"], header["block"]))
+            return Reply(0, "mds", {})
         assert service == "mds" and header["op"] == "batch"
         kinds = {op["op"] for op in header["ops"]}
         self.mds_calls.append("/".join(sorted(kinds)))
@@ -57,6 +63,15 @@ class FakeCluster:
     def send(self, owner, service, header, payload=(), timeout=None) -> int:
         rid = next(self.rids)
         node = service.removeprefix("dn.")
+        if header["op"] == "get_block":
+            data = self.stored[node].get(header["id"])
+            if data is None:
+                self.replies.append(Reply(rid, service, error=FileNotFoundError(
+                    errno.ENOENT, "block not found")))
+            else:
+                self.replies.append(Reply(rid, service, {"size": len(data)},
+                                          payload=[memoryview(data)]))
+            return rid
         assert header["op"] == "put_blocks" and len(header["blocks"]) == len(payload)
         assert len(payload) <= B.MAX_PUT_MANY
         self.put_requests.append((node, len(payload)))
@@ -83,6 +98,10 @@ class FakeCluster:
     def next(self, owner, timeout):
         return self.replies.popleft() if self.replies else None
 
+    def cancel(self, owner, rids):
+        rids = set(rids)
+        self.replies = deque(r for r in self.replies if r.rid not in rids)
+
     # -- the MDS -----------------------------------------------------------------------
 
     def op_create(self, op):
@@ -100,6 +119,11 @@ class FakeCluster:
             if len(set(out["blocks"][0]["nodes"])) < self.replication:   # a cycle wrapped
                 out["blocks"][0]["nodes"] = sorted(self.nodes)[:self.replication]
         return out
+
+    def op_stat(self, op):
+        if op["path"] not in self.files:
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory")
+        return self.files[op["path"]]
 
     def op_replace_target(self, op):
         for node in sorted(self.nodes):
@@ -229,3 +253,49 @@ def test_small_source_limit(size, tmp_path):
         got = _small_source(f)
         assert (bytes(got) if got is not None else None) == expect
         assert f.tell() == (size if expect is not None else 0)   # a big one is rewound
+
+
+# -- reading ----------------------------------------------------------------------------
+
+def stored_cluster() -> tuple[FakeCluster, dict[str, bytes]]:
+    c = FakeCluster({"dn1": "ok", "dn2": "ok", "dn3": "ok"})
+    data = {f"/r/f{i}": bytes([i]) * (100 + i) for i in range(10)}
+    write(c, list(data.items()))
+    for path, blocks in c.committed.items():
+        c.files[path] = {"type": "file", "size": sum(b["size"] for b in blocks),
+                         "blocks": blocks}
+    c.files["/r/empty"] = {"type": "file", "size": 0, "blocks": []}
+    c.files["/r"] = {"type": "dir", "size": 0, "blocks": []}
+    c.files["/r/two"] = {"type": "file", "size": 2 << 20, "blocks": [{}, {}]}
+    return c, data
+
+
+def test_small_reads_one_stat_batch_and_verified_blocks():
+    c, data = stored_cluster()
+    c.mds_calls.clear()
+    paths = list(data) + ["/r/empty", "/r", "/r/two", "/r/missing"]
+    out = B.SmallReads(c).read(paths)
+    assert out[:10] == list(data.values())
+    assert out[10] == b"" and isinstance(out[11], IsADirectoryError)
+    assert out[12] is B.BIG
+    assert isinstance(out[13], FileNotFoundError) and "/r/missing" in str(out[13])
+    assert c.mds_calls == ["stat"]
+
+
+def test_small_reads_fail_over_report_bad_replicas_and_fail_alone():
+    c, data = stored_cluster()
+    f2 = c.committed["/r/f2"][0]
+    bad_node = f2["replicas"][0]
+    c.stored[bad_node][f2["id"]] = b"rotten" * 20               # wrong size and checksum
+    f5 = c.committed["/r/f5"][0]
+    for node in f5["replicas"]:
+        del c.stored[node][f5["id"]]                            # gone everywhere
+    suspects = Suspects()                 # recently failed nodes are tried last: so the
+    suspects.mark(f2["replicas"][1])      # rotten replica of f2 is the one tried first
+    out = B.SmallReads(c, window=3, suspects=suspects).read(list(data))
+    assert out[2] == data["/r/f2"]
+    assert (bad_node, f2["id"]) in c.bad_reports
+    assert isinstance(out[5], OSError) and out[5].errno == errno.EIO
+    assert out[5].strerror.startswith("/r/f5: block ") and "(batch)" not in str(out[5])
+    assert "missing" in out[5].strerror
+    assert [o for i, o in enumerate(out) if i != 5] == [d for p, d in data.items() if p != "/r/f5"]
