@@ -35,14 +35,8 @@ expected_crc differs -> OSError(EBADMSG); same id, other content -> FileExistsEr
 damaged or unreadable block -> BlockCorrupt (EIO, .block_id); write failures (ENOSPC,
 EIO, ...) keep their errno. Data is never returned unverified.
 
-On-disk format, version 1 (little-endian). Big blocks: file root/blocks/<id[:2]>/<id>.blk:
-  data (size bytes) | chunk table: count x u32 CRC32C, one per chunk_size piece | footer
-  footer (40 bytes) = magic "AEGISBLK" | u16 version | u16 flags (0) | u32 chunk_size |
-                      u64 size | u32 count | u32 CRC32C(data) | u32 CRC32C(table) |
-                      u32 CRC32C(the 36 footer bytes before it)
-The file size must equal size + 4*count + 40, so truncation is always detected. A whole
-read checks footer, table CRC and data CRC; a range read checks footer, table CRC and the
-chunks it touches; stat() checks only the footer.
+On-disk format: big blocks are files root/blocks/<id[:2]>/<id>.blk in the self-checking
+format of datanode/blockfile.py (data | chunk CRC table | footer).
 Small blocks: records in root/packs/pack-<seq>.pack, format in datanode/packs.py (44-byte
 header with its own CRC32C and the data CRC32C, then the data). Every read of a pack block
 reads the whole record and checks its CRC; stat() uses the index built at open.
@@ -77,7 +71,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import itertools
 import logging
 import os
@@ -91,26 +84,22 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import crc32c
 
+from datanode.blockfile import (FOOTER_SIZE, MAX_CHUNK, Meta, checksums, decode_footer,
+                                encode_tail, pread_into, shift_for)
 from datanode.blockid import parse_block_id
 # BlockCorrupt lives in packs.py (both modules raise it; store imports packs, not the reverse).
 from datanode.packs import DEFAULT_PACK_SIZE, BlockCorrupt, CompactStats, PackLog, PackStats
 
-__all__ = ["BlockCorrupt", "BlockInfo", "BlockStore", "Capacity", "CompactStats", "PackStats",
-           "Usage"]
+__all__ = ["FOOTER_SIZE", "BlockCorrupt", "BlockInfo", "BlockStore", "Capacity", "CompactStats",
+           "PackStats", "Usage"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"AEGISBLK"
-VERSION = 1
-_HEAD = struct.Struct("<8sHHIQIII")  # the footer without its own CRC
-FOOTER_SIZE = _HEAD.size + 4
-_U32 = struct.Struct("<I")
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _VERIFY_BUF = 1 << 20  # check() streams through a buffer this size instead of the whole block
 _BLOCK_NAME = re.compile(r"([0-9a-f]{32})\.blk")
 _FANOUT_NAME = re.compile(r"[0-9a-f]{2}")
 _LOCK_STRIPES = 64
-MAX_CHUNK = 64 * 1024 * 1024  # bounds what a footer may ask check() to allocate
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,130 +117,6 @@ class Usage(NamedTuple):
 class Capacity(NamedTuple):
     total: int
     free: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    size: int
-    crc: int
-    chunk_size: int
-    count: int
-    table_crc: int
-
-    @property
-    def file_size(self) -> int:
-        return self.size + 4 * self.count + FOOTER_SIZE
-
-
-def _chunk_count(size: int, chunk_size: int) -> int:
-    return -(-size // chunk_size)
-
-
-class _CrcShift:
-    """crc32c(A + B) == shift(crc32c(A)) ^ crc32c(B) whenever len(B) == n.
-
-    Lets the whole-block CRC be derived from the chunk CRCs, so data is checksummed in one
-    pass instead of two (about 0.06 CPU-s per GiB saved on put and on check).
-    """
-
-    def __init__(self, n: int) -> None:
-        m = 0xFFFFFFFF
-        zeros = bytes(n)
-        # Feeding zeros is linear in the CRC register; crc32c() adds pre/post inversion.
-        basis = [~crc32c.crc32c(zeros, value=~(1 << i) & m) & m for i in range(32)]
-        self.tables: list[list[int]] = []
-        for k in range(4):
-            table = [0] * 256
-            for byte in range(1, 256):
-                low = byte & -byte
-                table[byte] = table[byte ^ low] ^ basis[8 * k + low.bit_length() - 1]
-            self.tables.append(table)
-
-    def __call__(self, crc: int) -> int:
-        t0, t1, t2, t3 = self.tables
-        return t0[crc & 255] ^ t1[(crc >> 8) & 255] ^ t2[(crc >> 16) & 255] ^ t3[crc >> 24]
-
-
-@functools.lru_cache(maxsize=8)
-def _shift_for(chunk_size: int) -> _CrcShift:
-    return _CrcShift(chunk_size)
-
-
-def _checksums(views: Sequence[memoryview], cs: int) -> tuple[int, list[int]]:
-    """CRC32C of the whole payload and of each cs-byte chunk, across buffer boundaries."""
-    t0, t1, t2, t3 = _shift_for(cs).tables
-    crc = crc32c.crc32c
-    whole, cur, table = 0, 0, []
-    partial: list[memoryview] = []  # pieces of a chunk that spans buffers
-    filled = 0
-    for view in views:
-        n, pos = view.nbytes, 0
-        if filled:  # finish the chunk begun in an earlier buffer
-            pos = min(cs - filled, n)
-            partial.append(view[:pos])
-            cur = crc(partial[-1], value=cur)
-            filled += pos
-            if filled < cs:
-                continue
-            whole = t0[whole & 255] ^ t1[(whole >> 8) & 255] ^ t2[(whole >> 16) & 255] \
-                ^ t3[whole >> 24] ^ cur
-            table.append(cur)
-            partial, filled = [], 0
-        # The hot loop: whole chunks inside one buffer (hand-inlined shift, ~3x cheaper).
-        full_end = pos + (n - pos) // cs * cs
-        for lo in range(pos, full_end, cs):
-            c = crc(view[lo:lo + cs])
-            table.append(c)
-            whole = t0[whole & 255] ^ t1[(whole >> 8) & 255] ^ t2[(whole >> 16) & 255] \
-                ^ t3[whole >> 24] ^ c
-        if full_end < n:
-            partial.append(view[full_end:])
-            cur = crc(partial[-1])
-            filled = n - full_end
-    if filled:  # a short last chunk has no shift table: chain the whole CRC through it
-        table.append(cur)
-        for piece in partial:
-            whole = crc(piece, value=whole)
-    return whole, table
-
-
-def _encode_tail(size: int, crc: int, chunk_size: int, table: list[int]) -> bytes:
-    table_bytes = struct.pack(f"<{len(table)}I", *table)
-    head = _HEAD.pack(MAGIC, VERSION, 0, chunk_size, size, len(table), crc,
-                      crc32c.crc32c(table_bytes))
-    return table_bytes + head + _U32.pack(crc32c.crc32c(head))
-
-
-def _decode_footer(block_id: str, raw: bytes, file_size: int) -> _Meta:
-    magic, version, flags, chunk_size, size, count, crc, table_crc = _HEAD.unpack_from(raw)
-    if magic != MAGIC:
-        raise BlockCorrupt(block_id, "no footer magic (truncated or not a block file)")
-    if crc32c.crc32c(raw[:_HEAD.size]) != _U32.unpack_from(raw, _HEAD.size)[0]:
-        raise BlockCorrupt(block_id, "footer checksum mismatch")
-    if version != VERSION or flags != 0:
-        raise BlockCorrupt(block_id, f"unsupported format version {version} flags {flags:#x}")
-    if not 0 < chunk_size <= MAX_CHUNK or count != _chunk_count(size, chunk_size):
-        raise BlockCorrupt(block_id, "inconsistent footer")
-    meta = _Meta(size, crc, chunk_size, count, table_crc)
-    if meta.file_size != file_size:
-        raise BlockCorrupt(block_id, f"file is {file_size} bytes, footer says {meta.file_size}")
-    return meta
-
-
-def _pread_into(block_id: str, fd: int, buf: memoryview, offset: int) -> None:
-    """Fill buf from offset; a short file is corruption, a failing disk too."""
-    try:
-        while buf:
-            n = os.preadv(fd, [buf], offset)
-            if n == 0:
-                raise BlockCorrupt(block_id, f"unexpected end of file at byte {offset}")
-            buf, offset = buf[n:], offset + n
-    except BlockCorrupt:
-        raise
-    except OSError as exc:
-        if exc.errno != errno.EIO:
-            raise
-        raise BlockCorrupt(block_id, f"read error at byte {offset}: {exc.strerror}") from exc
 
 
 class BlockStore:
@@ -432,7 +297,7 @@ class BlockStore:
                 self._dir_fds[fan] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             return self._dir_fds[fan]
 
-    def _open_block(self, bid: str) -> tuple[int, _Meta]:
+    def _open_block(self, bid: str) -> tuple[int, Meta]:
         try:
             fd = os.open(self._path(bid), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -442,15 +307,15 @@ class BlockStore:
             if file_size < FOOTER_SIZE:
                 raise BlockCorrupt(bid, f"file is {file_size} bytes, shorter than a footer")
             raw = bytearray(FOOTER_SIZE)
-            _pread_into(bid, fd, memoryview(raw), file_size - FOOTER_SIZE)
-            return fd, _decode_footer(bid, bytes(raw), file_size)
+            pread_into(bid, fd, memoryview(raw), file_size - FOOTER_SIZE)
+            return fd, decode_footer(bid, bytes(raw), file_size)
         except BaseException:
             os.close(fd)
             raise
 
-    def _read_table(self, bid: str, fd: int, meta: _Meta) -> tuple[int, ...]:
+    def _read_table(self, bid: str, fd: int, meta: Meta) -> tuple[int, ...]:
         raw = bytearray(4 * meta.count)
-        _pread_into(bid, fd, memoryview(raw), meta.size)
+        pread_into(bid, fd, memoryview(raw), meta.size)
         if crc32c.crc32c(raw) != meta.table_crc:
             raise BlockCorrupt(bid, "chunk table checksum mismatch")
         return struct.unpack(f"<{meta.count}I", raw)
@@ -658,7 +523,7 @@ class BlockStore:
 
     def _put_file(self, bid: str, views: list[memoryview],
                   expected_crc: int | None) -> BlockInfo:
-        crc, table = _checksums(views, self.chunk_size)
+        crc, table = checksums(views, self.chunk_size)
         info = BlockInfo(bid, sum(v.nbytes for v in views), crc)
         if expected_crc is not None and crc != expected_crc:
             raise OSError(errno.EBADMSG, f"checksum mismatch for block {bid}: "
@@ -666,7 +531,7 @@ class BlockStore:
         stale: list[int] = []
         if self._existing(bid, info, stale):
             return info
-        tail = _encode_tail(info.size, crc, self.chunk_size, table)
+        tail = encode_tail(info.size, crc, self.chunk_size, table)
         file_size = info.size + len(tail)
         tmp = os.path.join(self._tmp_dir, f"{bid}.{os.getpid()}.{next(self._tmp_seq)}.tmp")
         try:
@@ -734,7 +599,7 @@ class BlockStore:
                 # Data and chunk table in one read: a damaged table is a damaged replica
                 # even when the data is intact, and it is cheaper to learn it now.
                 view = memoryview(bytearray(meta.size + 4 * meta.count))
-                _pread_into(bid, fd, view, 0)
+                pread_into(bid, fd, view, 0)
                 if crc32c.crc32c(view[meta.size:]) != meta.table_crc:
                     raise BlockCorrupt(bid, "chunk table checksum mismatch")
                 if crc32c.crc32c(view[:meta.size]) != meta.crc:
@@ -755,7 +620,7 @@ class BlockStore:
             start, stop = first * cs, min((last + 1) * cs, meta.size)
             buf = bytearray(stop - start)
             view = memoryview(buf)
-            _pread_into(bid, fd, view, start)
+            pread_into(bid, fd, view, start)
             for i in range(first, last + 1):
                 lo = (i - first) * cs
                 if crc32c.crc32c(view[lo:lo + cs]) != table[i]:
@@ -791,11 +656,11 @@ class BlockStore:
             cs = meta.chunk_size
             step = max(cs, _VERIFY_BUF // cs * cs)  # whole chunks per read
             buf = memoryview(bytearray(min(step, meta.size)))
-            shift = _shift_for(cs)
+            shift = shift_for(cs)
             whole = 0
             for pos in range(0, meta.size, step):
                 view = buf[:min(step, meta.size - pos)]
-                _pread_into(bid, fd, view, pos)
+                pread_into(bid, fd, view, pos)
                 for lo in range(0, view.nbytes, cs):
                     chunk, index = view[lo:lo + cs], (pos + lo) // cs
                     crc = crc32c.crc32c(chunk)

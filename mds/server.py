@@ -12,14 +12,12 @@ batches. Request handlers live in mds/ops.py; this file is only the loop.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker import protocol as P
 from broker.events import Publisher
 from broker.worker import Request, Worker
 

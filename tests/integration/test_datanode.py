@@ -10,7 +10,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import crc32c
-import pytest
 
 from broker import config
 from broker.client import Client

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datanode.blockid import new_block_id
-from datanode.store import FOOTER_SIZE, BlockCorrupt, BlockInfo, BlockStore, _checksums
+from datanode.blockfile import checksums
+from datanode.store import FOOTER_SIZE, BlockCorrupt, BlockInfo, BlockStore
 
 CS = 64 * 1024
 MiB = 1024 * 1024
@@ -142,7 +143,7 @@ def test_checksums_match_plain_crc32c(data: bytes, chunk: int, cuts: list[int]) 
     mv = memoryview(data)
     edges = sorted(min(c, len(data)) for c in cuts)
     views = [mv[a:b] for a, b in zip([0, *edges], [*edges, len(data)])]
-    whole, table = _checksums(views, chunk)
+    whole, table = checksums(views, chunk)
     assert whole == crc32c.crc32c(data)
     assert table == [crc32c.crc32c(data[i:i + chunk]) for i in range(0, len(data), chunk)]
 
