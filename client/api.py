@@ -326,13 +326,7 @@ class AegisClient:
             if len(pending) >= batch or tally[2] >= BATCH_BYTES:
                 flush()
         flush()
-        failed = [o for o in out if isinstance(o, OSError)]
-        if failed and errors == "raise":
-            first = failed[0]
-            if len(failed) > 1:
-                first.add_note(f"{len(failed) - 1} more of {len(out)} files failed too")
-            raise first
-        return out  # type: ignore[return-value]
+        return _outcomes(out, errors)  # type: ignore[arg-type]
 
     # -- reading -------------------------------------------------------------------------
 
@@ -448,13 +442,7 @@ class AegisClient:
                     progress(tally[0], tally[1])
         if unsynced:
             os.sync()           # one flush for every small file written, not one each
-        failed = [o for o in out if isinstance(o, OSError)]
-        if failed and errors == "raise":
-            first = failed[0]
-            if len(failed) > 1:
-                first.add_note(f"{len(failed) - 1} more of {len(out)} files failed too")
-            raise first
-        return out
+        return _outcomes(out, errors)
 
     def _copy_out(self, info: dict, out: BinaryIO, progress: ProgressFn | None,
                   written: list[int]) -> int:
@@ -541,6 +529,17 @@ class _LocalOutput:
         finally:
             os.close(self.fd)
             self.fd = -1
+
+
+def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:
+    """put_many / get_many results: returned, or with errors="raise" the first failure."""
+    failed = [o for o in out if isinstance(o, OSError)]
+    if failed and errors == "raise":
+        first = failed[0]
+        if len(failed) > 1:
+            first.add_note(f"{len(failed) - 1} more of {len(out)} files failed too")
+        raise first
+    return out
 
 
 def _write_local(dst: Any, data: bytes) -> bool:

@@ -412,15 +412,20 @@ def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
             pass
         except OSError as exc:
             outcomes.append(exc)
+    finish_many("put", outcomes, "stored", remote.rstrip("/") or "/")
+
+
+def finish_many(command: str, outcomes: list, verb: str, where: str) -> None:
+    """Report a many-file command: each failure on stderr, then what was done, then a
+    non-zero exit if any failed."""
     failed = [o for o in outcomes if isinstance(o, OSError)]
     for exc in failed:
-        click.echo(f"aegisfs: put: {describe(exc)}", err=True)
-    stored = sum(int(o.get("size") or 0) for o in outcomes if isinstance(o, dict))
-    click.echo(f"stored {len(files) - len(failed)} files ({human(stored)}) "
-               f"under {remote.rstrip('/') or '/'}")
+        click.echo(f"aegisfs: {command}: {describe(exc)}", err=True)
+    size = sum(int(o.get("size") or 0) for o in outcomes if isinstance(o, dict))
+    click.echo(f"{verb} {len(outcomes) - len(failed)} files ({human(size)}) under {where}")
     if failed:
-        code = max(exit_code_for(exc) for exc in failed)
-        raise Failure(f"put: {len(failed)} of {len(outcomes)} failed", code)
+        raise Failure(f"{command}: {len(failed)} of {len(outcomes)} failed",
+                      max(exit_code_for(exc) for exc in failed))
 
 
 def plan_upload(sources: tuple[str, ...], remote: str, recursive: bool
@@ -510,15 +515,7 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
     with Progress(f"get {len(files)} files", progress) as bar:
         outcomes = fs.get_many(((remote, dest) for remote, dest, _ in files), errors="return",
                                progress=(lambda n, done: bar(done, total)) if bar else None)
-    outcomes += missing
-    failed = [o for o in outcomes if isinstance(o, OSError)]
-    for exc in failed:
-        click.echo(f"aegisfs: get: {describe(exc)}", err=True)
-    got = sum(int(o.get("size") or 0) for o in outcomes if isinstance(o, dict))
-    click.echo(f"wrote {len(outcomes) - len(failed)} files ({human(got)}) under {local}")
-    if failed:
-        raise Failure(f"get: {len(failed)} of {len(outcomes)} failed",
-                      max(exit_code_for(exc) for exc in failed))
+    finish_many("get", outcomes + missing, "wrote", local)
 
 
 def plan_download(fs: AegisClient, remotes: tuple[str, ...], local: str, recursive: bool
