@@ -410,8 +410,9 @@ class AegisClient:
         out: list[Outcome] = []
         tally = [0, 0]
         unsynced = False
-        for start in range(0, len(items), max(1, min(batch, 256))):
-            chunk = items[start:start + max(1, min(batch, 256))]
+        batch = max(1, min(batch, 256))
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
             paths: list[str | OSError] = []
             for remote, _ in chunk:
                 try:

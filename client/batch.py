@@ -98,9 +98,6 @@ class SmallFiles:
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _mds_batch(self, ops: list[dict]) -> list[Outcome]:
-        return mds_batch(self.mux, ops)
-
     def _create(self, batch: list[_File]) -> None:
         ops = []
         for f in batch:
@@ -111,7 +108,7 @@ class SmallFiles:
             if self.block_size is not None:
                 op["block_size"] = self.block_size
             ops.append(op)
-        for f, res in zip(batch, self._mds_batch(ops)):
+        for f, res in zip(batch, mds_batch(self.mux, ops)):
             if isinstance(res, OSError):
                 f.result = name_error(res, f.path)
                 continue
@@ -191,7 +188,7 @@ class SmallFiles:
     def _replace(self, files: list[_File]) -> None:
         ops = [{"op": "replace_target", "handle": f.handle, "block": f.block,
                 "exclude": f.replicas.exclude()} for f in files]
-        for f, res in zip(files, self._mds_batch(ops)):
+        for f, res in zip(files, mds_batch(self.mux, ops)):
             if isinstance(res, OSError):
                 log.warning("%s: no replacement for block %s: %s", f.path, f.block.hex(), res)
                 f.replicas.tries = f.replicas.max_tries      # stop asking for this one
@@ -237,7 +234,7 @@ class SmallFiles:
             owners.append(f)
         if not ops:
             return
-        for f, op, res in zip(owners, ops, self._mds_batch(ops)):
+        for f, op, res in zip(owners, ops, mds_batch(self.mux, ops)):
             if op["op"] == "abort":
                 if isinstance(res, OSError):
                     log.warning("%s: could not abort draft %s: %s", f.path, f.handle, res)

@@ -79,6 +79,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import crc32c
 
+from datanode.fileio import write_all
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"AGPK"
@@ -95,7 +97,6 @@ _PACK_NAME = re.compile(r"pack-(\d{8,10})\.pack")
 _SCAN_BUF = 1 << 20
 _FD_CACHE = 64
 _COPY_BATCH = 4 << 20
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
 Entry = tuple[int, int, int]        # (loc, size, crc)
 Ticket = tuple[int, int] | None     # (seq, end offset) that must be synced
@@ -543,23 +544,6 @@ class PackLog:
         self._active = None
         self._park_locked(pack)
 
-    def _write_locked(self, fd: int, iov: list[memoryview], off: int) -> None:
-        pending = [v for v in iov if v.nbytes]
-        i = 0
-        while i < len(pending):
-            n = os.pwritev(fd, pending[i:i + _IOV_MAX], off)
-            if n == 0:
-                raise OSError(errno.EIO, "pwritev wrote nothing")
-            off += n
-            while n:
-                head = pending[i]
-                if n >= head.nbytes:
-                    n -= head.nbytes
-                    i += 1
-                else:
-                    pending[i] = head[n:]
-                    n = 0
-
     def _append_locked(self, recs: Sequence[tuple[bytes, Sequence[memoryview], int]]
                        ) -> tuple[list[tuple[_Pack, int]], OSError | None]:
         """Write records (header, data views, total bytes) at the end of the log.
@@ -589,7 +573,7 @@ class PackLog:
                     total += n
                     j += 1
                 try:
-                    self._write_locked(pack.fd, iov, pack.size)
+                    write_all(pack.fd, iov, pack.size)
                 except OSError as exc:
                     try:
                         os.ftruncate(pack.fd, pack.size)

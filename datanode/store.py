@@ -87,6 +87,7 @@ import crc32c
 from datanode.blockfile import (FOOTER_SIZE, MAX_CHUNK, Meta, checksums, decode_footer,
                                 encode_tail, pread_into, shift_for)
 from datanode.blockid import parse_block_id
+from datanode.fileio import write_all
 # BlockCorrupt lives in packs.py (both modules raise it; store imports packs, not the reverse).
 from datanode.packs import DEFAULT_PACK_SIZE, BlockCorrupt, CompactStats, PackLog, PackStats
 
@@ -95,7 +96,6 @@ __all__ = ["FOOTER_SIZE", "BlockCorrupt", "BlockInfo", "BlockStore", "Capacity",
 
 log = logging.getLogger(__name__)
 
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 _VERIFY_BUF = 1 << 20  # check() streams through a buffer this size instead of the whole block
 _BLOCK_NAME = re.compile(r"([0-9a-f]{32})\.blk")
 _FANOUT_NAME = re.compile(r"[0-9a-f]{2}")
@@ -324,20 +324,7 @@ class BlockStore:
 
     def _write(self, fd: int, iov: list[memoryview]) -> None:
         """Write every byte of iov; a hook tests override to inject ENOSPC/EIO."""
-        pending = [v for v in iov if v.nbytes]
-        i = 0
-        while i < len(pending):
-            n = os.writev(fd, pending[i:i + _IOV_MAX])
-            if n == 0:
-                raise OSError(errno.EIO, "writev wrote nothing")
-            while n:  # partial writes: drop what went out, keep the rest of a view
-                head = pending[i]
-                if n >= head.nbytes:
-                    n -= head.nbytes
-                    i += 1
-                else:
-                    pending[i] = head[n:]
-                    n = 0
+        write_all(fd, iov)
 
     def _write_tmp(self, tmp: str, iov: list[memoryview]) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
