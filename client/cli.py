@@ -198,12 +198,17 @@ class Progress:
 
     def update(self, done: int, total: int | None) -> None:
         if self._bar is None:
+            # click's own ETA appears only after a second of samples; ours is there at once
             self._bar = click.progressbar(length=total or None, label=self.label,
-                                          file=sys.stderr, show_eta=True, show_percent=True,
+                                          file=sys.stderr, show_eta=False, show_percent=True,
                                           item_show_func=lambda s: s)
             self._bar.__enter__()
         rate = done / max(1e-6, time.monotonic() - self._t0)
-        self._bar.update(done - self._done, f"{human(rate)}/s")
+        info = f"{human(rate)}/s"
+        if total and rate > 0:
+            left = int(max(0, total - done) / rate)
+            info += f"  ETA {left // 3600:d}:{left // 60 % 60:02d}:{left % 60:02d}"
+        self._bar.update(done - self._done, info)
         self._done = done
 
     def __exit__(self, *exc: Any) -> None:

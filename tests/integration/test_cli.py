@@ -218,3 +218,59 @@ def test_get_recursive_restores_what_put_recursive_stored(cluster, tmp_path):
     assert proc.returncode == 1 and "/restore-me/nope" in proc.stderr.decode()
     assert (tmp_path / "some" / "big.bin").read_bytes() == tree["proj/big.bin"]
     assert (tmp_path / "some" / "f0.bin").read_bytes() == tree["proj/d0/f0.bin"]
+
+
+KIB64 = 64 * 1024
+
+
+def test_edge_sizes_and_100mib_round_trip_through_the_cli(cluster, tmp_path):
+    """put and get as subprocesses: 0 B, 1 B, block size -1/+0/+1, three blocks + 7 bytes
+    (64 KiB blocks) and 100 MiB (default 4 MiB blocks), sha256 identical."""
+    rnd = __import__("random").Random(64)
+    cases = {s: ("64K", rnd.randbytes(s)) for s in
+             (0, 1, KIB64 - 1, KIB64, KIB64 + 1, 3 * KIB64 + 7)}
+    cases[100 * 1024 * 1024] = (None, rnd.randbytes(100 * 1024 * 1024))
+    for size, (block, data) in cases.items():
+        src, out = tmp_path / f"{size}.in", tmp_path / f"{size}.out"
+        src.write_bytes(data)
+        flags = ["--block-size", block] if block else []
+        ok(run_cli(cluster.broker, "put", *flags, str(src), f"/sizes/{size}", timeout=120))
+        info = json.loads(ok(run_cli(cluster.broker, "stat", "--json", f"/sizes/{size}")))
+        bs = KIB64 if block else 4 * 1024 * 1024
+        assert info["size"] == size and len(info["blocks"]) == -(-size // bs)
+        ok(run_cli(cluster.broker, "get", f"/sizes/{size}", str(out), timeout=120))
+        assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+        src.unlink()
+        out.unlink()
+
+
+def test_progress_bar_with_rate_and_eta_only_on_a_terminal(cluster, tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(48 * 1024 * 1024))
+    aegisfs = Path(sys.executable).parent / "aegisfs"       # the console script
+    master, slave = pty.openpty()
+    proc = subprocess.run([str(aegisfs), "--broker", cluster.broker, "put", str(src),
+                           "/progress.bin"], stdout=subprocess.PIPE, stderr=slave, timeout=120)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:       # EIO once the writer side is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0 and b"stored /progress.bin" in proc.stdout
+    text = shown.decode(errors="replace")
+    assert "put /progress.bin" in text and "100%" in text, text
+    assert "MiB/s" in text and "ETA 0:00:" in text, text    # a rate and an ETA
+    piped = run_cli(cluster.broker, "get", "/progress.bin", str(tmp_path / "back.bin"))
+    assert ok(piped) and piped.stderr == b""            # no bar when stderr is not a terminal
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
