@@ -219,7 +219,7 @@ class Harness:
     def wait_healed(self, timeout: float, top: str = "/", check_disk: bool = True,
                     log: Callable[[str], None] | None = None) -> float:
         return self.wait_until("healed", lambda: self.problems(top, check_disk), timeout,
-                               interval=0.3, log=log)
+                               interval=0.5, log=log)
 
     def write_files(self, count: int, rng: random.Random, prefix: str = "/data",
                     max_blocks: int = 3) -> dict[str, str]:
@@ -443,6 +443,8 @@ class ChaosResult:
     kills: Counter = field(default_factory=Counter)
     ledger: dict = field(default_factory=dict)
     settle_seconds: float = 0.0
+    settle_bound: float = 0.0
+    work: dict = field(default_factory=dict)
     health: dict = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
     unhealed: str = ""
@@ -457,23 +459,51 @@ class ChaosResult:
         return (f"chaos {self.seconds:.0f}s: {self.ops['acked']} acknowledged ops "
                 f"({', '.join(f'{k} {v}' for k, v in sorted(self.ops.items()) if k != 'acked')}); "
                 f"retried errors {dict(self.retried_errors)}; kills {dict(self.kills)}; "
-                f"ledger {self.ledger}; settled in {self.settle_seconds:.1f}s; "
+                f"ledger {self.ledger}; work left {self.work}; settled in "
+                f"{self.settle_seconds:.1f}s (bound {self.settle_bound:.0f}s); "
                 f"re-replicated {h.get('copies_done', 0)} blocks / {h.get('bytes_copied', 0)} "
-                f"bytes, orphans deleted {h.get('orphans_deleted', 0)}, lost replicas "
-                f"dropped {h.get('replicas_lost', 0)}; "
+                f"bytes, orphans found {h.get('orphans_found', 0)}, deleted "
+                f"{h.get('orphans_deleted', 0)}, lost replicas dropped "
+                f"{h.get('replicas_lost', 0)}; "
                 f"lost {len(self.lost)}" + (f"; NOT HEALED: {self.unhealed}" if self.unhealed
                                             else ""))
 
 
+# The chaos cluster's timings, and from them how long healing may take once the chaos
+# stops. With nothing left to do, the slowest path to healed is a draft abandoned at the
+# end: its lease runs out, its blocks are queued and wait out the delete grace; or a stray
+# block: the next report finds it, the orphan grace passes, it is queued and waits out the
+# delete grace. Every block left to delete, copy or adopt then costs at most 1/RATE s more
+# (the cluster does thousands a second; RATE is a floor for a loaded 2-core machine).
+LEASE, ORPHAN_GRACE, REPORT_EVERY, DELETE_GRACE, SAFEMODE = 5.0, 2.0, 3.0, 5.0, 10.0
+SETTLE_SLACK = 15.0         # heartbeats, a second report, a restart's safe mode
+SETTLE_RATE = 250.0         # blocks per second, at the least
+
+
+def settle_bound(work: int) -> float:
+    """Seconds the cluster may take to heal with `work` blocks to delete/copy/adopt."""
+    fixed = max(LEASE, REPORT_EVERY + ORPHAN_GRACE) + DELETE_GRACE + SETTLE_SLACK
+    return fixed + work / SETTLE_RATE
+
+
 def chaos_harness(root: Path, datanodes: int = 3) -> Harness:
     return Harness(root, datanodes=datanodes, mds_flags=[
-        "--lease", "5", "--orphan-grace", "2", "--safemode-timeout", "10"],
-        dn_flags=["--block-report-interval", "3"])
+        "--lease", str(LEASE), "--orphan-grace", str(ORPHAN_GRACE),
+        "--safemode-timeout", str(SAFEMODE), "--delete-grace", str(DELETE_GRACE)],
+        dn_flags=["--block-report-interval", str(REPORT_EVERY)])
+
+
+def gc_work(h: Harness) -> dict:
+    """What the MDS still has to do: deletes queued, orphans seen, replicas short."""
+    st = h.status()
+    health = st["health"]
+    return {"pending_deletes": st.get("pending_deletes", 0), "orphans": health["orphans"],
+            "under_replicated": health["under_replicated"], "missing": health["missing"],
+            "copies_in_flight": health["copies_in_flight"], "drafts": st.get("drafts", 0)}
 
 
 def run_chaos(root: Path, seconds: float, *, seed: int | None = None, writers: int = 2,
-              datanodes: int = 3, settle_timeout: float = 90.0,
-              log: Callable[[str], None] = print) -> ChaosResult:
+              datanodes: int = 3, log: Callable[[str], None] = print) -> ChaosResult:
     seed = random.randrange(1 << 30) if seed is None else seed
     log(f"chaos: seed {seed}, {seconds:.0f}s, {writers} writers, {datanodes} DataNodes")
     h = chaos_harness(root, datanodes)
@@ -512,7 +542,13 @@ def run_chaos(root: Path, seconds: float, *, seed: int | None = None, writers: i
         t1 = time.monotonic()
         try:
             h.wait_serving(60)
-            h.wait_healed(settle_timeout, top="/", log=log)
+            # how long healing may take follows from the work left, not a fixed guess
+            result.work = gc_work(h)
+            blocks = sum(v for k, v in result.work.items() if k != "drafts")
+            result.settle_bound = settle_bound(blocks)
+            log(f"  work left after the chaos: {result.work}; healing may take "
+                f"{result.settle_bound:.0f}s")
+            h.wait_healed(result.settle_bound, top="/", log=log)
         except AssertionError as exc:
             result.unhealed = str(exc)
         result.settle_seconds = time.monotonic() - t1

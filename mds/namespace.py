@@ -17,6 +17,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     mkdir        {path, parents, mtime}
     create       {path, handle, replication, block_size, parents, lease, mtime}
     allocate     {handle, blocks: [[id, [node, ...]], ...], lease}
+    add_target   {handle, block, node}         a replacement target (replace_target)
     commit       {handle, blocks: [[id, size, checksum, [node, ...]], ...], mtime}
     abort        {handle, reason}              reason: "abort" | "expired"
     renew        {handle, lease}
@@ -189,12 +190,16 @@ class Namespace:
         self._positions: dict[Inode, dict[bytes, int]] = {}
         self._rsets: list[tuple[str, ...]] = []
         self._rset_ids: dict[tuple[str, ...], int] = {}
-        self.pending_deletes: dict[str, set[bytes]] = {}
+        # node -> block id -> queue number, oldest first (insertion order). The numbers let
+        # the repair planner tell how long ago a delete was queued without a clock here.
+        self.pending_deletes: dict[str, dict[bytes, int]] = {}
+        self.delete_seq = 0
         self.next_inode = 1
         self.files = self.dirs = self.blocks = self.bytes = 0
         self._ops = {op: (getattr(self, "_check_" + op), getattr(self, "_apply_" + op))
                      for op in ("mkdir", "create", "allocate", "commit", "abort", "renew",
-                                "rm", "rename", "set_replicas", "queue_delete", "ack_delete")}
+                                "rm", "rename", "set_replicas", "queue_delete", "ack_delete",
+                                "add_target")}
 
     # ------------------------------------------------------------------ dispatch
 
@@ -267,7 +272,10 @@ class Namespace:
         return owner, (pos[bid] if pos is not None else owner.bids.index(bid))
 
     def _queue(self, node: str, bid: bytes) -> None:
-        self.pending_deletes.setdefault(node, set()).add(bid)
+        pending = self.pending_deletes.setdefault(node, {})
+        if bid not in pending:        # queued once: a second reason keeps the first number
+            self.delete_seq += 1
+            pending[bid] = self.delete_seq
 
     # ------------------------------------------------------------------ reads
 
@@ -352,17 +360,26 @@ class Namespace:
     def draft_handles(self) -> list[str]:
         return sorted(self._drafts)
 
-    def deletes_for(self, node: str, limit: int | None = None) -> list[bytes]:
-        """Block ids ``node`` should delete. Read-only: removal is an ack_delete record."""
-        pending = self.pending_deletes.get(node, ())
-        if limit is None:
+    def deletes_for(self, node: str, limit: int | None = None,
+                    max_seq: int | None = None) -> list[bytes]:
+        """Block ids ``node`` should delete, oldest first: at most ``limit``, and only those
+        queued as number ``max_seq`` or earlier. Read-only: removal is an ack_delete record."""
+        pending = self.pending_deletes.get(node)
+        if not pending:
+            return []
+        if limit is None and max_seq is None:
             return list(pending)
         out = []
-        for bid in pending:
-            if len(out) >= limit:
+        for bid, seq in pending.items():
+            if (limit is not None and len(out) >= limit) or (max_seq is not None
+                                                             and seq > max_seq):
                 break
             out.append(bid)
         return out
+
+    def is_pending_delete(self, node: str, bid: bytes) -> bool:
+        pending = self.pending_deletes.get(node)
+        return pending is not None and bid in pending
 
     def iter_files(self, path: str = "/") -> Iterator[tuple[str, dict]]:
         """(path, stat) of every committed file under ``path``, depth first."""
@@ -564,6 +581,27 @@ class Namespace:
         d.lease = rec["lease"]
         return {"handle": d.handle, "lease": d.lease,
                 "blocks": [{"id": bid, "targets": list(nodes)} for bid, nodes in rec["blocks"]]}
+
+    def prepare_add_target(self, handle: str, block_id: bytes, node: str) -> dict:
+        """Record a replacement target of a draft's block, so that an abort, an expiry or
+        a commit without it queues its copy there for deletion (no orphan left behind)."""
+        rec = {"op": "add_target", "handle": handle, "block": block_id, "node": node}
+        self._check_add_target(rec)
+        return rec
+
+    def _check_add_target(self, rec: Mapping) -> None:
+        d = self._draft(rec["handle"])
+        _check(_is_block_id(rec["block"]), d.handle, "block id must be 16 bytes")
+        _check(self._blocks.get(rec["block"]) is d, d.handle,
+               "block is not part of this draft")
+        _check(isinstance(rec["node"], str) and rec["node"] != "", d.handle, "bad node id")
+
+    def _apply_add_target(self, rec: Mapping) -> dict:
+        d = self._drafts[rec["handle"]]
+        i = d.bids.index(rec["block"])
+        if rec["node"] not in d.targets[i]:
+            d.targets[i] = (*d.targets[i], rec["node"])
+        return {"handle": d.handle, "block": rec["block"], "targets": list(d.targets[i])}
 
     def prepare_renew(self, handle: str, *, lease: float | None = None) -> dict:
         rec = {"op": "renew", "handle": handle,
@@ -795,7 +833,7 @@ class Namespace:
         for n in nodes:
             pending = self.pending_deletes.get(n)
             if pending is not None:  # a node that holds it again must not delete it
-                pending.discard(bid)
+                pending.pop(bid, None)
                 if not pending:
                     del self.pending_deletes[n]
         off = HDR.size + i * BLK.size
@@ -847,7 +885,8 @@ class Namespace:
         pending = self.pending_deletes.get(rec["node"])
         before = len(pending) if pending else 0
         if pending:
-            pending.difference_update(rec["blocks"])
+            for bid in rec["blocks"]:
+                pending.pop(bid, None)
             if not pending:
                 del self.pending_deletes[rec["node"]]
         return {"node": rec["node"], "acked": before - (len(pending) if pending else 0)}
@@ -921,7 +960,8 @@ class Namespace:
         self.bytes += nbytes
 
     def restore_deletes(self, node: str, block_ids: Sequence[bytes]) -> None:
-        self.pending_deletes.setdefault(node, set()).update(block_ids)
+        for bid in block_ids:
+            self._queue(node, bid)
 
     def finish_restore(self) -> None:
         self.dirs = len(self._restore_dirs) - 1

@@ -180,6 +180,9 @@ class Handlers:
             raise OSError(errno.ENOENT, f"block {h['block'].hex()} is not part of this draft")
         node = self.cluster.place(1, now=time.monotonic(), exclude=sorted(exclude),
                                   reserve=draft["block_size"])[0]
+        # a target of the draft from now on: if the file is never committed with it, its
+        # copy there is queued for deletion instead of waiting for orphan GC
+        self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
         return {"node": node}
 
     def commit(self, h, payload, events) -> dict:
@@ -280,8 +283,7 @@ class Handlers:
         if self.repair.wants_report(node):
             commands.append({"op": "report"})
         if not self.repair.safe_mode:
-            deletes = self.repair.deletes_ready(
-                node, self.ns.deletes_for(node, MAX_DELETES_PER_HEARTBEAT))
+            deletes = self.repair.deletes_ready(node, MAX_DELETES_PER_HEARTBEAT)
             if deletes:
                 commands.append({"op": "delete", "blocks": deletes})
             copies = self.repair.commands_for(node)

@@ -22,14 +22,22 @@ DataNodes' heartbeat replies; it never does I/O and takes time from an injected 
   after the first was reconciled, so it lists every block that was there by then.
 - A replica reported corrupt is dropped from the block map (which queues its deletion)
   when another replica exists; the scan then re-replicates from a good copy.
-- Deletes wait `delete_grace` seconds after they are first seen queued before they go to
-  a DataNode: a reader that listed the blocks of a file just before an overwrite or rm
-  can still fetch them meanwhile.
+- Deletes wait `delete_grace` seconds after they were queued before they go to a
+  DataNode: a reader that listed the blocks of a file just before an overwrite or rm can
+  still fetch them meanwhile. The namespace numbers queued deletes in order; the planner
+  notes (time, last number) as time passes, so "queued at least delete_grace ago" is
+  "numbered no later than a note that old" - a cut through the queue, not a clock per block.
+- Orphan GC is proportional: a reported block that is already queued for deletion on that
+  node is not an orphan (it is on its way out), an orphan candidate that a later report no
+  longer lists is forgotten, and the orphans whose grace ran out in one tick are queued in
+  one record per node. So each orphan is queued once, until the node deletes it (and a
+  later report shows it again, which would be a new orphan).
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Callable
 
 from .cluster import ClusterView
@@ -62,14 +70,15 @@ class RepairPlanner:
         self._recheck: set[str] = set()             # nodes asked for a second report
         self.orphan_since: dict[tuple[str, bytes], float] = {}
         self.delete_grace = delete_grace
-        self.delete_seen: dict[str, dict[bytes, float]] = {}   # node -> block -> first seen
+        # (time, ns.delete_seq then): every delete numbered <= seq was queued by that time
+        self._delete_marks: deque[tuple[float, int]] = deque([(self.started, ns.delete_seq)])
         self.corrupt: set[tuple[str, bytes]] = set()
         self.copies: dict[bytes, tuple[str, str, float]] = {}   # block -> source, target, deadline
         self.endangered: list[tuple[int, bytes]] = []            # (live replicas, block)
         self._dirty = True
         self.stats = {"copies_started": 0, "copies_done": 0, "bytes_copied": 0,
-                      "orphans_deleted": 0, "replicas_dropped": 0, "replicas_trimmed": 0,
-                      "replicas_lost": 0}
+                      "orphans_found": 0, "orphans_deleted": 0, "replicas_dropped": 0,
+                      "replicas_trimmed": 0, "replicas_lost": 0}
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -98,14 +107,21 @@ class RepairPlanner:
                 del self.copies[block]
                 self._dirty = True
 
-    def deletes_ready(self, node: str, queued: list[bytes]) -> list[bytes]:
-        """Of the deletes queued for `node`, those queued at least delete_grace ago."""
+    def deletes_ready(self, node: str, limit: int | None = None) -> list[bytes]:
+        """The deletes queued for `node` at least delete_grace ago, oldest first."""
         if self.delete_grace <= 0:
-            return queued
-        now = self.clock()
-        old = self.delete_seen.get(node, {})
-        seen = self.delete_seen[node] = {b: old.get(b, now) for b in queued}
-        return [b for b, since in seen.items() if now - since >= self.delete_grace]
+            return self.ns.deletes_for(node, limit)
+        return self.ns.deletes_for(node, limit, max_seq=self._grace_cut(self.clock()))
+
+    def _grace_cut(self, now: float) -> int:
+        """The last delete number queued at least delete_grace before `now`, or -1."""
+        marks = self._delete_marks
+        if marks[-1][1] != self.ns.delete_seq:
+            marks.append((now, self.ns.delete_seq))
+        cutoff = now - self.delete_grace
+        while len(marks) > 1 and marks[1][0] <= cutoff:
+            marks.popleft()          # the newest note old enough is all that is needed
+        return marks[0][1] if marks[0][0] <= cutoff else -1
 
     def on_deleted(self, node: str, blocks: list[bytes]) -> None:
         """`node` deleted these: they are neither its replicas nor orphans any more."""
@@ -115,7 +131,9 @@ class RepairPlanner:
             self.orphan_since.pop((node, block), None)
 
     def on_report(self, node: str, entries: list[tuple[bytes, int, int]]) -> list[Record]:
-        self.reports[node] = {bid for bid, _, _ in entries}
+        held = self.reports[node] = {bid for bid, _, _ in entries}
+        for key in [k for k in self.orphan_since if k[0] == node and k[1] not in held]:
+            del self.orphan_since[key]     # gone from the node since: nothing to delete
         self._unreconciled.add(node)
         self._recheck.discard(node)
         self._dirty = True
@@ -208,20 +226,26 @@ class RepairPlanner:
                      f", never heard from {missing}" if missing else "")
             events.append(("repair.safe_mode_off", {"reported": sorted(self.reports),
                                                     "missing": missing}))
+        self._grace_cut(now)              # a note of the delete queue's length, for later
         if self.safe_mode:
             return records, events
         for node in list(self._unreconciled):
             records.extend(self._reconcile(node))
+        ripe: dict[str, list[bytes]] = {}
         for key, since in list(self.orphan_since.items()):
             if now - since < self.orphan_grace:
                 continue
             del self.orphan_since[key]
             node, block = key
-            if self.ns.block_info(block) is None:
-                records.append(self.ns.prepare_queue_delete(node, [block]))
-                self.reports.get(node, set()).discard(block)
-                self.stats["orphans_deleted"] += 1
-                events.append(("repair.orphan_delete", {"node": node, "block": block.hex()}))
+            if self.ns.block_info(block) is None and not self.ns.is_pending_delete(node, block):
+                ripe.setdefault(node, []).append(block)
+        for node, blocks in sorted(ripe.items()):      # one record per node, not per block
+            records.append(self.ns.prepare_queue_delete(node, blocks))
+            held = self.reports.get(node, set())
+            held.difference_update(blocks)
+            self.stats["orphans_deleted"] += len(blocks)
+            events.append(("repair.orphan_delete", {"node": node, "count": len(blocks),
+                                                    "blocks": [b.hex() for b in blocks[:100]]}))
         for block, (_, _, deadline) in list(self.copies.items()):
             if deadline <= now:
                 del self.copies[block]
@@ -246,14 +270,18 @@ class RepairPlanner:
         for block in self.reports.get(node, ()):
             info = self.ns.block_info(block)
             if info is None:
-                self.orphan_since.setdefault((node, block), now)
+                if self.ns.is_pending_delete(node, block):
+                    continue      # already on its way out: not an orphan
+                if (node, block) not in self.orphan_since:
+                    self.orphan_since[(node, block)] = now
+                    self.stats["orphans_found"] += 1
                 continue
             if "replicas" not in info or node in info["replicas"]:
                 continue          # a draft's block, or where it belongs
             live = [n for n in info["replicas"] if self.cluster.is_live(n, now)]
             if len(live) < info["replication"]:
                 records.append(self.ns.prepare_set_replicas(block, [*live, node]))
-            else:
+            elif not self.ns.is_pending_delete(node, block):
                 extra.append(block)
         if extra:
             self.stats["replicas_trimmed"] += len(extra)

@@ -302,6 +302,38 @@ def test_abort_drops_the_draft_and_queues_its_blocks(ns: Namespace) -> None:
     fails(FileNotFoundError, errno.ENOENT, ns.stat, "/f")
 
 
+def test_a_replacement_target_is_cleaned_up_when_the_draft_ends(ns: Namespace) -> None:
+    # replace_target sends a block to a node that is not among the allocated targets;
+    # recorded with add_target, an abort (or a commit without it) queues its copy there
+    h, (b0, b1) = draft(ns, "/f", 2)
+    unchanged(ns, ns.prepare_add_target, h, b0, "n3")
+    fails(OSError, errno.EINVAL, ns.prepare_add_target, h, b"x" * 16, "n3")
+    fails(FileNotFoundError, errno.ENOENT, ns.prepare_add_target, "nope", b0, "n3")
+    assert run(ns, ns.prepare_add_target(h, b0, "n3"))["targets"] == ["n1", "n2", "n3"]
+    run(ns, ns.prepare_abort(h))
+    assert ns.deletes_for("n3") == [b0]
+    h, (b2,) = draft(ns, "/g", 1)
+    run(ns, ns.prepare_add_target(h, b2, "n3"))
+    run(ns, ns.prepare_commit(h, [{"id": b2, "size": 10, "checksum": 7,
+                                   "replicas": ["n1", "n3"]}]))
+    assert b2 in ns.deletes_for("n2") and b2 not in ns.deletes_for("n3")
+    assert ns.block_info(b2)["replicas"] == ["n1", "n3"]
+
+
+def test_deletes_are_handed_out_oldest_first_and_cut_by_queue_number(ns: Namespace) -> None:
+    h, ids = draft(ns, "/f", 3)
+    run(ns, ns.prepare_abort(h))
+    first = ns.delete_seq
+    h, more = draft(ns, "/g", 2)
+    run(ns, ns.prepare_abort(h))
+    assert ns.deletes_for("n1") == ids + more
+    assert ns.deletes_for("n1", limit=2) == ids[:2]
+    assert ns.deletes_for("n1", max_seq=first) == ids
+    assert ns.deletes_for("n1", max_seq=0) == []
+    run(ns, ns.prepare_queue_delete("n1", [ids[0]]))   # queued again: keeps its place
+    assert ns.deletes_for("n1") == ids + more
+
+
 def test_expire_drafts(ns: Namespace, clock: FakeClock) -> None:
     h1, _ = draft(ns, "/a", 1)
     clock.t += 30

@@ -196,15 +196,101 @@ def test_deletes_wait_out_the_grace_period(world, clock):
     old = commit_file(ns, "/a", ["dn1", "dn2"])
     ns.apply(ns.prepare_rm("/a"))
     assert ns.deletes_for("dn1") == [old]
-    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == []      # just queued
+    assert p.deletes_ready("dn1") == []      # just queued
     clock.now += 3
     newer = commit_file(ns, "/b", ["dn1", "dn3"])
     ns.apply(ns.prepare_rm("/b"))
-    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == []
+    assert p.deletes_ready("dn1") == []
     clock.now += 2.5                                               # old: 5.5 s, newer: 2.5 s
-    assert p.deletes_ready("dn1", ns.deletes_for("dn1")) == [old]
-    assert p.deletes_ready("dn3", ns.deletes_for("dn3")) == []     # first seen only now
+    assert p.deletes_ready("dn1") == [old]
+    assert p.deletes_ready("dn3") == []     # queued only 2.5 s ago
     clock.now += 3
-    assert sorted(p.deletes_ready("dn1", ns.deletes_for("dn1"))) == sorted([old, newer])
+    assert sorted(p.deletes_ready("dn1")) == sorted([old, newer])
     # without a grace every queued delete goes at once
-    assert planner(world, clock).deletes_ready("dn3", [newer]) == [newer]
+    assert planner(world, clock).deletes_ready("dn3") == [newer]
+
+
+def _out_of_safe_mode(world, clock, **kw) -> RepairPlanner:
+    _, cluster = world
+    p = planner(world, clock, safemode_timeout=0.0, **kw)
+    beat(cluster, clock, "dn1", "dn2")
+    p.tick()
+    assert not p.safe_mode
+    return p
+
+
+def test_a_block_already_queued_for_deletion_is_not_an_orphan(world, clock):
+    # an overwrite queues the old blocks; the node lists them until it deletes them, and
+    # they must not be found, graced and queued again once per report (issue 11)
+    ns, cluster = world
+    p = _out_of_safe_mode(world, clock, delete_grace=5.0)
+    old = commit_file(ns, "/a", ["dn1", "dn2"])
+    ns.apply(ns.prepare_rm("/a"))
+    for _ in range(5):                              # five report cycles with it still there
+        assert report(p, "dn1", [old]) == []
+        clock.now += 11
+        beat(cluster, clock, "dn1", "dn2")
+        records, events = p.tick()
+        assert [r for r in records if r["op"] == "queue_delete"] == []
+        assert not any(t == "repair.orphan_delete" for t, _ in events)
+    assert p.fsck()["orphans"] == [] and p.stats["orphans_found"] == 0
+    assert ns.deletes_for("dn1") == [old]
+
+
+def test_orphans_are_queued_once_in_one_record_per_node(world, clock):
+    ns, cluster = world
+    p = _out_of_safe_mode(world, clock)
+    one = [bytes([1, i]) * 8 for i in range(50)]
+    two = [bytes([2, i]) * 8 for i in range(30)]
+    report(p, "dn1", one)
+    report(p, "dn2", two)
+    p.tick()
+    clock.now += 11
+    beat(cluster, clock, "dn1", "dn2")
+    records, events = p.tick()
+    deletes = [r for r in records if r["op"] == "queue_delete"]
+    assert sorted((r["node"], len(r["blocks"])) for r in deletes) == [("dn1", 50), ("dn2", 30)]
+    submit(ns, records)
+    assert p.stats["orphans_deleted"] == p.stats["orphans_found"] == 80
+    assert sorted(e["count"] for t, e in events if t == "repair.orphan_delete") == [30, 50]
+    # the nodes report them again before carrying the deletes out: nothing is queued twice
+    report(p, "dn1", one)
+    report(p, "dn2", two)
+    clock.now += 11
+    beat(cluster, clock, "dn1", "dn2")
+    records, _ = p.tick()
+    assert [r for r in records if r["op"] == "queue_delete"] == []
+    assert p.stats["orphans_deleted"] == 80 and p.fsck()["orphans"] == []
+
+
+def test_an_orphan_candidate_gone_from_the_next_report_is_forgotten(world, clock):
+    ns, cluster = world
+    p = _out_of_safe_mode(world, clock)
+    stray = bytes(range(16))
+    report(p, "dn1", [stray])
+    assert p.fsck()["orphans"] == [f"dn1:{stray.hex()}"]
+    report(p, "dn1", [])                  # deleted meanwhile (a client's abort, say)
+    assert p.fsck()["orphans"] == []
+    clock.now += 11
+    beat(cluster, clock, "dn1", "dn2")
+    records, _ = p.tick()
+    assert [r for r in records if r["op"] == "queue_delete"] == []
+
+
+def test_a_long_delete_queue_drains_at_the_heartbeat_limit_after_one_grace(world, clock):
+    # the grace is counted from when each delete was queued, not from when it reached the
+    # front of a heartbeat's window: 3,000 old deletes go 1,000 per heartbeat, no waiting
+    ns, cluster = world
+    p = _out_of_safe_mode(world, clock, delete_grace=5.0)
+    victims = [bytes([7, i >> 8, i & 255]) + bytes(13) for i in range(3000)]
+    submit(ns, [ns.prepare_queue_delete("dn1", victims)])
+    assert p.deletes_ready("dn1", 1000) == []
+    clock.now += 5.5
+    sent = []
+    for _ in range(3):
+        batch = p.deletes_ready("dn1", 1000)
+        assert len(batch) == 1000
+        sent += batch
+        ns.apply(ns.prepare_ack_delete("dn1", batch))
+        clock.now += 0.3
+    assert sent == victims and p.deletes_ready("dn1", 1000) == []
