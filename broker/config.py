@@ -43,7 +43,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scrub_rate": 16 * 1024 * 1024,
         "writer_threads": 2,
     },
-    "client": {"timeout": 30.0, "window": 8},
+    "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,
+               "get_batch": 256, "progress": True},
 }
 
 # Short aliases users reach for first; they win over the long AEGISFS_BROKER_CLIENT form.

@@ -1,7 +1,10 @@
 """AegisClient: the Python API of AegisFS - POSIX-like verbs over the MDS and DataNodes.
 
 Namespace verbs are one MDS request each; put / get / read_bytes / open stream blocks
-through streams.py. Errors are OSError subclasses whose message names the path.
+through streams.py, put_many / get_many batch small files through batch.py, and local files
+are read and written by localio.py. Errors are OSError subclasses whose message names the
+path. Defaults (timeouts, window, batch sizes) come from the [client] config section;
+replication and block size, when not given, are the cluster's (the MDS's create reply).
 """
 from __future__ import annotations
 
@@ -11,19 +14,19 @@ import io
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import zmq
 
 from broker import config as broker_config
 from broker.client import Client
+from broker.limits import MAX_BATCH, MDS_SERVICE
 
-from .batch import (BATCH_BYTES, BATCH_FILES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles,
-                    SmallReads)
+from . import localio
+from .batch import BATCH_BYTES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles, SmallReads
 from .blocks import Piece, Suspects, pieces_for_range
 from .files import ReadFile, WriteFile
-from .streams import MDS, BlockReader, BlockWriter, Mux, name_error
+from .streams import BlockReader, BlockWriter, Mux, name_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,16 +77,20 @@ class AegisClient:
 
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
                  window: int | None = None, config: Mapping | PathLike | None = None,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float | None = None) -> None:
         cfg = config if isinstance(config, Mapping) else broker_config.load(config)
-        client_cfg = cfg.get("client", {})
+        # a partial mapping (tests, embedders) falls back to the built-in [client] defaults
+        client_cfg = {**broker_config.DEFAULTS["client"], **cfg.get("client", {})}
         self.broker = (broker or os.environ.get("AEGISFS_BROKER")
                        or cfg["broker"]["client"])
-        self.timeout = float(timeout if timeout is not None else client_cfg.get("timeout", 30.0))
-        self.window = int(window if window is not None else client_cfg.get("window", 8))
+        self.timeout = float(timeout if timeout is not None else client_cfg["timeout"])
+        self.window = int(window if window is not None else client_cfg["window"])
         if self.window < 1:
             raise ValueError("window must be at least 1")
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = float(connect_timeout if connect_timeout is not None
+                                     else client_cfg["connect_timeout"])
+        self.put_batch = _batch_size(client_cfg["put_batch"])
+        self.get_batch = _batch_size(client_cfg["get_batch"])
         self.suspects = Suspects()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -111,7 +118,7 @@ class AegisClient:
     def _mds(self, about: str | None, op: str, **fields: Any) -> dict:
         """One MDS request; an error names `about` (the path) if it does not already."""
         with _about(about):
-            return self._io().call(MDS, {"op": op, **fields}).result
+            return self._io().call(MDS_SERVICE, {"op": op, **fields}).result
 
     def close(self) -> None:
         """Close the broker sockets (of every thread: call when all are done)."""
@@ -228,7 +235,7 @@ class AegisClient:
                 f = stack.enter_context(open(src, "rb", buffering=0))
             else:
                 f = src
-            total = _known_size(f)
+            total = localio.known_size(f)
             done = [0]
 
             def advance(n: int) -> None:
@@ -241,7 +248,7 @@ class AegisClient:
                 try:
                     while True:
                         buf = w.buffer()
-                        n = _read_full(f, buf)
+                        n = localio.read_full(f, buf)
                         if n:
                             w.submit(n)
                         if n < buf.nbytes:
@@ -262,7 +269,7 @@ class AegisClient:
                  replication: int | None = None, block_size: int | None = None,
                  parents: bool = True, errors: str = "raise",
                  progress: Callable[[int, int], None] | None = None,
-                 batch: int = BATCH_FILES) -> list[Outcome]:
+                 batch: int | None = None) -> list[Outcome]:
         """Store many files: each item is (source, remote) with source a local path, a
         binary file object or bytes. Small files (up to 1 MiB) travel in batches - one MDS
         round trip creates a batch, one request per DataNode stores its blocks with one
@@ -273,11 +280,12 @@ class AegisClient:
         Returns one outcome per item, in order: {path, size} or the OSError of that file.
         errors="raise" (default) raises the first failure once every item has been tried
         (the others stay stored); errors="return" leaves the OSErrors in the list.
-        progress(files settled, bytes stored) is called as files are settled.
+        progress(files settled, bytes stored) is called as files are settled. `batch` files
+        travel together (default [client] put_batch; at most the MDS's MAX_BATCH).
         """
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
-        batch = max(1, min(batch, 256))
+        batch = self.put_batch if batch is None else _batch_size(batch)
         writer = SmallFiles(self._io(), replication=replication, block_size=block_size,
                             parents=parents, timeout=self.timeout, suspects=self.suspects,
                             window=self.window)
@@ -306,7 +314,7 @@ class AegisClient:
             out.append(None)
             try:
                 p = _abs(remote)
-                data = _small_source(src)
+                data = localio.small_source(src, SMALL_FILE_MAX)
             except OSError as exc:
                 settle(i, exc)
                 continue
@@ -359,7 +367,7 @@ class AegisClient:
         p = _abs(remote)
         with _about(p):
             if not isinstance(dst, (str, os.PathLike)):
-                start = _tell(dst)
+                start = localio.tell(dst)
                 written = [0]
 
                 def to_object(info: dict) -> int:
@@ -370,29 +378,22 @@ class AegisClient:
 
                 return self._consistent(p, to_object,
                                         lambda: start is not None or not written[0])
-            target = Path(dst)
-            # beside the target so the rename is atomic; 0o666 so the umask decides the mode
-            tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.part"
-            out = _LocalOutput(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            out = localio.AtomicFile(dst)
             try:
                 def to_file(info: dict) -> int:
                     out.restart()
                     return self._copy_out(info, out, progress, [0])
 
                 n = self._consistent(p, to_file)
-                out.close()                 # synced: the data is on disk before the rename
-                os.replace(tmp, target)
-                _fsync_dir(target.parent)
+                out.commit()                # synced: the data is on disk before the rename
             except BaseException:
-                out.close(sync=False)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                out.discard()
                 raise
             return n
 
     def get_many(self, items: Iterable[tuple[PathLike, Source]], *, errors: str = "raise",
                  progress: Callable[[int, int], None] | None = None,
-                 batch: int = 256) -> list[Outcome]:
+                 batch: int | None = None) -> list[Outcome]:
         """Copy many files out: each item is (remote, local) with local a path or a binary
         file object. Small files are fetched in batches - one MDS round trip for a batch's
         block lists, their blocks through one window of requests - and bigger ones stream
@@ -400,7 +401,8 @@ class AegisClient:
         complete; the files written are synced to disk together, once, before returning.
 
         Returns one outcome per item, in order: {path, size} or the OSError of that file;
-        errors and progress(files settled, bytes read) work as in put_many.
+        errors and progress(files settled, bytes read) work as in put_many; `batch` files
+        are looked up together (default [client] get_batch; at most the MDS's MAX_BATCH).
         """
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
@@ -410,7 +412,7 @@ class AegisClient:
         out: list[Outcome] = []
         tally = [0, 0]
         unsynced = False
-        batch = max(1, min(batch, 256))
+        batch = self.get_batch if batch is None else _batch_size(batch)
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
             paths: list[str | OSError] = []
@@ -432,7 +434,7 @@ class AegisClient:
                     elif isinstance(data, OSError):
                         raise data
                     else:
-                        unsynced |= _write_local(local, data)
+                        unsynced |= localio.write_local(local, data)
                         outcome = {"path": p, "size": len(data)}
                 except OSError as exc:
                     outcome = exc
@@ -442,7 +444,7 @@ class AegisClient:
                 if progress:
                     progress(tally[0], tally[1])
         if unsynced:
-            os.sync()           # one flush for every small file written, not one each
+            localio.sync_all()      # one flush for every small file written, not one each
         return _outcomes(out, errors)
 
     def _copy_out(self, info: dict, out: BinaryIO, progress: ProgressFn | None,
@@ -493,45 +495,6 @@ class AegisClient:
         raise ValueError(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
 
 
-class _LocalOutput:
-    """The local file `get` writes: fdatasync + DONTNEED every SYNC_EVERY bytes, so the page
-    cache recycles its pages instead of faulting fresh ones (shared/PERFORMANCE.md: fresh
-    memory costs ~2 CPU-s per GiB on these VMs), and the data is durable before the rename."""
-
-    SYNC_EVERY = 32 * 1024 * 1024
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._unsynced = 0
-
-    def write(self, data: memoryview) -> int:
-        n = os.write(self.fd, data)
-        self._unsynced += n
-        if self._unsynced >= self.SYNC_EVERY:
-            self.sync()
-        return n
-
-    def sync(self) -> None:
-        os.fdatasync(self.fd)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        self._unsynced = 0
-
-    def restart(self) -> None:
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-
-    def close(self, sync: bool = True) -> None:
-        if self.fd < 0:
-            return
-        try:
-            if sync:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-            self.fd = -1
-
-
 def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:
     """put_many / get_many results: returned, or with errors="raise" the first failure."""
     failed = [o for o in out if isinstance(o, OSError)]
@@ -543,122 +506,10 @@ def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:
     return out
 
 
-def _write_local(dst: Any, data: bytes) -> bool:
-    """Write a small file's bytes to a binary file object, or to a local path through a
-    temporary file renamed into place (not synced: True says a sync is owed)."""
-    if not isinstance(dst, (str, os.PathLike)):
-        view = memoryview(data)
-        while view.nbytes:
-            n = dst.write(view)
-            if n is None:
-                raise BlockingIOError(errno.EAGAIN, "output is not ready")
-            view = view[n:]
-        return False
-    target = Path(dst)
-    tmp = target.parent / f".{target.name}.{os.urandom(4).hex()}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        view = memoryview(data)
-        while view.nbytes:
-            view = view[os.write(fd, view):]
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return          # not every file system lets a directory be opened
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _batch_size(n: Any) -> int:
+    """Files per batch: at least 1, at most what one MDS `batch` request may carry."""
+    return max(1, min(int(n), MAX_BATCH))
 
 
 def _block_ids(info: dict) -> list:
     return [bytes(b["id"]) for b in info["blocks"]]
-
-
-def _tell(f: Any) -> int | None:
-    """Where a seekable output stands (so a retry can rewind), else None."""
-    try:
-        return f.tell() if f.seekable() else None
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def _small_source(src: Any) -> bytes | memoryview | None:
-    """The whole content of a source small enough to batch, else None (stream it)."""
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        view = memoryview(src).cast("B")
-        return view if view.nbytes <= SMALL_FILE_MAX else None
-    if isinstance(src, (str, os.PathLike)):
-        try:
-            with open(src, "rb", buffering=0) as f:
-                return _read_small(f)
-        except IsADirectoryError:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", os.fspath(src)) from None
-    return _read_small(src) if _known_size(src) is not None else None
-
-
-def _read_small(f: Any) -> bytes | None:
-    size = _known_size(f)
-    if size is None or size > SMALL_FILE_MAX:
-        return None
-    data = f.read(size + 1) or b""   # +1: a file that grew since the stat is not cut short
-    if len(data) > size:
-        data += f.read(SMALL_FILE_MAX + 1 - len(data)) or b""
-    if len(data) > SMALL_FILE_MAX:
-        if _tell(f) is None:
-            raise OSError(errno.EIO, "the source grew while being read and cannot be rewound")
-        f.seek(-len(data), io.SEEK_CUR)     # stream it from the start instead
-        return None
-    return data
-
-
-def _known_size(f: Any) -> int | None:
-    """Bytes left to read in a regular file or seekable buffer; None for pipes/streams."""
-    try:
-        st = os.fstat(f.fileno())
-        if not (st.st_mode & 0o170000) == 0o100000:      # not a regular file
-            return None
-        return max(0, st.st_size - f.tell())
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        pass
-    try:
-        if f.seekable():
-            pos = f.tell()
-            end = f.seek(0, io.SEEK_END)
-            f.seek(pos)
-            return max(0, end - pos)
-    except (AttributeError, OSError, ValueError):
-        pass
-    return None
-
-
-def _read_full(f: Any, buf: memoryview) -> int:
-    """Fill buf from f (short only at end of file)."""
-    got = 0
-    readinto = getattr(f, "readinto", None)
-    while got < buf.nbytes:
-        if readinto is not None:
-            n = readinto(buf[got:])
-        else:
-            chunk = f.read(buf.nbytes - got)
-            n = len(chunk) if chunk else 0
-            buf[got:got + n] = chunk
-        if not n:
-            break
-        got += n
-    return got

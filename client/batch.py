@@ -31,16 +31,15 @@ from typing import Any, Callable, Sequence
 import crc32c
 
 from broker import protocol as P
+from broker.limits import MAX_PUT_MANY, MDS_SERVICE, datanode_service
 
 from .blocks import Piece, ReplicaWrite, Suspects, reason_of
-from .streams import MDS, BlockReader, BlockWriter, Mux, dn, name_error
+from .streams import BlockReader, BlockWriter, Mux, draft_geometry, name_error
 
 log = logging.getLogger(__name__)
 
 SMALL_FILE_MAX = 1024 * 1024   # files up to this size are written in batches
-BATCH_FILES = 64               # files per batch
 BATCH_BYTES = 16 * 1024 * 1024  # bytes per batch (and per put_blocks request)
-MAX_PUT_MANY = 256             # blocks per put_blocks request (the DataNode's limit)
 
 Outcome = dict | OSError
 BIG = object()                 # SmallReads: this file is for the streaming reader
@@ -115,11 +114,15 @@ class SmallFiles:
             f.handle = res["handle"]
             if not f.data.nbytes:
                 continue
+            try:
+                replication, block_size = draft_geometry(res)
+            except OSError as exc:
+                f.result = name_error(exc, f.path)
+                continue
             blocks = res.get("blocks") or []
-            if len(blocks) == 1 and f.data.nbytes <= int(res.get("block_size") or 0):
+            if len(blocks) == 1 and f.data.nbytes <= block_size:
                 f.block = bytes(blocks[0]["id"])
-                f.replicas = ReplicaWrite(list(blocks[0].get("nodes") or []),
-                                          int(res.get("replication") or 1))
+                f.replicas = ReplicaWrite(list(blocks[0].get("nodes") or []), replication)
             else:
                 f.created = res
 
@@ -150,7 +153,7 @@ class SmallFiles:
             for part in _chunks(files):
                 header = {"op": "put_blocks",
                           "blocks": [{"id": f.block, "checksum": f.checksum} for f in part]}
-                rid = self.mux.send(self, dn(node), header, [f.data for f in part], self.timeout)
+                rid = self.mux.send(self, datanode_service(node), header, [f.data for f in part], self.timeout)
                 in_flight[rid] = (node, part)
         while in_flight:
             reply = self.mux.next(self, None)
@@ -246,7 +249,7 @@ class SmallFiles:
 
 def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
     """One MDS `batch` request: each op's result map or OSError, in order."""
-    results = mux.call(MDS, {"op": "batch", "ops": ops}).result.get("results")
+    results = mux.call(MDS_SERVICE, {"op": "batch", "ops": ops}).result.get("results")
     if not isinstance(results, list) or len(results) != len(ops):
         raise P.ProtocolError("the MDS answered a batch with a malformed result list")
     out: list[Outcome] = []

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
+from broker.limits import MAX_ALLOCATE
+
 T = TypeVar("T")
 
 
@@ -213,19 +215,20 @@ def reason_of(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
 
 
-def renew_period(lease: Any, now_wall: float | None = None) -> float:
-    """Seconds between lease renewals: a third of what is left of the lease, within 1..20 s.
-    `lease` may be an absolute deadline (epoch seconds) or a duration."""
+def renew_period(lease: Any) -> float:
+    """Seconds between lease renewals: a third of the lease, within 1..20 s. `lease` is what
+    the MDS's create, allocate and renew replies carry: the seconds the draft has left
+    (broker.limits.LEASE_UNIT). Missing or unusable: every 10 s."""
     if not isinstance(lease, (int, float)) or isinstance(lease, bool) or lease <= 0:
         return 10.0
-    remaining = lease - (time.time() if now_wall is None else now_wall) if lease > 1e8 else lease
-    return min(20.0, max(1.0, remaining / 3))
+    return min(20.0, max(1.0, lease / 3))
 
 
 def alloc_batch(remaining_blocks: int | None, window: int, allocated: int) -> int:
     """How many block ids to ask for next: what is left when the size is known, else a
     batch that grows (1, 2, 4 ...); never more than twice the window, so placement keeps
-    up with nodes going down and a big file still needs few round trips."""
+    up with nodes going down and a big file still needs few round trips, and never more
+    than one `allocate` may ask for."""
     if remaining_blocks is not None and remaining_blocks > 0:
-        return min(remaining_blocks, 2 * window)
-    return max(1, min(2 * window, allocated or 1))
+        return min(remaining_blocks, 2 * window, MAX_ALLOCATE)
+    return max(1, min(2 * window, allocated or 1, MAX_ALLOCATE))

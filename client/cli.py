@@ -1,19 +1,20 @@
 """The `aegisfs` command line (also `python -m client.cli`): a thin click layer over
 AegisClient. Results go to stdout (raw bytes for `read`); errors go to stderr as one line
 naming the path and the reason, with a non-zero exit code (tracebacks only with --debug).
+
+Which files a put or get moves is transfer_plan.py; how results look is output.py.
+Defaults the flags do not give come from the [client] config section (broker/config.py):
+flag > AEGISFS_CLIENT_* environment > config file.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
@@ -21,7 +22,10 @@ from click.shell_completion import CompletionItem, get_completion_class
 from broker import config as broker_config
 from broker.client import BrokerUnavailable
 
+from . import transfer_plan as plan
 from .api import AegisClient
+from .output import (Progress, describe, emit_json, fsck_lines, human, ls_line, stat_lines,
+                     status_lines)
 
 EXIT_FAILED = 1          # the operation failed (missing file, bad path, unhealthy fsck ...)
 EXIT_USAGE = 2           # click's own code for bad arguments
@@ -43,14 +47,6 @@ class Failure(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"aegisfs: {self.message}", err=True)
-
-
-def describe(exc: OSError) -> str:
-    """'<path>: <reason>' from an OSError, without the '[Errno N]' noise."""
-    reason = exc.strerror or str(exc) or exc.__class__.__name__
-    if exc.filename is not None and str(exc.filename) not in reason:
-        reason = f"{exc.filename}: {reason}"
-    return reason
 
 
 def exit_code_for(exc: OSError) -> int:
@@ -97,17 +93,30 @@ class State:
     timeout: float | None
     config: str | None
     debug: bool
+    _cfg: dict | None = field(default=None, repr=False)
     _fs: AegisClient | None = field(default=None, repr=False)
+
+    @property
+    def cfg(self) -> dict:
+        """The merged configuration (file < environment), loaded once."""
+        if self._cfg is None:
+            try:
+                self._cfg = broker_config.load(self.config)
+            except broker_config.ConfigError as exc:
+                raise Failure(f"configuration: {exc}", EXIT_USAGE) from None
+        return self._cfg
+
+    def option(self, key: str, flag: Any) -> Any:
+        """A [client] setting: the flag when given, else the configuration's."""
+        return flag if flag is not None else self.cfg["client"][key]
 
     @property
     def fs(self) -> AegisClient:
         if self._fs is None:
-            try:
-                cfg = broker_config.load(self.config)
-            except broker_config.ConfigError as exc:
-                raise Failure(f"configuration: {exc}", EXIT_USAGE) from None
-            connect = min(5.0, self.timeout) if self.timeout else 5.0
-            self._fs = AegisClient(self.broker, timeout=self.timeout, config=cfg,
+            connect = float(self.cfg["client"]["connect_timeout"])
+            if self.timeout:        # a short --timeout also bounds reaching the broker
+                connect = min(connect, self.timeout)
+            self._fs = AegisClient(self.broker, timeout=self.timeout, config=self.cfg,
                                    connect_timeout=connect)
         return self._fs
 
@@ -159,61 +168,6 @@ class RemotePath(click.ParamType):
 REMOTE = RemotePath()
 LOCAL_IN = click.Path(allow_dash=True)      # a missing file is reported like any error
 LOCAL_OUT = click.Path(allow_dash=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Output helpers
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def when(ts: Any) -> str:
-    try:
-        return datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "-"
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-class Progress:
-    """A progress bar with rate and ETA on stderr, only when stderr is a terminal."""
-
-    def __init__(self, label: str, enabled: bool) -> None:
-        self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._done = 0
-        self._t0 = time.monotonic()
-
-    def __enter__(self) -> Callable[[int, int | None], None] | None:
-        return self.update if self.enabled else None
-
-    def update(self, done: int, total: int | None) -> None:
-        if self._bar is None:
-            # click's own ETA appears only after a second of samples; ours is there at once
-            self._bar = click.progressbar(length=total or None, label=self.label,
-                                          file=sys.stderr, show_eta=False, show_percent=True,
-                                          item_show_func=lambda s: s)
-            self._bar.__enter__()
-        rate = done / max(1e-6, time.monotonic() - self._t0)
-        info = f"{human(rate)}/s"
-        if total and rate > 0:
-            left = int(max(0, total - done) / rate)
-            info += f"  ETA {left // 3600:d}:{left // 60 % 60:02d}:{left % 60:02d}"
-        self._bar.update(done - self._done, info)
-        self._done = done
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,22 +257,8 @@ def stat(state: State, path: str, as_json: bool) -> None:
                 "entries")
         emit_json({k: info[k] for k in keep if k in info})
         return
-    click.echo(f"path:        {info.get('path', path)}")
-    click.echo(f"type:        {info.get('type')}")
-    click.echo(f"size:        {info.get('size', 0)} bytes ({human(info.get('size', 0))})")
-    click.echo(f"mtime:       {when(info.get('mtime'))}")
-    if info.get("type") != "file":
-        if "entries" in info:
-            click.echo(f"entries:     {info['entries']}")
-        return
-    blocks = info.get("blocks") or []
-    click.echo(f"replication: {info.get('replication')}")
-    click.echo(f"block size:  {info.get('block_size')} bytes ({human(info.get('block_size', 0))})")
-    click.echo(f"blocks:      {len(blocks)}")
-    for i, b in enumerate(blocks):
-        replicas = ",".join(b.get("replicas") or []) or "(none)"
-        click.echo(f"  {i:>4}  {b['id']}  {b['size']:>10}  crc32c {b['checksum']:08x}  "
-                   f"{replicas}")
+    for line in stat_lines(info, path):
+        click.echo(line)
 
 
 @cli.command()
@@ -338,14 +278,7 @@ def ls(state: State, path: str, long: bool, as_json: bool) -> None:
         emit_json(entries)
         return
     for e in entries:
-        name = e["name"] + ("/" if e.get("type") == "dir" else "")
-        if long:
-            kind = "d" if e.get("type") == "dir" else "-"
-            repl = e.get("replication")
-            click.echo(f"{kind} {repl if repl is not None else '-':>3} {e.get('size', 0):>12}  "
-                       f"{when(e.get('mtime'))}  {name}")
-        else:
-            click.echo(name)
+        click.echo(ls_line(e, long))
 
 
 @cli.command()
@@ -370,10 +303,10 @@ def rm(state: State, path: str, recursive: bool) -> None:
 @click.option("--recursive", "-r", is_flag=True, help="Upload directories with their contents.")
 @click.option("--replication", "-R", type=click.IntRange(1, 255), help="Replicas per block.")
 @click.option("--block-size", "-b", type=SizeType(), help="Block size, e.g. 4M or 65536.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on a terminal.")
 @pass_state
 def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
-        replication: int | None, block_size: int | None, progress: bool) -> None:
+        replication: int | None, block_size: int | None, progress: bool | None) -> None:
     """Upload local files to REMOTE. Missing parent directories are created; an existing
     file is replaced atomically.
 
@@ -391,19 +324,19 @@ def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
       aegisfs put -r photos/ notes.txt /backup
     """
     fs = state.fs
-    if len(sources) == 1 and (sources[0] == "-" or not os.path.isdir(sources[0])):
+    progress = state.option("progress", progress)
+    if plan.single_upload(sources):
         local = sources[0]
-        if local != "-" and (remote.endswith("/") or fs.isdir(remote)):
-            remote = remote.rstrip("/") + "/" + Path(local).name
+        remote = plan.upload_target(fs, local, remote)
         src = sys.stdin.buffer if local == "-" else local
         with Progress(f"put {remote}", progress) as bar:
             result = fs.put(src, remote, replication=replication, block_size=block_size,
                             progress=bar)
         click.echo(f"stored {result.get('path', remote)} ({result.get('size', '?')} bytes)")
         return
-    if "-" in sources:
-        raise Failure("put: '-' (stdin) cannot be combined with other sources", EXIT_USAGE)
-    files, empty_dirs = plan_upload(sources, remote, recursive)
+    with planning():
+        files, empty_dirs = plan.plan_upload(sources, remote, recursive,
+                                             warn=lambda m: click.echo(m, err=True))
     total = sum(size for _, _, size in files)
     with Progress(f"put {len(files)} files", progress) as bar:
         outcomes = fs.put_many(((local, dest) for local, dest, _ in files),
@@ -420,6 +353,15 @@ def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
     finish_many("put", outcomes, "stored", remote.rstrip("/") or "/")
 
 
+@contextlib.contextmanager
+def planning() -> Iterator[None]:
+    """A transfer plan that cannot be made is an expected failure (exit 2 for usage)."""
+    try:
+        yield
+    except plan.PlanError as exc:
+        raise Failure(exc.message, EXIT_USAGE if exc.usage else EXIT_FAILED) from None
+
+
 def finish_many(command: str, outcomes: list, verb: str, where: str) -> None:
     """Report a many-file command: each failure on stderr, then what was done, then a
     non-zero exit if any failed."""
@@ -433,55 +375,14 @@ def finish_many(command: str, outcomes: list, verb: str, where: str) -> None:
                       max(exit_code_for(exc) for exc in failed))
 
 
-def plan_upload(sources: tuple[str, ...], remote: str, recursive: bool
-                ) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """(local file, remote path, size) for every file to upload, and the remote
-    directories that would stay empty (they are created too)."""
-    base = remote.rstrip("/")
-    files: list[tuple[str, str, int]] = []
-    empty: list[str] = []
-    for src in sources:
-        name = Path(src).name or Path(os.path.abspath(src)).name
-        if not os.path.isdir(src):
-            try:
-                size = os.stat(src).st_size
-            except OSError as exc:
-                raise Failure(f"put: {describe(exc)}") from None
-            files.append((src, f"{base}/{name}", size))
-            continue
-        if not recursive:
-            raise Failure(f"put: {src}: is a directory (use -r to upload it)", EXIT_USAGE)
-        for top, dirs, names in os.walk(src, onerror=_walk_error):
-            dirs.sort()
-            rel = os.path.relpath(top, src)
-            dest = f"{base}/{name}" + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
-            if not dirs and not names:
-                empty.append(dest)
-            for n in sorted(names):
-                local = os.path.join(top, n)
-                try:
-                    st = os.stat(local)
-                except OSError as exc:
-                    raise Failure(f"put: {describe(exc)}") from None
-                if not os.path.isfile(local):
-                    click.echo(f"aegisfs: put: skipping {local}: not a regular file", err=True)
-                    continue
-                files.append((local, f"{dest}/{n}", st.st_size))
-    return files, empty
-
-
-def _walk_error(exc: OSError) -> None:
-    raise Failure(f"put: {describe(exc)}")
-
-
 @cli.command()
 @click.argument("remotes", nargs=-1, required=True, type=REMOTE)
 @click.argument("local", type=LOCAL_OUT)
 @click.option("--recursive", "-r", is_flag=True, help="Download directories with their contents.")
-@click.option("--progress/--no-progress", default=True, help="Progress bar on a terminal.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on a terminal.")
 @pass_state
 def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
-        progress: bool) -> None:
+        progress: bool | None) -> None:
     """Download files from AegisFS. A local file appears only once complete and verified.
 
     With one REMOTE file, LOCAL is the file to write ('-' for stdout; a directory receives
@@ -495,14 +396,14 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
       aegisfs get -r /backup/photos ./restore
     """
     fs = state.fs
-    if len(remotes) == 1 and not (recursive and fs.isdir(remotes[0])):
+    progress = state.option("progress", progress)
+    if plan.single_download(fs, remotes, recursive):
         remote = remotes[0]
         if local == "-":
             fs.get(remote, sys.stdout.buffer)
             sys.stdout.buffer.flush()
             return
-        if os.path.isdir(local):
-            local = os.path.join(local, remote.rstrip("/").rsplit("/", 1)[-1])
+        local = plan.download_target(remote, local)
         with Progress(f"get {remote}", progress) as bar:
             try:
                 n = fs.get(remote, local, progress=bar)
@@ -511,9 +412,8 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
                               EXIT_USAGE) from None
         click.echo(f"wrote {local} ({n} bytes)")
         return
-    if local == "-":
-        raise Failure("get: several files cannot go to stdout", EXIT_USAGE)
-    files, dirs, missing = plan_download(fs, remotes, local, recursive)
+    with planning():
+        files, dirs, missing = plan.plan_download(fs, remotes, local, recursive)
     for d in dirs:
         os.makedirs(d, exist_ok=True)
     total = sum(size for _, _, size in files)
@@ -521,38 +421,6 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
         outcomes = fs.get_many(((remote, dest) for remote, dest, _ in files), errors="return",
                                progress=(lambda n, done: bar(done, total)) if bar else None)
     finish_many("get", outcomes + missing, "wrote", local)
-
-
-def plan_download(fs: AegisClient, remotes: tuple[str, ...], local: str, recursive: bool
-                  ) -> tuple[list[tuple[str, str, int]], list[str], list[OSError]]:
-    """(remote file, local path, size) for every file to download, the local directories
-    to create (parents first), and the errors of REMOTEs that cannot be looked at."""
-    files: list[tuple[str, str, int]] = []
-    dirs = [local]
-    missing: list[OSError] = []
-    for remote in remotes:
-        name = remote.rstrip("/").rsplit("/", 1)[-1] or "root"
-        try:
-            info = fs.stat(remote)
-        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            missing.append(exc)
-            continue
-        if info["type"] != "dir":
-            files.append((remote, os.path.join(local, name), int(info["size"])))
-            continue
-        if not recursive:
-            raise Failure(f"get: {remote}: is a directory (use -r to download it)", EXIT_USAGE)
-        stack = [(remote.rstrip("/") or "/", os.path.join(local, name))]
-        while stack:
-            top, dest = stack.pop()
-            dirs.append(dest)
-            for entry in sorted(fs.ls(top, detail=True), key=lambda e: e["name"]):
-                child = top.rstrip("/") + "/" + entry["name"]
-                if entry["type"] == "dir":
-                    stack.append((child, os.path.join(dest, entry["name"])))
-                else:
-                    files.append((child, os.path.join(dest, entry["name"]), int(entry["size"])))
-    return files, dirs, missing
 
 
 @cli.command()
@@ -617,29 +485,8 @@ def status(state: State, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    nodes = info.get("nodes") or []
-    click.echo(f"{'NODE':<12} {'STATE':<6} {'CAPACITY':>11} {'USED':>11} {'BLOCKS':>8}")
-    for n in nodes:
-        click.echo(f"{n.get('id', '?'):<12} {n.get('state', '?'):<6} "
-                   f"{human(n.get('capacity') or 0):>11} {human(n.get('used') or 0):>11} "
-                   f"{n.get('blocks', 0):>8}")
-    up = sum(1 for n in nodes if n.get("state") == "up")
-    click.echo(f"datanodes: {up} up / {len(nodes)}   files: {info.get('files', '?')}   "
-               f"dirs: {info.get('dirs', '?')}   blocks: {info.get('blocks', '?')}")
-    for line in _health_lines(info.get("health")):
+    for line in status_lines(info):
         click.echo(line)
-
-
-def _health_lines(health: Any) -> Iterator[str]:
-    if isinstance(health, dict):
-        yield "health: " + "   ".join(f"{k.replace('_', ' ')}: {_count(v)}"
-                                      for k, v in health.items())
-    elif health is not None:
-        yield f"health: {health}"
-
-
-def _count(v: Any) -> Any:
-    return len(v) if isinstance(v, (list, tuple, dict)) else v
 
 
 @cli.command()
@@ -660,26 +507,10 @@ def fsck(state: State, as_json: bool, repair: bool) -> None:
     if as_json:
         emit_json({**report, "healthy": healthy})
     else:
-        click.echo("HEALTHY" if healthy else "UNHEALTHY")
-        for key in ("missing", "under_replicated", "corrupt", "orphans"):
-            items = report.get(key)
-            if items is None:
-                continue
-            click.echo(f"  {key.replace('_', '-'):<17} {_count(items)}")
-            if isinstance(items, (list, tuple)):
-                for item in items[:10]:
-                    click.echo(f"      {item if not isinstance(item, dict) else _brief(item)}")
-                if len(items) > 10:
-                    click.echo(f"      ... {len(items) - 10} more")
-        for key, value in report.items():
-            if key not in ("healthy", "missing", "under_replicated", "corrupt", "orphans"):
-                click.echo(f"  {key.replace('_', '-'):<17} {_count(value)}")
+        for line in fsck_lines(report, healthy):
+            click.echo(line)
     if not healthy:
         raise click.exceptions.Exit(EXIT_FAILED)
-
-
-def _brief(item: dict) -> str:
-    return "  ".join(f"{k}={v}" for k, v in item.items())
 
 
 @cli.command()

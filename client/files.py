@@ -10,8 +10,10 @@ import io
 import logging
 from typing import Any, Iterator
 
+from broker.limits import MDS_SERVICE
+
 from .blocks import Piece, Suspects
-from .streams import MDS, BlockReader, BlockWriter, Mux
+from .streams import BlockReader, BlockWriter, Mux
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class ReadFile(io.RawIOBase):
         """ESTALE if block i failed because the file was replaced or removed since open
         (its old blocks are deleted once the MDS's delete grace has passed)."""
         try:
-            info = self._mux.call(MDS, {"op": "stat", "path": self.name}).result
+            info = self._mux.call(MDS_SERVICE, {"op": "stat", "path": self.name}).result
         except FileNotFoundError:
             return OSError(errno.ESTALE, f"{self.name} was removed while open")
         except OSError:

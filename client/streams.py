@@ -17,7 +17,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import crc32c
 
+from broker import protocol as P
 from broker.client import BrokerUnavailable, Client, Reply
+from broker.limits import MDS_SERVICE, datanode_service
 
 from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, block_ranges,
                      reason_of, renew_period, replica_order)
@@ -26,7 +28,6 @@ log = logging.getLogger(__name__)
 
 BAD_REPLICA_ERRNOS = frozenset({errno.ENOENT, errno.EIO, errno.EBADMSG})
 
-MDS = "mds"
 Progress = Callable[[int], None]        # called with the bytes just finished
 
 
@@ -39,9 +40,18 @@ def name_error(exc: OSError, path: str | None) -> OSError:
     return exc
 
 
-def dn(node: str) -> str:
-    """The broker service name of a DataNode."""
-    return f"dn.{node}"
+def draft_geometry(created: dict) -> tuple[int, int]:
+    """(replication, block size) of a new draft, from the MDS's create reply: the values the
+    caller asked for, or the cluster's defaults when it asked for none."""
+    try:
+        replication, block_size = int(created["replication"]), int(created["block_size"])
+    except (KeyError, TypeError, ValueError):
+        raise P.ProtocolError("the MDS's create reply has no valid replication and "
+                              "block_size") from None
+    if replication < 1 or block_size < 1:
+        raise P.ProtocolError(f"the MDS's create reply has replication {replication}, "
+                              f"block_size {block_size}")
+    return replication, block_size
 
 
 class BufferPool:
@@ -147,8 +157,7 @@ class BlockWriter:
         self.mux = mux
         self.path = path
         self.handle = created["handle"]
-        self.block_size = int(created["block_size"])
-        self.replication = int(created["replication"])
+        self.replication, self.block_size = draft_geometry(created)
         self.timeout = timeout
         self.window: OrderedWindow[dict] = OrderedWindow(window)
         self.progress = progress
@@ -183,9 +192,7 @@ class BlockWriter:
             # the MDS allocates the first blocks with the create: one round trip (and one
             # MDS fsync) less per file, which is most of the cost of small files
             header["size"] = kw["size_hint"]
-        created = mux.call(MDS, header).result
-        created.setdefault("replication", replication or 1)
-        created.setdefault("block_size", block_size or 4 * 1024 * 1024)
+        created = mux.call(MDS_SERVICE, header).result
         return cls(mux, path, created, **kw)
 
     # -- feeding -------------------------------------------------------------------------
@@ -229,7 +236,7 @@ class BlockWriter:
                     raise
                 # our suspects may be back and needed to place R replicas: ask again
                 got = self._mds({"op": "allocate", "handle": self.handle, "count": count})
-            self._renew_at = time.monotonic() + self._renew_every   # allocate renews
+            self._renewed(got)                                      # allocate renews
             for b in got["blocks"]:
                 self._alloc.append((bytes(b["id"]), list(b.get("nodes") or [])))
             self._allocated += len(got["blocks"])
@@ -244,7 +251,7 @@ class BlockWriter:
     def _send(self, task: _PutBlock) -> None:
         header = {"op": "put_block", "id": task.id, "checksum": task.checksum}
         for node in task.replicas.take_queue():
-            rid = self.mux.send(self, dn(node), header, [task.data], self.timeout)
+            rid = self.mux.send(self, datanode_service(node), header, [task.data], self.timeout)
             task.rids[rid] = node
             self._tasks[rid] = task
 
@@ -318,8 +325,7 @@ class BlockWriter:
     def _pump(self, block: bool) -> None:
         """Handle the replies that are in (block: wait for at least one); renew the lease."""
         if time.monotonic() >= self._renew_at:
-            self._mds({"op": "renew", "handle": self.handle})
-            self._renew_at = time.monotonic() + self._renew_every
+            self._renewed(self._mds({"op": "renew", "handle": self.handle}))
         wait = max(0.0, self._renew_at - time.monotonic()) if block else 0.0
         reply = self.mux.next(self, wait)
         while reply is not None:
@@ -328,9 +334,15 @@ class BlockWriter:
         if block and not self._tasks and self.window.full():
             raise RuntimeError("write window is full with nothing in flight")   # a bug
 
+    def _renewed(self, reply: dict) -> None:
+        """The lease was just extended; a reply that says for how long sets the period."""
+        if "lease" in reply:
+            self._renew_every = renew_period(reply["lease"])
+        self._renew_at = time.monotonic() + self._renew_every
+
     def _mds(self, header: dict) -> dict:
         try:
-            return self.mux.call(MDS, header).result
+            return self.mux.call(MDS_SERVICE, header).result
         except OSError as exc:
             raise name_error(exc, self.path)
 
@@ -362,7 +374,7 @@ class BlockWriter:
         self._tasks.clear()
         self._give_buffers()
         try:
-            self.mux.call(MDS, {"op": "abort", "handle": self.handle}, timeout=5.0)
+            self.mux.call(MDS_SERVICE, {"op": "abort", "handle": self.handle}, timeout=5.0)
         except OSError as exc:
             log.warning("%s: could not abort draft %s: %s", self.path, self.handle, exc)
 
@@ -442,7 +454,7 @@ class BlockReader:
         header: dict[str, Any] = {"op": "get_block", "id": task.block["id"]}
         if not task.piece.whole:
             header.update(offset=task.piece.offset, length=task.piece.length)
-        rid = self.mux.send(self, dn(node), header, (), self.timeout)
+        rid = self.mux.send(self, datanode_service(node), header, (), self.timeout)
         self._tasks[rid] = task
         task.tried.append(node)
 
@@ -484,7 +496,7 @@ class BlockReader:
 
     def _report(self, block_id: bytes, node: str, reason: str) -> None:
         try:
-            self.mux.call(MDS, {"op": "bad_replica", "block": block_id, "node": node,
+            self.mux.call(MDS_SERVICE, {"op": "bad_replica", "block": block_id, "node": node,
                                 "reason": reason}, timeout=5.0)
         except OSError as exc:
             log.warning("could not report bad replica %s on %s: %s", bytes(block_id).hex(),

@@ -15,7 +15,6 @@ import posixpath
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +29,8 @@ import streamlit as st  # noqa: E402
 
 from broker import config  # noqa: E402
 from client.api import AegisClient  # noqa: E402
+from client.output import CLOCK  # noqa: E402
+from client.output import when as format_time  # noqa: E402
 from viz import preview as pv  # noqa: E402
 from viz.feed import Feed, shared_feed  # noqa: E402
 from viz.graph import file_dot  # noqa: E402
@@ -85,7 +86,8 @@ def guarded(what: str) -> Iterator[None]:
 
 
 def when(ts: float | None) -> str:
-    return "–" if not ts else datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+    """A wall-clock time of today's activity; "–" for none."""
+    return "–" if not ts else format_time(ts, CLOCK, missing="–")
 
 
 def count(value: Any) -> int:
@@ -190,7 +192,7 @@ def render_events(events: str, feed: Feed, v: View) -> None:
         st.markdown("**Recent events**")
         if v.recent:
             st.table(pd.DataFrame([{
-                "time": datetime.fromtimestamp(e.received).strftime("%H:%M:%S.%f")[:-3],
+                "time": format_time(e.received, CLOCK + ".%f")[:-3],
                 "topic": e.topic, "from": e.src, "seq": e.seq,
                 "detail": e.summary()} for e in v.recent]).set_index("time"))
         else:
@@ -214,7 +216,7 @@ def render_counters(v: View) -> None:
 
 def render_bytes_chart(v: View) -> None:
     st.markdown("**Bytes committed per node** (10 s buckets, last 5 min)")
-    rows = [{"time": datetime.fromtimestamp(t).strftime("%H:%M:%S"), "node": node,
+    rows = [{"time": format_time(t, CLOCK), "node": node,
              "MiB": n / 2**20} for t, per_node in v.buckets for node, n in per_node.items()]
     if not any(r["MiB"] for r in rows):
         st.caption("No block commits in the last 5 minutes.")

@@ -12,6 +12,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from client.output import human as human_bytes  # sizes read as in the CLI: one helper
+
 log = logging.getLogger(__name__)
 
 # Fields every event body carries; the rest is the event's own payload.
@@ -232,15 +234,6 @@ class VizState:
 
 def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
-
-
-def human_bytes(n: int | float) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def short_id(block: Any, length: int = 8) -> str:

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from client.api import AegisClient, _abs, _known_size, _read_full
+from client.api import AegisClient, _abs
 from client.streams import name_error
 from broker.client import BrokerUnavailable
 
@@ -41,26 +41,6 @@ def test_errors_name_the_path_once():
     assert exc.filename is None                     # already named by the MDS
     exc = name_error(BrokerUnavailable(errno.ECONNREFUSED, "cannot reach the broker"), "/x")
     assert exc.filename is None                     # about the cluster, not the file
-
-
-def test_read_full_and_known_size():
-    src = io.BytesIO(b"abcdefghij")
-    src.read(3)
-    assert _known_size(src) == 7
-    buf = memoryview(bytearray(4))
-    assert _read_full(src, buf) == 4 and bytes(buf) == b"defg"
-    assert _read_full(src, buf) == 3 and bytes(buf[:3]) == b"hij"
-
-    class Pipe:                                   # no readinto, no seek, short reads
-        def __init__(self):
-            self.chunks = [b"ab", b"c", b"", b"x"]
-
-        def read(self, n):
-            return self.chunks.pop(0)[:n]
-
-    assert _known_size(Pipe()) is None
-    buf = memoryview(bytearray(8))
-    assert _read_full(Pipe(), buf) == 3 and bytes(buf[:3]) == b"abc"
 
 
 class Versions(AegisClient):

@@ -241,7 +241,11 @@ def test_done_callback_sees_every_outcome_in_order():
 
 @pytest.mark.parametrize("size", [B.SMALL_FILE_MAX, B.SMALL_FILE_MAX + 1])
 def test_small_source_limit(size, tmp_path):
-    from client.api import _small_source
+    from client.localio import small_source
+
+    def _small_source(src):
+        return small_source(src, B.SMALL_FILE_MAX)
+
     data = b"x" * size
     (tmp_path / "f").write_bytes(data)
     expect = data if size <= B.SMALL_FILE_MAX else None

@@ -258,13 +258,15 @@ def test_reason_of_maps_errors_to_short_words():
 
 # -- lease and allocation pacing --------------------------------------------------------
 
-def test_renew_period_accepts_durations_and_deadlines():
+def test_renew_period_reads_seconds_remaining():
     assert renew_period(60.0) == 20.0
     assert renew_period(6.0) == 2.0
     assert renew_period(1.0) == 1.0                       # never busier than once a second
-    assert renew_period(1.7e9 + 90, now_wall=1.7e9) == 20.0
-    assert renew_period(1.7e9 + 6, now_wall=1.7e9) == 2.0
-    assert renew_period(None) == 10.0
+    assert renew_period(90) == 20.0                       # ints too: msgpack keeps the type
+    # only one meaning: a large value is a long lease, never mistaken for a deadline
+    assert renew_period(1.7e9) == 20.0
+    for unusable in (None, 0, -5.0, True, "60"):
+        assert renew_period(unusable) == 10.0
 
 
 def test_alloc_batch_exact_when_size_known_else_growing():
@@ -273,3 +275,9 @@ def test_alloc_batch_exact_when_size_known_else_growing():
     assert alloc_batch(10_000, 8, 0) == 16
     assert [alloc_batch(None, 8, a) for a in (0, 1, 2, 4, 8, 16, 64)] == [1, 1, 2, 4, 8, 16, 16]
     assert alloc_batch(0, 8, 3) == 3     # the file grew past its known size
+
+
+def test_alloc_batch_never_asks_past_the_mds_limit():
+    from broker.limits import MAX_ALLOCATE
+    assert alloc_batch(10 * MAX_ALLOCATE, 4096, 0) == MAX_ALLOCATE
+    assert alloc_batch(None, 4096, 10 * MAX_ALLOCATE) == MAX_ALLOCATE

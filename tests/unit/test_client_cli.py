@@ -105,3 +105,20 @@ def test_expected_errors_name_the_command_and_path(monkeypatch):
     result = CliRunner().invoke(cli, ["--broker", "tcp://127.0.0.1:1", "ls", "/gone"])
     assert result.exit_code == 1
     assert result.output.strip() == "aegisfs: ls: /gone: No such file or directory"
+
+
+def test_client_defaults_come_from_the_config_flags_first(tmp_path, monkeypatch):
+    from client.cli import State
+    toml = tmp_path / "c.toml"
+    toml.write_text("[client]\ntimeout = 7.0\nconnect_timeout = 4.0\nprogress = false\n")
+    monkeypatch.delenv("AEGISFS_CLIENT_PROGRESS", raising=False)
+    state = State("tcp://127.0.0.1:1", None, str(toml), False)
+    assert (state.fs.timeout, state.fs.connect_timeout) == (7.0, 4.0)     # config
+    assert state.option("progress", None) is False
+    assert state.option("progress", True) is True                          # flag wins
+    monkeypatch.setenv("AEGISFS_CLIENT_PROGRESS", "1")
+    monkeypatch.setenv("AEGISFS_CLIENT_CONNECT_TIMEOUT", "3")
+    state = State("tcp://127.0.0.1:1", 2.0, str(toml), False)
+    assert state.option("progress", None) is True                          # env over file
+    assert (state.fs.timeout, state.fs.connect_timeout) == (2.0, 2.0)     # --timeout bounds it
+    state.close()

@@ -312,3 +312,39 @@ def test_write_file_aborts_on_exception():
             raise RuntimeError("boom")
     assert fake.committed is None
     assert fake.calls[-1]["op"] == "abort"
+
+
+# -- defaults and the lease come from the MDS -------------------------------------------
+
+def test_a_writer_without_replication_or_block_size_takes_the_clusters():
+    fake = FakeCluster()
+    w = BlockWriter.create(fake, "/f", size_hint=10)
+    create = fake.calls[0]
+    assert "replication" not in create and "block_size" not in create   # the client sends none
+    assert (w.replication, w.block_size) == (2, BS)                       # the reply decides
+    w.abort()
+
+
+@pytest.mark.parametrize("reply", [{"handle": "h"}, {"handle": "h", "replication": 2},
+                                   {"handle": "h", "replication": 0, "block_size": BS}])
+def test_a_create_reply_without_geometry_is_a_protocol_error(reply):
+    class NoGeometry(FakeCluster):
+        def call(self, service, header, payload=(), timeout=None):
+            if header["op"] == "create":
+                return Reply(0, service, dict(reply))
+            return super().call(service, header, payload, timeout)
+
+    with pytest.raises(OSError) as exc:
+        BlockWriter.create(NoGeometry(), "/f")
+    assert exc.value.errno == errno.EPROTO
+
+
+def test_the_renew_period_follows_the_lease_the_mds_reports(monkeypatch):
+    fake = FakeCluster()
+    w = BlockWriter.create(fake, "/f")               # create says 60 s left: renew every 20
+    assert w._renew_every == 20.0
+    w._renewed({"lease": 6.0})                       # a renew (or allocate) reply: 6 s left
+    assert w._renew_every == 2.0
+    w._renewed({"blocks": []})                       # a reply without a lease keeps the period
+    assert w._renew_every == 2.0
+    w.abort()

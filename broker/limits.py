@@ -1,0 +1,30 @@
+"""Protocol constants every role shares: service names and the wire limits of requests.
+
+The one place these numbers live; a server enforces them and a client sizes its requests
+by them. No imports from mds/, datanode/ or client/ (they all import this).
+"""
+from __future__ import annotations
+
+from .protocol import DEFAULT_MAX_HEADER
+
+__all__ = ["MDS_SERVICE", "DATANODE_PREFIX", "datanode_service", "MAX_BATCH", "MAX_PUT_MANY",
+           "FIRST_ALLOCATION", "MAX_ALLOCATE", "MAX_HEADER", "LEASE_UNIT"]
+
+MDS_SERVICE = "mds"
+DATANODE_PREFIX = "dn."
+
+
+def datanode_service(node_id: str) -> str:
+    """The broker service name of the DataNode `node_id` ("dn1" -> "dn.dn1")."""
+    return f"{DATANODE_PREFIX}{node_id}"
+
+
+MAX_BATCH = 256            # operations in one MDS `batch` request
+MAX_PUT_MANY = 256         # blocks in one DataNode `put_blocks` request
+FIRST_ALLOCATION = 16      # blocks the MDS allocates with a `create` that gives the size
+MAX_ALLOCATE = 1024        # blocks one `allocate` request may ask for
+MAX_HEADER = DEFAULT_MAX_HEADER   # bytes of msgpack header a peer accepts by default
+
+# `lease` in the MDS's create, allocate and renew replies: the seconds the draft has left
+# (a duration, not a deadline, so client and MDS clocks need not agree).
+LEASE_UNIT = "seconds remaining"

@@ -1,0 +1,164 @@
+"""What people read: human sizes and times, error wording, JSON output, the status and fsck
+tables, and the progress bar. Shared by the CLI and the visualizer (viz/), so both say
+"1.5 KiB" and format times the same way; the formatting helpers are pure.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any, Callable, Iterator
+
+import click
+
+DATE_TIME = "%Y-%m-%d %H:%M:%S"
+CLOCK = "%H:%M:%S"
+FSCK_LISTS = ("missing", "under_replicated", "corrupt", "orphans")
+
+
+# ---------------------------------------------------------------------------------------
+# Pure formatting
+
+def human(n: float) -> str:
+    """A byte count for people: "0 B", "1023 B", "1.5 KiB" ... "3.0 TiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def when(ts: Any, fmt: str = DATE_TIME, missing: str = "-") -> str:
+    """A unix time in local time, or `missing` when it is not a usable time."""
+    try:
+        return datetime.fromtimestamp(float(ts)).strftime(fmt)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return missing
+
+
+def describe(exc: OSError) -> str:
+    """'<path>: <reason>' from an OSError, without the '[Errno N]' noise."""
+    reason = exc.strerror or str(exc) or exc.__class__.__name__
+    if exc.filename is not None and str(exc.filename) not in reason:
+        reason = f"{exc.filename}: {reason}"
+    return reason
+
+
+def count(v: Any) -> Any:
+    """Health entries are counts from `status` and lists from `fsck`: show a number."""
+    return len(v) if isinstance(v, (list, tuple, dict)) else v
+
+
+def stat_lines(info: dict, path: str) -> Iterator[str]:
+    """`stat`: size, type, mtime; for a file also replication, block size and one row per
+    block (index, id, size, CRC32C, replicas)."""
+    yield f"path:        {info.get('path', path)}"
+    yield f"type:        {info.get('type')}"
+    yield f"size:        {info.get('size', 0)} bytes ({human(info.get('size', 0))})"
+    yield f"mtime:       {when(info.get('mtime'))}"
+    if info.get("type") != "file":
+        if "entries" in info:
+            yield f"entries:     {info['entries']}"
+        return
+    blocks = info.get("blocks") or []
+    yield f"replication: {info.get('replication')}"
+    yield f"block size:  {info.get('block_size')} bytes ({human(info.get('block_size', 0))})"
+    yield f"blocks:      {len(blocks)}"
+    for i, b in enumerate(blocks):
+        replicas = ",".join(b.get("replicas") or []) or "(none)"
+        yield (f"  {i:>4}  {b['id']}  {b['size']:>10}  crc32c {b['checksum']:08x}  "
+               f"{replicas}")
+
+
+def ls_line(e: dict, long: bool) -> str:
+    """One `ls` entry: its name (directories end with '/'); with long, type, replication,
+    size and mtime before it."""
+    name = e["name"] + ("/" if e.get("type") == "dir" else "")
+    if not long:
+        return name
+    kind = "d" if e.get("type") == "dir" else "-"
+    repl = e.get("replication")
+    return (f"{kind} {repl if repl is not None else '-':>3} {e.get('size', 0):>12}  "
+            f"{when(e.get('mtime'))}  {name}")
+
+
+def status_lines(info: dict) -> Iterator[str]:
+    """The `status` table: one row per DataNode, a totals line, the health line."""
+    nodes = info.get("nodes") or []
+    yield f"{'NODE':<12} {'STATE':<6} {'CAPACITY':>11} {'USED':>11} {'BLOCKS':>8}"
+    for n in nodes:
+        yield (f"{n.get('id', '?'):<12} {n.get('state', '?'):<6} "
+               f"{human(n.get('capacity') or 0):>11} {human(n.get('used') or 0):>11} "
+               f"{n.get('blocks', 0):>8}")
+    up = sum(1 for n in nodes if n.get("state") == "up")
+    yield (f"datanodes: {up} up / {len(nodes)}   files: {info.get('files', '?')}   "
+           f"dirs: {info.get('dirs', '?')}   blocks: {info.get('blocks', '?')}")
+    health = info.get("health")
+    if isinstance(health, dict):
+        yield "health: " + "   ".join(f"{k.replace('_', ' ')}: {count(v)}"
+                                      for k, v in health.items())
+    elif health is not None:
+        yield f"health: {health}"
+
+
+def fsck_lines(report: dict, healthy: bool) -> Iterator[str]:
+    """The `fsck` report: the verdict, each problem list (first 10 items), other counts."""
+    yield "HEALTHY" if healthy else "UNHEALTHY"
+    for key in FSCK_LISTS:
+        items = report.get(key)
+        if items is None:
+            continue
+        yield f"  {key.replace('_', '-'):<17} {count(items)}"
+        if isinstance(items, (list, tuple)):
+            for item in items[:10]:
+                yield f"      {item if not isinstance(item, dict) else _brief(item)}"
+            if len(items) > 10:
+                yield f"      ... {len(items) - 10} more"
+    for key, value in report.items():
+        if key != "healthy" and key not in FSCK_LISTS:
+            yield f"  {key.replace('_', '-'):<17} {count(value)}"
+
+
+def _brief(item: dict) -> str:
+    return "  ".join(f"{k}={v}" for k, v in item.items())
+
+
+# ---------------------------------------------------------------------------------------
+# Terminal output
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class Progress:
+    """A progress bar with rate and ETA on stderr, only when stderr is a terminal."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._done = 0
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> Callable[[int, int | None], None] | None:
+        return self.update if self.enabled else None
+
+    def update(self, done: int, total: int | None) -> None:
+        if self._bar is None:
+            # click's own ETA appears only after a second of samples; ours is there at once
+            self._bar = click.progressbar(length=total or None, label=self.label,
+                                          file=sys.stderr, show_eta=False, show_percent=True,
+                                          item_show_func=lambda s: s)
+            self._bar.__enter__()
+        rate = done / max(1e-6, time.monotonic() - self._t0)
+        info = f"{human(rate)}/s"
+        if total and rate > 0:
+            left = int(max(0, total - done) / rate)
+            info += f"  ETA {left // 3600:d}:{left // 60 % 60:02d}:{left % 60:02d}"
+        self._bar.update(done - self._done, info)
+        self._done = done
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

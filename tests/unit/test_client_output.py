@@ -1,0 +1,42 @@
+"""What the CLI (and the visualizer) print: sizes, times, and the status and fsck tables."""
+from __future__ import annotations
+
+import errno
+
+from client import output
+
+
+def test_human_sizes_and_times():
+    assert output.human(0) == "0 B" and output.human(1536) == "1.5 KiB"
+    assert output.human(3 * 2**40) == "3.0 TiB"
+    assert output.when(None) == "-" and output.when("soon", missing="–") == "–"
+    assert len(output.when(0)) == len("1970-01-01 00:00:00")
+    assert len(output.when(0, output.CLOCK)) == len("00:00:00")
+
+
+def test_describe_names_the_path_once():
+    exc = FileNotFoundError(errno.ENOENT, "No such file or directory")
+    exc.filename = "/b"
+    assert output.describe(exc) == "/b: No such file or directory"
+
+
+def test_status_table():
+    lines = list(output.status_lines({
+        "nodes": [{"id": "dn1", "state": "up", "capacity": 2048, "used": 1024, "blocks": 3},
+                  {"id": "dn2", "state": "down"}],
+        "files": 2, "dirs": 1, "blocks": 3, "health": {"under_replicated": [1, 2]}}))
+    assert lines[0].split() == ["NODE", "STATE", "CAPACITY", "USED", "BLOCKS"]
+    assert lines[1].split() == ["dn1", "up", "2.0", "KiB", "1.0", "KiB", "3"]
+    assert lines[3].startswith("datanodes: 1 up / 2")
+    assert lines[4] == "health: under replicated: 2"
+
+
+def test_fsck_report_lists_at_most_ten_items():
+    lines = list(output.fsck_lines({"healthy": False, "missing": list(range(12)),
+                                    "corrupt": [{"block": "ab", "node": "dn1"}],
+                                    "scanned": 40}, healthy=False))
+    assert lines[0] == "UNHEALTHY"
+    assert lines[1].split() == ["missing", "12"]
+    assert lines[12] == "      ... 2 more"
+    assert "block=ab  node=dn1" in lines[14]
+    assert lines[-1].split() == ["scanned", "40"]
