@@ -23,7 +23,7 @@ from typing import Sequence
 
 import crc32c
 
-from datanode.packs import BlockCorrupt
+from datanode.blocks import BlockCorrupt
 
 MAGIC = b"AEGISBLK"
 VERSION = 1

@@ -78,9 +78,8 @@ import re
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
 import crc32c
 
@@ -88,8 +87,8 @@ from datanode.blockfile import (FOOTER_SIZE, MAX_CHUNK, Meta, checksums, decode_
                                 encode_tail, pread_into, shift_for)
 from datanode.blockid import parse_block_id
 from datanode.fileio import write_all
-# BlockCorrupt lives in packs.py (both modules raise it; store imports packs, not the reverse).
-from datanode.packs import DEFAULT_PACK_SIZE, BlockCorrupt, CompactStats, PackLog, PackStats
+from datanode.blocks import BlockCorrupt, BlockInfo, Capacity, CompactStats, PackStats, Usage
+from datanode.packs import DEFAULT_PACK_SIZE, PackLog
 
 __all__ = ["FOOTER_SIZE", "BlockCorrupt", "BlockInfo", "BlockStore", "Capacity", "CompactStats",
            "PackStats", "Usage"]
@@ -100,23 +99,6 @@ _VERIFY_BUF = 1 << 20  # check() streams through a buffer this size instead of t
 _BLOCK_NAME = re.compile(r"([0-9a-f]{32})\.blk")
 _FANOUT_NAME = re.compile(r"[0-9a-f]{2}")
 _LOCK_STRIPES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class BlockInfo:
-    id: str
-    size: int
-    crc: int
-
-
-class Usage(NamedTuple):
-    blocks: int
-    bytes_used: int
-
-
-class Capacity(NamedTuple):
-    total: int
-    free: int
 
 
 class BlockStore:

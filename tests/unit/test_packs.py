@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from datanode.blockid import new_block_id
-from datanode.packs import HEADER_SIZE, BlockCorrupt, PackLog
+from datanode.blocks import BlockCorrupt
+from datanode.packformat import HEADER_SIZE
+from datanode.packs import PackLog
 from datanode.scrub import Scrubber
 from datanode.store import BlockInfo, BlockStore
 
@@ -577,15 +579,15 @@ def test_delete_racing_compaction_is_not_undone(tmp_path: Path,
         put(log, bid, bid.encode() * 8)  # 256 bytes: three records per pack
     victim, survivor = ids[0], ids[1]
     log.delete_many([ids[2]])  # pack 1 now has garbage, and two live blocks to move
-    real_copy = PackLog._copy
+    real_move = PackLog.move
 
-    def copy_after_a_delete(self: PackLog, pack: object, batch: list) -> object:
+    def move_after_a_delete(self: PackLog, pack: object, batch: list) -> object:
         # The compaction has picked the live records; a client deletes one just now.
         if victim in self:
             assert self.delete_many([victim]) == [True]
-        return real_copy(self, pack, batch)
+        return real_move(self, pack, batch)
 
-    monkeypatch.setattr(PackLog, "_copy", copy_after_a_delete)
+    monkeypatch.setattr(PackLog, "move", move_after_a_delete)
     assert log.compact(0.3).packs_removed >= 1
     assert log.get(victim) is None and log.get(survivor) == survivor.encode() * 8
     log.close()
