@@ -1,6 +1,7 @@
 """The DataNode's block vocabulary: what a stored block is, and the errors and counters
 every storage module speaks (BlockInfo, BlockCorrupt, Usage, Capacity, PackStats, CompactStats).
 
+Block ids are 16 raw bytes here as everywhere in the DataNode; messages show them in hex.
 No I/O. The storage modules import this one; it imports none of them.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple
 
 @dataclass(frozen=True, slots=True)
 class BlockInfo:
-    id: str
+    id: bytes
     size: int
     crc: int
 
@@ -20,8 +21,8 @@ class BlockInfo:
 class BlockCorrupt(OSError):
     """A stored block failed verification or could not be read back (errno EIO)."""
 
-    def __init__(self, block_id: str, reason: str) -> None:
-        super().__init__(errno.EIO, f"block {block_id} is corrupt: {reason}")
+    def __init__(self, block_id: bytes, reason: str) -> None:
+        super().__init__(errno.EIO, f"block {block_id.hex()} is corrupt: {reason}")
         self.block_id = block_id
         self.reason = reason
 
@@ -54,20 +55,20 @@ class CompactStats(NamedTuple):
         return self.bytes_freed - self.bytes_copied
 
 
-def different_content(bid: str, have_size: int, have_crc: int, size: int,
+def different_content(bid: bytes, have_size: int, have_crc: int, size: int,
                       crc: int) -> FileExistsError:
     """The error of a put whose id is already stored with other content."""
     return FileExistsError(errno.EEXIST, (
-        f"block {bid} already exists with different content (stored: size {have_size} "
+        f"block {bid.hex()} already exists with different content (stored: size {have_size} "
         f"crc {have_crc:#010x}; new: size {size} crc {crc:#010x})"))
 
 
-def checksum_mismatch(bid: str, expected: int, got: int) -> OSError:
+def checksum_mismatch(bid: bytes, expected: int, got: int) -> OSError:
     """The error of a put whose data does not have the CRC the sender announced."""
-    return OSError(errno.EBADMSG, f"checksum mismatch for block {bid}: "
+    return OSError(errno.EBADMSG, f"checksum mismatch for block {bid.hex()}: "
                    f"expected {expected:#010x}, received data has {got:#010x}")
 
 
-def cannot_store(bid: str, exc: OSError) -> OSError:
+def cannot_store(bid: bytes, exc: OSError) -> OSError:
     """A write failure of one block, its errno kept and the block named."""
-    return OSError(exc.errno, f"cannot store block {bid}: {exc.strerror or exc}")
+    return OSError(exc.errno, f"cannot store block {bid.hex()}: {exc.strerror or exc}")

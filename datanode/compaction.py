@@ -64,7 +64,7 @@ def _rewrite(packs: PackLog, pack: Pack) -> int | None:
         scan = Scanner(pack.fd, pack.path, pack.seq, pack.size, with_data=True, verify=False)
         for rec in scan:
             if rec.kind == KIND_PUT:
-                if not packs.is_current(rec.rid.hex(), pack.seq << 32 | rec.off):
+                if not packs.is_current(rec.rid, pack.seq << 32 | rec.off):
                     continue
                 if crc32c.crc32c(rec.data) != rec.crc:
                     log.warning("compaction: block %s in %s fails its checksum; moved as "

@@ -7,8 +7,8 @@ volumes of Haystack or SeaweedFS. Owns the pack files, the in-memory index and t
 tombstone and read paths; the record format is datanode/packformat.py, compaction
 datanode/compaction.py. Pure file I/O, no sockets; thread-safe.
 
-API (BlockStore is the only intended caller; ids are canonical 32-hex strings)
--------------------------------------------------------------------------------
+API (BlockStore is the only intended caller; ids are validated 16-byte bytes)
+------------------------------------------------------------------------------
 PackLog(directory, *, pack_size=64 MiB, fsync=True, drop_cache=True)
   put_many(items) -> list[OSError | None]     items: (id, buffers, size, crc); durable on return
   append_puts(items) -> (results, ticket)      the append half of put_many; wait(ticket) is the
@@ -18,7 +18,7 @@ PackLog(directory, *, pack_size=64 MiB, fsync=True, drop_cache=True)
   stat(id) -> (size, crc) | None               from the in-memory index
   check(id) -> (size, crc) | None              reads and verifies the data
   read_record(id) -> (loc, bytes) | None       raw header + data, unverified (quarantine)
-  locate(id) -> (loc, size, crc) | None;  id in log;  ids() -> list[str] (snapshot)
+  locate(id) -> (loc, size, crc) | None;  id in log;  ids() -> list[bytes] (snapshot)
   delete_many(ids, expect=None) -> list[bool]  tombstones, one sync; expect[i] = loc that must
                                                still be current (None: any)
   compact(min_garbage=0.5) -> CompactStats     rewrite sealed packs that are mostly dead
@@ -62,7 +62,7 @@ import crc32c
 from datanode import compaction
 from datanode.blocks import (BlockCorrupt, CompactStats, PackStats, cannot_store,
                              different_content)
-from datanode.fileio import write_all
+from datanode.fileio import open_dir, pread_into, write_all
 from datanode.groupcommit import GroupCommit, Ticket, later
 from datanode.packformat import (HEADER_SIZE, KIND_PUT, KIND_TOMB, Record, Scanner, header,
                                  list_packs, pack_name, pread)
@@ -105,7 +105,7 @@ class PackLog:
         self._lock = threading.Lock()            # index, packs, appends
         self.compact_lock = threading.Lock()     # one compaction at a time
         self._commit = GroupCommit(str(self.dir), self._sync_active, enabled=fsync)
-        self._index: dict[str, Entry] = {}
+        self._index: dict[bytes, Entry] = {}
         self._packs: dict[int, Pack] = {}
         self._idle: OrderedDict[int, Pack] = OrderedDict()  # sealed, unused, fd open
         self._active: Pack | None = None
@@ -113,7 +113,7 @@ class PackLog:
         self._live_bytes = 0
         self._disk_bytes = 0
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dir_fd = open_dir(self.dir)
         try:
             self._load()
         except BaseException:
@@ -133,7 +133,7 @@ class PackLog:
             scan = Scanner(fd, path, seq, pack.size, with_data=False, verify=last)
             try:
                 for rec in scan:
-                    self._apply(pack, rec.off, rec.kind, rec.rid.hex(), rec.size, rec.crc,
+                    self._apply(pack, rec.off, rec.kind, rec.rid, rec.size, rec.crc,
                                 rec.ref)
             except OSError as exc:  # a failing disk: keep what was read, never truncate
                 log.error("pack %s: read error while scanning, the rest of it is skipped: %s",
@@ -183,7 +183,7 @@ class PackLog:
 
     # ---- bookkeeping (caller holds self._lock, or is _load) -------------------------------
 
-    def _apply(self, pack: Pack, off: int, kind: int, bid: str, size: int, crc: int,
+    def _apply(self, pack: Pack, off: int, kind: int, bid: bytes, size: int, crc: int,
                ref: int) -> None:
         """Apply one record to the index and counters: replay and live appends alike."""
         loc = pack.seq << 32 | off
@@ -351,7 +351,7 @@ class PackLog:
 
     # ---- writes -------------------------------------------------------------------------
 
-    def append_puts(self, items: Sequence[tuple[str, Sequence[memoryview], int, int]]
+    def append_puts(self, items: Sequence[tuple[bytes, Sequence[memoryview], int, int]]
                     ) -> tuple[list[OSError | None], Ticket]:
         """Append put records for (id, data views, size, crc) items; not yet durable.
 
@@ -360,7 +360,7 @@ class PackLog:
         """
         # A stored copy with the same size and CRC is verified (outside the lock); one that
         # fails is replaced by the new record rather than kept as "already there".
-        suspect: dict[str, int] = {}
+        suspect: dict[bytes, int] = {}
         for bid, _, size, crc in items:
             entry = self._index.get(bid)
             if entry is not None and (entry[1], entry[2]) == (size, crc):
@@ -372,7 +372,7 @@ class PackLog:
         results: list[OSError | None] = [None] * len(items)
         recs: list[tuple[bytes, Sequence[memoryview], int]] = []
         who: list[int] = []
-        batch: dict[str, tuple[int, int, int]] = {}  # id -> (size, crc, item) put by this call
+        batch: dict[bytes, tuple[int, int, int]] = {}  # id -> (size, crc, item) put by this call
         repeats: list[tuple[int, int]] = []  # (item, earlier item of the same id in this call)
         ticket: Ticket = None
         with self._lock:
@@ -391,7 +391,7 @@ class PackLog:
                     else:
                         results[i] = different_content(bid, entry[1], entry[2], size, crc)
                     continue
-                recs.append((header(KIND_PUT, bytes.fromhex(bid), size, crc, 0), views,
+                recs.append((header(KIND_PUT, bid, size, crc, 0), views,
                              HEADER_SIZE + size))
                 who.append(i)
                 batch[bid] = (size, crc, i)
@@ -407,7 +407,7 @@ class PackLog:
             results[i] = results[first]
         return results, ticket
 
-    def put_many(self, items: Sequence[tuple[str, Sequence[memoryview], int, int]]
+    def put_many(self, items: Sequence[tuple[bytes, Sequence[memoryview], int, int]]
                  ) -> list[OSError | None]:
         """append_puts + wait: per-item None (stored, durable) or OSError."""
         try:
@@ -421,13 +421,13 @@ class PackLog:
                        for i, r in enumerate(results)]
         return results
 
-    def delete_many(self, ids: Sequence[str], expect: Sequence[int | None] | None = None
+    def delete_many(self, ids: Sequence[bytes], expect: Sequence[int | None] | None = None
                     ) -> list[bool]:
         """Tombstone each id that is here (and, if expect[i] is given, still at that loc);
         durable on return, one sync for all. Raises OSError if the log cannot write."""
         out = [False] * len(ids)
         recs: list[tuple[bytes, Sequence[memoryview], int]] = []
-        who: list[tuple[int, str, Entry]] = []
+        who: list[tuple[int, bytes, Entry]] = []
         ticket: Ticket = None
         with self._lock:
             for i, bid in enumerate(ids):
@@ -435,7 +435,7 @@ class PackLog:
                 if entry is None or (expect is not None and expect[i] is not None
                                      and entry[0] != expect[i]):
                     continue
-                recs.append((header(KIND_TOMB, bytes.fromhex(bid), 0, 0, entry[0]), (),
+                recs.append((header(KIND_TOMB, bid, 0, 0, entry[0]), (),
                              HEADER_SIZE))
                 who.append((i, bid, entry))
                 # a second occurrence of the id in ids finds no entry: one tombstone
@@ -461,7 +461,7 @@ class PackLog:
 
     # ---- reads --------------------------------------------------------------------------
 
-    def locate(self, bid: str) -> Entry | None:
+    def locate(self, bid: bytes) -> Entry | None:
         return self._index.get(bid)
 
     def __contains__(self, bid: object) -> bool:
@@ -470,11 +470,11 @@ class PackLog:
     def __len__(self) -> int:
         return len(self._index)
 
-    def ids(self) -> list[str]:
+    def ids(self) -> list[bytes]:
         with self._lock:
             return list(self._index)
 
-    def _pin_entry(self, bid: str) -> tuple[Entry, Pack] | None:
+    def _pin_entry(self, bid: bytes) -> tuple[Entry, Pack] | None:
         with self._lock:
             entry = self._index.get(bid)
             if entry is None:
@@ -487,32 +487,18 @@ class PackLog:
         """Readers see only durable records: wait for (or lead) the sync of a fresh one."""
         self._commit.wait(_end(entry))
 
-    def _read_verified(self, bid: str, entry: Entry, pack: Pack) -> memoryview:
+    def _read_verified(self, bid: bytes, entry: Entry, pack: Pack) -> memoryview:
         loc, size, crc = entry
         self._durable(entry)
         start = (loc & 0xFFFFFFFF) + HEADER_SIZE
         buf = memoryview(bytearray(size))
-        pos = 0
-        try:
-            while pos < size:
-                n = os.preadv(pack.fd, [buf[pos:]], start + pos)
-                if n == 0:
-                    raise BlockCorrupt(bid, f"{pack.path} ends inside the record at offset "
-                                       f"{start - HEADER_SIZE}")
-                pos += n
-        except BlockCorrupt:
-            raise
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            raise BlockCorrupt(bid, f"read error in {pack.path} at offset {start + pos}: "
-                               f"{exc.strerror}") from exc
+        pread_into(bid, pack.fd, buf, start, f" in {pack.path}")
         if crc32c.crc32c(buf) != crc:
             raise BlockCorrupt(bid, f"data checksum mismatch ({pack.path} offset "
                                f"{start - HEADER_SIZE})")
         return buf
 
-    def get(self, bid: str, offset: int = 0, length: int | None = None) -> memoryview | None:
+    def get(self, bid: bytes, offset: int = 0, length: int | None = None) -> memoryview | None:
         """Bytes [offset, offset+length) of a block, verified; None if it is not here."""
         pinned = self._pin_entry(bid)
         if pinned is None:
@@ -521,7 +507,7 @@ class PackLog:
         try:
             size = entry[1]
             if offset < 0 or offset > size or (length is not None and length < 0):
-                raise OSError(errno.EINVAL, f"block {bid}: range offset={offset} "
+                raise OSError(errno.EINVAL, f"block {bid.hex()}: range offset={offset} "
                               f"length={length} outside a block of {size} bytes")
             end = size if length is None else min(size, offset + length)
             if end == offset and not (offset == 0 and end == size):
@@ -531,11 +517,11 @@ class PackLog:
             self.unpin(pack)
         return data[offset:end].toreadonly()
 
-    def stat(self, bid: str) -> tuple[int, int] | None:
+    def stat(self, bid: bytes) -> tuple[int, int] | None:
         entry = self._index.get(bid)
         return None if entry is None else (entry[1], entry[2])
 
-    def check(self, bid: str) -> tuple[int, int] | None:
+    def check(self, bid: bytes) -> tuple[int, int] | None:
         """Read and verify the whole block: (size, crc), None if not here, or BlockCorrupt."""
         pinned = self._pin_entry(bid)
         if pinned is None:
@@ -547,7 +533,7 @@ class PackLog:
             self.unpin(pack)
         return entry[1], entry[2]
 
-    def read_record(self, bid: str) -> tuple[int, bytes] | None:
+    def read_record(self, bid: bytes) -> tuple[int, bytes] | None:
         """(loc, header + data as stored), unverified: for quarantine. None if not here."""
         pinned = self._pin_entry(bid)
         if pinned is None:
@@ -578,7 +564,7 @@ class PackLog:
     def has_pack(self, seq: int) -> bool:
         return seq in self._packs
 
-    def is_current(self, bid: str, loc: int) -> bool:
+    def is_current(self, bid: bytes, loc: int) -> bool:
         """True if loc holds the id's live record (unlocked: a hint, move() re-checks)."""
         entry = self._index.get(bid)
         return entry is not None and entry[0] == loc
@@ -593,11 +579,11 @@ class PackLog:
         under the lock, so a racing delete is never undone) and tombstones whose target
         pack still exists. (ticket of the copies, bytes copied); not yet durable."""
         recs: list[tuple[bytes, Sequence[memoryview], int]] = []
-        who: list[tuple[Record, str]] = []
+        who: list[tuple[Record, bytes]] = []
         ticket: Ticket = None
         with self._lock:
             for rec in batch:
-                bid = rec.rid.hex()
+                bid = rec.rid
                 if rec.kind == KIND_PUT:
                     entry = self._index.get(bid)
                     if entry is None or entry[0] != (pack.seq << 32 | rec.off):
