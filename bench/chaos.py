@@ -30,7 +30,7 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT_DIR))
 
 from client import AegisClient  # noqa: E402
-from datanode import packs  # noqa: E402
+from datanode import packformat  # noqa: E402
 from run_cluster import Cluster, free_base_port  # noqa: E402
 
 HEARTBEAT = 0.3
@@ -153,7 +153,7 @@ class Harness:
         path = self.blk_path(node, block)
         if path.exists():
             return path, 0
-        found = packs.inspect(self.root / "dn" / node / "packs").get(block)
+        found = packformat.inspect(self.root / "dn" / node / "packs").get(block)
         if found is None:
             raise FileNotFoundError(f"block {block} is not on {node}'s disk")
         return Path(found[0]), found[1]
@@ -166,7 +166,7 @@ class Harness:
             for path in (root / "blocks").glob("*/*.blk"):
                 out.add((node, path.stem))
             if (root / "packs").is_dir():
-                out.update((node, bid) for bid in packs.inspect(root / "packs"))
+                out.update((node, bid) for bid in packformat.inspect(root / "packs"))
         return out
 
     def files(self, top: str = "/") -> list[str]:

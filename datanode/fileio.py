@@ -1,9 +1,12 @@
-"""Gathered writes that finish: the one write loop of the block store and the pack log."""
+"""The I/O loops of the block files and the pack log: gathered writes that finish, reads that
+fill a buffer or say the block is corrupt, directory fds for fsync."""
 from __future__ import annotations
 
 import errno
 import os
 from typing import Sequence
+
+from datanode.blocks import BlockCorrupt
 
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
@@ -28,3 +31,26 @@ def write_all(fd: int, views: Sequence[memoryview], offset: int | None = None) -
             else:
                 pending[i] = head[n:]
                 n = 0
+
+
+def open_dir(path: str | os.PathLike[str]) -> int:
+    """An fd of a directory, for fsyncing the names in it."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def pread_into(block_id: bytes, fd: int, buf: memoryview, offset: int, where: str = "") -> None:
+    """Fill buf from offset; a short file is corruption, a failing disk too (BlockCorrupt).
+    `where` (e.g. a pack file) goes into the reason."""
+    try:
+        while buf:
+            n = os.preadv(fd, [buf], offset)
+            if n == 0:
+                raise BlockCorrupt(block_id, f"unexpected end of file{where} at byte {offset}")
+            buf, offset = buf[n:], offset + n
+    except BlockCorrupt:
+        raise
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        raise BlockCorrupt(block_id, f"read error{where} at byte {offset}: "
+                           f"{exc.strerror}") from exc

@@ -10,7 +10,7 @@ API: Scrubber(store, *, rate_bytes_per_s, on_corrupt=None, burst_bytes=None,
                                resumes where the last step stopped, new pass when done
   run(pause=60.0)              passes until stop(), pausing between them (thread target)
   stop()
-on_corrupt(block_id, error) is called for each block that fails verification; what to do
+on_corrupt(block_id, error) (block_id: 16 bytes) is called for each block that fails verification; what to do
 with it (report, quarantine) is the caller's decision.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from datanode.store import BlockCorrupt, BlockInfo
+from datanode.blocks import BlockCorrupt, BlockInfo
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ PER_BLOCK_COST = 4096
 
 
 class _Store(Protocol):
-    def ids(self) -> Iterator[str]: ...
-    def check(self, block_id: str) -> BlockInfo: ...
+    def ids(self) -> Iterator[bytes]: ...
+    def check(self, block_id: bytes) -> BlockInfo: ...
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Scrubber:
     """Walks the store verifying blocks; see the module docstring."""
 
     def __init__(self, store: _Store, *, rate_bytes_per_s: float,
-                 on_corrupt: Callable[[str, BlockCorrupt], None] | None = None,
+                 on_corrupt: Callable[[bytes, BlockCorrupt], None] | None = None,
                  burst_bytes: float | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], object] | None = None) -> None:
@@ -83,7 +83,7 @@ class Scrubber:
         # One second of rate by default: smooth, yet one 4 MiB block fits at 16 MiB/s.
         burst = rate_bytes_per_s if burst_bytes is None else burst_bytes
         self._bucket = TokenBucket(rate_bytes_per_s, burst, clock, self._sleep)
-        self._cursor: Iterator[str] | None = None
+        self._cursor: Iterator[bytes] | None = None
         self.totals = ScrubStats()  # since creation; pass_done unused here
         self.passes = 0
 
@@ -94,7 +94,7 @@ class Scrubber:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def _verify_one(self, block_id: str, stats: ScrubStats) -> int:
+    def _verify_one(self, block_id: bytes, stats: ScrubStats) -> int:
         """Verify one block, report it if bad; return the bytes to charge for it."""
         try:
             size = self._store.check(block_id).size
@@ -108,10 +108,10 @@ class Scrubber:
                 try:
                     self._on_corrupt(block_id, exc)
                 except Exception:  # a failing reporter must not end the scrubbing
-                    log.exception("scrub: on_corrupt callback failed for %s", block_id)
+                    log.exception("scrub: on_corrupt callback failed for %s", block_id.hex())
             size = 0  # how much was read before the error is unknown; charge the minimum
         except OSError as exc:  # e.g. EMFILE: not the block's fault, try it next pass
-            log.warning("scrub: cannot check %s: %s", block_id, exc)
+            log.warning("scrub: cannot check %s: %s", block_id.hex(), exc)
             size = 0
         stats.blocks += 1
         stats.bytes += size

@@ -25,7 +25,7 @@ from broker.client import Client
 from broker.events import Publisher
 from broker.worker import Request, Worker
 
-from .blockid import block_id_bytes, parse_block_id
+from .blockid import parse_block_id
 from .scrub import Scrubber
 from .store import BlockCorrupt, BlockStore
 
@@ -96,8 +96,8 @@ class DataNode:
         P.check_fields(req.header, PUT_SCHEMA)
         block = parse_block_id(req.header["id"])
         info = self.store.put(block, req.payload, req.header.get("checksum"))
-        self.events.publish("block.commit", node=self.node_id, block=block, size=info.size,
-                            checksum=info.crc)
+        self.events.publish("block.commit", node=self.node_id, block=block.hex(),
+                            size=info.size, checksum=info.crc)
         return {"id": req.header["id"], "size": info.size, "checksum": info.crc}
 
     def _put_blocks(self, req: Request) -> dict:
@@ -126,7 +126,7 @@ class DataNode:
             if isinstance(out, BaseException):
                 results[i] = P.item_error(out)
                 continue
-            self.events.publish("block.commit", node=self.node_id, block=block,
+            self.events.publish("block.commit", node=self.node_id, block=block.hex(),
                                 size=out.size, checksum=out.crc)
             results[i] = P.item_ok({"size": out.size, "checksum": out.crc})
         return {"results": results}
@@ -173,15 +173,15 @@ class DataNode:
                                                  connect_timeout=2.0)
         return client
 
-    def _delete(self, block: str) -> bool:
+    def _delete(self, block: bytes) -> bool:
         return self._delete_many([block])[0]
 
-    def _delete_many(self, blocks: list[str]) -> list[bool]:
+    def _delete_many(self, blocks: list[bytes]) -> list[bool]:
         """Durable on return, with one shared sync for the small blocks among them."""
         done = self.store.delete_many(blocks)
         for block, deleted in zip(blocks, done):
             if deleted:
-                self.events.publish("block.delete", node=self.node_id, block=block)
+                self.events.publish("block.delete", node=self.node_id, block=block.hex())
         return done
 
     def _maintain(self) -> None:
@@ -195,7 +195,7 @@ class DataNode:
             except Exception:
                 log.exception("pack compaction failed")
 
-    def _copy(self, block: str, target: str) -> dict:
+    def _copy(self, block: bytes, target: str) -> dict:
         """Re-replication: read and verify here, store on `target`, tell the MDS."""
         try:
             data = self.store.get(block)
@@ -203,26 +203,26 @@ class DataNode:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
-        raw_id = block_id_bytes(block)
-        self._client().call(f"dn.{target}", {"op": "put_block", "id": raw_id,
+        self._client().call(f"dn.{target}", {"op": "put_block", "id": block,
                                              "checksum": info.crc}, [data])
-        self._client().call("mds", {"op": "replica_added", "node": target, "block": raw_id,
+        self._client().call("mds", {"op": "replica_added", "node": target, "block": block,
                                     "size": info.size, "checksum": info.crc})
-        log.info("copied block %s to %s", block, target)
+        log.info("copied block %s to %s", block.hex(), target)
         return {"size": info.size, "checksum": info.crc}
 
-    def _corrupt(self, block: str, exc: Exception) -> None:
+    def _corrupt(self, block: bytes, exc: Exception) -> None:
         """A bad replica is never served again: set aside, published, reported."""
-        log.error("corrupt replica %s: %s", block, exc)
+        log.error("corrupt replica %s: %s", block.hex(), exc)
         self.store.quarantine(block)
-        self.events.publish("block.corrupt", node=self.node_id, block=block, reason=str(exc))
+        self.events.publish("block.corrupt", node=self.node_id, block=block.hex(),
+                            reason=str(exc))
         try:
             self._client().call("mds", {"op": "block_corrupt", "node": self.node_id,
-                                        "block": block_id_bytes(block)}, timeout=5.0)
+                                        "block": block}, timeout=5.0)
         except OSError as err:
-            log.warning("could not report corrupt block %s to the MDS: %s", block, err)
+            log.warning("could not report corrupt block %s to the MDS: %s", block.hex(), err)
 
-    def _scrub_found(self, block: str, exc: BlockCorrupt) -> None:
+    def _scrub_found(self, block: bytes, exc: BlockCorrupt) -> None:
         self._corrupt(block, exc)
 
     def _stats(self) -> dict:
@@ -236,7 +236,7 @@ class DataNode:
     # -- MDS link (its own thread) ------------------------------------------------------
 
     def _send_report(self, client: Client) -> None:
-        blocks = [[block_id_bytes(i.id), i.size, i.crc] for i in self.store.infos()]
+        blocks = [[i.id, i.size, i.crc] for i in self.store.infos()]
         client.call("mds", {"op": "block_report", "node": self.node_id, "count": len(blocks)},
                     [msgpack.packb(blocks, use_bin_type=True)], timeout=60.0)
         log.info("block report sent: %d blocks", len(blocks))
@@ -248,9 +248,9 @@ class DataNode:
             op = cmd.get("op")
             try:
                 if op == "delete":
-                    raws = [raw for raw in cmd.get("blocks", [])[:MAX_COMMANDS]]
-                    self._delete_many([parse_block_id(raw) for raw in raws])
-                    self._deleted.extend(block_id_bytes(raw) for raw in raws)
+                    ids = [parse_block_id(raw) for raw in cmd.get("blocks", [])[:MAX_COMMANDS]]
+                    self._delete_many(ids)
+                    self._deleted.extend(ids)
                 elif op == "copy":
                     self.copier.submit(self._copy_logged, parse_block_id(cmd["block"]),
                                        str(cmd["target"]))
@@ -261,13 +261,13 @@ class DataNode:
             except (OSError, KeyError, TypeError) as exc:
                 log.warning("command %r failed: %s", op, exc)
 
-    def _copy_logged(self, block: str, target: str) -> None:
+    def _copy_logged(self, block: bytes, target: str) -> None:
         try:
             self._copy(block, target)
         except OSError as exc:
-            log.warning("copy of %s to %s failed: %s", block, target, exc)
+            log.warning("copy of %s to %s failed: %s", block.hex(), target, exc)
             with self._copy_lock:     # told to the MDS with the next heartbeat: it re-plans
-                self._copy_failed.append(block_id_bytes(block))
+                self._copy_failed.append(block)
 
     def _mds_link(self) -> None:
         client = Client(self.client_endpoint, timeout=10.0, connect_timeout=2.0)

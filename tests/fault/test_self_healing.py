@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bench.chaos import ROOT_DIR, Harness, sha
-from datanode import packs
+from datanode import packformat
 
 from .conftest import flip_byte, read_replicas, record
 
@@ -138,9 +138,9 @@ def test_lost_block_is_found_by_block_reports(cluster, rng, store):
         # the block is simply not there any more
         h.kill(node)
         where, offset = h.block_bytes(node, block["id"])
-        flip_byte(where, offset - packs.HEADER_SIZE + 10)
+        flip_byte(where, offset - packformat.HEADER_SIZE + 10)
         h.start_role(node)
-        assert block["id"] not in packs.inspect(where.parent)
+        assert block["id"] not in packformat.inspect(where.parent)
 
     started = time.monotonic()     # no client read until it is healed
     h.wait_healed(20)

@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from datanode.blockid import new_block_id
-from datanode.packs import HEADER_SIZE, BlockCorrupt, PackLog
+from datanode.blocks import BlockCorrupt
+from datanode.packformat import HEADER_SIZE
+from datanode.packs import PackLog
 from datanode.scrub import Scrubber
 from datanode.store import BlockInfo, BlockStore
 
@@ -29,17 +31,21 @@ KiB = 1024
 SMALL = 128 * KiB
 
 
-def put(log: PackLog, bid: str, data: bytes) -> None:
+def put(log: PackLog, bid: bytes, data: bytes) -> None:
     out = log.put_many([(bid, [memoryview(data)], len(data), crc32c.crc32c(data))])[0]
     if out is not None:
         raise out
+
+
+def block_file(root: Path, bid: bytes) -> Path:
+    return root / "blocks" / bid.hex()[:2] / f"{bid.hex()}.blk"
 
 
 def pack_files(root: Path) -> list[Path]:
     return sorted(root.glob("pack-*.pack"))
 
 
-def record_bounds(log: PackLog, bids: list[str]) -> list[tuple[int, int]]:
+def record_bounds(log: PackLog, bids: list[bytes]) -> list[tuple[int, int]]:
     """(start, end) offset of each block's record in its pack."""
     out = []
     for bid in bids:
@@ -99,7 +105,7 @@ def test_round_trip_and_routing(tmp_path: Path) -> None:
                 off = min(off, len(data))
                 end = len(data) if length is None else min(len(data), off + length)
                 assert s.get(bid, off, length) == data[off:end]
-            in_file = (s.root / "blocks" / bid[:2] / f"{bid}.blk").exists()
+            in_file = block_file(s.root, bid).exists()
             assert in_file == (len(data) > SMALL), len(data)  # routing: <= small_max -> packs
         small = [d for d in blocks.values() if len(d) <= SMALL]
         stats = s.pack_stats()
@@ -231,9 +237,9 @@ def test_failed_sync_fails_every_waiter_and_breaks_the_log(
     results: dict[str, object] = {}
     ids = [new_block_id() for _ in range(6)]
 
-    def writer(bid: str) -> None:
+    def writer(bid: bytes) -> None:
         try:
-            results[bid] = store.put(bid, [bid.encode()])
+            results[bid] = store.put(bid, [bid.hex().encode()])
         except OSError as exc:
             results[bid] = exc
 
@@ -278,7 +284,7 @@ def test_failed_write_is_cut_off_and_the_log_goes_on(tmp_path: Path,
         monkeypatch.setattr(os, "pwritev", disk_full)
         out = s.put_many([(b, [b"b" * 100], None), (c, [b"c" * 100], None)])
         assert [(type(r), r.errno) for r in out] == [(OSError, errno.ENOSPC)] * 2
-        assert b in str(out[0]) and c in str(out[1])
+        assert b.hex() in str(out[0]) and c.hex() in str(out[1])
         assert pack.stat().st_size == size  # the partial record is cut off again
         monkeypatch.setattr(os, "pwritev", real)
         assert sorted(s.ids()) == [first] and s.usage().bytes_used == size
@@ -335,7 +341,7 @@ def _tail_fixture(tmp_path: Path) -> tuple[Path, bytes, dict[str, bytes], list[t
 
 
 def _reopen_expect(path: Path, content: bytes, blocks: dict[str, bytes],
-                   want: list[str], prefix_end: int | None) -> None:
+                   want: list[bytes], prefix_end: int | None) -> None:
     path.write_bytes(content)
     log = PackLog(path.parent, fsync=False)
     try:
@@ -451,7 +457,7 @@ def test_garbage_files_never_crash(tmp_path: Path) -> None:
 # ---- tombstones and compaction ---------------------------------------------------------------
 
 
-def records(path: Path) -> list[tuple[int, str, int, int]]:
+def records(path: Path) -> list[tuple[int, bytes, int, int]]:
     """(kind, id, size, ref) of each record of an undamaged pack, parsed per the docstring."""
     raw, out, pos = path.read_bytes(), [], 0
     while pos < len(raw):
@@ -459,7 +465,7 @@ def records(path: Path) -> list[tuple[int, str, int, int]]:
             "<4sBBH16sIIQI", raw, pos)
         assert magic == b"AGPK" and version == 1 and hcrc == crc32c.crc32c(raw[pos:pos + 40])
         assert crc == crc32c.crc32c(raw[pos + 44:pos + 44 + size])
-        out.append((kind, rid.hex(), size, ref))
+        out.append((kind, rid, size, ref))
         pos += 44 + size
     return out
 
@@ -574,20 +580,20 @@ def test_delete_racing_compaction_is_not_undone(tmp_path: Path,
     log = PackLog(tmp_path / "packs", pack_size=1000, fsync=False)
     ids = [new_block_id() for _ in range(8)]
     for bid in ids:
-        put(log, bid, bid.encode() * 8)  # 256 bytes: three records per pack
+        put(log, bid, bid.hex().encode() * 8)  # 256 bytes: three records per pack
     victim, survivor = ids[0], ids[1]
     log.delete_many([ids[2]])  # pack 1 now has garbage, and two live blocks to move
-    real_copy = PackLog._copy
+    real_move = PackLog.move
 
-    def copy_after_a_delete(self: PackLog, pack: object, batch: list) -> object:
+    def move_after_a_delete(self: PackLog, pack: object, batch: list) -> object:
         # The compaction has picked the live records; a client deletes one just now.
         if victim in self:
             assert self.delete_many([victim]) == [True]
-        return real_copy(self, pack, batch)
+        return real_move(self, pack, batch)
 
-    monkeypatch.setattr(PackLog, "_copy", copy_after_a_delete)
+    monkeypatch.setattr(PackLog, "move", move_after_a_delete)
     assert log.compact(0.3).packs_removed >= 1
-    assert log.get(victim) is None and log.get(survivor) == survivor.encode() * 8
+    assert log.get(victim) is None and log.get(survivor) == survivor.hex().encode() * 8
     log.close()
     log = PackLog(tmp_path / "packs", pack_size=1000, fsync=False)
     try:
@@ -634,7 +640,7 @@ def test_read_pinned_across_compaction(tmp_path: Path, monkeypatch: pytest.Monke
 # ---- repair, quarantine, scrubbing -------------------------------------------------------------
 
 
-def flip_pack_data(s: BlockStore, bid: str, at: int = 0) -> None:
+def flip_pack_data(s: BlockStore, bid: bytes, at: int = 0) -> None:
     loc = s._packs.locate(bid)[0]  # test-only peek at where the record is
     path = s.root / "packs" / f"pack-{loc >> 32:08d}.pack"
     with open(path, "r+b") as f:
@@ -666,7 +672,7 @@ def test_small_block_files_from_before_packs(tmp_path: Path) -> None:
     with BlockStore(root, small_max=0) as s:
         s.put(old, [b"old file"])
         s.put(bad, [b"bad file"])
-    with open(root / "blocks" / bad[:2] / f"{bad}.blk", "r+b") as f:
+    with open(block_file(root, bad), "r+b") as f:
         f.write(b"B")
     with BlockStore(root) as s:
         assert s.get(old) == b"old file" and sorted(s.ids()) == sorted([old, bad])
@@ -675,7 +681,7 @@ def test_small_block_files_from_before_packs(tmp_path: Path) -> None:
             s.put(old, [b"other"])
         s.put(bad, [b"bad file"])  # the corrupt file is replaced by a pack copy
         assert s.get(bad) == b"bad file" and s.pack_stats().blocks == 1
-        assert not (root / "blocks" / bad[:2] / f"{bad}.blk").exists()
+        assert not block_file(root, bad).exists()
         assert s.usage().blocks == 2
         assert s.delete(old) and s.delete(bad) and list(s.ids()) == []
 
@@ -693,8 +699,8 @@ def test_quarantine_a_pack_block(tmp_path: Path) -> None:
         assert s.quarantine(bid) is True
         (aside,) = (root / "corrupt").iterdir()
         raw = aside.read_bytes()
-        assert aside.name.startswith(bid) and aside.suffix == ".rec"
-        assert len(raw) == HEADER_SIZE + 200 and bytes.fromhex(bid) in raw[:HEADER_SIZE]
+        assert aside.name.startswith(bid.hex()) and aside.suffix == ".rec"
+        assert len(raw) == HEADER_SIZE + 200 and bid in raw[:HEADER_SIZE]
         assert raw[HEADER_SIZE + 7] == ord("q") ^ 0x20  # the bytes as they were stored
         with pytest.raises(FileNotFoundError):
             s.get(bid)
@@ -709,7 +715,7 @@ def test_scrubber_finds_a_flipped_pack_block(tmp_path: Path) -> None:
         for i, bid in enumerate(ids):
             s.put(bid, [bytes([i]) * 4096])
         flip_pack_data(s, ids[7], 4000)
-        found: list[str] = []
+        found: list[bytes] = []
         now = [0.0]
         scrub = Scrubber(s, rate_bytes_per_s=10**9, clock=lambda: now[0],
                          sleep=lambda t: now.__setitem__(0, now[0] + t),
@@ -725,19 +731,19 @@ def test_duplicate_copy_after_a_crash_is_resolved(tmp_path: Path) -> None:
     bid = new_block_id()
     with BlockStore(root, small_max=0) as s:
         s.put(bid, [b"dup"])
-    saved = (root / "blocks" / bid[:2] / f"{bid}.blk").read_bytes()
+    saved = block_file(root, bid).read_bytes()
     with BlockStore(root) as s:
         s.delete(bid)
         s.put(bid, [b"dup"])  # now a pack copy
-    (root / "blocks" / bid[:2] / f"{bid}.blk").write_bytes(saved)  # and the file is back
+    block_file(root, bid).write_bytes(saved)  # and the file is back
     with BlockStore(root) as s:
         assert list(s.ids()) == [bid] and s.usage().blocks == 1 and s.get(bid) == b"dup"
-        assert not (root / "blocks" / bid[:2] / f"{bid}.blk").exists()
+        assert not block_file(root, bid).exists()
 
 
 # ---- model-based random test ------------------------------------------------------------------
 
-POOL = [f"{i:032x}" for i in range(1, 9)]
+POOL = [bytes.fromhex(f"{i:032x}") for i in range(1, 9)]
 
 
 def content(i: int, version: int) -> bytes:
@@ -752,12 +758,12 @@ class StoreModel(RuleBasedStateMachine):
     def setup(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="packmodel-")
         self.store = self._open()
-        self.model: dict[str, bytes] = {}
+        self.model: dict[bytes, bytes] = {}
 
     def _open(self) -> BlockStore:
         return BlockStore(self.dir, fsync=False, small_max=300, pack_size=1500)
 
-    def _expect_put(self, bid: str, data: bytes, out: object) -> None:
+    def _expect_put(self, bid: bytes, data: bytes, out: object) -> None:
         if bid in self.model and self.model[bid] != data:
             assert isinstance(out, FileExistsError), out
         else:
@@ -792,7 +798,7 @@ class StoreModel(RuleBasedStateMachine):
     def delete_many(self, picks: list[int]) -> None:
         ids = [POOL[i] for i in picks]
         out = self.store.delete_many(ids)
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         for bid, deleted in zip(ids, out):
             assert deleted == (bid in self.model and bid not in seen)
             seen.add(bid)

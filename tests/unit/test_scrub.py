@@ -10,7 +10,8 @@ import pytest
 
 from datanode.blockid import new_block_id
 from datanode.scrub import PER_BLOCK_COST, Scrubber, TokenBucket
-from datanode.store import BlockCorrupt, BlockInfo, BlockStore
+from datanode.blocks import BlockCorrupt, BlockInfo
+from datanode.store import BlockStore
 
 SIZE = 100_000
 
@@ -36,15 +37,15 @@ def store(tmp_path: Path) -> Iterator[BlockStore]:
         yield s
 
 
-def fill(store: BlockStore, n: int) -> list[str]:
+def fill(store: BlockStore, n: int) -> list[bytes]:
     ids = [new_block_id() for _ in range(n)]
     for i, bid in enumerate(ids):
         store.put(bid, [bytes([i % 256]) * SIZE])
     return ids
 
 
-def flip(store: BlockStore, bid: str, offset: int) -> None:
-    path = store.root / "blocks" / bid[:2] / f"{bid}.blk"
+def flip(store: BlockStore, bid: bytes, offset: int) -> None:
+    path = store.root / "blocks" / bid.hex()[:2] / f"{bid.hex()}.blk"
     with open(path, "r+b") as f:
         f.seek(offset)
         byte = f.read(1)[0]
@@ -55,7 +56,7 @@ def flip(store: BlockStore, bid: str, offset: int) -> None:
 def test_finds_flipped_block(store: BlockStore) -> None:
     ids = fill(store, 10)
     flip(store, ids[3], 54_321)
-    found: list[tuple[str, BlockCorrupt]] = []
+    found: list[tuple[bytes, BlockCorrupt]] = []
     fake = FakeClock()
     scrub = Scrubber(store, rate_bytes_per_s=10**9, clock=fake.clock, sleep=fake.sleep,
                      on_corrupt=lambda bid, err: found.append((bid, err)))
@@ -74,7 +75,7 @@ def test_respects_rate_with_fake_clock(store: BlockStore) -> None:
     done = 0
     real_check = store.check
 
-    def check(bid: str) -> BlockInfo:
+    def check(bid: bytes) -> BlockInfo:
         nonlocal done
         # Whenever a block starts, what was read before fits in burst + rate * elapsed.
         assert done * cost <= burst + rate * (fake.now - start) + 1e-6
@@ -118,7 +119,7 @@ def test_token_bucket_accrues_and_caps() -> None:
 def test_step_resumes_and_wraps(store: BlockStore) -> None:
     ids = fill(store, 7)
     flip(store, ids[0], 10)
-    found: list[str] = []
+    found: list[bytes] = []
     scrub = Scrubber(store, rate_bytes_per_s=1, on_corrupt=lambda b, e: found.append(b))
     seen = 0
     results = []
@@ -140,15 +141,15 @@ def test_blocks_deleted_mid_pass_and_failing_callback(store: BlockStore) -> None
     ids = fill(store, 4)
     flip(store, ids[1], 0)
     flip(store, ids[2], 0)
-    calls: list[str] = []
+    calls: list[bytes] = []
 
-    def on_corrupt(bid: str, err: BlockCorrupt) -> None:
+    def on_corrupt(bid: bytes, err: BlockCorrupt) -> None:
         calls.append(bid)
         store.delete(ids[3])  # vanishes after the listing: skipped, not reported
         raise RuntimeError("reporter down")  # must not end the pass
 
     class FixedOrder:
-        def ids(self) -> list[str]:
+        def ids(self) -> list[bytes]:
             return [ids[1], ids[3], ids[2], ids[0]]
 
         check = staticmethod(store.check)

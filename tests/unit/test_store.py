@@ -1,4 +1,5 @@
-"""Tests for datanode/store.py: round trips, durability on crash, corruption, faults, threads."""
+"""Tests for datanode/store.py and its block files (datanode/blockfiles.py): round trips,
+durability on crash, corruption, faults, threads."""
 from __future__ import annotations
 
 import array
@@ -16,8 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datanode.blockid import new_block_id
-from datanode.blockfile import checksums
-from datanode.store import FOOTER_SIZE, BlockCorrupt, BlockInfo, BlockStore
+from datanode.blockfiles import BlockFiles
+from datanode.blocks import BlockCorrupt, BlockInfo
+from datanode.fileformat import checksums
+from datanode.store import FOOTER_SIZE, BlockStore
 
 CS = 64 * 1024
 MiB = 1024 * 1024
@@ -44,8 +47,8 @@ def split(data: bytes, rng: random.Random, parts: int = 4) -> list[memoryview]:
     return [mv[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
 
 
-def block_path(s: BlockStore, bid: str) -> Path:
-    return s.root / "blocks" / bid[:2] / f"{bid}.blk"
+def block_path(s: BlockStore, bid: bytes) -> Path:
+    return s.root / "blocks" / bid.hex()[:2] / f"{bid.hex()}.blk"
 
 
 def tmp_files(s: BlockStore) -> list[str]:
@@ -166,7 +169,7 @@ def test_durability_order(file_store: BlockStore, monkeypatch: pytest.MonkeyPatc
         events.append(("fadvise", fd_path(fd))), real["posix_fadvise"](fd, o, n, a))[1])
     monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", b)),
                                                    real["rename"](a, b))[1])
-    for bid in (first := new_block_id(), first[:2] + new_block_id()[2:]):
+    for bid in (first := new_block_id(), first[:1] + new_block_id()[1:]):  # same fan-out
         events.clear()
         store.put(bid, [b"durable"])
         final = str(block_path(store, bid))
@@ -184,7 +187,7 @@ def test_checksum_mismatch_rejected(store: BlockStore) -> None:
     bid = new_block_id()
     with pytest.raises(OSError) as info:
         store.put(bid, [b"hello"], expected_crc=crc32c.crc32c(b"hellO"))
-    assert info.value.errno == errno.EBADMSG and bid in str(info.value)
+    assert info.value.errno == errno.EBADMSG and bid.hex() in str(info.value)
     assert tmp_files(store) == [] and list(store.ids()) == []
     with pytest.raises(FileNotFoundError):
         store.get(bid)
@@ -216,7 +219,7 @@ def test_missing_block(store: BlockStore) -> None:
     for op in (store.get, store.stat, store.check, store.verify):
         with pytest.raises(FileNotFoundError) as info:
             op(bid)
-        assert info.value.errno == errno.ENOENT and bid in str(info.value)
+        assert info.value.errno == errno.ENOENT and bid.hex() in str(info.value)
     assert store.delete(bid) is False and store.quarantine(bid) is False
 
 
@@ -242,9 +245,9 @@ def test_junk_in_blocks_dir_is_ignored(file_store: BlockStore) -> None:
     store = file_store
     bid = new_block_id()
     store.put(bid, [b"data"])
-    fan = store.root / "blocks" / bid[:2]
+    fan = block_path(store, bid).parent
     (fan / "README").write_text("x")
-    (fan / f"{new_block_id()}.blk").write_text("wrong fan-out dir")
+    (fan / f"{new_block_id().hex()}.blk").write_text("wrong fan-out dir")
     (store.root / "blocks" / "zz").mkdir()
     assert list(store.ids()) == [bid]
 
@@ -312,7 +315,7 @@ def test_flip_in_big_block(store: BlockStore) -> None:
         store.get(bid, 2 * MiB, 100_000)
     assert store.get(bid, 0, MiB) == data[:MiB]
     assert not store.verify(bid)
-    reported: list[str] = []
+    reported: list[bytes] = []
     assert list(store.infos(on_corrupt=lambda b, e: reported.append(b))) == [store.stat(bid)]
     assert reported == []  # infos() reads footers only; the scrubber finds data damage
 
@@ -325,7 +328,7 @@ def test_infos_skips_bad_footer(file_store: BlockStore) -> None:
     with open(block_path(store, bad), "r+b") as f:
         f.seek(-3, os.SEEK_END)
         f.write(b"\xff")
-    reported: list[str] = []
+    reported: list[bytes] = []
     assert [i.id for i in store.infos(on_corrupt=lambda b, e: reported.append(b))] == [good]
     assert reported == [bad]
 
@@ -334,7 +337,10 @@ def test_infos_skips_bad_footer(file_store: BlockStore) -> None:
 
 HOSTILE = ["../x", "/abs", "a/b", "\x00", "a" * 31 + "\x00", "a" * 33, "a" * 100_000, "", "..",
            ".", "é" * 32, "../" + "a" * 29, "aa/../../../../../../../../../tmp", "/" + "a" * 31,
-           b"../x", b"\x00" * 17, None, 5]
+           b"../x", b"\x00" * 17, None, 5,
+           # a str is never an id, not even valid hex; nor 15 bytes or a bytearray of 17
+           "0123456789abcdef0123456789abcdef", "../" + "0" * 29, b"\x00" * 15, bytearray(17),
+           memoryview(b"../" * 5)]
 
 
 def _walk(top: Path, skip: Path) -> set[str]:
@@ -366,7 +372,7 @@ def test_traversal_ids_rejected_and_nothing_escapes(tmp_path: Path) -> None:
 # ---- crashes and injected faults -------------------------------------------------------------
 
 
-def _crash_in_child(root: Path, bid: str, data: bytes, point: str) -> None:
+def _crash_in_child(root: Path, bid: bytes, data: bytes, point: str) -> None:
     """Fork a process that puts `bid` and dies abruptly (os._exit) at `point`."""
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
@@ -375,7 +381,7 @@ def _crash_in_child(root: Path, bid: str, data: bytes, point: str) -> None:
             def die() -> None:
                 os._exit(42)
 
-            class Crashing(BlockStore):
+            class CrashingFiles(BlockFiles):
                 def _write(self, fd: int, iov: list[memoryview]) -> None:
                     if point == "mid-write":
                         os.write(fd, iov[0][: len(iov[0]) // 2])
@@ -397,6 +403,9 @@ def _crash_in_child(root: Path, bid: str, data: bytes, point: str) -> None:
 
             if point == "after-rename":
                 os.rename = rename_then_die  # type: ignore[assignment]
+            class Crashing(BlockStore):
+                files_class = CrashingFiles
+
             Crashing(root).put(bid, [data])
         finally:
             os._exit(code)
@@ -414,14 +423,14 @@ def test_crash_leaves_no_partial_block(tmp_path: Path, point: str,
         s.put(survivor, [b"still here"])
     _crash_in_child(root, victim, data, point)
     residue = os.listdir(root / "tmp")
-    caplog.set_level(logging.WARNING, logger="datanode.store")
+    caplog.set_level(logging.WARNING, logger="datanode.blockfiles")
     with BlockStore(root) as s:
         assert tmp_files(s) == []
         assert s.get(survivor) == b"still here"
         if point == "after-rename":  # renamed = complete: all or nothing, here all
             assert residue == [] and s.get(victim) == data and s.usage().blocks == 2
         else:
-            assert len(residue) == 1 and residue[0].startswith(victim)
+            assert len(residue) == 1 and residue[0].startswith(victim.hex())
             assert "leftover tmp" in caplog.text
             assert sorted(s.ids()) == [survivor] and s.usage().blocks == 1
             with pytest.raises(FileNotFoundError):
@@ -437,13 +446,13 @@ def test_exception_mid_write_cleans_tmp(file_store: BlockStore,
         os.write(fd, b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_write", boom)
+    monkeypatch.setattr(store._files, "_write", boom)  # test-only peek at the backend
     with pytest.raises(KeyboardInterrupt):
         store.put(new_block_id(), [b"x" * 100])
     assert tmp_files(store) == [] and list(store.ids()) == []
 
 
-class FaultyStore(BlockStore):
+class FaultyFiles(BlockFiles):
     """Writes for real until `fail_after` bytes, then fails as a full or failing disk does."""
 
     fail_after: int | None = None
@@ -467,30 +476,36 @@ class FaultyStore(BlockStore):
         super()._fsync(fd)
 
 
+class FaultyStore(BlockStore):
+    files_class = FaultyFiles
+
+
 @pytest.mark.parametrize("fault", [("write", errno.ENOSPC, 0), ("write", errno.ENOSPC, 100_000),
                                    ("write", errno.EIO, 3 * CS), ("write", errno.EDQUOT, 5),
                                    ("fsync", errno.EIO, None), ("fsync", errno.ENOSPC, None)])
 def test_injected_disk_faults(tmp_path: Path, fault: tuple[str, int, int | None]) -> None:
     kind, err, after = fault
     with FaultyStore(tmp_path / "dn") as s:
+        disk = s._files  # test-only peek: the faults are injected into the file backend
+        assert isinstance(disk, FaultyFiles)
         old = new_block_id()
         s.put(old, [b"old" * 1000])
         usage = s.usage()
         if kind == "write":
-            s.fail_after, s.write_errno = after, err
+            disk.fail_after, disk.write_errno = after, err
         else:
-            s.fsync_errno = err
+            disk.fsync_errno = err
         new = new_block_id()
         data = random.Random(2).randbytes(4 * CS)
         with pytest.raises(OSError) as info:
             s.put(new, split(data, random.Random(3)))
         assert info.value.errno == err
-        assert new in str(info.value) and os.strerror(err) in str(info.value)
+        assert new.hex() in str(info.value) and os.strerror(err) in str(info.value)
         assert tmp_files(s) == [] and s.usage() == usage
         with pytest.raises(FileNotFoundError):
             s.get(new)
         assert s.get(old) == b"old" * 1000 and s.verify(old)
-        s.fail_after = s.fsync_errno = None  # the disk recovers: the store keeps working
+        disk.fail_after = disk.fsync_errno = None  # the disk recovers: the store keeps working
         s.put(new, [data])
         assert s.get(new) == data
 

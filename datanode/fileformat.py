@@ -1,6 +1,6 @@
 """The file format of a big block: data | chunk CRC table | footer, self-checking.
 
-Pure encoding, decoding and checksumming; no paths and no durability (datanode/store.py
+Pure encoding, decoding and checksumming; no paths and no durability (datanode/blockfiles.py
 owns those).
 
 Format, version 1 (little-endian):
@@ -14,16 +14,14 @@ chunks it touches; stat() checks only the footer.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import os
 import struct
 from dataclasses import dataclass
 from typing import Sequence
 
 import crc32c
 
-from datanode.packs import BlockCorrupt
+from datanode.blocks import BlockCorrupt
 
 MAGIC = b"AEGISBLK"
 VERSION = 1
@@ -125,7 +123,7 @@ def encode_tail(size: int, crc: int, chunk_size: int, table: list[int]) -> bytes
     return table_bytes + head + _U32.pack(crc32c.crc32c(head))
 
 
-def decode_footer(block_id: str, raw: bytes, file_size: int) -> Meta:
+def decode_footer(block_id: bytes, raw: bytes, file_size: int) -> Meta:
     magic, version, flags, chunk_size, size, count, crc, table_crc = _HEAD.unpack_from(raw)
     if magic != MAGIC:
         raise BlockCorrupt(block_id, "no footer magic (truncated or not a block file)")
@@ -140,18 +138,3 @@ def decode_footer(block_id: str, raw: bytes, file_size: int) -> Meta:
         raise BlockCorrupt(block_id, f"file is {file_size} bytes, footer says {meta.file_size}")
     return meta
 
-
-def pread_into(block_id: str, fd: int, buf: memoryview, offset: int) -> None:
-    """Fill buf from offset; a short file is corruption, a failing disk too."""
-    try:
-        while buf:
-            n = os.preadv(fd, [buf], offset)
-            if n == 0:
-                raise BlockCorrupt(block_id, f"unexpected end of file at byte {offset}")
-            buf, offset = buf[n:], offset + n
-    except BlockCorrupt:
-        raise
-    except OSError as exc:
-        if exc.errno != errno.EIO:
-            raise
-        raise BlockCorrupt(block_id, f"read error at byte {offset}: {exc.strerror}") from exc
