@@ -111,7 +111,7 @@ class KeyRing:
         if entry is None:
             return None
         secret, retired = entry
-        if retired is not None and now >= retired + self.overlap:
+        if retired is not None and not now < retired + self.overlap:  # NaN: refused
             return None
         return secret
 
@@ -195,7 +195,7 @@ def verify(ring: KeyRing, token: object, block_id: object, access: str, now: flo
         raise CapabilityError("wrong access")
     if node_len and (not isinstance(node, str) or raw[_HEAD.size:-TAG_BYTES] != _ascii(node)):
         raise CapabilityError("wrong node")
-    if now * 1000 >= exp_ms:
+    if not now * 1000 < exp_ms:  # written so that a NaN clock fails closed
         raise CapabilityError("expired")
 
 

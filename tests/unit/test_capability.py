@@ -62,6 +62,14 @@ def test_expired(ring: KeyRing) -> None:
     refused("expired", ring, token, now=T0 + 3600)
 
 
+def test_a_nan_clock_fails_closed(ring: KeyRing) -> None:
+    nan = float("nan")
+    refused("expired", ring, mint(ring, BLOCK, "read", T0 + 30), now=nan)
+    old = mint(ring, BLOCK, "read", T0 + 30)
+    ring.rotate(T0)
+    refused("unknown key", ring, old, now=nan)
+
+
 def test_wrong_block(ring: KeyRing) -> None:
     token = mint(ring, BLOCK, "read", T0 + 30)
     for block in (OTHER, BLOCK[:15], b"", BLOCK.hex(), None, 7):
