@@ -159,7 +159,7 @@ def _mutations(rng: random.Random, valid: list[list[bytes]]) -> list[bytes]:
     elif kind == 4:
         msg = [bytearray()]                                       # empty message
     elif kind == 5:
-        msg[0] = bytearray(b"AEGIS/2" + bytes(msg[0][7:]))        # other version
+        msg[0] = bytearray(b"AEGIS/9" + bytes(msg[0][7:]))        # other version
     elif kind == 6:
         msg[0] = bytearray(P.pack(rng.randrange(256), b"echo", b"r1", b"\xc1garbage"))
     elif kind == 7:
