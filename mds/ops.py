@@ -141,8 +141,10 @@ class Handlers:
         return out
 
     def _lease_left(self, handle: str, ctx: Context) -> float:
-        """The one lease unit on the wire: seconds remaining."""
-        return max(0.0, float(self.ns.draft_info(handle)["lease"]) - ctx.wall)
+        """The one lease unit on the wire: seconds remaining. The namespace read its own
+        clock a moment after ctx.wall: a lease just granted is the full period, not more."""
+        left = float(self.ns.draft_info(handle)["lease"]) - ctx.wall
+        return max(0.0, min(float(self.ns.config.lease), left))
 
     @operation({"handle": HANDLE, "count": Int(1, MAX_ALLOCATE), "exclude?": EXCLUDE},
                callers=CLIENT)
