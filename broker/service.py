@@ -206,23 +206,22 @@ class Map(Field):
         if type(value) is not dict:
             raise self._wrong(value)
         present = 0
-        for key, optional, spec in self.fields:
-            v = value.get(key)
-            if v is None:
-                if key in value:
-                    present += 1
-                if optional:
-                    continue
-                bad = _Bad("is required" if key not in value else f"must be {spec.what}",
-                           wrong_type=True)
-                bad.where.append(key)
-                raise bad
-            present += 1
-            try:
+        key = None
+        try:   # one try for the walk: the hot path sets up no handler per field
+            for key, optional, spec in self.fields:
+                v = value.get(key)
+                if v is None:
+                    if key in value:
+                        present += 1
+                    if optional:
+                        continue
+                    raise _Bad("is required" if key not in value else f"must be {spec.what}",
+                               wrong_type=True)
+                present += 1
                 spec.check(v)
-            except _Bad as bad:
-                bad.where.append(key)
-                raise
+        except _Bad as bad:
+            bad.where.append(key)
+            raise
         if len(value) != present + len(extra):
             unknown = sorted(str(k) for k in value if k not in self.known and k not in extra)
             if unknown:
