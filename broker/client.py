@@ -9,6 +9,7 @@ Errors arrive as OSError subclasses (FileNotFoundError, ...). No broker within
 `connect_timeout` -> BrokerUnavailable; no reply within the timeout -> TimeoutError; the
 broker connection dropping with requests out -> ConnectionResetError for each, at once,
 so callers can retry instead of waiting out a timeout. One Client per thread.
+`MemberClient` is the same for the cluster's own processes, on the worker endpoint.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ class Client:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        self._hello: bytes | None = None     # MemberClient: its MEMBER declaration
+        self._declared = False
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[str, float]] = {}   # rid -> (service, deadline)
         self._done: dict[int, Reply] = {}
@@ -85,6 +88,8 @@ class Client:
             raise BrokerUnavailable(errno.ECONNREFUSED,
                                     f"cannot reach the broker at {self.endpoint} within "
                                     f"{self.connect_timeout:g}s (is the cluster running?)")
+        if self._hello is not None:
+            self._declare()
         rid = next(self._ids)
         env = P.pack(P.REQUEST, service.encode("ascii"), struct.pack(">Q", rid),
                      P.encode_header(header))
@@ -135,9 +140,8 @@ class Client:
         """Receive what is waiting (or wait until `deadline`); expire overdue requests."""
         wait = max(0.0, deadline - time.monotonic())
         events = dict(self._poller.poll(wait * 1000))
-        if self._monitor in events and zmq.EVENT_DISCONNECTED in wire.monitor_events(self._monitor):
-            self._fail_all(ConnectionResetError(
-                errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))
+        if self._monitor in events:
+            self._connection_events()
         if self.sock in events:
             while True:
                 try:
@@ -175,18 +179,56 @@ class Client:
             reply.error = exc
         self._done[rid] = reply
 
+    def _connection_events(self) -> None:
+        seen = wire.monitor_events(self._monitor)
+        if zmq.EVENT_DISCONNECTED in seen:
+            self._fail_all(ConnectionResetError(
+                errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))
+        if zmq.EVENT_CONNECTED in seen:
+            self._declared = False
+
+    def _declare(self) -> None:
+        """A member says whom it acts for once per connection, before its first request.
+        With IMMEDIATE, send() waited for the connection, whose CONNECTED event the monitor
+        reported first; a broker restart is a new connection and gets a new declaration."""
+        self._connection_events()
+        if not self._declared:
+            wire.send(self.sock, [self._hello])
+            self._declared = True
+
     def _fail_all(self, exc: OSError) -> None:
         for rid, (service, _) in self._pending.items():
             self._done[rid] = Reply(rid, service, error=exc)
         self._pending.clear()
 
     def close(self) -> None:
+        if self._hello is not None and self._declared:
+            try:   # the broker forgets the member at once
+                wire.send(self.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.sock.setsockopt(zmq.LINGER, 100)
         self.sock.disable_monitor()
         self._monitor.close(linger=0)
-        self.sock.close(linger=0)
+        self.sock.close()
 
     def __enter__(self) -> "Client":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class MemberClient(Client):
+    """A cluster member's own outbound calls (a DataNode's heartbeats, reports and copies).
+
+    It connects to the broker's *worker* endpoint and declares which member it acts for
+    ("mds" or "dn.<id>"); the broker then stamps its requests with that caller class and
+    id (broker.routing.caller_of), which services check. Otherwise it is a Client.
+    """
+
+    def __init__(self, worker_endpoint: str, member: str, **kw: Any) -> None:
+        P.decode_name(member.encode("ascii", "replace"), "member name")
+        super().__init__(worker_endpoint, **kw)
+        self.member = member
+        self._hello = P.member_envelope(member)

@@ -10,10 +10,19 @@ peer identity in front). The envelope packs the routing fields and the msgpack h
 
     client -> broker   REQUEST  name=service  rid  header   + payload frames
     broker -> client   REPLY    name=service  rid  header   + payload frames
-    broker -> worker   REQUEST  name=client   rid  header   + payload frames
-    worker -> broker   REPLY    name=client   rid  header   + payload frames
+    broker -> worker   REQUEST  name=route    rid  caller | header   + payload frames
+    worker -> broker   REPLY    name=route    rid  header   + payload frames
     worker -> broker   READY    name=service       header {"capacity": int, ...}
+    member -> broker   MEMBER   name=service it acts for ("mds", "dn.<id>")
+    member -> broker   REQUEST / broker -> member REPLY: as client <-> broker
     either way         HEARTBEAT, DISCONNECT (no name, rid or header)
+
+`route` is opaque to workers (a side byte and the caller's ROUTER identity); they echo it.
+`caller` = class (1 byte, CALLER_CLASSES index + 1) | len (1) | caller id (ASCII): who
+sent the request, stamped by the broker and never taken from the sender's own words.
+Members are the cluster's own processes (MDS, DataNodes) making outbound calls: they
+connect to the worker endpoint, declare once per connection which member they act for,
+and then send REQUESTs like a client.
 
 Why one frame and not five: pyzmq spends 4-7 us of Python per frame on this machine, so
 the five-frame layout of MDP cost the broker more than all its routing logic. The header is
@@ -27,7 +36,7 @@ from typing import Any, Mapping
 
 import msgpack
 
-TAG = b"AEGIS/1"             # protocol name and version; a peer of another version is refused
+TAG = b"AEGIS/2"             # protocol name and version; a peer of another version is refused
 TAG_PREFIX = b"AEGIS/"
 
 READY = 1
@@ -35,11 +44,20 @@ REQUEST = 2
 REPLY = 3
 HEARTBEAT = 4
 DISCONNECT = 5
+MEMBER = 6
 
 COMMAND_NAMES = {READY: "READY", REQUEST: "REQUEST", REPLY: "REPLY",
-                 HEARTBEAT: "HEARTBEAT", DISCONNECT: "DISCONNECT"}
+                 HEARTBEAT: "HEARTBEAT", DISCONNECT: "DISCONNECT", MEMBER: "MEMBER"}
 CLIENT_COMMANDS = frozenset({REQUEST})
-WORKER_COMMANDS = frozenset({READY, REPLY, HEARTBEAT, DISCONNECT})
+WORKER_COMMANDS = frozenset({READY, REPLY, HEARTBEAT, DISCONNECT, MEMBER, REQUEST})
+
+# Caller classes, stamped by the broker on every request it forwards (routing.caller_of).
+CALLER_CLIENT = "client"
+CALLER_DATANODE = "datanode"
+CALLER_MDS = "mds"
+CALLER_BROKER = "broker"       # the broker itself (its own service)
+CALLER_CLASSES = (CALLER_CLIENT, CALLER_DATANODE, CALLER_MDS, CALLER_BROKER)
+MAX_CALLER_ID_LEN = 128
 
 BROKER_SERVICE = "broker"    # answered by the broker itself: ping, services
 MAX_SERVICE_LEN = 128
@@ -74,12 +92,12 @@ def encode_header(header: Mapping[str, Any]) -> bytes:
         raise ProtocolError(f"header cannot be encoded: {exc}") from exc
 
 
-def decode_header(data: bytes | memoryview, max_size: int = DEFAULT_MAX_HEADER,
-                  schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def decode_header(data: bytes | memoryview,
+                  max_size: int = DEFAULT_MAX_HEADER) -> dict[str, Any]:
     """Strictly unpack a header: one msgpack map with str keys, at most `max_size` bytes.
 
-    `schema` maps key -> type or tuple of types; a key ending in "?" is optional.
-    Anything else raises ProtocolError (never msgpack's own exceptions).
+    Anything else raises ProtocolError (never msgpack's own exceptions). Fields are checked
+    by the one schema checker, broker.service.
     """
     if len(data) > max_size:
         raise ProtocolError(f"header of {len(data)} bytes exceeds the limit of {max_size}")
@@ -89,32 +107,7 @@ def decode_header(data: bytes | memoryview, max_size: int = DEFAULT_MAX_HEADER,
         raise ProtocolError(f"header is not valid msgpack: {exc.__class__.__name__}") from None
     if not isinstance(value, dict):
         raise ProtocolError(f"header must be a map, not {type(value).__name__}")
-    if schema:
-        check_fields(value, schema)
     return value
-
-
-def check_fields(header: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Check required/optional keys and their types; raise ProtocolError naming the key."""
-    for spec, types in schema.items():
-        optional = spec.endswith("?")
-        key = spec[:-1] if optional else spec
-        if key not in header:
-            if optional:
-                continue
-            raise ProtocolError(f"header is missing required key {key!r}")
-        value = header[key]
-        # bool is an int subclass: never accept True as a size or count
-        if isinstance(value, bool) and bool not in _as_tuple(types):
-            raise ProtocolError(f"header key {key!r} has type bool")
-        if value is None and optional:
-            continue
-        if not isinstance(value, types):
-            raise ProtocolError(f"header key {key!r} has type {type(value).__name__}")
-
-
-def _as_tuple(types: Any) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
 
 
 def ok_header(result: Mapping[str, Any] | None = None) -> bytes:
@@ -187,9 +180,12 @@ def item_result(item: Any) -> dict[str, Any]:
 _TAG_LEN = len(TAG)
 
 
-def pack(cmd: int, name: bytes = b"", rid: bytes = b"", header: bytes = b"") -> bytes:
-    """Build an envelope frame. `name` and `rid` must each be at most 255 bytes."""
-    return b"".join((TAG, bytes((cmd, len(name))), name, bytes((len(rid),)), rid, header))
+def pack(cmd: int, name: bytes = b"", rid: bytes = b"", header: bytes = b"",
+         caller: bytes = b"") -> bytes:
+    """Build an envelope frame. `name` and `rid` must each be at most 255 bytes; `caller`
+    (from `caller_field`) goes only on broker -> worker REQUESTs."""
+    return b"".join((TAG, bytes((cmd, len(name))), name, bytes((len(rid),)), rid, caller,
+                     header))
 
 
 def unpack(env: bytes) -> tuple[int, bytes, bytes, bytes]:
@@ -213,6 +209,32 @@ def unpack(env: bytes) -> tuple[int, bytes, bytes, bytes]:
     if j > size:
         raise ProtocolError("truncated envelope (request id)")
     return env[_TAG_LEN], env[_TAG_LEN + 2:i], env[i + 1:j], env[j:]
+
+
+def caller_field(caller_class: str, caller_id: str) -> bytes:
+    """The caller part of a broker -> worker REQUEST (built once per connection, not per
+    request): class code, id length, id."""
+    raw = caller_id.encode("ascii")
+    if caller_class not in CALLER_CLASSES or not 0 < len(raw) <= MAX_CALLER_ID_LEN:
+        raise ProtocolError(f"bad caller {caller_class!r}/{caller_id!r}")
+    return bytes((CALLER_CLASSES.index(caller_class) + 1, len(raw))) + raw
+
+
+def split_caller(rest: bytes) -> tuple[str, str, bytes]:
+    """(caller class, caller id, header) from what `unpack` returned as a broker -> worker
+    REQUEST's header; the inverse of pack(..., caller=caller_field(...))."""
+    if len(rest) < 2:
+        raise ProtocolError("truncated envelope (caller)")
+    code, n = rest[0], rest[1]
+    if not 0 < code <= len(CALLER_CLASSES) or not 0 < n <= MAX_CALLER_ID_LEN \
+            or len(rest) < 2 + n:
+        raise ProtocolError("malformed caller in the envelope")
+    return CALLER_CLASSES[code - 1], decode_name(rest[2:2 + n], "caller id",
+                                                 MAX_CALLER_ID_LEN), rest[2 + n:]
+
+
+def member_envelope(member: str) -> bytes:
+    return pack(MEMBER, member.encode("ascii"))
 
 
 def decode_name(raw: bytes, what: str, limit: int = MAX_SERVICE_LEN) -> str:

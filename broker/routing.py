@@ -14,6 +14,10 @@ sends that the I/O loop performs verbatim. Nothing here imports zmq.
   with ECONNRESET and queued ones (if no other worker is left) with ECONNREFUSED.
 - An unregistered peer on the worker side (e.g. after a broker restart) gets DISCONNECT,
   which makes its helper send READY again.
+- Members (the MDS and DataNodes making calls of their own) connect on the worker side,
+  declare once which member they act for (MEMBER), then send REQUESTs like clients; their
+  replies go back on the worker socket. Every request forwarded to a worker carries its
+  caller's class and id (`caller_of`), never taken from what the caller claims.
 - In-flight entries older than `request_ttl` are dropped, so a client that went away costs
   nothing forever; replies to unknown requests are dropped (ZeroMQ drops unroutable sends).
 """
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import protocol as P
+from . import service as S
+from .service import EVERYONE, Bool, Context, Int, Map, Str, operation, validate
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,57 @@ WORKER = 1   # send on the worker-facing socket
 
 Send = tuple[int, bytes, list]
 
+# A request's route - what workers echo in their reply - is the side its caller is on
+# (CLIENT or WORKER, one byte) and the caller's ROUTER identity: the two ROUTER sockets
+# number their peers independently, so an identity alone could name two peers.
+_CLIENT_SIDE = bytes((CLIENT,))
+_MEMBER_SIDE = bytes((WORKER,))
+MAX_IDENTITY = 254              # + the side byte fits the envelope's 255-byte name
+MAX_MEMBERS = 10_000
+READY_FIELDS = Map({"capacity?": Int(-(1 << 63), 1 << 64), "exclusive?": Bool(),
+                    "node?": Str(P.MAX_SERVICE_LEN)})
+
+
+def caller_of(side: int, member: str | None = None) -> tuple[str, str]:
+    """(caller class, caller id) of a request, from where it arrived.
+
+    Today the endpoint is the credential: the client endpoint is anyone ("client",
+    "anonymous"); a connection on the worker endpoint is a cluster member and names the
+    member it acts for ("mds", or "dn.<id>" -> a "datanode" with id <id>).
+    SECURITY: this is the one place to change when the broker authenticates peers: derive
+    class and id from the CURVE key's ZAP User-Id (zmq.Frame.get("User-Id")) instead of the
+    endpoint and the member's own declaration.
+    """
+    if side == CLIENT:
+        return P.CALLER_CLIENT, "anonymous"
+    if member == P.CALLER_MDS:
+        return P.CALLER_MDS, P.CALLER_MDS
+    if member is not None and member.startswith("dn.") and len(member) > 3:
+        return P.CALLER_DATANODE, member[3:]
+    raise P.ProtocolError(f"{member!r} is not a member of the cluster (mds or dn.<id>)")
+
+
+CLIENT_CALLER = P.caller_field(*caller_of(CLIENT))
+
+
+class _BrokerOps:
+    """Service "broker", answered by the broker itself."""
+
+    def __init__(self, router: "Router") -> None:
+        self.router = router
+
+    @operation(callers=EVERYONE)
+    def ping(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Liveness of the broker: {"pong": true}."""
+        return {"pong": True}
+
+    @operation(callers=EVERYONE)
+    def services(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Live workers per service: {"services": {name: count}} (services with none are
+        left out)."""
+        return {"services": {s.name: len(s.workers)
+                             for s in self.router.services.values() if s.workers}}
+
 
 @dataclass(eq=False, slots=True)
 class Worker:
@@ -41,7 +98,7 @@ class Worker:
     service: "Service"
     capacity: int
     expiry: float
-    in_flight: set = field(default_factory=set)   # (client, rid) keys
+    in_flight: set = field(default_factory=set)   # (route, rid) keys
 
 
 @dataclass(eq=False, slots=True)
@@ -49,7 +106,7 @@ class Service:
     name: str
     name_bytes: bytes
     workers: list = field(default_factory=list)
-    queue: deque = field(default_factory=deque)   # (client, rid, header, payload)
+    queue: deque = field(default_factory=deque)   # (route, rid, header, payload, caller)
 
 
 class Router:
@@ -65,13 +122,15 @@ class Router:
         self.max_header = max_header
         self.services: dict[bytes, Service] = {}
         self.workers: dict[bytes, Worker] = {}
-        # (client, rid) -> (worker, deadline); swept once per heartbeat interval
+        self.members: dict[bytes, bytes] = {}   # identity -> caller field of its requests
+        self.broker_ops = S.Service.collect(P.BROKER_SERVICE, _BrokerOps(self))
+        # (route, rid) -> (worker, deadline); swept once per heartbeat interval
         self.in_flight: dict[tuple[bytes, bytes], tuple[Worker, float]] = {}
         self._next_heartbeat = clock() + heartbeat_interval
         self.stats = {"requests": 0, "replies": 0, "dropped_replies": 0, "rejected": 0,
                       "expired_workers": 0}
 
-    # -- client side ---------------------------------------------------------------------
+    # -- requests (from clients, and from members on the worker side) -------------------
 
     def on_client(self, client: bytes, env: bytes, payload: list) -> list[Send]:
         """One message from a client: its envelope frame and payload frames."""
@@ -79,32 +138,39 @@ class Router:
         if cmd != P.REQUEST:
             name = P.COMMAND_NAMES.get(cmd, str(cmd))
             raise P.ProtocolError(f"command {name} is not valid from a client")
+        if len(client) > MAX_IDENTITY:
+            raise P.ProtocolError(f"identity longer than {MAX_IDENTITY} bytes")
+        return self._request(_CLIENT_SIDE + client, service, rid, header, payload,
+                             CLIENT_CALLER)
+
+    def _request(self, route: bytes, service: bytes, rid: bytes, header: bytes,
+                 payload: list, caller: bytes) -> list[Send]:
         if not rid or len(rid) > P.MAX_RID_LEN:
             raise P.ProtocolError(f"request id must be 1..{P.MAX_RID_LEN} bytes")
         if len(header) > self.max_header:
-            return [self._error(client, service, rid, "EMSGSIZE",
+            return [self._error(route, service, rid, "EMSGSIZE",
                                 f"header of {len(header)} bytes exceeds {self.max_header}")]
         svc = self.services.get(service)
         if svc is None or not svc.workers:
             name = P.decode_name(service, "service name")
             if name == P.BROKER_SERVICE:
-                return [self._broker_service(client, rid, header)]
-            return [self._error(client, service, rid, P.E_NO_WORKER,
+                return [self._broker_service(route, rid, header, caller)]
+            return [self._error(route, service, rid, P.E_NO_WORKER,
                                 f"no live worker for service {name!r}")]
-        key = (client, rid)
+        key = (route, rid)
         if key in self.in_flight:
-            return [self._error(client, service, rid, P.E_PROTOCOL,
+            return [self._error(route, service, rid, P.E_PROTOCOL,
                                 "request id already in flight")]
         self.stats["requests"] += 1
         worker = self._pick(svc)
         if worker is None:
             if len(svc.queue) >= self.max_queue:
                 self.stats["rejected"] += 1
-                return [self._error(client, service, rid, P.E_BUSY,
+                return [self._error(route, service, rid, P.E_BUSY,
                                     f"service {svc.name!r} is overloaded; retry later")]
-            svc.queue.append((client, rid, header, payload))
+            svc.queue.append((route, rid, header, payload, caller))
             return []
-        return [self._dispatch(worker, client, rid, header, payload)]
+        return [self._dispatch(worker, route, rid, header, payload, caller)]
 
     @staticmethod
     def _pick(svc: Service) -> Worker | None:
@@ -119,32 +185,31 @@ class Router:
                 best = w
         return best
 
-    def _dispatch(self, worker: Worker, client: bytes, rid: bytes, header: bytes,
-                  payload: list) -> Send:
-        key = (client, rid)
+    def _dispatch(self, worker: Worker, route: bytes, rid: bytes, header: bytes,
+                  payload: list, caller: bytes) -> Send:
+        key = (route, rid)
         self.in_flight[key] = (worker, self.clock() + self.request_ttl)
         worker.in_flight.add(key)
-        return (WORKER, worker.identity, [P.pack(P.REQUEST, client, rid, header), *payload])
+        return (WORKER, worker.identity,
+                [P.pack(P.REQUEST, route, rid, header, caller), *payload])
 
-    def _error(self, client: bytes, service: bytes, rid: bytes, code: str, message: str) -> Send:
-        return (CLIENT, client, [P.pack(P.REPLY, service, rid, P.error_header(code, message))])
+    @staticmethod
+    def _error(route: bytes, service: bytes, rid: bytes, code: str, message: str) -> Send:
+        return (route[0], route[1:], [P.pack(P.REPLY, service, rid,
+                                             P.error_header(code, message))])
 
-    def _broker_service(self, client: bytes, rid: bytes, header: bytes) -> Send:
-        """A tiny management interface: ping, and the live workers of each service."""
+    def _broker_service(self, route: bytes, rid: bytes, header: bytes, caller: bytes) -> Send:
+        """The broker's own service (ping, services), declared like any other."""
         service = P.BROKER_SERVICE.encode()
         try:
-            op = P.decode_header(header, self.max_header, {"op": str})["op"]
+            fields = P.decode_header(header, self.max_header)
         except P.ProtocolError as exc:
-            return self._error(client, service, rid, P.E_PROTOCOL, str(exc))
-        if op == "ping":
-            result: dict[str, Any] = {"pong": True}
-        elif op == "services":
-            result = {"services": {s.name: len(s.workers)
-                                   for s in self.services.values() if s.workers}}
-        else:
-            return self._error(client, service, rid, "EOPNOTSUPP",
-                               f"broker has no operation {op!r}")
-        return (CLIENT, client, [P.pack(P.REPLY, service, rid, P.ok_header(result))])
+            return self._error(route, service, rid, P.E_PROTOCOL, str(exc))
+        cls, cid, _ = P.split_caller(caller)
+        out = self.broker_ops.run(fields, [], Context(self.clock(), time.time(), cls, cid))
+        if out.error is not None:
+            return self._error(route, service, rid, *P.exception_to_error(out.error))
+        return (route[0], route[1:], [P.pack(P.REPLY, service, rid, P.ok_header(out.result))])
 
     # -- worker side ---------------------------------------------------------------------
 
@@ -157,18 +222,37 @@ class Router:
             if worker is None:
                 return [(WORKER, identity, [P.DISCONNECT_ENV])]
             return self._on_reply(worker, name, rid, header, payload)
+        if cmd == P.REQUEST:
+            caller = self.members.get(identity)
+            if caller is None:
+                raise P.ProtocolError("REQUEST on the worker endpoint from a peer that has "
+                                      "not declared which member it acts for (MEMBER)")
+            if len(identity) > MAX_IDENTITY:
+                raise P.ProtocolError(f"identity longer than {MAX_IDENTITY} bytes")
+            return self._request(_MEMBER_SIDE + identity, name, rid, header, payload, caller)
         if cmd == P.HEARTBEAT:
             return [] if worker else [(WORKER, identity, [P.DISCONNECT_ENV])]
         if cmd == P.READY:
             return self._on_ready(identity, name, header)
+        if cmd == P.MEMBER:
+            return self._on_member(identity, name)
         if cmd == P.DISCONNECT:
+            self.members.pop(identity, None)
             return self._remove_worker(worker) if worker else []
         cname = P.COMMAND_NAMES.get(cmd, str(cmd))
         raise P.ProtocolError(f"command {cname} is not valid from a worker")
 
-    def _on_reply(self, worker: Worker, client: bytes, rid: bytes, header: bytes,
+    def _on_member(self, identity: bytes, declared: bytes) -> list[Send]:
+        caller_class, caller_id = caller_of(WORKER, P.decode_name(declared, "member name"))
+        if identity not in self.members and len(self.members) >= MAX_MEMBERS:
+            # members that vanished without DISCONNECT (kill -9): forget the oldest
+            del self.members[next(iter(self.members))]
+        self.members[identity] = P.caller_field(caller_class, caller_id)
+        return []
+
+    def _on_reply(self, worker: Worker, route: bytes, rid: bytes, header: bytes,
                   payload: list) -> list[Send]:
-        key = (client, rid)
+        key = (route, rid)
         entry = self.in_flight.get(key)
         if entry is None or entry[0] is not worker:
             self.stats["dropped_replies"] += 1
@@ -177,8 +261,9 @@ class Router:
         worker.in_flight.discard(key)
         self.stats["replies"] += 1
         svc = worker.service
-        out: list[Send] = [(CLIENT, client, [P.pack(P.REPLY, svc.name_bytes, rid, header),
-                                             *payload])]
+        # the route's first byte says which socket the caller is on (CLIENT or WORKER)
+        out: list[Send] = [(route[0], route[1:],
+                            [P.pack(P.REPLY, svc.name_bytes, rid, header), *payload])]
         if svc.queue:
             out.extend(self._drain_queue(svc))
         return out
@@ -189,15 +274,18 @@ class Router:
             worker = self._pick(svc)
             if worker is None:
                 break
-            client, rid, header, payload = svc.queue.popleft()
-            out.append(self._dispatch(worker, client, rid, header, payload))
+            out.append(self._dispatch(worker, *svc.queue.popleft()))
         return out
 
     def _on_ready(self, identity: bytes, service: bytes, header: bytes) -> list[Send]:
         name = P.decode_name(service, "service name")
         if name == P.BROKER_SERVICE:
             raise P.ProtocolError(f"service name {name!r} is reserved")
-        info = P.decode_header(header, self.max_header, {"capacity?": int, "exclusive?": bool})
+        info = P.decode_header(header, self.max_header)
+        try:
+            validate(READY_FIELDS, info, "READY")
+        except OSError as exc:   # whatever is wrong with it, it breaks the protocol
+            raise P.ProtocolError(exc.strerror) from None
         capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
         out: list[Send] = []
         if identity in self.workers:   # re-registration: its old requests are lost
@@ -235,8 +323,8 @@ class Router:
         worker.in_flight.clear()
         if not svc.workers:
             while svc.queue:
-                client, rid, _, _ = svc.queue.popleft()
-                out.append(self._error(client, svc.name_bytes, rid, P.E_NO_WORKER,
+                route, rid = svc.queue.popleft()[:2]
+                out.append(self._error(route, svc.name_bytes, rid, P.E_NO_WORKER,
                                        f"no live worker for service {svc.name!r}"))
         else:
             out.extend(self._drain_queue(svc))

@@ -134,12 +134,13 @@ class Broker:
         self.malformed += 1
         side = "client" if from_client else "worker"
         self.garbage.warning("malformed message from %s %s: %s", side, ident.hex(), exc)
-        # A client whose envelope still yields a request id learns why; the rest is dropped.
-        if from_client:
-            try:
-                _, _, rid, _ = P.unpack(env)
-            except P.ProtocolError:
-                return
+        # A client (or a member's REQUEST) whose envelope still yields a request id learns
+        # why; the rest is dropped.
+        try:
+            cmd, _, rid, _ = P.unpack(env)
+        except P.ProtocolError:
+            return
+        if from_client or cmd == P.REQUEST:
             if 0 < len(rid) <= P.MAX_RID_LEN:
                 wire.send(sock, [ident, P.pack(P.REPLY, b"", rid,
                                                P.error_header(P.E_PROTOCOL, str(exc)))])

@@ -10,7 +10,9 @@ A worker's loop is a few lines:
 
 Requests carry a decoded header and payload frames as memoryviews. Replies may also be
 sent from other threads with `reply_threadsafe`, which queues them for the loop's thread
-(ZeroMQ sockets belong to one thread) and wakes it.
+(ZeroMQ sockets belong to one thread) and wakes it. `serve(service, stop)` is the whole
+loop for a broker.service.Service; each Request knows its caller (class and id, stamped by
+the broker) and builds the service Context.
 """
 from __future__ import annotations
 
@@ -26,20 +28,27 @@ import zmq
 
 from . import protocol as P
 from . import wire
+from .service import Context, Outcome
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Request:
-    client: bytes
+    client: bytes          # the route to the caller: opaque, echoed in the reply
     rid: bytes
     header: dict
-    payload: list   # memoryviews, zero-copy
+    payload: list          # memoryviews, zero-copy
+    caller_class: str = P.CALLER_CLIENT   # stamped by the broker (routing.caller_of)
+    caller_id: str = "anonymous"
 
     @property
     def op(self) -> Any:
         return self.header.get("op")
+
+    def context(self, sink: Callable[[tuple[str, dict]], Any] | None = None) -> Context:
+        """The service context of this request: the clocks read now, its caller."""
+        return Context.now_for(self.caller_class, self.caller_id, sink)
 
 
 class Worker:
@@ -137,14 +146,16 @@ class Worker:
             return None
         self._broker_expiry = time.monotonic() + self.interval * self.liveness
         try:
-            cmd, client, rid, header = P.unpack(env)
+            cmd, client, rid, rest = P.unpack(env)
             if cmd == P.REQUEST:
+                caller_class, caller_id, header = P.split_caller(rest)
                 try:
                     fields = P.decode_header(header, self.max_header)
                 except P.ProtocolError as exc:
                     self._send_reply(client, rid, P.error_header(P.E_PROTOCOL, str(exc)), ())
                     return None
-                return Request(client, rid, fields, wire.payload_views(payload))
+                return Request(client, rid, fields, wire.payload_views(payload),
+                               caller_class, caller_id)
             if cmd == P.HEARTBEAT:
                 return None
             if cmd == P.DISCONNECT:
@@ -171,10 +182,16 @@ class Worker:
             log.exception("internal error handling %r", request.header.get("op"), exc_info=exc)
         self._send_reply(request.client, request.rid, P.error_header(code, message), ())
 
-    def reply_threadsafe(self, request: Request, result: Mapping[str, Any] | None = None,
-                         payload: Iterable = (), error: BaseException | None = None) -> None:
-        """Queue a reply from any thread; the loop's thread sends it."""
-        self._pending.append((request, result, payload, error))
+    def answer(self, request: Request, outcome: Outcome) -> None:
+        """Send a service's Outcome: its result and payload, or its error."""
+        if outcome.error is not None:
+            self.reply_error(request, outcome.error)
+        else:
+            self.reply(request, outcome.result, outcome.payload)
+
+    def reply_threadsafe(self, request: Request, outcome: Outcome) -> None:
+        """Queue an answer from any thread; the loop's thread sends it."""
+        self._pending.append((request, outcome))
         self.wake()
 
     def wake(self) -> None:
@@ -193,30 +210,18 @@ class Worker:
     def _flush_pending(self) -> None:
         pending = self._pending
         while pending:
-            request, result, payload, error = pending.popleft()
-            if error is not None:
-                self.reply_error(request, error)
-            else:
-                self.reply(request, result, payload)
+            self.answer(*pending.popleft())
 
     # -- convenience ---------------------------------------------------------------------
 
-    def serve(self, handler: Callable[[Request], Any], stop: threading.Event) -> None:
-        """Run `handler` for each request until `stop` is set. The handler returns a result
-        map, or (result map, payload buffers); an exception becomes an error reply."""
+    def serve(self, service: Any, stop: threading.Event,
+              sink: Callable[[tuple[str, dict]], Any] | None = None) -> None:
+        """Answer each request with `service.run(header, payload, context)` (a
+        broker.service.Service, or anything with that method) until `stop` is set."""
         while not stop.is_set():
             req = self.recv(timeout=0.25)
-            if req is None:
-                continue
-            try:
-                out = handler(req)
-            except Exception as exc:
-                self.reply_error(req, exc)
-                continue
-            if isinstance(out, tuple):
-                self.reply(req, out[0], out[1])
-            else:
-                self.reply(req, out)
+            if req is not None:
+                self.answer(req, service.run(req.header, req.payload, req.context(sink)))
 
     def close(self) -> None:
         """Tell the broker we are leaving (it fails our in-flight requests at once)."""

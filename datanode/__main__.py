@@ -18,7 +18,8 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
 @click.option("--base-port", type=int, help="Broker endpoints derived from base port P.")
 @click.option("--broker-worker", help="Broker worker endpoint (register here).")
-@click.option("--broker-client", help="Broker client endpoint (talk to the MDS and peers).")
+@click.option("--broker-client", help="Unused, kept for old scripts: a DataNode talks to "
+              "the MDS and its peers through the worker endpoint, as a member.")
 @click.option("--events", help="Broker XSUB endpoint to publish events to.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
 @click.option("--scrub-rate", type=float, help="Bytes/s the scrubber may read.")
@@ -49,7 +50,7 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
                                         "datanode": {"scrub_rate": scrub_rate}})
         b, d = cfg["broker"], cfg["datanode"]
         node = DataNode(node_id, Path(data_dir or Path(d["data_dir"]) / node_id),
-                        worker_endpoint=b["worker"], client_endpoint=b["client"],
+                        worker_endpoint=b["worker"],
                         events_endpoint=b["events_in"],
                         heartbeat=float(heartbeat_interval or d["heartbeat"]),
                         liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),

@@ -1,11 +1,14 @@
 """The DataNode process: serves service `dn.<id>` from a BlockStore, talks to the MDS.
 
-Threads: the main thread owns the broker socket (Worker) and only moves messages; block
-I/O runs in a small pool (replies go back with `reply_threadsafe`); copies to other nodes
+Threads: the main thread owns the broker socket (Worker) and only moves messages; the
+operations (declared with broker.service, run through `self.service`) and block I/O run in
+a small pool (replies go back with `reply_threadsafe`); copies to other nodes
 run in a pool of their own; one thread heartbeats the MDS and carries out what it answers
 (deletes, copies, block reports) and sends a full block report every `report_interval`;
 one scrubs; one compacts the pack files that hold small blocks.
 Small blocks also come many to a request (`put_blocks`): they share one sync in the store.
+Outbound calls (heartbeats, reports, copies) go through MemberClients on the broker's
+worker endpoint, so the MDS and peers see them as this DataNode's.
 Events (`block.commit` only once a block is durable) go out through a Publisher.
 """
 from __future__ import annotations
@@ -16,27 +19,30 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
 
 import msgpack
 
 from broker import protocol as P
-from broker.client import Client
+from broker.client import MemberClient
 from broker.events import Publisher
+from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, Str,
+                            operation)
 from broker.worker import Request, Worker
 
-from .blockid import parse_block_id
+from .blockid import ID_BYTES, parse_block_id
 from .scrub import Scrubber
 from .store import BlockCorrupt, BlockStore
 
 log = logging.getLogger(__name__)
 
-PUT_SCHEMA = {"id": bytes, "checksum?": int}
-GET_SCHEMA = {"id": bytes, "offset?": int, "length?": int}
-ID_SCHEMA = {"id": bytes}
-COPY_SCHEMA = {"id": bytes, "target": str}
-PUT_MANY_SCHEMA = {"blocks": list}
 MAX_PUT_MANY = 256         # blocks in one put_blocks request
+MAX_FRAMES = 1024          # payload frames of one put_block
+BLOCK = Bytes(ID_BYTES, ID_BYTES)   # parse_block_id is still the one door to a block id
+CHECKSUM = Int(0, 0xFFFF_FFFF)
+OFFSET = Int(0, 1 << 63)
+NODE = Str(P.MAX_SERVICE_LEN - 3)
+PEERS = frozenset({P.CALLER_CLIENT, P.CALLER_DATANODE})
+MDS_ONLY = frozenset({P.CALLER_MDS})
 COMPACT_EVERY = 10.0       # seconds between looks for pack files worth compacting
 MAX_COMMANDS = 1000        # deletes carried out per heartbeat answer
 SMALL_BLOCK = 256 * 1024   # requests below this size go to the small-block pool
@@ -49,7 +55,7 @@ COPY_THREADS = 2
 
 class DataNode:
     def __init__(self, node_id: str, data_dir: Path, *, worker_endpoint: str,
-                 client_endpoint: str, events_endpoint: str, heartbeat: float = 1.0,
+                 events_endpoint: str, heartbeat: float = 1.0,
                  liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
@@ -57,7 +63,7 @@ class DataNode:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
         self.heartbeat = heartbeat
-        self.client_endpoint = client_endpoint
+        self.worker_endpoint = worker_endpoint
         self.capacity_limit = capacity
         self.store = BlockStore(Path(data_dir), small_max=small_max)
         self.events = Publisher(events_endpoint, node_id)
@@ -82,96 +88,107 @@ class DataNode:
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
         self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
         self._copy_lock = threading.Lock()
-        self.handlers: dict[str, Callable[[Request], Any]] = {
-            "put_block": self._put_block, "put_blocks": self._put_blocks,
-            "get_block": self._get_block,
-            "delete_block": self._delete_block, "stat_block": self._stat_block,
-            "copy_block": self._copy_block, "info": self._info,
-            "block_report": self._request_report,
-        }
+        self.service = Service.collect(f"DataNode {node_id}", self)
 
-    # -- request handling (pool threads) ------------------------------------------------
+    # -- operations (pool threads) ------------------------------------------------------
 
-    def _put_block(self, req: Request) -> dict:
-        P.check_fields(req.header, PUT_SCHEMA)
-        block = parse_block_id(req.header["id"])
-        info = self.store.put(block, req.payload, req.header.get("checksum"))
-        self.events.publish("block.commit", node=self.node_id, block=block.hex(),
-                            size=info.size, checksum=info.crc)
-        return {"id": req.header["id"], "size": info.size, "checksum": info.crc}
+    def _publish(self, event: tuple[str, dict]) -> None:
+        self.events.publish(event[0], **event[1])
 
-    def _put_blocks(self, req: Request) -> dict:
-        """Many small blocks in one request (one payload frame each), stored with one
-        shared sync; each block gets its own result, so one bad block fails alone."""
-        P.check_fields(req.header, PUT_MANY_SCHEMA)
-        specs = req.header["blocks"]
-        if not 0 < len(specs) <= MAX_PUT_MANY:
-            raise OSError(errno.EINVAL, f"put_blocks takes 1..{MAX_PUT_MANY} blocks, "
-                          f"got {len(specs)}")
-        if len(specs) != len(req.payload):
+    @operation({"id": BLOCK, "checksum?": CHECKSUM}, callers=PEERS, frames=(0, MAX_FRAMES))
+    def put_block(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Store block `id` = the payload frames joined (checked against `checksum`, CRC32C,
+        when given) -> {id, size, checksum}, once durable. A put from another DataNode is a
+        copy (re-replication): this node then tells the MDS it holds the replica."""
+        block = parse_block_id(h["id"])
+        info = self.store.put(block, payload, h.get("checksum"))
+        ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=info.size,
+                 checksum=info.crc)
+        if ctx.caller_class == P.CALLER_DATANODE:
+            self._client().call("mds", {"op": "replica_added", "node": self.node_id,
+                                        "block": h["id"], "size": info.size,
+                                        "checksum": info.crc})
+        return {"id": h["id"], "size": info.size, "checksum": info.crc}
+
+    @operation({"blocks": List(Map({"id": BLOCK, "checksum?": CHECKSUM}), MAX_PUT_MANY, 1)},
+               callers=PEERS, frames=(1, MAX_PUT_MANY))
+    def put_blocks(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Many small blocks (`blocks`: 1..256 {id, checksum?}, one payload frame each, in
+        order) stored with one shared sync -> {results: [{ok: {size, checksum}} / {err}]}:
+        each block succeeds or fails alone."""
+        specs = h["blocks"]
+        if len(specs) != len(payload):
             raise OSError(errno.EINVAL, f"put_blocks: {len(specs)} blocks but "
-                          f"{len(req.payload)} payload frames")
-        results: list[dict | None] = [None] * len(specs)
-        items, where = [], []
-        for i, spec in enumerate(specs):
-            try:
-                if not isinstance(spec, dict):
-                    raise P.ProtocolError("each block of put_blocks is a map")
-                P.check_fields(spec, PUT_SCHEMA)
-                items.append((parse_block_id(spec["id"]), [req.payload[i]], spec.get("checksum")))
-                where.append(i)
-            except OSError as exc:
-                results[i] = P.item_error(exc)
-        for i, (block, _, _), out in zip(where, items, self.store.put_many(items)):
+                          f"{len(payload)} payload frames")
+        items = [(parse_block_id(spec["id"]), [frame], spec.get("checksum"))
+                 for spec, frame in zip(specs, payload)]
+        results = []
+        for (block, _, _), out in zip(items, self.store.put_many(items)):
             if isinstance(out, BaseException):
-                results[i] = P.item_error(out)
+                results.append(P.item_error(out))
                 continue
-            self.events.publish("block.commit", node=self.node_id, block=block.hex(),
-                                size=out.size, checksum=out.crc)
-            results[i] = P.item_ok({"size": out.size, "checksum": out.crc})
+            ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=out.size,
+                     checksum=out.crc)
+            results.append(P.item_ok({"size": out.size, "checksum": out.crc}))
         return {"results": results}
 
-    def _get_block(self, req: Request) -> tuple[dict, list]:
-        P.check_fields(req.header, GET_SCHEMA)
-        block = parse_block_id(req.header["id"])
+    @operation({"id": BLOCK, "offset?": OFFSET, "length?": OFFSET}, callers=PEERS)
+    def get_block(self, h: dict, payload: list, ctx: Context) -> tuple[dict, list]:
+        """Read block `id` (from `offset`, `length` bytes or to the end), verified ->
+        {size, checksum, length} + one payload frame. A corrupt replica is set aside and
+        reported to the MDS."""
+        block = parse_block_id(h["id"])
         try:
-            data = self.store.get(block, req.header.get("offset") or 0, req.header.get("length"))
+            data = self.store.get(block, h.get("offset") or 0, h.get("length"))
         except BlockCorrupt as exc:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
         return {"size": info.size, "checksum": info.crc, "length": len(data)}, [data]
 
-    def _delete_block(self, req: Request) -> dict:
-        P.check_fields(req.header, ID_SCHEMA)
-        block = parse_block_id(req.header["id"])
-        return {"deleted": self._delete(block)}
+    @operation({"id": BLOCK}, callers=MDS_ONLY)
+    def delete_block(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Delete block `id` -> {deleted: bool}. The MDS sends deletions in heartbeat
+        replies; this op is for an MDS-class caller only."""
+        return {"deleted": self._delete(parse_block_id(h["id"]))}
 
-    def _stat_block(self, req: Request) -> dict:
-        P.check_fields(req.header, ID_SCHEMA)
-        info = self.store.stat(parse_block_id(req.header["id"]))
+    @operation({"id": BLOCK}, callers=PEERS)
+    def stat_block(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Size and checksum of block `id` -> {size, checksum}."""
+        info = self.store.stat(parse_block_id(h["id"]))
         return {"size": info.size, "checksum": info.crc}
 
-    def _copy_block(self, req: Request) -> dict:
-        P.check_fields(req.header, COPY_SCHEMA)
-        return self._copy(parse_block_id(req.header["id"]), req.header["target"])
+    @operation({"id": BLOCK, "target": NODE}, callers=MDS_ONLY)
+    def copy_block(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Copy block `id` to DataNode `target` (read and verify here, put there; the target
+        reports the replica) -> {size, checksum}. Copies normally come in heartbeat
+        replies; this op is for an MDS-class caller only."""
+        return self._copy(parse_block_id(h["id"]), h["target"])
 
-    def _info(self, req: Request) -> dict:
+    @operation(callers=PEERS)
+    def info(self, h: dict, payload: list, ctx: Context) -> dict:
+        """This node -> {node, capacity, used, free, blocks}."""
         return self._stats()
 
-    def _request_report(self, req: Request) -> dict:
+    @operation(callers=MDS_ONLY)
+    def block_report(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Send a full block report to the MDS soon -> {blocks: count held now}."""
         self._report_now.set()
         return {"blocks": self.store.usage().blocks}
 
     # -- shared actions -----------------------------------------------------------------
 
-    def _client(self) -> Client:
-        """One broker client per thread (ZeroMQ sockets belong to one thread)."""
+    def _client(self) -> MemberClient:
+        """One broker connection per thread (ZeroMQ sockets belong to one thread), on the
+        worker endpoint as this DataNode: the broker stamps our calls as ours."""
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = Client(self.client_endpoint, timeout=30.0,
-                                                 connect_timeout=2.0)
+            client = self._local.client = self._member(timeout=30.0)
         return client
+
+    def _member(self, timeout: float) -> MemberClient:
+        return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
+                            connect_timeout=2.0)
 
     def _delete(self, block: bytes) -> bool:
         return self._delete_many([block])[0]
@@ -203,10 +220,9 @@ class DataNode:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
+        # the target tells the MDS it holds the replica (a node speaks only for itself)
         self._client().call(f"dn.{target}", {"op": "put_block", "id": block,
                                              "checksum": info.crc}, [data])
-        self._client().call("mds", {"op": "replica_added", "node": target, "block": block,
-                                    "size": info.size, "checksum": info.crc})
         log.info("copied block %s to %s", block.hex(), target)
         return {"size": info.size, "checksum": info.crc}
 
@@ -235,7 +251,7 @@ class DataNode:
 
     # -- MDS link (its own thread) ------------------------------------------------------
 
-    def _send_report(self, client: Client) -> None:
+    def _send_report(self, client: MemberClient) -> None:
         blocks = [[i.id, i.size, i.crc] for i in self.store.infos()]
         client.call("mds", {"op": "block_report", "node": self.node_id, "count": len(blocks)},
                     [msgpack.packb(blocks, use_bin_type=True)], timeout=60.0)
@@ -270,7 +286,7 @@ class DataNode:
                 self._copy_failed.append(block)
 
     def _mds_link(self) -> None:
-        client = Client(self.client_endpoint, timeout=10.0, connect_timeout=2.0)
+        client = self._member(timeout=10.0)
         next_report = time.monotonic() + self.report_interval
         try:
             while not self._stop.is_set():
@@ -307,16 +323,9 @@ class DataNode:
 
     # -- main loop ----------------------------------------------------------------------
 
-    def _run_request(self, req: Request, handler: Callable[[Request], Any]) -> None:
-        try:
-            out = handler(req)
-        except Exception as exc:
-            self.worker.reply_threadsafe(req, error=exc)
-            return
-        if isinstance(out, tuple):
-            self.worker.reply_threadsafe(req, out[0], out[1])
-        else:
-            self.worker.reply_threadsafe(req, out)
+    def _run_request(self, req: Request) -> None:
+        outcome: Outcome = self.service.run(req.header, req.payload, req.context(self._publish))
+        self.worker.reply_threadsafe(req, outcome)
 
     def stop(self) -> None:
         self._stop.set()
@@ -337,19 +346,16 @@ class DataNode:
                 req = worker.recv(timeout=0.5)
                 if req is None:
                     continue
-                handler = self.handlers.get(req.op)
-                if handler is None:
-                    worker.reply_error(req, OSError(errno.EOPNOTSUPP,
-                                                     f"DataNode has no operation {req.op!r}"))
-                    continue
-                if handler == self._copy_block:
+                # only picks a pool: the service checks the op (and everything else)
+                op = req.op
+                if op == "copy_block":
                     pool = self.copier
-                elif req.op == "put_blocks" or (
-                        sum(len(p) for p in req.payload) < SMALL_BLOCK and req.op != "get_block"):
+                elif op == "put_blocks" or (
+                        op != "get_block" and sum(len(p) for p in req.payload) < SMALL_BLOCK):
                     pool = self.small_pool
                 else:
                     pool = self.pool
-                pool.submit(self._run_request, req, handler)
+                pool.submit(self._run_request, req)
         finally:
             self.scrubber.stop()
             self.copier.shutdown(wait=True)

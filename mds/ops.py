@@ -1,25 +1,29 @@
-"""Request handlers of the MDS, one per operation, registered by name.
+"""The MDS's operations (service "mds"), each declared once with broker.service.operation:
+fields with their bounds, who may call it, and a docstring that is its protocol spec.
 
-Each handler validates its header (broker.protocol.check_fields), reads the namespace or
-submits a record to the MetaStore, and returns the result map; the server loop sends it
-only after the batch's fsync. Namespace events are appended to `events` and published by
-the loop after that same fsync. DataNode traffic (heartbeats, reports) lands here too and
-is handed to the RepairPlanner.
+A handler reads the namespace or submits a record to the MetaStore and returns the result
+map; the server loop sends it only after the batch's fsync. Events go to `ctx.emit` and
+are published by the loop after that same fsync. Clocks come from the Context (`now`
+monotonic, `wall` wall clock), never from here. DataNode traffic (heartbeats, reports)
+lands here too, callable only by DataNodes speaking for themselves, and is handed to the
+RepairPlanner. Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
 """
 from __future__ import annotations
 
 import errno
 import logging
-import time
 from typing import Any, Callable
 
 import msgpack
 
 from broker import protocol as P
-from broker.worker import Request
+from broker.service import (EVERYONE, Bool, Bytes, Context, Int, List, Map, Nil, OneOf,
+                            Request, Service, Str, operation)
 
 from .cluster import ClusterView
 from .metastore import MetaStore
+from .namespace import BLOCK_ID_LEN, MAX_BLOCK_SIZE, MAX_HANDLE_LEN
+from .paths import MAX_PATH_BYTES
 from .repair import RepairPlanner
 
 log = logging.getLogger(__name__)
@@ -28,10 +32,26 @@ MAX_ALLOCATE = 1024
 FIRST_ALLOCATION = 16      # blocks allocated with a create that gives the expected size
 MAX_DELETES_PER_HEARTBEAT = 1000
 MAX_BATCH = 256            # operations in one `batch` request
+MAX_FILE_BLOCKS = 200_000  # a commit's block list (an 8 MiB header holds ~120k)
+MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowledge
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
                        "commit", "abort", "renew", "rm"})
-Events = list
+
+CLIENT = frozenset({P.CALLER_CLIENT})
+DATANODE = frozenset({P.CALLER_DATANODE})
+
+# Field types shared by the declarations below.
+PATH = Str(MAX_PATH_BYTES)            # the path module checks the rest (EINVAL)
+HANDLE = Str(MAX_HANDLE_LEN)
+NODE = Str(P.MAX_SERVICE_LEN - 3)     # registered as "dn.<id>"
+BLOCK = Bytes(BLOCK_ID_LEN, BLOCK_ID_LEN)
+COUNT = Int(0, 1 << 63)
+CHECKSUM = Int(0, 0xFFFF_FFFF)
+# odd exclude entries are taken as (unknown) node names: they exclude nothing
+EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
+COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
+                    "replicas": List(NODE, 255)})
 
 
 def _bad(message: str) -> OSError:
@@ -46,86 +66,45 @@ class Handlers:
         self.cluster = cluster
         self.repair = repair
         self.s = settings
-        self.table: dict[str, tuple[dict, Callable[[dict, list, Events], Any]]] = {
-            "ping": ({}, self.ping),
-            "mkdir": ({"path": str, "parents?": bool}, self.mkdir),
-            "ls": ({"path": str}, self.ls),
-            "stat": ({"path": str}, self.stat),
-            "du": ({"path": str}, self.du),
-            "create": ({"path": str, "replication?": int, "block_size?": int,
-                        "parents?": bool, "size?": int}, self.create),
-            "allocate": ({"handle": str, "count": int, "exclude?": list}, self.allocate),
-            "replace_target": ({"handle": str, "block": bytes, "exclude": list},
-                               self.replace_target),
-            "commit": ({"handle": str, "blocks": list}, self.commit),
-            "abort": ({"handle": str}, self.abort),
-            "renew": ({"handle": str}, self.renew),
-            "rm": ({"path": str, "recursive?": bool}, self.rm),
-            "mv": ({"src": str, "dst": str}, self.mv),
-            "bad_replica": ({"block": bytes, "node": str, "reason?": str}, self.bad_replica),
-            "status": ({}, self.status),
-            "fsck": ({"repair?": bool}, self.fsck),
-            "dn_heartbeat": ({"node": str, "capacity": int, "used": int, "blocks": int,
-                              "deleted?": list, "copy_failed?": list}, self.dn_heartbeat),
-            "block_report": ({"node": str, "count?": int}, self.block_report),
-            "replica_added": ({"node": str, "block": bytes, "size": int, "checksum": int},
-                              self.replica_added),
-            "block_corrupt": ({"node": str, "block": bytes}, self.block_corrupt),
-            "batch": ({"ops": list}, self.batch),
-        }
+        self.service = Service.collect("mds", self)
 
-    def handle(self, req: Request, events: Events) -> Any:
-        entry = self.table.get(req.op) if isinstance(req.op, str) else None
-        if entry is None:
-            raise OSError(errno.EOPNOTSUPP, f"the MDS has no operation {req.op!r}")
-        schema, fn = entry
-        P.check_fields(req.header, schema)
-        return fn(req.header, req.payload, events)
-
-    def batch(self, h, payload, events) -> dict:
-        """Several client operations in one request, each with its own result.
-
-        They run in order inside the same loop turn, so all their WAL records share the
-        turn's one fsync, and the reply (like every reply) waits for it: many small files
-        cost one round trip and one fsync per step instead of one per file. An operation
-        that fails does not stop the others.
-        """
-        ops = h["ops"]
-        if not 0 < len(ops) <= MAX_BATCH:
-            raise _bad(f"a batch holds 1..{MAX_BATCH} operations, got {len(ops)}")
-        results = []
-        for sub in ops:
-            try:
-                op = sub.get("op") if isinstance(sub, dict) else None
-                if op not in BATCHABLE:
-                    raise OSError(errno.EOPNOTSUPP, f"operation {op!r} cannot be batched")
-                schema, fn = self.table[op]
-                P.check_fields(sub, schema)
-                results.append(P.item_ok(fn(sub, [], events)))
-            except OSError as exc:
-                results.append(P.item_error(exc))
-            except Exception as exc:   # a handler bug fails its item, not the batch
-                log.exception("batched %r failed", sub.get("op") if isinstance(sub, dict) else sub)
-                results.append(P.item_error(exc))
-        return {"results": results}
+    @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
+    def batch(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Several client operations in one request (`ops`: 1..256 maps, each {op, ...}, of
+        mkdir stat ls create allocate replace_target commit abort renew rm) -> `results`:
+        one {ok: result} or {err: [code, message]} per op, in order. Each item is checked
+        and dispatched like a request of its own (schema, caller class); one that fails
+        does not stop the others. They run in order inside the same loop turn, so their WAL
+        records share the turn's one fsync, and the reply waits for it."""
+        item = self.service.item
+        return {"results": [item(sub, ctx, BATCHABLE) for sub in h["ops"]]}
 
     def submit(self, prepare: Callable) -> dict:
         return self.store.submit(prepare)
 
     # -- namespace -----------------------------------------------------------------------
 
-    def ping(self, h, payload, events) -> dict:
+    @operation(callers=EVERYONE)
+    def ping(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    def mkdir(self, h, payload, events) -> dict:
+    @operation({"path": PATH, "parents?": Bool()}, callers=CLIENT)
+    def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Make directory `path` (with missing parents when `parents`) -> {}."""
         self.submit(lambda ns: ns.prepare_mkdir(h["path"], parents=bool(h.get("parents"))))
-        events.append(("dir.create", {"path": h["path"]}))
+        ctx.emit("dir.create", path=h["path"])
         return {}
 
-    def ls(self, h, payload, events) -> dict:
+    @operation({"path": PATH}, callers=CLIENT)
+    def ls(self, h: dict, payload: list, ctx: Context) -> dict:
+        """List `path` -> entries: [{name, type: file/dir, size, mtime, replication}]."""
         return {"entries": self.ns.ls(h["path"])}
 
-    def stat(self, h, payload, events) -> dict:
+    @operation({"path": PATH}, callers=CLIENT)
+    def stat(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Describe `path` -> {path, type, size, mtime, replication, block_size, blocks:
+        [{id, size, checksum, replicas}]} (blocks empty for a directory)."""
         info = self.ns.stat(h["path"])
         if info["type"] == "file":
             info = self.ns.file_info(h["path"])
@@ -133,35 +112,51 @@ class Handlers:
             info["blocks"] = []
         return info
 
-    def du(self, h, payload, events) -> dict:
+    @operation({"path": PATH}, callers=CLIENT)
+    def du(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Usage below `path` -> {bytes, files, dirs}."""
         return self.ns.du(h["path"])
 
-    def create(self, h, payload, events) -> dict:
+    @operation({"path": PATH, "replication?": Int(1, 255),
+                "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
+                "size?": COUNT}, callers=CLIENT)
+    def create(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
+        seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
+        allocated at once ({id, nodes} each, as allocate). Invisible until commit."""
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents"))))
         draft = self.ns.draft_info(result["handle"])
         out = {"handle": draft["handle"], "path": draft["path"],
-               "replication": draft["replication"], "block_size": draft["block_size"],
-               "lease": self.s.lease}
+               "replication": draft["replication"], "block_size": draft["block_size"]}
         size = h.get("size")
         if size:   # the expected size: allocate the first blocks in the same batch
-            count = min(FIRST_ALLOCATION, -(-max(0, size) // draft["block_size"]))
+            count = min(FIRST_ALLOCATION, -(-size // draft["block_size"]))
             try:
-                out["blocks"] = self._allocate(draft, count, [])
+                out["blocks"] = self._allocate(draft, count, [], ctx.now)
             except OSError:
                 pass   # best effort: the client's own allocate reports why
+        out["lease"] = self._lease_left(draft["handle"], ctx)
         return out
 
-    def allocate(self, h, payload, events) -> dict:
-        count = h["count"]
-        if not 0 < count <= MAX_ALLOCATE:
-            raise _bad(f"count must be 1..{MAX_ALLOCATE}")
-        draft = self.ns.draft_info(h["handle"])
-        return {"blocks": self._allocate(draft, count, [str(n) for n in h.get("exclude") or []])}
+    def _lease_left(self, handle: str, ctx: Context) -> float:
+        """The one lease unit on the wire: seconds remaining. The namespace read its own
+        clock a moment after ctx.wall: a lease just granted is the full period, not more."""
+        left = float(self.ns.draft_info(handle)["lease"]) - ctx.wall
+        return max(0.0, min(float(self.ns.config.lease), left))
 
-    def _allocate(self, draft: dict, count: int, exclude: list[str]) -> list[dict]:
-        now = time.monotonic()
+    @operation({"handle": HANDLE, "count": Int(1, MAX_ALLOCATE), "exclude?": EXCLUDE},
+               callers=CLIENT)
+    def allocate(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Add `count` (1..1024) blocks to draft `handle`, placed on live nodes not in
+        `exclude` -> {blocks: [{id, nodes}], lease: seconds left}; renews the lease."""
+        draft = self.ns.draft_info(h["handle"])
+        exclude = [str(n) for n in h.get("exclude") or []]
+        blocks = self._allocate(draft, h["count"], exclude, ctx.now)
+        return {"blocks": blocks, "lease": self._lease_left(draft["handle"], ctx)}
+
+    def _allocate(self, draft: dict, count: int, exclude: list[str], now: float) -> list[dict]:
         targets = [self.cluster.place(draft["replication"], now=now, exclude=exclude,
                                       min_nodes=1, reserve=draft["block_size"])
                    for _ in range(count)]
@@ -169,7 +164,10 @@ class Handlers:
         blocks = self.ns.draft_info(draft["handle"])["blocks"][-count:]
         return [{"id": b["id"], "nodes": b["targets"]} for b in blocks]
 
-    def replace_target(self, h, payload, events) -> dict:
+    @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT)
+    def replace_target(self, h: dict, payload: list, ctx: Context) -> dict:
+        """A new target for `block` of draft `handle` (a replica write failed) -> {node}: a
+        live node not in `exclude` and not already a target."""
         draft = self.ns.draft_info(h["handle"])
         exclude = {str(n) for n in h["exclude"]}
         for b in draft["blocks"]:
@@ -178,43 +176,51 @@ class Handlers:
                 break
         else:
             raise OSError(errno.ENOENT, f"block {h['block'].hex()} is not part of this draft")
-        node = self.cluster.place(1, now=time.monotonic(), exclude=sorted(exclude),
+        node = self.cluster.place(1, now=ctx.now, exclude=sorted(exclude),
                                   reserve=draft["block_size"])[0]
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
         return {"node": node}
 
-    def commit(self, h, payload, events) -> dict:
-        for b in h["blocks"]:
-            # list() in prepare_commit would turn a replicas string "dn1" into d, n, 1
-            if isinstance(b, dict) and not isinstance(b.get("replicas", []), list):
-                raise _bad("a block's replicas must be a list of node ids")
+    @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS)},
+               callers=CLIENT)
+    def commit(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
+        replicas}] in file order (every block but the last exactly block_size; replicas =
+        the nodes that acknowledged) -> {path, size}. Replaces an existing file."""
         result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"]))
         path = result.get("path") or ""
-        size = sum(int(b["size"]) for b in h["blocks"])
-        events.append(("file.commit", {"path": path, "size": size,
-                                       "blocks": len(h["blocks"])}))
+        size = sum(b["size"] for b in h["blocks"])
+        ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
         return {"path": path, "size": size}
 
-    def abort(self, h, payload, events) -> dict:
+    @operation({"handle": HANDLE}, callers=CLIENT)
+    def abort(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Drop draft `handle`; its blocks are deleted -> {}."""
         self.submit(lambda ns: ns.prepare_abort(h["handle"]))
         return {}
 
-    def renew(self, h, payload, events) -> dict:
+    @operation({"handle": HANDLE}, callers=CLIENT)
+    def renew(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Extend the lease of draft `handle` -> {lease: seconds left (float)}."""
         self.submit(lambda ns: ns.prepare_renew(h["handle"]))
-        return {"lease": self.s.lease}
+        return {"lease": self._lease_left(h["handle"], ctx)}
 
-    def rm(self, h, payload, events) -> dict:
+    @operation({"path": PATH, "recursive?": Bool()}, callers=CLIENT)
+    def rm(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Remove file or directory `path` (a non-empty one only when `recursive`) -> {}."""
         kind = self.ns.stat(h["path"])["type"]
         self.submit(lambda ns: ns.prepare_rm(h["path"], recursive=bool(h.get("recursive"))))
-        events.append(("file.delete" if kind == "file" else "dir.delete", {"path": h["path"]}))
+        ctx.emit("file.delete" if kind == "file" else "dir.delete", path=h["path"])
         return {}
 
-    def mv(self, h, payload, events) -> dict:
+    @operation({"src": PATH, "dst": PATH}, callers=CLIENT)
+    def mv(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Rename `src` to `dst` (into `dst` when it is a directory) -> {path: final}."""
         dst = self.ns.resolve_move(h["src"], h["dst"])
         self.submit(lambda ns: ns.prepare_rename(h["src"], dst))
-        events.append(("file.rename", {"src": h["src"], "dst": dst}))
+        ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
 
     # -- replicas and repair ----------------------------------------------------------------
@@ -226,31 +232,48 @@ class Handlers:
             except OSError as exc:   # the state moved on since the planner looked
                 log.info("repair record %s skipped: %s", rec.get("op"), exc)
 
-    def bad_replica(self, h, payload, events) -> dict:
-        return self._corrupt(h["node"], h["block"], h.get("reason") or "reported by a client",
-                             events)
+    @operation({"block": BLOCK, "node": NODE, "reason?": Str(1024)}, callers=CLIENT)
+    def bad_replica(self, h: dict, payload: list, ctx: Context) -> dict:
+        """A client found the replica of `block` on `node` missing or corrupt -> {dropped}.
+        Only a replica the block map holds may be reported (else EPERM): `node` must be a
+        known DataNode and `block` a committed block with a replica there."""
+        node, block = h["node"], h["block"]
+        info = self.ns.block_info(block)
+        if node not in self.cluster.nodes() or info is None \
+                or node not in info.get("replicas", ()):
+            raise PermissionError(errno.EPERM, f"bad_replica: block {block.hex()} has no "
+                                               f"replica on node {node!r} to report")
+        return self._corrupt(node, block, h.get("reason") or "reported by a client", ctx)
 
-    def block_corrupt(self, h, payload, events) -> dict:
-        return self._corrupt(h["node"], h["block"], "found by the DataNode", events)
+    @operation({"node": NODE, "block": BLOCK}, callers=DATANODE, binds="node")
+    def block_corrupt(self, h: dict, payload: list, ctx: Context) -> dict:
+        """DataNode `node` (the caller) found its replica of `block` corrupt and set it
+        aside -> {dropped}: dropped from the block map and re-replicated."""
+        return self._corrupt(h["node"], h["block"], "found by the DataNode", ctx)
 
-    def _corrupt(self, node: str, block: bytes, reason: str, events: Events) -> dict:
+    def _corrupt(self, node: str, block: bytes, reason: str, ctx: Context) -> dict:
         records = self.repair.on_bad_replica(node, block)
         self._submit_all(records)
         if records:
-            events.append(("repair.drop_replica", {"node": node, "block": block.hex(),
-                                                   "reason": reason}))
+            ctx.emit("repair.drop_replica", node=node, block=block.hex(), reason=reason)
         return {"dropped": bool(records)}
 
-    def replica_added(self, h, payload, events) -> dict:
+    @operation({"node": NODE, "block": BLOCK, "size": Int(0, MAX_BLOCK_SIZE),
+                "checksum": CHECKSUM}, callers=DATANODE, binds="node")
+    def replica_added(self, h: dict, payload: list, ctx: Context) -> dict:
+        """DataNode `node` (the caller) now holds a copy of `block` (re-replication) with
+        this size and checksum -> {accepted}: added to the block map if they match."""
         records = self.repair.on_replica_added(h["node"], h["block"], h["size"], h["checksum"])
         self._submit_all(records)
         if records:
-            events.append(("repair.replica_added", {"node": h["node"],
-                                                    "block": h["block"].hex()}))
+            ctx.emit("repair.replica_added", node=h["node"], block=h["block"].hex())
         return {"accepted": bool(records)}
 
-    def status(self, h, payload, events) -> dict:
-        now = time.monotonic()
+    @operation(callers=EVERYONE)
+    def status(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen}], files,
+        dirs, blocks, health, safe_mode}."""
+        now = ctx.now
         nodes = []
         for node, info in sorted(self.cluster.nodes().items()):
             nodes.append({"id": node, "state": "up" if self.cluster.is_live(node, now) else "down",
@@ -260,23 +283,32 @@ class Handlers:
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
                 "safe_mode": self.repair.safe_mode}
 
-    def fsck(self, h, payload, events) -> dict:
+    @operation({"repair?": Bool()}, callers=CLIENT)
+    def fsck(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Health of the block map -> {healthy, missing, under_replicated, corrupt, orphans,
+        ...}; `repair` starts a repair pass now."""
         if h.get("repair"):
             self.repair.kick()
         return self.repair.fsck()
 
     # -- DataNode traffic ----------------------------------------------------------------
 
-    def dn_heartbeat(self, h, payload, events) -> dict:
-        node, now = h["node"], time.monotonic()
+    @operation({"node": NODE, "capacity": COUNT, "used": COUNT, "blocks": COUNT,
+                "free?": COUNT, "deleted?": List(BLOCK, MAX_ACKS),
+                "copy_failed?": List(BLOCK, MAX_ACKS)}, callers=DATANODE, binds="node")
+    def dn_heartbeat(self, h: dict, payload: list, ctx: Context) -> dict:
+        """DataNode `node` (the caller) is alive with this capacity/used/blocks, finished
+        the deletions `deleted` and failed the copies `copy_failed` -> {commands: [{op:
+        delete, blocks} / {op: copy, block, target} / {op: report}]} for it to carry out."""
+        node, now = h["node"], ctx.now
         for ev in self.cluster.heartbeat(node, h["capacity"], h["used"], h["blocks"], now):
-            events.append((ev.topic, {"node": ev.node, "reason": ev.reason}))
+            ctx.emit(ev.topic, node=ev.node, reason=ev.reason)
             self.repair.on_node_up(node)
-        deleted = [b for b in h.get("deleted") or [] if isinstance(b, bytes)]
+        deleted = h.get("deleted")
         if deleted:
             self.submit(lambda ns: ns.prepare_ack_delete(node, deleted))
             self.repair.on_deleted(node, deleted)
-        failed = [b for b in h.get("copy_failed") or [] if isinstance(b, bytes)]
+        failed = h.get("copy_failed")
         if failed:
             self.repair.on_copy_failed(node, failed)
         commands: list[dict] = []
@@ -288,14 +320,16 @@ class Handlers:
                 commands.append({"op": "delete", "blocks": deletes})
             copies = self.repair.commands_for(node)
             for cmd in copies:
-                events.append(("repair.copy", {"node": node, "block": cmd["block"].hex(),
-                                               "target": cmd["target"]}))
+                ctx.emit("repair.copy", node=node, block=cmd["block"].hex(),
+                         target=cmd["target"])
             commands.extend(copies)
         return {"commands": commands}
 
-    def block_report(self, h, payload, events) -> dict:
-        if len(payload) != 1:
-            raise _bad("block_report carries its list as one msgpack payload frame")
+    @operation({"node": NODE, "count?": COUNT}, callers=DATANODE, binds="node", frames=(1, 1))
+    def block_report(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Every replica DataNode `node` (the caller) holds, as ONE payload frame: msgpack
+        [[id, size, checksum], ...] (`count` entries) -> {accepted}: entries taken.
+        Missing and unknown (orphan) blocks are found from it."""
         try:
             blocks = msgpack.unpackb(payload[0], raw=False, use_list=True)
         except Exception:
@@ -312,14 +346,14 @@ class Handlers:
 
     # -- between batches -----------------------------------------------------------------
 
-    def upkeep(self) -> list[tuple[str, dict]]:
+    def upkeep(self, now: float, wall: float) -> list[tuple[str, dict]]:
+        """Lease expiry, dead nodes, repair planning; `now` monotonic, `wall` wall clock."""
         events: list[tuple[str, dict]] = []
-        now = time.monotonic()
         for ev in self.cluster.check(now):
             events.append((ev.topic, {"node": ev.node, "reason": ev.reason}))
             if ev.topic == "node.down":
                 self.repair.on_node_down(ev.node)
-        for rec in self.ns.expire_drafts(time.time()):
+        for rec in self.ns.expire_drafts(wall):
             self._submit_all([rec])
         records, repair_events = self.repair.tick()
         self._submit_all(records)

@@ -7,7 +7,8 @@ with a single fsync (group commit), and only then are the replies sent and the e
 published. No client can observe a change before it is durable: replies wait for the
 fsync. If the fsync fails the process exits without replying (fail-stop); recovery
 replays the durable prefix. Cluster upkeep (leases, dead nodes, repairs) runs between
-batches. Request handlers live in mds/ops.py; this file is only the loop.
+batches. Operations are declared in mds/ops.py and dispatched by broker.service (schema,
+caller class, one error mapping); this file is only the loop.
 """
 from __future__ import annotations
 
@@ -96,17 +97,9 @@ class MetadataServer:
 
     def turn(self) -> None:
         batch = self._batch()
-        replies: list[tuple[Request, Any, BaseException | None]] = []
         events: list[tuple[str, dict]] = []
-        for req in batch:
-            try:
-                result = self.ops.handle(req, events)
-                replies.append((req, result, None))
-            except OSError as exc:
-                replies.append((req, None, exc))
-            except Exception as exc:   # a bug in a handler must not take the MDS down
-                log.exception("handler for %r failed", req.op)
-                replies.append((req, None, exc))
+        run, sink = self.ops.service.run, events.append
+        outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
         try:
             self.store.flush()
@@ -114,14 +107,8 @@ class MetadataServer:
             log.critical("the write-ahead log cannot be made durable; exiting without "
                          "acknowledging the last batch", exc_info=True)
             sys.exit(70)
-        for req, result, error in replies:
-            if error is None:
-                if isinstance(result, tuple):
-                    self.worker.reply(req, result[0], result[1])
-                else:
-                    self.worker.reply(req, result)
-            else:
-                self.worker.reply_error(req, error)
+        for req, outcome in outcomes:
+            self.worker.answer(req, outcome)
         for topic, fields in events:
             self.events.publish(topic, **fields)
         self.store.poll()
@@ -131,7 +118,7 @@ class MetadataServer:
         if now < self._next_upkeep:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
-        return self.ops.upkeep()
+        return self.ops.upkeep(now, time.time())
 
     def run(self) -> None:
         log.info("MDS serving (replication %d, block size %d)", self.s.replication,

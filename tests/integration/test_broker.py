@@ -159,7 +159,7 @@ def _mutations(rng: random.Random, valid: list[list[bytes]]) -> list[bytes]:
     elif kind == 4:
         msg = [bytearray()]                                       # empty message
     elif kind == 5:
-        msg[0] = bytearray(b"AEGIS/2" + bytes(msg[0][7:]))        # other version
+        msg[0] = bytearray(b"AEGIS/9" + bytes(msg[0][7:]))        # other version
     elif kind == 6:
         msg[0] = bytearray(P.pack(rng.randrange(256), b"echo", b"r1", b"\xc1garbage"))
     elif kind == 7:
@@ -283,3 +283,24 @@ def test_worker_recv_with_zero_timeout_takes_what_is_queued(setup):
             assert [c.wait(rid).result["i"] for rid in rids] == list(range(10))
     finally:
         worker.close()
+
+
+def test_callers_are_stamped_by_the_broker_not_the_sender(setup):
+    """Client endpoint -> class client; a member connection on the worker endpoint -> the
+    member it declared; replies reach each on its own socket."""
+    from broker.client import MemberClient
+    setup.start_worker("w0")
+    setup.wait_service("echo")
+    with setup.client() as c:
+        reply = c.call("echo", {"op": "echo", "caller": ["mds", "mds"]})
+        assert reply.result["caller"] == ["client", "anonymous"]
+    for member, caller in (("dn.dn7", ["datanode", "dn7"]), ("mds", ["mds", "mds"])):
+        with MemberClient(setup.ep["worker"], member, timeout=10, connect_timeout=5) as m:
+            for i in range(3):
+                reply = m.call("echo", {"op": "echo", "i": i}, [b"frame"])
+                assert reply.result["caller"] == caller and reply.result["echo"]["i"] == i
+                assert bytes(reply.payload[0]) == b"frame"
+            assert m.call("broker", {"op": "services"}).result["services"] == {"echo": 1}
+    with MemberClient(setup.ep["worker"], "bob", timeout=5, connect_timeout=2) as bob:
+        with pytest.raises(P.ProtocolError):   # not a cluster member: refused, and told so
+            bob.call("echo", {"op": "echo"})

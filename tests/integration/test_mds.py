@@ -14,7 +14,7 @@ import zmq
 
 from broker import protocol as P
 from broker import wire
-from broker.client import Client
+from broker.client import Client, MemberClient
 from run_cluster import Cluster, free_base_port
 
 HB = 0.3
@@ -369,7 +369,7 @@ def test_wrong_field_types_are_eproto(mds, op, fields):
     assert mds("ping")["pong"] is True
 
 
-def test_malformed_values_are_einval_and_mds_answers(errtree):
+def test_malformed_values_are_einval_and_mds_answers(cluster, errtree):
     m = errtree
     handle = m("create", path="/e/mal", block_size=KIB)["handle"]
     # odd exclude entries are taken as (unknown) node names: placement still works
@@ -377,10 +377,12 @@ def test_malformed_values_are_einval_and_mds_answers(errtree):
     m("abort", handle=handle)
     for fields in ({"handle": "x" * 1000, "count": 1}, {"handle": "", "count": 1}):
         assert _errno_of(lambda: m("allocate", **fields)) in (errno.ENOENT, errno.EINVAL)
-    # the block_report payload must be one msgpack list frame
-    for payload in ([], [b"\xc1\xc1"], [msgpack.packb({"a": 1})], [b"1", b"2"]):
-        assert _errno_of(lambda: m.client.call(
-            "mds", {"op": "block_report", "node": "dnX"}, payload)) == errno.EINVAL
+    # the block_report payload must be one msgpack list frame (sent as DataNode dnX: only
+    # a DataNode may report its blocks)
+    with MemberClient(cluster.endpoints["worker"], "dn.dnX", timeout=20) as dn:
+        for payload in ([], [b"\xc1\xc1"], [msgpack.packb({"a": 1})], [b"1", b"2"]):
+            assert _errno_of(lambda: dn.call(
+                "mds", {"op": "block_report", "node": "dnX"}, payload)) == errno.EINVAL
     assert m("ping")["pong"] is True
 
 
@@ -727,3 +729,49 @@ def test_thousands_of_blocks_and_entries_fit_one_reply(mds):
     assert sorted(names) == [f"f{i:05d}" for i in range(6000)]
     mds("rm", path="/wide", recursive=True)
     mds("rm", path="/huge")
+
+
+# -- callers ---------------------------------------------------------------------------------
+
+def test_a_client_cannot_speak_for_a_datanode(cluster, mds):
+    """The broker stamps requests from the client endpoint as class client: DataNode traffic
+    from there is refused, and the real DataNodes (members) keep heartbeating."""
+    before = mds("status")
+    refused = [
+        ("mds", {"op": "dn_heartbeat", "node": "dn1", "capacity": 1, "used": 0, "blocks": 0,
+                 "deleted": [b"\x01" * 16]}, []),
+        ("mds", {"op": "block_report", "node": "dn1", "count": 0}, [msgpack.packb([])]),
+        ("mds", {"op": "replica_added", "node": "dn2", "block": b"\x01" * 16, "size": 1,
+                 "checksum": 1}, []),
+        ("mds", {"op": "block_corrupt", "node": "dn1", "block": b"\x01" * 16}, []),
+        ("mds", {"op": "bad_replica", "node": "dn1", "block": b"\x01" * 16}, []),
+        ("dn.dn1", {"op": "delete_block", "id": b"\x01" * 16}, []),
+        ("dn.dn1", {"op": "copy_block", "id": b"\x01" * 16, "target": "dn2"}, []),
+        ("dn.dn1", {"op": "block_report"}, []),
+    ]
+    for service, header, payload in refused:
+        with pytest.raises(PermissionError):
+            mds.client.call(service, header, payload)
+    time.sleep(4 * HB)
+    after = mds("status")
+    assert [(n["id"], n["state"]) for n in after["nodes"]] == \
+        [(n["id"], "up") for n in before["nodes"]]
+    assert all(n["last_seen"] < 3 * HB for n in after["nodes"])
+    assert after["files"] == before["files"]
+
+
+def test_a_member_connection_is_stamped_with_its_member(cluster):
+    with MemberClient(cluster.endpoints["worker"], "dn.dn1", timeout=10) as dn1:
+        # DataNode dn1 may speak for itself (an unknown block: nothing to drop) ...
+        assert dn1.call("mds", {"op": "block_corrupt", "node": "dn1",
+                                "block": b"\x01" * 16}).result == {"dropped": False}
+        with pytest.raises(PermissionError):   # ... but not for dn2
+            dn1.call("mds", {"op": "dn_heartbeat", "node": "dn2", "capacity": 1, "used": 0,
+                             "blocks": 0})
+        # and a DataNode may not delete on another: that is the MDS's word
+        with pytest.raises(PermissionError):
+            dn1.call("dn.dn2", {"op": "delete_block", "id": b"\x01" * 16})
+        assert dn1.call("broker", {"op": "ping"}).result == {"pong": True}
+    with MemberClient(cluster.endpoints["worker"], "mds", timeout=10) as m:
+        assert m.call("dn.dn2", {"op": "delete_block", "id": b"\x01" * 16}).result == \
+            {"deleted": False}

@@ -1,7 +1,8 @@
 """An echo worker for broker tests: replies with the request header and payload frames.
 
 Ops: "echo" (default) returns {"echo": header, "worker": name}; "sleep" waits `seconds`
-first (to hold requests in flight); "crash" exits the process at once.
+first (to hold requests in flight); "crash" exits the process at once. Replies also carry
+`caller`: [class, id] as the broker stamped them.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import click
 
 from broker.process import setup_logging, stop_on_signals
+from broker.service import Outcome
 from broker.worker import Worker
 
 
@@ -28,16 +30,20 @@ def main(endpoint: str, service: str, name: str, heartbeat_interval: float, capa
     stop_on_signals(stop.set)
     worker = Worker(endpoint, service, heartbeat_interval=heartbeat_interval, capacity=capacity)
 
-    def handle(req):
-        op = req.header.get("op", "echo")
-        if op == "crash":
-            os._exit(1)
-        if op == "sleep":
-            time.sleep(float(req.header.get("seconds", 1)))
-        return {"echo": req.header, "worker": name}, req.payload
+    class Echo:
+        """Not a declared Service: echoes any header, with or without an op."""
+
+        def run(self, header, payload, ctx) -> Outcome:
+            op = header.get("op", "echo")
+            if op == "crash":
+                os._exit(1)
+            if op == "sleep":
+                time.sleep(float(header.get("seconds", 1)))
+            return Outcome({"echo": header, "worker": name,
+                            "caller": [ctx.caller_class, ctx.caller_id]}, payload)
 
     try:
-        worker.serve(handle, stop)
+        worker.serve(Echo(), stop)
     finally:
         worker.close()
     sys.exit(0)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from broker.checksum import (aligned_range, crc32c_combine, shift_for, table_crc,
                              verify_range)
-from datanode.blockfile import checksums
+from datanode.fileformat import checksums
 
 C = crc32c.crc32c
 MiB = 1 << 20

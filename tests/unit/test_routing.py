@@ -184,11 +184,11 @@ def test_duplicate_request_id_is_rejected(router):
 
 
 @pytest.mark.parametrize("env", [
-    b"", b"AEGIS/1", b"AEGIS/2\x02\x04echo\x011", b"HTTP/1.1 GET /",
+    b"", b"AEGIS/1", b"AEGIS/9\x02\x04echo\x011", b"HTTP/1.1 GET /",
     P.pack(P.READY, b"echo", b"", P.encode_header({})),      # worker command from a client
     P.pack(P.REQUEST, b"echo", b"", b""),                    # empty request id
     P.pack(99, b"echo", b"1", b""),                          # unknown command
-    b"AEGIS/1\x02\xffecho",                                  # truncated name
+    P.TAG + b"\x02\xffecho",                                 # truncated name
 ])
 def test_malformed_client_messages_raise_protocol_error(router, env):
     ready(router, b"W1", "echo")
