@@ -494,7 +494,7 @@ def test_big_files_keep_constant_time_block_lookup(ns: Namespace) -> None:
     assert sorted(b for b, _, _ in ns.iter_blocks()) == sorted(b["id"] for b in blocks)
     run(ns, ns.prepare_rm("/big"))
     assert ns.block_info(blocks[5]["id"]) is None
-    assert ns._positions == {}
+    assert ns.blockmap.positions == {}
 
 
 def test_queue_and_ack_delete(ns: Namespace) -> None:
