@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bench.chaos import ROOT_DIR, Harness, sha
+from tests.support.harness import ROOT_DIR, Harness, sha
 from datanode import packs
 
 from .conftest import flip_byte, read_replicas, record
