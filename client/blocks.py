@@ -40,6 +40,8 @@ def pieces_for_range(sizes: Sequence[int], offset: int = 0,
     if offset < 0 or (length is not None and length < 0):
         raise ValueError(f"bad range offset={offset} length={length}")
     end = sum(sizes) if length is None else min(sum(sizes), offset + length)
+    if end <= offset:
+        return []             # an empty range (or one past the end) needs no block
     pieces, start = [], 0
     for i, size in enumerate(sizes):
         stop = start + size

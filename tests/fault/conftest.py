@@ -1,4 +1,4 @@
-"""Fixtures of the fault-injection tests: real clusters (bench.chaos.Harness) on free ports
+"""Fixtures of the fault-injection tests: real clusters (tests/support/harness.py) on free ports
 in a temporary directory, always stopped; event capture; figures printed at the end."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Callable, Iterator
 import crc32c
 import pytest
 
-from bench.chaos import Harness
 from broker.client import Client
 from broker.events import Event, Subscriber
+from tests.support.harness import Harness
 
 FIGURES: list[str] = []
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from bench.chaos import run_chaos
+from tests.support.chaos import run_chaos
 
 from .conftest import record
 

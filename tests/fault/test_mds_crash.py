@@ -15,7 +15,8 @@ import pytest
 
 from broker.client import Client
 from mds.wal import encode_frame, frame_at, list_segments, read_segment
-from run_cluster import Cluster, free_base_port
+from run_cluster import Cluster
+from tests.support.cluster import start_cluster, wait_mds
 
 HB = 0.3
 KIB = 1024
@@ -23,35 +24,6 @@ WRITERS = 8
 KILLS, SOAK_KILLS = 20, 200
 # Ask-and-retry: these mean "the MDS went away", never "the request was refused".
 TRANSIENT = (ConnectionResetError, ConnectionRefusedError, TimeoutError)
-
-
-def wait_mds(cluster: Cluster, timeout: float = 30.0) -> float:
-    """Until the MDS answers ping; returns the seconds waited."""
-    started = time.monotonic()
-    with Client(cluster.broker, timeout=1, connect_timeout=1) as c:
-        while True:
-            proc = cluster.roles["mds"].proc
-            if proc.poll() is not None:
-                raise RuntimeError(f"MDS exited with {proc.returncode}; "
-                                   f"see {cluster.roles['mds'].log_path}")
-            try:
-                c.call("mds", {"op": "ping"})
-                return time.monotonic() - started
-            except TRANSIENT:
-                if time.monotonic() - started > timeout:
-                    raise
-                time.sleep(0.02)
-
-
-def start_cluster(tmp: Path, datanodes: int = 3, **kwargs) -> Cluster:
-    cluster = Cluster(tmp, free_base_port(), datanodes=datanodes, heartbeat=HB, **kwargs)
-    try:
-        cluster.start()
-        wait_mds(cluster)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
 
 
 def tree(call, root: str) -> dict[str, tuple[str, int]]:
@@ -314,7 +286,7 @@ def test_sigkill_under_8_writers_keeps_every_acknowledged_mutation(tmp_path, soa
     rng = random.Random(int(os.environ.get("AEGISFS_TEST_SEED", "20240601")))
     # checkpoints every few hundred records, so kills also land during checkpoints and
     # recovery goes through snapshot + replay
-    cluster = start_cluster(tmp_path, env={"AEGISFS_MDS_CHECKPOINT_RECORDS": "400"})
+    cluster = start_cluster(tmp_path, heartbeat=HB, env={"AEGISFS_MDS_CHECKPOINT_RECORDS": "400"})
     gate = Gate(WRITERS)
     writers = [Writer(i, cluster.broker, gate, rng.randrange(1 << 30)) for i in range(WRITERS)]
     checker = Client(cluster.broker, timeout=10, connect_timeout=2)
@@ -401,7 +373,7 @@ def mds_client(cluster: Cluster):
 
 
 def test_torn_tail_is_cut_and_acknowledged_records_survive(tmp_path):
-    cluster = start_cluster(tmp_path, datanodes=1)
+    cluster = start_cluster(tmp_path, datanodes=1, heartbeat=HB)
     client, call = mds_client(cluster)
     acked: dict[str, tuple[str, int]] = {}
     try:
@@ -464,7 +436,7 @@ def test_torn_tail_is_cut_and_acknowledged_records_survive(tmp_path):
 
 
 def test_bit_flip_mid_log_refuses_start_until_salvage(tmp_path):
-    cluster = start_cluster(tmp_path, datanodes=1)
+    cluster = start_cluster(tmp_path, datanodes=1, heartbeat=HB)
     client, call = mds_client(cluster)
     role = cluster.roles["mds"]
     try:

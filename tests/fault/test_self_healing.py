@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from bench.chaos import ROOT_DIR, Harness, sha
 from datanode import packformat
+from tests.support.harness import ROOT_DIR, Harness, sha
 
 from .conftest import flip_byte, read_replicas, record
 

@@ -1,5 +1,6 @@
-"""Real clusters for the integration tests: run_cluster.Cluster on free ports in a temporary
-directory, ready when the MDS sees every DataNode, always stopped in a finally."""
+"""Real clusters for the integration tests (tests/support/cluster.py: on free ports in a
+temporary directory, ready when the MDS sees every DataNode), always stopped in a finally;
+helpers for the CLI and media tests. ``start_cluster`` is importable from here too."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import wave
 import zlib
 from pathlib import Path
@@ -16,40 +16,11 @@ from typing import Iterator
 import pytest
 
 from client import AegisClient
-from run_cluster import Cluster, free_base_port
+from run_cluster import Cluster
+from tests.support.cluster import start_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-HEARTBEAT = 0.5
 LEASE = 3.0
-
-
-def wait_nodes_up(cluster: Cluster, count: int, timeout: float = 30.0) -> None:
-    """Until the MDS counts `count` DataNodes up and has left safe mode: before that a
-    create fails with ENOSPC (no live DataNodes)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    with AegisClient(cluster.broker, timeout=2.0, connect_timeout=2.0) as fs:
-        while time.monotonic() < deadline:
-            try:
-                last = fs.status()
-                up = [n for n in last["nodes"] if n["state"] == "up"]
-                if len(up) >= count and not last.get("safe_mode"):
-                    return
-            except OSError as exc:
-                last = exc
-            time.sleep(0.1)
-    raise TimeoutError(f"DataNodes not up after {timeout}s: {last}")
-
-
-def start_cluster(data_dir: Path, datanodes: int = 3, **kw) -> Cluster:
-    cluster = Cluster(data_dir, free_base_port(), datanodes=datanodes, heartbeat=HEARTBEAT, **kw)
-    try:
-        cluster.start()
-        wait_nodes_up(cluster, datanodes)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
 
 
 @pytest.fixture(scope="module")

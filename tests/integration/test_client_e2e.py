@@ -15,6 +15,7 @@ import pytest
 from broker.client import BrokerUnavailable
 from client import AegisClient
 from run_cluster import free_base_port
+from tests.support.wait import wait_for
 
 from .conftest import LEASE, make_png, make_wav
 
@@ -62,15 +63,6 @@ def replica_count(fs: AegisClient, path: str = "/") -> int:
         else:
             total += sum(len(b["replicas"]) for b in fs.stat(child)["blocks"])
     return total
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 # -- round trips ------------------------------------------------------------------------

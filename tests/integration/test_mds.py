@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from pathlib import Path
 
 import crc32c
 import msgpack
@@ -15,7 +14,8 @@ import zmq
 from broker import protocol as P
 from broker import wire
 from broker.client import Client, MemberClient
-from run_cluster import Cluster, free_base_port
+from tests.support.cluster import start_cluster, wait_mds
+from tests.support.wait import wait_for
 
 HB = 0.3
 WRITERS = 8
@@ -79,50 +79,9 @@ class Mds:
         self.client.close()
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def wait_mds(cluster: Cluster, nodes: int = 0, timeout: float = 30.0) -> None:
-    """Until the MDS answers ping and sees `nodes` live DataNodes (placement needs them)."""
-    deadline = time.monotonic() + timeout
-    with Client(cluster.broker, timeout=1, connect_timeout=1) as c:
-        while True:
-            try:
-                c.call("mds", {"op": "ping"})
-                if not nodes:
-                    return
-                st = c.call("mds", {"op": "status"}).result
-                if sum(n["state"] == "up" for n in st["nodes"]) >= nodes:
-                    return
-            except (ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"MDS not ready after {timeout}s")
-            time.sleep(0.05)
-
-
-def start_cluster(tmp: Path, **kwargs) -> Cluster:
-    cluster = Cluster(tmp, free_base_port(), datanodes=3, heartbeat=HB, **kwargs)
-    try:
-        cluster.start()
-        wait_mds(cluster, nodes=3)
-    except BaseException:
-        cluster.stop()
-        raise
-    return cluster
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = start_cluster(tmp_path_factory.mktemp("mds-cluster"))
+    c = start_cluster(tmp_path_factory.mktemp("mds-cluster"), heartbeat=HB)
     try:
         yield c
     finally:
@@ -589,7 +548,7 @@ def test_mv_files_and_directories(mds):
 # -- leases --------------------------------------------------------------------------------
 
 def test_expired_lease_drops_the_draft_and_its_blocks(tmp_path):
-    cluster = start_cluster(tmp_path, extra={"mds": ["--lease", "1"]})
+    cluster = start_cluster(tmp_path, heartbeat=HB, extra={"mds": ["--lease", "1"]})
     m = Mds(cluster.broker)
     try:
         m("mkdir", path="/l")

@@ -167,7 +167,7 @@ def test_lease_is_seconds_remaining_in_create_allocate_and_renew(world):
     assert world.ok("allocate", handle=created["handle"], count=1)["lease"] == 60.0
     world.wall += 15.5
     assert world.ok("renew", handle=created["handle"])["lease"] == 60.0
-    world.store.ns._drafts[created["handle"]].lease -= 20     # as if renewed 20 s earlier
+    world.store.ns.drafts.get(created["handle"]).lease -= 20     # as if renewed 20 s earlier
     assert world.ok("allocate", handle=created["handle"], count=1)["lease"] == 60.0
     assert world.ok("create", path="/e", size=5)["lease"] == 60.0
 

@@ -18,18 +18,11 @@ from mds.metastore import MetaStore, RecoveryError
 from mds.namespace import NamespaceConfig
 from mds.snapshot import list_snapshots
 from mds.wal import WalCorruption, frame_at, list_segments
+from tests.support.clock import FakeClock
 
 BS = 64
 CONFIG = NamespaceConfig(replication=2, block_size=BS, lease=30.0)
 NODES = ["n1", "n2", "n3", "n4"]
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def open_store(path: Path, clock: FakeClock | None = None, seed: int = 1,
@@ -222,7 +215,7 @@ def test_failed_checkpoint_keeps_the_wal(tmp_path: Path, monkeypatch: pytest.Mon
     store.poll()
     assert not store.checkpointing  # no retry before the back-off passes
     monkeypatch.undo()
-    clock.t += 60
+    clock.advance(60)
     store.poll()
     assert store.checkpointing
     while store.checkpointing:
@@ -394,7 +387,7 @@ def drive(store: MetaStore, clock: FakeClock, ops: list[tuple], rng: random.Rand
     """Run abstract operations through the store; returns how many were applied."""
     ns, applied = store.ns, 0
     for op in ops:
-        clock.t += 0.25
+        clock.advance(0.25)
         kind, args = op[0], op[1:]
         handles = ns.draft_handles()
         if kind == "checkpoint":
@@ -402,8 +395,8 @@ def drive(store: MetaStore, clock: FakeClock, ops: list[tuple], rng: random.Rand
                 store.checkpoint_now()
             continue
         if kind == "tick":
-            clock.t += args[0]
-            for rec in ns.expire_drafts(clock.t):
+            clock.advance(args[0])
+            for rec in ns.expire_drafts(clock.now):
                 store.submit(rec)
                 applied += 1
             continue

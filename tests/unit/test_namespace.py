@@ -8,16 +8,9 @@ from typing import Callable, Sequence
 import pytest
 
 from mds.namespace import BIG_FILE_BLOCKS, Inode, Namespace, NamespaceConfig
+from tests.support.clock import FakeClock
 
 BS = 1024
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -79,7 +72,7 @@ def unchanged(ns: Namespace, fn: Callable, *args: object, **kwargs: object) -> N
 
 
 def test_mkdir_and_stat(ns: Namespace, clock: FakeClock) -> None:
-    clock.t = 1234.5
+    clock.now = 1234.5
     assert run(ns, ns.prepare_mkdir("/a")) == {"path": "/a", "created": 1}
     st = ns.stat("/a")
     assert st == {"path": "/a", "type": "dir", "size": 0, "mtime": 1234.5, "entries": 0}
@@ -122,7 +115,7 @@ def test_ls_sorted_with_types_and_paging(ns: Namespace, clock: FakeClock) -> Non
     draft(ns, "/d/zz-draft")
     entries = ns.ls("/d")
     assert [e["name"] for e in entries] == ["a", "b", "c", "sub"]  # the draft is invisible
-    assert entries[0] == {"name": "a", "type": "file", "size": BS + 5, "mtime": clock.t}
+    assert entries[0] == {"name": "a", "type": "file", "size": BS + 5, "mtime": clock.now}
     assert entries[3]["type"] == "dir"
     assert [e["name"] for e in ns.ls("/d", start_after="a", limit=2)] == ["b", "c"]
     assert [e["name"] for e in ns.ls("/d", start_after="c")] == ["sub"]
@@ -188,10 +181,10 @@ def test_generated_ids_come_from_the_injected_randomness(clock: FakeClock) -> No
 
 def test_allocate(ns: Namespace, clock: FakeClock) -> None:
     h = run(ns, ns.prepare_create("/f"))["handle"]
-    clock.t += 30
+    clock.advance(30)
     res = run(ns, ns.prepare_allocate(h, [["n1", "n2"], ["n3"]]))
     assert [b["targets"] for b in res["blocks"]] == [["n1", "n2"], ["n3"]]
-    assert res["lease"] == clock.t + 60.0  # allocation renews the lease
+    assert res["lease"] == clock.now + 60.0  # allocation renews the lease
     info = ns.draft_info(h)
     assert [b["id"] for b in info["blocks"]] == [b["id"] for b in res["blocks"]]
     assert ns.block_info(res["blocks"][1]["id"])["draft"] == h
@@ -221,7 +214,7 @@ def test_allocate_never_reuses_a_live_block_id(clock: FakeClock) -> None:
 
 def test_commit_makes_the_file_appear(ns: Namespace, clock: FakeClock) -> None:
     h, ids = draft(ns, "/f", 2)
-    clock.t = 2000.0
+    clock.now = 2000.0
     res = run(ns, ns.prepare_commit(h, [
         {"id": ids[0], "size": BS, "checksum": 11, "replicas": ["n1", "n2"]},
         {"id": ids[1], "size": 3, "checksum": 12, "replicas": ["n2"]}]))
@@ -336,21 +329,21 @@ def test_deletes_are_handed_out_oldest_first_and_cut_by_queue_number(ns: Namespa
 
 def test_expire_drafts(ns: Namespace, clock: FakeClock) -> None:
     h1, _ = draft(ns, "/a", 1)
-    clock.t += 30
+    clock.advance(30)
     h2, _ = draft(ns, "/b", 0)
-    clock.t += 29
-    assert ns.expire_drafts(clock.t) == []
-    clock.t += 1  # h1's lease (created at t0, +60) has now passed
-    recs = ns.expire_drafts(clock.t)
+    clock.advance(29)
+    assert ns.expire_drafts(clock.now) == []
+    clock.advance(1)  # h1's lease (created at t0, +60) has now passed
+    recs = ns.expire_drafts(clock.now)
     assert recs == [{"op": "abort", "handle": h1, "reason": "expired"}]
     run(ns, ns.prepare_renew(h2))
-    clock.t += 59
-    assert [r["handle"] for r in ns.expire_drafts(clock.t)] == [h1]
+    clock.advance(59)
+    assert [r["handle"] for r in ns.expire_drafts(clock.now)] == [h1]
     for r in recs:
         run(ns, r)
     assert ns.counts()["drafts"] == 1
-    clock.t += 1
-    assert [r["handle"] for r in ns.expire_drafts(clock.t)] == [h2]
+    clock.advance(1)
+    assert [r["handle"] for r in ns.expire_drafts(clock.now)] == [h2]
     fails(FileNotFoundError, errno.ENOENT, ns.prepare_renew, h1)
     # a stale expiry record (the draft was committed meanwhile) is refused, not applied
     put(ns, "/c")
@@ -494,7 +487,7 @@ def test_big_files_keep_constant_time_block_lookup(ns: Namespace) -> None:
     assert sorted(b for b, _, _ in ns.iter_blocks()) == sorted(b["id"] for b in blocks)
     run(ns, ns.prepare_rm("/big"))
     assert ns.block_info(blocks[5]["id"]) is None
-    assert ns._positions == {}
+    assert ns.blockmap.positions == {}
 
 
 def test_queue_and_ack_delete(ns: Namespace) -> None:
@@ -547,7 +540,7 @@ def test_records_replay_to_identical_state(ns: Namespace, clock: FakeClock) -> N
     rec(ns.prepare_mkdir("/a/b", parents=True))
     h = rec(ns.prepare_create("/a/b/f"))["handle"]
     ids = [b["id"] for b in rec(ns.prepare_allocate(h, [["n1", "n2"]] * 2))["blocks"]]
-    clock.t += 5
+    clock.advance(5)
     rec(ns.prepare_commit(h, [{"id": ids[0], "size": BS, "checksum": 1, "replicas": ["n1"]},
                               {"id": ids[1], "size": 9, "checksum": 2,
                                "replicas": ["n1", "n2"]}]))

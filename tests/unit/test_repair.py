@@ -8,16 +8,9 @@ import pytest
 from mds.cluster import ClusterView
 from mds.namespace import Namespace, NamespaceConfig
 from mds.repair import RepairPlanner
+from tests.support.clock import FakeClock
 
 GiB = 1 << 30
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def commit_file(ns: Namespace, path: str, replicas: list[str], size: int = 10) -> bytes:
@@ -37,7 +30,7 @@ def submit(ns: Namespace, records: list) -> None:
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock(100.0)
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def world(clock):
     return ns, cluster
 
 
-def beat(cluster: ClusterView, clock: Clock, *nodes: str) -> None:
+def beat(cluster: ClusterView, clock: FakeClock, *nodes: str) -> None:
     for node in nodes:
         cluster.heartbeat(node, 10 * GiB, 0, 0, clock.now)
 

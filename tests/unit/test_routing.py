@@ -5,14 +5,7 @@ import pytest
 
 from broker import protocol as P
 from broker.routing import CLIENT, WORKER, Router
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def request(service: bytes, rid: bytes, header: dict | None = None) -> bytes:
@@ -45,7 +38,7 @@ def error_of(send) -> tuple[str, str]:
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return FakeClock()
 
 
 @pytest.fixture

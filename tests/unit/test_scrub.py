@@ -12,23 +12,9 @@ from datanode.blockid import new_block_id
 from datanode.scrub import PER_BLOCK_COST, Scrubber, TokenBucket
 from datanode.blocks import BlockCorrupt, BlockInfo
 from datanode.store import BlockStore
+from tests.support.clock import FakeClock
 
 SIZE = 100_000
-
-
-class FakeClock:
-    """time.monotonic/time.sleep pair where sleeping only moves the clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -58,7 +44,7 @@ def test_finds_flipped_block(store: BlockStore) -> None:
     flip(store, ids[3], 54_321)
     found: list[tuple[bytes, BlockCorrupt]] = []
     fake = FakeClock()
-    scrub = Scrubber(store, rate_bytes_per_s=10**9, clock=fake.clock, sleep=fake.sleep,
+    scrub = Scrubber(store, rate_bytes_per_s=10**9, clock=fake, sleep=fake.sleep,
                      on_corrupt=lambda bid, err: found.append((bid, err)))
     stats = scrub.run_once()
     assert [bid for bid, _ in found] == [ids[3]]
@@ -84,7 +70,7 @@ def test_respects_rate_with_fake_clock(store: BlockStore) -> None:
 
     store.check = check  # type: ignore[method-assign]
     scrub = Scrubber(store, rate_bytes_per_s=rate, burst_bytes=burst,
-                     clock=fake.clock, sleep=fake.sleep)
+                     clock=fake, sleep=fake.sleep)
     start = fake.now
     stats = scrub.run_once()
     assert done == stats.blocks == 20 and stats.bytes == 20 * SIZE
@@ -97,14 +83,14 @@ def test_rate_is_real_time_free_in_tests(store: BlockStore) -> None:
     fill(store, 5)
     fake = FakeClock()
     t0 = time.monotonic()
-    Scrubber(store, rate_bytes_per_s=1, clock=fake.clock, sleep=fake.sleep).run_once()
+    Scrubber(store, rate_bytes_per_s=1, clock=fake, sleep=fake.sleep).run_once()
     assert time.monotonic() - t0 < 2.0
     assert fake.now - 1000.0 > 5 * SIZE - 1  # at 1 B/s the pass "took" ~half a million seconds
 
 
 def test_token_bucket_accrues_and_caps() -> None:
     fake = FakeClock()
-    bucket = TokenBucket(rate=100, burst=50, clock=fake.clock, sleep=fake.sleep)
+    bucket = TokenBucket(rate=100, burst=50, clock=fake, sleep=fake.sleep)
     bucket.spend(50)  # the burst is free
     assert fake.slept == []
     bucket.spend(100)  # debt of 100 bytes at 100 B/s
@@ -113,7 +99,7 @@ def test_token_bucket_accrues_and_caps() -> None:
     bucket.spend(60)
     assert fake.slept[-1] == pytest.approx(0.1)
     with pytest.raises(ValueError):
-        TokenBucket(rate=0, burst=1, clock=fake.clock, sleep=fake.sleep)
+        TokenBucket(rate=0, burst=1, clock=fake, sleep=fake.sleep)
 
 
 def test_step_resumes_and_wraps(store: BlockStore) -> None:
@@ -156,7 +142,7 @@ def test_blocks_deleted_mid_pass_and_failing_callback(store: BlockStore) -> None
 
     fake = FakeClock()
     scrub = Scrubber(FixedOrder(), rate_bytes_per_s=10**9, on_corrupt=on_corrupt,
-                     clock=fake.clock, sleep=fake.sleep)
+                     clock=fake, sleep=fake.sleep)
     stats = scrub.run_once()
     assert stats.pass_done and calls == [ids[1], ids[2]]
     assert (stats.blocks, stats.corrupt, stats.bytes) == (3, 2, SIZE)
@@ -171,7 +157,7 @@ def test_stop_ends_pass_and_thread(store: BlockStore) -> None:
         fake.sleep(seconds)
         scrub.stop()
 
-    scrub = Scrubber(store, rate_bytes_per_s=1000, burst_bytes=0, clock=fake.clock, sleep=sleep)
+    scrub = Scrubber(store, rate_bytes_per_s=1000, burst_bytes=0, clock=fake, sleep=sleep)
     stats = scrub.run_once()
     assert stats.blocks == 1 and not stats.pass_done
 

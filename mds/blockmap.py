@@ -1,0 +1,187 @@
+"""The block index of the namespace: block id -> owner (a committed ``Inode`` or a
+``Draft``) and position, the interned replica sets, and the deletion queue; with the
+records that touch blocks only (set_replicas, queue_delete, ack_delete).
+
+The Namespace indexes and releases blocks as drafts allocate, commit and go away; a
+released block's copies go to the deletion queue, ``pending_deletes``: node -> block id
+-> queue number, oldest first (insertion order). The numbers (``delete_seq`` is the last
+one given) let the repair planner tell how long ago a delete was queued without a clock
+here. Deterministic like the rest of the namespace: no clock, no randomness, no I/O.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Iterator, Mapping, Sequence
+
+from mds.fields import check, error, is_block_id, is_node_list
+from mds.inode import BIG_FILE_BLOCKS, Draft, Inode, ReplicaSets
+
+
+class BlockMap:
+    def __init__(self) -> None:
+        self.owners: dict[bytes, Inode | Draft] = {}
+        # only files with more than BIG_FILE_BLOCKS blocks have an entry
+        self.positions: dict[Inode, dict[bytes, int]] = {}
+        self.rsets = ReplicaSets()
+        self.pending_deletes: dict[str, dict[bytes, int]] = {}
+        self.delete_seq = 0
+
+    def __contains__(self, bid: bytes) -> bool:
+        return bid in self.owners
+
+    def locate(self, bid: bytes) -> tuple[Inode | Draft, int] | None:
+        owner = self.owners.get(bid)
+        if owner is None:
+            return None
+        pos = self.positions.get(owner) if type(owner) is Inode else None
+        return owner, (pos[bid] if pos is not None else owner.bids.index(bid))
+
+    # ------------------------------------------------------------------ indexing
+
+    def add_file(self, inode: Inode) -> None:
+        owners = self.owners
+        for bid in inode.bids:
+            owners[bid] = inode
+        if len(inode.bids) > BIG_FILE_BLOCKS:
+            self.positions[inode] = {bid: i for i, bid in enumerate(inode.bids)}
+
+    def release_file(self, inode: Inode) -> None:
+        """Forget a committed file's blocks; their replicas go to the deletion queue."""
+        rsets = self.rsets
+        for bid, (_, _, rs) in zip(inode.bids, inode.iter_block_meta()):
+            del self.owners[bid]
+            for n in rsets[rs]:
+                self.queue(n, bid)
+        self.positions.pop(inode, None)
+
+    def release_block(self, bid: bytes, nodes: Sequence[str]) -> None:
+        """Forget a draft's block; its copies on ``nodes`` go to the deletion queue."""
+        del self.owners[bid]
+        for node in nodes:
+            self.queue(node, bid)
+
+    def queue(self, node: str, bid: bytes) -> None:
+        pending = self.pending_deletes.setdefault(node, {})
+        if bid not in pending:        # queued once: a second reason keeps the first number
+            self.delete_seq += 1
+            pending[bid] = self.delete_seq
+
+    # ------------------------------------------------------------------ reads
+
+    def blocks_of(self, inode: Inode) -> list[dict]:
+        rsets = self.rsets
+        return [{"id": bid, "size": size, "checksum": crc, "replicas": list(rsets[rs])}
+                for bid, (size, crc, rs) in zip(inode.bids, inode.iter_block_meta())]
+
+    def block_info(self, bid: bytes) -> dict | None:
+        """Where a block belongs, or None for an unknown (orphan) id."""
+        found = self.locate(bid)
+        if found is None:
+            return None
+        owner, i = found
+        if type(owner) is Draft:
+            return {"id": bid, "draft": owner.handle, "index": i,
+                    "targets": list(owner.targets[i]), "replication": owner.replication}
+        size, crc, rs = owner.block(i)
+        return {"id": bid, "inode": owner.id, "index": i, "size": size, "checksum": crc,
+                "replicas": list(self.rsets[rs]), "replication": owner.header()[3]}
+
+    def live_on(self, bid: bytes, node: str) -> bool:
+        found = self.locate(bid)
+        if found is None:
+            return False
+        owner, i = found
+        if type(owner) is Draft:
+            return node in owner.targets[i]
+        return node in self.rsets[owner.block(i)[2]]
+
+    def iter_blocks(self) -> Iterator[tuple[bytes, tuple[str, ...], int]]:
+        """(block id, replicas, wanted replication) of every committed block."""
+        for bid, owner in self.owners.items():
+            if type(owner) is Inode:
+                i = self.locate(bid)[1]
+                yield bid, self.rsets[owner.block(i)[2]], owner.header()[3]
+
+    def replica_nodes(self) -> set[str]:
+        """Every node named in a replica set ever used (cheap: the interned table)."""
+        return {node for rs in self.rsets for node in rs}
+
+    def deletes_for(self, node: str, limit: int | None = None,
+                    max_seq: int | None = None) -> list[bytes]:
+        """Block ids ``node`` should delete, oldest first: at most ``limit``, and only those
+        queued as number ``max_seq`` or earlier. Read-only: removal is an ack_delete record."""
+        pending = self.pending_deletes.get(node)
+        if not pending:
+            return []
+        if limit is None and max_seq is None:
+            return list(pending)
+        out = []
+        for bid, seq in pending.items():
+            if (limit is not None and len(out) >= limit) or (max_seq is not None
+                                                             and seq > max_seq):
+                break
+            out.append(bid)
+        return out
+
+    def is_pending_delete(self, node: str, bid: bytes) -> bool:
+        pending = self.pending_deletes.get(node)
+        return pending is not None and bid in pending
+
+    def pending_count(self) -> int:
+        return sum(len(s) for s in self.pending_deletes.values())
+
+    # ------------------------------------------------------------------ records
+
+    def check_set_replicas(self, rec: Mapping) -> None:
+        bid = rec["block"]
+        check(is_block_id(bid), None, "block id must be 16 bytes")
+        if type(self.owners.get(bid)) is not Inode:
+            raise error(errno.ENOENT, bid.hex(), "no committed block with this id")
+        check(is_node_list(rec["replicas"]), bid.hex(), "replicas must be distinct node ids")
+
+    def apply_set_replicas(self, rec: Mapping) -> dict:
+        bid, nodes = rec["block"], rec["replicas"]
+        inode, i = self.locate(bid)
+        size, crc, rs = inode.block(i)
+        for n in self.rsets[rs]:
+            if n not in nodes:
+                self.queue(n, bid)
+        for n in nodes:
+            pending = self.pending_deletes.get(n)
+            if pending is not None:  # a node that holds it again must not delete it
+                pending.pop(bid, None)
+                if not pending:
+                    del self.pending_deletes[n]
+        inode.meta = inode.with_block(i, size, crc, self.rsets.intern(nodes))
+        return {"block": bid, "replicas": list(nodes)}
+
+    def check_queue_delete(self, rec: Mapping) -> None:
+        node = rec["node"]
+        self._check_node_blocks(rec)
+        for bid in rec["blocks"]:
+            check(not self.live_on(bid, node), node, f"block {bid.hex()} is live on {node}")
+
+    def apply_queue_delete(self, rec: Mapping) -> dict:
+        for bid in rec["blocks"]:
+            self.queue(rec["node"], bid)
+        return {"node": rec["node"], "queued": len(rec["blocks"])}
+
+    def check_ack_delete(self, rec: Mapping) -> None:
+        self._check_node_blocks(rec)
+
+    def apply_ack_delete(self, rec: Mapping) -> dict:
+        pending = self.pending_deletes.get(rec["node"])
+        before = len(pending) if pending else 0
+        if pending:
+            for bid in rec["blocks"]:
+                pending.pop(bid, None)
+            if not pending:
+                del self.pending_deletes[rec["node"]]
+        return {"node": rec["node"], "acked": before - (len(pending) if pending else 0)}
+
+    @staticmethod
+    def _check_node_blocks(rec: Mapping) -> None:
+        node = rec["node"]
+        check(isinstance(node, str) and node != "", node, "bad node id")
+        check(isinstance(rec["blocks"], list) and all(map(is_block_id, rec["blocks"])),
+              node, "block ids must be 16 bytes")

@@ -1,0 +1,105 @@
+"""The packed in-memory representation of namespace nodes: directories, committed files
+(``Inode``: struct-packed metadata plus a tuple of block ids), drafts (files under
+construction) and the interned table of replica sets that block metadata points into.
+
+Memory: a committed file is an ``Inode`` with two slots, a packed ``meta`` bytes (header
++ 16 bytes per block) and a tuple of block ids shared with the block index; replica
+lists are interned in ``ReplicaSets`` and referenced by index. Measured: 1M files hold
+~390 MiB RSS with one block each, ~680 MiB with three (the 16-byte id objects and their
+index entries dominate: ~145 bytes a block). Do not add per-inode objects.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Iterator, Sequence
+
+# inode id, size, mtime, replication, block size
+HDR = struct.Struct("<QQdBI")
+# block size, CRC32C, index into the replica-set table
+BLK = struct.Struct("<QII")
+SIZE = struct.Struct("<Q")       # the size field of HDR alone, at offset 8
+BLOCK_ID_LEN = 16
+# files with more blocks than this keep an id -> position map, so block lookups stay
+# O(1) for huge files while small files pay no memory for it (a C scan of <= 32 ids)
+BIG_FILE_BLOCKS = 32
+
+
+class Dir:
+    __slots__ = ("children", "mtime")
+
+    def __init__(self, mtime: float) -> None:
+        self.children: dict[str, Dir | Inode] = {}
+        self.mtime = mtime
+
+
+class Inode:
+    """A committed file: immutable except for replica sets (``set_replicas``)."""
+    __slots__ = ("meta", "bids")
+
+    def __init__(self, meta: bytes, bids: tuple[bytes, ...]) -> None:
+        self.meta = meta
+        self.bids = bids
+
+    @property
+    def id(self) -> int:
+        return HDR.unpack_from(self.meta)[0]
+
+    @property
+    def size(self) -> int:
+        return SIZE.unpack_from(self.meta, 8)[0]
+
+    def header(self) -> tuple[int, int, float, int, int]:
+        """(inode id, size, mtime, replication, block size)"""
+        return HDR.unpack_from(self.meta)
+
+    def block(self, i: int) -> tuple[int, int, int]:
+        """(size, checksum, replica-set index) of block ``i``"""
+        return BLK.unpack_from(self.meta, HDR.size + i * BLK.size)
+
+    def iter_block_meta(self) -> Iterator[tuple[int, int, int]]:
+        return BLK.iter_unpack(memoryview(self.meta)[HDR.size:])
+
+    def with_block(self, i: int, size: int, crc: int, rset: int) -> bytes:
+        """``meta`` with block ``i``'s entry replaced."""
+        off = HDR.size + i * BLK.size
+        return self.meta[:off] + BLK.pack(size, crc, rset) + self.meta[off + BLK.size:]
+
+
+class Draft:
+    """A file under construction: invisible to readers until commit."""
+    __slots__ = ("handle", "path", "inode", "replication", "block_size", "lease", "mtime",
+                 "bids", "targets")
+
+    def __init__(self, handle: str, path: str, inode: int, replication: int,
+                 block_size: int, lease: float, mtime: float) -> None:
+        self.handle = handle
+        self.path = path
+        self.inode = inode
+        self.replication = replication
+        self.block_size = block_size
+        self.lease = lease
+        self.mtime = mtime
+        self.bids: list[bytes] = []
+        self.targets: list[tuple[str, ...]] = []
+
+    def to_list(self) -> list:
+        return [self.handle, self.path, self.inode, self.replication, self.block_size,
+                self.lease, self.mtime, list(self.bids), [list(t) for t in self.targets]]
+
+
+class ReplicaSets(list):
+    """The interned replica sets: a list of node tuples (index it like one) that only
+    grows, so the index stored in block metadata stays valid."""
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ids: dict[tuple[str, ...], int] = {}
+
+    def intern(self, nodes: Sequence[str]) -> int:
+        key = tuple(nodes)
+        idx = self._ids.get(key)
+        if idx is None:
+            idx = self._ids[key] = len(self)
+            self.append(key)
+        return idx
