@@ -55,14 +55,15 @@ def caller_of(side: int, member: str | None = None) -> tuple[str, str]:
     """(caller class, caller id) of a request, from where it arrived.
 
     Today the endpoint is the credential: the client endpoint is anyone ("client",
-    "anonymous"); a connection on the worker endpoint is a cluster member and names the
+    "admin": with security off every client is the superuser of the namespace, whose
+    permission checks key on this id); a connection on the worker endpoint is a cluster member and names the
     member it acts for ("mds", or "dn.<id>" -> a "datanode" with id <id>).
     SECURITY: this is the one place to change when the broker authenticates peers: derive
     class and id from the CURVE key's ZAP User-Id (zmq.Frame.get("User-Id")) instead of the
     endpoint and the member's own declaration.
     """
     if side == CLIENT:
-        return P.CALLER_CLIENT, "anonymous"
+        return P.CALLER_CLIENT, "admin"
     if member == P.CALLER_MDS:
         return P.CALLER_MDS, P.CALLER_MDS
     if member is not None and member.startswith("dn.") and len(member) > 3:

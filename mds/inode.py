@@ -1,12 +1,13 @@
 """The packed in-memory representation of namespace nodes: directories, committed files
 (``Inode``: struct-packed metadata plus a tuple of block ids), drafts (files under
-construction) and the interned table of replica sets that block metadata points into.
+construction) and the interned tables (replica sets, owner/group names) they point into.
 
 Memory: a committed file is an ``Inode`` with two slots, a packed ``meta`` bytes (header
 + 16 bytes per block) and a tuple of block ids shared with the block index; replica
-lists are interned in ``ReplicaSets`` and referenced by index. Measured: 1M files hold
-~390 MiB RSS with one block each, ~680 MiB with three (the 16-byte id objects and their
-index entries dominate: ~145 bytes a block). Do not add per-inode objects.
+lists are interned in ``ReplicaSets`` and owner/group names in ``Names``, both referenced
+by index. The header carries mode, owner, group and ctime (18 bytes). Measured: 1M files
+hold ~390 MiB RSS with one block each, ~680 MiB with three (the 16-byte id objects and
+their index entries dominate: ~145 bytes a block). Do not add per-inode objects.
 """
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ import struct
 from typing import Iterator, Sequence
 
 # inode id, size, mtime, replication, block size
-HDR = struct.Struct("<QQdBI")
+BASE = struct.Struct("<QQdBI")
+# mode (12 bits), owner and group (indexes into Names), ctime; right after BASE
+ATTR = struct.Struct("<HIId")
+ATTR_OFFSET = BASE.size
+HDR = struct.Struct("<QQdBIHIId")    # BASE + ATTR: block entries follow it
 # block size, CRC32C, index into the replica-set table
 BLK = struct.Struct("<QII")
 SIZE = struct.Struct("<Q")       # the size field of HDR alone, at offset 8
@@ -24,12 +29,24 @@ BLOCK_ID_LEN = 16
 BIG_FILE_BLOCKS = 32
 
 
-class Dir:
-    __slots__ = ("children", "mtime")
+# What records and snapshots written before owners existed mean (format version 1):
+# everything belongs to the superuser, directories 0o755, files 0o644.
+LEGACY_DIR_MODE = 0o755
+LEGACY_FILE_MODE = 0o644
+SUPERUSER_ID = 0          # Names index 0 is always the superuser (mds/perms.SUPERUSER)
 
-    def __init__(self, mtime: float) -> None:
+
+class Dir:
+    __slots__ = ("children", "mtime", "ctime", "mode", "uid", "gid")
+
+    def __init__(self, mtime: float, mode: int = LEGACY_DIR_MODE, uid: int = SUPERUSER_ID,
+                 gid: int = SUPERUSER_ID, ctime: float | None = None) -> None:
         self.children: dict[str, Dir | Inode] = {}
         self.mtime = mtime
+        self.ctime = mtime if ctime is None else ctime
+        self.mode = mode
+        self.uid = uid          # index into Names
+        self.gid = gid
 
 
 class Inode:
@@ -50,7 +67,16 @@ class Inode:
 
     def header(self) -> tuple[int, int, float, int, int]:
         """(inode id, size, mtime, replication, block size)"""
-        return HDR.unpack_from(self.meta)
+        return BASE.unpack_from(self.meta)
+
+    def attrs(self) -> tuple[int, int, int, float]:
+        """(mode, owner index, group index, ctime)"""
+        return ATTR.unpack_from(self.meta, ATTR_OFFSET)
+
+    def with_attrs(self, mode: int, uid: int, gid: int, ctime: float) -> bytes:
+        """``meta`` with the attribute part of the header replaced."""
+        end = ATTR_OFFSET + ATTR.size
+        return self.meta[:ATTR_OFFSET] + ATTR.pack(mode, uid, gid, ctime) + self.meta[end:]
 
     def block(self, i: int) -> tuple[int, int, int]:
         """(size, checksum, replica-set index) of block ``i``"""
@@ -66,12 +92,15 @@ class Inode:
 
 
 class Draft:
-    """A file under construction: invisible to readers until commit."""
+    """A file under construction: invisible to readers until commit. It remembers who
+    created it and the mode asked for, which the committed file gets (unless it replaces
+    a file, whose owner, group and mode it keeps)."""
     __slots__ = ("handle", "path", "inode", "replication", "block_size", "lease", "mtime",
-                 "bids", "targets")
+                 "bids", "targets", "owner", "group", "mode")
 
     def __init__(self, handle: str, path: str, inode: int, replication: int,
-                 block_size: int, lease: float, mtime: float) -> None:
+                 block_size: int, lease: float, mtime: float, owner: str = "admin",
+                 group: str = "admin", mode: int = LEGACY_FILE_MODE) -> None:
         self.handle = handle
         self.path = path
         self.inode = inode
@@ -81,10 +110,14 @@ class Draft:
         self.mtime = mtime
         self.bids: list[bytes] = []
         self.targets: list[tuple[str, ...]] = []
+        self.owner = owner
+        self.group = group
+        self.mode = mode
 
     def to_list(self) -> list:
         return [self.handle, self.path, self.inode, self.replication, self.block_size,
-                self.lease, self.mtime, list(self.bids), [list(t) for t in self.targets]]
+                self.lease, self.mtime, list(self.bids), [list(t) for t in self.targets],
+                self.owner, self.group, self.mode]
 
 
 class ReplicaSets(list):
@@ -102,4 +135,22 @@ class ReplicaSets(list):
         if idx is None:
             idx = self._ids[key] = len(self)
             self.append(key)
+        return idx
+
+
+class Names(list):
+    """The interned owner and group names: a list of str that only grows (index 0 is the
+    superuser), so the indexes stored in headers and directories stay valid."""
+    __slots__ = ("_ids",)
+
+    def __init__(self, superuser: str = "admin") -> None:
+        super().__init__()
+        self._ids: dict[str, int] = {}
+        self.intern(superuser)
+
+    def intern(self, name: str) -> int:
+        idx = self._ids.get(name)
+        if idx is None:
+            idx = self._ids[name] = len(self)
+            self.append(name)
         return idx

@@ -22,7 +22,10 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
     .last_seq, .snapshot_seq, .checkpointing, .stats()
 
 Data directory: ``wal-<seq>.log`` segments and ``snapshot-<seq>.msgpack`` files side by
-side, and a ``LOCK`` file held with flock (a second opener gets OSError EBUSY). A checkpoint rotates the WAL, forks, and the child writes the snapshot of its
+side, a ``FORMAT`` file naming the data format version (JSON ``{"format":
+"aegisfs-mds", "version": 2}``; a directory without one is version 1, from before owners
+and modes; a newer version is refused with EPROTONOSUPPORT before anything is read, and
+an older one is rewritten as the current version once recovered), and a ``LOCK`` file held with flock (a second opener gets OSError EBUSY). A checkpoint rotates the WAL, forks, and the child writes the snapshot of its
 copy-on-write memory (tmp, fsync, rename, fsync dir) and exits 0/1; the parent keeps
 serving. Only after the child succeeded are snapshots beyond the newest
 ``keep_snapshots`` deleted, and the segments the oldest kept snapshot covers: so a
@@ -44,6 +47,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import json
 import logging
 import os
 import time
@@ -56,6 +60,12 @@ from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapsho
 from mds.wal import WriteAheadLog, fsync_dir, list_segments, recover
 
 log = logging.getLogger(__name__)
+
+DATA_FORMAT = "aegisfs-mds"
+# 1: the first layout (no FORMAT file); 2: owners, groups and modes in records and
+# snapshots (version 1 records and snapshots still read, see mds/namespace.py)
+DATA_VERSION = 2
+FORMAT_FILE = "FORMAT"
 
 Submission = Union[Mapping[str, Any], Callable[[Namespace], Mapping[str, Any]]]
 RETRY_AFTER_FAILED_CHECKPOINT = 30.0
@@ -88,6 +98,43 @@ def _lock_directory(directory: Path) -> BinaryIO:
     return f
 
 
+def read_format(directory: Path) -> int:
+    """The data format version of a directory: its FORMAT file, else 1 when it holds a
+    log or a snapshot (made before FORMAT existed), else the current one (a new store).
+    A version newer than this code is an error before anything else is read."""
+    path = directory / FORMAT_FILE
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        old = list_segments(directory) or list_snapshots(directory)
+        return 1 if old else DATA_VERSION
+    try:
+        info = json.loads(raw)
+        version = info["version"]
+        if info.get("format") != DATA_FORMAT or type(version) is not int or version < 1:
+            raise ValueError(info)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise RecoveryError(path, f"{path} is not an AegisFS MDS format file: "
+                                  f"{raw[:200]!r}") from None
+    if version > DATA_VERSION:
+        raise OSError(errno.EPROTONOSUPPORT, (
+            f"data directory {directory} has format version {version}; this MDS reads "
+            f"versions 1..{DATA_VERSION}: run the AegisFS that wrote it, or a newer one"),
+            str(path))
+    return version
+
+
+def write_format(directory: Path) -> None:
+    """FORMAT = the current version, durably (tmp, fsync, rename, fsync directory)."""
+    tmp = directory / f"{FORMAT_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"format": DATA_FORMAT, "version": DATA_VERSION}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, directory / FORMAT_FILE)
+    fsync_dir(directory)
+
+
 class RecoveryError(OSError):
     """The data directory cannot be recovered without losing acknowledged records."""
 
@@ -114,7 +161,13 @@ class MetaStore:
         self._retry_at = 0.0
         self._lock = _lock_directory(self.dir)
         try:
+            self.format_version = read_format(self.dir)
             self.ns, self.snapshot_seq, self.last_seq = self._recover(salvage)
+            if self.format_version != DATA_VERSION or not (self.dir / FORMAT_FILE).exists():
+                if self.format_version != DATA_VERSION:
+                    log.info("data directory %s upgraded from format version %d to %d",
+                             self.dir, self.format_version, DATA_VERSION)
+                write_format(self.dir)
             _freeze_heap()
             self.wal = WriteAheadLog(self.dir, self.last_seq + 1)
         except BaseException:

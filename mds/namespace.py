@@ -14,8 +14,9 @@ apply it (timestamps, random block ids, lease deadlines). It goes through two ph
   against the same state; the WAL replays records through it.
 
 Records (all paths normalised; ids are 16-byte ``bytes``; times are float seconds):
-    mkdir        {path, parents, mtime}
-    create       {path, handle, replication, block_size, parents, lease, mtime}
+    mkdir        {path, parents, mtime, owner, group, mode}
+    create       {path, handle, replication, block_size, parents, lease, mtime, owner,
+                  group, mode}
     allocate     {handle, blocks: [[id, [node, ...]], ...], lease}
     add_target   {handle, block, node}         a replacement target (replace_target)
     commit       {handle, blocks: [[id, size, checksum, [node, ...]], ...], mtime}
@@ -23,6 +24,8 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     renew        {handle, lease}
     rm           {path, recursive, mtime}
     rename       {src, dst, mtime}             exact target; see resolve_move()
+    chmod        {path, mode, ctime}
+    chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
@@ -30,7 +33,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
 apply() results: mkdir {path, created}; create {handle, path, inode, lease}; allocate
 {handle, lease, blocks: [{id, targets}]}; commit {path, inode, size, blocks, replaced};
 abort {handle, path, blocks}; renew {handle, lease}; rm {path, files, dirs, bytes};
-rename {src, dst, replaced}; set_replicas {block, replicas}; queue_delete {node, queued};
+rename {src, dst, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block, replicas}; queue_delete {node, queued};
 ack_delete {node, acked}.
 
 Semantics worth knowing: a draft keeps the path it was created with (a rename or rm of
@@ -39,7 +42,19 @@ last commit wins; every block of a commit but the last must be exactly block_siz
 blocks of replaced/removed files, aborted/expired drafts, targets that did not end up
 as replicas, and replicas dropped by set_replicas all go to ``pending_deletes``.
 
-Reads (never mutate): stat, ls, du, file_info, block_info, draft_info, draft_handles,
+Owners and permissions (mds/perms.py): mkdir and create records carry the new entry's
+owner, group and mode (requested & ~umask); records written before owners existed lack
+them and mean the superuser's, 0o755 for directories, 0o644 for files. Permission checks
+belong to the caller, so they run in ``prepare_*`` when a ``cred`` is given (EACCES, or
+EPERM for chmod/chown, naming the path) and never in ``validate``/``apply``: a record in
+the log was authorised when it was made, and replay must not depend on who made it.
+Rules: search on every ancestor for any lookup; read on a directory to list it and on a
+file for its block list (``file_info``); write and search on the parent to create,
+commit, remove or rename (both parents), with the sticky-bit rule; a commit that
+replaces a file also needs write on that file (like an O_TRUNC open) and keeps its
+owner, group and mode; only the draft's creator may commit it.
+
+Reads (never mutate): stat, ls, du, file_info, may_read, block_info, draft_info, draft_handles,
 deletes_for, iter_files, iter_blocks, counts, dump (canonical form, for equality tests).
 ``expire_drafts(now)`` returns abort records for drafts whose lease passed.
 
@@ -59,16 +74,21 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 import time
+from stat import S_ISGID
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from mds import paths
+from mds import paths, perms
 from mds.blockmap import BlockMap
 from mds.drafts import Drafts
 from mds.fields import check, error, is_node_list, is_time, nodes_arg
-from mds.inode import BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR, SIZE, Dir, Draft, Inode
-from mds.tree import Tree
+from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR,
+                       LEGACY_DIR_MODE, LEGACY_FILE_MODE, SIZE, SUPERUSER_ID, Dir, Draft,
+                       Inode)
+from mds.perms import Cred
+from mds.tree import WX, Tree, checked
 
 __all__ = ["BIG_FILE_BLOCKS", "Inode", "MAX_BLOCK_SIZE", "MAX_HANDLE_LEN", "Namespace",
            "NamespaceConfig"]
@@ -76,6 +96,7 @@ __all__ = ["BIG_FILE_BLOCKS", "Inode", "MAX_BLOCK_SIZE", "MAX_HANDLE_LEN", "Name
 log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 1 << 31
+HDR_MTIME = struct.Struct("<d").unpack_from   # the mtime field of a header, at offset 16
 MAX_HANDLE_LEN = 128
 
 
@@ -110,6 +131,8 @@ class Namespace:
             "renew": (d.check_renew, d.apply_renew),
             "rm": (t.check_rm, self._apply_rm),
             "rename": (t.check_rename, self._apply_rename),
+            "chmod": (t.check_attr, self._apply_attr),
+            "chown": (t.check_attr, self._apply_attr),
             "set_replicas": (b.check_set_replicas, b.apply_set_replicas),
             "queue_delete": (b.check_queue_delete, b.apply_queue_delete),
             "ack_delete": (b.check_ack_delete, b.apply_ack_delete),
@@ -146,17 +169,21 @@ class Namespace:
 
     # ------------------------------------------------------------------ reads
 
-    def stat(self, path: str) -> dict:
-        return self.tree.stat(path)
+    def stat(self, path: str, cred: Cred | None = None) -> dict:
+        return self.tree.stat(path, cred)
 
     def ls(self, path: str, *, start_after: str | None = None,
-           limit: int | None = None) -> list[dict]:
+           limit: int | None = None, cred: Cred | None = None) -> list[dict]:
         """Entries of a directory sorted by name (or the file itself); pageable."""
-        return self.tree.ls(path, start_after=start_after, limit=limit)
+        return self.tree.ls(path, start_after=start_after, limit=limit, cred=cred)
 
-    def du(self, path: str) -> dict:
+    def du(self, path: str, cred: Cred | None = None) -> dict:
         """Total committed bytes, files and directories under a path (inclusive)."""
-        return self.tree.du(path)
+        return self.tree.du(path, cred)
+
+    def may_read(self, path: str, cred: Cred | None) -> bool:
+        """Whether ``cred`` may read the entry at ``path`` (which it can already reach)."""
+        return self.tree.may(cred, self.tree.node(paths.normalize(path))[1], perms.R)
 
     def iter_files(self, path: str = "/") -> Iterator[tuple[str, dict]]:
         """(path, stat) of every committed file under ``path``, depth first."""
@@ -166,12 +193,14 @@ class Namespace:
         """``mv src dst`` semantics: into ``dst`` when it is an existing directory."""
         return self.tree.resolve_move(src, dst)
 
-    def file_info(self, path: str) -> dict:
-        """What a reader needs: stat plus each block's id, size, checksum, replicas."""
-        info = self.tree.stat(path)
+    def file_info(self, path: str, cred: Cred | None = None) -> dict:
+        """What a reader needs: stat plus each block's id, size, checksum, replicas.
+        The read path: ``cred`` needs read permission on the file."""
+        info = self.tree.stat(path, cred)
         if info["type"] == "dir":
             raise error(errno.EISDIR, info["path"])
         _, node = self.tree.node(info["path"])
+        self.tree.need(cred, node, perms.R, info["path"])
         info["blocks"] = self.blockmap.blocks_of(node)
         return info
 
@@ -213,20 +242,22 @@ class Namespace:
 
     def dump(self) -> dict:
         """Canonical plain-data form of the whole state; equal states dump equal."""
-        root = self.tree.root
-        dirs, files = {"/": root.mtime}, {}
+        root, attrs = self.tree.root, self.tree.attrs
+        dirs, files = {"/": (root.mtime, *attrs(root))}, {}
         stack: list[tuple[str, Dir]] = [("/", root)]
         while stack:
             p, d = stack.pop()
             for name, child in d.children.items():
                 cp = paths.join(p, name)
                 if type(child) is Dir:
-                    dirs[cp] = child.mtime
+                    dirs[cp] = (child.mtime, *attrs(child))
                     stack.append((cp, child))
                 else:
                     ino, size, mtime, repl, bsize = child.header()
+                    mode, owner, group, ctime = attrs(child)
                     files[cp] = {"inode": ino, "size": size, "mtime": mtime,
-                                 "replication": repl, "block_size": bsize,
+                                 "replication": repl, "block_size": bsize, "mode": mode,
+                                 "owner": owner, "group": group, "ctime": ctime,
                                  "blocks": [(b["id"], b["size"], b["checksum"],
                                              tuple(b["replicas"]))
                                             for b in self.blockmap.blocks_of(child)]}
@@ -237,14 +268,28 @@ class Namespace:
 
     # ------------------------------------------------------------------ mkdir
 
-    def prepare_mkdir(self, path: str, *, parents: bool = False) -> dict:
+    @staticmethod
+    def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool) -> dict:
+        """A new entry belongs to its creator (the superuser when no cred is given) and
+        its primary group; mode = requested (default 0o777 / 0o666) & ~umask."""
+        user = perms.SUPERUSER if cred is None else cred.user
+        group = perms.SUPERUSER if cred is None else cred.group
+        if mode is not None and not (type(mode) is int and 0 <= mode <= perms.MODE_BITS):
+            raise error(errno.EINVAL, None, f"mode must be 0..0o{perms.MODE_BITS:o}")
+        return {"owner": user, "group": group, "mode": perms.new_mode(mode, is_dir=is_dir)}
+
+    def prepare_mkdir(self, path: str, *, parents: bool = False, cred: Cred | None = None,
+                      mode: int | None = None) -> dict:
         rec = {"op": "mkdir", "path": paths.normalize(path), "parents": bool(parents),
-               "mtime": self._clock()}
-        self.tree.check_mkdir(rec)
+               "mtime": self._clock(), **self._owner_fields(cred, mode, True)}
+        self.tree.check_mkdir(rec, cred)
         return rec
 
     def _apply_mkdir(self, rec: Mapping) -> dict:
-        _, created = self.tree.mkdirs(paths.components(rec["path"]), rec["mtime"])
+        owner = rec.get("owner", perms.SUPERUSER)
+        _, created = self.tree.mkdirs(paths.components(rec["path"]), rec["mtime"], owner,
+                                      rec.get("group", owner),
+                                      rec.get("mode", LEGACY_DIR_MODE))
         self.dirs += created
         return {"path": rec["path"], "created": created}
 
@@ -252,18 +297,20 @@ class Namespace:
 
     def prepare_create(self, path: str, *, handle: str | None = None,
                        replication: int | None = None, block_size: int | None = None,
-                       parents: bool = False, lease: float | None = None) -> dict:
+                       parents: bool = False, lease: float | None = None,
+                       cred: Cred | None = None, mode: int | None = None) -> dict:
         now = self._clock()
         rec = {"op": "create", "path": paths.normalize(path),
                "handle": handle if handle is not None else self._random(12).hex(),
                "replication": self.config.replication if replication is None else replication,
                "block_size": self.config.block_size if block_size is None else block_size,
                "parents": bool(parents),
-               "lease": now + (self.config.lease if lease is None else lease), "mtime": now}
-        self._check_create(rec)
+               "lease": now + (self.config.lease if lease is None else lease), "mtime": now,
+               **self._owner_fields(cred, mode, False)}
+        self._check_create(rec, cred)
         return rec
 
-    def _check_create(self, rec: Mapping) -> None:
+    def _check_create(self, rec: Mapping, cred: Cred | None = None) -> None:
         path, handle = rec["path"], rec["handle"]
         names = self.tree.canonical(path)
         if not names:
@@ -275,18 +322,34 @@ class Namespace:
         check(isinstance(handle, str) and 0 < len(handle) <= MAX_HANDLE_LEN, handle,
               "bad draft handle")
         check(is_time(rec["lease"]) and is_time(rec["mtime"]), path, "bad lease or mtime")
+        self.tree.check_owner_fields(rec, path)
         if handle in self.drafts.by_handle:
             raise error(errno.EEXIST, handle, "draft handle already in use")
-        parent = self.tree.walk_parent(path, names, missing_ok=rec["parents"])
-        if parent is not None and type(parent.children.get(names[-1])) is Dir:
-            raise error(errno.EISDIR, path)
+        parent = self.tree.reach_parent(path, names, cred, rec["parents"])
+        if parent is not None:
+            existing = parent.children.get(names[-1])
+            if type(existing) is Dir:
+                raise error(errno.EISDIR, path)
+            self._need_replace(cred, parent, existing, path, names)
+
+    def _need_replace(self, cred: Cred | None, parent: Dir, existing: Inode | None,
+                      path: str, names: list[str]) -> None:
+        """Putting a file at ``path``: write and search on the parent; replacing one
+        also needs write on it (the O_TRUNC rule; commit re-checks both)."""
+        if checked(cred):
+            self.tree.need(cred, parent, WX, path, "/" + "/".join(names[:-1]))
+            if existing is not None:
+                self.tree.need(cred, existing, perms.W, path)
 
     def _apply_create(self, rec: Mapping) -> dict:
         names = paths.components(rec["path"])
+        owner = rec.get("owner", perms.SUPERUSER)
+        group = rec.get("group", owner)
         if rec["parents"]:
-            self.dirs += self.tree.mkdirs(names[:-1], rec["mtime"])[1]
+            self.dirs += self.tree.mkdirs(names[:-1], rec["mtime"], owner, group)[1]
         d = Draft(rec["handle"], rec["path"], self.next_inode, rec["replication"],
-                  rec["block_size"], rec["lease"], rec["mtime"])
+                  rec["block_size"], rec["lease"], rec["mtime"], owner, group,
+                  rec.get("mode", LEGACY_FILE_MODE))
         self.next_inode += 1
         self.drafts.by_handle[d.handle] = d
         return {"handle": d.handle, "path": d.path, "inode": d.inode, "lease": d.lease}
@@ -333,8 +396,11 @@ class Namespace:
 
     # ------------------------------------------------------------------ commit
 
-    def prepare_commit(self, handle: str, blocks: Sequence[Mapping[str, Any]]) -> dict:
-        """``blocks``: [{"id", "size", "checksum", "replicas"}] in file order."""
+    def prepare_commit(self, handle: str, blocks: Sequence[Mapping[str, Any]], *,
+                       cred: Cred | None = None) -> dict:
+        """``blocks``: [{"id", "size", "checksum", "replicas"}] in file order. ``cred``
+        must be the draft's creator and may still put a file at its path: the parent
+        may have changed since create."""
         try:
             entries = [[b["id"], b["size"], b["checksum"],
                         nodes_arg(b["replicas"], handle, "replicas")] for b in blocks]
@@ -343,6 +409,14 @@ class Namespace:
                         "blocks must be mappings with id, size, checksum, replicas") from None
         rec = {"op": "commit", "handle": handle, "blocks": entries, "mtime": self._clock()}
         self._check_commit(rec)
+        if checked(cred):
+            d = self.drafts.get(handle)
+            if cred.user != d.owner:
+                raise error(errno.EACCES, d.path, f"the draft belongs to {d.owner}, "
+                                                  f"not {cred.user}")
+            names = paths.components(d.path)
+            parent = self.tree.walk_parent(d.path, names, cred=cred)
+            self._need_replace(cred, parent, parent.children.get(names[-1]), d.path, names)
         return rec
 
     def _check_commit(self, rec: Mapping) -> None:
@@ -385,7 +459,15 @@ class Namespace:
             size += bsize
         for bid, i in where.items():  # allocated but not committed: garbage
             bm.release_block(bid, d.targets[i])
-        parts[0] = HDR.pack(d.inode, size, rec["mtime"], d.replication, d.block_size)
+        tree = self.tree
+        names = paths.components(d.path)
+        old = tree.walk_parent(d.path, names).children.get(names[-1])
+        if type(old) is Inode:   # replacing a file keeps its owner, group and mode
+            mode, uid, gid, _ = old.attrs()
+        else:
+            mode, uid, gid = d.mode, tree.names.intern(d.owner), tree.names.intern(d.group)
+        parts[0] = HDR.pack(d.inode, size, rec["mtime"], d.replication, d.block_size,
+                            mode, uid, gid, rec["mtime"])
         inode = Inode(b"".join(parts), tuple(bids))
         bm.add_file(inode)
         old = self.tree.attach(d.path, inode, rec["mtime"])
@@ -420,10 +502,11 @@ class Namespace:
 
     # ------------------------------------------------------------------ rm / rename
 
-    def prepare_rm(self, path: str, *, recursive: bool = False) -> dict:
+    def prepare_rm(self, path: str, *, recursive: bool = False,
+                   cred: Cred | None = None) -> dict:
         rec = {"op": "rm", "path": paths.normalize(path), "recursive": bool(recursive),
                "mtime": self._clock()}
-        self.tree.check_rm(rec)
+        self.tree.check_rm(rec, cred)
         return rec
 
     def _apply_rm(self, rec: Mapping) -> dict:
@@ -432,11 +515,11 @@ class Namespace:
         files, dirs = self._release_tree(node)
         return {"path": rec["path"], "files": files, "dirs": dirs, "bytes": nbytes - self.bytes}
 
-    def prepare_rename(self, src: str, dst: str) -> dict:
+    def prepare_rename(self, src: str, dst: str, *, cred: Cred | None = None) -> dict:
         """Exact rename (``dst`` is the new path); use resolve_move() for ``mv`` into dirs."""
         rec = {"op": "rename", "src": paths.normalize(src), "dst": paths.normalize(dst),
                "mtime": self._clock()}
-        self.tree.check_rename(rec)
+        self.tree.check_rename(rec, cred)
         return rec
 
     def _apply_rename(self, rec: Mapping) -> dict:
@@ -444,10 +527,52 @@ class Namespace:
         if src == dst:
             return {"src": src, "dst": dst, "replaced": False}
         node = self.tree.detach(src, rec["mtime"])
+        self.tree.touch(node, rec["mtime"])
         old = self.tree.attach(dst, node, rec["mtime"])
         if old is not None:
             self._release_tree(old)
         return {"src": src, "dst": dst, "replaced": old is not None}
+
+    # ------------------------------------------------------------------ chmod / chown
+
+    def prepare_chmod(self, path: str, mode: int, *, cred: Cred | None = None) -> dict:
+        """Owner or superuser (else EPERM). As Linux does, a caller outside the file's
+        group cannot set its setgid bit: the bit is dropped, not refused."""
+        path = paths.normalize(path)
+        _, node = self.tree.node(path, cred)
+        _, owner, group, _ = self.tree.attrs(node)
+        who = perms.ROOT_CRED if cred is None else cred
+        mode = perms.check_chmod(who, owner, mode, path)
+        if not who.superuser and not who.in_group(group):
+            mode &= ~S_ISGID
+        rec = {"op": "chmod", "path": path, "mode": mode, "ctime": self._clock()}
+        self.tree.check_attr(rec)
+        return rec
+
+    def prepare_chown(self, path: str, owner: str | None = None, group: str | None = None,
+                      *, cred: Cred | None = None) -> dict:
+        """Owner: superuser only; group: the owner to one of its groups, or the superuser
+        (EPERM otherwise). Unchanged fields may be given or left out."""
+        path = paths.normalize(path)
+        _, node = self.tree.node(path, cred)
+        _, old_owner, old_group, _ = self.tree.attrs(node)
+        who = perms.ROOT_CRED if cred is None else cred
+        new_owner, new_group = perms.check_chown(who, old_owner, old_group, owner, group, path)
+        rec = {"op": "chown", "path": path, "owner": new_owner, "group": new_group,
+               "ctime": self._clock()}
+        self.tree.check_attr(rec)
+        return rec
+
+    def _apply_attr(self, rec: Mapping) -> dict:
+        _, node = self.tree.node(rec["path"])
+        mode, owner, group, _ = self.tree.attrs(node)
+        if rec["op"] == "chmod":
+            mode = rec["mode"]
+        else:
+            owner, group = rec["owner"], rec["group"]
+        self.tree.set_attrs(node, mode, owner, group, rec["ctime"])
+        return {"path": rec["path"], "type": "dir" if type(node) is Dir else "file",
+                "mode": mode, "owner": owner, "group": group}
 
     # ------------------------------------------------------------------ blocks
 
@@ -474,7 +599,8 @@ class Namespace:
     # Used by mds/snapshot.py only: plain-data export and import of the whole state.
 
     def export_state(self) -> dict:
-        return {"next_inode": self.next_inode, "root_mtime": self.tree.root.mtime,
+        return {"next_inode": self.next_inode, "root": self.tree.export_root(),
+                "names": list(self.tree.names),
                 "rsets": [list(t) for t in self.blockmap.rsets],
                 "drafts": [d.to_list() for d in self.drafts.by_handle.values()],
                 "counts": {"files": self.files, "dirs": self.dirs, "blocks": self.blocks,
@@ -486,30 +612,43 @@ class Namespace:
         return self.tree.export()
 
     def restore_state(self, state: Mapping) -> None:
+        """The state frame; one of a version 1 snapshot has ``root_mtime`` instead of
+        ``root`` and ``names``, and drafts without owner, group and mode."""
         self.next_inode = state["next_inode"]
-        self.tree.start_restore(state["root_mtime"])
+        if "root" in state:
+            self.tree.start_restore(state["root"], state["names"])
+        else:
+            self.tree.start_restore([state["root_mtime"]], [])
         for nodes in state["rsets"]:
             self.blockmap.rsets.intern(nodes)
         owners = self.blockmap.owners
-        for handle, path, ino, repl, bsize, lease, mtime, bids, targets in state["drafts"]:
-            d = self.drafts.by_handle[handle] = Draft(handle, path, ino, repl, bsize, lease, mtime)
+        for entry in state["drafts"]:
+            handle, path, ino, repl, bsize, lease, mtime, bids, targets = entry[:9]
+            d = self.drafts.by_handle[handle] = Draft(handle, path, ino, repl, bsize, lease,
+                                                      mtime, *entry[9:12])
             d.bids = list(bids)
             d.targets = [tuple(t) for t in targets]
             for bid in d.bids:
                 owners[bid] = d
 
-    def restore_dirs(self, flat: Sequence) -> None:
-        """Directories as a flat list: parent no., name, mtime, parent no., ..."""
-        self.tree.restore_dirs(flat)
+    def restore_dirs(self, flat: Sequence, legacy: bool = False) -> None:
+        """Directories as a flat list (see Tree.restore_dirs)."""
+        self.tree.restore_dirs(flat, legacy)
 
-    def restore_files(self, flat: Sequence) -> None:
-        """Files as a flat list: dir no., name, meta, block ids, dir no., ..."""
+    def restore_files(self, flat: Sequence, legacy: bool = False) -> None:
+        """Files as a flat list: dir no., name, meta, block ids, dir no., ... With
+        ``legacy`` (a version 1 snapshot) meta has no attributes: the superuser's, 0o644
+        and ctime = mtime are put in."""
         # one tight loop over millions of entries: no per-file method calls
         dirs, blocks, size_of, positions = (self.tree.numbered, self.blockmap.owners,
                                             SIZE.unpack_from, self.blockmap.positions)
         nfiles, nblocks, nbytes = 0, 0, 0
         it = iter(flat)
         for di, name, meta, bids in zip(it, it, it, it):
+            if legacy:
+                meta = (meta[:ATTR_OFFSET] + ATTR.pack(LEGACY_FILE_MODE, SUPERUSER_ID,
+                                                       SUPERUSER_ID, HDR_MTIME(meta, 16)[0])
+                        + meta[ATTR_OFFSET:])
             if type(bids) is not tuple:
                 bids = tuple(bids)
             node = dirs[di].children[name] = Inode(meta, bids)

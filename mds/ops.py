@@ -7,6 +7,9 @@ are published by the loop after that same fsync. Clocks come from the Context (`
 monotonic, `wall` wall clock), never from here. DataNode traffic (heartbeats, reports)
 lands here too, callable only by DataNodes speaking for themselves, and is handed to the
 RepairPlanner. Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
+
+Who a client is comes from the broker's stamp (`ctx.caller_id`), made a `perms.Cred` by
+`cred_of` in one place; the namespace's `prepare_*` and reads check it (mds/perms.py).
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from .cluster import ClusterView
 from .metastore import MetaStore
 from .namespace import BLOCK_ID_LEN, MAX_BLOCK_SIZE, MAX_HANDLE_LEN
 from .paths import MAX_PATH_BYTES
+from .perms import MODE_BITS, SUPERUSER, Cred
+from .tree import MAX_NAME
 from .repair import RepairPlanner
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,7 @@ MAX_FILE_BLOCKS = 200_000  # a commit's block list (an 8 MiB header holds ~120k)
 MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowledge
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
-                       "commit", "abort", "renew", "rm"})
+                       "commit", "abort", "renew", "rm", "chmod", "chown"})
 
 CLIENT = frozenset({P.CALLER_CLIENT})
 DATANODE = frozenset({P.CALLER_DATANODE})
@@ -50,12 +55,21 @@ COUNT = Int(0, 1 << 63)
 CHECKSUM = Int(0, 0xFFFF_FFFF)
 # odd exclude entries are taken as (unknown) node names: they exclude nothing
 EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
+MODE = Int(0, MODE_BITS)
+NAME = Str(MAX_NAME, 1)               # an owner or group name
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
                     "replicas": List(NODE, 255)})
 
 
 def _bad(message: str) -> OSError:
     return OSError(errno.EINVAL, message)
+
+
+def cred_of(ctx: Context) -> Cred:
+    """The credentials of a client request: the user the broker stamped, in the group of
+    its own name (group membership beyond that is not kept yet); the superuser is the
+    user named perms.SUPERUSER."""
+    return Cred(ctx.caller_id, superuser=ctx.caller_id == SUPERUSER)
 
 
 class Handlers:
@@ -71,7 +85,8 @@ class Handlers:
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
         """Several client operations in one request (`ops`: 1..256 maps, each {op, ...}, of
-        mkdir stat ls create allocate replace_target commit abort renew rm) -> `results`:
+        mkdir stat ls create allocate replace_target commit abort renew rm chmod chown) ->
+        `results`:
         one {ok: result} or {err: [code, message]} per op, in order. Each item is checked
         and dispatched like a request of its own (schema, caller class); one that fails
         does not stop the others. They run in order inside the same loop turn, so their WAL
@@ -89,44 +104,60 @@ class Handlers:
         """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    @operation({"path": PATH, "parents?": Bool()}, callers=CLIENT)
+    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT)
     def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Make directory `path` (with missing parents when `parents`) -> {}."""
-        self.submit(lambda ns: ns.prepare_mkdir(h["path"], parents=bool(h.get("parents"))))
+        """Make directory `path` (with missing parents when `parents`), owned by the
+        caller, with `mode` (default 0o777) & ~0o022 -> {}. Needs write and search on the
+        directory that gets the new entry (EACCES)."""
+        cred = cred_of(ctx)
+        self.submit(lambda ns: ns.prepare_mkdir(h["path"], parents=bool(h.get("parents")),
+                                                cred=cred, mode=h.get("mode")))
         ctx.emit("dir.create", path=h["path"])
         return {}
 
     @operation({"path": PATH}, callers=CLIENT)
     def ls(self, h: dict, payload: list, ctx: Context) -> dict:
-        """List `path` -> entries: [{name, type: file/dir, size, mtime, replication}]."""
-        return {"entries": self.ns.ls(h["path"])}
+        """List `path` -> entries: [{name, type: file/dir, size, mtime, mode, owner, group,
+        ctime, atime}]. Needs read on a directory listed (EACCES)."""
+        return {"entries": self.ns.ls(h["path"], cred=cred_of(ctx))}
 
-    @operation({"path": PATH}, callers=CLIENT)
+    @operation({"path": PATH, "read?": Bool()}, callers=CLIENT)
     def stat(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Describe `path` -> {path, type, size, mtime, replication, block_size, blocks:
-        [{id, size, checksum, replicas}]} (blocks empty for a directory)."""
-        info = self.ns.stat(h["path"])
+        """Describe `path` -> {path, type, size, mtime, mode, owner, group, ctime, atime,
+        replication, block_size, blocks: [{id, size, checksum, replicas}]} (blocks empty
+        for a directory). Needs search on the ancestors only; a file's block list (the
+        read path) only goes to a caller that may read it, else `blocks` is left out;
+        with `read` (a client about to read) such a caller gets EACCES instead."""
+        cred = cred_of(ctx)
+        info = self.ns.stat(h["path"], cred=cred)
         if info["type"] == "file":
-            info = self.ns.file_info(h["path"])
+            if h.get("read") or self.ns.may_read(info["path"], cred):
+                info = self.ns.file_info(info["path"], cred=cred)
+            else:
+                del info["blocks"]
         else:
             info["blocks"] = []
         return info
 
     @operation({"path": PATH}, callers=CLIENT)
     def du(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Usage below `path` -> {bytes, files, dirs}."""
-        return self.ns.du(h["path"])
+        """Usage below `path` -> {bytes, files, dirs}. Needs read and search on every
+        directory below (EACCES)."""
+        return self.ns.du(h["path"], cred=cred_of(ctx))
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT}, callers=CLIENT)
+                "size?": COUNT, "mode?": MODE}, callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
-        allocated at once ({id, nodes} each, as allocate). Invisible until commit."""
+        allocated at once ({id, nodes} each, as allocate). Invisible until commit. The
+        file will be the caller's with `mode` (default 0o666) & ~0o022; needs write and
+        search on the parent, and write on a file it would replace (EACCES)."""
+        cred = cred_of(ctx)
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
-            parents=bool(h.get("parents"))))
+            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode")))
         draft = self.ns.draft_info(result["handle"])
         out = {"handle": draft["handle"], "path": draft["path"],
                "replication": draft["replication"], "block_size": draft["block_size"]}
@@ -188,8 +219,12 @@ class Handlers:
     def commit(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
         replicas}] in file order (every block but the last exactly block_size; replicas =
-        the nodes that acknowledged) -> {path, size}. Replaces an existing file."""
-        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"]))
+        the nodes that acknowledged) -> {path, size}. Replaces an existing file, keeping
+        its owner, group and mode. Only the draft's creator may commit it, and the
+        create's permission checks are made again (EACCES)."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"],
+                                                          cred=cred))
         path = result.get("path") or ""
         size = sum(b["size"] for b in h["blocks"])
         ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
@@ -209,19 +244,46 @@ class Handlers:
 
     @operation({"path": PATH, "recursive?": Bool()}, callers=CLIENT)
     def rm(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Remove file or directory `path` (a non-empty one only when `recursive`) -> {}."""
-        kind = self.ns.stat(h["path"])["type"]
-        self.submit(lambda ns: ns.prepare_rm(h["path"], recursive=bool(h.get("recursive"))))
+        """Remove file or directory `path` (a non-empty one only when `recursive`) -> {}.
+        Needs write and search on the parent, the sticky rule, and with `recursive` read,
+        write and search on every directory emptied (EACCES)."""
+        cred = cred_of(ctx)
+        kind = self.ns.stat(h["path"], cred=cred)["type"]
+        self.submit(lambda ns: ns.prepare_rm(h["path"], recursive=bool(h.get("recursive")),
+                                             cred=cred))
         ctx.emit("file.delete" if kind == "file" else "dir.delete", path=h["path"])
         return {}
 
     @operation({"src": PATH, "dst": PATH}, callers=CLIENT)
     def mv(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Rename `src` to `dst` (into `dst` when it is a directory) -> {path: final}."""
+        """Rename `src` to `dst` (into `dst` when it is a directory) -> {path: final}.
+        Needs write and search on both parents and the sticky rule on both (EACCES)."""
+        cred = cred_of(ctx)
         dst = self.ns.resolve_move(h["src"], h["dst"])
-        self.submit(lambda ns: ns.prepare_rename(h["src"], dst))
+        self.submit(lambda ns: ns.prepare_rename(h["src"], dst, cred=cred))
         ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
+
+    @operation({"path": PATH, "mode": MODE}, callers=CLIENT)
+    def chmod(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Set the 12 mode bits of `path` -> {path, type, mode, owner, group}. The owner
+        or the superuser only (EPERM); the setgid bit is dropped for a caller outside the
+        entry's group."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_chmod(h["path"], h["mode"], cred=cred))
+        ctx.emit(f"{result['type']}.attr", **result)
+        return result
+
+    @operation({"path": PATH, "owner?": NAME, "group?": NAME}, callers=CLIENT)
+    def chown(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Set the `owner` and/or `group` of `path` -> {path, type, mode, owner, group}.
+        A new owner: the superuser only; a new group: the owner to a group it is in, or
+        the superuser (EPERM)."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_chown(h["path"], h.get("owner"),
+                                                         h.get("group"), cred=cred))
+        ctx.emit(f"{result['type']}.attr", **result)
+        return result
 
     # -- replicas and repair ----------------------------------------------------------------
 

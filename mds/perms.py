@@ -68,11 +68,13 @@ def allows(cred: Cred, owner: str, group: str, mode: int, want: int, *,
 
 
 def check(cred: Cred, owner: str, group: str, mode: int, want: int, path: object, *,
-          is_dir: bool = False) -> None:
-    """Raise PermissionError (EACCES) unless `cred` holds `want` on the entry."""
+          is_dir: bool = False, on: str | None = None) -> None:
+    """Raise PermissionError (EACCES) unless `cred` holds `want` on the entry; `on` names
+    the entry in the message when it is not `path` itself (an ancestor, the parent)."""
     if not allows(cred, owner, group, mode, want, is_dir=is_dir):
         names = "".join(c for c, b in (("r", R), ("w", W), ("x", X)) if want & b)
-        raise _denied(errno.EACCES, path, f"{cred.user} lacks {names} permission")
+        where = f" on {on}" if on is not None and on != path else ""
+        raise _denied(errno.EACCES, path, f"{cred.user} lacks {names} permission{where}")
 
 
 def check_sticky(cred: Cred, dir_owner: str, dir_mode: int, entry_owner: str,

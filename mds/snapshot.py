@@ -3,14 +3,18 @@ table) at a WAL seq, streamed to ``snapshot-<seq, 20 digits>.msgpack``.
 
 File layout: a sequence of frames in the WAL frame format (``[u32 len][u32 CRC32C]
 [msgpack body]``, see mds/wal.py), so every chunk is checksummed and none is large:
-    {"format": "aegisfs-mds-snapshot", "version": 1, "seq": S, "created": t}
-    {"k": "state", ...}                       Namespace.export_state()
+    {"format": "aegisfs-mds-snapshot", "version": 2, "seq": S, "created": t}
+    {"k": "state", ...}                       Namespace.export_state() (names table,
+                                              root attributes)
     {"k": "tree", "d": [...], "f": [...]}      Namespace.export_tree() flattened, ~4096
                                               entries a frame: dirs, then files
     {"k": "del", "node": n, "ids": [...]}      deletion queue, chunked
     {"k": "end", "frames": n, "counts": {...}} trailer: a file without it is truncated
 Write: tmp file -> fsync -> rename -> fsync directory. Any damage or a count that does
-not add up raises SnapshotCorrupt (an OSError naming file and byte offset).
+not add up raises SnapshotCorrupt (an OSError naming file and byte offset). Version 1
+(before owners and modes) is still read: its entries get the superuser as owner and
+group, 0o755 / 0o644, ctime = mtime. A newer version raises SnapshotVersionError, which
+recovery never takes for damage: it stops rather than fall back past the file.
 
 Public API:
     snapshot_name(seq) -> str, list_snapshots(directory) -> list[(seq, Path)]
@@ -38,10 +42,22 @@ from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "aegisfs-mds-snapshot"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.msgpack$")
 ENTRIES_PER_FRAME = 4096
 IDS_PER_FRAME = 65536
+
+
+class SnapshotVersionError(OSError):
+    """A snapshot written by a newer AegisFS: never damage, never skipped."""
+
+    def __init__(self, path: os.PathLike | str, version: object) -> None:
+        super().__init__(errno.EPROTONOSUPPORT, (
+            f"snapshot {path} has format version {version!r}; this MDS reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: run the AegisFS that wrote it, or a "
+            "newer one"), str(path))
+        self.version = version
 
 
 class SnapshotCorrupt(OSError):
@@ -162,9 +178,14 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
     with _gc_paused(), open(path, "rb", buffering=1 << 20) as f:
         frames = _frames(f, path)
         offset, header = next(frames, (0, None))
-        if (header is None or header.get("format") != FORMAT
-                or header.get("version") != VERSION):
-            raise SnapshotCorrupt(path, 0, f"not a version {VERSION} snapshot: {header!r:.200}")
+        if header is None or header.get("format") != FORMAT:
+            raise SnapshotCorrupt(path, 0, f"not an AegisFS snapshot: {header!r:.200}")
+        version = header.get("version")
+        if type(version) is int and version > VERSION:
+            raise SnapshotVersionError(path, version)
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise SnapshotCorrupt(path, 0, f"bad snapshot version: {header!r:.200}")
+        legacy = version == 1
         if m and int(m.group(1)) != header.get("seq"):
             raise SnapshotCorrupt(path, 0, f"header seq {header.get('seq')} != file name")
         state, count, end = None, 1, None
@@ -173,8 +194,8 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
             kind = obj.get("k")
             try:
                 if kind == "tree" and state is not None:
-                    ns.restore_dirs(obj["d"])
-                    ns.restore_files(obj["f"])
+                    ns.restore_dirs(obj["d"], legacy)
+                    ns.restore_files(obj["f"], legacy)
                 elif kind == "del":
                     ns.restore_deletes(obj["node"], obj["ids"])
                 elif kind == "state" and state is None:

@@ -1,9 +1,12 @@
 """The directory tree of the namespace: path lookups, the checks of the mkdir, rm and
-rename records, the reads that need only the tree (stat, ls, du, iter_files,
-resolve_move), and the walk a snapshot writes and reads back.
+rename records, the permission checks of a caller (``cred``, mds/perms.py) on the way,
+the reads that need only the tree (stat, ls, du, iter_files, resolve_move), and the walk
+a snapshot writes and reads back.
 
 The tree holds ``Dir`` and ``Inode`` nodes and never touches blocks: the Namespace
-releases what ``detach`` and ``attach`` take out of it.
+releases what ``detach`` and ``attach`` take out of it. A ``cred`` of None means no
+permission checks: record validation and replay (records were authorised when prepared)
+and the MDS's own reads (repair, fsck).
 """
 from __future__ import annotations
 
@@ -11,22 +14,80 @@ import bisect
 import errno
 from typing import Iterator, Mapping, Sequence
 
-from mds import paths
+from mds import paths, perms
 from mds.fields import check, error, is_time
-from mds.inode import Dir, Inode
+from mds.inode import Dir, Inode, Names
+from mds.perms import SEARCH, W, Cred
+
+WX = W | SEARCH
+MAX_NAME = 128            # an owner or group name: a caller id is at most 128 characters
+
+
+def _prefix(names: list[str], i: int) -> str:
+    return "/" + "/".join(names[:i])
+
+
+def checked(cred: Cred | None) -> bool:
+    """Whether lookups for ``cred`` check permissions at all: the superuser searches
+    every directory and reads and writes everything, so its path is the plain one."""
+    return cred is not None and not cred.superuser
+
+
+# Directories made on the way by ``parents`` (mkdir -p, create with parents): the
+# default directory mode under the default umask, as mkdir -p makes them.
+PARENT_MODE = perms.new_mode(None, is_dir=True)
 
 
 class Tree:
     def __init__(self) -> None:
         self.root = Dir(0.0)
+        self.names = Names(perms.SUPERUSER)   # owner/group names, interned
         self.numbered: list[Dir] = []      # directories by number, while restoring
+
+    # ------------------------------------------------------------------ attributes
+
+    def attrs(self, node: Dir | Inode) -> tuple[int, str, str, float]:
+        """(mode, owner, group, ctime) of a node."""
+        if type(node) is Dir:
+            return node.mode, self.names[node.uid], self.names[node.gid], node.ctime
+        mode, uid, gid, ctime = node.attrs()
+        return mode, self.names[uid], self.names[gid], ctime
+
+    def may(self, cred: Cred | None, node: Dir | Inode, want: int) -> bool:
+        if cred is None:
+            return True
+        mode, owner, group, _ = self.attrs(node)
+        return perms.allows(cred, owner, group, mode, want, is_dir=type(node) is Dir)
+
+    def need(self, cred: Cred | None, node: Dir | Inode, want: int, path: str,
+             on: str | None = None) -> None:
+        """EACCES naming ``path`` unless ``cred`` holds ``want`` on ``node`` (at ``on``)."""
+        if cred is None:
+            return
+        mode, owner, group, _ = self.attrs(node)
+        perms.check(cred, owner, group, mode, want, path, is_dir=type(node) is Dir, on=on)
+
+    def need_removable(self, cred: Cred | None, parent: Dir, child: Dir | Inode, path: str,
+                       on: str) -> None:
+        """Removing or renaming ``child`` out of ``parent``: write and search on the
+        parent, and the sticky-bit rule."""
+        if not checked(cred):
+            return
+        self.need(cred, parent, WX, path, on)
+        perms.check_sticky(cred, self.names[parent.uid], parent.mode,
+                           self.attrs(child)[1], path)
 
     # ------------------------------------------------------------------ lookups
 
-    def walk_parent(self, path: str, names: list[str], missing_ok: bool = False) -> Dir | None:
-        """The directory holding the last component; None if absent and missing_ok."""
+    def walk_parent(self, path: str, names: list[str], missing_ok: bool = False,
+                    cred: Cred | None = None) -> Dir | None:
+        """The directory holding the last component; None if absent and missing_ok.
+        With ``cred``, search permission on every directory walked (EACCES)."""
         node = self.root
-        for name in names[:-1]:
+        check_x = checked(cred)
+        for i, name in enumerate(names[:-1]):
+            if check_x:
+                self.need(cred, node, SEARCH, path, _prefix(names, i))
             child = node.children.get(name)
             if child is None:
                 if missing_ok:
@@ -35,16 +96,41 @@ class Tree:
             if type(child) is not Dir:
                 raise error(errno.ENOTDIR, path)
             node = child
+        if check_x and names:
+            self.need(cred, node, SEARCH, path, _prefix(names, len(names) - 1))
         return node
 
-    def node(self, path: str) -> tuple[list[str], Dir | Inode]:
+    def node(self, path: str, cred: Cred | None = None) -> tuple[list[str], Dir | Inode]:
         names = paths.components(path)
         if not names:
             return names, self.root
-        node = self.walk_parent(path, names).children.get(names[-1])
+        node = self.walk_parent(path, names, cred=cred).children.get(names[-1])
         if node is None:
             raise error(errno.ENOENT, path)
         return names, node
+
+    def reach_parent(self, path: str, names: list[str], cred: Cred | None,
+                     parents: bool) -> Dir | None:
+        """Where a new last component of ``path`` goes, checking that ``cred`` may put
+        it there (search on the ancestors, write and search on the directory that gets
+        a new entry). None when ``parents`` and an ancestor is missing: then the deepest
+        existing one is the directory that must allow the change."""
+        node = self.root
+        check_x = checked(cred)
+        for i, name in enumerate(names[:-1]):
+            if check_x:
+                self.need(cred, node, SEARCH, path, _prefix(names, i))
+            child = node.children.get(name)
+            if child is None:
+                if not parents:
+                    raise error(errno.ENOENT, path)
+                if check_x:
+                    self.need(cred, node, WX, path, _prefix(names, i))
+                return None
+            if type(child) is not Dir:
+                raise error(errno.ENOTDIR, path)
+            node = child
+        return node
 
     @staticmethod
     def canonical(path: object) -> list[str]:
@@ -54,14 +140,21 @@ class Tree:
 
     # ------------------------------------------------------------------ changes
 
-    def mkdirs(self, names: list[str], mtime: float) -> tuple[Dir, int]:
-        """Create the missing directories of ``names``; (the last one, how many made)."""
+    def mkdirs(self, names: list[str], mtime: float, owner: str = perms.SUPERUSER,
+               group: str = perms.SUPERUSER, mode: int = PARENT_MODE,
+               parent_mode: int = PARENT_MODE) -> tuple[Dir, int]:
+        """Create the missing directories of ``names`` owned by ``owner``:``group``, the
+        last with ``mode``, the ones above it with ``parent_mode``; (the last one, how
+        many made). A directory that gains an entry gets mtime = ctime = ``mtime``."""
         node, created = self.root, 0
-        for name in names:
+        uid, gid = self.names.intern(owner), self.names.intern(group)
+        last = len(names) - 1
+        for i, name in enumerate(names):
             child = node.children.get(name)
             if child is None:
-                child = node.children[name] = Dir(mtime)
-                node.mtime = mtime
+                child = node.children[name] = Dir(mtime, mode if i == last else parent_mode,
+                                                  uid, gid)
+                node.mtime = node.ctime = mtime
                 created += 1
             node = child
         return node, created
@@ -70,7 +163,7 @@ class Tree:
         names = paths.components(path)
         parent = self.walk_parent(path, names)
         node = parent.children.pop(names[-1])
-        parent.mtime = mtime
+        parent.mtime = parent.ctime = mtime
         return node
 
     def attach(self, path: str, node: Dir | Inode, mtime: float) -> Dir | Inode | None:
@@ -79,22 +172,55 @@ class Tree:
         parent = self.walk_parent(path, names)
         old = parent.children.get(names[-1])
         parent.children[names[-1]] = node
-        parent.mtime = mtime
+        parent.mtime = parent.ctime = mtime
         return old
+
+    def set_attrs(self, node: Dir | Inode, mode: int, owner: str, group: str,
+                  ctime: float) -> None:
+        uid, gid = self.names.intern(owner), self.names.intern(group)
+        if type(node) is Dir:
+            node.mode, node.uid, node.gid, node.ctime = mode, uid, gid, ctime
+        else:
+            node.meta = node.with_attrs(mode, uid, gid, ctime)
+
+    def touch(self, node: Dir | Inode, ctime: float) -> None:
+        """The ctime of a node whose metadata changed (a rename)."""
+        if type(node) is Dir:
+            node.ctime = ctime
+        else:
+            mode, uid, gid, _ = node.attrs()
+            node.meta = node.with_attrs(mode, uid, gid, ctime)
 
     # ------------------------------------------------------------------ record checks
 
-    def check_mkdir(self, rec: Mapping) -> None:
+    @staticmethod
+    def check_owner_fields(rec: Mapping, name: object) -> None:
+        """owner, group and mode of a record that makes an entry (absent in records
+        written before owners existed: read as the superuser's, see mds/inode.py)."""
+        for key in ("owner", "group"):
+            value = rec.get(key, perms.SUPERUSER)
+            check(isinstance(value, str) and 0 < len(value) <= MAX_NAME, name,
+                  f"bad {key} name")
+        mode = rec.get("mode", 0)
+        check(type(mode) is int and 0 <= mode <= perms.MODE_BITS, name, "bad mode")
+
+    def check_mkdir(self, rec: Mapping, cred: Cred | None = None) -> None:
         path = rec["path"]
         names = self.canonical(path)
         check(is_time(rec["mtime"]), path, "bad mtime")
+        self.check_owner_fields(rec, path)
         node = self.root
+        check_x = checked(cred)
         for i, name in enumerate(names):
+            if check_x:
+                self.need(cred, node, SEARCH, path, _prefix(names, i))
             child = node.children.get(name)
             last = i == len(names) - 1
             if child is None:
                 if not last and not rec["parents"]:
                     raise error(errno.ENOENT, path)
+                if check_x:   # the first directory made goes into this one
+                    self.need(cred, node, WX, path, _prefix(names, i))
                 return
             if type(child) is not Dir:
                 raise error(errno.EEXIST if last else errno.ENOTDIR, path)
@@ -102,17 +228,39 @@ class Tree:
         if not rec["parents"]:
             raise error(errno.EEXIST, path)
 
-    def check_rm(self, rec: Mapping) -> None:
+    def check_rm(self, rec: Mapping, cred: Cred | None = None) -> None:
         path = rec["path"]
         names = self.canonical(path)
         if not names:
             raise error(errno.EINVAL, path, "cannot remove the root directory")
         check(is_time(rec["mtime"]), path, "bad mtime")
-        _, node = self.node(path)
-        if type(node) is Dir and node.children and not rec["recursive"]:
-            raise error(errno.ENOTEMPTY, path)
+        parent = self.walk_parent(path, names, cred=cred)
+        node = parent.children.get(names[-1])
+        if node is None:
+            raise error(errno.ENOENT, path)
+        self.need_removable(cred, parent, node, path, _prefix(names, len(names) - 1))
+        if type(node) is Dir and node.children:
+            if not rec["recursive"]:
+                raise error(errno.ENOTEMPTY, path)
+            if checked(cred):
+                self._check_subtree_removable(cred, path, node)
 
-    def check_rename(self, rec: Mapping) -> None:
+    def _check_subtree_removable(self, cred: Cred, path: str, top: Dir) -> None:
+        """rm -r empties every directory below: each must let the caller list (read),
+        search and write it, and the sticky rule holds for each entry removed."""
+        stack = [(path, top)]
+        while stack:
+            p, d = stack.pop()
+            if not d.children:
+                continue
+            self.need(cred, d, perms.R | WX, path, p)
+            for name, child in d.children.items():
+                cp = paths.join(p, name)
+                perms.check_sticky(cred, self.names[d.uid], d.mode, self.attrs(child)[1], cp)
+                if type(child) is Dir:
+                    stack.append((cp, child))
+
+    def check_rename(self, rec: Mapping, cred: Cred | None = None) -> None:
         src, dst = rec["src"], rec["dst"]
         snames, dnames = self.canonical(src), self.canonical(dst)
         if not snames:
@@ -120,12 +268,26 @@ class Tree:
         if not dnames:
             raise error(errno.EINVAL, dst, "cannot replace the root directory")
         check(is_time(rec["mtime"]), src, "bad mtime")
-        _, node = self.node(src)
+        sparent = self.walk_parent(src, snames, cred=cred)
+        node = sparent.children.get(snames[-1])
+        if node is None:
+            raise error(errno.ENOENT, src)
         if src == dst:
             return
         if type(node) is Dir and paths.is_within(dst, src):
             raise error(errno.EINVAL, dst, "cannot move a directory into its own subtree")
-        target = self.walk_parent(dst, dnames).children.get(dnames[-1])
+        dparent = self.walk_parent(dst, dnames, cred=cred)
+        target = dparent.children.get(dnames[-1])
+        if checked(cred):
+            self.need_removable(cred, sparent, node, src, _prefix(snames, len(snames) - 1))
+            if target is None:
+                self.need(cred, dparent, WX, dst, _prefix(dnames, len(dnames) - 1))
+            else:
+                self.need_removable(cred, dparent, target, dst,
+                                    _prefix(dnames, len(dnames) - 1))
+            if type(node) is Dir and dparent is not sparent:
+                # its ".." changes: Linux asks for write on the directory moved
+                self.need(cred, node, W, src)
         if target is None:
             return
         if type(node) is not Dir and type(target) is Dir:
@@ -135,32 +297,57 @@ class Tree:
         if type(target) is Dir and target.children:
             raise error(errno.ENOTEMPTY, dst)
 
+    def check_attr(self, rec: Mapping) -> None:
+        """chmod {path, mode, ctime} and chown {path, owner, group, ctime} records."""
+        path = rec["path"]
+        self.canonical(path)
+        check(is_time(rec["ctime"]), path, "bad ctime")
+        if rec["op"] == "chmod":
+            check(type(rec["mode"]) is int and 0 <= rec["mode"] <= perms.MODE_BITS, path,
+                  "bad mode")
+        else:
+            self.check_owner_fields({"owner": rec["owner"], "group": rec["group"]}, path)
+        self.node(path)
+
     # ------------------------------------------------------------------ reads
 
-    def stat(self, path: str) -> dict:
+    def describe(self, node: Dir | Inode) -> dict:
+        """The POSIX attributes of a node, as stat and ls give them (atime is the mtime:
+        reads are not recorded)."""
+        mode, owner, group, ctime = self.attrs(node)
+        return {"mode": mode, "owner": owner, "group": group, "ctime": ctime,
+                "atime": node.mtime if type(node) is Dir else node.header()[2]}
+
+    def stat(self, path: str, cred: Cred | None = None) -> dict:
+        """Needs search permission on the ancestors only (as POSIX stat)."""
         path = paths.normalize(path)
-        _, node = self.node(path)
+        _, node = self.node(path, cred)
         if type(node) is Dir:
             return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
-                    "entries": len(node.children)}
+                    "entries": len(node.children), **self.describe(node)}
         ino, size, mtime, repl, bsize = node.header()
         return {"path": path, "type": "file", "inode": ino, "size": size, "mtime": mtime,
-                "replication": repl, "block_size": bsize, "blocks": len(node.bids)}
+                "replication": repl, "block_size": bsize, "blocks": len(node.bids),
+                **self.describe(node)}
 
-    @staticmethod
-    def _entry(name: str, node: Dir | Inode) -> dict:
+    def _entry(self, name: str, node: Dir | Inode) -> dict:
         if type(node) is Dir:
-            return {"name": name, "type": "dir", "size": 0, "mtime": node.mtime}
+            return {"name": name, "type": "dir", "size": 0, "mtime": node.mtime,
+                    **self.describe(node)}
         _, size, mtime, _, _ = node.header()
-        return {"name": name, "type": "file", "size": size, "mtime": mtime}
+        return {"name": name, "type": "file", "size": size, "mtime": mtime,
+                **self.describe(node)}
 
     def ls(self, path: str, *, start_after: str | None = None,
-           limit: int | None = None) -> list[dict]:
-        """Entries of a directory sorted by name (or the file itself); pageable."""
+           limit: int | None = None, cred: Cred | None = None) -> list[dict]:
+        """Entries of a directory sorted by name (or the file itself); pageable. Listing
+        a directory needs read permission on it."""
         path = paths.normalize(path)
-        names, node = self.node(path)
+        names, node = self.node(path, cred)
         if type(node) is not Dir:
             return [self._entry(names[-1], node)]
+        if checked(cred):
+            self.need(cred, node, perms.R, path)
         keys = sorted(node.children)
         if start_after is not None:
             keys = keys[bisect.bisect_right(keys, start_after):]
@@ -168,16 +355,22 @@ class Tree:
             keys = keys[:limit]
         return [self._entry(k, node.children[k]) for k in keys]
 
-    def du(self, path: str) -> dict:
-        """Total committed bytes, files and directories under a path (inclusive)."""
-        _, node = self.node(paths.normalize(path))
+    def du(self, path: str, cred: Cred | None = None) -> dict:
+        """Total committed bytes, files and directories under a path (inclusive); each
+        directory below must let the caller read and search it."""
+        path = paths.normalize(path)
+        _, node = self.node(path, cred)
+        check_rx = checked(cred)
         total = files = dirs = 0
-        stack = [node]
+        stack: list[tuple[str, Dir | Inode]] = [(path, node)]
         while stack:
-            node = stack.pop()
+            p, node = stack.pop()
             if type(node) is Dir:
                 dirs += 1
-                stack.extend(node.children.values())
+                if check_rx and node.children:
+                    self.need(cred, node, perms.R | SEARCH, path, p)
+                stack.extend((paths.join(p, k) if check_rx else p, c)
+                             for k, c in node.children.items())
             else:
                 files += 1
                 total += node.size
@@ -211,8 +404,9 @@ class Tree:
     # ------------------------------------------------------------------ snapshot walk
 
     def export(self) -> Iterator[tuple]:
-        """Pre-order entries: (0, parent dir no., name, mtime) for a directory, numbered
-        in order of appearance from 1 (the root is 0), and (1, dir no., name, meta, bids)."""
+        """Pre-order entries: (0, parent dir no., name, mtime, ctime, mode, owner index,
+        group index) for a directory, numbered in order of appearance from 1 (the root is
+        0), and (1, dir no., name, meta, bids) for a file (its attributes are in meta)."""
         stack: list[tuple[int, Dir]] = [(0, self.root)]
         count = 0
         while stack:
@@ -220,23 +414,41 @@ class Tree:
             for name, child in d.children.items():
                 if type(child) is Dir:
                     count += 1
-                    yield (0, idx, name, child.mtime)
+                    yield (0, idx, name, child.mtime, child.ctime, child.mode, child.uid,
+                           child.gid)
                     stack.append((count, child))
                 else:
                     yield (1, idx, name, child.meta, child.bids)
 
-    def start_restore(self, root_mtime: float) -> list[Dir]:
-        """Begin filling an empty tree; returns the directories by number (root is 0)."""
-        self.root.mtime = root_mtime
+    def export_root(self) -> list:
+        r = self.root
+        return [r.mtime, r.ctime, r.mode, r.uid, r.gid]
+
+    def start_restore(self, root: Sequence, names: Sequence[str]) -> list[Dir]:
+        """Begin filling an empty tree with the root's attributes (or only its mtime, in
+        a version 1 snapshot) and the name table; returns the directories by number."""
+        for name in names:
+            self.names.intern(name)
+        if len(root) == 1:
+            self.root.mtime = self.root.ctime = root[0]
+        else:
+            r = self.root
+            r.mtime, r.ctime, r.mode, r.uid, r.gid = root
         self.numbered = [self.root]
         return self.numbered
 
-    def restore_dirs(self, flat: Sequence) -> None:
-        """Directories as a flat list: parent no., name, mtime, parent no., ..."""
+    def restore_dirs(self, flat: Sequence, legacy: bool = False) -> None:
+        """Directories as a flat list: parent no., name, mtime, ctime, mode, owner index,
+        group index, parent no., ... (``legacy``: parent no., name, mtime, ...)."""
         dirs = self.numbered
         it = iter(flat)
-        for parent, name, mtime in zip(it, it, it):
-            d = dirs[parent].children[name] = Dir(mtime)
+        if legacy:
+            for parent, name, mtime in zip(it, it, it):
+                d = dirs[parent].children[name] = Dir(mtime)
+                dirs.append(d)
+            return
+        for parent, name, mtime, ctime, mode, uid, gid in zip(it, it, it, it, it, it, it):
+            d = dirs[parent].children[name] = Dir(mtime, mode, uid, gid, ctime)
             dirs.append(d)
 
     def finish_restore(self) -> int:

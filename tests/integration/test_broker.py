@@ -293,7 +293,7 @@ def test_callers_are_stamped_by_the_broker_not_the_sender(setup):
     setup.wait_service("echo")
     with setup.client() as c:
         reply = c.call("echo", {"op": "echo", "caller": ["mds", "mds"]})
-        assert reply.result["caller"] == ["client", "anonymous"]
+        assert reply.result["caller"] == ["client", "admin"]
     for member, caller in (("dn.dn7", ["datanode", "dn7"]), ("mds", ["mds", "mds"])):
         with MemberClient(setup.ep["worker"], member, timeout=10, connect_timeout=5) as m:
             for i in range(3):

@@ -75,7 +75,9 @@ def test_mkdir_and_stat(ns: Namespace, clock: FakeClock) -> None:
     clock.now = 1234.5
     assert run(ns, ns.prepare_mkdir("/a")) == {"path": "/a", "created": 1}
     st = ns.stat("/a")
-    assert st == {"path": "/a", "type": "dir", "size": 0, "mtime": 1234.5, "entries": 0}
+    assert st == {"path": "/a", "type": "dir", "size": 0, "mtime": 1234.5, "entries": 0,
+                  "mode": 0o755, "owner": "admin", "group": "admin", "ctime": 1234.5,
+                  "atime": 1234.5}
     assert ns.stat("/")["entries"] == 1
     assert ns.stat("/")["mtime"] == 1234.5  # parent mtime follows its entries
     assert run(ns, ns.prepare_mkdir("/x/y/z", parents=True))["created"] == 3
@@ -115,7 +117,9 @@ def test_ls_sorted_with_types_and_paging(ns: Namespace, clock: FakeClock) -> Non
     draft(ns, "/d/zz-draft")
     entries = ns.ls("/d")
     assert [e["name"] for e in entries] == ["a", "b", "c", "sub"]  # the draft is invisible
-    assert entries[0] == {"name": "a", "type": "file", "size": BS + 5, "mtime": clock.now}
+    assert entries[0] == {"name": "a", "type": "file", "size": BS + 5, "mtime": clock.now,
+                          "mode": 0o644, "owner": "admin", "group": "admin",
+                          "ctime": clock.now, "atime": clock.now}
     assert entries[3]["type"] == "dir"
     assert [e["name"] for e in ns.ls("/d", start_after="a", limit=2)] == ["b", "c"]
     assert [e["name"] for e in ns.ls("/d", start_after="c")] == ["sub"]

@@ -9,6 +9,7 @@ import pytest
 
 from mds import snapshot
 from mds.namespace import BIG_FILE_BLOCKS, Namespace, NamespaceConfig
+from mds.perms import Cred
 from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, write_snapshot
 
 BS = 256
@@ -44,6 +45,15 @@ def populated(files: int = 40) -> Namespace:
                       for k, b in enumerate(alloc["blocks"])]
         ns.apply(ns.prepare_commit(h, blocks))
     ns.apply(ns.prepare_rm("/d/file0"))  # fills the deletion queue
+    # owners, groups and modes: of directories, files and drafts
+    alice = Cred("alice")
+    ns.apply(ns.prepare_chown("/d/e", "alice"))
+    ns.apply(ns.prepare_mkdir("/d/e/mine", cred=alice, mode=0o750))
+    ns.apply(ns.prepare_chmod("/d/e/file1", 0o4600))
+    ns.apply(ns.prepare_chown("/d/e/file2", "bob", "staff"))
+    ns.apply(ns.prepare_chmod("/", 0o1777))
+    ns.apply(ns.prepare_create("/d/e/mine/draft", cred=alice, mode=0o600,
+                                       handle="zz-alice"))
     h = ns.apply(ns.prepare_create("/d/open"))["handle"]
     ns.apply(ns.prepare_allocate(h, [["n1", "n2"], ["n3"]]))
     ns.apply(ns.prepare_create("/d/e/other", handle="client-chosen"))
@@ -58,9 +68,13 @@ def test_roundtrip_preserves_everything(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no tmp left behind
     other = fresh()
     header = load_snapshot(path, other)
-    assert header["seq"] == 123 and header["created"] == 5.0 and header["version"] == 1
+    assert header["seq"] == 123 and header["created"] == 5.0 and header["version"] == 2
     assert other.dump() == ns.dump()
-    assert other.counts()["pending_deletes"] > 0 and other.counts()["drafts"] == 2
+    assert other.counts()["pending_deletes"] > 0 and other.counts()["drafts"] == 3
+    assert (other.stat("/d/e/mine")["owner"], other.stat("/d/e/mine")["mode"]) == ("alice",
+                                                                                  0o750)
+    assert other.stat("/d/e/file1")["mode"] == 0o4600 and other.stat("/")["mode"] == 0o1777
+    assert other.dump()["drafts"]["zz-alice"][-3:] == ["alice", "alice", 0o600]
     # the block index is rebuilt, including the position map of big files
     big = other.file_info("/d/e/file7")["blocks"]
     assert len(big) == BIG_FILE_BLOCKS + 2
