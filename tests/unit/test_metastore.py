@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from mds import metastore as metastore_mod
 from mds.metastore import MetaStore, RecoveryError
 from mds.namespace import NamespaceConfig
+from mds.perms import Cred
 from mds.snapshot import list_snapshots
 from mds.wal import WalCorruption, frame_at, list_segments
 from tests.support.clock import FakeClock
@@ -362,6 +363,7 @@ def test_damage_in_a_middle_record_stops_startup_unless_salvaging(tmp_path: Path
 # ---------------------------------------------------------------- property tests
 
 NAME = st.sampled_from(["a", "b", "c"])
+USER = st.sampled_from([None, "alice", "bob"])     # None: the superuser
 PATH = st.lists(NAME, min_size=1, max_size=3).map(lambda xs: "/" + "/".join(xs))
 OPS = st.one_of(
     st.tuples(st.just("put"), PATH, st.integers(0, 3)),  # create + allocate + commit
@@ -379,7 +381,16 @@ OPS = st.one_of(
     st.tuples(st.just("ack"), st.sampled_from(NODES), st.integers(0, 4)),
     st.tuples(st.just("orphans"), st.sampled_from(NODES), st.binary(min_size=16, max_size=16)),
     st.tuples(st.just("checkpoint")),
+    # owners and modes: permission checks refuse some of these, which must change nothing
+    st.tuples(st.just("chmod"), PATH, st.integers(0, 0o7777), USER),
+    st.tuples(st.just("chown"), PATH, st.sampled_from([None, "alice", "bob"]),
+              st.sampled_from([None, "alice", "staff"]), USER),
+    st.tuples(st.just("mkdir_as"), PATH, USER, st.integers(0, 0o777)),
 )
+
+
+def as_cred(user: str | None) -> Cred | None:
+    return None if user is None else Cred(user)
 
 
 def drive(store: MetaStore, clock: FakeClock, ops: list[tuple], rng: random.Random,
@@ -446,6 +457,14 @@ def drive(store: MetaStore, clock: FakeClock, ops: list[tuple], rng: random.Rand
                 continue
             bid = ids[args[0] % len(ids)]
             prep = lambda ns: ns.prepare_set_replicas(bid, args[1])  # noqa: E731
+        elif kind == "chmod":
+            prep = lambda ns: ns.prepare_chmod(args[0], args[1], cred=as_cred(args[2]))  # noqa: E731
+        elif kind == "chown":
+            prep = lambda ns: ns.prepare_chown(args[0], args[1], args[2],  # noqa: E731
+                                               cred=as_cred(args[3]))
+        elif kind == "mkdir_as":
+            prep = lambda ns: ns.prepare_mkdir(args[0], parents=True,  # noqa: E731
+                                               cred=as_cred(args[1]), mode=args[2])
         elif kind == "ack":
             ids = sorted(ns.deletes_for(args[0]))[:args[1]]
             prep = lambda ns: ns.prepare_ack_delete(args[0], ids)  # noqa: E731
