@@ -15,7 +15,7 @@ from broker.service import Context, Outcome
 from mds.cluster import ClusterView
 from mds.metastore import MetaStore
 from mds.namespace import NamespaceConfig
-from mds.ops import Handlers
+from mds.ops import BATCHABLE, Handlers
 from mds.repair import RepairPlanner
 from tests.support.schema_fuzz import callers, payloads, requests
 
@@ -259,3 +259,115 @@ def test_no_request_of_any_shape_is_an_internal_error(world, header, payload, ca
     if out.error is None and header.get("op") == "batch":
         for item in out.result["results"]:
             assert "ok" in item or not item["err"][1].startswith("internal error"), item
+
+
+# ---------------------------------------------------------------- owners and permissions
+
+ALICE, BOB = ("client", "alice"), ("client", "bob")
+
+
+def homes(world: World) -> None:
+    """/home/alice and /home/bob, each 0o755 and owned by its user."""
+    world.beat("dn1", "dn2", "dn3")
+    for user in ("alice", "bob"):
+        world.ok("mkdir", path=f"/home/{user}", parents=True)
+        world.ok("chown", path=f"/home/{user}", owner=user, group=user)
+
+
+def write_as(world: World, caller, path: str, data: bytes = b"x" * 10, **create) -> dict:
+    created = world.ok("create", caller, path=path, size=len(data), **create)
+    (blk,) = created["blocks"]
+    return world.ok("commit", caller, handle=created["handle"], blocks=[
+        {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"]}])
+
+
+def test_entries_belong_to_the_caller_and_stat_ls_show_it(world):
+    homes(world)
+    world.ok("mkdir", ALICE, path="/home/alice/d", mode=0o750)
+    write_as(world, ALICE, "/home/alice/d/f", mode=0o640)
+    st = world.ok("stat", ALICE, path="/home/alice/d/f")
+    assert (st["owner"], st["group"], st["mode"], st["atime"]) == ("alice", "alice", 0o640,
+                                                                    st["mtime"])
+    assert len(st["blocks"]) == 1 and st["ctime"] == world.wall
+    (entry,) = world.ok("ls", ALICE, path="/home/alice/d")["entries"]
+    assert {k: entry[k] for k in ("name", "mode", "owner", "group")} == {
+        "name": "f", "mode": 0o640, "owner": "alice", "group": "alice"}
+    assert world.ok("stat", ALICE, path="/home/alice/d")["mode"] == 0o750
+
+
+def test_chmod_chown_ops_emit_attr_events_and_batch(world):
+    homes(world)
+    write_as(world, ALICE, "/home/alice/f")
+    world.events.clear()
+    out = world.ok("chmod", ALICE, path="/home/alice/f", mode=0o600)
+    assert out == {"path": "/home/alice/f", "type": "file", "mode": 0o600, "owner": "alice",
+                   "group": "alice"}
+    world.ok("chown", path="/home/alice", group="staff")
+    assert world.events == [("file.attr", out), ("dir.attr", {
+        "path": "/home/alice", "type": "dir", "mode": 0o755, "owner": "alice",
+        "group": "staff"})]
+    results = world.ok("batch", ALICE, ops=[
+        {"op": "chmod", "path": "/home/alice/f", "mode": 0o644},
+        {"op": "chown", "path": "/home/alice/f", "owner": "bob"}])["results"]
+    assert "ok" in results[0] and results[1]["err"][0] == "EPERM"
+    assert world.store.ns.stat("/home/alice/f")["mode"] == 0o644
+
+
+def test_another_users_files_are_refused_and_nothing_changes(world):
+    """bob against alice's private file and directory: read, write, ls, rm, mv, chmod,
+    chown, commit of her draft; each refused with the right errno, naming the path, with
+    no change to the namespace and no event."""
+    homes(world)
+    write_as(world, ALICE, "/home/alice/secret")
+    world.ok("chmod", ALICE, path="/home/alice/secret", mode=0o600)
+    world.ok("mkdir", ALICE, path="/home/alice/private", mode=0o700)
+    write_as(world, ALICE, "/home/alice/private/inner")
+    draft = world.ok("create", ALICE, path="/home/alice/draft", size=10)
+    # bob may stat the file (search on the ancestors) but gets no block list
+    st = world.ok("stat", BOB, path="/home/alice/secret")
+    assert "blocks" not in st and st["mode"] == 0o600
+    commit = {"handle": draft["handle"], "blocks": [
+        {"id": draft["blocks"][0]["id"], "size": 10, "checksum": 7,
+         "replicas": draft["blocks"][0]["nodes"]}]}
+    world.events.clear()
+    before = world.state()
+    refused = [
+        ("stat", {"path": "/home/alice/secret", "read": True}, errno.EACCES, "/home/alice/secret"),
+        ("stat", {"path": "/home/alice/private/inner"}, errno.EACCES, "/home/alice/private/inner"),
+        ("ls", {"path": "/home/alice/private"}, errno.EACCES, "/home/alice/private"),
+        ("du", {"path": "/home/alice"}, errno.EACCES, "/home/alice"),
+        ("create", {"path": "/home/alice/new"}, errno.EACCES, "/home/alice/new"),
+        ("create", {"path": "/home/alice/secret"}, errno.EACCES, "/home/alice/secret"),
+        ("mkdir", {"path": "/home/alice/new"}, errno.EACCES, "/home/alice/new"),
+        ("rm", {"path": "/home/alice/secret"}, errno.EACCES, "/home/alice/secret"),
+        ("rm", {"path": "/home/alice/private", "recursive": True}, errno.EACCES,
+         "/home/alice/private"),
+        ("mv", {"src": "/home/alice/secret", "dst": "/home/bob/stolen"}, errno.EACCES,
+         "/home/alice/secret"),
+        ("mv", {"src": "/home/bob", "dst": "/home/alice/bob"}, errno.EACCES, None),
+        ("chmod", {"path": "/home/alice/secret", "mode": 0o666}, errno.EPERM,
+         "/home/alice/secret"),
+        ("chown", {"path": "/home/alice/secret", "owner": "bob"}, errno.EPERM,
+         "/home/alice/secret"),
+        ("chown", {"path": "/home/alice/secret", "group": "bob"}, errno.EPERM,
+         "/home/alice/secret"),
+        ("commit", commit, errno.EACCES, "/home/alice/draft"),
+    ]
+    for op, fields, code, name in refused:
+        err = error(world.call(op, BOB, **fields))
+        assert isinstance(err, PermissionError) and err.errno == code, (op, fields, err)
+        if name is not None:
+            assert name in str(err), (op, err)
+        assert world.state() == before, (op, fields)
+    assert world.events == []
+    # batched, the same refusals
+    items = [{"op": op, **f} for op, f, _, _ in refused if op in BATCHABLE]
+    results = world.ok("batch", BOB, ops=items)["results"]
+    assert len(items) == 12 and all(r["err"][0] in ("EACCES", "EPERM") for r in results), \
+        results
+    assert world.state() == before
+    # and alice herself may do all of it
+    assert world.ok("stat", ALICE, path="/home/alice/secret", read=True)["blocks"]
+    world.ok("commit", ALICE, **commit)
+    world.ok("mv", ALICE, src="/home/alice/secret", dst="/home/alice/secret2")
+    world.ok("rm", ALICE, path="/home/alice/private", recursive=True)
