@@ -23,7 +23,8 @@ from broker.client import Client
 from broker.limits import MAX_BATCH, MDS_SERVICE
 
 from . import localio
-from .batch import BATCH_BYTES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles, SmallReads
+from .batch import (BATCH_BYTES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles, SmallReads,
+                    mds_batch)
 from .blocks import Piece, Suspects, pieces_for_range
 from .files import ReadFile, WriteFile
 from .streams import BlockReader, BlockWriter, Mux, name_error
@@ -139,19 +140,22 @@ class AegisClient:
 
     def ls(self, path: PathLike = "/", detail: bool = False) -> list:
         """Names in a directory, sorted (a file lists itself); with detail, the entries
-        as dicts: name, type ("file"/"dir"), size, mtime (and replication if known)."""
+        as dicts: name, type ("file"/"dir"), size, mtime, mode (the 12 permission bits),
+        owner, group, ctime, atime. Listing a directory needs read permission on it."""
         p = _abs(path)
         entries = self._mds(p, "ls", path=p)["entries"]
         return entries if detail else [e["name"] for e in entries]
 
     def stat(self, path: PathLike) -> dict:
-        """path, type, size, mtime; for files also replication, block_size and blocks
-        [{id (hex), size, checksum, replicas}]."""
+        """path, type, size, mtime, mode, owner, group, ctime, atime; for files also
+        replication, block_size and blocks [{id (hex), size, checksum, replicas}] (left
+        out when the caller may not read the file)."""
         p = _abs(path)
         return hexify(self._mds(p, "stat", path=p))
 
     def _file_info(self, path: str) -> dict:
-        info = self._mds(path, "stat", path=path)
+        # read: the MDS answers EACCES (not a reply without blocks) when we may not read
+        info = self._mds(path, "stat", path=path, read=True)
         info["path"] = path
         if info.get("type") != "file":
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -178,11 +182,15 @@ class AegisClient:
         except (FileNotFoundError, NotADirectoryError):
             return False
 
-    def mkdir(self, path: PathLike, parents: bool = False) -> None:
-        """Create a directory; with parents, missing ancestors too and no error if it exists."""
+    def mkdir(self, path: PathLike, parents: bool = False, mode: int | None = None) -> None:
+        """Create a directory; with parents, missing ancestors too and no error if it exists.
+        It is the caller's, with `mode` (default 0o777) less the umask 0o022."""
         p = _abs(path)
+        fields: dict[str, Any] = {"path": p, "parents": parents}
+        if mode is not None:
+            fields["mode"] = mode
         try:
-            self._mds(p, "mkdir", path=p, parents=parents)
+            self._mds(p, "mkdir", **fields)
         except FileExistsError:
             if not (parents and self.isdir(p)):
                 raise
@@ -197,6 +205,59 @@ class AegisClient:
         """Rename src to dst (into dst when it is a directory); returns the final path."""
         s, d = _abs(src), _abs(dst)
         return self._mds(f"{s} -> {d}", "mv", src=s, dst=d).get("path", d)
+
+    def chmod(self, path: PathLike, mode: int) -> dict:
+        """Set the 12 mode bits (e.g. 0o640) of a file or directory; the owner's right
+        (or the superuser's). Returns {path, type, mode, owner, group}."""
+        p = _abs(path)
+        return self._mds(p, "chmod", path=p, mode=mode)
+
+    def chown(self, path: PathLike, owner: str | None = None,
+              group: str | None = None) -> dict:
+        """Change the owner (superuser only) and/or the group (the owner, to a group it is
+        in) of a file or directory. Returns {path, type, mode, owner, group}."""
+        p = _abs(path)
+        fields = {k: v for k, v in (("owner", owner), ("group", group)) if v is not None}
+        return self._mds(p, "chown", path=p, **fields)
+
+    def set_attrs(self, changes: Iterable[tuple[PathLike, Mapping[str, Any]]]) -> list[Outcome]:
+        """Many chmod/chown changes in MDS batches: each item is (path, {"mode": m}) or
+        (path, {"owner"?: o, "group"?: g}); returns each one's result or OSError, in order."""
+        ops = []
+        for path, change in changes:
+            op = "chmod" if "mode" in change else "chown"
+            ops.append({"op": op, "path": _abs(path),
+                        **{k: v for k, v in change.items() if v is not None}})
+        out: list[Outcome] = []
+        for i in range(0, len(ops), MAX_BATCH):
+            chunk = ops[i:i + MAX_BATCH]
+            for op, got in zip(chunk, mds_batch(self._io(), chunk)):
+                out.append(name_error(got, op["path"]) if isinstance(got, OSError) else got)
+        return out
+
+    def walk(self, path: PathLike,
+             onerror: Callable[[OSError], None] | None = None) -> Iterator[tuple[str, dict]]:
+        """(path, entry) of `path` itself and everything below it, parents before their
+        entries; an entry has type, mode, owner, group (as ls). A directory that cannot
+        be listed is passed to `onerror` (default: raise) and skipped."""
+        top = _abs(path)
+        info = self.stat(top)
+        yield top, info
+        stack = [top] if info.get("type") == "dir" else []
+        while stack:
+            d = stack.pop()
+            try:
+                entries = self.ls(d, detail=True)
+            except OSError as exc:
+                if onerror is None:
+                    raise
+                onerror(exc)
+                continue
+            for e in entries:
+                child = d.rstrip("/") + "/" + e["name"]
+                yield child, e
+                if e.get("type") == "dir":
+                    stack.append(child)
 
     def du(self, path: PathLike = "/") -> dict:
         """bytes, files and dirs under a path (inclusive)."""

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
@@ -24,6 +24,7 @@ from broker.client import BrokerUnavailable
 
 from . import transfer_plan as plan
 from .api import AegisClient
+from .modes import Mode, ModeError, parse_mode, parse_owner
 from .output import (Progress, describe, emit_json, fsck_lines, human, ls_line, stat_lines,
                      status_lines)
 
@@ -146,6 +147,22 @@ class SizeType(click.ParamType):
         return n
 
 
+class OctalMode(click.ParamType):
+    """An octal mode: 755, 0700, 1777."""
+    name = "octal"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            mode = parse_mode(str(value))
+        except ModeError:
+            mode = None
+        if mode is None or mode.absolute is None:
+            self.fail(f"{value!r} is not an octal mode (examples: 755, 0700)", param, ctx)
+        return mode.absolute
+
+
 class RemotePath(click.ParamType):
     """A path in AegisFS; shell completion asks the cluster for names (quietly)."""
     name = "path"
@@ -166,6 +183,7 @@ class RemotePath(click.ParamType):
 
 
 REMOTE = RemotePath()
+OCTAL_MODE = OctalMode()
 LOCAL_IN = click.Path(allow_dash=True)      # a missing file is reported like any error
 LOCAL_OUT = click.Path(allow_dash=True)
 
@@ -245,7 +263,8 @@ def read(state: State, path: str, offset: int, length: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def stat(state: State, path: str, as_json: bool) -> None:
-    """Show a file's size, replication, mtime and blocks (or a directory's summary).
+    """Show a file's size, mode, owner, group, times, replication and blocks (or a
+    directory's summary). The block list needs read permission on the file.
 
     \b
     Example:
@@ -253,8 +272,8 @@ def stat(state: State, path: str, as_json: bool) -> None:
     """
     info = state.fs.stat(path)
     if as_json:
-        keep = ("path", "type", "size", "replication", "block_size", "mtime", "blocks",
-                "entries")
+        keep = ("path", "type", "size", "replication", "block_size", "mtime", "ctime",
+                "atime", "mode", "owner", "group", "blocks", "entries")
         emit_json({k: info[k] for k in keep if k in info})
         return
     for line in stat_lines(info, path):
@@ -263,15 +282,19 @@ def stat(state: State, path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("path", type=REMOTE, default="/")
-@click.option("-l", "long", is_flag=True, help="Long listing: type, size, mtime.")
+@click.option("-l", "long", is_flag=True,
+              help="Long listing: mode, owner, group, replication, size, mtime.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def ls(state: State, path: str, long: bool, as_json: bool) -> None:
-    """List a directory (default /). Directories end with '/'.
+    """List a directory (default /). Directories end with '/'. Needs read permission
+    on the directory; --json gives mode as a number (the 12 permission bits).
 
     \b
     Example:
       aegisfs ls -l /uploads
+      drwxr-x--- alice    alice      -            0  2026-12-01 10:00:00  raw/
+      -rw-r--r-- alice    alice      2       183402  2026-12-01 10:02:13  image.png
     """
     entries = state.fs.ls(path, detail=True)
     if as_json:
@@ -426,15 +449,135 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
 @cli.command()
 @click.argument("path", type=REMOTE)
 @click.option("-p", "--parents", is_flag=True, help="Create parents; no error if it exists.")
+@click.option("-m", "--mode", "mode", type=OCTAL_MODE, metavar="OCTAL",
+              help="Mode of the new directory, less the umask 022 [default: 777].")
 @pass_state
-def mkdir(state: State, path: str, parents: bool) -> None:
-    """Create a directory.
+def mkdir(state: State, path: str, parents: bool, mode: int | None) -> None:
+    """Create a directory, owned by you.
 
     \b
     Example:
       aegisfs mkdir -p /projects/2024/raw
+      aegisfs mkdir -m 750 /projects/private
     """
-    state.fs.mkdir(path, parents=parents)
+    state.fs.mkdir(path, parents=parents, mode=mode)
+
+
+def change_attrs(state: State, command: str, paths: tuple[str, ...], recursive: bool,
+                 change: Callable[[str, dict], dict]) -> None:
+    """chmod/chown/chgrp over PATHS (with -R, each tree, parents first): `change(path,
+    entry)` gives the fields to set. Like coreutils, a failure is reported and the rest
+    still done; the exit code is 1 if anything failed."""
+    fs = state.fs
+    failed: list[OSError] = []
+    items: list[tuple[str, dict]] = []
+    for path in paths:
+        try:
+            if recursive:
+                for p, entry in fs.walk(path, onerror=failed.append):
+                    items.append((p, change(p, entry)))
+            else:
+                entry = fs.stat(path) if needs_entry(change) else {}
+                items.append((path, change(path, entry)))
+        except OSError as exc:
+            failed.append(exc)
+    tried = len(items) + len(failed)            # entries, plus those never reached
+    if items:
+        failed += [o for o in fs.set_attrs(items) if isinstance(o, OSError)]
+    for exc in failed:
+        click.echo(f"aegisfs: {command}: {describe(exc)}", err=True)
+    if failed:
+        raise Failure(f"{command}: {len(failed)} of {tried} failed",
+                      max(exit_code_for(exc) for exc in failed))
+
+
+def needs_entry(change: Callable) -> bool:
+    """Symbolic modes are relative: they need the entry's current mode (a stat)."""
+    return getattr(change, "needs_entry", True)
+
+
+@cli.command()
+@click.argument("mode", metavar="MODE")
+@click.argument("paths", nargs=-1, required=True, type=REMOTE, metavar="PATH...")
+@click.option("-R", "--recursive", is_flag=True, help="Change directories and their content.")
+@pass_state
+def chmod(state: State, mode: str, paths: tuple[str, ...], recursive: bool) -> None:
+    """Change the mode (permissions) of each PATH. Only the owner (or admin) may.
+
+    MODE is octal (644, 0755, 1777, 4755) or symbolic clauses separated by commas:
+    [ugoa...][+-=][rwxXst...], e.g. u+x, go-w, a=r, u=rwx,g=rx,o=. With no u/g/o/a the
+    umask 022 bits are left alone (+w means u+w); X is x only for directories and files
+    that already have some x. Symbolic modes apply to each entry's current mode. A MODE
+    that starts with '-' goes after '--' (aegisfs chmod -- -w FILE). With -R the tree is
+    listed first, then changed, parents first.
+
+    \b
+    Examples:
+      aegisfs chmod 640 /reports/q3.pdf
+      aegisfs chmod -R go-rwx /home/alice/private
+      aegisfs chmod u+x,g+rX /tools/run.sh
+      aegisfs chmod 1777 /tmp
+    """
+    try:
+        parsed: Mode = parse_mode(mode)
+    except ModeError as exc:
+        raise click.BadParameter(str(exc), param_hint="MODE") from None
+
+    def change(path: str, entry: dict) -> dict:
+        return {"mode": parsed.apply(int(entry.get("mode") or 0), entry.get("type") == "dir")}
+    change.needs_entry = parsed.needs_current   # type: ignore[attr-defined]
+    change_attrs(state, "chmod", paths, recursive, change)
+
+
+@cli.command()
+@click.argument("owner", metavar="OWNER[:GROUP]")
+@click.argument("paths", nargs=-1, required=True, type=REMOTE, metavar="PATH...")
+@click.option("-R", "--recursive", is_flag=True, help="Change directories and their content.")
+@pass_state
+def chown(state: State, owner: str, paths: tuple[str, ...], recursive: bool) -> None:
+    """Change the owner and/or group of each PATH.
+
+    Only admin may give a file to another user; the owner may change the group to one
+    it belongs to (today: its own name's group). OWNER: keeps the group; :GROUP changes
+    only the group (as chgrp).
+
+    \b
+    Examples:
+      aegisfs chown alice /home/alice
+      aegisfs chown -R alice:staff /projects/web
+      aegisfs chown :staff /projects/web/index.html
+    """
+    try:
+        new_owner, new_group = parse_owner(owner)
+    except ModeError as exc:
+        raise click.BadParameter(str(exc), param_hint="OWNER[:GROUP]") from None
+    fields = {"owner": new_owner, "group": new_group}
+    change_attrs(state, "chown", paths, recursive, _fixed(fields))
+
+
+@cli.command()
+@click.argument("group", metavar="GROUP")
+@click.argument("paths", nargs=-1, required=True, type=REMOTE, metavar="PATH...")
+@click.option("-R", "--recursive", is_flag=True, help="Change directories and their content.")
+@pass_state
+def chgrp(state: State, group: str, paths: tuple[str, ...], recursive: bool) -> None:
+    """Change the group of each PATH: the owner, to a group it belongs to, or admin.
+
+    \b
+    Examples:
+      aegisfs chgrp staff /projects/web
+      aegisfs chgrp -R staff /projects
+    """
+    if not group or ":" in group:
+        raise click.BadParameter(f"invalid group {group!r}", param_hint="GROUP")
+    change_attrs(state, "chgrp", paths, recursive, _fixed({"group": group}))
+
+
+def _fixed(fields: dict) -> Callable[[str, dict], dict]:
+    def change(path: str, entry: dict) -> dict:
+        return dict(fields)
+    change.needs_entry = False   # type: ignore[attr-defined]
+    return change
 
 
 @cli.command()

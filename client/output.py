@@ -12,6 +12,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from mds.perms import format_mode
+
 DATE_TIME = "%Y-%m-%d %H:%M:%S"
 CLOCK = "%H:%M:%S"
 FSCK_LISTS = ("missing", "under_replicated", "corrupt", "orphans")
@@ -57,6 +59,11 @@ def stat_lines(info: dict, path: str) -> Iterator[str]:
     yield f"type:        {info.get('type')}"
     yield f"size:        {info.get('size', 0)} bytes ({human(info.get('size', 0))})"
     yield f"mtime:       {when(info.get('mtime'))}"
+    if "mode" in info:
+        yield f"ctime:       {when(info.get('ctime'))}"
+        yield f"mode:        {mode_text(info)}"
+        yield f"owner:       {info.get('owner')}"
+        yield f"group:       {info.get('group')}"
     if info.get("type") != "file":
         if "entries" in info:
             yield f"entries:     {info['entries']}"
@@ -64,6 +71,9 @@ def stat_lines(info: dict, path: str) -> Iterator[str]:
     blocks = info.get("blocks") or []
     yield f"replication: {info.get('replication')}"
     yield f"block size:  {info.get('block_size')} bytes ({human(info.get('block_size', 0))})"
+    if "blocks" not in info:
+        yield "blocks:      (not shown: no read permission)"
+        return
     yield f"blocks:      {len(blocks)}"
     for i, b in enumerate(blocks):
         replicas = ",".join(b.get("replicas") or []) or "(none)"
@@ -71,15 +81,24 @@ def stat_lines(info: dict, path: str) -> Iterator[str]:
                f"{replicas}")
 
 
+def mode_text(info: dict) -> str:
+    """`0644 (-rw-r--r--)` for stat."""
+    mode = int(info.get("mode") or 0)
+    return f"{mode:04o} ({format_mode(mode, is_dir=info.get('type') == 'dir')})"
+
+
 def ls_line(e: dict, long: bool) -> str:
-    """One `ls` entry: its name (directories end with '/'); with long, type, replication,
-    size and mtime before it."""
+    """One `ls` entry: its name (directories end with '/'); with long, the mode string,
+    owner, group, replication, size and mtime before it (as ls -l)."""
     name = e["name"] + ("/" if e.get("type") == "dir" else "")
     if not long:
         return name
-    kind = "d" if e.get("type") == "dir" else "-"
+    is_dir = e.get("type") == "dir"
+    kind = (format_mode(int(e["mode"]), is_dir=is_dir) if "mode" in e
+            else "d" if is_dir else "-")
     repl = e.get("replication")
-    return (f"{kind} {repl if repl is not None else '-':>3} {e.get('size', 0):>12}  "
+    return (f"{kind} {e.get('owner', '-'):<8} {e.get('group', '-'):<8} "
+            f"{repl if repl is not None else '-':>3} {e.get('size', 0):>12}  "
             f"{when(e.get('mtime'))}  {name}")
 
 

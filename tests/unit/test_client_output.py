@@ -40,3 +40,17 @@ def test_fsck_report_lists_at_most_ten_items():
     assert lines[12] == "      ... 2 more"
     assert "block=ab  node=dn1" in lines[14]
     assert lines[-1].split() == ["scanned", "40"]
+
+
+def test_ls_long_and_stat_show_mode_owner_group():
+    from client.output import ls_line, stat_lines
+    e = {"name": "run.sh", "type": "file", "size": 12, "mtime": 0, "mode": 0o4750,
+         "owner": "alice", "group": "staff"}
+    line = ls_line(e, True)
+    assert line.startswith("-rwsr-x--- alice    staff ") and line.endswith("run.sh")
+    assert ls_line({**e, "type": "dir", "mode": 0o1777, "name": "tmp"}, True).startswith(
+        "drwxrwxrwt ")
+    lines = list(stat_lines({**e, "path": "/run.sh", "ctime": 0, "replication": 2,
+                             "block_size": 64}, "/run.sh"))
+    assert "mode:        4750 (-rwsr-x---)" in lines and "owner:       alice" in lines
+    assert lines[-1] == "blocks:      (not shown: no read permission)"
