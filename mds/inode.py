@@ -5,9 +5,11 @@ construction) and the interned tables (replica sets, owner/group names) they poi
 Memory: a committed file is an ``Inode`` with two slots, a packed ``meta`` bytes (header
 + 16 bytes per block) and a tuple of block ids shared with the block index; replica
 lists are interned in ``ReplicaSets`` and owner/group names in ``Names``, both referenced
-by index. The header carries mode, owner, group and ctime (18 bytes). Measured: 1M files
-hold ~390 MiB RSS with one block each, ~680 MiB with three (the 16-byte id objects and
-their index entries dominate: ~145 bytes a block). Do not add per-inode objects.
+by index. The header carries mode, owner, group and ctime (18 bytes). Measured with
+bench/mds_memory.py: 1M one-block files hold ~393 MiB RSS loaded from a snapshot (377
+MiB before owners and modes: +16 bytes a file); ~680 MiB with three blocks (measured
+before owners; the 16-byte id objects and their index entries dominate: ~145 bytes a
+block). Do not add per-inode objects.
 """
 from __future__ import annotations
 
