@@ -215,20 +215,23 @@ class AegisClient:
 
     def _writer(self, path: str, replication: int | None, block_size: int | None,
                 parents: bool, size_hint: int | None = None,
-                progress: Callable[[int], None] | None = None) -> BlockWriter:
+                progress: Callable[[int], None] | None = None,
+                exclusive: bool = False) -> BlockWriter:
         with _about(path):
             return BlockWriter.create(self._io(), path, replication=replication,
                                       block_size=block_size, parents=parents,
+                                      exclusive=exclusive,
                                       window=self.window, size_hint=size_hint,
                                       progress=progress, suspects=self.suspects,
                                       timeout=self.timeout)
 
     def put(self, src: Source, remote: PathLike, replication: int | None = None,
             block_size: int | None = None, progress: ProgressFn | None = None,
-            parents: bool = True) -> dict:
+            parents: bool = True, exclusive: bool = False) -> dict:
         """Store a local file (path or binary file object) at `remote`, replacing any old
         version atomically. Missing parent directories are created unless parents=False.
-        progress(done, total) is called as blocks are stored. Returns {path, size}."""
+        progress(done, total) is called as blocks are stored. With exclusive=True it fails
+        with FileExistsError instead of replacing anything. Returns {path, size}."""
         p = _abs(remote)
         with contextlib.ExitStack() as stack:
             if isinstance(src, (str, os.PathLike)):
@@ -243,7 +246,7 @@ class AegisClient:
                 progress(done[0], total)
 
             w = self._writer(p, replication, block_size, parents, total,
-                             advance if progress else None)
+                             advance if progress else None, exclusive=exclusive)
             with _about(p):
                 try:
                     while True:
@@ -260,10 +263,11 @@ class AegisClient:
 
     def write_bytes(self, remote: PathLike, data: bytes | bytearray | memoryview,
                     replication: int | None = None, block_size: int | None = None,
-                    parents: bool = True) -> dict:
-        """Store `data` at `remote` (replacing it atomically). Returns {path, size}."""
+                    parents: bool = True, exclusive: bool = False) -> dict:
+        """Store `data` at `remote` (replacing it atomically, or with exclusive=True only
+        if nothing is there). Returns {path, size}."""
         return self.put(io.BytesIO(data), remote, replication=replication,
-                        block_size=block_size, parents=parents)
+                        block_size=block_size, parents=parents, exclusive=exclusive)
 
     def put_many(self, items: Iterable[tuple[Source | bytes, PathLike]], *,
                  replication: int | None = None, block_size: int | None = None,
@@ -483,16 +487,18 @@ class AegisClient:
              block_size: int | None = None, parents: bool = True) -> ReadFile | WriteFile:
         """A streaming binary file object. "rb": read, seek, tell. "wb": blocks go out as
         the buffer fills; close() commits atomically, an exception in a `with` block or
-        abort() drops the draft."""
+        abort() drops the draft. "xb": as "wb", but FileExistsError if the file exists
+        (at open, and again at the commit, which cannot race)."""
         p = _abs(remote)
         if mode in ("rb", "br"):
             with _about(p):
                 info = self._file_info(p)
                 return ReadFile(self._io(), info, window=self.window, suspects=self.suspects,
                                 timeout=self.timeout)
-        if mode in ("wb", "bw"):
-            return WriteFile(self._writer(p, replication, block_size, parents))
-        raise ValueError(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
+        if mode in ("wb", "bw", "xb", "bx"):
+            return WriteFile(self._writer(p, replication, block_size, parents,
+                                          exclusive="x" in mode))
+        raise ValueError(f"mode {mode!r} is not supported (use 'rb', 'wb' or 'xb')")
 
 
 def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:

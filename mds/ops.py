@@ -119,11 +119,20 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT}, callers=CLIENT)
+                "size?": COUNT, "exclusive?": Bool()}, callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
-        allocated at once ({id, nodes} each, as allocate). Invisible until commit."""
+        allocated at once ({id, nodes} each, as allocate). Invisible until commit. With
+        `exclusive` it fails EEXIST when something exists at `path` already (the commit
+        must then say `exclusive` too: that is the check that cannot race)."""
+        if h.get("exclusive"):
+            try:
+                self.ns.stat(h["path"])
+            except (FileNotFoundError, NotADirectoryError):
+                pass            # nothing there (or no such directory: create says which)
+            else:
+                raise OSError(errno.EEXIST, "File exists", h["path"])
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents"))))
@@ -183,13 +192,15 @@ class Handlers:
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
         return {"node": node}
 
-    @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS)},
-               callers=CLIENT)
+    @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
+                "exclusive?": Bool()}, callers=CLIENT)
     def commit(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
         replicas}] in file order (every block but the last exactly block_size; replicas =
-        the nodes that acknowledged) -> {path, size}. Replaces an existing file."""
-        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"]))
+        the nodes that acknowledged) -> {path, size}. Replaces an existing file, unless
+        `exclusive`: then EEXIST if anything is at the path (the draft stays, to abort)."""
+        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"],
+                                                          exclusive=bool(h.get("exclusive"))))
         path = result.get("path") or ""
         size = sum(b["size"] for b in h["blocks"])
         ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
