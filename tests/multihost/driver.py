@@ -56,6 +56,7 @@ def verify(fs: AegisClient, args: argparse.Namespace) -> None:
 
 def blockmap(fs: AegisClient, args: argparse.Namespace) -> None:
     blocks: dict[str, list[str]] = {}
+    files: dict[str, list[str]] = {}
     todo = ["/"]
     while todo:
         top = todo.pop()
@@ -64,9 +65,11 @@ def blockmap(fs: AegisClient, args: argparse.Namespace) -> None:
             if entry["type"] == "dir":
                 todo.append(path)
                 continue
+            files[path] = []
             for b in fs.stat(path)["blocks"]:
                 blocks[b["id"]] = b["replicas"]
-    emit(blocks=blocks)
+                files[path].append(b["id"])
+    emit(blocks=blocks, files=files)
 
 
 def main() -> None:

@@ -236,10 +236,11 @@ class MultiHost:
                 raise TimeoutError(f"{what}: not after {timeout} s (last: {last!r})")
             time.sleep(interval)
 
-    def block_map(self) -> dict[str, list[str]]:
-        """block id -> replicas, over every file (one `driver blockmap` call)."""
+    def block_map(self, files: bool = False):
+        """block id -> replicas over every file (one `driver blockmap` call); with files,
+        also path -> [block ids]."""
         (out,) = self.driver("blockmap")
-        return out["blocks"]
+        return (out["blocks"], out["files"]) if files else out["blocks"]
 
     def healed(self) -> list[str]:
         """Problems keeping the cluster from healthy: fsck, blocks off R or on down nodes."""

@@ -203,9 +203,12 @@ class Network:
         if drop is None:
             return
         hook, match = {"in": ("input", "iifname"), "out": ("output", "oifname")}[drop]
-        rules = (f"table inet amh {{ chain c {{ type filter hook {hook} priority 0; "
-                 f"policy accept; {match} \"eth0\" drop; }} }}")
-        run("ip", "netns", "exec", ns, "nft", rules)
+        rules = (f"table inet amh {{\n chain c {{\n  type filter hook {hook} priority 0;\n"
+                 f"  policy accept;\n  {match} \"eth0\" drop\n }}\n}}\n")
+        out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
+                             capture_output=True, text=True, timeout=20)
+        if out.returncode != 0:
+            raise NetError(f"nft in {ns}: {out.stderr.strip()}")
 
     def rate_limit(self, host: str, rate: str | None) -> None:
         """tc tbf on both ends of `host`'s link (rate e.g. "100mbit"), None to remove."""
