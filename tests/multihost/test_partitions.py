@@ -35,7 +35,7 @@ def verify_all(mh, tmp_path, expected: dict[str, str]) -> None:
 
 
 def wait_healed(mh, timeout: float = 60) -> None:
-    mh.wait_until("healed", lambda: not (problems := mh.healed()) or None, timeout)
+    mh.wait_until("healed", lambda: not mh.healed() or None, timeout)
 
 
 def stream(mh, tmp_path, name: str, count: int, size: int = 300 * KB, interval=0.05):
