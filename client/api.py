@@ -211,6 +211,12 @@ class AegisClient:
         """Check every block (missing, under-replicated, corrupt, orphans); `healthy`."""
         return hexify(self._mds(None, "fsck", repair=repair))
 
+    def drain(self, node: str, cancel: bool = False) -> dict:
+        """Start emptying DataNode `node` (or stop, with cancel): its blocks are copied
+        elsewhere, then dropped from it -> {node, drain: "draining"/"drained"/None,
+        drain_left: blocks still there (None until counted)}. Call again to follow it."""
+        return self._mds(node, "drain", node=node, cancel=cancel)
+
     # -- writing -------------------------------------------------------------------------
 
     def _writer(self, path: str, replication: int | None, block_size: int | None,

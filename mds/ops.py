@@ -201,6 +201,9 @@ class Handlers:
         `exclusive`: then EEXIST if anything is at the path (the draft stays, to abort)."""
         result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"],
                                                           exclusive=bool(h.get("exclusive"))))
+        if self.repair.drain_left and any(self.cluster.is_draining(n) for b in h["blocks"]
+                                          for n in b["replicas"]):
+            self.repair.kick()   # a draft placed before the drain began: move it too
         path = result.get("path") or ""
         size = sum(b["size"] for b in h["blocks"])
         ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
@@ -282,17 +285,34 @@ class Handlers:
 
     @operation(callers=EVERYONE)
     def status(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen}], files,
-        dirs, blocks, health, safe_mode}."""
+        """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen, drain:
+        None/"draining"/"drained", drain_left: blocks still there or None}], files, dirs,
+        blocks, health, safe_mode}."""
         now = ctx.now
         nodes = []
         for node, info in sorted(self.cluster.nodes().items()):
+            drain, left = self.repair.drain_state(node)
             nodes.append({"id": node, "state": "up" if self.cluster.is_live(node, now) else "down",
                           "capacity": info.get("capacity", 0), "used": info.get("used", 0),
                           "blocks": info.get("blocks", 0),
-                          "last_seen": round(now - info.get("last_seen", now), 2)})
+                          "last_seen": round(now - info.get("last_seen", now), 2),
+                          "drain": drain, "drain_left": left})
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
                 "safe_mode": self.repair.safe_mode}
+
+    # TODO(posix): superuser only once permissions land (mds/perms.SUPERUSER).
+    @operation({"node": NODE, "cancel?": Bool()}, callers=CLIENT)
+    def drain(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Empty DataNode `node` so it can be removed: no new blocks go there, its replicas
+        stop counting toward R, are copied to other nodes and then dropped from it;
+        `cancel` stops draining -> {node, drain: None/"draining"/"drained", drain_left}.
+        ENOENT for a node that never registered. Not durable: an MDS restart forgets it."""
+        node, on = h["node"], not h.get("cancel")
+        if self.cluster.drain(node, on):
+            self.repair.on_drain(node, on)
+            ctx.emit("node.drain" if on else "node.drain_cancel", node=node)
+        drain, left = self.repair.drain_state(node)
+        return {"node": node, "drain": drain, "drain_left": left}
 
     @operation({"repair?": Bool()}, callers=CLIENT)
     def fsck(self, h: dict, payload: list, ctx: Context) -> dict:
