@@ -18,12 +18,12 @@ BS = 1 << 20
 
 
 @pytest.fixture
-def make(tmp_path):
+def make():
     """make(nodes=3, replication=2) -> a cluster of dn1..dnN, closed after the test."""
     made = []
 
     def build(nodes: int = 3, replication: int = 2) -> InProcessCluster:
-        c = InProcessCluster(tmp_path / f"c{len(made)}", nodes, replication=replication,
+        c = InProcessCluster(datanodes=nodes, replication=replication,
                              block_size=BS)
         made.append(c)
         return c

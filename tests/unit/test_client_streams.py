@@ -19,15 +19,15 @@ BS = 1024
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    with InProcessCluster(tmp_path, 3, block_size=BS) as c:
+def cluster():
+    with InProcessCluster(datanodes=3, block_size=BS) as c:
         yield c
 
 
 @pytest.fixture
-def pair(tmp_path):
+def pair():
     """Two DataNodes only: a replica that fails has no replacement."""
-    with InProcessCluster(tmp_path, 2, block_size=BS) as c:
+    with InProcessCluster(datanodes=2, block_size=BS) as c:
         yield c
 
 
@@ -289,8 +289,8 @@ def test_write_file_aborts_on_exception(cluster):
 
 # -- defaults and the lease come from the MDS -------------------------------------------
 
-def test_a_writer_without_replication_or_block_size_takes_the_clusters(tmp_path):
-    with InProcessCluster(tmp_path, 3, replication=3, block_size=BS) as c:
+def test_a_writer_without_replication_or_block_size_takes_the_clusters():
+    with InProcessCluster(datanodes=3, replication=3, block_size=BS) as c:
         w = BlockWriter.create(mux_of(c), "/f", size_hint=10)
         (create,) = requests(c, "create")
         assert "replication" not in create and "block_size" not in create   # sends none

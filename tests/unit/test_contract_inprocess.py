@@ -16,8 +16,8 @@ _seq = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with InProcessCluster(tmp_path_factory.mktemp("inprocess"), 3) as c:
+def cluster():
+    with InProcessCluster(datanodes=3) as c:
         yield c
 
 
