@@ -189,10 +189,10 @@ class InProcessCluster:
              block: bytes | None = None, item: bool = False,
              match: Callable[[dict], bool] | None = None) -> Fault:
         """The next `times` requests to `node` (None: any) for `op` (None: any), about
-        `block` and accepted by match(header) if given, are not delivered and answered with `error` (default: the
-        broker's "worker lost", ConnectionResetError). With `item`, put_blocks requests
-        are delivered but their matching items each fail alone with `error` (default
-        EIO), counted in `times`."""
+        `block` and accepted by match(header) if given, are not delivered and answered
+        with `error` (default: the broker's "worker lost", ConnectionResetError). With
+        `item`, put_blocks requests are delivered but their matching items each fail
+        alone with `error` (default EIO), counted in `times`."""
         if error is None:
             error = (OSError(errno.EIO, "disk error (injected)") if item else
                      ConnectionResetError(errno.ECONNRESET, "worker lost (injected)"))
@@ -249,7 +249,8 @@ class InProcessCluster:
         kw.setdefault("config", {})
         return AegisClient("inprocess", transport=lambda: self.connect(caller), **kw)
 
-    def ops(self, service: str = "mds", caller_class: str | None = P.CALLER_CLIENT) -> list[str]:
+    def ops(self, service: str = "mds",
+            caller_class: str | None = P.CALLER_CLIENT) -> list[str]:
         """The ops of the calls to `service` by callers of `caller_class` (None: any), in
         order; a batch is shown as "batch:" and its ops' kinds, sorted."""
         out = []

@@ -158,7 +158,8 @@ def test_done_callback_sees_every_outcome_in_order(make):
     items = files(4)
     items[2] = (blocker(c) + "/f2", items[2][1])
     seen = []
-    SmallFiles(Mux(c.connect())).write(items, done=lambda i, o: seen.append((i, type(o).__name__)))
+    SmallFiles(Mux(c.connect())).write(
+        items, done=lambda i, o: seen.append((i, type(o).__name__)))
     assert seen == [(0, "dict"), (1, "dict"), (2, "NotADirectoryError"), (3, "dict")]
 
 
@@ -224,4 +225,5 @@ def test_small_reads_fail_over_report_bad_replicas_and_fail_alone(make):
     assert isinstance(out[5], OSError) and out[5].errno == errno.EIO
     assert out[5].strerror.startswith("/r/f5: block ") and "(batch)" not in str(out[5])
     assert "missing" in out[5].strerror
-    assert [o for i, o in enumerate(out) if i != 5] == [d for p, d in data.items() if p != "/r/f5"]
+    assert [o for i, o in enumerate(out) if i != 5] == \
+        [d for p, d in data.items() if p != "/r/f5"]

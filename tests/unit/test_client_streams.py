@@ -294,7 +294,7 @@ def test_a_writer_without_replication_or_block_size_takes_the_clusters():
         w = BlockWriter.create(mux_of(c), "/f", size_hint=10)
         (create,) = requests(c, "create")
         assert "replication" not in create and "block_size" not in create   # sends none
-        assert (w.replication, w.block_size) == (3, BS)                      # the reply decides
+        assert (w.replication, w.block_size) == (3, BS)             # the reply decides
         w.abort()
 
 

@@ -105,7 +105,8 @@ def test_put_many_and_get_many_of_500_small_files(cluster, fs):
     out = fs.put_many([(data, path) for path, data in items.items()])
     assert out == [{"path": p, "size": len(d)} for p, d in items.items()]
     # lock step: one batch of creates and one of commits per 64 files
-    assert cluster.ops().count("batch:create") == 8 and cluster.ops().count("batch:commit") == 8
+    ops = cluster.ops()
+    assert ops.count("batch:create") == 8 and ops.count("batch:commit") == 8
     assert fs.du("/many")["files"] == 500
     cluster.calls.clear()
     # file objects as destinations: local paths would time the local disk's syncs
@@ -169,3 +170,16 @@ def test_a_draft_whose_lease_runs_out_is_dropped_with_its_blocks(cluster, fs):
         w.close()                          # the commit finds no draft
     with pytest.raises(FileNotFoundError):
         fs.stat("/slow")
+
+
+def test_a_fault_hook_catches_exactly_what_it_names(cluster):
+    conn = cluster.connect()
+    put = {"op": "put_block", "id": b"\1" * 16}
+    fault = cluster.fail("dn2", "put_block", times=2)
+    conn.call("dn.dn1", put, [b"a"])                      # another node: delivered
+    for _ in range(2):
+        with pytest.raises(ConnectionResetError, match="worker lost"):
+            conn.call("dn.dn2", put, [b"b"])
+    assert conn.call("dn.dn2", put, [b"b"]).result["size"] == 1    # the third gets through
+    assert fault.hits == [b"\1" * 16] * 2 and fault.times == 0
+    assert cluster.datanodes["dn2"].store.get(b"\1" * 16) == b"b"
