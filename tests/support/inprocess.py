@@ -304,9 +304,11 @@ class InProcessCluster:
             if not fault.item:
                 fault.spend(fields.get("id") or fields.get("op"))
                 return Outcome(error=fault.error)
-            if fields.get("op") != "put_blocks":
-                continue
-            for i, spec in enumerate(fields.get("blocks") or []):
+            specs = fields.get("blocks")
+            if fields.get("op") != "put_blocks" or not isinstance(specs, list) \
+                    or len(specs) != len(frames) or not all(isinstance(x, dict) for x in specs):
+                continue          # malformed: the service refuses it as a whole
+            for i, spec in enumerate(specs):
                 if i not in items and fault.takes_item(spec):
                     fault.spend((node, spec.get("id")))
                     items[i] = fault
