@@ -77,7 +77,11 @@ class AegisClient:
 
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
                  window: int | None = None, config: Mapping | PathLike | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None,
+                 transport: Callable[[], Client] | None = None) -> None:
+        # transport: makes each thread's Client-like connection instead of a broker socket
+        # (tests/support/inprocess.py serves the real services in one process through it)
+        self._transport = transport
         cfg = config if isinstance(config, Mapping) else broker_config.load(config)
         # a partial mapping (tests, embedders) falls back to the built-in [client] defaults
         client_cfg = {**broker_config.DEFAULTS["client"], **cfg.get("client", {})}
@@ -105,8 +109,9 @@ class AegisClient:
             if self._closed:
                 raise ValueError("AegisClient is closed")
             try:
-                rpc = Client(self.broker, timeout=self.timeout, max_in_flight=4096,
-                             connect_timeout=self.connect_timeout)
+                rpc = self._transport() if self._transport else Client(
+                    self.broker, timeout=self.timeout, max_in_flight=4096,
+                    connect_timeout=self.connect_timeout)
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
