@@ -15,24 +15,27 @@ from .server import Broker
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config (default: $AEGISFS_CONFIG or configs/cluster.toml).")
-@click.option("--base-port", type=int, help="Derive all endpoints on 127.0.0.1: client P, "
+@click.option("--base-port", type=int, help="Derive all endpoints: client P, "
               "worker P+1, events in P+2, events out P+3.")
-@click.option("--client", help="Client endpoint to bind, e.g. tcp://127.0.0.1:5550.")
+@click.option("--bind", metavar="ADDRESS", help="Address to listen on ([broker] bind, "
+              "default 127.0.0.1; 0.0.0.0 for every interface): each endpoint's port on it.")
+@click.option("--client", help="Client endpoint (its port is bound on --bind), "
+              "e.g. tcp://127.0.0.1:5550.")
 @click.option("--worker", help="Worker endpoint to bind.")
 @click.option("--events-in", help="XSUB endpoint publishers connect to.")
 @click.option("--events-out", help="XPUB endpoint subscribers connect to.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
-def main(config_path, base_port, client, worker, events_in, events_out, heartbeat_interval,
+def main(config_path, base_port, bind, client, worker, events_in, events_out, heartbeat_interval,
          log_level, log_file) -> None:
     """Route requests between AegisFS clients and workers, and relay events.
 
-    Example: python -m broker --base-port 6000
+    Example: python -m broker --base-port 6000 --bind 198.18.0.1
     """
     setup_logging(log_level, log_file)
     tune_malloc()
-    flags = config.broker_flags(base_port, client=client, worker=worker, events_in=events_in,
+    flags = config.broker_flags(base_port, bind=bind, client=client, worker=worker, events_in=events_in,
                                 events_out=events_out, heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {"broker": flags})["broker"]

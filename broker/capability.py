@@ -268,4 +268,5 @@ def _is_u32(value: object) -> bool:
 
 
 def _is_time(value: object) -> bool:
-    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+    return (type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+            and value >= 0)  # type: ignore[operator]

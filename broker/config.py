@@ -17,6 +17,10 @@ DEFAULT_BASE_PORT = 5550
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "broker": {
+        # where the broker listens (its four endpoints' ports, on this address) and where
+        # the others reach it (with --base-port); both loopback unless configured
+        "bind": "127.0.0.1",
+        "host": "127.0.0.1",
         "client": "tcp://127.0.0.1:5550",
         "worker": "tcp://127.0.0.1:5551",
         "events_in": "tcp://127.0.0.1:5552",
@@ -55,20 +59,35 @@ class ConfigError(ValueError):
     """A configuration file or variable that cannot be used."""
 
 
+ENDPOINTS = ("client", "worker", "events_in", "events_out")
+
+
+def _tcp_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def endpoints_for_base_port(port: int, host: str = "127.0.0.1") -> dict[str, str]:
     """The broker endpoints derived from one base port: client P, worker P+1, events P+2/P+3."""
-    return {
-        "client": f"tcp://{host}:{port}",
-        "worker": f"tcp://{host}:{port + 1}",
-        "events_in": f"tcp://{host}:{port + 2}",
-        "events_out": f"tcp://{host}:{port + 3}",
-    }
+    h = _tcp_host(host)
+    return {name: f"tcp://{h}:{port + i}" for i, name in enumerate(ENDPOINTS)}
+
+
+def bind_endpoint(endpoint: str, bind: str | None) -> str:
+    """The address the broker binds for `endpoint`: its port on `bind` (tcp only; other
+    transports, and an empty `bind`, are bound as written)."""
+    if not bind or not endpoint.startswith("tcp://"):
+        return endpoint
+    port = endpoint.rpartition(":")[2]
+    if not port.isdigit():
+        raise ConfigError(f"endpoint {endpoint!r} has no port")
+    return f"tcp://{_tcp_host(bind)}:{port}"
 
 
 def broker_flags(base_port: int | None = None, **values: Any) -> dict[str, Any]:
-    """[broker] overrides from a role's flags: endpoints derived from `base_port` first,
-    then every explicit flag that was given (None means "not given")."""
-    flags: dict[str, Any] = endpoints_for_base_port(base_port) if base_port else {}
+    """[broker] overrides from a role's flags (None means "not given"). With `base_port`,
+    `load` derives the endpoints from it and [broker] host (a `host` flag wins over the
+    file and environment); endpoints given explicitly win over the derived ones."""
+    flags: dict[str, Any] = {"base_port": base_port} if base_port else {}
     flags.update({k: v for k, v in values.items() if v is not None})
     return flags
 
@@ -128,4 +147,11 @@ def load(
 
     for section, values in (overrides or {}).items():
         cfg.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    broker = cfg["broker"]
+    base_port = broker.pop("base_port", None)
+    if base_port:
+        given = (overrides or {}).get("broker", {})
+        for name, endpoint in endpoints_for_base_port(int(base_port), broker["host"]).items():
+            if given.get(name) is None:
+                broker[name] = endpoint
     return cfg

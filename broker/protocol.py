@@ -148,7 +148,7 @@ def exception_to_error(exc: BaseException) -> tuple[str, str]:
         message = exc.strerror or str(exc)
         if exc.filename is not None and str(exc.filename) not in message:
             message = f"{message}: {exc.filename}"
-        return errno.errorcode[exc.errno], message
+        return errno.errorcode[exc.errno or 0], message
     if isinstance(exc, TimeoutError):
         return E_TIMEOUT, str(exc) or "timed out"
     return "EIO", f"internal error ({exc.__class__.__name__})"

@@ -15,6 +15,7 @@ import zmq
 
 from . import protocol as P
 from . import wire
+from .config import bind_endpoint
 from .routing import CLIENT, Router
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,13 @@ class Broker:
         self.backend = self.ctx.socket(zmq.ROUTER)
         for sock in (self.frontend, self.backend):
             wire.configure(sock, hwm=hwm, max_message_size=maxsize)
-        self.frontend.bind(cfg["client"])
-        self.backend.bind(cfg["worker"])
-        self.events = EventProxy(self.ctx, cfg["events_in"], cfg["events_out"], hwm)
+        # the endpoints name the ports; [broker] bind names the address (loopback default)
+        self.bound = {name: bind_endpoint(cfg[name], cfg.get("bind"))
+                      for name in ("client", "worker", "events_in", "events_out")}
+        self.frontend.bind(self.bound["client"])
+        self.backend.bind(self.bound["worker"])
+        self.events = EventProxy(self.ctx, self.bound["events_in"], self.bound["events_out"],
+                                 hwm)
         self.router = Router(heartbeat_interval=float(cfg["heartbeat_interval"]),
                              liveness=int(cfg["heartbeat_liveness"]),
                              request_ttl=float(cfg["request_ttl"]),
@@ -152,8 +157,8 @@ class Broker:
         poller.register(self.backend, zmq.POLLIN)
         router = self.router
         log.info("broker up: clients %s, workers %s, events in %s out %s",
-                 self.cfg["client"], self.cfg["worker"], self.cfg["events_in"],
-                 self.cfg["events_out"])
+                 self.bound["client"], self.bound["worker"], self.bound["events_in"],
+                 self.bound["events_out"])
         try:
             while not self._stop.is_set():
                 wait_ms = max(0.0, router.next_deadline() - router.clock()) * 1000

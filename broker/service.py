@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import protocol as P
 
@@ -46,7 +46,8 @@ class _Bad(Exception):
     """A field failed its check; `where` collects the path innermost first."""
 
     def __init__(self, message: str, wrong_type: bool = False) -> None:
-        self.message, self.wrong_type, self.where = message, wrong_type, []
+        self.message, self.wrong_type = message, wrong_type
+        self.where: list[str | int] = []
 
 
 def _kind(value: Any) -> str:
@@ -225,9 +226,9 @@ class Map(Field):
         if len(value) != present + len(extra):
             unknown = sorted(str(k) for k in value if k not in self.known and k not in extra)
             if unknown:
-                bad = _Bad("is not a field of this operation")
-                bad.where.append(unknown[0])
-                raise bad
+                stray = _Bad("is not a field of this operation")
+                stray.where.append(unknown[0])
+                raise stray
 
 
 def _path(where: list) -> str:
@@ -269,15 +270,18 @@ class Operation:
     binds: str | None = None   # a field that must name the calling DataNode
 
 
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])   # a handler function or method, kept as is
+
+
 def operation(fields: Mapping[str, Field] | None = None, *, callers: Iterable[str],
               name: str | None = None, frames: tuple[int, int] = (0, 0),
-              binds: str | None = None) -> Callable[[Handler], Handler]:
+              binds: str | None = None) -> Callable[[_Fn], _Fn]:
     """Declare a handler method as an operation; its docstring is the protocol spec."""
     callers = frozenset(callers)
     if not callers <= EVERYONE:
         raise ValueError(f"unknown caller classes {sorted(callers - EVERYONE)}")
 
-    def mark(fn: Handler) -> Handler:
+    def mark(fn: _Fn) -> _Fn:
         if not (fn.__doc__ or "").strip():
             raise TypeError(f"operation {fn.__name__} needs a docstring: it is its spec")
         fn.__aegis_op__ = dict(name=name or fn.__name__, schema=Map(fields or {}),  # type: ignore[attr-defined]

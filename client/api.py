@@ -78,7 +78,11 @@ class AegisClient:
 
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
                  window: int | None = None, config: Mapping | PathLike | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None,
+                 transport: Callable[[], Client] | None = None) -> None:
+        # transport: makes each thread's Client-like connection instead of a broker socket
+        # (tests/support/inprocess.py serves the real services in one process through it)
+        self._transport = transport
         cfg = config if isinstance(config, Mapping) else broker_config.load(config)
         # a partial mapping (tests, embedders) falls back to the built-in [client] defaults
         client_cfg = {**broker_config.DEFAULTS["client"], **cfg.get("client", {})}
@@ -106,8 +110,9 @@ class AegisClient:
             if self._closed:
                 raise ValueError("AegisClient is closed")
             try:
-                rpc = Client(self.broker, timeout=self.timeout, max_in_flight=4096,
-                             connect_timeout=self.connect_timeout)
+                rpc = self._transport() if self._transport else Client(
+                    self.broker, timeout=self.timeout, max_in_flight=4096,
+                    connect_timeout=self.connect_timeout)
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
@@ -272,24 +277,33 @@ class AegisClient:
         """Check every block (missing, under-replicated, corrupt, orphans); `healthy`."""
         return hexify(self._mds(None, "fsck", repair=repair))
 
+    def drain(self, node: str, cancel: bool = False) -> dict:
+        """Start emptying DataNode `node` (or stop, with cancel): its blocks are copied
+        elsewhere, then dropped from it -> {node, drain: "draining"/"drained"/None,
+        drain_left: blocks still there (None until counted)}. Call again to follow it."""
+        return self._mds(node, "drain", node=node, cancel=cancel)
+
     # -- writing -------------------------------------------------------------------------
 
     def _writer(self, path: str, replication: int | None, block_size: int | None,
                 parents: bool, size_hint: int | None = None,
-                progress: Callable[[int], None] | None = None) -> BlockWriter:
+                progress: Callable[[int], None] | None = None,
+                exclusive: bool = False) -> BlockWriter:
         with _about(path):
             return BlockWriter.create(self._io(), path, replication=replication,
                                       block_size=block_size, parents=parents,
+                                      exclusive=exclusive,
                                       window=self.window, size_hint=size_hint,
                                       progress=progress, suspects=self.suspects,
                                       timeout=self.timeout)
 
     def put(self, src: Source, remote: PathLike, replication: int | None = None,
             block_size: int | None = None, progress: ProgressFn | None = None,
-            parents: bool = True) -> dict:
+            parents: bool = True, exclusive: bool = False) -> dict:
         """Store a local file (path or binary file object) at `remote`, replacing any old
         version atomically. Missing parent directories are created unless parents=False.
-        progress(done, total) is called as blocks are stored. Returns {path, size}."""
+        progress(done, total) is called as blocks are stored. With exclusive=True it fails
+        with FileExistsError instead of replacing anything. Returns {path, size}."""
         p = _abs(remote)
         with contextlib.ExitStack() as stack:
             if isinstance(src, (str, os.PathLike)):
@@ -304,7 +318,7 @@ class AegisClient:
                 progress(done[0], total)
 
             w = self._writer(p, replication, block_size, parents, total,
-                             advance if progress else None)
+                             advance if progress else None, exclusive=exclusive)
             with _about(p):
                 try:
                     while True:
@@ -321,10 +335,11 @@ class AegisClient:
 
     def write_bytes(self, remote: PathLike, data: bytes | bytearray | memoryview,
                     replication: int | None = None, block_size: int | None = None,
-                    parents: bool = True) -> dict:
-        """Store `data` at `remote` (replacing it atomically). Returns {path, size}."""
+                    parents: bool = True, exclusive: bool = False) -> dict:
+        """Store `data` at `remote` (replacing it atomically, or with exclusive=True only
+        if nothing is there). Returns {path, size}."""
         return self.put(io.BytesIO(data), remote, replication=replication,
-                        block_size=block_size, parents=parents)
+                        block_size=block_size, parents=parents, exclusive=exclusive)
 
     def put_many(self, items: Iterable[tuple[Source | bytes, PathLike]], *,
                  replication: int | None = None, block_size: int | None = None,
@@ -544,16 +559,18 @@ class AegisClient:
              block_size: int | None = None, parents: bool = True) -> ReadFile | WriteFile:
         """A streaming binary file object. "rb": read, seek, tell. "wb": blocks go out as
         the buffer fills; close() commits atomically, an exception in a `with` block or
-        abort() drops the draft."""
+        abort() drops the draft. "xb": as "wb", but FileExistsError if the file exists
+        (at open, and again at the commit, which cannot race)."""
         p = _abs(remote)
         if mode in ("rb", "br"):
             with _about(p):
                 info = self._file_info(p)
                 return ReadFile(self._io(), info, window=self.window, suspects=self.suspects,
                                 timeout=self.timeout)
-        if mode in ("wb", "bw"):
-            return WriteFile(self._writer(p, replication, block_size, parents))
-        raise ValueError(f"mode {mode!r} is not supported (use 'rb' or 'wb')")
+        if mode in ("wb", "bw", "xb", "bx"):
+            return WriteFile(self._writer(p, replication, block_size, parents,
+                                          exclusive="x" in mode))
+        raise ValueError(f"mode {mode!r} is not supported (use 'rb', 'wb' or 'xb')")
 
 
 def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:

@@ -25,8 +25,8 @@ from broker.client import BrokerUnavailable
 from . import transfer_plan as plan
 from .api import AegisClient
 from .modes import Mode, ModeError, parse_mode, parse_owner
-from .output import (Progress, describe, emit_json, fsck_lines, human, ls_line, stat_lines,
-                     status_lines)
+from .output import (Progress, describe, drain_text, emit_json, fsck_lines, human, ls_line,
+                     node_lines, stat_lines, status_lines)
 
 EXIT_FAILED = 1          # the operation failed (missing file, bad path, unhealthy fsck ...)
 EXIT_USAGE = 2           # click's own code for bad arguments
@@ -654,6 +654,76 @@ def fsck(state: State, as_json: bool, repair: bool) -> None:
             click.echo(line)
     if not healthy:
         raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@cli.group()
+def node() -> None:
+    """The DataNodes: list them, drain one before removing it.
+
+    \b
+    Example:
+      aegisfs node ls
+      aegisfs node drain dn3 --wait
+    """
+
+
+@node.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def node_ls(state: State, as_json: bool) -> None:
+    """Every DataNode the MDS knows: up/down, usage, and drain progress.
+
+    \b
+    Example:
+      aegisfs node ls
+    """
+    nodes = state.fs.status().get("nodes") or []
+    if as_json:
+        emit_json(nodes)
+        return
+    for line in node_lines(nodes):
+        click.echo(line)
+
+
+@node.command("drain")
+@click.argument("node_id", metavar="ID")
+@click.option("--wait", is_flag=True, help="Wait, showing progress, until it is drained.")
+@click.option("--max-wait", type=float, metavar="SECONDS",
+              help="With --wait: give up (exit 1) after this long [default: no limit].")
+@click.option("--cancel", is_flag=True, help="Stop draining: the node takes new blocks again.")
+@pass_state
+def node_drain(state: State, node_id: str, wait: bool, max_wait: float | None,
+               cancel: bool) -> None:
+    """Copy DataNode ID's blocks to the others, then drop them from it. Once drained
+    it can be stopped and removed with nothing under-replicated. An MDS restart
+    forgets a drain: run it again.
+
+    \b
+    Example:
+      aegisfs node drain dn3 --wait && systemctl stop aegisfs-datanode@dn3
+    """
+    import time
+    info = state.fs.drain(node_id, cancel=cancel)
+    if cancel or not wait:
+        click.echo(f"{node_id}: {drain_text(info) if not cancel else 'in service'}")
+        return
+    started, shown = time.monotonic(), None
+    while info.get("drain") != "drained":
+        if max_wait is not None and time.monotonic() - started > max_wait:
+            raise Failure(f"node drain: {node_id} not drained after {max_wait:g} s "
+                          f"({drain_text(info)})")
+        text = drain_text(info)
+        if text != shown:
+            click.echo(f"{node_id}: {text}", err=True)
+            shown = text
+        time.sleep(1.0)
+        # follow through status, not by asking again: a drain cancelled meanwhile stays so
+        found = [n for n in state.fs.status().get("nodes") or [] if n.get("id") == node_id]
+        if not found or not found[0].get("drain"):
+            raise Failure(f"node drain: {node_id} is no longer draining (cancelled, or the "
+                          "MDS restarted: run the drain again)")
+        info = found[0]
+    click.echo(f"{node_id}: drained after {time.monotonic() - started:.0f} s")
 
 
 @cli.command()

@@ -102,14 +102,27 @@ def ls_line(e: dict, long: bool) -> str:
             f"{when(e.get('mtime'))}  {name}")
 
 
-def status_lines(info: dict) -> Iterator[str]:
-    """The `status` table: one row per DataNode, a totals line, the health line."""
-    nodes = info.get("nodes") or []
-    yield f"{'NODE':<12} {'STATE':<6} {'CAPACITY':>11} {'USED':>11} {'BLOCKS':>8}"
+def drain_text(node: dict) -> str:
+    """"draining (12 blocks left)", "drained", or "-" for a node in service."""
+    state, left = node.get("drain"), node.get("drain_left")
+    if not state:
+        return "-"
+    return f"{state} ({left} blocks left)" if state == "draining" and left else state
+
+
+def node_lines(nodes: list) -> Iterator[str]:
+    """The DataNode table of `status` and `node ls`."""
+    yield (f"{'NODE':<12} {'STATE':<6} {'CAPACITY':>11} {'USED':>11} {'BLOCKS':>8}  DRAIN")
     for n in nodes:
         yield (f"{n.get('id', '?'):<12} {n.get('state', '?'):<6} "
                f"{human(n.get('capacity') or 0):>11} {human(n.get('used') or 0):>11} "
-               f"{n.get('blocks', 0):>8}")
+               f"{n.get('blocks', 0):>8}  {drain_text(n)}")
+
+
+def status_lines(info: dict) -> Iterator[str]:
+    """The `status` table: one row per DataNode, a totals line, the health line."""
+    nodes = info.get("nodes") or []
+    yield from node_lines(nodes)
     up = sum(1 for n in nodes if n.get("state") == "up")
     yield (f"datanodes: {up} up / {len(nodes)}   files: {info.get('files', '?')}   "
            f"dirs: {info.get('dirs', '?')}   blocks: {info.get('blocks', '?')}")

@@ -179,11 +179,17 @@ class BlockWriter:
         self.blocks: list[dict] = []
         self.size = 0
         self.closed = False
+        self.exclusive = False
 
     @classmethod
     def create(cls, mux: Mux, path: str, *, replication: int | None = None,
-               block_size: int | None = None, parents: bool = True, **kw: Any) -> "BlockWriter":
+               block_size: int | None = None, parents: bool = True, exclusive: bool = False,
+               **kw: Any) -> "BlockWriter":
+        """A new draft of `path`; `exclusive`: fail EEXIST if something is there at the
+        create or by the commit (O_EXCL)."""
         header: dict[str, Any] = {"op": "create", "path": path, "parents": parents}
+        if exclusive:
+            header["exclusive"] = True
         if replication is not None:
             header["replication"] = replication
         if block_size is not None:
@@ -193,7 +199,9 @@ class BlockWriter:
             # MDS fsync) less per file, which is most of the cost of small files
             header["size"] = kw["size_hint"]
         created = mux.call(MDS_SERVICE, header).result
-        return cls(mux, path, created, **kw)
+        writer = cls(mux, path, created, **kw)
+        writer.exclusive = exclusive
+        return writer
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -352,7 +360,10 @@ class BlockWriter:
         """Wait for every block, then make the file visible; returns the MDS's answer."""
         while not self.window.empty():
             self._pump(block=True)
-        result = self._mds({"op": "commit", "handle": self.handle, "blocks": self.blocks})
+        commit: dict[str, Any] = {"op": "commit", "handle": self.handle, "blocks": self.blocks}
+        if self.exclusive:
+            commit["exclusive"] = True
+        result = self._mds(commit)
         self.closed = True
         self._give_buffers()
         return result

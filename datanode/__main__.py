@@ -17,6 +17,8 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
               help="Block directory (default: <datanode.data_dir>/<id>).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
 @click.option("--base-port", type=int, help="Broker endpoints derived from base port P.")
+@click.option("--broker-host", metavar="HOST", help="The broker's address, with --base-port "
+              "([broker] host, default 127.0.0.1).")
 @click.option("--broker-worker", help="Broker worker endpoint (register here).")
 @click.option("--broker-client", help="Unused, kept for old scripts: a DataNode talks to "
               "the MDS and its peers through the worker endpoint, as a member.")
@@ -33,7 +35,7 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
               help="Blocks up to this many bytes go to the pack files (0: a file each).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
-def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client, events,
+def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
          small_max, log_level, log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
@@ -43,7 +45,8 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
     setup_logging(log_level, log_file)
     tune_malloc()
     from .server import DataNode   # after logging is set up
-    broker_flags = config.broker_flags(base_port, worker=broker_worker, client=broker_client,
+    broker_flags = config.broker_flags(base_port, host=broker_host,
+                                       worker=broker_worker, client=broker_client,
                                        events_in=events, heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {"broker": broker_flags,

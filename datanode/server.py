@@ -1,5 +1,7 @@
 """The DataNode process: serves service `dn.<id>` from a BlockStore, talks to the MDS.
 
+`DataNodeOps` is the node without sockets or threads: the declared operations (run
+through `self.service`) and what they share with the MDS link. `DataNode` is the process.
 Threads: the main thread owns the broker socket (Worker) and only moves messages; the
 operations (declared with broker.service, run through `self.service`) and block I/O run in
 a small pool (replies go back with `reply_threadsafe`); copies to other nodes
@@ -19,6 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import msgpack
 
@@ -53,36 +56,23 @@ SMALL_THREADS = 8
 COPY_THREADS = 2
 
 
-class DataNode:
-    def __init__(self, node_id: str, data_dir: Path, *, worker_endpoint: str,
-                 events_endpoint: str, heartbeat: float = 1.0,
-                 liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
-                 writer_threads: int = 2, capacity: int | None = None,
-                 max_message_size: int | None = None, scrub_pause: float = 60.0,
-                 report_interval: float = 600.0, small_max: int = 128 * 1024) -> None:
+class DataNodeOps:
+    """One DataNode's operations over its BlockStore, and the actions they share with the
+    MDS link (deletes, copies, corrupt-replica reports, reports, heartbeats), with no sockets
+    or threads of its own: outbound calls go to `_client()` (anything with `call(service,
+    header, payload, timeout)`), events to `events.publish`, copies run where
+    `_start_copy` puts them (here: at once). `DataNode` below is the process around it;
+    tests/support/inprocess.py drives the same object synchronously."""
+
+    def __init__(self, node_id: str, data_dir: Path, *, small_max: int = 128 * 1024,
+                 capacity: int | None = None, fsync: bool = True, events: Any = None,
+                 client: Callable[[], Any] | None = None) -> None:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
-        self.heartbeat = heartbeat
-        self.worker_endpoint = worker_endpoint
         self.capacity_limit = capacity
-        self.store = BlockStore(Path(data_dir), small_max=small_max)
-        self.events = Publisher(events_endpoint, node_id)
-        self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
-                             liveness=liveness, capacity=64, exclusive=True,
-                             info={"node": node_id},
-                             max_message_size=max_message_size)
-        self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
-        # Small blocks are all fsync latency: many of them in flight at once let the
-        # file system fold their fsyncs into shared journal commits (group commit). Big
-        # blocks keep the few threads that suit memory bandwidth (shared/PERFORMANCE.md).
-        self.small_pool = ThreadPoolExecutor(SMALL_THREADS, thread_name_prefix="io-small")
-        self.copier = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="copy")
-        self.scrub_pause = scrub_pause
-        self.report_interval = report_interval
-        self.scrubber = Scrubber(self.store, rate_bytes_per_s=scrub_rate,
-                                 on_corrupt=self._scrub_found)
-        self._local = threading.local()
-        self._stop = threading.Event()
+        self.store = BlockStore(Path(data_dir), small_max=small_max, fsync=fsync)
+        self.events = events
+        self._make_client = client
         self._report_now = threading.Event()
         self._report_now.set()          # a full block report right after start
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
@@ -178,17 +168,12 @@ class DataNode:
 
     # -- shared actions -----------------------------------------------------------------
 
-    def _client(self) -> MemberClient:
-        """One broker connection per thread (ZeroMQ sockets belong to one thread), on the
-        worker endpoint as this DataNode: the broker stamps our calls as ours."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self._member(timeout=30.0)
-        return client
-
-    def _member(self, timeout: float) -> MemberClient:
-        return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
-                            connect_timeout=2.0)
+    def _client(self) -> Any:
+        """Where this node's own calls go (the MDS, a copy's target), as this DataNode."""
+        if self._make_client is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"DataNode {self.node_id} "
+                                         "has no connection for its own calls")
+        return self._make_client()
 
     def _delete(self, block: bytes) -> bool:
         return self._delete_many([block])[0]
@@ -200,17 +185,6 @@ class DataNode:
             if deleted:
                 self.events.publish("block.delete", node=self.node_id, block=block.hex())
         return done
-
-    def _maintain(self) -> None:
-        """Reclaim the space of deleted small blocks: rewrite pack files that are mostly
-        dead (the store decides which); off the request path, in its own thread."""
-        while not self._stop.wait(COMPACT_EVERY):
-            try:
-                self.store.compact()
-            except OSError as exc:
-                log.warning("pack compaction failed: %s", exc)
-            except Exception:
-                log.exception("pack compaction failed")
 
     def _copy(self, block: bytes, target: str) -> dict:
         """Re-replication: read and verify here, store on `target`, tell the MDS."""
@@ -238,9 +212,6 @@ class DataNode:
         except OSError as err:
             log.warning("could not report corrupt block %s to the MDS: %s", block.hex(), err)
 
-    def _scrub_found(self, block: bytes, exc: BlockCorrupt) -> None:
-        self._corrupt(block, exc)
-
     def _stats(self) -> dict:
         usage = self.store.usage()
         cap = self.store.capacity()
@@ -249,9 +220,7 @@ class DataNode:
                 "free": min(cap.free, max(0, total - usage.bytes_used)),
                 "blocks": usage.blocks}
 
-    # -- MDS link (its own thread) ------------------------------------------------------
-
-    def _send_report(self, client: MemberClient) -> None:
+    def _send_report(self, client: Any) -> None:
         blocks = [[i.id, i.size, i.crc] for i in self.store.infos()]
         client.call("mds", {"op": "block_report", "node": self.node_id, "count": len(blocks)},
                     [msgpack.packb(blocks, use_bin_type=True)], timeout=60.0)
@@ -268,8 +237,7 @@ class DataNode:
                     self._delete_many(ids)
                     self._deleted.extend(ids)
                 elif op == "copy":
-                    self.copier.submit(self._copy_logged, parse_block_id(cmd["block"]),
-                                       str(cmd["target"]))
+                    self._start_copy(parse_block_id(cmd["block"]), str(cmd["target"]))
                 elif op == "report":
                     self._report_now.set()
                 else:
@@ -285,6 +253,95 @@ class DataNode:
             with self._copy_lock:     # told to the MDS with the next heartbeat: it re-plans
                 self._copy_failed.append(block)
 
+    def _start_copy(self, block: bytes, target: str) -> None:
+        """Carry out a copy the MDS asked for (the process runs it in its copy pool)."""
+        self._copy_logged(block, target)
+
+    def report_if_due(self, client: Any) -> bool:
+        """The full block report, when one was asked for; whether it was sent."""
+        if not self._report_now.is_set():
+            return False
+        self._send_report(client)
+        self._report_now.clear()
+        return True
+
+    def beat(self, client: Any, timeout: float) -> None:
+        """One heartbeat to the MDS (acknowledging deletions and failed copies), whose
+        commands are carried out; the OSError of a failed call is raised."""
+        acked, self._deleted = self._deleted, []
+        with self._copy_lock:
+            failed, self._copy_failed = self._copy_failed, []
+        try:
+            reply = client.call("mds", {"op": "dn_heartbeat", **self._stats(),
+                                        "deleted": acked, "copy_failed": failed},
+                                timeout=timeout)
+        except OSError:
+            self._deleted[:0] = acked     # ack them with the next heartbeat
+            with self._copy_lock:
+                self._copy_failed[:0] = failed
+            raise
+        self._carry_out(reply.result.get("commands") or [])
+
+
+class DataNode(DataNodeOps):
+    def __init__(self, node_id: str, data_dir: Path, *, worker_endpoint: str,
+                 events_endpoint: str, heartbeat: float = 1.0,
+                 liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
+                 writer_threads: int = 2, capacity: int | None = None,
+                 max_message_size: int | None = None, scrub_pause: float = 60.0,
+                 report_interval: float = 600.0, small_max: int = 128 * 1024) -> None:
+        super().__init__(node_id, data_dir, small_max=small_max, capacity=capacity)
+        self.heartbeat = heartbeat
+        self.worker_endpoint = worker_endpoint
+        self.events = Publisher(events_endpoint, node_id)
+        self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
+                             liveness=liveness, capacity=64, exclusive=True,
+                             info={"node": node_id},
+                             max_message_size=max_message_size)
+        self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
+        # Small blocks are all fsync latency: many of them in flight at once let the
+        # file system fold their fsyncs into shared journal commits (group commit). Big
+        # blocks keep the few threads that suit memory bandwidth (shared/PERFORMANCE.md).
+        self.small_pool = ThreadPoolExecutor(SMALL_THREADS, thread_name_prefix="io-small")
+        self.copier = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="copy")
+        self.scrub_pause = scrub_pause
+        self.report_interval = report_interval
+        self.scrubber = Scrubber(self.store, rate_bytes_per_s=scrub_rate,
+                                 on_corrupt=self._scrub_found)
+        self._local = threading.local()
+        self._stop = threading.Event()
+
+    # -- the process's own connections and threads ---------------------------------------
+
+    def _client(self) -> MemberClient:
+        """One broker connection per thread (ZeroMQ sockets belong to one thread), on the
+        worker endpoint as this DataNode: the broker stamps our calls as ours."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._member(timeout=30.0)
+        return client
+
+    def _member(self, timeout: float) -> MemberClient:
+        return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
+                            connect_timeout=2.0)
+
+    def _scrub_found(self, block: bytes, exc: BlockCorrupt) -> None:
+        self._corrupt(block, exc)
+
+    def _maintain(self) -> None:
+        """Reclaim the space of deleted small blocks: rewrite pack files that are mostly
+        dead (the store decides which); off the request path, in its own thread."""
+        while not self._stop.wait(COMPACT_EVERY):
+            try:
+                self.store.compact()
+            except OSError as exc:
+                log.warning("pack compaction failed: %s", exc)
+            except Exception:
+                log.exception("pack compaction failed")
+
+    def _start_copy(self, block: bytes, target: str) -> None:
+        self.copier.submit(self._copy_logged, block, target)
+
     def _mds_link(self) -> None:
         client = self._member(timeout=10.0)
         next_report = time.monotonic() + self.report_interval
@@ -295,23 +352,9 @@ class DataNode:
                     # (e.g. written for a draft that expired meanwhile) and delete them
                     if time.monotonic() >= next_report:
                         self._report_now.set()
-                    if self._report_now.is_set():
-                        self._send_report(client)
-                        self._report_now.clear()
+                    if self.report_if_due(client):
                         next_report = time.monotonic() + self.report_interval
-                    acked, self._deleted = self._deleted, []
-                    with self._copy_lock:
-                        failed, self._copy_failed = self._copy_failed, []
-                    try:
-                        reply = client.call("mds", {"op": "dn_heartbeat", **self._stats(),
-                                                    "deleted": acked, "copy_failed": failed},
-                                            timeout=max(2.0, self.heartbeat * 3))
-                    except OSError:
-                        self._deleted[:0] = acked     # ack them with the next heartbeat
-                        with self._copy_lock:
-                            self._copy_failed[:0] = failed
-                        raise
-                    self._carry_out(reply.result.get("commands") or [])
+                    self.beat(client, timeout=max(2.0, self.heartbeat * 3))
                 except OSError as exc:
                     # MDS down or restarting: it will ask for a report when it is back
                     log.debug("heartbeat to the MDS failed: %s", exc)

@@ -15,6 +15,8 @@ from broker.process import setup_logging, stop_on_signals
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Metadata directory.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
 @click.option("--base-port", type=int, help="Broker endpoints derived from base port P.")
+@click.option("--broker-host", metavar="HOST", help="The broker's address, with --base-port "
+              "([broker] host, default 127.0.0.1).")
 @click.option("--broker-worker", help="Broker worker endpoint (register here).")
 @click.option("--events", help="Broker XSUB endpoint to publish events to.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats "
@@ -34,7 +36,7 @@ from broker.process import setup_logging, stop_on_signals
               "instead of refusing to start (loses what follows it; logged loudly).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
-def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_interval,
+def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
          delete_grace, salvage, log_level, log_file) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
@@ -45,7 +47,8 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
     from .metastore import RecoveryError
     from .server import MetadataServer, Settings
     from .wal import WalCorruption
-    broker_flags = config.broker_flags(base_port, worker=broker_worker, events_in=events,
+    broker_flags = config.broker_flags(base_port, host=broker_host,
+                                       worker=broker_worker, events_in=events,
                                        heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {

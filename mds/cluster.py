@@ -20,6 +20,11 @@ Public API:
         ``reserve`` (or no) free space are not eligible. Fewer than r nodes are returned
         only when the caller passes min_nodes; fewer eligible nodes than r (or than
         min_nodes) raise OSError(ENOSPC, "only K live DataNodes ..., need R").
+    .drain(node, on=True) -> bool (whether it changed): a draining node keeps serving
+        its replicas but gets no new ones (place skips it) and its replicas stop
+        counting toward R (the repair planner copies them away, then drops them).
+        Kept in memory like the rest: an MDS restart forgets a drain (issue it again).
+    .is_draining(node) -> bool
     .forget(node), .nodes() -> {node: info dict} for stats and the visualiser
     NodeEvent(topic, node, time, reason).as_dict()
 """
@@ -54,6 +59,7 @@ class _Node:
     blocks: int
     last_seen: float
     up: bool = True
+    draining: bool = False
     promised: int = 0
     promises: deque = field(default_factory=deque)  # (expiry, bytes), in expiry order
 
@@ -121,9 +127,25 @@ class ClusterView:
     def forget(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
 
+    def drain(self, node_id: str, on: bool = True) -> bool:
+        """Start (or with on=False cancel) draining a known node; ENOENT if unknown."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise OSError(errno.ENOENT, f"no DataNode {node_id!r} has registered")
+        changed = node.draining != on
+        node.draining = on
+        if changed:
+            log.info("DataNode %s %s", node_id, "draining" if on else "no longer draining")
+        return changed
+
+    def is_draining(self, node_id: str) -> bool:
+        node = self._nodes.get(node_id)
+        return node is not None and node.draining
+
     def nodes(self) -> dict[str, dict]:
         return {n: {"capacity": s.capacity, "used": s.used, "blocks": s.blocks,
-                    "last_seen": s.last_seen, "up": s.up, "promised": s.promised}
+                    "last_seen": s.last_seen, "up": s.up, "promised": s.promised,
+                    "draining": s.draining}
                 for n, s in sorted(self._nodes.items())}
 
     def place(self, r: int, *, now: float, exclude: Iterable[str] = (),
@@ -132,7 +154,9 @@ class ClusterView:
         if r < 1 or (min_nodes is not None and not 1 <= min_nodes <= r):
             raise OSError(errno.EINVAL, f"bad placement request r={r}, min_nodes={min_nodes}")
         excluded = set(exclude)
-        live = [n for n in self.live_nodes(now) if n not in excluded]
+        # a draining node is being emptied: nothing new goes there
+        live = [n for n in self.live_nodes(now)
+                if n not in excluded and not self._nodes[n].draining]
         need = r if min_nodes is None else min_nodes
         candidates, weights = [], []
         for n in live:

@@ -397,10 +397,12 @@ class Namespace:
     # ------------------------------------------------------------------ commit
 
     def prepare_commit(self, handle: str, blocks: Sequence[Mapping[str, Any]], *,
-                       cred: Cred | None = None) -> dict:
-        """``blocks``: [{"id", "size", "checksum", "replicas"}] in file order. ``cred``
-        must be the draft's creator and may still put a file at its path: the parent
-        may have changed since create."""
+                       exclusive: bool = False, cred: Cred | None = None) -> dict:
+        """``blocks``: [{"id", "size", "checksum", "replicas"}] in file order. With
+        ``exclusive`` the commit fails EEXIST if anything exists at the path by then
+        (O_EXCL, fsspec's "xb", S3's If-None-Match: *). ``cred`` must be the draft's
+        creator and may still put a file at its path: the parent may have changed since
+        create."""
         try:
             entries = [[b["id"], b["size"], b["checksum"],
                         nodes_arg(b["replicas"], handle, "replicas")] for b in blocks]
@@ -408,6 +410,8 @@ class Namespace:
             raise error(errno.EINVAL, handle,
                         "blocks must be mappings with id, size, checksum, replicas") from None
         rec = {"op": "commit", "handle": handle, "blocks": entries, "mtime": self._clock()}
+        if exclusive:
+            rec["exclusive"] = True
         self._check_commit(rec)
         if checked(cred):
             d = self.drafts.get(handle)
@@ -439,8 +443,11 @@ class Namespace:
             check(type(crc) is int and 0 <= crc < 1 << 32, path, f"block {i}: bad checksum")
             check(is_node_list(nodes), path, f"block {i}: replicas must be distinct node ids")
         names = paths.components(path)
-        if type(self.tree.walk_parent(path, names).children.get(names[-1])) is Dir:
+        existing = self.tree.walk_parent(path, names).children.get(names[-1])
+        if type(existing) is Dir:
             raise error(errno.EISDIR, path)
+        if existing is not None and rec.get("exclusive"):
+            raise error(errno.EEXIST, path)
 
     def _apply_commit(self, rec: Mapping) -> dict:
         d = self.drafts.by_handle.pop(rec["handle"])

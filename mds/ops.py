@@ -147,14 +147,23 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "mode?": MODE}, callers=CLIENT)
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
-        allocated at once ({id, nodes} each, as allocate). Invisible until commit. The
-        file will be the caller's with `mode` (default 0o666) & ~0o022; needs write and
-        search on the parent, and write on a file it would replace (EACCES)."""
+        allocated at once ({id, nodes} each, as allocate). Invisible until commit. With
+        `exclusive` it fails EEXIST when something exists at `path` already (the commit
+        must then say `exclusive` too: that is the check that cannot race). The file will
+        be the caller's with `mode` (default 0o666) & ~0o022; needs write and search on
+        the parent, and write on a file it would replace (EACCES)."""
         cred = cred_of(ctx)
+        if h.get("exclusive"):
+            try:
+                self.ns.stat(h["path"], cred=cred)   # EACCES first: no existence leak
+            except (FileNotFoundError, NotADirectoryError):
+                pass            # nothing there (or no such directory: create says which)
+            else:
+                raise OSError(errno.EEXIST, "File exists", h["path"])
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents")), cred=cred, mode=h.get("mode")))
@@ -214,17 +223,22 @@ class Handlers:
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
         return {"node": node}
 
-    @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS)},
-               callers=CLIENT)
+    @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
+                "exclusive?": Bool()}, callers=CLIENT)
     def commit(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
         replicas}] in file order (every block but the last exactly block_size; replicas =
         the nodes that acknowledged) -> {path, size}. Replaces an existing file, keeping
-        its owner, group and mode. Only the draft's creator may commit it, and the
+        its owner, group and mode, unless `exclusive`: then EEXIST if anything is at the
+        path (the draft stays, to abort). Only the draft's creator may commit it, and the
         create's permission checks are made again (EACCES)."""
         cred = cred_of(ctx)
         result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"],
+                                                          exclusive=bool(h.get("exclusive")),
                                                           cred=cred))
+        if self.repair.drain_left and any(self.cluster.is_draining(n) for b in h["blocks"]
+                                          for n in b["replicas"]):
+            self.repair.kick()   # a draft placed before the drain began: move it too
         path = result.get("path") or ""
         size = sum(b["size"] for b in h["blocks"])
         ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
@@ -333,17 +347,34 @@ class Handlers:
 
     @operation(callers=EVERYONE)
     def status(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen}], files,
-        dirs, blocks, health, safe_mode}."""
+        """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen, drain:
+        None/"draining"/"drained", drain_left: blocks still there or None}], files, dirs,
+        blocks, health, safe_mode}."""
         now = ctx.now
         nodes = []
         for node, info in sorted(self.cluster.nodes().items()):
+            drain, left = self.repair.drain_state(node)
             nodes.append({"id": node, "state": "up" if self.cluster.is_live(node, now) else "down",
                           "capacity": info.get("capacity", 0), "used": info.get("used", 0),
                           "blocks": info.get("blocks", 0),
-                          "last_seen": round(now - info.get("last_seen", now), 2)})
+                          "last_seen": round(now - info.get("last_seen", now), 2),
+                          "drain": drain, "drain_left": left})
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
                 "safe_mode": self.repair.safe_mode}
+
+    # TODO(posix): superuser only once permissions land (mds/perms.SUPERUSER).
+    @operation({"node": NODE, "cancel?": Bool()}, callers=CLIENT)
+    def drain(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Empty DataNode `node` so it can be removed: no new blocks go there, its replicas
+        stop counting toward R, are copied to other nodes and then dropped from it;
+        `cancel` stops draining -> {node, drain: None/"draining"/"drained", drain_left}.
+        ENOENT for a node that never registered. Not durable: an MDS restart forgets it."""
+        node, on = h["node"], not h.get("cancel")
+        if self.cluster.drain(node, on):
+            self.repair.on_drain(node, on)
+            ctx.emit("node.drain" if on else "node.drain_cancel", node=node)
+        drain, left = self.repair.drain_state(node)
+        return {"node": node, "drain": drain, "drain_left": left}
 
     @operation({"repair?": Bool()}, callers=CLIENT)
     def fsck(self, h: dict, payload: list, ctx: Context) -> dict:

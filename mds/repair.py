@@ -22,6 +22,11 @@ DataNodes' heartbeat replies; it never does I/O and takes time from an injected 
   after the first was reconciled, so it lists every block that was there by then.
 - A replica reported corrupt is dropped from the block map (which queues its deletion)
   when another replica exists; the scan then re-replicates from a good copy.
+- Drain (`ClusterView.drain`): a draining node's replicas do not count toward R, so the
+  scan lists its blocks as endangered and copies them (the draining node may be the
+  source); once a block has R counting replicas elsewhere the draining replicas are
+  dropped from the block map (which queues their deletion). `drain_left[node]` is what
+  the last scan still found on the node; 0 after a scan = drained, safe to remove.
 - Deletes wait `delete_grace` seconds after they were queued before they go to a
   DataNode: a reader that listed the blocks of a file just before an overwrite or rm can
   still fetch them meanwhile. The namespace numbers queued deletes in order; the planner
@@ -75,6 +80,7 @@ class RepairPlanner:
         self.corrupt: set[tuple[str, bytes]] = set()
         self.copies: dict[bytes, tuple[str, str, float]] = {}   # block -> source, target, deadline
         self.endangered: list[tuple[int, bytes]] = []            # (live replicas, block)
+        self.drain_left: dict[str, int | None] = {}   # draining node -> blocks still there
         self._dirty = True
         self.stats = {"copies_started": 0, "copies_done": 0, "bytes_copied": 0,
                       "orphans_found": 0, "orphans_deleted": 0, "replicas_dropped": 0,
@@ -91,6 +97,27 @@ class RepairPlanner:
 
     def kick(self) -> None:
         self._dirty = True
+
+    def on_drain(self, node: str, on: bool) -> None:
+        """`node` started (or stopped) draining: rescan; unknown progress until then."""
+        if on:
+            self.drain_left[node] = None
+        else:
+            self.drain_left.pop(node, None)
+        self._dirty = True
+
+    def drain_state(self, node: str) -> tuple[str | None, int | None]:
+        """(None | "draining" | "drained", blocks still on it per the last scan)."""
+        if not self.cluster.is_draining(node):
+            return None, None
+        left = self.drain_left.get(node)
+        busy = any(src == node for src, _, _ in self.copies.values())
+        done = left == 0 and not busy and not self._dirty
+        return ("drained" if done else "draining"), left
+
+    def _counts(self, node: str, now: float) -> bool:
+        """Whether a replica on `node` counts toward R: live, and not being drained."""
+        return self.cluster.is_live(node, now) and not self.cluster.is_draining(node)
 
     def on_node_up(self, node: str) -> None:
         self._dirty = True
@@ -195,7 +222,7 @@ class RepairPlanner:
             replicas = info["replicas"]
             if node not in replicas or (node, block) in self.corrupt:
                 continue
-            live = [n for n in replicas if self.cluster.is_live(n, now)]
+            live = [n for n in replicas if self._counts(n, now)]
             if len(live) >= info["replication"]:
                 continue
             # nor to a node still told to delete this block (say, its corrupt copy was
@@ -278,8 +305,8 @@ class RepairPlanner:
                 continue
             if "replicas" not in info or node in info["replicas"]:
                 continue          # a draft's block, or where it belongs
-            live = [n for n in info["replicas"] if self.cluster.is_live(n, now)]
-            if len(live) < info["replication"]:
+            live = [n for n in info["replicas"] if self._counts(n, now)]
+            if len(live) < info["replication"] and not self.cluster.is_draining(node):
                 records.append(self.ns.prepare_set_replicas(block, [*live, node]))
             elif not self.ns.is_pending_delete(node, block):
                 extra.append(block)
@@ -327,16 +354,35 @@ class RepairPlanner:
         self._prune_corrupt()
         endangered = []
         records = []
+        draining = {n for n, info in self.cluster.nodes().items() if info["draining"]}
+        left = dict.fromkeys(draining, 0)
+        dropped = False
         for block, replicas, wanted in self.ns.iter_blocks():
-            live = [n for n in replicas if self.cluster.is_live(n, now)]
+            live = [n for n in replicas if self._counts(n, now)]
+            leaving = [n for n in replicas if n in draining] if draining else ()
             if len(live) < wanted:
                 endangered.append((len(live), block))
+                for n in leaving:
+                    left[n] += 1
+            elif leaving:
+                # copied elsewhere: the draining replicas go (their deletion is queued)
+                records.append(self.ns.prepare_set_replicas(
+                    block, [n for n in replicas if n not in draining]))
+                dropped = True
+                for n in leaving:
+                    left[n] += 1    # until that record is applied and a scan confirms
             elif len(live) > wanted and len(live) == len(replicas):
                 keep = live[:wanted]
                 records.append(self.ns.prepare_set_replicas(block, keep))
                 self.stats["replicas_trimmed"] += len(live) - wanted
         endangered.sort()
         self.endangered = endangered
+        for n in list(self.drain_left):
+            if n not in draining:
+                del self.drain_left[n]
+        self.drain_left.update(left)
+        if dropped:
+            self._dirty = True      # count again once the drops are applied
         return records
 
     def summary(self) -> dict:
@@ -352,7 +398,7 @@ class RepairPlanner:
         self._prune_corrupt()
         missing, under = [], []
         for block, replicas, wanted in self.ns.iter_blocks():
-            live = [n for n in replicas if self.cluster.is_live(n, now)
+            live = [n for n in replicas if self._counts(n, now)
                     and (n, block) not in self.corrupt]
             if not live:
                 missing.append(block.hex())

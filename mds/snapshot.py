@@ -86,7 +86,7 @@ def snapshot_name(seq: int) -> str:
 
 def list_snapshots(directory: os.PathLike | str) -> list[tuple[int, Path]]:
     out = []
-    for entry in os.scandir(directory):
+    for entry in os.scandir(os.fspath(directory)):
         m = SNAPSHOT_RE.match(entry.name)
         if m:
             out.append((int(m.group(1)), Path(entry.path)))

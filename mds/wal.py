@@ -79,7 +79,7 @@ def segment_name(first_seq: int) -> str:
 
 def list_segments(directory: os.PathLike | str) -> list[tuple[int, Path]]:
     out = []
-    for entry in os.scandir(directory):
+    for entry in os.scandir(os.fspath(directory)):
         m = SEGMENT_RE.match(entry.name)
         if m:
             out.append((int(m.group(1)), Path(entry.path)))

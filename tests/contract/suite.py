@@ -6,7 +6,8 @@ subclasses `FileSystemContract` and provides
     fsc        an object with AegisClient's verbs (mkdir, ls, stat, exists, write_bytes,
                read_bytes, rm, mv, du); errors are OSError subclasses with errno
     base       a fresh, empty directory path for the test (it exists)
-    block_size the block size files are written with (so sizes can straddle blocks)
+    block_size the block size files are written with (so sizes can straddle blocks;
+               FixedBlockSize wraps an AegisClient to write with it)
 
 The live cluster, the in-process cluster and later the mount, fsspec and the S3 gateway run
 it; a semantic difference between them is a failing test, not a surprise for a user.
@@ -15,8 +16,23 @@ from __future__ import annotations
 
 import errno
 import random
+from typing import Any
 
 import pytest
+
+
+class FixedBlockSize:
+    """A backend's client with a fixed block size for writes (so that small sizes straddle
+    blocks); every other verb is the client's own."""
+
+    def __init__(self, client: Any, block_size: int) -> None:
+        self._c, self._bs = client, block_size
+
+    def write_bytes(self, path: str, data: bytes, parents: bool = True) -> dict:
+        return self._c.write_bytes(path, data, block_size=self._bs, parents=parents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._c, name)
 
 
 def _errno(exc_info: pytest.ExceptionInfo) -> int | None:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from client import AegisClient
-from tests.contract.suite import FileSystemContract
+from tests.contract.suite import FileSystemContract, FixedBlockSize
 
 BLOCK = 64 * 1024
 _seq = itertools.count()
@@ -16,7 +16,7 @@ _seq = itertools.count()
 @pytest.fixture(scope="module")
 def fsc(cluster):
     with AegisClient(cluster.broker, timeout=30.0) as client:
-        yield _Sized(client, BLOCK)
+        yield FixedBlockSize(client, BLOCK)
 
 
 @pytest.fixture
@@ -29,19 +29,6 @@ def base(fsc):
 @pytest.fixture
 def block_size():
     return BLOCK
-
-
-class _Sized:
-    """AegisClient with a fixed block size for writes, so small sizes straddle blocks."""
-
-    def __init__(self, client: AegisClient, block_size: int) -> None:
-        self._c, self._bs = client, block_size
-
-    def write_bytes(self, path, data, parents=True):
-        return self._c.write_bytes(path, data, block_size=self._bs, parents=parents)
-
-    def __getattr__(self, name):
-        return getattr(self._c, name)
 
 
 class TestLiveCluster(FileSystemContract):

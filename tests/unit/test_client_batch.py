@@ -1,241 +1,165 @@
-"""client/batch.SmallFiles against a fake MDS and fake DataNodes (no sockets): batching,
-replica replacement rounds, per-file failures, aborts, and request splitting."""
+"""client/batch.SmallFiles / SmallReads against the in-process cluster (the real MDS and
+DataNode services, no sockets): batching, replica replacement rounds, per-file failures,
+aborts, request splitting, and batched reads with failover and bad-replica reports."""
 from __future__ import annotations
 
 import errno
-import itertools
-from collections import deque
 
 import crc32c
 import pytest
 
-from broker import protocol as P
-from broker.client import Reply
 from client import batch as B
 from client.batch import SmallFiles
 from client.blocks import Suspects
+from client.streams import Mux
+from tests.support.inprocess import InProcessCluster
+
+BS = 1 << 20
 
 
-class FakeCluster:
-    """Answers the Mux calls SmallFiles makes. `nodes` maps node -> behaviour:
-    "ok", "down" (the broker answers ECONNREFUSED), "timeout", or a set of block ids that
-    node refuses (per-item EIO)."""
+@pytest.fixture
+def make():
+    """make(nodes=3, replication=2) -> a cluster of dn1..dnN, closed after the test."""
+    made = []
 
-    def __init__(self, nodes: dict, replication: int = 2, block_size: int = 1 << 20,
-                 fail_create: set[str] = frozenset(), mds_down_at: str | None = None):
-        self.nodes = nodes
-        self.replication = replication
-        self.block_size = block_size
-        self.fail_create = fail_create
-        self.mds_down_at = mds_down_at
-        self.rids = itertools.count(1)
-        self.replies: deque[Reply] = deque()
-        self.drafts: dict[str, dict] = {}
-        self.committed: dict[str, list] = {}
-        self.aborted: list[str] = []
-        self.stored: dict[str, dict[bytes, bytes]] = {n: {} for n in nodes}
-        self.put_requests: list[tuple[str, int]] = []
-        self.mds_calls: list[str] = []
-        self.bad_reports: list[tuple[str, bytes]] = []
-        self.files: dict[str, dict] = {}      # path -> stat result, for reads
-        self._ids = itertools.count(1)
-        self._place = itertools.cycle(sorted(nodes))
+    def build(nodes: int = 3, replication: int = 2) -> InProcessCluster:
+        c = InProcessCluster(datanodes=nodes, replication=replication,
+                             block_size=BS)
+        made.append(c)
+        return c
 
-    # -- the Mux interface -------------------------------------------------------------
-
-    def call(self, service, header, payload=(), timeout=None) -> Reply:
-        if header["op"] == "bad_replica":
-            self.bad_reports.append((header["node"], header["block"]))
-            return Reply(0, "mds", {})
-        assert service == "mds" and header["op"] == "batch"
-        kinds = {op["op"] for op in header["ops"]}
-        self.mds_calls.append("/".join(sorted(kinds)))
-        if self.mds_down_at in kinds:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "no worker for service mds")
-        results = []
-        for op in header["ops"]:
-            try:
-                results.append(P.item_ok(getattr(self, "op_" + op["op"])(op)))
-            except OSError as exc:
-                results.append(P.item_error(exc))
-        return Reply(0, "mds", {"results": results})
-
-    def send(self, owner, service, header, payload=(), timeout=None) -> int:
-        rid = next(self.rids)
-        node = service.removeprefix("dn.")
-        if header["op"] == "get_block":
-            data = self.stored[node].get(header["id"])
-            if data is None:
-                self.replies.append(Reply(rid, service, error=FileNotFoundError(
-                    errno.ENOENT, "block not found")))
-            else:
-                self.replies.append(Reply(rid, service, {"size": len(data)},
-                                          payload=[memoryview(data)]))
-            return rid
-        assert header["op"] == "put_blocks" and len(header["blocks"]) == len(payload)
-        assert len(payload) <= B.MAX_PUT_MANY
-        self.put_requests.append((node, len(payload)))
-        behaviour = self.nodes[node]
-        if behaviour == "down":
-            self.replies.append(Reply(rid, service, error=ConnectionRefusedError(
-                errno.ECONNREFUSED, f"no worker for service {service}")))
-        elif behaviour == "timeout":
-            self.replies.append(Reply(rid, service, error=TimeoutError("no reply")))
-        else:
-            results = []
-            for spec, data in zip(header["blocks"], payload):
-                data = bytes(data)
-                if isinstance(behaviour, set) and spec["id"] in behaviour:
-                    results.append(P.item_error(OSError(errno.EIO, "disk error")))
-                elif crc32c.crc32c(data) != spec["checksum"]:
-                    results.append(P.item_error(OSError(errno.EBADMSG, "checksum")))
-                else:
-                    self.stored[node][spec["id"]] = data
-                    results.append(P.item_ok({"size": len(data), "checksum": spec["checksum"]}))
-            self.replies.append(Reply(rid, service, {"results": results}))
-        return rid
-
-    def next(self, owner, timeout):
-        return self.replies.popleft() if self.replies else None
-
-    def cancel(self, owner, rids):
-        rids = set(rids)
-        self.replies = deque(r for r in self.replies if r.rid not in rids)
-
-    # -- the MDS -----------------------------------------------------------------------
-
-    def op_create(self, op):
-        if op["path"] in self.fail_create:
-            raise NotADirectoryError(errno.ENOTDIR, "a parent is a file")
-        handle = f"h{next(self._ids)}"
-        self.drafts[handle] = {"path": op["path"]}
-        out = {"handle": handle, "path": op["path"], "replication": self.replication,
-               "block_size": self.block_size, "lease": 60}
-        if op.get("size"):
-            count = -(-op["size"] // self.block_size)
-            out["blocks"] = [{"id": next(self._ids).to_bytes(16, "big"),
-                              "nodes": [next(self._place) for _ in range(self.replication)]}
-                             for _ in range(min(count, 16))]
-            if len(set(out["blocks"][0]["nodes"])) < self.replication:   # a cycle wrapped
-                out["blocks"][0]["nodes"] = sorted(self.nodes)[:self.replication]
-        return out
-
-    def op_stat(self, op):
-        if op["path"] not in self.files:
-            raise FileNotFoundError(errno.ENOENT, "no such file or directory")
-        return self.files[op["path"]]
-
-    def op_replace_target(self, op):
-        for node in sorted(self.nodes):
-            if node not in op["exclude"] and self.nodes[node] == "ok":
-                return {"node": node}
-        raise OSError(errno.ENOSPC, "no other live DataNode")
-
-    def op_commit(self, op):
-        draft = self.drafts.pop(op["handle"])
-        self.committed[draft["path"]] = op["blocks"]
-        return {"path": draft["path"], "size": sum(b["size"] for b in op["blocks"])}
-
-    def op_abort(self, op):
-        self.aborted.append(self.drafts.pop(op["handle"])["path"])
-        return {}
+    yield build
+    for c in made:
+        c.close()
 
 
 def files(n: int, size: int = 4096) -> list[tuple[str, bytes]]:
     return [(f"/d/f{i}", bytes([i % 251]) * size) for i in range(n)]
 
 
-def write(cluster: FakeCluster, items, **kw):
-    return SmallFiles(cluster, **kw).write(items)   # FakeCluster stands in for the Mux
+def write(cluster: InProcessCluster, items, **kw):
+    return SmallFiles(Mux(cluster.connect()), **kw).write(items)
 
 
-def test_a_batch_costs_two_mds_calls_and_one_request_per_node():
-    c = FakeCluster({"dn1": "ok", "dn2": "ok", "dn3": "ok"})
+def block_of(cluster: InProcessCluster, path: str) -> dict | None:
+    """The file's only block as the MDS has it (None for an empty file)."""
+    blocks = cluster.store.ns.file_info(path)["blocks"]
+    assert len(blocks) <= 1
+    return blocks[0] if blocks else None
+
+
+def put_requests(cluster: InProcessCluster) -> list[tuple[str, int]]:
+    return [(c.service.removeprefix("dn."), len(c.header["blocks"])) for c in cluster.calls
+            if c.op == "put_blocks"]
+
+
+def blocker(cluster: InProcessCluster) -> str:
+    """A file that paths are put under: their creates fail with ENOTDIR."""
+    write(cluster, [("/blocker", b"x")])
+    cluster.calls.clear()
+    return "/blocker"
+
+
+def test_a_batch_costs_two_mds_calls_and_one_request_per_node(make):
+    c = make(3)
     out = write(c, files(30))
     assert out == [{"path": f"/d/f{i}", "size": 4096} for i in range(30)]
-    assert c.mds_calls == ["create", "commit"]
-    assert sorted(n for n, _ in c.put_requests) == ["dn1", "dn2", "dn3"]
+    assert c.ops() == ["batch:create", "batch:commit"]
+    assert sorted(n for n, _ in put_requests(c)) == ["dn1", "dn2", "dn3"]
     for path, data in files(30):
-        (block,) = c.committed[path]
+        block = block_of(c, path)
         assert block["size"] == 4096 and block["checksum"] == crc32c.crc32c(data)
-        assert len(block["replicas"]) == 2
-        assert all(c.stored[n][block["id"]] == data for n in block["replicas"])
+        assert len(set(block["replicas"])) == 2
+        assert all(c.datanodes[n].store.get(block["id"]) == data for n in block["replicas"])
 
 
-def test_a_down_node_is_replaced_in_one_more_round():
-    c = FakeCluster({"dn1": "ok", "dn2": "down", "dn3": "ok"})
+def test_a_down_node_is_replaced_in_one_more_round(make):
+    c = make(3)
+    c.stop("dn2")                      # the MDS still places blocks there
     out = write(c, files(12))
     assert all(isinstance(o, dict) for o in out)
-    assert c.mds_calls == ["create", "replace_target", "commit"]
-    for blocks in c.committed.values():
-        assert sorted(blocks[0]["replicas"]) == ["dn1", "dn3"]
+    assert c.ops() == ["batch:create", "batch:replace_target", "batch:commit"]
+    for path, _ in files(12):
+        assert sorted(block_of(c, path)["replicas"]) == ["dn1", "dn3"]
 
 
-def test_a_block_refused_by_one_node_is_replaced_alone():
-    c = FakeCluster({"dn1": "ok", "dn2": "ok", "dn3": "ok", "dn4": "ok"})
-    first = c.op_create
-    refused: set = set()    # f0's block, refused by the first node it is sent to
-
-    def create(op):
-        out = first(op)
-        if op["path"] == "/d/f0":
-            refused.add(out["blocks"][0]["id"])
-            c.nodes[out["blocks"][0]["nodes"][0]] = refused
-        return out
-
-    c.op_create = create
+def test_a_block_refused_by_one_node_is_replaced_alone(make):
+    c = make(4)
+    refused = c.fail(None, "put_blocks", item=True, times=1)   # one block, one disk error
     out = write(c, files(8))
     assert all(isinstance(o, dict) for o in out)
-    assert len(c.committed["/d/f0"][0]["replicas"]) == 2
-    assert c.mds_calls == ["create", "replace_target", "commit"]
+    ((node, bid),) = refused.hits
+    (path,) = [p for p, _ in files(8) if block_of(c, p)["id"] == bid]
+    replicas = block_of(c, path)["replicas"]
+    assert len(set(replicas)) == 2 and node not in replicas
+    assert c.ops() == ["batch:create", "batch:replace_target", "batch:commit"]
+    (replace,) = [x for x in c.calls if x.op == "batch"
+                  and x.header["ops"][0]["op"] == "replace_target"]
+    assert [op["block"] for op in replace.header["ops"]] == [bid]       # that block alone
 
 
-def test_a_file_no_node_can_store_fails_alone_and_its_draft_is_aborted():
-    c = FakeCluster({"dn1": "timeout", "dn2": "down"}, replication=2)
+def test_a_file_no_node_can_store_fails_alone_and_its_draft_is_aborted(make):
+    c = make(2)
+    c.fail("dn1", times=None, error=TimeoutError)
+    c.stop("dn2")
     out = write(c, files(3) + [("/d/empty", b"")])
     for o in out[:3]:
         assert isinstance(o, OSError) and o.errno == errno.EIO
         assert "could not be stored on any DataNode" in str(o) and "/d/f" in str(o)
     assert out[3] == {"path": "/d/empty", "size": 0}
-    assert sorted(c.aborted) == ["/d/f0", "/d/f1", "/d/f2"]
-    assert c.committed == {"/d/empty": []}
+    (last,) = [x for x in c.calls if x.op == "batch"][-1:]
+    assert sorted(op["op"] for op in last.header["ops"]) == ["abort"] * 3 + ["commit"]
+    assert c.store.ns.counts()["drafts"] == 0
+    assert [p for p, _ in c.store.ns.iter_files("/")] == ["/d/empty"]
 
 
-def test_create_errors_and_zero_byte_files():
-    c = FakeCluster({"dn1": "ok", "dn2": "ok"}, fail_create={"/d/f1"})
-    out = write(c, files(3) + [("/d/zero", b"")])
-    assert isinstance(out[1], NotADirectoryError) and "/d/f1" in str(out[1])
+def test_create_errors_and_zero_byte_files(make):
+    c = make(2)
+    bad = blocker(c) + "/f1"
+    items = files(3)
+    items[1] = (bad, items[1][1])
+    out = write(c, items + [("/d/zero", b"")])
+    assert isinstance(out[1], NotADirectoryError) and bad in str(out[1])
     assert out[0]["size"] == 4096 and out[2]["size"] == 4096
-    assert out[3] == {"path": "/d/zero", "size": 0} and c.committed["/d/zero"] == []
-    assert "/d/f1" not in c.committed
+    assert out[3] == {"path": "/d/zero", "size": 0} and block_of(c, "/d/zero") is None
+    assert c.store.ns.counts()["drafts"] == 0
 
 
-def test_an_mds_failure_at_commit_fails_every_unsettled_file():
-    c = FakeCluster({"dn1": "ok", "dn2": "ok"}, fail_create={"/d/f0"}, mds_down_at="commit")
-    out = write(c, files(4))
+def test_an_mds_failure_at_commit_fails_every_unsettled_file(make):
+    c = make(2)
+    bad = blocker(c) + "/f0"
+    c.fail("mds", "batch", error=ConnectionRefusedError,
+           match=lambda h: h["ops"][0]["op"] == "commit")
+    items = files(4)
+    items[0] = (bad, items[0][1])
+    out = write(c, items)
     assert isinstance(out[0], NotADirectoryError)        # settled before the failure
     for o in out[1:]:
         assert isinstance(o, ConnectionRefusedError) and "/d/f" in str(o)
+    assert [p for p, _ in c.store.ns.iter_files("/")] == ["/blocker"]
 
 
-def test_requests_are_split_at_the_datanode_limits(monkeypatch):
+def test_requests_are_split_at_the_datanode_limits(make, monkeypatch):
     monkeypatch.setattr(B, "MAX_PUT_MANY", 10)
-    c = FakeCluster({"dn1": "ok", "dn2": "ok"})
+    c = make(2)
     out = write(c, files(25, size=100))
     assert all(isinstance(o, dict) for o in out)
-    assert sorted(c.put_requests) == [("dn1", 5), ("dn1", 10), ("dn1", 10),
-                                      ("dn2", 5), ("dn2", 10), ("dn2", 10)]
+    assert sorted(put_requests(c)) == [("dn1", 5), ("dn1", 10), ("dn1", 10),
+                                       ("dn2", 5), ("dn2", 10), ("dn2", 10)]
     monkeypatch.setattr(B, "BATCH_BYTES", 250)
-    c = FakeCluster({"dn1": "ok", "dn2": "ok"})
+    c = make(2)
     write(c, files(5, size=100))
-    assert sorted(c.put_requests) == [("dn1", 1), ("dn1", 2), ("dn1", 2),
-                                      ("dn2", 1), ("dn2", 2), ("dn2", 2)]
+    assert sorted(put_requests(c)) == [("dn1", 1), ("dn1", 2), ("dn1", 2),
+                                       ("dn2", 1), ("dn2", 2), ("dn2", 2)]
 
 
-def test_done_callback_sees_every_outcome_in_order():
-    c = FakeCluster({"dn1": "ok", "dn2": "ok"}, fail_create={"/d/f2"})
+def test_done_callback_sees_every_outcome_in_order(make):
+    c = make(2)
+    items = files(4)
+    items[2] = (blocker(c) + "/f2", items[2][1])
     seen = []
-    SmallFiles(c).write(files(4), done=lambda i, o: seen.append((i, type(o).__name__)))
+    SmallFiles(Mux(c.connect())).write(
+        items, done=lambda i, o: seen.append((i, type(o).__name__)))
     assert seen == [(0, "dict"), (1, "dict"), (2, "NotADirectoryError"), (3, "dict")]
 
 
@@ -261,45 +185,45 @@ def test_small_source_limit(size, tmp_path):
 
 # -- reading ----------------------------------------------------------------------------
 
-def stored_cluster() -> tuple[FakeCluster, dict[str, bytes]]:
-    c = FakeCluster({"dn1": "ok", "dn2": "ok", "dn3": "ok"})
+def stored_cluster(make) -> tuple[InProcessCluster, dict[str, bytes]]:
+    c = make(3)
     data = {f"/r/f{i}": bytes([i]) * (100 + i) for i in range(10)}
-    write(c, list(data.items()))
-    for path, blocks in c.committed.items():
-        c.files[path] = {"type": "file", "size": sum(b["size"] for b in blocks),
-                         "blocks": blocks}
-    c.files["/r/empty"] = {"type": "file", "size": 0, "blocks": []}
-    c.files["/r"] = {"type": "dir", "size": 0, "blocks": []}
-    c.files["/r/two"] = {"type": "file", "size": 2 << 20, "blocks": [{}, {}]}
+    write(c, list(data.items()) + [("/r/empty", b"")])
+    fs = c.client()
+    fs.write_bytes("/r/two", b"2" * (2 * BS))           # two blocks: not a small file
+    c.calls.clear()
     return c, data
 
 
-def test_small_reads_one_stat_batch_and_verified_blocks():
-    c, data = stored_cluster()
-    c.mds_calls.clear()
+def test_small_reads_one_stat_batch_and_verified_blocks(make):
+    c, data = stored_cluster(make)
     paths = list(data) + ["/r/empty", "/r", "/r/two", "/r/missing"]
-    out = B.SmallReads(c).read(paths)
+    out = B.SmallReads(Mux(c.connect())).read(paths)
     assert out[:10] == list(data.values())
     assert out[10] == b"" and isinstance(out[11], IsADirectoryError)
     assert out[12] is B.BIG
     assert isinstance(out[13], FileNotFoundError) and "/r/missing" in str(out[13])
-    assert c.mds_calls == ["stat"]
+    assert c.ops() == ["batch:stat"]
+    assert len([x for x in c.calls if x.op == "get_block"]) == 10
 
 
-def test_small_reads_fail_over_report_bad_replicas_and_fail_alone():
-    c, data = stored_cluster()
-    f2 = c.committed["/r/f2"][0]
-    bad_node = f2["replicas"][0]
-    c.stored[bad_node][f2["id"]] = b"rotten" * 20               # wrong size and checksum
-    f5 = c.committed["/r/f5"][0]
+def test_small_reads_fail_over_report_bad_replicas_and_fail_alone(make):
+    c, data = stored_cluster(make)
+    f2 = block_of(c, "/r/f2")
+    bad_node, good_node = f2["replicas"]
+    c.alter(bad_node, "get_block", lambda result, payload: (result, [b"rotten" * 20]),
+            block=f2["id"])                                # wrong size and checksum
+    f5 = block_of(c, "/r/f5")
     for node in f5["replicas"]:
-        del c.stored[node][f5["id"]]                            # gone everywhere
+        c.drop_replica(node, f5["id"])                     # gone everywhere
     suspects = Suspects()                 # recently failed nodes are tried last: so the
-    suspects.mark(f2["replicas"][1])      # rotten replica of f2 is the one tried first
-    out = B.SmallReads(c, window=3, suspects=suspects).read(list(data))
+    suspects.mark(good_node)              # rotten replica of f2 is the one tried first
+    out = B.SmallReads(Mux(c.connect()), window=3, suspects=suspects).read(list(data))
     assert out[2] == data["/r/f2"]
-    assert (bad_node, f2["id"]) in c.bad_reports
+    reports = [(x.header["node"], x.header["block"]) for x in c.calls if x.op == "bad_replica"]
+    assert (bad_node, f2["id"]) in reports
     assert isinstance(out[5], OSError) and out[5].errno == errno.EIO
     assert out[5].strerror.startswith("/r/f5: block ") and "(batch)" not in str(out[5])
     assert "missing" in out[5].strerror
-    assert [o for i, o in enumerate(out) if i != 5] == [d for p, d in data.items() if p != "/r/f5"]
+    assert [o for i, o in enumerate(out) if i != 5] == \
+        [d for p, d in data.items() if p != "/r/f5"]

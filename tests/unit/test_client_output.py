@@ -23,12 +23,15 @@ def test_describe_names_the_path_once():
 def test_status_table():
     lines = list(output.status_lines({
         "nodes": [{"id": "dn1", "state": "up", "capacity": 2048, "used": 1024, "blocks": 3},
-                  {"id": "dn2", "state": "down"}],
+                  {"id": "dn2", "state": "down", "drain": "draining", "drain_left": 5},
+                  {"id": "dn3", "state": "up", "drain": "drained", "drain_left": 0}],
         "files": 2, "dirs": 1, "blocks": 3, "health": {"under_replicated": [1, 2]}}))
-    assert lines[0].split() == ["NODE", "STATE", "CAPACITY", "USED", "BLOCKS"]
-    assert lines[1].split() == ["dn1", "up", "2.0", "KiB", "1.0", "KiB", "3"]
-    assert lines[3].startswith("datanodes: 1 up / 2")
-    assert lines[4] == "health: under replicated: 2"
+    assert lines[0].split() == ["NODE", "STATE", "CAPACITY", "USED", "BLOCKS", "DRAIN"]
+    assert lines[1].split() == ["dn1", "up", "2.0", "KiB", "1.0", "KiB", "3", "-"]
+    assert lines[2].endswith("draining (5 blocks left)")
+    assert lines[3].endswith("drained")
+    assert lines[4].startswith("datanodes: 2 up / 3")
+    assert lines[5] == "health: under replicated: 2"
 
 
 def test_fsck_report_lists_at_most_ten_items():

@@ -41,8 +41,43 @@ def test_base_port_and_explicit_flags():
         "events_in": "tcp://127.0.0.1:6002", "events_out": "tcp://127.0.0.1:6003"}
     flags = config.broker_flags(6000, worker="tcp://127.0.0.1:1", events_in=None,
                                 heartbeat_interval=0.5)
-    assert flags["client"] == "tcp://127.0.0.1:6000"
-    assert flags["worker"] == "tcp://127.0.0.1:1"                  # explicit beats derived
-    assert flags["events_in"] == "tcp://127.0.0.1:6002"            # None means not given
-    assert flags["heartbeat_interval"] == 0.5
+    b = config.load(overrides={"broker": flags}, environ={})["broker"]
+    assert b["client"] == "tcp://127.0.0.1:6000"
+    assert b["worker"] == "tcp://127.0.0.1:1"                      # explicit beats derived
+    assert b["events_in"] == "tcp://127.0.0.1:6002"                # None means not given
+    assert b["heartbeat_interval"] == 0.5
+    assert "base_port" not in b
     assert config.broker_flags(None, worker=None) == {}
+
+
+def test_base_port_uses_the_broker_host(tmp_path):
+    """The connecting roles reach the broker at [broker] host: file < env < --broker-host."""
+    toml = tmp_path / "c.toml"
+    toml.write_text('[broker]\nhost = "198.18.0.1"\n')
+    flags = config.broker_flags(7000)
+    b = config.load(toml, {"broker": flags}, environ={})["broker"]
+    assert b["worker"] == "tcp://198.18.0.1:7001"
+    assert b["events_out"] == "tcp://198.18.0.1:7003"
+    b = config.load(toml, {"broker": flags}, environ={"AEGISFS_BROKER_HOST": "198.18.0.2"})
+    assert b["broker"]["client"] == "tcp://198.18.0.2:7000"
+    b = config.load(toml, {"broker": config.broker_flags(7000, host="::1")}, environ={})
+    assert b["broker"]["client"] == "tcp://[::1]:7000"
+    # without a base port the explicit endpoints stay what they are
+    b = config.load(toml, environ={})["broker"]
+    assert b["client"] == config.DEFAULTS["broker"]["client"]
+
+
+def test_defaults_stay_on_loopback():
+    b = config.load(environ={})["broker"]
+    assert b["bind"] == b["host"] == "127.0.0.1"
+    assert all(b[name].startswith("tcp://127.0.0.1:") for name in config.ENDPOINTS)
+
+
+def test_bind_endpoint():
+    assert config.bind_endpoint("tcp://198.18.0.1:5550", "0.0.0.0") == "tcp://0.0.0.0:5550"
+    assert config.bind_endpoint("tcp://127.0.0.1:5551", "198.18.0.1") == "tcp://198.18.0.1:5551"
+    assert config.bind_endpoint("tcp://127.0.0.1:5551", "::") == "tcp://[::]:5551"
+    assert config.bind_endpoint("tcp://127.0.0.1:5551", "") == "tcp://127.0.0.1:5551"
+    assert config.bind_endpoint("ipc:///tmp/x", "0.0.0.0") == "ipc:///tmp/x"
+    with pytest.raises(config.ConfigError, match="no port"):
+        config.bind_endpoint("tcp://somewhere", "0.0.0.0")

@@ -82,7 +82,8 @@ def error(out: Outcome) -> OSError:
 EXPECTED_CALLERS = {
     **{op: {"client"} for op in ("mkdir", "ls", "stat", "du", "create", "allocate",
                                  "replace_target", "commit", "abort", "renew", "rm", "mv",
-                                 "fsck", "batch", "bad_replica", "chmod", "chown")},
+                                 "fsck", "batch", "bad_replica", "drain", "chmod",
+                                 "chown")},
     "ping": {"client", "datanode", "mds", "broker"},
     "status": {"client", "datanode", "mds", "broker"},
     **{op: {"datanode"} for op in ("dn_heartbeat", "block_report", "replica_added",
@@ -259,6 +260,24 @@ def test_no_request_of_any_shape_is_an_internal_error(world, header, payload, ca
     if out.error is None and header.get("op") == "batch":
         for item in out.result["results"]:
             assert "ok" in item or not item["err"][1].startswith("internal error"), item
+
+
+def test_drain_marks_the_node_and_status_follows_it(world):
+    world.beat("dn1", "dn2", "dn3")
+    assert isinstance(error(world.call("drain", node="dn9")), FileNotFoundError)
+    assert world.ok("drain", node="dn3") == {"node": "dn3", "drain": "draining",
+                                             "drain_left": None}
+    assert [t for t, _ in world.events][-1] == "node.drain"
+    world.ops.upkeep(world.now, world.wall)
+    nodes = {n["id"]: n for n in world.ok("status")["nodes"]}
+    assert (nodes["dn3"]["drain"], nodes["dn3"]["drain_left"]) == ("drained", 0)
+    assert nodes["dn1"]["drain"] is None
+    for _ in range(20):                       # new files never land on it
+        assert "dn3" not in world.write("/f")["replicas"]
+    world.ok("drain", node="dn3")             # again: no change, no second event
+    assert [t for t, _ in world.events].count("node.drain") == 1
+    assert world.ok("drain", node="dn3", cancel=True)["drain"] is None
+    assert not world.cluster.is_draining("dn3")
 
 
 # ---------------------------------------------------------------- owners and permissions

@@ -575,3 +575,20 @@ def test_iter_files_and_counts(ns: Namespace) -> None:
 
 def test_inodes_are_memory_lean() -> None:
     assert not hasattr(Inode(b"", ()), "__dict__")
+
+
+def test_an_exclusive_commit_refuses_an_existing_path_and_keeps_the_draft(ns: Namespace) -> None:
+    put(ns, "/f", sizes=(10,))
+    h, (bid,) = draft(ns, "/f", 1)
+    blocks = [{"id": bid, "size": 3, "checksum": 7, "replicas": ["n1", "n2"]}]
+    fails(FileExistsError, errno.EEXIST, ns.prepare_commit, h, blocks, exclusive=True,
+          name="/f")
+    unchanged(ns, ns.prepare_commit, h, blocks, exclusive=True)
+    assert ns.stat("/f")["size"] == 10 and h in ns.draft_handles()
+    h2, (bid2,) = draft(ns, "/g", 1)
+    rec = ns.prepare_commit(h2, [{"id": bid2, "size": 3, "checksum": 7,
+                                  "replicas": ["n1"]}], exclusive=True)
+    assert rec["exclusive"] is True
+    run(ns, rec)
+    assert ns.stat("/g")["size"] == 3
+    assert "exclusive" not in ns.prepare_commit(h, blocks)    # old records stay as they were

@@ -287,3 +287,105 @@ def test_a_long_delete_queue_drains_at_the_heartbeat_limit_after_one_grace(world
         ns.apply(ns.prepare_ack_delete("dn1", batch))
         clock.now += 0.3
     assert sent == victims and p.deletes_ready("dn1", 1000) == []
+
+
+# -- drain ---------------------------------------------------------------------------------
+
+def _drain_world(world, clock, files: int = 2, nodes=("dn1", "dn2", "dn3")):
+    """Files on dn1+dn2, every node up and reported, out of safe mode."""
+    ns, cluster = world
+    blocks = [commit_file(ns, f"/d{i}", ["dn1", "dn2"]) for i in range(files)]
+    p = planner(world, clock)
+    beat(cluster, clock, *nodes)
+    for node in nodes:
+        report(p, node, blocks if node in ("dn1", "dn2") else [])
+    p.tick()
+    assert not p.safe_mode
+    return p, blocks
+
+
+def drain(p: RepairPlanner, node: str, on: bool = True) -> None:
+    p.cluster.drain(node, on)
+    p.on_drain(node, on)
+
+
+def test_a_draining_node_gets_no_new_blocks(world, clock):
+    _, cluster = world
+    p, _ = _drain_world(world, clock)
+    drain(p, "dn3")
+    for _ in range(50):
+        assert "dn3" not in cluster.place(2, now=clock.now)
+    with pytest.raises(OSError, match="only 2 live"):
+        cluster.place(3, now=clock.now)
+    with pytest.raises(FileNotFoundError):
+        cluster.drain("dn9")
+
+
+def test_drain_copies_every_replica_away_then_drops_it(world, clock):
+    ns, cluster = world
+    p, blocks = _drain_world(world, clock)
+    drain(p, "dn2")
+    assert p.drain_state("dn2") == ("draining", None)   # not counted yet
+    assert p.drain_state("dn1") == (None, None)
+    p.tick()
+    assert p.drain_state("dn2") == ("draining", 2)
+    assert sorted(p.fsck()["under_replicated"]) == sorted(b.hex() for b in blocks)
+    # the only other target is dn3; sources are the holders (dn2 itself may be one)
+    cmds = p.commands_for("dn2") + p.commands_for("dn1")
+    assert sorted(c["block"] for c in cmds) == sorted(blocks)
+    assert {c["target"] for c in cmds} == {"dn3"}
+    for bid in blocks:
+        submit(ns, p.on_replica_added("dn3", bid, 10, 7))
+    assert p.drain_state("dn2")[0] == "draining"        # still mapped there
+    records, _ = p.tick()                               # the scan drops dn2's replicas
+    assert len(records) == 2
+    submit(ns, records)
+    for bid in blocks:
+        assert sorted(ns.block_info(bid)["replicas"]) == ["dn1", "dn3"]
+        assert ns.is_pending_delete("dn2", bid)          # its copies are deleted there
+    p.tick()
+    assert p.drain_state("dn2") == ("drained", 0)
+    assert p.fsck()["healthy"]
+    clock.now += 6                                       # dn2 removed: nothing at risk
+    beat(cluster, clock, "dn1", "dn3")
+    for ev in cluster.check(clock.now):
+        p.on_node_down(ev.node)
+    p.tick()
+    assert p.fsck()["healthy"] and p.summary()["under_replicated"] == 0
+
+
+def test_a_drain_without_anywhere_to_go_stays_draining(world, clock):
+    ns, _ = world
+    p, blocks = _drain_world(world, clock, nodes=("dn1", "dn2"))
+    drain(p, "dn2")
+    p.tick()
+    assert p.commands_for("dn2") == [] and p.commands_for("dn1") == []
+    p.tick()
+    assert p.drain_state("dn2") == ("draining", 2)
+    for bid in blocks:                                   # nothing was dropped
+        assert sorted(ns.block_info(bid)["replicas"]) == ["dn1", "dn2"]
+
+
+def test_a_cancelled_drain_keeps_the_replicas(world, clock):
+    ns, cluster = world
+    p, blocks = _drain_world(world, clock)
+    drain(p, "dn2")
+    p.tick()
+    drain(p, "dn2", on=False)
+    records, _ = p.tick()
+    assert records == [] and p.drain_state("dn2") == (None, None)
+    assert p.summary()["under_replicated"] == 0
+    assert p.commands_for("dn1") == [] and p.commands_for("dn2") == []
+    assert "dn2" in set().union(*(cluster.place(2, now=clock.now) for _ in range(50)))
+
+
+def test_a_draining_node_does_not_adopt_a_reported_block(world, clock):
+    ns, cluster = world
+    p, (bid, _) = _drain_world(world, clock)
+    drain(p, "dn3")
+    clock.now += 6                                       # dn2 dies: bid is short
+    beat(cluster, clock, "dn1", "dn3")
+    for ev in cluster.check(clock.now):
+        p.on_node_down(ev.node)
+    records = report(p, "dn3", [bid])                    # dn3 happens to hold a copy
+    assert all(r.get("op") != "set_replicas" or "dn3" not in r["replicas"] for r in records)
