@@ -1,7 +1,8 @@
 """Owners and modes through a real cluster: `aegisfs chmod/chown/chgrp` (octal, symbolic,
 -R), `ls -l`, `stat` and their --json, and AegisClient.chmod/chown. Until the broker
 stamps users from CURVE keys every client is the superuser "admin", so the refusals of
-other users are tested through the service layer (tests/unit/test_mds_ops.py)."""
+other users are tested through the service layer (tests/unit/test_mds_ops.py) and the
+real client on the in-process cluster (tests/unit/test_posix_inprocess.py)."""
 from __future__ import annotations
 
 import json
