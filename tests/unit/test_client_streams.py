@@ -84,12 +84,14 @@ class FakeCluster:
             data = self.store[node].get(header["id"])
             if data is None:
                 reply = Reply(rid, service, error=FileNotFoundError(errno.ENOENT, "no such block"))
-            else:
-                off = header.get("offset", 0)
-                length = header.get("length")
-                part = data[off:] if length is None else data[off:off + length]
+            elif "offset" not in header and "length" not in header:
                 reply = Reply(rid, service, {"size": len(data), "checksum": crc32c.crc32c(data)},
-                              payload=[memoryview(part)])
+                              payload=[memoryview(data)])
+            else:   # a range: the whole block as one chunk, as a DataNode does for a pack block
+                reply = Reply(rid, service, {"size": len(data), "checksum": crc32c.crc32c(data),
+                                             "offset": 0, "chunk_size": len(data),
+                                             "chunks": [crc32c.crc32c(data)]},
+                              payload=[memoryview(data)])
         self.queue.append((owner, reply))
         return rid
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.capability import KeyRing, mint, node_receipt_key, sign_receipt
 from broker.service import Context, Outcome
 from datanode.server import DataNode
 from run_cluster import free_base_port
@@ -19,6 +20,14 @@ from tests.support.schema_fuzz import callers, payloads, requests
 CLIENT = ("client", "anonymous")
 MDS = ("mds", "mds")
 PEER = ("datanode", "dn2")
+SECRET = b"s" * 32
+RING = KeyRing.generate(0.0)
+LATER = 10_000.0              # expiry of the capabilities minted here (the Context wall is 0)
+
+
+def cap(bid: bytes, access: str = "write", node: str | None = "dn1",
+        expires: float = LATER) -> bytes:
+    return mint(RING, bid, access, expires, node=node)
 
 
 class FakeMember:
@@ -41,6 +50,8 @@ def node(tmp_path_factory):
                   events_endpoint=f"tcp://127.0.0.1:{base + 2}")
     dn.member = FakeMember()
     dn._client = lambda: dn.member
+    dn.guard.install({"ring": RING.export(), "receipt_key": node_receipt_key(SECRET, "dn1")},
+                     now=0.0)
     try:
         yield dn
     finally:
@@ -64,7 +75,7 @@ def ok(dn: DataNode, op: str, caller=CLIENT, payload=(), **fields) -> dict:
 
 def put(dn: DataNode, data: bytes = b"block data") -> bytes:
     bid = os.urandom(16)
-    ok(dn, "put_block", CLIENT, [data], id=bid, checksum=crc32c.crc32c(data))
+    ok(dn, "put_block", CLIENT, [data], id=bid, checksum=crc32c.crc32c(data), cap=cap(bid))
     return bid
 
 
@@ -85,35 +96,42 @@ def test_mds_only_ops_refuse_others_and_change_nothing(node, caller):
     node.member.calls.clear()
     node._report_now.clear()
     before = contents(node)
-    for op, fields in [("delete_block", {"id": bid}), ("copy_block", {"id": bid, "target": "dn2"}),
+    for op, fields in [("delete_block", {"id": bid}),
+                       ("copy_block", {"id": bid, "target": "dn2", "cap": cap(bid, "copy"),
+                                       "target_cap": cap(bid, node="dn2")}),
                        ("block_report", {})]:
         out = call(node, op, caller, **fields)
         assert isinstance(out.error, PermissionError), (op, out.error)
         assert f"not allowed for a {caller[0]} caller" in out.error.strerror
     assert contents(node) == before
     assert node.member.calls == [] and not node._report_now.is_set()
-    out = call(node, "get_block", caller, id=bid)
+    out = call(node, "get_block", caller, id=bid, cap=cap(bid, "read", None))
     assert out.result["size"] == 10 and bytes(out.payload[0]) == b"block data"
 
 
 def test_an_mds_caller_may_delete_copy_and_ask_for_a_report(node):
     bid = put(node)
     node.member.calls.clear()
-    assert ok(node, "copy_block", MDS, id=bid, target="dn2")["size"] == 10
-    assert [(s, h["op"]) for s, h in node.member.calls] == [("dn.dn2", "put_block")]
+    assert ok(node, "copy_block", MDS, id=bid, target="dn2", cap=cap(bid, "copy"),
+              target_cap=cap(bid, node="dn2"))["size"] == 10
+    assert [(s, h["op"], h["cap"]) for s, h in node.member.calls] == [
+        ("dn.dn2", "put_block", cap(bid, node="dn2"))]
     ok(node, "block_report", MDS)
     assert node._report_now.is_set()
     assert ok(node, "delete_block", MDS, id=bid) == {"deleted": True}
-    assert isinstance(call(node, "stat_block", id=bid).error, FileNotFoundError)
+    assert isinstance(call(node, "stat_block", id=bid, cap=cap(bid, "read", None)).error,
+                      FileNotFoundError)
 
 
 def test_a_copy_target_reports_its_own_replica(node):
     node.member.calls.clear()
     data = b"copied"
     bid = os.urandom(16)
-    ok(node, "put_block", PEER, [data], id=bid, checksum=crc32c.crc32c(data))
+    ok(node, "put_block", PEER, [data], id=bid, checksum=crc32c.crc32c(data), cap=cap(bid))
+    receipt = sign_receipt(node_receipt_key(SECRET, "dn1"), "dn1", bid, 6, crc32c.crc32c(data))
     assert node.member.calls == [("mds", {"op": "replica_added", "node": "dn1", "block": bid,
-                                          "size": 6, "checksum": crc32c.crc32c(data)})]
+                                          "size": 6, "checksum": crc32c.crc32c(data),
+                                          "receipt": receipt})]
     node.member.calls.clear()
     put(node)                         # a client's put is not a copy
     assert node.member.calls == []

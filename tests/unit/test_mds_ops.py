@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from broker import protocol as P
+from broker.capability import sign_receipt
 from broker.service import Context, Outcome
 from mds.cluster import ClusterView
 from mds.metastore import MetaStore
@@ -55,8 +56,13 @@ class World:
         created = self.ok("create", path=path, size=len(data), parents=True)
         (blk,) = created["blocks"]
         self.ok("commit", handle=created["handle"], blocks=[
-            {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"]}])
+            {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"],
+             "receipts": [self.receipt(n, blk["id"], len(data), 7) for n in blk["nodes"]]}])
         return self.store.ns.block_info(blk["id"])
+
+    def receipt(self, node: str, block: bytes, size: int, checksum: int) -> bytes:
+        """What DataNode `node` returns for a stored block (its key from the heartbeat)."""
+        return sign_receipt(self.ops.grants.node_key(node), node, block, size, checksum)
 
     def state(self):
         """Everything a refused request must leave as it was."""
