@@ -3,8 +3,9 @@ capability key ring (rotated on a period), the capabilities it mints, the keys i
 each DataNode, and the check of the receipts DataNodes sign.
 
 Sans-IO: `now` is wall-clock seconds passed in (capabilities expire across machines), the
-random source is injected. Public API: `Grants` (mint_write, mint_read, mint_copy,
-for_node, receipt_ok, tick, overlap) and `load_secret(keys_dir, data_dir)`.
+random source is injected; the ring is saved through an injected callback. Public API:
+`Grants` (mint_write, mint_read, mint_copy, for_node, receipt_ok, tick, overlap),
+`load_secret(keys_dir, data_dir)`, `load_ring(path)`, `save_ring(path)`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Callable, Sequence
+
+import msgpack
 
 from broker.capability import KeyRing, check_receipt, mint, node_receipt_key
 from broker.keys import CLUSTER_SECRET_BYTES, KeyStore, write_file_atomic
@@ -34,13 +37,19 @@ class Grants:
 
     def __init__(self, cluster_secret: bytes, *, read_ttl: float = 300.0,
                  write_ttl: float = 120.0, rotate_every: float = 600.0,
-                 randbytes: Callable[[int], bytes] = os.urandom) -> None:
+                 randbytes: Callable[[int], bytes] = os.urandom, ring: KeyRing | None = None,
+                 on_rotate: Callable[[dict], None] | None = None) -> None:
         if min(read_ttl, write_ttl, rotate_every) <= 0:
             raise ValueError("capability lifetimes and the rotation period must be > 0")
         self.read_ttl, self.write_ttl = float(read_ttl), float(write_ttl)
         self.rotate_every = float(rotate_every)
         self.overlap = max(self.read_ttl, self.write_ttl) + SKEW_MARGIN
-        self.ring = KeyRing.generate(0.0, overlap=self.overlap, randbytes=randbytes)
+        # A ring saved by the previous run keeps capabilities valid across an MDS restart
+        # (DataNodes keep verifying with it; clients need not re-stat).
+        if ring is not None:
+            ring.overlap = self.overlap
+        self.ring = ring or KeyRing.generate(0.0, overlap=self.overlap, randbytes=randbytes)
+        self._on_rotate = on_rotate
         self._secret = cluster_secret
         self._node_keys: dict[str, bytes] = {}
         self._next_rotation: float | None = None   # set by the first tick
@@ -54,6 +63,8 @@ class Grants:
             return False
         self.ring.rotate(now)
         self._export = self.ring.export()
+        if self._on_rotate is not None:
+            self._on_rotate(self._export)
         self._next_rotation = now + self.rotate_every
         log.info("capability key rotated (key id %d)", self.ring.current_id)
         return True
@@ -101,3 +112,27 @@ def load_secret(keys_dir: Path | None, data_dir: Path) -> bytes:
         write_file_atomic(path, os.urandom(CLUSTER_SECRET_BYTES), 0o600)
     # read through the key store's check: refused when group or others may read it
     return KeyStore(data_dir).cluster_secret()
+
+
+def load_ring(path: Path) -> KeyRing | None:
+    """The ring a previous run saved, or None (none yet, or unreadable: logged)."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise PermissionError(f"{path} is readable by others; fix with chmod 600")
+            return KeyRing.load(msgpack.unpackb(f.read(1 << 16), raw=False))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
+        log.error("capability key ring %s not used, starting a new one: %s", path, exc)
+        return None
+
+
+def save_ring(path: Path) -> Callable[[dict], None]:
+    """A callback writing a ring export to `path` (0600, atomically)."""
+    def save(export: dict) -> None:
+        try:
+            write_file_atomic(path, msgpack.packb(export, use_bin_type=True), 0o600)
+        except OSError as exc:   # the ring in memory still works; a restart starts anew
+            log.error("could not save the capability key ring to %s: %s", path, exc)
+    return save

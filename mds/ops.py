@@ -232,6 +232,7 @@ class Handlers:
         (absent when none was).
         A block left with no replica fails the whole commit with EACCES. Replaces an
         existing file."""
+        self.ns.prepare_commit(h["handle"], h["blocks"])  # a malformed commit is EINVAL first
         blocks, refused = self._proven(h["handle"], h["blocks"])
         result = self.submit(lambda ns: ns.prepare_commit(h["handle"], blocks))
         self.allocations.release(h["handle"])

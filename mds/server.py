@@ -23,7 +23,7 @@ from broker.events import Publisher
 from broker.worker import Request, Worker
 
 from .cluster import ClusterView
-from .grants import Grants, load_secret
+from .grants import Grants, load_ring, load_secret, save_ring
 from .metastore import MetaStore
 from .namespace import NamespaceConfig
 from .ops import Handlers
@@ -79,8 +79,13 @@ class MetadataServer:
                                     delete_grace=s.delete_grace,
                                     max_copies_per_node=s.max_copies_per_node)
         # a write capability must outlive the lease a writer keeps renewing between blocks
+        ring_path = s.data_dir / "capability.ring"
+        ring = load_ring(ring_path)
         grants = Grants(load_secret(s.keys_dir, s.data_dir), read_ttl=s.cap_read_ttl,
-                        write_ttl=max(s.cap_write_ttl, s.lease), rotate_every=s.key_rotation)
+                        write_ttl=max(s.cap_write_ttl, s.lease), rotate_every=s.key_rotation,
+                        ring=ring, on_rotate=save_ring(ring_path))
+        if ring is None:
+            save_ring(ring_path)(grants.ring.export())
         self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
                             allocations=Allocations(s.limits))
         self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
