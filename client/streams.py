@@ -375,6 +375,9 @@ class BlockWriter:
         while not self.window.empty():
             self._pump(block=True)
         result = self._mds({"op": "commit", "handle": self.handle, "blocks": self.blocks})
+        if result.get("refused"):   # replicas the MDS found no proof for: it re-replicates
+            log.warning("%s: the MDS refused %d replicas without a valid receipt", self.path,
+                        len(result["refused"]))
         self.closed = True
         self._give_buffers()
         return result
