@@ -80,7 +80,7 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
                                           "changed. Start with --salvage to cut the log at "
                                           "the damage (loses what follows it).", exc)
         sys.exit(3)
-    except (config.ConfigError, OSError) as exc:
+    except (config.ConfigError, ValueError, OSError) as exc:   # ValueError: bad lifetimes
         logging.getLogger("mds").error("cannot start the MDS: %s", exc)
         sys.exit(2)
     stop_on_signals(server.stop)
