@@ -40,6 +40,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dead_after": 5.0,
         "checkpoint_records": 200_000,
         "checkpoint_bytes": 64 * 1024 * 1024,
+        "user_blocks": 4096,
+        "user_bytes": 16 * 1024 ** 3,
+        "draft_blocks": 4096,
+        "draft_bytes": 16 * 1024 ** 3,
+        "cap_read_ttl": 300.0,
+        "cap_write_ttl": 120.0,
+        "key_rotation": 600.0,
     },
     "datanode": {
         "data_dir": "data/dn",

@@ -156,7 +156,13 @@ class AegisClient:
         replication, block_size and blocks [{id (hex), size, checksum, replicas}] (left
         out when the caller may not read the file)."""
         p = _abs(path)
-        return hexify(self._mds(p, "stat", path=p))
+        info = self._mds(p, "stat", path=p)
+        # read capabilities are bearer tokens for the readers here, not for display
+        info.pop("cap_ttl", None)
+        for b in info.get("blocks") or ():
+            if isinstance(b, dict):
+                b.pop("cap", None)
+        return hexify(info)
 
     def _file_info(self, path: str) -> dict:
         # read: the MDS answers EACCES (not a reply without blocks) when we may not read
@@ -415,8 +421,13 @@ class AegisClient:
     # -- reading -------------------------------------------------------------------------
 
     def _reader(self, info: dict, pieces: list[Piece]) -> BlockReader:
-        return BlockReader(self._io(), info["path"], info["blocks"], pieces,
-                           window=self.window, suspects=self.suspects, timeout=self.timeout)
+        path = info["path"]
+
+        def refresh(index: int) -> list[dict]:
+            return self._mds(path, "stat", path=path, caps_from=index).get("blocks") or []
+
+        return BlockReader(self._io(), path, info["blocks"], pieces, window=self.window,
+                           suspects=self.suspects, timeout=self.timeout, refresh=refresh)
 
     def _consistent(self, path: str, read: Callable[[dict], T],
                     can_retry: Callable[[], bool] = lambda: True) -> T:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import crc32c
@@ -56,6 +56,8 @@ class _File:
     block: bytes | None = None
     replicas: ReplicaWrite | None = None
     result: Outcome | None = None
+    caps: dict[str, bytes] = field(default_factory=dict)       # node -> write capability
+    receipts: dict[str, bytes] = field(default_factory=dict)   # node -> its receipt
 
 
 class SmallFiles:
@@ -122,7 +124,9 @@ class SmallFiles:
             blocks = res.get("blocks") or []
             if len(blocks) == 1 and f.data.nbytes <= block_size:
                 f.block = bytes(blocks[0]["id"])
-                f.replicas = ReplicaWrite(list(blocks[0].get("nodes") or []), replication)
+                nodes = list(blocks[0].get("nodes") or [])
+                f.caps = dict(zip(nodes, blocks[0].get("caps") or []))
+                f.replicas = ReplicaWrite(nodes, replication)
             else:
                 f.created = res
 
@@ -152,7 +156,7 @@ class SmallFiles:
         for node, files in by_node.items():
             for part in _chunks(files):
                 header = {"op": "put_blocks",
-                          "blocks": [{"id": f.block, "checksum": f.checksum} for f in part]}
+                          "blocks": [_put_spec(f, node) for f in part]}
                 rid = self.mux.send(self, datanode_service(node), header, [f.data for f in part], self.timeout)
                 in_flight[rid] = (node, part)
         while in_flight:
@@ -186,6 +190,7 @@ class SmallFiles:
                     f.replicas.fail(node, f"acked size {got.get('size')} checksum "
                                     f"{got.get('checksum')}, sent {f.data.nbytes} / {f.checksum}")
                 else:
+                    f.receipts[node] = got.get("receipt") or b""
                     f.replicas.ack(node)
 
     def _replace(self, files: list[_File]) -> None:
@@ -196,7 +201,10 @@ class SmallFiles:
                 log.warning("%s: no replacement for block %s: %s", f.path, f.block.hex(), res)
                 f.replicas.tries = f.replicas.max_tries      # stop asking for this one
             elif res.get("node"):
-                f.replicas.add(str(res["node"]))
+                node = str(res["node"])
+                if isinstance(res.get("cap"), bytes):
+                    f.caps[node] = res["cap"]
+                f.replicas.add(node)
 
     def _finish_big(self, batch: list[_File]) -> None:
         """Files the batch cannot carry (several blocks, or no block allocated yet) are
@@ -231,8 +239,10 @@ class SmallFiles:
             else:
                 blocks = []
                 if f.replicas is not None:
+                    acked = list(f.replicas.acked)
                     blocks.append({"id": f.block, "size": f.data.nbytes,
-                                   "checksum": f.checksum, "replicas": list(f.replicas.acked)})
+                                   "checksum": f.checksum, "replicas": acked,
+                                   "receipts": [f.receipts.get(n, b"") for n in acked]})
                 ops.append({"op": "commit", "handle": f.handle, "blocks": blocks})
             owners.append(f)
         if not ops:
@@ -292,8 +302,16 @@ class SmallReads:
         while start < len(wanted):   # a block no replica can give fails its file alone
             blocks = [b for _, b in wanted[start:]]
             pieces = [Piece(j, 0, int(b["size"]), True) for j, b in enumerate(blocks)]
+            first = start
+
+            def refresh(j: int, first: int = first) -> list[dict]:
+                # each block is its own file's only block: stat that file again
+                path = paths[wanted[first + j][0]]
+                return self.mux.call(MDS_SERVICE, {"op": "stat", "path": path}).result.get(
+                    "blocks") or []
+
             reader = BlockReader(self.mux, "(batch)", blocks, pieces, window=self.window,
-                                 suspects=self.suspects, timeout=self.timeout)
+                                 suspects=self.suspects, timeout=self.timeout, refresh=refresh)
             try:
                 for data in reader:
                     out[wanted[start][0]] = bytes(data)
@@ -305,6 +323,14 @@ class SmallReads:
                                  f"cannot be read: {why}")
                 start += 1
         return out
+
+
+def _put_spec(f: _File, node: str) -> dict:
+    spec = {"id": f.block, "checksum": f.checksum}
+    cap = f.caps.get(node)
+    if cap is not None:
+        spec["cap"] = cap
+    return spec
 
 
 def _chunks(files: list[_File]) -> list[list[_File]]:

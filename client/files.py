@@ -93,7 +93,8 @@ class ReadFile(io.RawIOBase):
             pieces = [Piece(j, 0, int(self._blocks[j]["size"]), True)
                       for j in range(i, len(self._blocks))]
             self._reader = BlockReader(self._mux, self.name, self._blocks, pieces, window=1,
-                                       suspects=self._suspects, timeout=self._timeout)
+                                       suspects=self._suspects, timeout=self._timeout,
+                                       refresh=self._refresh)
             self._ahead, self._ahead_next = iter(self._reader), i
         else:
             self._reader.window = min(self._max_window, self._reader.window * 2)
@@ -105,6 +106,12 @@ class ReadFile(io.RawIOBase):
         self._ahead_next += 1
         self._cur = (i, data)
         return data
+
+    def _refresh(self, index: int) -> list[dict]:
+        """Fresh read capabilities (a stat) for blocks from `index` on."""
+        info = self._mux.call(MDS_SERVICE, {"op": "stat", "path": self.name,
+                                            "caps_from": index}).result
+        return info.get("blocks") or []
 
     def _stale(self, i: int) -> OSError | None:
         """ESTALE if block i failed because the file was replaced or removed since open

@@ -3,7 +3,9 @@ to replacement DataNodes) and BlockReader (pieces fetched with fallback to other
 each through a bounded window, sharing a thread's broker Client through a Mux.
 
 Decisions (geometry, window, replica order) live in blocks.py; this module does the I/O;
-files.py wraps it as file objects.
+files.py wraps it as file objects. Every block request carries the capability the MDS gave
+for it (`cap`); a write collects each replica's receipt for the commit; a range read is
+checked against the MDS's block checksum through the chunk table the DataNode sends.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import crc32c
 
 from broker import protocol as P
+from broker.checksum import verify_range
 from broker.client import BrokerUnavailable, Client, Reply
 from broker.limits import MDS_SERVICE, datanode_service
 
@@ -27,6 +30,13 @@ from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, 
 log = logging.getLogger(__name__)
 
 BAD_REPLICA_ERRNOS = frozenset({errno.ENOENT, errno.EIO, errno.EBADMSG})
+# A DataNode refused the capability (expired, or keys from a restarted MDS it has not
+# heard of yet) or has no keys yet: fetch fresh capabilities and ask again, a few times.
+CAP_RETRY_ERRNOS = frozenset({errno.EACCES, errno.EAGAIN})
+CAP_RETRIES = 3
+CAP_RETRY_PAUSE = 0.3      # seconds, times the attempt: a DataNode heartbeat or so
+
+Refresh = Callable[[int], "Sequence[dict] | None"]   # block index -> fresh stat blocks
 
 Progress = Callable[[int], None]        # called with the bytes just finished
 
@@ -137,6 +147,8 @@ class _PutBlock:
     checksum: int
     data: memoryview
     replicas: ReplicaWrite
+    caps: dict[str, bytes] = field(default_factory=dict)       # node -> write capability
+    receipts: dict[str, bytes] = field(default_factory=dict)   # node -> its receipt
     rids: dict[int, str] = field(default_factory=dict)
 
 
@@ -163,12 +175,12 @@ class BlockWriter:
         self.progress = progress
         self.suspects = suspects or Suspects()
         self._buffers: list[bytearray | None] = [None] * window
-        self._alloc: deque[tuple[bytes, list[str]]] = deque()
+        self._alloc: deque[tuple[bytes, list[str], dict[str, bytes]]] = deque()
         self._allocated = 0
         self._remaining = (None if size_hint is None
                            else len(block_ranges(size_hint, self.block_size)))
         for b in created.get("blocks") or []:      # allocated together with the create
-            self._alloc.append((bytes(b["id"]), list(b.get("nodes") or [])))
+            self._alloc.append(_allocated(b))
         if self._alloc:
             self._allocated = len(self._alloc)
             if self._remaining is not None:
@@ -220,10 +232,10 @@ class BlockWriter:
         if not 0 < n <= self.block_size:
             raise ValueError(f"block of {n} bytes (block size {self.block_size})")
         view = memoryview(self._buffers[self.window.next_slot()])[:n]
-        bid, nodes = self._next_id()
+        bid, nodes, caps = self._next_id()
         seq = self.window.start()
         task = _PutBlock(seq, bid, n, crc32c.crc32c(view), view,
-                         ReplicaWrite(nodes, self.replication))
+                         ReplicaWrite(nodes, self.replication), caps)
         if not nodes:
             self._replace(task)
         for node in set(nodes) & self.suspects.current():
@@ -232,7 +244,7 @@ class BlockWriter:
         self._settle(task)
         self._pump(block=False)
 
-    def _next_id(self) -> tuple[bytes, list[str]]:
+    def _next_id(self) -> tuple[bytes, list[str], dict[str, bytes]]:
         if not self._alloc:
             count = alloc_batch(self._remaining, self.window.size, self._allocated)
             exclude = sorted(self.suspects.current())
@@ -246,7 +258,7 @@ class BlockWriter:
                 got = self._mds({"op": "allocate", "handle": self.handle, "count": count})
             self._renewed(got)                                      # allocate renews
             for b in got["blocks"]:
-                self._alloc.append((bytes(b["id"]), list(b.get("nodes") or [])))
+                self._alloc.append(_allocated(b))
             self._allocated += len(got["blocks"])
             if self._remaining is not None:
                 self._remaining = max(0, self._remaining - len(got["blocks"]))
@@ -257,8 +269,11 @@ class BlockWriter:
     # -- replies -------------------------------------------------------------------------
 
     def _send(self, task: _PutBlock) -> None:
-        header = {"op": "put_block", "id": task.id, "checksum": task.checksum}
         for node in task.replicas.take_queue():
+            header = {"op": "put_block", "id": task.id, "checksum": task.checksum}
+            cap = task.caps.get(node)
+            if cap is not None:
+                header["cap"] = cap
             rid = self.mux.send(self, datanode_service(node), header, [task.data], self.timeout)
             task.rids[rid] = node
             self._tasks[rid] = task
@@ -276,6 +291,7 @@ class BlockWriter:
             self._failed(task, node, f"acked size {result.get('size')} checksum "
                          f"{result.get('checksum')}, sent {task.size} / {task.checksum}", None)
         else:
+            task.receipts[node] = result.get("receipt") or b""
             task.replicas.ack(node)
         self._settle(task)
 
@@ -292,12 +308,17 @@ class BlockWriter:
     def _replacement(self, task: _PutBlock) -> str | None:
         """A live node the MDS offers for this block, none of those already tried."""
         try:
-            node = self._mds({"op": "replace_target", "handle": self.handle, "block": task.id,
-                              "exclude": task.replicas.exclude()}).get("node")
+            got = self._mds({"op": "replace_target", "handle": self.handle, "block": task.id,
+                             "exclude": task.replicas.exclude()})
         except OSError as exc:
             log.warning("%s: no replacement for block %s: %s", self.path, task.id.hex(), exc)
             return None
-        return str(node) if node else None
+        node = got.get("node")
+        if not node:
+            return None
+        if isinstance(got.get("cap"), bytes):
+            task.caps[str(node)] = got["cap"]
+        return str(node)
 
     def _replace(self, task: _PutBlock) -> None:
         node = self._replacement(task)
@@ -321,9 +342,10 @@ class BlockWriter:
         if len(task.replicas.acked) < self.replication:
             log.warning("%s: block %s committed with %d of %d replicas; the MDS re-replicates",
                         self.path, task.id.hex(), len(task.replicas.acked), self.replication)
+        acked = list(task.replicas.acked)
         self.window.complete(task.seq, {"id": task.id, "size": task.size,
-                                        "checksum": task.checksum,
-                                        "replicas": list(task.replicas.acked)})
+                                        "checksum": task.checksum, "replicas": acked,
+                                        "receipts": [task.receipts.get(n, b"") for n in acked]})
         for _, block in self.window.release():
             self.blocks.append(block)
             self.size += block["size"]
@@ -364,6 +386,9 @@ class BlockWriter:
         if self.exclusive:
             commit["exclusive"] = True
         result = self._mds(commit)
+        if result.get("refused"):   # replicas the MDS found no proof for: it re-replicates
+            log.warning("%s: the MDS refused %d replicas without a valid receipt", self.path,
+                        len(result["refused"]))
         self.closed = True
         self._give_buffers()
         return result
@@ -400,20 +425,26 @@ class _GetPiece:
     block: dict
     order: list[str]
     tried: list[str] = field(default_factory=list)
+    retries: int = 0           # capability refreshes so far (CAP_RETRIES at most)
 
 
 class BlockReader:
     """Fetches pieces of a file's blocks through a window and yields their bytes in order.
 
     Each piece is read from its replicas in `replica_order`; a whole block is verified
-    (size and CRC32C), a range by its length (the DataNode verifies the chunks it reads).
-    A missing, corrupt or silent replica is reported to the MDS and the next one tried.
-    The `window` attribute may be raised while iterating (read-ahead ramp-up).
+    (size and CRC32C), a range against the block's CRC32C from the MDS through the chunk
+    table the DataNode returns (broker/checksum.verify_range), then sliced. A missing,
+    corrupt or silent replica is reported to the MDS and the next one tried. A block whose
+    capability a DataNode refuses (EACCES: expired, or none because it is past the 4096 a
+    stat carries; EAGAIN: the node has no keys yet) gets fresh ones from `refresh(block
+    index)` (a stat from that block on) and is asked again. The `window` attribute may be raised while iterating (read-ahead ramp-up).
     """
 
     def __init__(self, mux: Mux, path: str, blocks: Sequence[dict], pieces: Sequence[Piece],
                  *, window: int = 8, suspects: Suspects | None = None,
-                 timeout: float | None = None, rng: random.Random | None = None) -> None:
+                 timeout: float | None = None, rng: random.Random | None = None,
+                 refresh: Refresh | None = None) -> None:
+        self.refresh = refresh
         self.mux = mux
         self.path = path
         self.blocks = blocks
@@ -463,6 +494,8 @@ class BlockReader:
                           + ("; ".join(task.tried) or "it has no replica"))
         node = task.order[len(task.tried)]
         header: dict[str, Any] = {"op": "get_block", "id": task.block["id"]}
+        if task.block.get("cap") is not None:
+            header["cap"] = task.block["cap"]
         if not task.piece.whole:
             header.update(offset=task.piece.offset, length=task.piece.length)
         rid = self.mux.send(self, datanode_service(node), header, (), self.timeout)
@@ -474,9 +507,22 @@ class BlockReader:
         if task is None:
             return None
         node = task.tried[-1]
-        problem, report = self._check(task, reply)
+        err = reply.error
+        if (err is not None and getattr(err, "errno", None) in CAP_RETRY_ERRNOS
+                and self.refresh is not None
+                and task.retries < CAP_RETRIES):
+            task.retries += 1
+            log.info("%s: block %s on %s: %s; asking again with fresh capabilities",
+                     self.path, bytes(task.block["id"]).hex(), node, reason_of(err))
+            if err.errno == errno.EAGAIN:
+                time.sleep(CAP_RETRY_PAUSE * task.retries)
+            self._renew(task.piece.index)
+            task.tried.pop()                 # the same node again
+            self._fetch(task)
+            return None
+        problem, report, data = self._check(task, reply)
         if problem is None:
-            return task.seq, reply.payload[0] if reply.payload else memoryview(b"")
+            return task.seq, data
         log.warning("%s: block %s on %s: %s; trying another replica", self.path,
                     bytes(task.block["id"]).hex(), node, problem)
         task.tried[-1] = f"{node}: {problem}"
@@ -487,23 +533,42 @@ class BlockReader:
         self._fetch(task)
         return None
 
+    def _renew(self, index: int) -> None:
+        """Fresh read capabilities for block `index` and those after it (one stat)."""
+        try:
+            fresh = self.refresh(index) if self.refresh is not None else None
+        except OSError as exc:
+            log.warning("%s: could not renew block capabilities: %s", self.path, exc)
+            return
+        caps = {bytes(b["id"]): b["cap"] for b in fresh or ()
+                if isinstance(b, dict) and "id" in b and b.get("cap") is not None}
+        for b in self.blocks:
+            cap = caps.get(bytes(b["id"]))
+            if cap is not None:
+                b["cap"] = cap
+
     @staticmethod
-    def _check(task: _GetPiece, reply: Reply) -> tuple[str | None, bool]:
-        """(problem or None, whether the replica itself is bad and the MDS should know)."""
+    def _check(task: _GetPiece, reply: Reply) -> tuple[str | None, bool, memoryview]:
+        """(problem or None, whether the replica itself is bad and the MDS should know,
+        the piece's verified bytes)."""
+        empty = memoryview(b"")
         if reply.error is not None:
             exc = reply.error
             # Only a replica that is missing or damaged is the replica's fault; a timeout,
             # a busy broker or a node that is down says nothing about the stored copy, and
             # reporting it would make the MDS drop a good replica.
-            return reason_of(exc), exc.errno in BAD_REPLICA_ERRNOS
-        data = reply.payload[0] if reply.payload else memoryview(b"")
+            return reason_of(exc), exc.errno in BAD_REPLICA_ERRNOS, empty
+        data = reply.payload[0] if reply.payload else empty
         if len(reply.payload) > 1:
-            return f"{len(reply.payload)} payload frames", True
-        if data.nbytes != task.piece.length:
-            return f"{data.nbytes} bytes instead of {task.piece.length}", True
-        if task.piece.whole and crc32c.crc32c(data) != task.block["checksum"]:
-            return "checksum mismatch", True
-        return None, False
+            return f"{len(reply.payload)} payload frames", True, empty
+        piece, block = task.piece, task.block
+        if piece.whole:
+            if data.nbytes != piece.length:
+                return f"{data.nbytes} bytes instead of {piece.length}", True, empty
+            if crc32c.crc32c(data) != block["checksum"]:
+                return "checksum mismatch", True, empty
+            return None, False, data
+        return _verified_range(piece, block, reply.result or {}, data)
 
     def _report(self, block_id: bytes, node: str, reason: str) -> None:
         try:
@@ -512,3 +577,30 @@ class BlockReader:
         except OSError as exc:
             log.warning("could not report bad replica %s on %s: %s", bytes(block_id).hex(),
                         node, exc)
+
+
+def _allocated(b: dict) -> tuple[bytes, list[str], dict[str, bytes]]:
+    """(id, target nodes, node -> write capability) of one block of an allocate reply."""
+    nodes = list(b.get("nodes") or [])
+    return bytes(b["id"]), nodes, dict(zip(nodes, b.get("caps") or []))
+
+
+def _verified_range(piece: Piece, block: dict, result: dict,
+                    data: memoryview) -> tuple[str | None, bool, memoryview]:
+    """Check a range read against the MDS's size and checksum of the block and return the
+    piece's bytes: the DataNode's chunk table must fold to that checksum and every chunk
+    sent must match its entry (EIO otherwise: this replica is bad)."""
+    empty = memoryview(b"")
+    start, chunk_size, chunks = result.get("offset"), result.get("chunk_size"), result.get("chunks")
+    size = int(block["size"])
+    if type(start) is not int or type(chunk_size) is not int or chunk_size <= 0 \
+            or not 0 <= start <= piece.offset:
+        return "range reply without a valid chunk table", True, empty
+    try:
+        verify_range(chunks, chunk_size, size, int(block["checksum"]), start, data)
+    except (OSError, ValueError) as exc:
+        return f"range verification failed: {exc}", True, empty
+    lo = piece.offset - start
+    if data.nbytes < lo + piece.length:
+        return f"range reply of {data.nbytes} bytes does not cover the piece", True, empty
+    return None, False, data[lo:lo + piece.length]

@@ -33,11 +33,14 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
 @click.option("--small-max", type=click.IntRange(0, 64 * 1024 * 1024), default=128 * 1024,
               show_default=True,
               help="Blocks up to this many bytes go to the pack files (0: a file each).")
+@click.option("--no-capabilities", is_flag=True,
+              help="Serve blocks without checking capabilities: only for benchmarking a "
+                   "DataNode alone, with no MDS to hand out keys. Never in a cluster.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
-         small_max, log_level, log_file) -> None:
+         small_max, no_capabilities, log_level, log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
     Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
@@ -59,7 +62,12 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
                         liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
                         max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
-                        report_interval=block_report_interval, small_max=small_max)
+                        report_interval=block_report_interval, small_max=small_max,
+                        capabilities=not no_capabilities)
+        if no_capabilities:
+            logging.getLogger("datanode").warning(
+                "DataNode %s serves blocks WITHOUT capability checks (--no-capabilities)",
+                node_id)
     except (config.ConfigError, OSError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)

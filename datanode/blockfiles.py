@@ -280,20 +280,40 @@ class BlockFiles:
                 return view[:meta.size].toreadonly()
             if end == offset:
                 return memoryview(b"")
-            table = self._read_table(bid, fd, meta)
-            cs = meta.chunk_size
-            first, last = offset // cs, (end - 1) // cs
-            start, stop = first * cs, min((last + 1) * cs, meta.size)
-            buf = bytearray(stop - start)
-            view = memoryview(buf)
-            pread_into(bid, fd, view, start)
-            for i in range(first, last + 1):
-                lo = (i - first) * cs
-                if crc32c.crc32c(view[lo:lo + cs]) != table[i]:
-                    raise BlockCorrupt(bid, f"checksum mismatch in chunk {i}")
-            return view[offset - start:end - start].toreadonly()
+            start, view, _, _ = self._chunks(bid, fd, meta, offset, end)
+            return view[offset - start:end - start]
         finally:
             os.close(fd)
+
+    def get_chunks(self, bid: bytes, offset: int = 0,
+                   length: int | None = None) -> tuple[int, memoryview, int, tuple[int, ...]]:
+        """The whole chunks covering [offset, offset+length), verified here, with what a
+        reader needs to verify them itself: (start, data, chunk size, chunk CRC table)."""
+        fd, meta = self._open_block(bid)
+        try:
+            if offset < 0 or offset > meta.size or (length is not None and length < 0):
+                raise OSError(errno.EINVAL, f"block {bid.hex()}: range offset={offset} "
+                              f"length={length} outside a block of {meta.size} bytes")
+            end = meta.size if length is None else min(meta.size, offset + length)
+            return self._chunks(bid, fd, meta, offset, end)
+        finally:
+            os.close(fd)
+
+    def _chunks(self, bid: bytes, fd: int, meta: Meta, offset: int,
+                end: int) -> tuple[int, memoryview, int, tuple[int, ...]]:
+        table = self._read_table(bid, fd, meta)
+        cs = meta.chunk_size
+        if end <= offset:
+            return offset - offset % cs, memoryview(b""), cs, table
+        first, last = offset // cs, (end - 1) // cs
+        start, stop = first * cs, min((last + 1) * cs, meta.size)
+        view = memoryview(bytearray(stop - start))
+        pread_into(bid, fd, view, start)
+        for i in range(first, last + 1):
+            lo = (i - first) * cs
+            if crc32c.crc32c(view[lo:lo + cs]) != table[i]:
+                raise BlockCorrupt(bid, f"checksum mismatch in chunk {i}")
+        return start, view.toreadonly(), cs, table
 
     def stat(self, bid: bytes) -> BlockInfo:
         """Size and CRC from the footer (footer CRC and file length checked, data not read)."""

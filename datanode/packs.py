@@ -517,6 +517,19 @@ class PackLog:
             self.unpin(pack)
         return data[offset:end].toreadonly()
 
+    def get_chunks(self, bid: bytes) -> tuple[memoryview, int] | None:
+        """The whole block, verified, and its CRC: a pack block is one chunk, so a range
+        read of it carries all of it (it is small) and a one-entry chunk table."""
+        pinned = self._pin_entry(bid)
+        if pinned is None:
+            return None
+        entry, pack = pinned
+        try:
+            data = self._read_verified(bid, entry, pack)
+        finally:
+            self.unpin(pack)
+        return data.toreadonly(), entry[2]
+
     def stat(self, bid: bytes) -> tuple[int, int] | None:
         entry = self._index.get(bid)
         return None if entry is None else (entry[1], entry[2])

@@ -12,6 +12,8 @@ Small blocks also come many to a request (`put_blocks`): they share one sync in 
 Outbound calls (heartbeats, reports, copies) go through MemberClients on the broker's
 worker endpoint, so the MDS and peers see them as this DataNode's.
 Events (`block.commit` only once a block is durable) go out through a Publisher.
+Every block op checks the request's capability (`cap`, minted by the MDS) in datanode/guard.py
+before touching the store; a stored block is answered with this node's signed receipt.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import msgpack
 
 from broker import protocol as P
+from broker.capability import MAX_TOKEN
 from broker.client import MemberClient
 from broker.events import Publisher
 from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, Str,
@@ -33,6 +36,7 @@ from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, St
 from broker.worker import Request, Worker
 
 from .blockid import ID_BYTES, parse_block_id
+from .guard import Guard
 from .scrub import Scrubber
 from .store import BlockCorrupt, BlockStore
 
@@ -44,6 +48,7 @@ BLOCK = Bytes(ID_BYTES, ID_BYTES)   # parse_block_id is still the one door to a 
 CHECKSUM = Int(0, 0xFFFF_FFFF)
 OFFSET = Int(0, 1 << 63)
 NODE = Str(P.MAX_SERVICE_LEN - 3)
+CAP = Bytes(MAX_TOKEN)     # checked by the Guard: a missing or bad one is EACCES, not EPROTO
 PEERS = frozenset({P.CALLER_CLIENT, P.CALLER_DATANODE})
 MDS_ONLY = frozenset({P.CALLER_MDS})
 COMPACT_EVERY = 10.0       # seconds between looks for pack files worth compacting
@@ -66,9 +71,12 @@ class DataNodeOps:
 
     def __init__(self, node_id: str, data_dir: Path, *, small_max: int = 128 * 1024,
                  capacity: int | None = None, fsync: bool = True, events: Any = None,
-                 client: Callable[[], Any] | None = None) -> None:
+                 client: Callable[[], Any] | None = None, capabilities: bool = True,
+                 heartbeat: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
+        self._now, self._wall = clock, wall_clock   # injected: tests drive a fake clock
         self.capacity_limit = capacity
         self.store = BlockStore(Path(data_dir), small_max=small_max, fsync=fsync)
         self.events = events
@@ -78,6 +86,8 @@ class DataNodeOps:
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
         self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
         self._copy_lock = threading.Lock()
+        # keys older than a few missed heartbeats may predate an MDS restart (guard.py)
+        self.guard = Guard(node_id, stale_after=max(1.0, 3 * heartbeat), enforce=capabilities)
         self.service = Service.collect(f"DataNode {node_id}", self)
 
     # -- operations (pool threads) ------------------------------------------------------
@@ -85,56 +95,95 @@ class DataNodeOps:
     def _publish(self, event: tuple[str, dict]) -> None:
         self.events.publish(event[0], **event[1])
 
-    @operation({"id": BLOCK, "checksum?": CHECKSUM}, callers=PEERS, frames=(0, MAX_FRAMES))
+    def _check(self, h: dict, block: bytes, access: str, ctx: Context) -> None:
+        self.guard.check(h.get("cap"), block, access, ctx.wall, ctx.now)
+
+    def _receipt(self, block: bytes, size: int, crc: int) -> dict:
+        receipt = self.guard.receipt(block, size, crc)
+        return {} if receipt is None else {"receipt": receipt}
+
+    @operation({"id": BLOCK, "checksum?": CHECKSUM, "cap?": CAP}, callers=PEERS,
+               frames=(0, MAX_FRAMES))
     def put_block(self, h: dict, payload: list, ctx: Context) -> dict:
         """Store block `id` = the payload frames joined (checked against `checksum`, CRC32C,
-        when given) -> {id, size, checksum}, once durable. A put from another DataNode is a
-        copy (re-replication): this node then tells the MDS it holds the replica."""
+        when given) with `cap`, a write capability for this block on this node -> {id,
+        size, checksum, receipt}, once durable; `receipt` is this node's signature over
+        (node, id, size, checksum) for the commit. A put from another DataNode is a copy
+        (re-replication): this node then tells the MDS it holds the replica, receipt
+        included."""
         block = parse_block_id(h["id"])
+        self._check(h, block, "write", ctx)   # before a single byte is written
         info = self.store.put(block, payload, h.get("checksum"))
         ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=info.size,
                  checksum=info.crc)
+        signed = self._receipt(block, info.size, info.crc)
         if ctx.caller_class == P.CALLER_DATANODE:
             self._client().call("mds", {"op": "replica_added", "node": self.node_id,
                                         "block": h["id"], "size": info.size,
-                                        "checksum": info.crc})
-        return {"id": h["id"], "size": info.size, "checksum": info.crc}
+                                        "checksum": info.crc, **signed})
+        return {"id": h["id"], "size": info.size, "checksum": info.crc, **signed}
 
-    @operation({"blocks": List(Map({"id": BLOCK, "checksum?": CHECKSUM}), MAX_PUT_MANY, 1)},
+    @operation({"blocks": List(Map({"id": BLOCK, "checksum?": CHECKSUM, "cap?": CAP}),
+                               MAX_PUT_MANY, 1)},
                callers=PEERS, frames=(1, MAX_PUT_MANY))
     def put_blocks(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Many small blocks (`blocks`: 1..256 {id, checksum?}, one payload frame each, in
-        order) stored with one shared sync -> {results: [{ok: {size, checksum}} / {err}]}:
-        each block succeeds or fails alone."""
+        """Many small blocks (`blocks`: 1..256 {id, checksum?, cap}, one payload frame
+        each, in order) stored with one shared sync -> {results: [{ok: {size, checksum,
+        receipt}} / {err}]}: each block succeeds or fails alone (a refused capability
+        fails its block only, EACCES)."""
         specs = h["blocks"]
         if len(specs) != len(payload):
             raise OSError(errno.EINVAL, f"put_blocks: {len(specs)} blocks but "
                           f"{len(payload)} payload frames")
-        items = [(parse_block_id(spec["id"]), [frame], spec.get("checksum"))
-                 for spec, frame in zip(specs, payload)]
-        results = []
-        for (block, _, _), out in zip(items, self.store.put_many(items)):
+        results: list = [None] * len(specs)
+        items, where = [], []
+        for i, (spec, frame) in enumerate(zip(specs, payload)):
+            block = parse_block_id(spec["id"])
+            try:
+                self._check(spec, block, "write", ctx)
+            except OSError as exc:
+                results[i] = P.item_error(exc)
+                continue
+            items.append((block, [frame], spec.get("checksum")))
+            where.append(i)
+        for i, (block, _, _), out in zip(where, items, self.store.put_many(items) if items else []):
             if isinstance(out, BaseException):
-                results.append(P.item_error(out))
+                results[i] = P.item_error(out)
                 continue
             ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=out.size,
                      checksum=out.crc)
-            results.append(P.item_ok({"size": out.size, "checksum": out.crc}))
+            results[i] = P.item_ok({"size": out.size, "checksum": out.crc,
+                                    **self._receipt(block, out.size, out.crc)})
         return {"results": results}
 
-    @operation({"id": BLOCK, "offset?": OFFSET, "length?": OFFSET}, callers=PEERS)
+    @operation({"id": BLOCK, "offset?": OFFSET, "length?": OFFSET, "cap?": CAP},
+               callers=PEERS)
     def get_block(self, h: dict, payload: list, ctx: Context) -> tuple[dict, list]:
-        """Read block `id` (from `offset`, `length` bytes or to the end), verified ->
-        {size, checksum, length} + one payload frame. A corrupt replica is set aside and
-        reported to the MDS."""
+        """Read block `id` with `cap`, a read capability for it, verified. Whole (no
+        `offset`/`length`) -> {size, checksum, length} + the block as one payload frame.
+        A range (`offset`, `length` bytes or to the end) -> {size, checksum, length,
+        offset: where the data starts, chunk_size, chunks: [u32 CRC32C per chunk of the
+        whole block]} + the chunk-aligned data covering the range, so the reader can check
+        it against the MDS's block checksum (broker/checksum.verify_range) and slice. A
+        block kept in a pack file is one chunk (chunk_size = its size). A corrupt replica
+        is set aside and reported to the MDS."""
         block = parse_block_id(h["id"])
+        self._check(h, block, "read", ctx)
+        ranged = "offset" in h or "length" in h
         try:
-            data = self.store.get(block, h.get("offset") or 0, h.get("length"))
+            if not ranged:
+                data = self.store.get(block)
+            else:
+                start, data, chunk_size, chunks = self.store.get_chunks(
+                    block, h.get("offset") or 0, h.get("length"))
         except BlockCorrupt as exc:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
-        return {"size": info.size, "checksum": info.crc, "length": len(data)}, [data]
+        out = {"size": info.size, "checksum": info.crc, "length": len(data)}
+        if ranged:
+            out.update(offset=start, chunk_size=chunk_size, chunks=chunks)
+        return out, [data]
 
     @operation({"id": BLOCK}, callers=MDS_ONLY)
     def delete_block(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -142,23 +191,32 @@ class DataNodeOps:
         replies; this op is for an MDS-class caller only."""
         return {"deleted": self._delete(parse_block_id(h["id"]))}
 
-    @operation({"id": BLOCK}, callers=PEERS)
+    @operation({"id": BLOCK, "cap?": CAP}, callers=PEERS)
     def stat_block(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Size and checksum of block `id` -> {size, checksum}."""
-        info = self.store.stat(parse_block_id(h["id"]))
+        """Size and checksum of block `id`, with `cap` a read capability -> {size,
+        checksum}."""
+        block = parse_block_id(h["id"])
+        self._check(h, block, "read", ctx)
+        info = self.store.stat(block)
         return {"size": info.size, "checksum": info.crc}
 
-    @operation({"id": BLOCK, "target": NODE}, callers=MDS_ONLY)
+    @operation({"id": BLOCK, "target": NODE, "cap?": CAP, "target_cap?": CAP},
+               callers=MDS_ONLY)
     def copy_block(self, h: dict, payload: list, ctx: Context) -> dict:
         """Copy block `id` to DataNode `target` (read and verify here, put there; the target
-        reports the replica) -> {size, checksum}. Copies normally come in heartbeat
-        replies; this op is for an MDS-class caller only."""
-        return self._copy(parse_block_id(h["id"]), h["target"])
+        reports the replica) -> {size, checksum}; `cap` is a copy capability for this
+        node, `target_cap` the write capability passed on to the target. Copies normally
+        come in heartbeat replies; this op is for an MDS-class caller only."""
+        block = parse_block_id(h["id"])
+        self._check(h, block, "copy", ctx)
+        return self._copy(block, h["target"], h.get("target_cap"))
 
     @operation(callers=PEERS)
     def info(self, h: dict, payload: list, ctx: Context) -> dict:
-        """This node -> {node, capacity, used, free, blocks}."""
-        return self._stats()
+        """This node -> {node, capacity, used, free, blocks, cap_refused, cap_unready,
+        cap_refused_by_reason}: capabilities refused (EACCES) and requests answered EAGAIN
+        for want of keys."""
+        return {**self._stats(), **self.guard.counters()}
 
     @operation(callers=MDS_ONLY)
     def block_report(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -186,7 +244,7 @@ class DataNodeOps:
                 self.events.publish("block.delete", node=self.node_id, block=block.hex())
         return done
 
-    def _copy(self, block: bytes, target: str) -> dict:
+    def _copy(self, block: bytes, target: str, target_cap: bytes | None = None) -> dict:
         """Re-replication: read and verify here, store on `target`, tell the MDS."""
         try:
             data = self.store.get(block)
@@ -195,8 +253,10 @@ class DataNodeOps:
             raise
         info = self.store.stat(block)
         # the target tells the MDS it holds the replica (a node speaks only for itself)
-        self._client().call(f"dn.{target}", {"op": "put_block", "id": block,
-                                             "checksum": info.crc}, [data])
+        put = {"op": "put_block", "id": block, "checksum": info.crc}
+        if target_cap is not None:
+            put["cap"] = target_cap
+        self._client().call(f"dn.{target}", put, [data])
         log.info("copied block %s to %s", block.hex(), target)
         return {"size": info.size, "checksum": info.crc}
 
@@ -237,7 +297,15 @@ class DataNodeOps:
                     self._delete_many(ids)
                     self._deleted.extend(ids)
                 elif op == "copy":
-                    self._start_copy(parse_block_id(cmd["block"]), str(cmd["target"]))
+                    block = parse_block_id(cmd["block"])
+                    try:
+                        self.guard.check(cmd.get("cap"), block, "copy", self._wall(),
+                                         self._now())
+                    except OSError:
+                        with self._copy_lock:     # the MDS re-plans it with fresh caps
+                            self._copy_failed.append(block)
+                        raise
+                    self._start_copy(block, str(cmd["target"]), cmd.get("target_cap"))
                 elif op == "report":
                     self._report_now.set()
                 else:
@@ -245,17 +313,18 @@ class DataNodeOps:
             except (OSError, KeyError, TypeError) as exc:
                 log.warning("command %r failed: %s", op, exc)
 
-    def _copy_logged(self, block: bytes, target: str) -> None:
+    def _copy_logged(self, block: bytes, target: str,
+                     target_cap: bytes | None = None) -> None:
         try:
-            self._copy(block, target)
+            self._copy(block, target, target_cap)
         except OSError as exc:
             log.warning("copy of %s to %s failed: %s", block.hex(), target, exc)
             with self._copy_lock:     # told to the MDS with the next heartbeat: it re-plans
                 self._copy_failed.append(block)
 
-    def _start_copy(self, block: bytes, target: str) -> None:
+    def _start_copy(self, block: bytes, target: str, target_cap: bytes | None = None) -> None:
         """Carry out a copy the MDS asked for (the process runs it in its copy pool)."""
-        self._copy_logged(block, target)
+        self._copy_logged(block, target, target_cap)
 
     def report_if_due(self, client: Any) -> bool:
         """The full block report, when one was asked for; whether it was sent."""
@@ -280,6 +349,7 @@ class DataNodeOps:
             with self._copy_lock:
                 self._copy_failed[:0] = failed
             raise
+        self.guard.install(reply.result.get("keys"), self._now())
         self._carry_out(reply.result.get("commands") or [])
 
 
@@ -289,8 +359,10 @@ class DataNode(DataNodeOps):
                  liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
-                 report_interval: float = 600.0, small_max: int = 128 * 1024) -> None:
-        super().__init__(node_id, data_dir, small_max=small_max, capacity=capacity)
+                 report_interval: float = 600.0, small_max: int = 128 * 1024,
+                 capabilities: bool = True) -> None:
+        super().__init__(node_id, data_dir, small_max=small_max, capacity=capacity,
+                         capabilities=capabilities, heartbeat=heartbeat)
         self.heartbeat = heartbeat
         self.worker_endpoint = worker_endpoint
         self.events = Publisher(events_endpoint, node_id)
@@ -339,8 +411,8 @@ class DataNode(DataNodeOps):
             except Exception:
                 log.exception("pack compaction failed")
 
-    def _start_copy(self, block: bytes, target: str) -> None:
-        self.copier.submit(self._copy_logged, block, target)
+    def _start_copy(self, block: bytes, target: str, target_cap: bytes | None = None) -> None:
+        self.copier.submit(self._copy_logged, block, target, target_cap)
 
     def _mds_link(self) -> None:
         client = self._member(timeout=10.0)

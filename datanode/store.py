@@ -18,6 +18,9 @@ BlockStore(root, *, chunk_size=65536, fsync=True, drop_cache=True, small_max=131
                                          None); per-item results; the small ones share one
                                          append and one sync, big ones take the file path
   get(block_id, offset=0, length=None) -> memoryview       read-only, verified
+  get_chunks(block_id, offset=0, length=None) -> (start, data, chunk_size, table)
+                                         the chunk-aligned cover of a range, verified,
+                                         with the chunk CRC table (a pack block: 1 chunk)
   stat(block_id) -> BlockInfo            footer / pack index only (cheap)
   check(block_id) -> BlockInfo           full re-verification; raises BlockCorrupt
   verify(block_id) -> bool               check() as a bool, for the scrubber
@@ -388,6 +391,24 @@ class BlockStore:
         packs, files = self._parts()
         data = packs.get(bid, offset, length)
         return data if data is not None else files.get(bid, offset, length)
+
+    def get_chunks(self, block_id: bytes, offset: int = 0, length: int | None = None
+                   ) -> tuple[int, memoryview, int, list[int]]:
+        """For a verified range read: (start, data, chunk_size, chunk CRC table), data being
+        the whole chunks that cover [offset, offset+length) from `start` (verified here
+        too). A pack block is one chunk: start 0, all its bytes, chunk_size = its size (1
+        for an empty block), the table [its CRC]."""
+        bid = parse_block_id(block_id)
+        packs, files = self._parts()
+        whole = packs.get_chunks(bid)
+        if whole is None:
+            start, data, chunk_size, table = files.get_chunks(bid, offset, length)
+            return start, data, chunk_size, list(table)
+        data, crc = whole
+        if offset < 0 or offset > data.nbytes or (length is not None and length < 0):
+            raise OSError(errno.EINVAL, f"block {bid.hex()}: range offset={offset} "
+                          f"length={length} outside a block of {data.nbytes} bytes")
+        return 0, data, max(1, data.nbytes), [crc] if data.nbytes else []
 
     def stat(self, block_id: bytes) -> BlockInfo:
         """Size and CRC from the footer (footer CRC and file length checked, data not read)

@@ -34,17 +34,21 @@ from broker.process import setup_logging, stop_on_signals
                    "DataNodes (for readers that opened it just before).")
 @click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
               "instead of refusing to start (loses what follows it; logged loudly).")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="The cluster key store (its cluster.secret signs receipt keys); default: "
+                   "a secret kept in the data directory.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, log_level, log_file) -> None:
+         delete_grace, salvage, keys_dir, log_level, log_file) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
     Example: python -m mds --data-dir data/mds --base-port 5550
     """
     setup_logging(log_level, log_file)
     from .metastore import RecoveryError
+    from .quota import Limits
     from .server import MetadataServer, Settings
     from .wal import WalCorruption
     broker_flags = config.broker_flags(base_port, host=broker_host,
@@ -66,14 +70,20 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             checkpoint_records=int(m["checkpoint_records"]),
             checkpoint_bytes=int(m["checkpoint_bytes"]), salvage=salvage,
             safemode_timeout=safemode_timeout, orphan_grace=orphan_grace,
-            delete_grace=delete_grace)
+            delete_grace=delete_grace,
+            limits=Limits(user_blocks=int(m["user_blocks"]), user_bytes=int(m["user_bytes"]),
+                          draft_blocks=int(m["draft_blocks"]),
+                          draft_bytes=int(m["draft_bytes"])),
+            cap_read_ttl=float(m["cap_read_ttl"]), cap_write_ttl=float(m["cap_write_ttl"]),
+            key_rotation=float(m["key_rotation"]),
+            keys_dir=Path(keys_dir) if keys_dir else None)
         server = MetadataServer(settings)
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
                                           "changed. Start with --salvage to cut the log at "
                                           "the damage (loses what follows it).", exc)
         sys.exit(3)
-    except (config.ConfigError, OSError) as exc:
+    except (config.ConfigError, ValueError, OSError) as exc:   # ValueError: bad lifetimes
         logging.getLogger("mds").error("cannot start the MDS: %s", exc)
         sys.exit(2)
     stop_on_signals(server.stop)

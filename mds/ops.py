@@ -6,7 +6,10 @@ map; the server loop sends it only after the batch's fsync. Events go to `ctx.em
 are published by the loop after that same fsync. Clocks come from the Context (`now`
 monotonic, `wall` wall clock), never from here. DataNode traffic (heartbeats, reports)
 lands here too, callable only by DataNodes speaking for themselves, and is handed to the
-RepairPlanner. Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
+RepairPlanner. Block access: allocate/create/replace_target mint write capabilities,
+stat read ones, copy commands copy + write ones (mds/grants.py); commit accepts only
+replicas with a DataNode's receipt; outstanding allocations are bounded per draft and per
+user (mds/quota.py). Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
 
 Who a client is comes from the broker's stamp (`ctx.caller_id`), made a `perms.Cred` by
 `cred_of` in one place; the namespace's `prepare_*` and reads check it (mds/perms.py).
@@ -15,19 +18,23 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from typing import Any, Callable
 
 import msgpack
 
 from broker import protocol as P
+from broker.capability import RECEIPT_BYTES
 from broker.service import (EVERYONE, Bool, Bytes, Context, Int, List, Map, Nil, OneOf,
                             Request, Service, Str, operation)
 
 from .cluster import ClusterView
+from .grants import Grants
 from .metastore import MetaStore
 from .namespace import BLOCK_ID_LEN, MAX_BLOCK_SIZE, MAX_HANDLE_LEN
 from .paths import MAX_PATH_BYTES
 from .perms import MODE_BITS, SUPERUSER, Cred
+from .quota import Allocations
 from .tree import MAX_NAME
 from .repair import RepairPlanner
 
@@ -39,6 +46,8 @@ MAX_DELETES_PER_HEARTBEAT = 1000
 MAX_BATCH = 256            # operations in one `batch` request
 MAX_FILE_BLOCKS = 200_000  # a commit's block list (an 8 MiB header holds ~120k)
 MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowledge
+# read capabilities in one stat reply (~60 bytes each): more blocks ask with caps_from
+MAX_STAT_CAPS = 4096
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
                        "commit", "abort", "renew", "rm", "chmod", "chown"})
@@ -57,8 +66,9 @@ CHECKSUM = Int(0, 0xFFFF_FFFF)
 EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
 MODE = Int(0, MODE_BITS)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
+RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
-                    "replicas": List(NODE, 255)})
+                    "replicas": List(NODE, 255), "receipts?": List(RECEIPT, 255)})
 
 
 def _bad(message: str) -> OSError:
@@ -74,12 +84,16 @@ def cred_of(ctx: Context) -> Cred:
 
 class Handlers:
     def __init__(self, store: MetaStore, cluster: ClusterView, repair: RepairPlanner,
-                 settings: Any) -> None:
+                 settings: Any, *, grants: Grants | None = None,
+                 allocations: Allocations | None = None) -> None:
         self.store = store
         self.ns = store.ns
         self.cluster = cluster
         self.repair = repair
         self.s = settings
+        # without a cluster secret (tests of the handlers alone) receipts use a random one
+        self.grants = grants if grants is not None else Grants(os.urandom(32))
+        self.allocations = allocations if allocations is not None else Allocations()
         self.service = Service.collect("mds", self)
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
@@ -121,18 +135,26 @@ class Handlers:
         ctime, atime}]. Needs read on a directory listed (EACCES)."""
         return {"entries": self.ns.ls(h["path"], cred=cred_of(ctx))}
 
-    @operation({"path": PATH, "read?": Bool()}, callers=CLIENT)
+    @operation({"path": PATH, "read?": Bool(), "caps_from?": COUNT}, callers=CLIENT)
     def stat(self, h: dict, payload: list, ctx: Context) -> dict:
         """Describe `path` -> {path, type, size, mtime, mode, owner, group, ctime, atime,
-        replication, block_size, blocks: [{id, size, checksum, replicas}]} (blocks empty
-        for a directory). Needs search on the ancestors only; a file's block list (the
-        read path) only goes to a caller that may read it, else `blocks` is left out;
-        with `read` (a client about to read) such a caller gets EACCES instead."""
+        replication, block_size, blocks: [{id, size, checksum, replicas, cap?}], cap_ttl}
+        (blocks empty for a directory). Needs search on the ancestors only; a file's block
+        list (the read path) only goes to a caller that may read it, else `blocks` is left
+        out; with `read` (a client about to read) such a caller gets EACCES instead.
+        `cap` is a read capability valid on every replica for `cap_ttl` seconds, given for
+        at most 4096 blocks from index `caps_from` (default 0); stat again with caps_from
+        for the others, or when a DataNode refuses an expired one."""
         cred = cred_of(ctx)
         info = self.ns.stat(h["path"], cred=cred)
         if info["type"] == "file":
             if h.get("read") or self.ns.may_read(info["path"], cred):
                 info = self.ns.file_info(info["path"], cred=cred)
+                first = h.get("caps_from") or 0
+                mint, wall = self.grants.mint_read, ctx.wall
+                for b in info["blocks"][first:first + MAX_STAT_CAPS]:
+                    b["cap"] = mint(b["id"], wall)
+                info["cap_ttl"] = self.grants.read_ttl
             else:
                 del info["blocks"]
         else:
@@ -151,7 +173,7 @@ class Handlers:
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
-        allocated at once ({id, nodes} each, as allocate). Invisible until commit. With
+        allocated at once ({id, nodes, caps} each, as allocate). Invisible until commit. With
         `exclusive` it fails EEXIST when something exists at `path` already (the commit
         must then say `exclusive` too: that is the check that cannot race). The file will
         be the caller's with `mode` (default 0o666) & ~0o022; needs write and search on
@@ -174,7 +196,7 @@ class Handlers:
         if size:   # the expected size: allocate the first blocks in the same batch
             count = min(FIRST_ALLOCATION, -(-size // draft["block_size"]))
             try:
-                out["blocks"] = self._allocate(draft, count, [], ctx.now)
+                out["blocks"] = self._allocate(draft, count, [], ctx)
             except OSError:
                 pass   # best effort: the client's own allocate reports why
         out["lease"] = self._lease_left(draft["handle"], ctx)
@@ -190,24 +212,39 @@ class Handlers:
                callers=CLIENT)
     def allocate(self, h: dict, payload: list, ctx: Context) -> dict:
         """Add `count` (1..1024) blocks to draft `handle`, placed on live nodes not in
-        `exclude` -> {blocks: [{id, nodes}], lease: seconds left}; renews the lease."""
+        `exclude` -> {blocks: [{id, nodes, caps}], lease: seconds left}; renews the lease.
+        `caps[i]` is the write capability for the block on `nodes[i]` (bound to that node).
+        EDQUOT when the draft or the calling user would hold more uncommitted blocks or
+        bytes (block_size each) than [mds] allows; nothing is allocated then."""
         draft = self.ns.draft_info(h["handle"])
         exclude = [str(n) for n in h.get("exclude") or []]
-        blocks = self._allocate(draft, h["count"], exclude, ctx.now)
+        blocks = self._allocate(draft, h["count"], exclude, ctx)
         return {"blocks": blocks, "lease": self._lease_left(draft["handle"], ctx)}
 
-    def _allocate(self, draft: dict, count: int, exclude: list[str], now: float) -> list[dict]:
-        targets = [self.cluster.place(draft["replication"], now=now, exclude=exclude,
-                                      min_nodes=1, reserve=draft["block_size"])
-                   for _ in range(count)]
-        self.submit(lambda ns: ns.prepare_allocate(draft["handle"], targets))
-        blocks = self.ns.draft_info(draft["handle"])["blocks"][-count:]
-        return [{"id": b["id"], "nodes": b["targets"]} for b in blocks]
+    def _allocate(self, draft: dict, count: int, exclude: list[str],
+                  ctx: Context) -> list[dict]:
+        handle, nbytes = draft["handle"], count * draft["block_size"]
+        # reserved before placement promises space, so a flood is cut off before it
+        # can crowd other users off the DataNodes
+        self.allocations.reserve(ctx.caller_id, handle, count, nbytes)
+        try:
+            targets = [self.cluster.place(draft["replication"], now=ctx.now, exclude=exclude,
+                                          min_nodes=1, reserve=draft["block_size"])
+                       for _ in range(count)]
+            self.submit(lambda ns: ns.prepare_allocate(handle, targets))
+        except BaseException:
+            self.allocations.unreserve(handle, count, nbytes)
+            raise
+        blocks = self.ns.draft_info(handle)["blocks"][-count:]
+        mint, wall = self.grants.mint_write, ctx.wall
+        return [{"id": b["id"], "nodes": b["targets"], "caps": mint(b["id"], b["targets"], wall)}
+                for b in blocks]
 
     @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT)
     def replace_target(self, h: dict, payload: list, ctx: Context) -> dict:
-        """A new target for `block` of draft `handle` (a replica write failed) -> {node}: a
-        live node not in `exclude` and not already a target."""
+        """A new target for `block` of draft `handle` (a replica write failed) -> {node,
+        cap}: a live node not in `exclude` and not already a target, and the write
+        capability for the block there."""
         draft = self.ns.draft_info(h["handle"])
         exclude = {str(n) for n in h["exclude"]}
         for b in draft["blocks"]:
@@ -221,33 +258,75 @@ class Handlers:
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
-        return {"node": node}
+        return {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]}
 
     @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
                 "exclusive?": Bool()}, callers=CLIENT)
     def commit(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
-        replicas}] in file order (every block but the last exactly block_size; replicas =
-        the nodes that acknowledged) -> {path, size}. Replaces an existing file, keeping
-        its owner, group and mode, unless `exclusive`: then EEXIST if anything is at the
-        path (the draft stays, to abort). Only the draft's creator may commit it, and the
-        create's permission checks are made again (EACCES)."""
+        replicas, receipts}] in file order (every block but the last exactly block_size;
+        replicas = the nodes that acknowledged, receipts[i] = the receipt replicas[i]
+        returned from its put) -> {path, size, refused?}. A replica counts only if it is a
+        target of that block in this draft and its receipt is valid for exactly (node,
+        id, size, checksum); others are left out and listed in `refused` [{block, node}]
+        (absent when none was). A block left with no replica fails the whole commit with
+        EACCES. Replaces an existing file, keeping its owner, group and mode, unless
+        `exclusive`: then EEXIST if anything is at the path (the draft stays, to abort).
+        Only the draft's creator may commit it, and the create's permission checks are
+        made again (EACCES)."""
         cred = cred_of(ctx)
-        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], h["blocks"],
-                                                          exclusive=bool(h.get("exclusive")),
-                                                          cred=cred))
-        if self.repair.drain_left and any(self.cluster.is_draining(n) for b in h["blocks"]
+        exclusive = bool(h.get("exclusive"))
+        # a malformed, refused or exclusive-losing commit fails before receipts are judged
+        self.ns.prepare_commit(h["handle"], h["blocks"], exclusive=exclusive, cred=cred)
+        blocks, refused = self._proven(h["handle"], h["blocks"])
+        result = self.submit(lambda ns: ns.prepare_commit(h["handle"], blocks,
+                                                          exclusive=exclusive, cred=cred))
+        self.allocations.release(h["handle"])
+        if self.repair.drain_left and any(self.cluster.is_draining(n) for b in blocks
                                           for n in b["replicas"]):
             self.repair.kick()   # a draft placed before the drain began: move it too
         path = result.get("path") or ""
-        size = sum(b["size"] for b in h["blocks"])
-        ctx.emit("file.commit", path=path, size=size, blocks=len(h["blocks"]))
-        return {"path": path, "size": size}
+        size = sum(b["size"] for b in blocks)
+        ctx.emit("file.commit", path=path, size=size, blocks=len(blocks))
+        out = {"path": path, "size": size}
+        if refused:
+            out["refused"] = refused
+        return out
+
+    def _proven(self, handle: str, blocks: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The commit's blocks with only the replicas a receipt proves (see commit)."""
+        targets = {b["id"]: b["targets"] for b in self.ns.draft_info(handle)["blocks"]}
+        ok = self.grants.receipt_ok
+        out, refused = [], []
+        for i, b in enumerate(blocks):
+            bid, mine = b["id"], targets.get(b["id"])
+            if mine is None:
+                out.append(b)    # not this draft's: the namespace check names the error
+                continue
+            receipts = b.get("receipts") or []
+            good = []
+            for j, node in enumerate(b["replicas"]):
+                receipt = receipts[j] if j < len(receipts) else None
+                if node in mine and ok(node, receipt, bid, b["size"], b["checksum"]):
+                    good.append(node)
+                else:
+                    refused.append({"block": bid, "node": node})
+            if not good:
+                raise PermissionError(errno.EACCES, f"commit: block {i} ({bid.hex()}) has "
+                                      "no replica with a valid receipt from a target node",
+                                      handle)
+            if len(good) < len(b["replicas"]):
+                log.warning("commit %s: block %s: replicas %s refused (no valid receipt)",
+                            handle, bid.hex(), sorted(set(b["replicas"]) - set(good)))
+            out.append({"id": bid, "size": b["size"], "checksum": b["checksum"],
+                        "replicas": good})
+        return out, refused
 
     @operation({"handle": HANDLE}, callers=CLIENT)
     def abort(self, h: dict, payload: list, ctx: Context) -> dict:
         """Drop draft `handle`; its blocks are deleted -> {}."""
         self.submit(lambda ns: ns.prepare_abort(h["handle"]))
+        self.allocations.release(h["handle"])
         return {}
 
     @operation({"handle": HANDLE}, callers=CLIENT)
@@ -335,10 +414,15 @@ class Handlers:
         return {"dropped": bool(records)}
 
     @operation({"node": NODE, "block": BLOCK, "size": Int(0, MAX_BLOCK_SIZE),
-                "checksum": CHECKSUM}, callers=DATANODE, binds="node")
+                "checksum": CHECKSUM, "receipt?": RECEIPT}, callers=DATANODE, binds="node")
     def replica_added(self, h: dict, payload: list, ctx: Context) -> dict:
         """DataNode `node` (the caller) now holds a copy of `block` (re-replication) with
-        this size and checksum -> {accepted}: added to the block map if they match."""
+        this size and checksum, proven by its `receipt` -> {accepted}: added to the block
+        map if they match. Without a valid receipt: EACCES, nothing changes."""
+        if not self.grants.receipt_ok(h["node"], h.get("receipt"), h["block"], h["size"],
+                                      h["checksum"]):
+            raise PermissionError(errno.EACCES, f"replica_added: no valid receipt from "
+                                  f"{h['node']} for block {h['block'].hex()}")
         records = self.repair.on_replica_added(h["node"], h["block"], h["size"], h["checksum"])
         self._submit_all(records)
         if records:
@@ -392,7 +476,10 @@ class Handlers:
     def dn_heartbeat(self, h: dict, payload: list, ctx: Context) -> dict:
         """DataNode `node` (the caller) is alive with this capacity/used/blocks, finished
         the deletions `deleted` and failed the copies `copy_failed` -> {commands: [{op:
-        delete, blocks} / {op: copy, block, target} / {op: report}]} for it to carry out."""
+        delete, blocks} / {op: copy, block, target, cap, target_cap} / {op: report}], keys:
+        {ring, receipt_key}} for it to carry out. `keys` is the capability key ring (to
+        verify capabilities with) and this node's own receipt key; `cap` of a copy is a
+        copy capability for this node, `target_cap` the write capability for the target."""
         node, now = h["node"], ctx.now
         for ev in self.cluster.heartbeat(node, h["capacity"], h["used"], h["blocks"], now):
             ctx.emit(ev.topic, node=ev.node, reason=ev.reason)
@@ -413,10 +500,12 @@ class Handlers:
                 commands.append({"op": "delete", "blocks": deletes})
             copies = self.repair.commands_for(node)
             for cmd in copies:
+                cmd["cap"], cmd["target_cap"] = self.grants.mint_copy(
+                    cmd["block"], node, cmd["target"], ctx.wall)
                 ctx.emit("repair.copy", node=node, block=cmd["block"].hex(),
                          target=cmd["target"])
             commands.extend(copies)
-        return {"commands": commands}
+        return {"commands": commands, "keys": self.grants.for_node(node)}
 
     @operation({"node": NODE, "count?": COUNT}, callers=DATANODE, binds="node", frames=(1, 1))
     def block_report(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -448,6 +537,9 @@ class Handlers:
                 self.repair.on_node_down(ev.node)
         for rec in self.ns.expire_drafts(wall):
             self._submit_all([rec])
+            self.allocations.release(rec["handle"])
+        self.allocations.retain(self.ns.drafts.by_handle)
+        self.grants.tick(wall)
         records, repair_events = self.repair.tick()
         self._submit_all(records)
         events.extend(repair_events)

@@ -23,9 +23,11 @@ from broker.events import Publisher
 from broker.worker import Request, Worker
 
 from .cluster import ClusterView
+from .grants import Grants, load_ring, load_secret, save_ring
 from .metastore import MetaStore
 from .namespace import NamespaceConfig
 from .ops import Handlers
+from .quota import Allocations, Limits
 from .repair import RepairPlanner
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ class Settings:
     orphan_grace: float = 60.0
     delete_grace: float = 5.0
     max_copies_per_node: int = 4
+    limits: Limits = field(default_factory=Limits)
+    cap_read_ttl: float = 300.0
+    cap_write_ttl: float = 120.0
+    key_rotation: float = 600.0
+    keys_dir: Path | None = None     # the cluster key store; else a secret in data_dir
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,7 +78,16 @@ class MetadataServer:
                                     orphan_grace=s.orphan_grace,
                                     delete_grace=s.delete_grace,
                                     max_copies_per_node=s.max_copies_per_node)
-        self.ops = Handlers(self.store, self.cluster, self.repair, s)
+        # a write capability must outlive the lease a writer keeps renewing between blocks
+        ring_path = s.data_dir / "capability.ring"
+        ring = load_ring(ring_path)
+        grants = Grants(load_secret(s.keys_dir, s.data_dir), read_ttl=s.cap_read_ttl,
+                        write_ttl=max(s.cap_write_ttl, s.lease), rotate_every=s.key_rotation,
+                        ring=ring, on_rotate=save_ring(ring_path))
+        if ring is None:
+            save_ring(ring_path)(grants.ring.export())
+        self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
+                            allocations=Allocations(s.limits))
         self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
                              liveness=s.liveness, capacity=4096, exclusive=True)
         self._stop = False

@@ -106,10 +106,15 @@ def flip_byte(path: Path, offset: int) -> None:
 def read_replicas(h: Harness, block: dict) -> dict[str, str]:
     """Each replica of `block` read straight from its DataNode: node -> "ok" or a reason."""
     out = {}
+    bid = bytes.fromhex(block["id"])
     with Client(h.broker, timeout=5.0, connect_timeout=2.0) as c:
+        # a read capability: stat the file the block belongs to
+        path = block.get("path")
+        caps = {} if path is None else {
+            b["id"]: b["cap"] for b in c.call("mds", {"op": "stat", "path": path}).result["blocks"]}
         for node in block["replicas"]:
             try:
-                r = c.call(f"dn.{node}", {"op": "get_block", "id": bytes.fromhex(block["id"])})
+                r = c.call(f"dn.{node}", {"op": "get_block", "id": bid, "cap": caps.get(bid)})
                 data = r.payload[0] if r.payload else memoryview(b"")
                 if data.nbytes != block["size"]:
                     out[node] = f"{data.nbytes} bytes, expected {block['size']}"

@@ -168,11 +168,12 @@ class Writer(threading.Thread):
             (alloc, _) = self.mds("allocate", handle=handle, count=len(chunks))
             for blk, chunk in zip(alloc["blocks"], chunks):
                 crc = crc32c.crc32c(chunk)
-                for node in blk["nodes"]:
-                    self.call(f"dn.{node}", {"op": "put_block", "id": blk["id"],
-                                             "checksum": crc}, [chunk])
+                receipts = [self.call(f"dn.{node}", {"op": "put_block", "id": blk["id"],
+                                                     "checksum": crc, "cap": cap},
+                                      [chunk])[0]["receipt"]
+                            for node, cap in zip(blk["nodes"], blk["caps"])]
                 blocks.append({"id": blk["id"], "size": len(chunk), "checksum": crc,
-                               "replicas": blk["nodes"]})
+                               "replicas": blk["nodes"], "receipts": receipts})
         try:
             _, unc = self.mds("commit", handle=handle, blocks=blocks)
         except FileNotFoundError as exc:

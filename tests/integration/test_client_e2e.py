@@ -15,6 +15,7 @@ import pytest
 from broker.client import BrokerUnavailable
 from client import AegisClient
 from run_cluster import free_base_port
+from tests.support.caps import cap_for
 from tests.support.wait import wait_for
 
 from .conftest import LEASE, make_png, make_wav
@@ -142,7 +143,7 @@ def test_open_streams_both_ways(fs):
     assert fs.read_bytes("/stream.bin") == data
 
 
-def test_a_file_replaced_while_open_stays_readable_then_is_estale(fs):
+def test_a_file_replaced_while_open_stays_readable_then_is_estale(cluster, fs):
     old = os.urandom(4 * SMALL_BS)
     fs.write_bytes("/open.bin", old, block_size=SMALL_BS, replication=2)
     old_blocks = fs.stat("/open.bin")["blocks"]
@@ -155,8 +156,9 @@ def test_a_file_replaced_while_open_stays_readable_then_is_estale(fs):
         def gone(block: dict) -> bool:
             for node in block["replicas"]:
                 try:
-                    fs._io().call(f"dn.{node}", {"op": "stat_block",
-                                                 "id": bytes.fromhex(block["id"])})
+                    bid = bytes.fromhex(block["id"])
+                    fs._io().call(f"dn.{node}", {"op": "stat_block", "id": bid,
+                                                 "cap": cap_for(cluster.data_dir, bid)})
                     return False
                 except FileNotFoundError:
                     pass

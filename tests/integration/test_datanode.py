@@ -33,7 +33,8 @@ class Nodes:
     def start(self, node: str):
         self.procs[node] = self.processes.start(
             "-m", "datanode", "--id", node, "--data-dir", str(self.tmp / node),
-            "--base-port", str(self.base), "--heartbeat-interval", str(HB), name=node)
+            "--base-port", str(self.base), "--heartbeat-interval", str(HB),
+            "--no-capabilities", name=node)   # no MDS here to hand out capability keys
         return self.procs[node]
 
     def wait(self, nodes=None, timeout: float = 20.0) -> None:

@@ -14,6 +14,7 @@ import zmq
 from broker import protocol as P
 from broker import wire
 from broker.client import Client, MemberClient
+from tests.support.caps import cap_for
 from tests.support.cluster import start_cluster, wait_mds
 from tests.support.wait import wait_for
 
@@ -28,14 +29,23 @@ KIB = 1024
 class Mds:
     """`mds(op, **fields)` -> result map; errors raise their OSError subclass."""
 
-    def __init__(self, endpoint: str, timeout: float = 20.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 20.0, data_dir=None) -> None:
         self.client = Client(endpoint, timeout=timeout, connect_timeout=5, max_in_flight=16)
+        self.data_dir = data_dir      # the cluster's, for read capabilities minted here
 
     def __call__(self, op: str, **fields) -> dict:
         return self.client.call("mds", {"op": op, **fields}).result
 
     def dn(self, node: str, op: str, payload=(), **fields) -> dict:
+        if op == "stat_block" and "cap" not in fields and self.data_dir is not None:
+            fields["cap"] = cap_for(self.data_dir, fields["id"])
         return self.client.call(f"dn.{node}", {"op": op, **fields}, payload).result
+
+    def put(self, blk: dict, data: bytes) -> list[bytes]:
+        """Store `data` as allocated block `blk` on each of its nodes; their receipts."""
+        crc = crc32c.crc32c(data)
+        return [self.dn(node, "put_block", [data], id=blk["id"], checksum=crc, cap=cap)["receipt"]
+                for node, cap in zip(blk["nodes"], blk["caps"])]
 
     def write(self, path: str, data: bytes = b"", *, block_size: int = KIB,
               replication: int | None = None, parents: bool = False) -> dict:
@@ -53,10 +63,11 @@ class Mds:
             for blk, chunk in zip(self("allocate", handle=handle, count=len(chunks))["blocks"],
                                   chunks):
                 crc = crc32c.crc32c(chunk)
-                for node in blk["nodes"]:
-                    self.dn(node, "put_block", [chunk], id=blk["id"], checksum=crc)
+                receipts = [self.dn(node, "put_block", [chunk], id=blk["id"], checksum=crc,
+                                    cap=cap)["receipt"]
+                            for node, cap in zip(blk["nodes"], blk["caps"])]
                 blocks.append({"id": blk["id"], "size": len(chunk), "checksum": crc,
-                               "replicas": blk["nodes"]})
+                               "replicas": blk["nodes"], "receipts": receipts})
         path = self("commit", handle=handle, blocks=blocks)["path"]
         return self("stat", path=path)
 
@@ -90,7 +101,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def mds(cluster):
-    m = Mds(cluster.broker)
+    m = Mds(cluster.broker, data_dir=cluster.data_dir)
     try:
         yield m
     finally:
@@ -106,7 +117,7 @@ def test_8_writers_x_1000_creates_none_lost(cluster, mds):
     lock = threading.Lock()
 
     def writer(w: int) -> None:
-        m = Mds(cluster.broker)
+        m = Mds(cluster.broker, data_dir=cluster.data_dir)
         mine = {}
         try:
             m("mkdir", path=f"/load/w{w}")
@@ -286,8 +297,7 @@ def test_einval_for_bad_values(errtree):
     for b, blk in zip(good, blocks):   # store the data, so the DataNodes hold what we commit
         data = b"v" * KIB
         b["checksum"] = crc32c.crc32c(data)
-        for node in blk["nodes"]:
-            m.dn(node, "put_block", [data], id=blk["id"], checksum=b["checksum"])
+        b["receipts"] = m.put(blk, data)
     assert m("commit", handle=handle, blocks=good)["size"] == 2 * KIB
     assert m("stat", path="/e/new")["size"] == 2 * KIB
     m("rm", path="/e/new")
@@ -375,8 +385,7 @@ def test_draft_is_invisible_until_commit(mds):
     handle = mds("create", path="/draft/f", block_size=KIB)["handle"]
     blk = mds("allocate", handle=handle, count=1)["blocks"][0]
     data = b"d" * 500
-    for node in blk["nodes"]:
-        mds.dn(node, "put_block", [data], id=blk["id"], checksum=crc32c.crc32c(data))
+    receipts = mds.put(blk, data)
     with pytest.raises(FileNotFoundError):
         mds("stat", path="/draft/f")
     assert mds("ls", path="/draft")["entries"] == []
@@ -384,7 +393,7 @@ def test_draft_is_invisible_until_commit(mds):
     assert mds("renew", handle=handle)["lease"] > 0
     mds("commit", handle=handle, blocks=[{"id": blk["id"], "size": 500,
                                           "checksum": crc32c.crc32c(data),
-                                          "replicas": blk["nodes"]}])
+                                          "replicas": blk["nodes"], "receipts": receipts}])
     assert [e["name"] for e in mds("ls", path="/draft")["entries"]] == ["f"]
     assert mds("stat", path="/draft/f")["size"] == 500
     # a second commit of the same handle is refused: the draft is gone
@@ -401,6 +410,11 @@ def test_draft_is_invisible_until_commit(mds):
     handle = mds("create", path="/draft/empty")["handle"]
     assert mds("commit", handle=handle, blocks=[]) == {"path": "/draft/empty", "size": 0}
     assert mds("stat", path="/draft/empty")["blocks"] == []
+
+
+def _uncapped(info: dict) -> list[dict]:
+    """A stat's blocks without their read capabilities (minted anew by every stat)."""
+    return [{k: v for k, v in b.items() if k != "cap"} for b in info["blocks"]]
 
 
 def _block_gone(mds: Mds, node: str, bid: bytes) -> bool:
@@ -437,7 +451,7 @@ def test_overwrite_replaces_atomically_and_old_blocks_are_deleted(cluster, mds):
     seen: list = []
 
     def reader():
-        m = Mds(cluster.broker)
+        m = Mds(cluster.broker, data_dir=cluster.data_dir)
         try:
             while not stop.is_set():
                 try:
@@ -524,7 +538,7 @@ def test_mv_files_and_directories(mds):
     # a directory with its subtree; blocks travel with the inode
     assert mds("mv", src="/mv/a", dst="/mv/moved")["path"] == "/mv/moved"
     moved = mds("stat", path="/mv/moved/b/f1")
-    assert moved["size"] == 1500 and moved["blocks"] == f1["blocks"]
+    assert moved["size"] == 1500 and _uncapped(moved) == _uncapped(f1)
     assert mds("stat", path="/mv/moved/f2")["size"] == 20
     with pytest.raises(FileNotFoundError):
         mds("ls", path="/mv/a")
@@ -549,15 +563,14 @@ def test_mv_files_and_directories(mds):
 
 def test_expired_lease_drops_the_draft_and_its_blocks(tmp_path):
     cluster = start_cluster(tmp_path, heartbeat=HB, extra={"mds": ["--lease", "1"]})
-    m = Mds(cluster.broker)
+    m = Mds(cluster.broker, data_dir=cluster.data_dir)
     try:
         m("mkdir", path="/l")
         handle = m("create", path="/l/f", block_size=KIB, replication=3)["handle"]
         assert m("create", path="/l/f", block_size=KIB)["lease"] == 1
         blk = m("allocate", handle=handle, count=1)["blocks"][0]
         data = b"q" * 100
-        for node in blk["nodes"]:
-            m.dn(node, "put_block", [data], id=blk["id"], checksum=crc32c.crc32c(data))
+        m.put(blk, data)
         # renewing keeps it alive past one lease period
         for _ in range(3):
             time.sleep(0.5)
@@ -590,16 +603,24 @@ def test_sigterm_restart_keeps_everything(cluster, mds):
     mds.write("/rs/empty")
     pending = mds("create", path="/rs/draft")["handle"]
     before_tree = mds.tree("/")
-    before_stats = {p: mds("stat", path=p) for p, (k, _) in before_tree.items()
-                    if k == "file" and p.startswith("/rs")}
+    before_stats = {p: {**mds("stat", path=p), "blocks": _uncapped(mds("stat", path=p))}
+                    for p, (k, _) in before_tree.items() if k == "file" and p.startswith("/rs")}
     before_counts = {k: v for k, v in mds("status").items()
                      if k in ("files", "dirs", "blocks", "bytes", "drafts")}
+    old_caps = {b["id"]: b["cap"] for p in before_stats
+                for b in mds("stat", path=p)["blocks"]}
     code = cluster.stop_role("mds")
     assert code == 0, f"MDS exited with {code} on SIGTERM"
     cluster.start_role("mds")
     wait_mds(cluster, nodes=3)
     assert mds.tree("/") == before_tree
-    assert {p: mds("stat", path=p) for p in before_stats} == before_stats
+    after_stats = {p: mds("stat", path=p) for p in before_stats}
+    assert {p: {**st, "blocks": _uncapped(st)} for p, st in after_stats.items()} == before_stats
+    # the ring was saved: capabilities from before the restart still open the blocks
+    for p, st in after_stats.items():
+        for b in st["blocks"]:
+            assert mds.dn(b["replicas"][0], "stat_block", id=b["id"],
+                          cap=old_caps[b["id"]])["size"] == b["size"]
     after_counts = {k: v for k, v in mds("status").items() if k in before_counts}
     assert after_counts == before_counts
     # the draft survived too and can still be committed
@@ -641,10 +662,10 @@ def test_batch_creates_and_commits_many_files_with_per_item_errors(mds):
         (blk,) = res["blocks"]                            # allocated with the create
         assert len(blk["nodes"]) == 2
         crc = crc32c.crc32c(d)
-        for node in blk["nodes"]:
-            mds.dn(node, "put_block", [d], id=blk["id"], checksum=crc)
+        receipts = mds.put(blk, d)
         commits.append({"op": "commit", "handle": res["handle"], "blocks": [
-            {"id": blk["id"], "size": len(d), "checksum": crc, "replicas": blk["nodes"]}]})
+            {"id": blk["id"], "size": len(d), "checksum": crc, "replicas": blk["nodes"],
+             "receipts": receipts}]})
     with pytest.raises(FileNotFoundError):              # drafts stay invisible until commit
         mds("stat", path="/batch/d0/f0")
     commits.append({"op": "commit", "handle": "no-such-draft", "blocks": []})
@@ -672,11 +693,24 @@ def test_thousands_of_blocks_and_entries_fit_one_reply(mds):
     at 4 MiB blocks) and a 6,000-entry directory must go through, both ways."""
     handle = mds("create", path="/huge", block_size=KIB, replication=1)["handle"]
     ids = [b for _ in range(2) for b in mds("allocate", handle=handle, count=1024)["blocks"]]
-    blocks = [{"id": b["id"], "size": KIB, "checksum": i, "replicas": b["nodes"]}
-              for i, b in enumerate(ids)]
+    # every replica needs its DataNode's receipt: store the blocks, 256 per put_blocks
+    datas = [i.to_bytes(4, "little") * (KIB // 4) for i in range(len(ids))]
+    receipts: dict[int, bytes] = {}
+    by_node: dict[str, list[int]] = {}
+    for i, b in enumerate(ids):
+        by_node.setdefault(b["nodes"][0], []).append(i)
+    for node, idx in by_node.items():
+        for start in range(0, len(idx), 256):
+            part = idx[start:start + 256]
+            got = mds.dn(node, "put_blocks", [datas[i] for i in part], blocks=[
+                {"id": ids[i]["id"], "cap": ids[i]["caps"][0]} for i in part])["results"]
+            receipts.update((i, P.item_result(r)["receipt"]) for i, r in zip(part, got))
+    blocks = [{"id": b["id"], "size": KIB, "checksum": crc32c.crc32c(datas[i]),
+               "replicas": b["nodes"], "receipts": [receipts[i]]} for i, b in enumerate(ids)]
     assert mds("commit", handle=handle, blocks=blocks)["size"] == 2048 * KIB
     info = mds("stat", path="/huge")
-    assert [b["checksum"] for b in info["blocks"]] == list(range(2048))
+    assert [b["checksum"] for b in info["blocks"]] == [crc32c.crc32c(d) for d in datas]
+    assert sum("cap" in b for b in info["blocks"]) == 4096 // 2 and info["cap_ttl"] > 0
     for start in range(0, 6000, 256):
         ops = [{"op": "create", "path": f"/wide/f{i:05d}", "parents": True}
                for i in range(start, min(6000, start + 256))]

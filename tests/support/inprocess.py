@@ -120,7 +120,7 @@ class InProcessCluster:
                  dead_after: float = 5.0, delete_grace: float = 5.0,
                  orphan_grace: float = 60.0, small_max: int = 128 * 1024,
                  capacity: int = 1 << 40, seed: int = 0,
-                 clock: FakeClock | None = None) -> None:
+                 clock: FakeClock | None = None, capabilities: bool = True) -> None:
         # Without a root: a directory in memory (tmpfs), removed by close(). The MDS's
         # fdatasync per call costs 5-20 ms on a shared disk and nothing on tmpfs.
         self._own_root = root is None
@@ -152,7 +152,9 @@ class InProcessCluster:
                     name, self.root / name, small_max=small_max, capacity=capacity,
                     fsync=False,    # a test's blocks need not survive a power cut
                     events=_Events(self.events, name),
-                    client=lambda name=name: self._members[name])
+                    client=lambda name=name: self._members[name],
+                    capabilities=capabilities,     # off: hand-made requests need no cap
+                    clock=lambda: self.clock.now, wall_clock=self.wall)
             self.beat()        # every node reports and heartbeats: up, out of safe mode
         except BaseException:
             self.close()

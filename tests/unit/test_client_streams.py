@@ -99,7 +99,7 @@ def test_suspected_target_is_swapped_before_sending(cluster):
     data = os.urandom(2 * BS)
     w.buffer()[:BS] = data[:BS]
     w.submit(BS)                                  # both blocks were placed with the create
-    (_, targets), = w._alloc
+    (_, targets, _caps), = w._alloc
     keep, victim = targets
     suspects.mark(victim)                         # then a target fails another stream
     w.buffer()[:BS] = data[BS:]

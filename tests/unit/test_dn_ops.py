@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.capability import KeyRing, mint, node_receipt_key, sign_receipt
 from broker.service import Context, Outcome
 from datanode.server import DataNode
 from run_cluster import free_base_port
@@ -19,6 +20,14 @@ from tests.support.schema_fuzz import callers, payloads, requests
 CLIENT = ("client", "anonymous")
 MDS = ("mds", "mds")
 PEER = ("datanode", "dn2")
+SECRET = b"s" * 32
+RING = KeyRing.generate(0.0)
+LATER = 10_000.0              # expiry of the capabilities minted here (the Context wall is 0)
+
+
+def cap(bid: bytes, access: str = "write", node: str | None = "dn1",
+        expires: float = LATER) -> bytes:
+    return mint(RING, bid, access, expires, node=node)
 
 
 class FakeMember:
@@ -41,6 +50,8 @@ def node(tmp_path_factory):
                   events_endpoint=f"tcp://127.0.0.1:{base + 2}")
     dn.member = FakeMember()
     dn._client = lambda: dn.member
+    dn.guard.install({"ring": RING.export(), "receipt_key": node_receipt_key(SECRET, "dn1")},
+                     now=0.0)
     try:
         yield dn
     finally:
@@ -64,7 +75,7 @@ def ok(dn: DataNode, op: str, caller=CLIENT, payload=(), **fields) -> dict:
 
 def put(dn: DataNode, data: bytes = b"block data") -> bytes:
     bid = os.urandom(16)
-    ok(dn, "put_block", CLIENT, [data], id=bid, checksum=crc32c.crc32c(data))
+    ok(dn, "put_block", CLIENT, [data], id=bid, checksum=crc32c.crc32c(data), cap=cap(bid))
     return bid
 
 
@@ -85,35 +96,42 @@ def test_mds_only_ops_refuse_others_and_change_nothing(node, caller):
     node.member.calls.clear()
     node._report_now.clear()
     before = contents(node)
-    for op, fields in [("delete_block", {"id": bid}), ("copy_block", {"id": bid, "target": "dn2"}),
+    for op, fields in [("delete_block", {"id": bid}),
+                       ("copy_block", {"id": bid, "target": "dn2", "cap": cap(bid, "copy"),
+                                       "target_cap": cap(bid, node="dn2")}),
                        ("block_report", {})]:
         out = call(node, op, caller, **fields)
         assert isinstance(out.error, PermissionError), (op, out.error)
         assert f"not allowed for a {caller[0]} caller" in out.error.strerror
     assert contents(node) == before
     assert node.member.calls == [] and not node._report_now.is_set()
-    out = call(node, "get_block", caller, id=bid)
+    out = call(node, "get_block", caller, id=bid, cap=cap(bid, "read", None))
     assert out.result["size"] == 10 and bytes(out.payload[0]) == b"block data"
 
 
 def test_an_mds_caller_may_delete_copy_and_ask_for_a_report(node):
     bid = put(node)
     node.member.calls.clear()
-    assert ok(node, "copy_block", MDS, id=bid, target="dn2")["size"] == 10
-    assert [(s, h["op"]) for s, h in node.member.calls] == [("dn.dn2", "put_block")]
+    assert ok(node, "copy_block", MDS, id=bid, target="dn2", cap=cap(bid, "copy"),
+              target_cap=cap(bid, node="dn2"))["size"] == 10
+    assert [(s, h["op"], h["cap"]) for s, h in node.member.calls] == [
+        ("dn.dn2", "put_block", cap(bid, node="dn2"))]
     ok(node, "block_report", MDS)
     assert node._report_now.is_set()
     assert ok(node, "delete_block", MDS, id=bid) == {"deleted": True}
-    assert isinstance(call(node, "stat_block", id=bid).error, FileNotFoundError)
+    assert isinstance(call(node, "stat_block", id=bid, cap=cap(bid, "read", None)).error,
+                      FileNotFoundError)
 
 
 def test_a_copy_target_reports_its_own_replica(node):
     node.member.calls.clear()
     data = b"copied"
     bid = os.urandom(16)
-    ok(node, "put_block", PEER, [data], id=bid, checksum=crc32c.crc32c(data))
+    ok(node, "put_block", PEER, [data], id=bid, checksum=crc32c.crc32c(data), cap=cap(bid))
+    receipt = sign_receipt(node_receipt_key(SECRET, "dn1"), "dn1", bid, 6, crc32c.crc32c(data))
     assert node.member.calls == [("mds", {"op": "replica_added", "node": "dn1", "block": bid,
-                                          "size": 6, "checksum": crc32c.crc32c(data)})]
+                                          "size": 6, "checksum": crc32c.crc32c(data),
+                                          "receipt": receipt})]
     node.member.calls.clear()
     put(node)                         # a client's put is not a copy
     assert node.member.calls == []
@@ -153,3 +171,87 @@ def test_no_request_of_any_shape_is_an_internal_error(node, data, payload, calle
     header = data.draw(node.fuzz)
     out = node.service.run(header, payload, Context(0.0, 0.0, *caller))
     assert out.error is None or isinstance(out.error, OSError), (header, out.error)
+
+
+# -- capabilities, receipts, verified ranges ----------------------------------------------
+
+def _bad_caps(bid: bytes, access: str) -> dict:
+    good = cap(bid, access, "dn1" if access == "write" else None)
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x80
+    return {"missing": None, "forged": os.urandom(len(good)), "bit-flipped": bytes(flipped),
+            "expired": cap(bid, access, expires=0.0),
+            "other block": cap(os.urandom(16), access),
+            "wrong access": cap(bid, "read" if access == "write" else "write"),
+            "other key": mint(KeyRing.generate(0.0), bid, access, LATER)}
+
+
+def test_refused_capabilities_write_nothing_and_are_counted(node):
+    data = b"never stored"
+    for why, token in _bad_caps(bid := os.urandom(16), "write").items():
+        before = ok(node, "info")["cap_refused"]
+        fields = {"id": bid, "checksum": crc32c.crc32c(data)}
+        if token is not None:
+            fields["cap"] = token
+        out = call(node, "put_block", CLIENT, [data], **fields)
+        assert isinstance(out.error, PermissionError) and out.error.errno == errno.EACCES, why
+        assert ok(node, "info")["cap_refused"] == before + 1, why
+        assert bid not in {i.id for i in node.store.infos()}, why
+    wrong_node = cap(bid, node="dn2")
+    assert call(node, "put_block", CLIENT, [data], id=bid, cap=wrong_node).error.errno \
+        == errno.EACCES
+
+
+def test_reads_need_a_read_capability(node):
+    bid = put(node)
+    for why, token in _bad_caps(bid, "read").items():
+        for op in ("get_block", "stat_block"):
+            out = call(node, op, CLIENT, **({"id": bid} if token is None
+                                            else {"id": bid, "cap": token}))
+            assert isinstance(out.error, PermissionError), (why, op, out.error)
+            assert out.payload == ()
+    assert ok(node, "stat_block", id=bid, cap=cap(bid, "read", None))["size"] == 10
+
+
+def test_put_blocks_refuses_a_bad_capability_for_its_block_only(node):
+    ids = [os.urandom(16) for _ in range(3)]
+    specs = [{"id": ids[0], "cap": cap(ids[0])}, {"id": ids[1], "cap": cap(ids[0])},
+             {"id": ids[2], "cap": cap(ids[2])}]
+    results = ok(node, "put_blocks", CLIENT, [b"a", b"b", b"c"], blocks=specs)["results"]
+    assert [("ok" in r) for r in results] == [True, False, True]
+    assert results[1]["err"][0] == "EACCES"
+    key = node_receipt_key(SECRET, "dn1")
+    assert results[0]["ok"]["receipt"] == sign_receipt(key, "dn1", ids[0], 1, crc32c.crc32c(b"a"))
+    stored = {i.id for i in node.store.infos()}
+    assert ids[0] in stored and ids[1] not in stored and ids[2] in stored
+
+
+def test_a_datanode_without_keys_answers_eagain(node):
+    saved, node.guard = node.guard, type(node.guard)("dn1")
+    try:
+        bid = os.urandom(16)
+        out = call(node, "put_block", CLIENT, [b"x"], id=bid, cap=cap(bid))
+        assert isinstance(out.error, BlockingIOError) and out.error.errno == errno.EAGAIN
+        assert ok(node, "info")["cap_unready"] == 1
+    finally:
+        node.guard = saved
+
+
+@pytest.mark.parametrize("size,offset,length", [(300_000, 70_000, 10), (300_000, 0, 65_536),
+                                                (300_000, 299_990, None), (1000, 10, 20)])
+def test_range_reads_carry_a_chunk_table_the_reader_can_verify(node, size, offset, length):
+    from broker.checksum import verify_range
+    data = os.urandom(size)                     # 1000 bytes: a pack block, one chunk
+    bid = put(node, data)
+    out = call(node, "get_block", CLIENT, id=bid, offset=offset, cap=cap(bid, "read", None),
+               **({} if length is None else {"length": length}))
+    assert out.error is None, out.error
+    r, got = out.result, bytes(out.payload[0])
+    verify_range(r["chunks"], r["chunk_size"], size, crc32c.crc32c(data), r["offset"], got)
+    end = size if length is None else offset + length
+    assert got[offset - r["offset"]:end - r["offset"]] == data[offset:end]
+    bad = bytearray(got)
+    bad[0] ^= 1
+    with pytest.raises(OSError) as info:
+        verify_range(r["chunks"], r["chunk_size"], size, crc32c.crc32c(data), r["offset"], bad)
+    assert info.value.errno == errno.EIO

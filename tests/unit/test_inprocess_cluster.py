@@ -172,7 +172,12 @@ def test_a_draft_whose_lease_runs_out_is_dropped_with_its_blocks(cluster, fs):
         fs.stat("/slow")
 
 
-def test_a_fault_hook_catches_exactly_what_it_names(cluster):
+def test_a_fault_hook_catches_exactly_what_it_names():
+    with InProcessCluster(datanodes=3, block_size=BS, capabilities=False) as cluster:
+        _fault_hook_catches_exactly_what_it_names(cluster)
+
+
+def _fault_hook_catches_exactly_what_it_names(cluster):
     conn = cluster.connect()
     put = {"op": "put_block", "id": b"\1" * 16}
     fault = cluster.fail("dn2", "put_block", times=2)

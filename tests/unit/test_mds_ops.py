@@ -4,6 +4,7 @@ changing nothing, the lease unit, clocks from the context, and a fuzz of every o
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import msgpack
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from broker import protocol as P
+from broker.capability import sign_receipt
 from broker.service import Context, Outcome
 from mds.cluster import ClusterView
 from mds.metastore import MetaStore
@@ -55,8 +57,13 @@ class World:
         created = self.ok("create", path=path, size=len(data), parents=True)
         (blk,) = created["blocks"]
         self.ok("commit", handle=created["handle"], blocks=[
-            {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"]}])
+            {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"],
+             "receipts": [self.receipt(n, blk["id"], len(data), 7) for n in blk["nodes"]]}])
         return self.store.ns.block_info(blk["id"])
+
+    def receipt(self, node: str, block: bytes, size: int, checksum: int) -> bytes:
+        """What DataNode `node` returns for a stored block (its key from the heartbeat)."""
+        return sign_receipt(self.ops.grants.node_key(node), node, block, size, checksum)
 
     def state(self):
         """Everything a refused request must leave as it was."""
@@ -297,7 +304,8 @@ def write_as(world: World, caller, path: str, data: bytes = b"x" * 10, **create)
     created = world.ok("create", caller, path=path, size=len(data), **create)
     (blk,) = created["blocks"]
     return world.ok("commit", caller, handle=created["handle"], blocks=[
-        {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"]}])
+        {"id": blk["id"], "size": len(data), "checksum": 7, "replicas": blk["nodes"],
+         "receipts": [world.receipt(n, blk["id"], len(data), 7) for n in blk["nodes"]]}])
 
 
 def test_entries_belong_to_the_caller_and_stat_ls_show_it(world):
@@ -345,9 +353,10 @@ def test_another_users_files_are_refused_and_nothing_changes(world):
     # bob may stat the file (search on the ancestors) but gets no block list
     st = world.ok("stat", BOB, path="/home/alice/secret")
     assert "blocks" not in st and st["mode"] == 0o600
+    blk = draft["blocks"][0]
     commit = {"handle": draft["handle"], "blocks": [
-        {"id": draft["blocks"][0]["id"], "size": 10, "checksum": 7,
-         "replicas": draft["blocks"][0]["nodes"]}]}
+        {"id": blk["id"], "size": 10, "checksum": 7, "replicas": blk["nodes"],
+         "receipts": [world.receipt(n, blk["id"], 10, 7) for n in blk["nodes"]]}]}
     world.events.clear()
     before = world.state()
     refused = [
@@ -390,3 +399,171 @@ def test_another_users_files_are_refused_and_nothing_changes(world):
     world.ok("commit", ALICE, **commit)
     world.ok("mv", ALICE, src="/home/alice/secret", dst="/home/alice/secret2")
     world.ok("rm", ALICE, path="/home/alice/private", recursive=True)
+
+
+# -- capabilities, receipts, allocation limits ----------------------------------------------
+
+def _verify(world, token, block, access, node=None):
+    from broker.capability import verify
+    verify(world.ops.grants.ring, token, block, access, world.wall, node=node)
+
+
+def test_allocations_carry_a_write_capability_per_target(world):
+    world.beat("dn1", "dn2", "dn3")
+    created = world.ok("create", path="/c", size=10)
+    (first,) = created["blocks"]
+    more = world.ok("allocate", handle=created["handle"], count=2)["blocks"]
+    for b in [first, *more]:
+        assert len(b["caps"]) == len(b["nodes"]) == 2
+        for node, token in zip(b["nodes"], b["caps"]):
+            _verify(world, token, b["id"], "write", node)
+    other = next(n for n in ("dn1", "dn2", "dn3") if n not in first["nodes"])
+    got = world.ok("replace_target", handle=created["handle"], block=first["id"],
+                   exclude=[])
+    assert got["node"] == other
+    _verify(world, got["cap"], first["id"], "write", other)
+
+
+def test_stat_gives_read_capabilities_valid_on_any_node(world, monkeypatch):
+    world.beat("dn1", "dn2", "dn3")
+    info = world.write("/r")
+    st = world.ok("stat", path="/r")
+    assert st["cap_ttl"] == world.ops.grants.read_ttl
+    for node in ("dn1", "dn3", None):
+        _verify(world, st["blocks"][0]["cap"], info["id"], "read", node)
+    monkeypatch.setattr("mds.ops.MAX_STAT_CAPS", 1)
+    assert "cap" not in world.ok("stat", path="/r", caps_from=1)["blocks"][0]
+    assert world.ok("stat", path="/", caps_from=3)["blocks"] == []
+
+
+def test_heartbeats_carry_the_ring_and_only_the_nodes_own_receipt_key(world):
+    from broker.capability import KeyRing, node_receipt_key
+    replies = {n: world.ok("dn_heartbeat", ("datanode", n), node=n, capacity=1 << 30, used=0,
+                           blocks=0)["keys"] for n in ("dn1", "dn2")}
+    assert replies["dn1"]["receipt_key"] == world.ops.grants.node_key("dn1")
+    assert replies["dn1"]["receipt_key"] != replies["dn2"]["receipt_key"]
+    assert replies["dn1"]["receipt_key"] != node_receipt_key(b"\0" * 32, "dn1")
+    KeyRing.load(replies["dn1"]["ring"])
+
+
+def _draft_block(world, size=10, crc=7):
+    created = world.ok("create", path=f"/p{len(world.events)}{os.urandom(2).hex()}",
+                       size=size, parents=True)
+    return created["handle"], created["blocks"][0]
+
+
+def test_commit_keeps_only_replicas_proven_by_their_receipt(world):
+    world.beat("dn1", "dn2", "dn3")
+    handle, b = _draft_block(world)
+    n1, n2 = b["nodes"]
+    stranger = next(n for n in ("dn1", "dn2", "dn3") if n not in b["nodes"])
+    good = world.receipt(n1, b["id"], 10, 7)
+    out = world.ok("commit", handle=handle, blocks=[{
+        "id": b["id"], "size": 10, "checksum": 7, "replicas": [n1, n2, stranger],
+        "receipts": [good, world.receipt(n1, b["id"], 10, 7),        # n1's claimed for n2
+                     world.receipt(stranger, b["id"], 10, 7)]}])     # never a target
+    assert out["refused"] == [{"block": b["id"], "node": n2}, {"block": b["id"], "node": stranger}]
+    assert world.store.ns.block_info(b["id"])["replicas"] == [n1]
+
+
+@pytest.mark.parametrize("why", ["none", "forged", "other block", "other size", "other node",
+                                 "not a target"])
+def test_a_commit_with_no_proven_replica_is_eacces_and_changes_nothing(world, why):
+    world.beat("dn1", "dn2", "dn3")
+    handle, b = _draft_block(world)
+    n1 = b["nodes"][0]
+    stranger = next(n for n in ("dn1", "dn2", "dn3") if n not in b["nodes"])
+    node, receipt = n1, {
+        "none": None, "forged": os.urandom(17),
+        "other block": world.receipt(n1, os.urandom(16), 10, 7),
+        "other size": world.receipt(n1, b["id"], 11, 7),
+        "other node": world.receipt(b["nodes"][1], b["id"], 10, 7),
+        "not a target": world.receipt(stranger, b["id"], 10, 7)}[why]
+    if why == "not a target":
+        node = stranger
+    block = {"id": b["id"], "size": 10, "checksum": 7, "replicas": [node]}
+    if receipt is not None:
+        block["receipts"] = [receipt]
+    before = world.state()
+    err = error(world.call("commit", handle=handle, blocks=[block]))
+    assert isinstance(err, PermissionError) and err.errno == errno.EACCES, err
+    assert world.state() == before
+
+
+def test_replica_added_needs_the_copy_targets_receipt(world):
+    world.beat("dn1", "dn2", "dn3")
+    info = world.write("/copied")
+    target = next(n for n in ("dn1", "dn2", "dn3") if n not in info["replicas"])
+    before = world.state()
+    for receipt in (None, os.urandom(17), world.receipt(info["replicas"][0], info["id"], 10, 7)):
+        fields = {"node": target, "block": info["id"], "size": 10, "checksum": 7}
+        if receipt is not None:
+            fields["receipt"] = receipt
+        err = error(world.call("replica_added", ("datanode", target), **fields))
+        assert err.errno == errno.EACCES
+        assert world.state() == before
+    assert world.ok("replica_added", ("datanode", target), node=target, block=info["id"],
+                    size=10, checksum=7,
+                    receipt=world.receipt(target, info["id"], 10, 7))["accepted"]
+
+
+def test_copy_commands_carry_a_copy_and_a_write_capability(world):
+    world.beat("dn1", "dn2", "dn3")
+    info = world.write("/endangered")
+    source, lost = info["replicas"]
+    target = next(n for n in ("dn1", "dn2", "dn3") if n not in info["replicas"])
+    world.now += 6
+    world.beat(source, target)
+    world.ops.upkeep(world.now, world.wall)        # `lost` is down: the block is endangered
+    cmds = []
+    for _ in range(3):
+        cmds = [c for c in world.ok("dn_heartbeat", ("datanode", source), node=source,
+                                    capacity=1 << 30, used=0, blocks=0)["commands"]
+                if c["op"] == "copy"]
+        if cmds:
+            break
+        world.ops.upkeep(world.now, world.wall)
+    (cmd,) = cmds
+    assert cmd["target"] == target
+    _verify(world, cmd["cap"], info["id"], "copy", source)
+    _verify(world, cmd["target_cap"], info["id"], "write", target)
+
+
+def _as(user):
+    return ("client", user)
+
+
+def test_an_allocation_flood_is_bounded_and_other_users_keep_writing(world):
+    """The issue's flood: one user sends 18 allocate(count=1024) while another writes."""
+    world.beat("dn1", "dn2", "dn3")
+    for user in ("mallory", "alice"):            # each writes in a directory of its own
+        world.ok("mkdir", path=f"/{user}")
+        world.ok("chown", path=f"/{user}", owner=user, group=user)
+    flood = [world.ok("create", _as("mallory"), path=f"/mallory/flood{i}")["handle"]
+             for i in range(18)]
+    codes = []
+    for i, handle in enumerate(flood):
+        out = world.call("allocate", _as("mallory"), handle=handle, count=1024)
+        codes.append("ok" if out.error is None else out.error.errno)
+        created = world.ok("create", _as("alice"), path=f"/alice/f{i}", size=10, parents=True)
+        (b,) = created["blocks"]
+        world.ok("commit", _as("alice"), handle=created["handle"], blocks=[
+            {"id": b["id"], "size": 10, "checksum": 7, "replicas": b["nodes"],
+             "receipts": [world.receipt(n, b["id"], 10, 7) for n in b["nodes"]]}])
+    assert codes == ["ok"] * 4 + [errno.EDQUOT] * 14          # 4096 blocks per user
+    err = error(world.call("allocate", _as("mallory"), handle=flood[5], count=1))
+    assert "mallory" in err.strerror and "commit or abort" in err.strerror
+    assert world.ops.allocations.usage("mallory") == (4096, 4096 * KIB)
+    assert world.ops.allocations.usage("alice") == (0, 0)      # committed: released
+    world.ok("abort", _as("mallory"), handle=flood[0])         # an abort gives back its share
+    world.ok("allocate", _as("mallory"), handle=flood[5], count=1024)
+    world.ops.upkeep(world.now, world.wall + 61)               # leases expire: all released
+    assert world.ops.allocations.usage("mallory") == (0, 0)
+
+
+def test_a_failed_allocate_reserves_nothing(world):
+    world.beat("dn1")
+    handle = world.ok("create", path="/one", replication=1)["handle"]
+    world.now += 10                                            # dn1 is gone: ENOSPC
+    assert error(world.call("allocate", handle=handle, count=5)).errno == errno.ENOSPC
+    assert world.ops.allocations.usage("anonymous") == (0, 0)
