@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from broker import config
-from broker.process import setup_logging, stop_on_signals, tune_malloc
+from broker import config, curve
+from broker.process import (security_flags, security_options, setup_logging, stop_on_signals,
+                            tune_malloc)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,14 +32,19 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
 @click.option("--small-max", type=click.IntRange(0, 64 * 1024 * 1024), default=128 * 1024,
               show_default=True,
               help="Blocks up to this many bytes go to the pack files (0: a file each).")
+@security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
-         small_max, log_level, log_file) -> None:
+         small_max, security, keys_dir, key_file, broker_key, log_level, log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
-    Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
+    With security on (the default) it connects with its member key
+    (<keys>/dn/<id>.key_secret, made by `KeyStore.add_node` or run_cluster.py) and
+    trusts the broker key <keys>/broker.key.
+
+    Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550 --keys data/keys
     """
     setup_logging(log_level, log_file)
     tune_malloc()
@@ -46,9 +52,11 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
     broker_flags = config.broker_flags(base_port, worker=broker_worker, client=broker_client,
                                        events_in=events, heartbeat_interval=heartbeat_interval)
     try:
-        cfg = config.load(config_path, {"broker": broker_flags,
-                                        "datanode": {"scrub_rate": scrub_rate}})
+        cfg = config.load(config_path, {
+            "broker": broker_flags, "datanode": {"scrub_rate": scrub_rate},
+            "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, d = cfg["broker"], cfg["datanode"]
+        keys = curve.member_keys(cfg["security"], f"dn.{node_id}")
         node = DataNode(node_id, Path(data_dir or Path(d["data_dir"]) / node_id),
                         worker_endpoint=b["worker"],
                         events_endpoint=b["events_in"],
@@ -56,8 +64,9 @@ def main(node_id, data_dir, config_path, base_port, broker_worker, broker_client
                         liveness=int(b["heartbeat_liveness"]), scrub_rate=float(d["scrub_rate"]),
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
                         max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
-                        report_interval=block_report_interval, small_max=small_max)
-    except (config.ConfigError, OSError) as exc:
+                        report_interval=block_report_interval, small_max=small_max,
+                        curve=keys)
+    except (config.ConfigError, OSError, ValueError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)
     stop_on_signals(node.stop)

@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -59,18 +60,20 @@ class DataNode:
                  liveness: int = 3, scrub_rate: float = 16 * 1024 * 1024,
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
-                 report_interval: float = 600.0, small_max: int = 128 * 1024) -> None:
+                 report_interval: float = 600.0, small_max: int = 128 * 1024,
+                 curve: Any = None) -> None:
         P.decode_name(f"dn.{node_id}".encode(), "node id")
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.worker_endpoint = worker_endpoint
         self.capacity_limit = capacity
         self.store = BlockStore(Path(data_dir), small_max=small_max)
-        self.events = Publisher(events_endpoint, node_id)
+        self.curve = curve    # broker.curve.CurveKeys of member dn.<id>; None = security off
+        self.events = Publisher(events_endpoint, node_id, curve=curve)
         self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
                              liveness=liveness, capacity=64, exclusive=True,
                              info={"node": node_id},
-                             max_message_size=max_message_size)
+                             max_message_size=max_message_size, curve=curve)
         self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
         # Small blocks are all fsync latency: many of them in flight at once let the
         # file system fold their fsyncs into shared journal commits (group commit). Big
@@ -188,7 +191,7 @@ class DataNode:
 
     def _member(self, timeout: float) -> MemberClient:
         return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
-                            connect_timeout=2.0)
+                            connect_timeout=2.0, curve=self.curve)
 
     def _delete(self, block: bytes) -> bool:
         return self._delete_many([block])[0]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from broker import config
-from broker.process import setup_logging, stop_on_signals
+from broker import config, curve
+from broker.process import security_flags, security_options, setup_logging, stop_on_signals
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,14 +32,19 @@ from broker.process import setup_logging, stop_on_signals
                    "DataNodes (for readers that opened it just before).")
 @click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
               "instead of refusing to start (loses what follows it; logged loudly).")
+@security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, log_level, log_file) -> None:
+         delete_grace, salvage, security, keys_dir, key_file, broker_key, log_level,
+         log_file) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
-    Example: python -m mds --data-dir data/mds --base-port 5550
+    With security on (the default) it connects with the member key of "mds"
+    (<keys>/mds.key_secret) and trusts the broker key <keys>/broker.key.
+
+    Example: python -m mds --data-dir data/mds --base-port 5550 --keys data/keys
     """
     setup_logging(log_level, log_file)
     from .metastore import RecoveryError
@@ -51,8 +56,10 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
         cfg = config.load(config_path, {
             "broker": broker_flags,
             "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
-                    "lease": lease, "dead_after": dead_after}})
+                    "lease": lease, "dead_after": dead_after},
+            "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, m = cfg["broker"], cfg["mds"]
+        keys = curve.member_keys(cfg["security"], "mds")
         hb = float(b["heartbeat_interval"])
         settings = Settings(
             data_dir=Path(m["data_dir"]), worker_endpoint=b["worker"],
@@ -63,14 +70,14 @@ def main(data_dir, config_path, base_port, broker_worker, events, heartbeat_inte
             checkpoint_records=int(m["checkpoint_records"]),
             checkpoint_bytes=int(m["checkpoint_bytes"]), salvage=salvage,
             safemode_timeout=safemode_timeout, orphan_grace=orphan_grace,
-            delete_grace=delete_grace)
+            delete_grace=delete_grace, curve=keys)
         server = MetadataServer(settings)
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
                                           "changed. Start with --salvage to cut the log at "
                                           "the damage (loses what follows it).", exc)
         sys.exit(3)
-    except (config.ConfigError, OSError) as exc:
+    except (config.ConfigError, OSError, ValueError) as exc:
         logging.getLogger("mds").error("cannot start the MDS: %s", exc)
         sys.exit(2)
     stop_on_signals(server.stop)

@@ -51,6 +51,7 @@ class Settings:
     orphan_grace: float = 60.0
     delete_grace: float = 5.0
     max_copies_per_node: int = 4
+    curve: Any = None        # broker.curve.CurveKeys of member "mds"; None = security off
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,7 +66,7 @@ class MetadataServer:
         log.info("metadata recovered in %.2fs: %s", time.monotonic() - started,
                  self.store.ns.counts())
         self.cluster = ClusterView(dead_after=s.dead_after)
-        self.events = Publisher(s.events_endpoint, "mds")
+        self.events = Publisher(s.events_endpoint, "mds", curve=s.curve)
         self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
                                     safemode_timeout=s.safemode_timeout,
                                     orphan_grace=s.orphan_grace,
@@ -73,7 +74,8 @@ class MetadataServer:
                                     max_copies_per_node=s.max_copies_per_node)
         self.ops = Handlers(self.store, self.cluster, self.repair, s)
         self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
-                             liveness=s.liveness, capacity=4096, exclusive=True)
+                             liveness=s.liveness, capacity=4096, exclusive=True,
+                             curve=s.curve)
         self._stop = False
         self._next_upkeep = 0.0
 
