@@ -108,6 +108,18 @@ class Cluster:
         from broker.curve import CurveKeys
         return CurveKeys.load(self.key) if self.security else None
 
+    def member_curve(self, service: str):
+        """CURVE keys of member `service` ("mds", "dn.<id>"; a DataNode id that has no key
+        yet gets one), for tests acting as a member; None with security off."""
+        from broker.curve import CurveKeys
+        if not self.security:
+            return None
+        store = KeyStore(self.keys_dir)
+        path = store.member_key_path(service)
+        if not path.exists():
+            store.add_node(service[3:])
+        return CurveKeys.load(path, self.keys_dir / "broker.key")
+
     def ensure_keys(self) -> list[str]:
         """Create what is missing of the cluster's keys (idempotent); returns what was made."""
         return KeyStore(self.keys_dir).ensure_cluster(self.node_ids) if self.security else []

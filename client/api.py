@@ -116,14 +116,15 @@ class AegisClient:
         if mux is None:
             if self._closed:
                 raise ValueError("AegisClient is closed")
-            if self._key_error is not None:
-                raise self._key_error
             try:
                 rpc = Client(self.broker, timeout=self.timeout, max_in_flight=4096,
                              connect_timeout=self.connect_timeout, curve=self._curve)
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
+            if self._key_error is not None:   # after the endpoint: the more basic mistake
+                rpc.close()
+                raise self._key_error
             mux = self._local.mux = Mux(rpc, keep_buffers=self.window)
             with self._lock:
                 self._clients.append(rpc)
