@@ -118,19 +118,20 @@ def registered_ids(store: KeyStore) -> frozenset[str]:
 
 class Admission:
     """The decisions of the ZAP handler, without sockets: does `domain` admit this key, and
-    which User-Id does it get. Re-reads the registry (one stat) at most every `every` s."""
+    which User-Id does it get.
 
-    def __init__(self, store: KeyStore, *, clock: Callable[[], float] = time.monotonic,
-                 every: float = 1.0) -> None:
-        self.store, self.clock, self.every = store, clock, every
-        self._next = 0.0
+    The registry is re-read (one stat when unchanged) before every decision, not once a
+    second: libzmq does not reconnect after a refused handshake, so a key added a moment
+    ago must not be refused on a stale view. Handshakes are rare and cost far more than
+    a stat, so this does not make a flood of them any cheaper to send.
+    """
+
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
         self.refused = 0
 
     def _fresh(self) -> None:
-        now = self.clock()
-        if now >= self._next:
-            self._next = now + self.every
-            self.store.reload_if_changed()
+        self.store.reload_if_changed()
 
     def kind_of(self, key: object) -> tuple[str, str] | None:
         service = self.store.member_for(key)

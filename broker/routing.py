@@ -164,8 +164,13 @@ class Router:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  heartbeat_interval: float = 1.0, liveness: int = 3,
                  max_queue: int = 10_000, request_ttl: float = 120.0,
-                 max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+                 max_header: int = P.DEFAULT_MAX_HEADER,
+                 refresh: Callable[[], frozenset[str]] | None = None) -> None:
         self.clock = clock
+        # Security on: asked for the registry's User-Ids when a key is not in the last
+        # view (a user added a moment ago), before refusing it.
+        self.refresh = refresh
+        self._deferred: list[Send] = []
         self.interval = heartbeat_interval
         self.liveness = liveness
         self.max_queue = max_queue
@@ -205,6 +210,15 @@ class Router:
                 out.extend(self._remove_worker(worker, "revoked (its key left the registry)"))
         return out
 
+    def _registered(self, user: str) -> bool:
+        if self.registry is not None and user in self.registry:
+            return True
+        if self.refresh is not None:
+            ids = self.refresh()
+            if ids != self.registry:
+                self._deferred.extend(self.set_registry(ids))   # sent by the next tick()
+        return self.registry is not None and user in self.registry
+
     def _client_caller(self, user: str | None) -> bytes | None:
         """The caller field for a client connection's User-Id; None if it is not (or no
         longer) registered."""
@@ -212,7 +226,7 @@ class Router:
             return CLIENT_CALLER
         caller = self._client_callers.get(user)
         if caller is None:
-            if self.registry is None or user not in self.registry:
+            if not self._registered(user):
                 return None
             caller = P.caller_field(*caller_of(CLIENT, user))
             self._client_callers[user] = caller
@@ -320,7 +334,7 @@ class Router:
         """One message on the worker endpoint; `user` is the connection's ZAP User-Id
         (None with security off)."""
         cmd, name, rid, header = P.unpack(env)
-        if user is not None and self.registry is not None and user not in self.registry:
+        if user is not None and not self._registered(user):
             # a revoked member key on a connection made before the revocation
             if cmd == P.REQUEST:
                 return self._revoked(_MEMBER_SIDE + identity, name, rid, user)
@@ -452,15 +466,15 @@ class Router:
     # -- time ----------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        return self._next_heartbeat
+        return self.clock() if self._deferred else self._next_heartbeat
 
     def tick(self) -> list[Send]:
         """Send due heartbeats, expire silent workers and forget stale in-flight entries."""
         now = self.clock()
+        out, self._deferred = self._deferred, []
         if now < self._next_heartbeat:
-            return []
+            return out
         self._next_heartbeat = now + self.interval
-        out: list[Send] = []
         for worker in list(self.workers.values()):
             if worker.expiry <= now:
                 self.stats["expired_workers"] += 1

@@ -119,6 +119,7 @@ class Broker:
                                         "keys first (run_cluster.py does it on first start)")
             server_keys = self.store.load_secret(self.store.member_key_path("broker"))
             self.router.set_registry(curve.registered_ids(self.store))
+            self.router.refresh = self._registry_now
             # The ZAP handler must be up before anything binds: libzmq lets a CURVE peer
             # in without asking when no handler is there.
             self.auth = curve.KeyAuthenticator(self.ctx, KeyStore(keys))
@@ -139,6 +140,7 @@ class Broker:
         self.malformed = 0
         self.refused = 0
         self._next_reload = 0.0
+        self._ids: frozenset[str] | None = None
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -180,15 +182,23 @@ class Broker:
             if sends:
                 perform(sends)
 
+    def _registry_now(self) -> frozenset[str]:
+        """The registry's User-Ids as of now (one stat when the file is unchanged)."""
+        assert self.store is not None
+        if self.store.reload_if_changed() or self._ids is None:
+            self._ids = curve.registered_ids(self.store)
+            log.info("key registry reloaded: %d users", len(self.store.users()))
+        return self._ids
+
     def _reload_keys(self) -> None:
-        """Pick up `aegisfs user rm` (and add): one stat a second when nothing changed."""
+        """Pick up `aegisfs user rm` (and add) at most a second late."""
         now = time.monotonic()
         if self.store is None or now < self._next_reload:
             return
         self._next_reload = now + self.RELOAD_EVERY
-        if self.store.reload_if_changed():
-            sends = self.router.set_registry(curve.registered_ids(self.store))
-            log.info("key registry reloaded: %d users", len(self.store.users()))
+        ids = self._registry_now()
+        if ids != self.router.registry:
+            sends = self.router.set_registry(ids)
             if sends:
                 self._perform(sends)
 
