@@ -337,13 +337,13 @@ def test_malformed_values_are_einval_and_mds_answers(cluster, errtree):
     m("abort", handle=handle)
     for fields in ({"handle": "x" * 1000, "count": 1}, {"handle": "", "count": 1}):
         assert _errno_of(lambda: m("allocate", **fields)) in (errno.ENOENT, errno.EINVAL)
-    # the block_report payload must be one msgpack list frame (sent as DataNode dnX: only
+    # the block_report payload must be one msgpack list frame (sent as DataNode dnx: only
     # a DataNode may report its blocks)
-    with MemberClient(cluster.endpoints["worker"], "dn.dnX", timeout=20,
-                      curve=cluster.member_curve("dn.dnX")) as dn:
+    with MemberClient(cluster.endpoints["worker"], "dn.dnx", timeout=20,
+                      curve=cluster.member_curve("dn.dnx")) as dn:
         for payload in ([], [b"\xc1\xc1"], [msgpack.packb({"a": 1})], [b"1", b"2"]):
             assert _errno_of(lambda: dn.call(
-                "mds", {"op": "block_report", "node": "dnX"}, payload)) == errno.EINVAL
+                "mds", {"op": "block_report", "node": "dnx"}, payload)) == errno.EINVAL
     assert m("ping")["pong"] is True
 
 
@@ -628,7 +628,7 @@ def test_batch_creates_and_commits_many_files_with_per_item_errors(mds):
             "replication": 2} for p, d in data.items()]
     ops += [{"op": "create", "path": "/batch/plain/under", "size": 1},   # parent is a file
             {"op": "create", "path": "no/../bad", "size": 1},
-            {"op": "dn_heartbeat", "node": "dnX", "capacity": 1, "used": 0, "blocks": 0},
+            {"op": "dn_heartbeat", "node": "dnx", "capacity": 1, "used": 0, "blocks": 0},
             {"op": "batch", "ops": []}, "not a map", {"op": "stat"}]
     results = [_item(r) for r in mds("batch", ops=ops)["results"]]
     assert len(results) == len(ops)
