@@ -18,10 +18,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator

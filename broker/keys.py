@@ -1,8 +1,9 @@
 """Key files and the cluster's key registry: CURVE key pairs for the broker, the MDS, each
 DataNode and each user, and the cluster secret capabilities and receipts derive from.
 
-No sockets: the broker's ZAP handler asks ``member_for`` / ``user_for`` and calls
-``reload_if_changed`` about once a second, which is how removing a user revokes the key.
+No sockets: the broker's ZAP handler (broker/curve.py) asks ``member_for`` / ``user_for``
+after ``reload_if_changed`` at every handshake, and the broker loop re-reads it once a
+second, which is how removing a user revokes the key.
 
 Layout of the keys directory (default <data-dir>/keys, mode 0700):
     broker.key, broker.key_secret      CURVE certificates in zmq.auth's (ZPL) format;
