@@ -4,10 +4,12 @@
     python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
 
 Each role runs as a child process (`sys.executable -m <role>`) logging to
-<data-dir>/logs/<role>.log. The script prints one line with `ready` and the broker
-endpoint once every role has registered, then watches the children: a child that dies is
-reported loudly. Ctrl-C or SIGTERM stops them all. The `Cluster` class is also what the
-integration tests use to run real clusters on free ports.
+<data-dir>/logs/<role>.log. Security is on unless --insecure: the first start creates the
+cluster's keys in <data-dir>/keys (broker, MDS, one per DataNode, the user "admin"). The
+script prints one line with `ready`, the broker endpoint and the admin key file once every
+role has registered, then watches the children: a child that dies is reported loudly.
+Ctrl-C or SIGTERM stops them all. The `Cluster` class is also what the integration tests
+use to run real clusters on free ports (with security on, unless security=False).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any
 import click
 
 from broker import config
+from broker.keys import ADMIN, KeyStore
 
 ROOT = Path(__file__).resolve().parent
 
@@ -83,12 +86,43 @@ class Cluster:
     extra: dict[str, list[str]] = field(default_factory=dict)   # role name -> extra flags
     env: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
+    security: bool = True                 # CURVE on every socket; False for benchmarks
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         self.endpoints = config.endpoints_for_base_port(self.base_port)
         self.broker = self.endpoints["client"]
         self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
+        self.keys_dir = self.data_dir / "keys"
+
+    # -- keys ----------------------------------------------------------------------------
+
+    @property
+    def key(self) -> Path | None:
+        """The admin user's key file (None with security off): what clients pass as key=."""
+        return self.keys_dir / "users" / f"{ADMIN}.key_secret" if self.security else None
+
+    @property
+    def curve(self):
+        """The admin user's CURVE keys for broker.client.Client(curve=...), or None."""
+        from broker.curve import CurveKeys
+        return CurveKeys.load(self.key) if self.security else None
+
+    def member_curve(self, service: str):
+        """CURVE keys of member `service` ("mds", "dn.<id>"; a DataNode id that has no key
+        yet gets one), for tests acting as a member; None with security off."""
+        from broker.curve import CurveKeys
+        if not self.security:
+            return None
+        store = KeyStore(self.keys_dir)
+        path = store.member_key_path(service)
+        if not path.exists():
+            store.add_node(service[3:])
+        return CurveKeys.load(path, self.keys_dir / "broker.key")
+
+    def ensure_keys(self) -> list[str]:
+        """Create what is missing of the cluster's keys (idempotent); returns what was made."""
+        return KeyStore(self.keys_dir).ensure_cluster(self.node_ids) if self.security else []
 
     # -- role definitions ----------------------------------------------------------------
 
@@ -96,6 +130,10 @@ class Cluster:
         args = ["--base-port", str(self.base_port)]
         if self.config_path:
             args += ["--config", self.config_path]
+        if self.security:
+            args += ["--security", "on", "--keys", str(self.keys_dir)]
+        else:
+            args += ["--security", "off"]
         return args
 
     def _define(self) -> None:
@@ -116,7 +154,8 @@ class Cluster:
                             "--server.address", "127.0.0.1", "--server.port", str(self.viz_port),
                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
                             "--client.toolbarMode", "viewer",
-                            "--", "--broker", self.broker, "--events", self.endpoints["events_out"]]
+                            "--", "--broker", self.broker, "--events", self.endpoints["events_out"],
+                            *(["--key", str(self.key)] if self.security else ["--security", "off"])]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])
             self.roles[name] = Role(name, argv, logs / f"{name}.log")
@@ -124,6 +163,7 @@ class Cluster:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> "Cluster":
+        self.ensure_keys()
         self._define()
         for name in self.roles:
             self.start_role(name)
@@ -143,7 +183,8 @@ class Cluster:
 
     def services(self, timeout: float = 1.0) -> dict[str, int]:
         from broker.client import Client
-        with Client(self.broker, timeout=timeout, connect_timeout=timeout) as c:
+        with Client(self.broker, timeout=timeout, connect_timeout=timeout,
+                    curve=self.curve) as c:
             return c.call("broker", {"op": "services"}).result["services"]
 
     def wait_ready(self, timeout: float = 30.0, roles: list[str] | None = None) -> None:
@@ -158,7 +199,7 @@ class Cluster:
                   for r in names}
         deadline = time.monotonic() + timeout
         last: Any = None
-        with Client(self.broker, timeout=2.0, connect_timeout=1.0) as client:
+        with Client(self.broker, timeout=2.0, connect_timeout=1.0, curve=self.curve) as client:
             for name, (service, probe) in probes.items():
                 while True:
                     role = self.roles[name]
@@ -241,9 +282,14 @@ class Cluster:
 @click.option("--replication", type=int, help="Default replication factor R.")
 @click.option("--viz", is_flag=True, help="Also start the Streamlit visualizer.")
 @click.option("--viz-port", default=8501, show_default=True)
+@click.option("--insecure", is_flag=True,
+              help="Security off: no CURVE, every client is admin. For benchmarks only.")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
-         replication: int | None, viz: bool, viz_port: int) -> None:
+         replication: int | None, viz: bool, viz_port: int, insecure: bool) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
+
+    The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
+    from the same directory finds the admin key there by itself.
 
     Example: python run_cluster.py --reset --datanodes 3
     """
@@ -253,7 +299,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
         click.echo(f"reset: removed {root}")
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
-                      replication=replication, viz=viz, viz_port=viz_port)
+                      replication=replication, viz=viz, viz_port=viz_port,
+                      security=not insecure)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -262,15 +309,23 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"starting broker, mds and {datanodes} DataNodes; logs in {root / 'logs'}")
+    click.echo(f"starting broker, mds and {datanodes} DataNodes; logs in {root / 'logs'} "
+               "(Ctrl-C to stop)")
+    if insecure:
+        click.echo("WARNING: security is OFF (--insecure): no CURVE, no authentication, "
+                   "every client is admin", err=True)
     try:
+        made = cluster.ensure_keys()
+        if made:
+            click.echo(f"keys created in {cluster.keys_dir}: {', '.join(made)}")
         cluster.start()
-    except (RuntimeError, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         cluster.stop()
         sys.exit(1)
     extra = f", viz http://127.0.0.1:{viz_port}" if viz else ""
-    click.echo(f"ready: broker {cluster.broker}{extra} (Ctrl-C to stop)", )
+    key = f" key {cluster.key}" if cluster.key else " (security off)"
+    click.echo(f"ready: broker {cluster.broker}{extra}{key}")
     sys.stdout.flush()
     status = 0
     try:

@@ -32,8 +32,9 @@ BLOCK = 4 * MiB
 
 def cluster_run(tmp: Path, payload: bytes, n: int, window: int) -> tuple[float, float]:
     """(put MB/s, get MB/s) through the broker to one DataNode."""
-    # the DataNode alone is measured: blocks go to it without an MDS allocating them
-    cluster = Cluster(tmp / "cluster", free_base_port(), datanodes=1,
+    # the DataNode alone is measured: blocks go to it without an MDS allocating them;
+    # security off, comparable with the earlier figures (bench/put_get.py has CURVE)
+    cluster = Cluster(tmp / "cluster", free_base_port(), datanodes=1, security=False,
                       extra={"dn1": ["--no-capabilities"]})
     cluster.start()
     try:

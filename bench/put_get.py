@@ -2,13 +2,17 @@
 
     python bench/put_get.py                      # 1 GiB put/get at R=1 and R=2, 4 KiB creates
     python bench/put_get.py --size-mib 256 --small-files 200
+    python bench/put_get.py --security on        # only the CURVE cluster (default: both)
 
 Starts its own cluster (run_cluster.Cluster: broker, MDS, 3 DataNodes) on free ports in a
 temporary directory. Every client runs in a child process of its own, which reports its
 wall time and peak RSS (getrusage). The raw baseline is the minimal same-shaped path: a
 client DEALER -> a C `zmq.proxy` relay -> single-threaded sink processes writing each block
 tmp, fsync, DONTNEED, rename, fsync dir (as bench/raw_disk.py's raw_put) - no MDS, no
-checksums, no placement. Prints a table; benchmarks are scripts, not tests.
+checksums, no placement. With --security both (the default) the big put/get also runs
+on a second cluster with CURVE on (rows marked "CURVE"; small files only with security
+off); the clients find the cluster's key through AEGISFS_KEY. Prints a table;
+benchmarks are scripts, not tests.
 """
 from __future__ import annotations
 
@@ -229,9 +233,13 @@ ROLES = {"put": role_put, "get": role_get, "small": role_small, "raw-client": ro
 # ---------------------------------------------------------------------------------------
 # The driver
 
+CHILD_ENV: dict[str, str] = {}    # the security settings of the cluster being measured
+
+
 def child(role: str, *args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--role", role, *map(str, args)],
-                            stdout=subprocess.PIPE, cwd=str(ROOT), text=True)
+                            stdout=subprocess.PIPE, cwd=str(ROOT), text=True,
+                            env={**os.environ, **CHILD_ENV})
 
 
 def run_child(role: str, *args: object) -> dict:
@@ -308,6 +316,8 @@ def main() -> None:
                     help="4 KiB files written with put_many by 1 client (8 clients make "
                          "1/4 as many each)")
     ap.add_argument("--dir", default=None, help="scratch parent dir (default $TMPDIR)")
+    ap.add_argument("--security", choices=["on", "off", "both"], default="both",
+                    help="measure with CURVE on, off (the small files too), or both")
     ap.add_argument("--role", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
@@ -333,26 +343,37 @@ def main() -> None:
             make_source(src, size)
             raw = {r: raw_baseline(tmp, src, r) for r in (1, 2)}
         raw_small = raw_small_files(tmp)
-        cluster = Cluster(tmp / "cluster", free_base_port(), datanodes=3).start()
-        try:
-            _wait_nodes(cluster.broker, 3)
-            for r in ((1, 2) if size else ()):
-                put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
-                get = run_child("get", cluster.broker, f"/bench/r{r}.bin", tmp / "out.bin")
-                os.unlink(tmp / "out.bin")
-                p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
-                gib = size / 2**30
-                rows.append((f"put R={r}", p_mbs, put["rss_mib"], put["cpu"] / gib,
-                             raw[r]["put"]))
-                rows.append((f"get R={r}", g_mbs, get["rss_mib"], get["cpu"] / gib,
-                             raw[1]["get"]))
-            small = {}
-            for mode, n in (("single", args.small_files), ("batched", args.batched_files)):
-                small[mode] = (
-                    small_files(cluster.broker, 1, n, f"{mode}-one", mode),
-                    small_files(cluster.broker, 8, max(1, n // 4), f"{mode}-eight", mode))
-        finally:
-            cluster.stop()
+        small = {}
+        modes = {"on": [True], "off": [False], "both": [False, True]}[args.security]
+        for secure in modes:
+            cluster = Cluster(tmp / f"cluster-{'on' if secure else 'off'}", free_base_port(),
+                              datanodes=3, security=secure).start()
+            CHILD_ENV.clear()
+            CHILD_ENV.update({"AEGISFS_SECURITY_MODE": "on", "AEGISFS_KEY": str(cluster.key)}
+                             if secure else {"AEGISFS_SECURITY_MODE": "off"})
+            tag = " CURVE" if secure else ""
+            try:
+                _wait_nodes(cluster.broker, 3, cluster.key)
+                for r in ((2,) if secure and len(modes) > 1 else (1, 2)) if size else ():
+                    put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
+                    get = run_child("get", cluster.broker, f"/bench/r{r}.bin",
+                                    tmp / "out.bin")
+                    os.unlink(tmp / "out.bin")
+                    p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
+                    gib = size / 2**30
+                    rows.append((f"put R={r}{tag}", p_mbs, put["rss_mib"], put["cpu"] / gib,
+                                 raw[r]["put"]))
+                    rows.append((f"get R={r}{tag}", g_mbs, get["rss_mib"], get["cpu"] / gib,
+                                 raw[1]["get"]))
+                if not small and (not secure or len(modes) == 1):
+                    for mode, n in (("single", args.small_files),
+                                    ("batched", args.batched_files)):
+                        small[mode] = (
+                            small_files(cluster.broker, 1, n, f"{mode}-one", mode),
+                            small_files(cluster.broker, 8, max(1, n // 4), f"{mode}-eight",
+                                        mode))
+            finally:
+                cluster.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -376,19 +397,20 @@ def main() -> None:
 def print_table(size_mib: int, rows: list[tuple]) -> None:
     print(f"\nAegisFS put/get of {size_mib} MiB, {BLOCK // MiB} MiB blocks, window "
           f"{WINDOW}, 3 DataNodes, {os.cpu_count()} cores")
-    print(f"{'':10} {'MB/s':>8} {'client peak RSS':>16} {'client CPU-s/GiB':>17} "
+    print(f"{'':16} {'MB/s':>8} {'client peak RSS':>16} {'client CPU-s/GiB':>17} "
           f"{'raw MB/s':>9} {'ratio':>6}")
     for name, mbs, rss, cpu, base in rows:
-        print(f"{name:10} {mbs:8.0f} {rss:12.0f} MiB {cpu:17.2f} {base:9.0f} {mbs / base:6.2f}")
+        print(f"{name:16} {mbs:8.0f} {rss:12.0f} MiB {cpu:17.2f} {base:9.0f} {mbs / base:6.2f}")
     print("raw: client -> zmq.proxy -> single-threaded sinks (tmp, writev, fsync, DONTNEED, "
           "rename, fsync dir);\n     the DataNodes overlap two writer threads, so a ratio "
           "above 1 is possible when fsync latency dominates.")
 
 
-def _wait_nodes(broker: str, count: int, timeout: float = 30.0) -> None:
+def _wait_nodes(broker: str, count: int, key: Path | None, timeout: float = 30.0) -> None:
     from client import AegisClient
     deadline = time.monotonic() + timeout
-    with AegisClient(broker, timeout=2, connect_timeout=2) as fs:
+    cfg = {"security": {"mode": "on" if key else "off"}}
+    with AegisClient(broker, timeout=2, connect_timeout=2, key=key, config=cfg) as fs:
         while time.monotonic() < deadline:
             try:
                 st = fs.status()

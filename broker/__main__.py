@@ -7,8 +7,8 @@ import sys
 import click
 import zmq
 
-from . import config
-from .process import setup_logging, stop_on_signals, tune_malloc
+from . import config, curve
+from .process import security_flags, security_options, setup_logging, stop_on_signals, tune_malloc
 from .server import Broker
 
 
@@ -25,22 +25,30 @@ from .server import Broker
 @click.option("--events-in", help="XSUB endpoint publishers connect to.")
 @click.option("--events-out", help="XPUB endpoint subscribers connect to.")
 @click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats.")
+@security_options(member=False)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
-def main(config_path, base_port, bind, client, worker, events_in, events_out, heartbeat_interval,
-         log_level, log_file) -> None:
+def main(config_path, base_port, bind, client, worker, events_in, events_out,
+         heartbeat_interval, security, keys_dir, log_level, log_file) -> None:
     """Route requests between AegisFS clients and workers, and relay events.
 
-    Example: python -m broker --base-port 6000 --bind 198.18.0.1
+    With security on (the default) every socket is a CURVE server: the keys directory
+    holds the broker's key pair and the registry of members and users, re-read once a
+    second (so `aegisfs user rm` takes effect within seconds).
+
+    Example: python -m broker --base-port 6000 --bind 198.18.0.1 --keys data/keys
     """
     setup_logging(log_level, log_file)
     tune_malloc()
-    flags = config.broker_flags(base_port, bind=bind, client=client, worker=worker, events_in=events_in,
-                                events_out=events_out, heartbeat_interval=heartbeat_interval)
+    flags = config.broker_flags(base_port, bind=bind, client=client, worker=worker,
+                                events_in=events_in, events_out=events_out,
+                                heartbeat_interval=heartbeat_interval)
     try:
-        cfg = config.load(config_path, {"broker": flags})["broker"]
-        broker = Broker(cfg)
-    except (config.ConfigError, zmq.ZMQError) as exc:
+        full = config.load(config_path, {"broker": flags,
+                                         "security": security_flags(security, keys_dir)})
+        secure = curve.warn_if_off(full["security"], "broker")
+        broker = Broker(full["broker"], keys=curve.keys_dir(full["security"]) if secure else None)
+    except (config.ConfigError, zmq.ZMQError, OSError, ValueError) as exc:
         logging.getLogger("broker").error("cannot start the broker: %s", exc)
         sys.exit(2)
     stop_on_signals(broker.stop)

@@ -10,6 +10,8 @@ Errors arrive as OSError subclasses (FileNotFoundError, ...). No broker within
 broker connection dropping with requests out -> ConnectionResetError for each, at once,
 so callers can retry instead of waiting out a timeout. One Client per thread.
 `MemberClient` is the same for the cluster's own processes, on the worker endpoint.
+With `curve=` (broker.curve.CurveKeys) the connection is CURVE; a key the broker refuses
+(unknown, revoked, not allowed on that endpoint) is a PermissionError (EACCES) at once.
 """
 from __future__ import annotations
 
@@ -50,8 +52,10 @@ class Reply:
 class Client:
     def __init__(self, endpoint: str, *, timeout: float = 30.0, max_in_flight: int = 64,
                  connect_timeout: float = 5.0, context: zmq.Context | None = None,
-                 hwm: int = 1000, max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+                 hwm: int = 1000, max_header: int = P.DEFAULT_MAX_HEADER,
+                 curve: Any = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.timeout = timeout
         self.max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout
@@ -61,6 +65,8 @@ class Client:
         wire.configure(self.sock, hwm=hwm)
         # Queue only on a live connection, so a down broker is seen at once (POLLOUT).
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        if curve is not None:
+            curve.apply(self.sock)
         self._monitor = wire.monitor(self.sock)
         self.sock.connect(endpoint)
         self._poller = zmq.Poller()
@@ -84,10 +90,8 @@ class Client:
         """Send a request; returns its id. Blocks while `max_in_flight` requests are out."""
         while len(self._pending) >= self.max_in_flight:
             self._pump(self._earliest_deadline())
-        if not self.sock.poll(self.connect_timeout * 1000, zmq.POLLOUT):
-            raise BrokerUnavailable(errno.ECONNREFUSED,
-                                    f"cannot reach the broker at {self.endpoint} within "
-                                    f"{self.connect_timeout:g}s (is the cluster running?)")
+        if not self.sock.poll(0, zmq.POLLOUT):
+            self._wait_connected()
         if self._hello is not None:
             self._declare()
         rid = next(self._ids)
@@ -179,8 +183,43 @@ class Client:
             reply.error = exc
         self._done[rid] = reply
 
-    def _connection_events(self) -> None:
+    def _wait_connected(self) -> None:
+        """Until the connection is up (CURVE handshake done), or fail: BrokerUnavailable
+        after connect_timeout, PermissionError at once when the broker refuses our key."""
+        deadline = time.monotonic() + self.connect_timeout
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLOUT)
+        poller.register(self._monitor, zmq.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            events = dict(poller.poll(max(0.0, left) * 1000))
+            if self._monitor in events:
+                self._connection_events(raise_refused=True)
+            if self.sock in events:
+                return
+            if left <= 0:
+                raise BrokerUnavailable(errno.ECONNREFUSED,
+                                        f"cannot reach the broker at {self.endpoint} within "
+                                        f"{self.connect_timeout:g}s (is the cluster running?)")
+
+    def _refused(self) -> PermissionError:
+        key = f" {self.curve.source}" if self.curve is not None and self.curve.source else ""
+        if self.curve is None:
+            why = ("it requires a CURVE key and none was given (pass a key, or the cluster "
+                   "runs with security on and this client with security off)")
+        else:
+            why = ("the key is not registered (unknown or revoked), not allowed on this "
+                   "endpoint, or the broker public key is wrong")
+        return PermissionError(errno.EACCES, f"the broker at {self.endpoint} refused the "
+                               f"key{key}: {why}")
+
+    def _connection_events(self, raise_refused: bool = False) -> None:
         seen = wire.monitor_events(self._monitor)
+        if any(event in seen for event in wire.HANDSHAKE_FAILED):
+            exc = self._refused()
+            self._fail_all(exc)
+            if raise_refused:
+                raise exc
         if zmq.EVENT_DISCONNECTED in seen:
             self._fail_all(ConnectionResetError(
                 errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))

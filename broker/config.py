@@ -54,6 +54,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scrub_rate": 16 * 1024 * 1024,
         "writer_threads": 2,
     },
+    # CURVE on every broker socket (broker/curve.py). "off" is for benchmarks only.
+    "security": {"mode": "on", "keys": "data/keys", "key": "", "broker_key": ""},
     "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,
                "get_batch": 256, "progress": True},
 }

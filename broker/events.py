@@ -35,10 +35,12 @@ class Publisher:
     """Thread-safe PUB connected to the broker's XSUB endpoint."""
 
     def __init__(self, endpoint: str, source: str, context: zmq.Context | None = None,
-                 hwm: int = 10_000) -> None:
+                 hwm: int = 10_000, curve: Any = None) -> None:
         self.source = source
         self.sock = (context or zmq.Context.instance()).socket(zmq.PUB)
         wire.configure(self.sock, hwm=hwm)
+        if curve is not None:   # broker.curve.CurveKeys: a member key
+            curve.apply(self.sock)
         self.sock.connect(endpoint)
         self._seq: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -72,9 +74,12 @@ class Subscriber:
     """SUB on the broker's XPUB endpoint, for one thread."""
 
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",),
-                 context: zmq.Context | None = None, hwm: int = 100_000) -> None:
+                 context: zmq.Context | None = None, hwm: int = 100_000,
+                 curve: Any = None) -> None:
         self.sock = (context or zmq.Context.instance()).socket(zmq.SUB)
         wire.configure(self.sock, hwm=hwm)
+        if curve is not None:   # broker.curve.CurveKeys: a user's or a member's key
+            curve.apply(self.sock)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self.sock.connect(endpoint)

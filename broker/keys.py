@@ -1,8 +1,9 @@
 """Key files and the cluster's key registry: CURVE key pairs for the broker, the MDS, each
 DataNode and each user, and the cluster secret capabilities and receipts derive from.
 
-No sockets: the broker's ZAP handler asks ``member_for`` / ``user_for`` and calls
-``reload_if_changed`` about once a second, which is how removing a user revokes the key.
+No sockets: the broker's ZAP handler (broker/curve.py) asks ``member_for`` / ``user_for``
+after ``reload_if_changed`` at every handshake, and the broker loop re-reads it once a
+second, which is how removing a user revokes the key.
 
 Layout of the keys directory (default <data-dir>/keys, mode 0700):
     broker.key, broker.key_secret      CURVE certificates in zmq.auth's (ZPL) format;
@@ -22,12 +23,14 @@ Public API:
     .ensure_cluster(datanodes) -> [what was created]   idempotent; first start also
         creates the superuser "admin"
     .add_user(name, *, superuser=False) -> Path of the secret key file
-    .remove_user(name), .users() -> {name: UserInfo}, .add_node(node_id) -> Path
+    .remove_user(name), .users() -> {name: UserInfo}, .members() -> {public: service},
+    .add_node(node_id) -> Path
     .member_for(public_key) -> service | None, .user_for(public_key) -> name | None
     .reload_if_changed() -> bool, .broker_public() -> bytes (z85), .cluster_secret() -> bytes
     .member_key_path(service) -> Path, .user_key_path(name) -> Path
     load_secret(path) -> (public z85, secret z85)   PermissionError if group/world can read
     load_public(path) -> public z85, write_file_atomic(path, data, mode)
+    load_broker_key(path) -> the broker public key a user's key file names, or None
 """
 from __future__ import annotations
 
@@ -114,11 +117,14 @@ def _read_private(path: Path, limit: int = 1 << 16) -> bytes:
         os.close(fd)
 
 
-def _cert(public: bytes, secret: bytes | None) -> bytes:
+def _cert(public: bytes, secret: bytes | None, broker: bytes | None = None) -> bytes:
     # The format of zmq.auth.create_certificates, so zmq.auth.load_certificate reads it too.
+    # A user's certificate also names the broker's public key (metadata), so the one file
+    # is all a user needs to connect.
     kind = "**Secret** Certificate" if secret else "Public Certificate"
+    meta = [f'    broker-key = "{broker.decode()}"'] if broker else []
     lines = [f"#   ****  Generated on {datetime.datetime.now()} by aegisfs  ****",
-             f"#   ZeroMQ CURVE {kind}", "", "metadata", "curve",
+             f"#   ZeroMQ CURVE {kind}", "", "metadata", *meta, "curve",
              f'    public-key = "{public.decode()}"']
     if secret:
         lines.append(f'    secret-key = "{secret.decode()}"')
@@ -150,6 +156,16 @@ def load_secret(path: Path | str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def load_broker_key(path: Path | str) -> bytes | None:
+    """The broker public key (z85) a user certificate names in its metadata, or None."""
+    for line in _read_private(Path(path)).splitlines():
+        line = line.strip()
+        if line.startswith(b"broker-key"):
+            key = line.split(b"=", 1)[1].strip(b" \t'\"")
+            return key if _z85(key) is not None else None
+    return None
+
+
 def load_public(path: Path | str) -> bytes:
     path = Path(path)
     public, _ = _parse_cert(path, path.read_bytes()[:1 << 16])
@@ -158,11 +174,11 @@ def load_public(path: Path | str) -> bytes:
     return public
 
 
-def _write_keypair(secret_path: Path) -> bytes:
+def _write_keypair(secret_path: Path, broker: bytes | None = None) -> bytes:
     """Write <base>.key_secret (0600) then <base>.key (0644); return the public key."""
     public, secret = zmq.curve_keypair()
     secret_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file_atomic(secret_path, _cert(public, secret), 0o600)
+    write_file_atomic(secret_path, _cert(public, secret, broker), 0o600)
     write_file_atomic(secret_path.with_suffix(".key"), _cert(public, None), 0o644)
     return public
 
@@ -260,7 +276,9 @@ class KeyStore:
         return self.user_key_path(name)
 
     def _add_user(self, name: str, *, superuser: bool) -> None:
-        public = _write_keypair(self.user_key_path(name)).decode()
+        broker_file = self.member_key_path("broker").with_suffix(".key")
+        broker = load_public(broker_file) if broker_file.exists() else None
+        public = _write_keypair(self.user_key_path(name), broker).decode()
         self._users[name] = UserInfo(name, public, float(self._clock()), superuser)
 
     def remove_user(self, name: str) -> None:
@@ -278,6 +296,10 @@ class KeyStore:
 
     def users(self) -> dict[str, UserInfo]:
         return dict(sorted(self._users.items()))
+
+    def members(self) -> dict[str, str]:
+        """{public key z85: service} of the registered members (broker, mds, dn.<id>)."""
+        return dict(self._members)
 
     def add_node(self, node_id: str) -> Path:
         _check_node_id(node_id)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import Callable
+from typing import Any, Callable
+
+import click
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
@@ -48,3 +50,34 @@ def tune_malloc() -> None:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024)
     mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+
+
+def security_options(member: bool) -> Callable[[Callable], Callable]:
+    """The [security] flags every role takes: --security on|off and --keys DIR, and for
+    the MDS and DataNodes --key FILE (their member secret key) and --broker-key FILE."""
+    def wrap(fn: Callable) -> Callable:
+        opts = [click.option("--security", type=click.Choice(["on", "off"]),
+                             help="CURVE on every socket (default: [security] mode, on). "
+                                  "off is for benchmarks only."),
+                click.option("--keys", "keys_dir", type=click.Path(file_okay=False),
+                             help="The cluster's keys directory (default: [security] keys, "
+                                  "data/keys).")]
+        if member:
+            opts += [click.option("--key", "key_file", type=click.Path(dir_okay=False),
+                                  help="This member's secret key file (default: its file "
+                                       "in the keys directory)."),
+                     click.option("--broker-key", type=click.Path(dir_okay=False),
+                                  help="The broker's public key file (default: broker.key "
+                                       "in the keys directory).")]
+        for opt in reversed(opts):
+            fn = opt(fn)
+        return fn
+    return wrap
+
+
+def security_flags(security: str | None, keys_dir: str | None, key_file: str | None = None,
+                   broker_key: str | None = None) -> dict[str, Any]:
+    """The [security] overrides from those flags (None = not given). A member's --key is
+    `member_key`: [security] key in the config is the client's user key."""
+    return {"mode": security, "keys": keys_dir, "member_key": key_file,
+            "broker_key": broker_key}

@@ -23,6 +23,7 @@ sends that the I/O loop performs verbatim. Nothing here imports zmq.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import deque
@@ -51,24 +52,66 @@ READY_FIELDS = Map({"capacity?": Int(-(1 << 63), 1 << 64), "exclusive?": Bool(),
                     "node?": Str(P.MAX_SERVICE_LEN)})
 
 
-def caller_of(side: int, member: str | None = None) -> tuple[str, str]:
-    """(caller class, caller id) of a request, from where it arrived.
+# With security off every client is this user: the superuser (mds.perms.SUPERUSER and
+# keys.ADMIN are the same name; a unit test holds them together).
+INSECURE_USER = "admin"
+USER_KEY, MEMBER_KEY = "u", "m"    # the kinds of User-Id (broker/curve.py makes them)
 
-    Today the endpoint is the credential: the client endpoint is anyone ("client",
-    "admin": with security off every client is the superuser of the namespace, whose
-    permission checks key on this id); a connection on the worker endpoint is a cluster member and names the
-    member it acts for ("mds", or "dn.<id>" -> a "datanode" with id <id>).
-    SECURITY: this is the one place to change when the broker authenticates peers: derive
-    class and id from the CURVE key's ZAP User-Id (zmq.Frame.get("User-Id")) instead of the
-    endpoint and the member's own declaration.
-    """
-    if side == CLIENT:
-        return P.CALLER_CLIENT, "admin"
+
+class Refused(PermissionError):
+    """A peer asked for something its key does not allow (register or act for another
+    member, a user key on the worker side): refused and logged, never a crash."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPERM, message)
+
+
+def parse_user_id(uid: str) -> tuple[str, str] | None:
+    """(kind, name) of a User-Id "u:<user>:<key>" / "m:<service>:<key>", else None.
+    Names never hold ':' (keys.USER_NAME, keys.NODE_ID), so the first two split cleanly."""
+    kind, sep, rest = uid.partition(":")
+    name, sep2, _key = rest.partition(":")
+    if not (sep and sep2 and name) or kind not in (USER_KEY, MEMBER_KEY):
+        return None
+    return kind, name
+
+
+def _member_caller(member: str | None) -> tuple[str, str]:
     if member == P.CALLER_MDS:
         return P.CALLER_MDS, P.CALLER_MDS
     if member is not None and member.startswith("dn.") and len(member) > 3:
         return P.CALLER_DATANODE, member[3:]
     raise P.ProtocolError(f"{member!r} is not a member of the cluster (mds or dn.<id>)")
+
+
+def caller_of(side: int, user: str | None = None,
+              member: str | None = None) -> tuple[str, str]:
+    """(caller class, caller id) of a request: the one place that decides who is calling.
+
+    With security on, `user` is the connection's ZAP User-Id (what the broker's
+    authenticator gave the CURVE key, attached by ZeroMQ to every message): on the client
+    endpoint a user key is class "client" with the user's name; on the worker endpoint a
+    member key is the member it was issued for ("mds", or "dn.<id>" -> "datanode" <id>),
+    and `member` (what the peer declares in MEMBER or READY) must be that same member.
+    Anything else raises Refused. Nothing the sender writes in a header counts.
+    With security off (`user` None) the endpoint is the credential: every client is
+    INSECURE_USER, a member is what it declares.
+    """
+    if user is None:
+        return (P.CALLER_CLIENT, INSECURE_USER) if side == CLIENT else _member_caller(member)
+    who = parse_user_id(user)
+    if who is None:
+        raise Refused(f"unknown User-Id {user[:60]!r}")
+    kind, name = who
+    if side == CLIENT:
+        if kind != USER_KEY:
+            raise Refused(f"member key of {name!r} on the client endpoint")
+        return P.CALLER_CLIENT, name
+    if kind != MEMBER_KEY:
+        raise Refused(f"user key of {name!r} on the worker endpoint")
+    if member is not None and member != name:
+        raise Refused(f"the key of {name!r} may not act for {member!r}")
+    return _member_caller(name)
 
 
 CLIENT_CALLER = P.caller_field(*caller_of(CLIENT))
@@ -86,6 +129,12 @@ class _BrokerOps:
         return {"pong": True}
 
     @operation(callers=EVERYONE)
+    def whoami(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Who the broker says the caller is: {"user": id, "class": caller class} (a user's
+        name for clients; "admin" for every client when security is off)."""
+        return {"user": ctx.caller_id, "class": ctx.caller_class}
+
+    @operation(callers=EVERYONE)
     def services(self, h: dict, payload: list, ctx: Context) -> dict:
         """Live workers per service: {"services": {name: count}} (services with none are
         left out)."""
@@ -99,6 +148,7 @@ class Worker:
     service: "Service"
     capacity: int
     expiry: float
+    user: str | None = None                       # its key's User-Id (security on)
     in_flight: set = field(default_factory=set)   # (route, rid) keys
 
 
@@ -114,8 +164,13 @@ class Router:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  heartbeat_interval: float = 1.0, liveness: int = 3,
                  max_queue: int = 10_000, request_ttl: float = 120.0,
-                 max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+                 max_header: int = P.DEFAULT_MAX_HEADER,
+                 refresh: Callable[[], frozenset[str]] | None = None) -> None:
         self.clock = clock
+        # Security on: asked for the registry's User-Ids when a key is not in the last
+        # view (a user added a moment ago), before refusing it.
+        self.refresh = refresh
+        self._deferred: list[Send] = []
         self.interval = heartbeat_interval
         self.liveness = liveness
         self.max_queue = max_queue
@@ -123,26 +178,86 @@ class Router:
         self.max_header = max_header
         self.services: dict[bytes, Service] = {}
         self.workers: dict[bytes, Worker] = {}
-        self.members: dict[bytes, bytes] = {}   # identity -> caller field of its requests
+        # identity -> (caller field of its requests, User-Id of the connection that said so)
+        self.members: dict[bytes, tuple[bytes, str | None]] = {}
+        # Security on: the User-Ids the key registry admits (set_registry), and the caller
+        # field of each client User-Id seen, rebuilt after every registry change.
+        self.registry: frozenset[str] | None = None
+        self._client_callers: dict[str, bytes] = {}
         self.broker_ops = S.Service.collect(P.BROKER_SERVICE, _BrokerOps(self))
         # (route, rid) -> (worker, deadline); swept once per heartbeat interval
         self.in_flight: dict[tuple[bytes, bytes], tuple[Worker, float]] = {}
         self._next_heartbeat = clock() + heartbeat_interval
         self.stats = {"requests": 0, "replies": 0, "dropped_replies": 0, "rejected": 0,
-                      "expired_workers": 0}
+                      "expired_workers": 0, "revoked": 0}
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def set_registry(self, ids: frozenset[str] | None) -> list[Send]:
+        """The registry changed (security on: the User-Ids it admits). Requests from a key
+        no longer in it are refused with EACCES from now on; its workers and member
+        declarations are dropped (their in-flight requests fail with ECONNRESET)."""
+        self.registry = ids
+        self._client_callers.clear()
+        if ids is None:
+            return []
+        for ident, (_, user) in list(self.members.items()):
+            if user is not None and user not in ids:
+                del self.members[ident]
+        out: list[Send] = []
+        for worker in list(self.workers.values()):
+            if worker.user is not None and worker.user not in ids:
+                out.extend(self._remove_worker(worker, "revoked (its key left the registry)"))
+        return out
+
+    def _registered(self, user: str) -> bool:
+        if self.registry is not None and user in self.registry:
+            return True
+        if self.refresh is not None:
+            ids = self.refresh()
+            if ids != self.registry:
+                self._deferred.extend(self.set_registry(ids))   # sent by the next tick()
+        return self.registry is not None and user in self.registry
+
+    def _client_caller(self, user: str | None) -> bytes | None:
+        """The caller field for a client connection's User-Id; None if it is not (or no
+        longer) registered."""
+        if user is None:
+            return CLIENT_CALLER
+        caller = self._client_callers.get(user)
+        if caller is None:
+            if not self._registered(user):
+                return None
+            caller = P.caller_field(*caller_of(CLIENT, user))
+            self._client_callers[user] = caller
+        return caller
 
     # -- requests (from clients, and from members on the worker side) -------------------
 
-    def on_client(self, client: bytes, env: bytes, payload: list) -> list[Send]:
-        """One message from a client: its envelope frame and payload frames."""
+    def on_client(self, client: bytes, env: bytes, payload: list,
+                  user: str | None = None) -> list[Send]:
+        """One message from a client: its envelope frame and payload frames; `user` is the
+        connection's ZAP User-Id (None with security off)."""
         cmd, service, rid, header = P.unpack(env)
         if cmd != P.REQUEST:
             name = P.COMMAND_NAMES.get(cmd, str(cmd))
             raise P.ProtocolError(f"command {name} is not valid from a client")
         if len(client) > MAX_IDENTITY:
             raise P.ProtocolError(f"identity longer than {MAX_IDENTITY} bytes")
-        return self._request(_CLIENT_SIDE + client, service, rid, header, payload,
-                             CLIENT_CALLER)
+        route = _CLIENT_SIDE + client
+        caller = self._client_caller(user)
+        if caller is None:
+            return self._revoked(route, service, rid, user)
+        return self._request(route, service, rid, header, payload, caller)
+
+    def _revoked(self, route: bytes, service: bytes, rid: bytes, user: str | None) -> list[Send]:
+        if not rid or len(rid) > P.MAX_RID_LEN:
+            raise P.ProtocolError(f"request id must be 1..{P.MAX_RID_LEN} bytes")
+        self.stats["revoked"] += 1
+        who = parse_user_id(user or "")
+        name = who[1] if who else "?"
+        return [self._error(route, service, rid, "EACCES",
+                            f"the key of {name!r} is no longer registered (revoked)")]
 
     def _request(self, route: bytes, service: bytes, rid: bytes, header: bytes,
                  payload: list, caller: bytes) -> list[Send]:
@@ -214,41 +329,54 @@ class Router:
 
     # -- worker side ---------------------------------------------------------------------
 
-    def on_worker(self, identity: bytes, env: bytes, payload: list) -> list[Send]:
+    def on_worker(self, identity: bytes, env: bytes, payload: list,
+                  user: str | None = None) -> list[Send]:
+        """One message on the worker endpoint; `user` is the connection's ZAP User-Id
+        (None with security off)."""
         cmd, name, rid, header = P.unpack(env)
+        if user is not None and not self._registered(user):
+            # a revoked member key on a connection made before the revocation
+            if cmd == P.REQUEST:
+                return self._revoked(_MEMBER_SIDE + identity, name, rid, user)
+            raise Refused("message from a key that is no longer registered")
         worker = self.workers.get(identity)
         if worker is not None:
+            # A routing id is the peer's to choose: one that reappears on a connection with
+            # another key is not the worker we registered.
+            if worker.user != user:
+                raise Refused("a routing id of a registered worker on another key")
             worker.expiry = self.clock() + self.interval * self.liveness
         if cmd == P.REPLY:
             if worker is None:
                 return [(WORKER, identity, [P.DISCONNECT_ENV])]
             return self._on_reply(worker, name, rid, header, payload)
         if cmd == P.REQUEST:
-            caller = self.members.get(identity)
-            if caller is None:
+            entry = self.members.get(identity)
+            if entry is None or entry[1] != user:
                 raise P.ProtocolError("REQUEST on the worker endpoint from a peer that has "
                                       "not declared which member it acts for (MEMBER)")
             if len(identity) > MAX_IDENTITY:
                 raise P.ProtocolError(f"identity longer than {MAX_IDENTITY} bytes")
-            return self._request(_MEMBER_SIDE + identity, name, rid, header, payload, caller)
+            return self._request(_MEMBER_SIDE + identity, name, rid, header, payload, entry[0])
         if cmd == P.HEARTBEAT:
             return [] if worker else [(WORKER, identity, [P.DISCONNECT_ENV])]
         if cmd == P.READY:
-            return self._on_ready(identity, name, header)
+            return self._on_ready(identity, name, header, user)
         if cmd == P.MEMBER:
-            return self._on_member(identity, name)
+            return self._on_member(identity, name, user)
         if cmd == P.DISCONNECT:
             self.members.pop(identity, None)
             return self._remove_worker(worker) if worker else []
         cname = P.COMMAND_NAMES.get(cmd, str(cmd))
         raise P.ProtocolError(f"command {cname} is not valid from a worker")
 
-    def _on_member(self, identity: bytes, declared: bytes) -> list[Send]:
-        caller_class, caller_id = caller_of(WORKER, P.decode_name(declared, "member name"))
+    def _on_member(self, identity: bytes, declared: bytes, user: str | None) -> list[Send]:
+        caller_class, caller_id = caller_of(WORKER, user,
+                                            P.decode_name(declared, "member name"))
         if identity not in self.members and len(self.members) >= MAX_MEMBERS:
             # members that vanished without DISCONNECT (kill -9): forget the oldest
             del self.members[next(iter(self.members))]
-        self.members[identity] = P.caller_field(caller_class, caller_id)
+        self.members[identity] = (P.caller_field(caller_class, caller_id), user)
         return []
 
     def _on_reply(self, worker: Worker, route: bytes, rid: bytes, header: bytes,
@@ -278,10 +406,13 @@ class Router:
             out.append(self._dispatch(worker, *svc.queue.popleft()))
         return out
 
-    def _on_ready(self, identity: bytes, service: bytes, header: bytes) -> list[Send]:
+    def _on_ready(self, identity: bytes, service: bytes, header: bytes,
+                  user: str | None = None) -> list[Send]:
         name = P.decode_name(service, "service name")
         if name == P.BROKER_SERVICE:
             raise P.ProtocolError(f"service name {name!r} is reserved")
+        if user is not None:
+            caller_of(WORKER, user, name)   # a member key serves only its own service
         info = P.decode_header(header, self.max_header)
         try:
             validate(READY_FIELDS, info, "READY")
@@ -300,7 +431,8 @@ class Router:
             # with it until it expires.
             for old in list(svc.workers):
                 out.extend(self._remove_worker(old, "superseded by a new registration"))
-        worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness)
+        worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness,
+                        user)
         self.workers[identity] = worker
         svc.workers.append(worker)
         log.info("worker %s registered for service %r (capacity %d)",
@@ -334,15 +466,15 @@ class Router:
     # -- time ----------------------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        return self._next_heartbeat
+        return self.clock() if self._deferred else self._next_heartbeat
 
     def tick(self) -> list[Send]:
         """Send due heartbeats, expire silent workers and forget stale in-flight entries."""
         now = self.clock()
+        out, self._deferred = self._deferred, []
         if now < self._next_heartbeat:
-            return []
+            return out
         self._next_heartbeat = now + self.interval
-        out: list[Send] = []
         for worker in list(self.workers.values()):
             if worker.expiry <= now:
                 self.stats["expired_workers"] += 1

@@ -2,21 +2,26 @@
 
 Clients talk to the client endpoint, workers to the worker endpoint; publishers connect to
 the XSUB endpoint and subscribers to the XPUB endpoint (a C `zmq.proxy` in its own thread).
-The loop only moves frames; every decision is made by `routing.Router`.
+With security on all four are CURVE servers checked by the ZAP thread (broker/curve.py);
+the loop hands each message's User-Id to the router and re-reads the key registry at
+most once a second. The loop only moves frames; every decision is made by `routing.Router`.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from . import curve
 from . import protocol as P
 from . import wire
 from .config import bind_endpoint
-from .routing import CLIENT, Router
+from .keys import KeyStore
+from .routing import CLIENT, Refused, Router
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +32,9 @@ class RateLimitedLog:
     """Log peer garbage at most `per_interval` times per interval; count the rest."""
 
     def __init__(self, logger: logging.Logger, per_interval: int = 5, interval: float = 10.0,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, what: str = "malformed messages") -> None:
         self.logger, self.per_interval, self.interval, self.clock = logger, per_interval, interval, clock
+        self.what = what
         self.window_start = clock()
         self.count = 0
         self.suppressed = 0
@@ -37,7 +43,7 @@ class RateLimitedLog:
         now = self.clock()
         if now - self.window_start >= self.interval:
             if self.suppressed:
-                self.logger.warning("%d more malformed messages were not logged", self.suppressed)
+                self.logger.warning("%d more %s were not logged", self.suppressed, self.what)
             self.window_start, self.count, self.suppressed = now, 0, 0
         if self.count < self.per_interval:
             self.count += 1
@@ -49,12 +55,16 @@ class RateLimitedLog:
 class EventProxy:
     """XSUB (publishers connect) <-> XPUB (subscribers connect), forwarded by libzmq in C."""
 
-    def __init__(self, ctx: zmq.Context, events_in: str, events_out: str, hwm: int) -> None:
+    def __init__(self, ctx: zmq.Context, events_in: str, events_out: str, hwm: int,
+                 server_keys: tuple[bytes, bytes] | None = None) -> None:
         self.ctx = ctx
         self.xsub = ctx.socket(zmq.XSUB)
         self.xpub = ctx.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
             wire.configure(sock, hwm=hwm * 10)
+        if server_keys:
+            curve.secure_server(self.xsub, *server_keys, "events_in")
+            curve.secure_server(self.xpub, *server_keys, "events_out")
         self.xsub.bind(events_in)
         self.xpub.bind(events_out)
         self._ctl_addr = f"inproc://event-proxy-ctl-{id(self)}"
@@ -83,28 +93,58 @@ class EventProxy:
 
 
 class Broker:
-    def __init__(self, cfg: dict[str, Any], ctx: zmq.Context | None = None) -> None:
+    """`keys`: the cluster's keys directory (security on), or None (security off: the
+    caller has already logged the warning)."""
+
+    RELOAD_EVERY = 1.0   # seconds between looks at the key registry (revocation delay)
+
+    def __init__(self, cfg: dict[str, Any], ctx: zmq.Context | None = None,
+                 keys: Path | str | None = None) -> None:
         self.cfg = cfg
         self.ctx = ctx or zmq.Context.instance()
         hwm = int(cfg["hwm"])
         maxsize = int(cfg["max_message_size"])
+        self.router = Router(heartbeat_interval=float(cfg["heartbeat_interval"]),
+                             liveness=int(cfg["heartbeat_liveness"]),
+                             request_ttl=float(cfg["request_ttl"]),
+                             max_header=int(cfg["max_header_size"]))
+        self.store: KeyStore | None = None
+        self.auth: curve.KeyAuthenticator | None = None
+        server_keys = None
+        if keys is not None:
+            # Two stores: the ZAP thread reads its own, so no registry object is shared
+            # between threads.
+            self.store = KeyStore(keys)
+            if not (Path(keys) / "registry.json").exists():
+                raise FileNotFoundError(f"no key registry in {keys}: create the cluster's "
+                                        "keys first (run_cluster.py does it on first start)")
+            server_keys = self.store.load_secret(self.store.member_key_path("broker"))
+            self.router.set_registry(curve.registered_ids(self.store))
+            self.router.refresh = self._registry_now
+            # The ZAP handler must be up before anything binds: libzmq lets a CURVE peer
+            # in without asking when no handler is there.
+            self.auth = curve.KeyAuthenticator(self.ctx, KeyStore(keys))
+            self.auth.start()
         self.frontend = self.ctx.socket(zmq.ROUTER)
         self.backend = self.ctx.socket(zmq.ROUTER)
         for sock in (self.frontend, self.backend):
             wire.configure(sock, hwm=hwm, max_message_size=maxsize)
+        if server_keys:
+            curve.secure_server(self.frontend, *server_keys, "client")
+            curve.secure_server(self.backend, *server_keys, "worker")
         # the endpoints name the ports; [broker] bind names the address (loopback default)
         self.bound = {name: bind_endpoint(cfg[name], cfg.get("bind"))
                       for name in ("client", "worker", "events_in", "events_out")}
         self.frontend.bind(self.bound["client"])
         self.backend.bind(self.bound["worker"])
         self.events = EventProxy(self.ctx, self.bound["events_in"], self.bound["events_out"],
-                                 hwm)
-        self.router = Router(heartbeat_interval=float(cfg["heartbeat_interval"]),
-                             liveness=int(cfg["heartbeat_liveness"]),
-                             request_ttl=float(cfg["request_ttl"]),
-                             max_header=int(cfg["max_header_size"]))
+                                 hwm, server_keys)
         self.garbage = RateLimitedLog(log)
+        self.refusals = RateLimitedLog(log, what="refusals")
         self.malformed = 0
+        self.refused = 0
+        self._next_reload = 0.0
+        self._ids: frozenset[str] | None = None
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -119,21 +159,52 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket, from_client: bool) -> None:
         handle = self.router.on_client if from_client else self.router.on_worker
-        recv, perform, noblock = wire.recv, self._perform, wire.NOBLOCK
+        perform, noblock = self._perform, wire.NOBLOCK
+        secure = self.store is not None
         # Under load messages come in runs; one zmq.Again per run is cheaper than asking
         # the socket before every message.
         for _ in range(DRAIN_BATCH):
             try:
-                ident, env, payload = recv(sock, noblock, routed=True)
+                if secure:
+                    ident, user, env, payload = wire.recv_authenticated(sock, noblock)
+                else:
+                    ident, env, payload = wire.recv(sock, noblock, routed=True)
+                    user = None
             except zmq.Again:
                 return
             try:
-                sends = handle(ident, env, payload)
+                sends = handle(ident, env, payload, user)
+            except Refused as exc:
+                self.refused += 1
+                side = "client" if from_client else "worker"
+                self.refusals.warning("refused %s %s (%s): %s", side, ident.hex(),
+                                      _who(user), exc.strerror)
+                continue
             except P.ProtocolError as exc:
                 self._reject(sock, from_client, ident, env, exc)
                 continue
             if sends:
                 perform(sends)
+
+    def _registry_now(self) -> frozenset[str]:
+        """The registry's User-Ids as of now (one stat when the file is unchanged)."""
+        assert self.store is not None
+        if self.store.reload_if_changed() or self._ids is None:
+            self._ids = curve.registered_ids(self.store)
+            log.info("key registry reloaded: %d users", len(self.store.users()))
+        return self._ids
+
+    def _reload_keys(self) -> None:
+        """Pick up `aegisfs user rm` (and add) at most a second late."""
+        now = time.monotonic()
+        if self.store is None or now < self._next_reload:
+            return
+        self._next_reload = now + self.RELOAD_EVERY
+        ids = self._registry_now()
+        if ids != self.router.registry:
+            sends = self.router.set_registry(ids)
+            if sends:
+                self._perform(sends)
 
     def _reject(self, sock, from_client: bool, ident: bytes, env: bytes, exc: Exception) -> None:
         self.malformed += 1
@@ -156,9 +227,9 @@ class Broker:
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
         router = self.router
-        log.info("broker up: clients %s, workers %s, events in %s out %s",
+        log.info("broker up: clients %s, workers %s, events in %s out %s, security %s",
                  self.bound["client"], self.bound["worker"], self.bound["events_in"],
-                 self.bound["events_out"])
+                 self.bound["events_out"], "on (CURVE)" if self.store else "OFF")
         try:
             while not self._stop.is_set():
                 wait_ms = max(0.0, router.next_deadline() - router.clock()) * 1000
@@ -170,9 +241,18 @@ class Broker:
                 sends = router.tick()
                 if sends:
                     self._perform(sends)
+                self._reload_keys()
         finally:
             self._perform(router.shutdown())
             self.events.stop()
             self.frontend.close(linger=0)
             self.backend.close(linger=0)
-            log.info("broker stopped (%s, %d malformed)", router.stats, self.malformed)
+            if self.auth is not None:
+                self.auth.stop()
+            log.info("broker stopped (%s, %d malformed, %d refused)", router.stats,
+                     self.malformed, self.refused)
+
+
+def _who(user: str | None) -> str:
+    who = curve.parse_user_id(user) if user else None
+    return f"{'user' if who[0] == curve.USER else 'member'} {who[1]}" if who else "no key"

@@ -38,6 +38,26 @@ def recv(sock: zmq.Socket, flags: int = 0, routed: bool = False) -> tuple[bytes,
             return ident, env, payload
 
 
+def recv_authenticated(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, str, bytes, list]:
+    """A ROUTER message as (identity, ZAP User-Id, envelope, payload frames).
+
+    The User-Id is what the broker's authenticator answered for this connection's CURVE
+    key; ZeroMQ attaches it to every frame (taken from the identity frame here), so it is
+    never anything the peer wrote. Only for CURVE sockets: a NULL socket has none.
+    """
+    first = sock.recv(flags, copy=False)
+    user = first.get("User-Id")
+    getsockopt = sock.getsockopt
+    env = sock.recv() if getsockopt(_RCVMORE) else b""
+    if not getsockopt(_RCVMORE):
+        return first.bytes, user, env, []
+    payload = []
+    while True:
+        payload.append(sock.recv(copy=False))
+        if not getsockopt(_RCVMORE):
+            return first.bytes, user, env, payload
+
+
 def readable(sock: zmq.Socket) -> bool:
     """Another message is waiting (cheaper than a recv that raises zmq.Again)."""
     return bool(sock.getsockopt(_EVENTS) & _POLLIN)
@@ -66,9 +86,18 @@ def configure(sock: zmq.Socket, *, hwm: int = 1000, max_message_size: int | None
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
 
 
+# The broker refused our CURVE key (ZAP said no), or the handshake failed otherwise.
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
 def monitor(sock: zmq.Socket) -> zmq.Socket:
-    """A PAIR socket that reports the connection coming up or going down."""
-    return sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+    """A PAIR socket that reports the connection coming up or going down, and a failed
+    CURVE handshake (a refused key)."""
+    events = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+    for event in HANDSHAKE_FAILED:
+        events |= event
+    return sock.get_monitor_socket(events)
 
 
 def monitor_events(mon: zmq.Socket) -> list[int]:

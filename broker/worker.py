@@ -40,7 +40,7 @@ class Request:
     header: dict
     payload: list          # memoryviews, zero-copy
     caller_class: str = P.CALLER_CLIENT   # stamped by the broker (routing.caller_of)
-    caller_id: str = "anonymous"
+    caller_id: str = "admin"
 
     @property
     def op(self) -> Any:
@@ -57,7 +57,7 @@ class Worker:
                  info: Mapping[str, Any] | None = None,
                  context: zmq.Context | None = None, hwm: int = 1000,
                  max_message_size: int | None = None,
-                 max_header: int = P.DEFAULT_MAX_HEADER) -> None:
+                 max_header: int = P.DEFAULT_MAX_HEADER, curve: Any = None) -> None:
         P.decode_name(service.encode("ascii", "replace"), "service name")
         self.endpoint = endpoint
         self.service = service
@@ -71,6 +71,8 @@ class Worker:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.reconnects = 0
+        self.curve = curve          # broker.curve.CurveKeys, or None with security off
+        self._refused_logged = False
         self.sock: zmq.Socket | None = None
         self._connect()
 
@@ -84,6 +86,8 @@ class Worker:
             self.reconnects += 1
         self.sock = self.ctx.socket(zmq.DEALER)
         wire.configure(self.sock, hwm=self.hwm, max_message_size=self.max_message_size)
+        if self.curve is not None:
+            self.curve.apply(self.sock)
         self._monitor = wire.monitor(self.sock)
         self.sock.connect(self.endpoint)
         self._poller = zmq.Poller()
@@ -129,11 +133,20 @@ class Worker:
                 self._drain_wake()
                 self._flush_pending()
                 return None
-            if self._monitor in events and zmq.EVENT_CONNECTED in wire.monitor_events(self._monitor):
-                if self._first_connect:
-                    self._first_connect = False
-                else:
-                    self._ready()
+            if self._monitor in events:
+                seen = wire.monitor_events(self._monitor)
+                if any(e in seen for e in wire.HANDSHAKE_FAILED) and not self._refused_logged:
+                    # ZeroMQ keeps retrying; say it once, not every 100 ms
+                    self._refused_logged = True
+                    log.error("the broker at %s refuses our key%s (not registered for "
+                              "%r, or revoked); retrying", self.endpoint,
+                              f" {self.curve.source}" if self.curve else " (none given)",
+                              self.service)
+                if zmq.EVENT_CONNECTED in seen:
+                    if self._first_connect:
+                        self._first_connect = False
+                    else:
+                        self._ready()
             if self.sock in events:
                 req = self._recv_one()
                 if req is not None:

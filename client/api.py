@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
 import zmq
 
 from broker import config as broker_config
+from broker import curve
 from broker.client import Client
 from broker.limits import MAX_BATCH, MDS_SERVICE
 
@@ -73,17 +74,28 @@ class AegisClient:
             fs.put("photo.png", "/uploads/photo.png")
             data = fs.read_bytes("/uploads/photo.png", offset=0, length=100)
 
-    Safe to share between threads: each thread gets its own broker socket.
+    `key`: the user's secret key file (or a keys directory: its admin key); else
+    $AEGISFS_KEY, else [security] key, else data/keys/users/admin.key_secret of a local
+    cluster (broker.curve.client_key_file). A missing or unusable key is reported at the
+    first request. Safe to share between threads: each thread gets its own broker socket.
     """
 
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
                  window: int | None = None, config: Mapping | PathLike | None = None,
-                 connect_timeout: float | None = None,
+                 connect_timeout: float | None = None, key: PathLike | None = None,
                  transport: Callable[[], Client] | None = None) -> None:
         # transport: makes each thread's Client-like connection instead of a broker socket
         # (tests/support/inprocess.py serves the real services in one process through it)
         self._transport = transport
         cfg = config if isinstance(config, Mapping) else broker_config.load(config)
+        security = {**broker_config.DEFAULTS["security"], **cfg.get("security", {})}
+        self._curve: curve.CurveKeys | None = None
+        self._key_error: OSError | None = None
+        try:
+            self._curve = curve.client_keys(key, security)
+        except (OSError, ValueError) as exc:   # raised where a request would be made
+            self._key_error = exc if isinstance(exc, OSError) else \
+                PermissionError(errno.EACCES, str(exc))
         # a partial mapping (tests, embedders) falls back to the built-in [client] defaults
         client_cfg = {**broker_config.DEFAULTS["client"], **cfg.get("client", {})}
         self.broker = (broker or os.environ.get("AEGISFS_BROKER")
@@ -112,10 +124,13 @@ class AegisClient:
             try:
                 rpc = self._transport() if self._transport else Client(
                     self.broker, timeout=self.timeout, max_in_flight=4096,
-                    connect_timeout=self.connect_timeout)
+                    connect_timeout=self.connect_timeout, curve=self._curve)
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
+            if self._key_error is not None and not self._transport:   # after the endpoint
+                rpc.close()
+                raise self._key_error
             mux = self._local.mux = Mux(rpc, keep_buffers=self.window)
             with self._lock:
                 self._clients.append(rpc)
@@ -125,6 +140,16 @@ class AegisClient:
         """One MDS request; an error names `about` (the path) if it does not already."""
         with _about(about):
             return self._io().call(MDS_SERVICE, {"op": op, **fields}).result
+
+    @property
+    def key_file(self) -> str | None:
+        """The key file this client connects with (None with security off)."""
+        return self._curve.source if self._curve else None
+
+    def whoami(self) -> dict:
+        """Who the broker says we are: {"user": name, "class": "client"} (the broker's own
+        service; "admin" for everyone when the cluster runs with security off)."""
+        return self._io().call("broker", {"op": "whoami"}).result
 
     def close(self) -> None:
         """Close the broker sockets (of every thread: call when all are done)."""

@@ -94,6 +94,7 @@ class State:
     timeout: float | None
     config: str | None
     debug: bool
+    key: str | None = None
     _cfg: dict | None = field(default=None, repr=False)
     _fs: AegisClient | None = field(default=None, repr=False)
 
@@ -118,7 +119,7 @@ class State:
             if self.timeout:        # a short --timeout also bounds reaching the broker
                 connect = min(connect, self.timeout)
             self._fs = AegisClient(self.broker, timeout=self.timeout, config=self.cfg,
-                                   connect_timeout=connect)
+                                   connect_timeout=connect, key=self.key)
         return self._fs
 
     def close(self) -> None:
@@ -172,7 +173,8 @@ class RemotePath(click.ParamType):
         parent = parent or "/"
         try:
             root = ctx.find_root().params
-            with AegisClient(root.get("broker"), timeout=1.0, connect_timeout=1.0) as fs:
+            with AegisClient(root.get("broker"), timeout=1.0, connect_timeout=1.0,
+                             key=root.get("key")) as fs:
                 entries = fs.ls(parent, detail=True)
         except Exception:       # completion must never print an error
             return []
@@ -194,6 +196,9 @@ LOCAL_OUT = click.Path(allow_dash=True)
 @click.group(cls=AegisGroup, context_settings=CONTEXT)
 @click.option("--broker", envvar="AEGISFS_BROKER", metavar="ENDPOINT",
               help="Broker client endpoint [env AEGISFS_BROKER; default from the config].")
+@click.option("--key", type=click.Path(), metavar="FILE",
+              help="Your secret key file [env AEGISFS_KEY; else [security] key from the "
+                   "config; else data/keys/users/admin.key_secret of a local cluster].")
 @click.option("--timeout", type=float, metavar="SECONDS",
               help="Seconds to wait for each request [default from the config: 30].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -202,14 +207,17 @@ LOCAL_OUT = click.Path(allow_dash=True)
 @click.option("--debug", is_flag=True, help="Debug logs and tracebacks of unexpected errors.")
 @click.version_option(package_name="aegisfs", prog_name="aegisfs")
 @click.pass_context
-def cli(ctx: click.Context, broker: str | None, timeout: float | None,
+def cli(ctx: click.Context, broker: str | None, key: str | None, timeout: float | None,
         config_path: str | None, verbose: bool, debug: bool) -> None:
     """AegisFS: a distributed file system. Paths are absolute (/dir/file).
+
+    Every connection is authenticated with your key (CURVE). Run from the directory
+    where `make run` started a local cluster, the admin key is found by itself.
 
     \b
     Example:
       aegisfs put photo.png /uploads/photo.png
-      aegisfs --broker tcp://10.0.0.5:5550 ls -l /uploads
+      aegisfs --broker tcp://10.0.0.5:5550 --key ~/.aegisfs.key ls -l /uploads
     Shell completion: eval "$(aegisfs completion bash)"
     """
     # Failovers are the system working as designed: quiet unless asked, so an error stays
@@ -217,7 +225,7 @@ def cli(ctx: click.Context, broker: str | None, timeout: float | None,
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR
     logging.basicConfig(level=level, format="aegisfs: %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    state = ctx.obj = State(broker, timeout, config_path, debug)
+    state = ctx.obj = State(broker, timeout, config_path, debug, key)
     ctx.call_on_close(state.close)
 
 
@@ -738,6 +746,13 @@ def completion(shell: str) -> None:
     comp_cls = get_completion_class(shell)
     comp = comp_cls(cli, {}, "aegisfs", "_AEGISFS_COMPLETE")
     click.echo(comp.source())
+
+
+# user add/ls/rm and whoami live in their own module (the key store, not the file system)
+from .cli_users import user, whoami  # noqa: E402
+
+cli.add_command(user)
+cli.add_command(whoami)
 
 
 def main() -> None:

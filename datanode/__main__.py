@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from broker import config
-from broker.process import setup_logging, stop_on_signals, tune_malloc
+from broker import config, curve
+from broker.process import (security_flags, security_options, setup_logging, stop_on_signals,
+                            tune_malloc)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,14 +37,20 @@ from broker.process import setup_logging, stop_on_signals, tune_malloc
 @click.option("--no-capabilities", is_flag=True,
               help="Serve blocks without checking capabilities: only for benchmarking a "
                    "DataNode alone, with no MDS to hand out keys. Never in a cluster.")
+@security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
-         small_max, no_capabilities, log_level, log_file) -> None:
+         small_max, no_capabilities, security, keys_dir, key_file, broker_key, log_level,
+         log_file) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
-    Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550
+    With security on (the default) it connects with its member key
+    (<keys>/dn/<id>.key_secret, made by `KeyStore.add_node` or run_cluster.py) and
+    trusts the broker key <keys>/broker.key.
+
+    Example: python -m datanode --id dn1 --data-dir data/dn/dn1 --base-port 5550 --keys data/keys
     """
     setup_logging(log_level, log_file)
     tune_malloc()
@@ -52,9 +59,11 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
                                        worker=broker_worker, client=broker_client,
                                        events_in=events, heartbeat_interval=heartbeat_interval)
     try:
-        cfg = config.load(config_path, {"broker": broker_flags,
-                                        "datanode": {"scrub_rate": scrub_rate}})
+        cfg = config.load(config_path, {
+            "broker": broker_flags, "datanode": {"scrub_rate": scrub_rate},
+            "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, d = cfg["broker"], cfg["datanode"]
+        keys = curve.member_keys(cfg["security"], f"dn.{node_id}")
         node = DataNode(node_id, Path(data_dir or Path(d["data_dir"]) / node_id),
                         worker_endpoint=b["worker"],
                         events_endpoint=b["events_in"],
@@ -63,12 +72,12 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
                         max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
                         report_interval=block_report_interval, small_max=small_max,
-                        capabilities=not no_capabilities)
+                        capabilities=not no_capabilities, curve=keys)
         if no_capabilities:
             logging.getLogger("datanode").warning(
                 "DataNode %s serves blocks WITHOUT capability checks (--no-capabilities)",
                 node_id)
-    except (config.ConfigError, OSError) as exc:
+    except (config.ConfigError, OSError, ValueError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)
     stop_on_signals(node.stop)

@@ -360,16 +360,17 @@ class DataNode(DataNodeOps):
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
                  report_interval: float = 600.0, small_max: int = 128 * 1024,
-                 capabilities: bool = True) -> None:
+                 capabilities: bool = True, curve: Any = None) -> None:
         super().__init__(node_id, data_dir, small_max=small_max, capacity=capacity,
                          capabilities=capabilities, heartbeat=heartbeat)
         self.heartbeat = heartbeat
         self.worker_endpoint = worker_endpoint
-        self.events = Publisher(events_endpoint, node_id)
+        self.curve = curve    # broker.curve.CurveKeys of member dn.<id>; None = security off
+        self.events = Publisher(events_endpoint, node_id, curve=curve)
         self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
                              liveness=liveness, capacity=64, exclusive=True,
                              info={"node": node_id},
-                             max_message_size=max_message_size)
+                             max_message_size=max_message_size, curve=curve)
         self.pool = ThreadPoolExecutor(max(1, writer_threads), thread_name_prefix="io")
         # Small blocks are all fsync latency: many of them in flight at once let the
         # file system fold their fsyncs into shared journal commits (group commit). Big
@@ -395,7 +396,7 @@ class DataNode(DataNodeOps):
 
     def _member(self, timeout: float) -> MemberClient:
         return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
-                            connect_timeout=2.0)
+                            connect_timeout=2.0, curve=self.curve)
 
     def _scrub_found(self, block: bytes, exc: BlockCorrupt) -> None:
         self._corrupt(block, exc)

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 
-from broker import config
-from broker.process import setup_logging, stop_on_signals
+from broker import config, curve
+from broker.process import security_flags, security_options, setup_logging, stop_on_signals
+
+
+def _store_dir(security: dict) -> Path | None:
+    """The keys directory when it holds the whole key store (its registry), else None."""
+    directory = curve.keys_dir(security)
+    return directory if (directory / "registry.json").exists() else None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,17 +40,19 @@ from broker.process import setup_logging, stop_on_signals
                    "DataNodes (for readers that opened it just before).")
 @click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
               "instead of refusing to start (loses what follows it; logged loudly).")
-@click.option("--keys-dir", type=click.Path(file_okay=False),
-              help="The cluster key store (its cluster.secret signs receipt keys); default: "
-                   "a secret kept in the data directory.")
+@security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, keys_dir, log_level, log_file) -> None:
+         delete_grace, salvage, security, keys_dir, key_file, broker_key, log_level,
+         log_file) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
-    Example: python -m mds --data-dir data/mds --base-port 5550
+    With security on (the default) it connects with the member key of "mds"
+    (<keys>/mds.key_secret) and trusts the broker key <keys>/broker.key.
+
+    Example: python -m mds --data-dir data/mds --base-port 5550 --keys data/keys
     """
     setup_logging(log_level, log_file)
     from .metastore import RecoveryError
@@ -58,8 +66,10 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
         cfg = config.load(config_path, {
             "broker": broker_flags,
             "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
-                    "lease": lease, "dead_after": dead_after}})
+                    "lease": lease, "dead_after": dead_after},
+            "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, m = cfg["broker"], cfg["mds"]
+        keys = curve.member_keys(cfg["security"], "mds")
         hb = float(b["heartbeat_interval"])
         settings = Settings(
             data_dir=Path(m["data_dir"]), worker_endpoint=b["worker"],
@@ -70,20 +80,22 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             checkpoint_records=int(m["checkpoint_records"]),
             checkpoint_bytes=int(m["checkpoint_bytes"]), salvage=salvage,
             safemode_timeout=safemode_timeout, orphan_grace=orphan_grace,
-            delete_grace=delete_grace,
+            delete_grace=delete_grace, curve=keys,
             limits=Limits(user_blocks=int(m["user_blocks"]), user_bytes=int(m["user_bytes"]),
                           draft_blocks=int(m["draft_blocks"]),
                           draft_bytes=int(m["draft_bytes"])),
             cap_read_ttl=float(m["cap_read_ttl"]), cap_write_ttl=float(m["cap_write_ttl"]),
             key_rotation=float(m["key_rotation"]),
-            keys_dir=Path(keys_dir) if keys_dir else None)
+            # receipts derive from the cluster secret of the key store when this host has
+            # the whole store (a local cluster); else from a secret in the data directory
+            keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
         server = MetadataServer(settings)
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
                                           "changed. Start with --salvage to cut the log at "
                                           "the damage (loses what follows it).", exc)
         sys.exit(3)
-    except (config.ConfigError, ValueError, OSError) as exc:   # ValueError: bad lifetimes
+    except (config.ConfigError, OSError, ValueError) as exc:   # ValueError: bad lifetimes
         logging.getLogger("mds").error("cannot start the MDS: %s", exc)
         sys.exit(2)
     stop_on_signals(server.stop)

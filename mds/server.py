@@ -58,6 +58,7 @@ class Settings:
     cap_write_ttl: float = 120.0
     key_rotation: float = 600.0
     keys_dir: Path | None = None     # the cluster key store; else a secret in data_dir
+    curve: Any = None        # broker.curve.CurveKeys of member "mds"; None = security off
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +73,7 @@ class MetadataServer:
         log.info("metadata recovered in %.2fs: %s", time.monotonic() - started,
                  self.store.ns.counts())
         self.cluster = ClusterView(dead_after=s.dead_after)
-        self.events = Publisher(s.events_endpoint, "mds")
+        self.events = Publisher(s.events_endpoint, "mds", curve=s.curve)
         self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
                                     safemode_timeout=s.safemode_timeout,
                                     orphan_grace=s.orphan_grace,
@@ -89,7 +90,8 @@ class MetadataServer:
         self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
                             allocations=Allocations(s.limits))
         self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
-                             liveness=s.liveness, capacity=4096, exclusive=True)
+                             liveness=s.liveness, capacity=4096, exclusive=True,
+                             curve=s.curve)
         self._stop = False
         self._next_upkeep = 0.0
 

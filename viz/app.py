@@ -61,12 +61,28 @@ def endpoints() -> tuple[str, str]:
     return cfg["broker"]["client"], cfg["broker"]["events_out"]
 
 
+def security() -> dict:
+    """The [security] settings of this page: --key FILE and --security on|off, else the
+    config's; the key is found like the CLI's (AEGISFS_KEY, [security] key, the local
+    cluster's admin key). The viz connects as a user: the admin user by default, or one
+    made for it (`aegisfs user add viz`, then --key that file)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--config")
+    parser.add_argument("--key")
+    parser.add_argument("--security", choices=["on", "off"])
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return config.load(args.config, {"security": {"mode": args.security, "key": args.key}})[
+        "security"]
+
+
 @contextmanager
 def aegis(broker: str, timeout: float = QUICK,
           connect_timeout: float = QUICK) -> Iterator[AegisClient]:
     """A client for this run only: ZeroMQ sockets belong to one thread, and Streamlit may
     run the next rerun on another."""
-    client = AegisClient(broker, timeout=timeout, connect_timeout=connect_timeout)
+    sec = security()
+    client = AegisClient(broker, timeout=timeout, connect_timeout=connect_timeout,
+                         config={"security": sec}, key=sec.get("key") or None)
     try:
         yield client
     finally:
@@ -168,7 +184,7 @@ def render_cluster(status: dict) -> None:
 @st.fragment(run_every=1)
 def events_panel(events: str) -> None:
     ss = st.session_state
-    feed = shared_feed(events)
+    feed = shared_feed(events, tuple(sorted((k, str(v)) for k, v in security().items())))
     v = feed.view(recent=25)
     seen = ss.get("ns_version")
     if (not ss.get("page_pass") and seen is not None and seen != v.namespace_changes

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import streamlit as st
 import zmq
 
 from broker import wire
+from broker.curve import client_keys
 from broker.events import decode_event
 
 from .state import View, VizState
@@ -27,8 +28,9 @@ HWM = 100_000              # events queued in ZeroMQ while a page render holds t
 
 class Feed:
     def __init__(self, endpoint: str, *, state: VizState | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, curve: Any = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve         # broker.curve.CurveKeys (a user's key), None = security off
         self.clock = clock
         self.started = clock()
         self.connected = False
@@ -65,6 +67,8 @@ class Feed:
         # connect, or the first "connected" is never seen.
         sock = zmq.Context.instance().socket(zmq.SUB)
         wire.configure(sock, hwm=HWM)
+        if self.curve is not None:
+            self.curve.apply(sock)
         mon = wire.monitor(sock)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(self.endpoint)
@@ -118,6 +122,9 @@ def _release(feed: Feed) -> None:
 
 
 @st.cache_resource(max_entries=4, on_release=_release, show_spinner=False)
-def shared_feed(endpoint: str) -> Feed:
-    """The process's feed for `endpoint`, started on first use."""
-    return Feed(endpoint).start()
+def shared_feed(endpoint: str, security: tuple[tuple[str, str], ...] = ()) -> Feed:
+    """The process's feed for `endpoint`, started on first use; with security on it
+    subscribes with the user key found as the CLI finds it (--key, AEGISFS_KEY, ...).
+    `security`: the [security] settings as sorted pairs (hashable, for the cache)."""
+    settings = dict(security)
+    return Feed(endpoint, curve=client_keys(settings.get("key") or None, settings)).start()

@@ -54,9 +54,9 @@ def rng() -> random.Random:
 class Events:
     """Collects events of some topics in a thread, from before the test acts."""
 
-    def __init__(self, endpoint: str, topics: list[str]) -> None:
+    def __init__(self, endpoint: str, topics: list[str], curve=None) -> None:
         self.events: list[Event] = []
-        self._sub = Subscriber(endpoint, topics)
+        self._sub = Subscriber(endpoint, topics, curve=curve)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -85,7 +85,7 @@ def events() -> Iterator[Callable[[Harness, list[str]], Events]]:
     made: list[Events] = []
 
     def make(h: Harness, topics: list[str]) -> Events:
-        e = Events(h.cluster.endpoints["events_out"], topics)
+        e = Events(h.cluster.endpoints["events_out"], topics, h.cluster.curve)
         made.append(e)
         return e
 
@@ -107,7 +107,7 @@ def read_replicas(h: Harness, block: dict) -> dict[str, str]:
     """Each replica of `block` read straight from its DataNode: node -> "ok" or a reason."""
     out = {}
     bid = bytes.fromhex(block["id"])
-    with Client(h.broker, timeout=5.0, connect_timeout=2.0) as c:
+    with Client(h.broker, timeout=5.0, connect_timeout=2.0, curve=h.cluster.curve) as c:
         # a read capability: stat the file the block belongs to
         path = block.get("path")
         caps = {} if path is None else {

@@ -89,10 +89,10 @@ class Writer(threading.Thread):
     done (EEXIST for mkdir, ENOENT for a commit, rm or mv) proves it was durable, since the
     MDS replies to nothing before its fsync."""
 
-    def __init__(self, idx: int, endpoint: str, gate: Gate, seed: int) -> None:
+    def __init__(self, idx: int, endpoint: str, gate: Gate, seed: int, curve=None) -> None:
         super().__init__(name=f"writer-{idx}", daemon=True)
         self.root = f"/w{idx}"
-        self.endpoint = endpoint
+        self.endpoint, self.curve = endpoint, curve
         self.gate = gate
         self.rng = random.Random(seed)
         self.model: dict[str, int | None] = {}
@@ -240,7 +240,7 @@ class Writer(threading.Thread):
             self.mkdir()
 
     def run(self) -> None:
-        self.client = Client(self.endpoint, timeout=10, connect_timeout=2)
+        self.client = Client(self.endpoint, timeout=10, connect_timeout=2, curve=self.curve)
         try:
             try:
                 self.mds("mkdir", path=self.root)
@@ -289,8 +289,8 @@ def test_sigkill_under_8_writers_keeps_every_acknowledged_mutation(tmp_path, soa
     # recovery goes through snapshot + replay
     cluster = start_cluster(tmp_path, heartbeat=HB, env={"AEGISFS_MDS_CHECKPOINT_RECORDS": "400"})
     gate = Gate(WRITERS)
-    writers = [Writer(i, cluster.broker, gate, rng.randrange(1 << 30)) for i in range(WRITERS)]
-    checker = Client(cluster.broker, timeout=10, connect_timeout=2)
+    writers = [Writer(i, cluster.broker, gate, rng.randrange(1 << 30), cluster.curve) for i in range(WRITERS)]
+    checker = Client(cluster.broker, timeout=10, connect_timeout=2, curve=cluster.curve)
 
     def call(op, **fields):
         return checker.call("mds", {"op": op, **fields}).result
@@ -366,7 +366,7 @@ def last_segment(cluster: Cluster) -> Path:
 
 
 def mds_client(cluster: Cluster):
-    client = Client(cluster.broker, timeout=10, connect_timeout=2)
+    client = Client(cluster.broker, timeout=10, connect_timeout=2, curve=cluster.curve)
 
     def call(op, **fields):
         return client.call("mds", {"op": op, **fields}).result

@@ -163,7 +163,8 @@ def test_killed_client_and_datanode_leave_no_orphans(cluster, rng, events, tmp_p
     ev = events(h, ["block.commit"])
     log = open(tmp_path / "cli.log", "wb")
     put = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "--broker", h.broker, "put", str(big), "/big",
+        [sys.executable, "-m", "client.cli", "--broker", h.broker, "--key", str(h.cluster.key),
+         "put", str(big), "/big",
          "--block-size", "256K", "--no-progress"],
         cwd=str(ROOT_DIR), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT_DIR)})
@@ -200,7 +201,8 @@ def test_killed_client_and_datanode_leave_no_orphans(cluster, rng, events, tmp_p
     assert not h.fs.exists("/big")
     assert h.verify(files) == []
     fsck = json.loads(subprocess.run(
-        [sys.executable, "-m", "client.cli", "--broker", h.broker, "fsck", "--json"],
+        [sys.executable, "-m", "client.cli", "--broker", h.broker, "--key", str(h.cluster.key),
+         "fsck", "--json"],
         cwd=str(ROOT_DIR), capture_output=True, check=True,
         env={**os.environ, "PYTHONPATH": str(ROOT_DIR)}).stdout)
     assert fsck["healthy"] and fsck["orphans"] == []

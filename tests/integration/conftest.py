@@ -47,16 +47,25 @@ def fresh_cluster(tmp_path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def fs(cluster) -> Iterator[AegisClient]:
-    with AegisClient(cluster.broker, timeout=30.0) as client:
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as client:
         yield client
 
 
-def run_cli(broker: str, *args: str, input: bytes | None = None, cwd: Path | None = None,
-            timeout: float = 60.0) -> subprocess.CompletedProcess:
-    """`python -m client.cli --broker <broker> args...` with bytes stdout/stderr."""
+def run_cli(target: Cluster | str, *args: str, input: bytes | None = None,
+            cwd: Path | None = None, timeout: float = 60.0,
+            key: Path | str | None = None) -> subprocess.CompletedProcess:
+    """`python -m client.cli --broker <broker> [--key <key>] args...` with bytes
+    stdout/stderr. `target` is a Cluster (its broker, and its admin key unless `key`) or
+    a broker endpoint (then the CLI finds its key itself, unless `key`)."""
+    broker = target if isinstance(target, str) else target.broker
+    if key is None and not isinstance(target, str):
+        key = target.key
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("AEGISFS_BROKER", None)
-    return subprocess.run([sys.executable, "-m", "client.cli", "--broker", broker, *args],
+    for name in ("AEGISFS_BROKER", "AEGISFS_KEY"):
+        env.pop(name, None)
+    keyarg = ["--key", str(key)] if key else []
+    return subprocess.run([sys.executable, "-m", "client.cli", "--broker", broker, *keyarg,
+                           *args],
                           input=input, capture_output=True, cwd=str(cwd or ROOT), env=env,
                           timeout=timeout)
 

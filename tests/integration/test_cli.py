@@ -32,7 +32,7 @@ def failed(proc, *needles: str, code: int | None = None) -> str:
 def test_seed_workflow_verbatim(cluster, tmp_path):
     """The README's Example Demo, command for command (reset_fs.py is our fresh cluster)."""
     (tmp_path / "image.png").write_bytes(make_png(120, 80))
-    cli = lambda *a: run_cli(cluster.broker, *a, cwd=tmp_path)   # noqa: E731
+    cli = lambda *a: run_cli(cluster, *a, cwd=tmp_path)   # noqa: E731
     ok(cli("write", "/hello", "Hello AegisFS!"))
     ok(cli("put", "image.png", "/uploads/image.png"))
     stat_out = ok(cli("stat", "/uploads/image.png")).decode()
@@ -43,11 +43,11 @@ def test_seed_workflow_verbatim(cluster, tmp_path):
 
 
 def test_seed_text_operations(cluster):
-    ok(run_cli(cluster.broker, "write", "/demo", "hello"))
-    assert ok(run_cli(cluster.broker, "read", "/demo")) == b"hello"
-    assert "demo" in ok(run_cli(cluster.broker, "ls")).decode().split()
-    ok(run_cli(cluster.broker, "rm", "/demo"))
-    assert "demo" not in ok(run_cli(cluster.broker, "ls")).decode().split()
+    ok(run_cli(cluster, "write", "/demo", "hello"))
+    assert ok(run_cli(cluster, "read", "/demo")) == b"hello"
+    assert "demo" in ok(run_cli(cluster, "ls")).decode().split()
+    ok(run_cli(cluster, "rm", "/demo"))
+    assert "demo" not in ok(run_cli(cluster, "ls")).decode().split()
 
 
 def test_binary_files_round_trip_through_put_get_and_read(cluster, tmp_path):
@@ -55,23 +55,23 @@ def test_binary_files_round_trip_through_put_get_and_read(cluster, tmp_path):
     files = {"blob.bin": blob, "image.png": make_png(), "tone.wav": make_wav(tmp_path / "t.wav")}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        ok(run_cli(cluster.broker, "put", "--block-size", "64K", "--replication", "2",
+        ok(run_cli(cluster, "put", "--block-size", "64K", "--replication", "2",
                    str(tmp_path / name), f"/bin/{name}"))
-        assert ok(run_cli(cluster.broker, "read", f"/bin/{name}")) == data
-        ok(run_cli(cluster.broker, "get", f"/bin/{name}", str(tmp_path / f"{name}.out")))
+        assert ok(run_cli(cluster, "read", f"/bin/{name}")) == data
+        ok(run_cli(cluster, "get", f"/bin/{name}", str(tmp_path / f"{name}.out")))
         assert hashlib.sha256((tmp_path / f"{name}.out").read_bytes()).digest() == \
             hashlib.sha256(data).digest()
     # stdin / stdout with '-'
-    ok(run_cli(cluster.broker, "put", "-", "/bin/stdin.bin", input=blob))
-    assert ok(run_cli(cluster.broker, "get", "/bin/stdin.bin", "-")) == blob
+    ok(run_cli(cluster, "put", "-", "/bin/stdin.bin", input=blob))
+    assert ok(run_cli(cluster, "get", "/bin/stdin.bin", "-")) == blob
     # a range
-    assert ok(run_cli(cluster.broker, "read", "/bin/blob.bin", "--offset", "70000",
+    assert ok(run_cli(cluster, "read", "/bin/blob.bin", "--offset", "70000",
                       "--length", "10")) == blob[70000:70010]
 
 
 def test_stat_json_fields(cluster):
-    ok(run_cli(cluster.broker, "write", "/j/file.txt", "x" * 100))
-    info = json.loads(ok(run_cli(cluster.broker, "stat", "/j/file.txt", "--json")))
+    ok(run_cli(cluster, "write", "/j/file.txt", "x" * 100))
+    info = json.loads(ok(run_cli(cluster, "stat", "/j/file.txt", "--json")))
     assert {"path", "type", "size", "replication", "mtime", "blocks"} <= set(info)
     assert info["path"] == "/j/file.txt" and info["type"] == "file" and info["size"] == 100
     assert info["replication"] == 2 and isinstance(info["mtime"], (int, float))
@@ -79,12 +79,12 @@ def test_stat_json_fields(cluster):
     assert set(block) == {"id", "size", "checksum", "replicas"}
     assert len(block["id"]) == 32 and int(block["id"], 16) >= 0
     assert block["size"] == 100 and len(block["replicas"]) == 2
-    with AegisClient(cluster.broker) as fs:
+    with AegisClient(cluster.broker, key=cluster.key) as fs:
         assert fs.stat("/j/file.txt")["blocks"][0]["checksum"] == block["checksum"]
 
 
 def test_ls_mkdir_mv_du_rm(cluster):
-    b = cluster.broker
+    b = cluster
     ok(run_cli(b, "mkdir", "-p", "/tree/a/b"))
     ok(run_cli(b, "mkdir", "-p", "/tree/a/b"))
     ok(run_cli(b, "write", "/tree/a/f1", "12345"))
@@ -103,19 +103,19 @@ def test_ls_mkdir_mv_du_rm(cluster):
 
 
 def test_status_and_fsck(cluster):
-    status = json.loads(ok(run_cli(cluster.broker, "status", "--json")))
+    status = json.loads(ok(run_cli(cluster, "status", "--json")))
     assert sorted(n["id"] for n in status["nodes"]) == ["dn1", "dn2", "dn3"]
     assert all(n["state"] == "up" and n["capacity"] > 0 for n in status["nodes"])
     assert all({"used", "blocks"} <= set(n) for n in status["nodes"])
-    text = ok(run_cli(cluster.broker, "status")).decode()
+    text = ok(run_cli(cluster, "status")).decode()
     assert "dn1" in text and "up" in text and "health" in text
-    report = json.loads(ok(run_cli(cluster.broker, "fsck", "--json")))
+    report = json.loads(ok(run_cli(cluster, "fsck", "--json")))
     assert report["healthy"] is True
-    assert "HEALTHY" in ok(run_cli(cluster.broker, "fsck")).decode()
+    assert "HEALTHY" in ok(run_cli(cluster, "fsck")).decode()
 
 
 def test_expected_errors_are_one_line_with_the_path(cluster, tmp_path):
-    b = cluster.broker
+    b = cluster
     err = failed(run_cli(b, "get", "/no/such/file", str(tmp_path / "out")), "/no/such/file",
                  "No such file", code=1)
     assert not (tmp_path / "out").exists(), err
@@ -135,7 +135,7 @@ def test_unhealthy_fsck_and_cluster_down(tmp_path):
     stops: every command says the cluster cannot be reached, exit code 3, quickly."""
     cluster = start_cluster(tmp_path / "c", datanodes=1)
     try:
-        b = cluster.broker
+        b = cluster
         ok(run_cli(b, "write", "--replication", "1", "/lonely", "only copy"))
         assert json.loads(ok(run_cli(b, "fsck", "--json")))["healthy"] is True
         cluster.kill("dn1")
@@ -170,7 +170,7 @@ def test_put_many_sources_and_recursive_directories(cluster, tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(data)
     (tmp_path / "photos" / "empty").mkdir()
-    cli = lambda *a: run_cli(cluster.broker, *a, cwd=tmp_path)   # noqa: E731
+    cli = lambda *a: run_cli(cluster, *a, cwd=tmp_path)   # noqa: E731
     out = ok(cli("put", "-r", "photos/", "notes.txt", "/backup")).decode()
     assert "stored 4 files" in out
     for rel, data in tree.items():
@@ -186,8 +186,8 @@ def test_put_many_sources_and_recursive_directories(cluster, tmp_path):
 
 def test_put_many_reports_the_files_that_failed(cluster, tmp_path):
     (tmp_path / "good.txt").write_bytes(b"good")
-    ok(run_cli(cluster.broker, "write", "/blocker", "i am a file"))
-    proc = run_cli(cluster.broker, "put", "good.txt", "good.txt", "/blocker", cwd=tmp_path)
+    ok(run_cli(cluster, "write", "/blocker", "i am a file"))
+    proc = run_cli(cluster, "put", "good.txt", "good.txt", "/blocker", cwd=tmp_path)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err
     assert "/blocker/good.txt" in err and "2 of 2 failed" in err
@@ -203,17 +203,17 @@ def test_get_recursive_restores_what_put_recursive_stored(cluster, tmp_path):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
     (src / "proj" / "empty").mkdir()
-    ok(run_cli(cluster.broker, "put", "-r", str(src / "proj"), "/restore-me"))
-    out = ok(run_cli(cluster.broker, "get", "-r", "/restore-me/proj", str(tmp_path / "back")))
+    ok(run_cli(cluster, "put", "-r", str(src / "proj"), "/restore-me"))
+    out = ok(run_cli(cluster, "get", "-r", "/restore-me/proj", str(tmp_path / "back")))
     assert f"wrote {len(tree)} files" in out.decode()
     for rel, data in tree.items():
         assert (tmp_path / "back" / rel).read_bytes() == data, rel
     assert (tmp_path / "back" / "proj" / "empty").is_dir()
     assert not list((tmp_path / "back").rglob("*.part"))
-    failed(run_cli(cluster.broker, "get", "/restore-me/proj", str(tmp_path / "x")),
+    failed(run_cli(cluster, "get", "/restore-me/proj", str(tmp_path / "x")),
            "/restore-me/proj", "-r", code=2)
     # several files into a directory; a missing one is reported, the others written
-    proc = run_cli(cluster.broker, "get", "/restore-me/proj/d0/f0.bin", "/restore-me/nope",
+    proc = run_cli(cluster, "get", "/restore-me/proj/d0/f0.bin", "/restore-me/nope",
                    "/restore-me/proj/big.bin", str(tmp_path / "some"))
     assert proc.returncode == 1 and "/restore-me/nope" in proc.stderr.decode()
     assert (tmp_path / "some" / "big.bin").read_bytes() == tree["proj/big.bin"]
@@ -234,11 +234,11 @@ def test_edge_sizes_and_100mib_round_trip_through_the_cli(cluster, tmp_path):
         src, out = tmp_path / f"{size}.in", tmp_path / f"{size}.out"
         src.write_bytes(data)
         flags = ["--block-size", block] if block else []
-        ok(run_cli(cluster.broker, "put", *flags, str(src), f"/sizes/{size}", timeout=120))
-        info = json.loads(ok(run_cli(cluster.broker, "stat", "--json", f"/sizes/{size}")))
+        ok(run_cli(cluster, "put", *flags, str(src), f"/sizes/{size}", timeout=120))
+        info = json.loads(ok(run_cli(cluster, "stat", "--json", f"/sizes/{size}")))
         bs = KIB64 if block else 4 * 1024 * 1024
         assert info["size"] == size and len(info["blocks"]) == -(-size // bs)
-        ok(run_cli(cluster.broker, "get", f"/sizes/{size}", str(out), timeout=120))
+        ok(run_cli(cluster, "get", f"/sizes/{size}", str(out), timeout=120))
         assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
         src.unlink()
         out.unlink()
@@ -254,7 +254,8 @@ def test_progress_bar_with_rate_and_eta_only_on_a_terminal(cluster, tmp_path):
     src.write_bytes(os.urandom(48 * 1024 * 1024))
     aegisfs = Path(sys.executable).parent / "aegisfs"       # the console script
     master, slave = pty.openpty()
-    proc = subprocess.run([str(aegisfs), "--broker", cluster.broker, "put", str(src),
+    proc = subprocess.run([str(aegisfs), "--broker", cluster.broker, "--key", str(cluster.key),
+                           "put", str(src),
                            "/progress.bin"], stdout=subprocess.PIPE, stderr=slave, timeout=120)
     os.close(slave)
     shown = b""
@@ -271,6 +272,6 @@ def test_progress_bar_with_rate_and_eta_only_on_a_terminal(cluster, tmp_path):
     text = shown.decode(errors="replace")
     assert "put /progress.bin" in text and "100%" in text, text
     assert "MiB/s" in text and "ETA 0:00:" in text, text    # a rate and an ETA
-    piped = run_cli(cluster.broker, "get", "/progress.bin", str(tmp_path / "back.bin"))
+    piped = run_cli(cluster, "get", "/progress.bin", str(tmp_path / "back.bin"))
     assert ok(piped) and piped.stderr == b""            # no bar when stderr is not a terminal
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()

@@ -225,7 +225,7 @@ def test_errors_are_oserror_subclasses_naming_the_path(fs, tmp_path):
 
 def test_cluster_down_is_broker_unavailable():
     with AegisClient(f"tcp://127.0.0.1:{free_base_port()}", timeout=2,
-                     connect_timeout=1) as fs:
+                     connect_timeout=1, config={"security": {"mode": "off"}}) as fs:
         t0 = time.monotonic()
         with pytest.raises(BrokerUnavailable) as exc:
             fs.ls("/")
@@ -242,7 +242,7 @@ def test_overwrite_is_atomic_for_a_concurrent_reader(cluster, fs):
     stop, seen, bad = threading.Event(), set(), []
 
     def reader() -> None:
-        with AegisClient(cluster.broker, timeout=30) as mine:
+        with AegisClient(cluster.broker, timeout=30, key=cluster.key) as mine:
             while not stop.is_set():
                 data = mine.read_bytes("/atomic.bin")
                 if data in known:
@@ -265,7 +265,7 @@ def test_overwrite_is_atomic_for_a_concurrent_reader(cluster, fs):
 
 
 def test_rm_and_overwrite_free_blocks_on_the_datanodes(fresh_cluster, tmp_path):
-    with AegisClient(fresh_cluster.broker, timeout=30) as fs:
+    with AegisClient(fresh_cluster.broker, timeout=30, key=fresh_cluster.key) as fs:
         base = sum(node_blocks(fs).values())
         fs.write_bytes("/space.bin", os.urandom(3 * SMALL_BS), block_size=SMALL_BS,
                        replication=2)
@@ -291,7 +291,7 @@ def test_put_survives_a_datanode_sigkill(fresh_cluster, tmp_path):
             fresh_cluster.kill("dn2")                   # SIGKILL, mid-put
             killed.append(done)
 
-    with AegisClient(fresh_cluster.broker, timeout=30) as fs:
+    with AegisClient(fresh_cluster.broker, timeout=30, key=fresh_cluster.key) as fs:
         fs.put(src, "/survivor.bin", replication=2, progress=progress)
         assert killed and killed[0] < size
         assert not fresh_cluster.roles["dn2"].alive()
@@ -376,7 +376,7 @@ def test_put_many_survives_a_datanode_sigkill_and_rm_frees_pack_blocks(fresh_clu
             fresh_cluster.kill("dn3")                   # SIGKILL, between batches
             killed.append(done)
 
-    with AegisClient(fresh_cluster.broker, timeout=30) as fs:
+    with AegisClient(fresh_cluster.broker, timeout=30, key=fresh_cluster.key) as fs:
         base = sum(node_blocks(fs).values())
         out = fs.put_many([(d, p) for p, d in files.items()], replication=2, progress=progress)
         assert killed and killed[0] < len(files)

@@ -15,7 +15,7 @@ _seq = itertools.count()
 
 @pytest.fixture(scope="module")
 def fsc(cluster):
-    with AegisClient(cluster.broker, timeout=30.0) as client:
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as client:
         yield FixedBlockSize(client, BLOCK)
 
 

@@ -13,6 +13,8 @@ import crc32c
 
 from broker import config
 from broker.client import Client
+from broker.curve import CurveKeys
+from broker.keys import KeyStore
 from broker.events import Subscriber
 from run_cluster import free_base_port
 
@@ -24,9 +26,14 @@ class Nodes:
         self.processes, self.tmp = processes, tmp
         self.base = free_base_port()
         self.ep = config.endpoints_for_base_port(self.base)
-        self.broker = processes.start("-m", "broker", "--base-port", str(self.base),
-                                      "--heartbeat-interval", str(HB), name="broker")
         self.procs = {f"dn{i + 1}": None for i in range(count)}
+        self.keys = tmp / "keys"
+        store = KeyStore(self.keys)
+        store.ensure_cluster(list(self.procs))
+        self.curve = CurveKeys.load(store.user_key_path("admin"))   # what clients use
+        self.broker = processes.start("-m", "broker", "--base-port", str(self.base),
+                                      "--heartbeat-interval", str(HB), "--keys",
+                                      str(self.keys), name="broker")
         for node in self.procs:
             self.start(node)
 
@@ -34,13 +41,14 @@ class Nodes:
         self.procs[node] = self.processes.start(
             "-m", "datanode", "--id", node, "--data-dir", str(self.tmp / node),
             "--base-port", str(self.base), "--heartbeat-interval", str(HB),
-            "--no-capabilities", name=node)   # no MDS here to hand out capability keys
+            "--no-capabilities", "--keys", str(self.keys),
+            name=node)   # no MDS here to hand out capability keys
         return self.procs[node]
 
     def wait(self, nodes=None, timeout: float = 20.0) -> None:
         """Until each node answers a request (a registration alone may be a dead one's)."""
         deadline = time.monotonic() + timeout
-        with Client(self.ep["client"], timeout=1, connect_timeout=1) as c:
+        with Client(self.ep["client"], timeout=1, connect_timeout=1, curve=self.curve) as c:
             for node in nodes or self.procs:
                 while True:
                     try:
@@ -58,14 +66,14 @@ def block_files(root: Path) -> list[Path]:
 
 def test_1000_blocks_round_trip_and_gap_free_events(processes, tmp_path):
     nodes = Nodes(processes, tmp_path, 3)
-    sub = Subscriber(nodes.ep["events_out"], ["block.commit"])
+    sub = Subscriber(nodes.ep["events_out"], ["block.commit"], curve=nodes.curve)
     nodes.wait()
     time.sleep(0.5)   # let the subscription reach the publishers through the proxy
     rng = random.Random(42)
     sizes = [0, 1, 8 * 1024 * 1024] + [rng.randrange(0, 8 * 1024 * 1024 + 1) for _ in range(997)]
     pool = os.urandom(8 * 1024 * 1024 + 4096)
     stored: dict[bytes, tuple[str, int, int]] = {}
-    with Client(nodes.ep["client"], timeout=60, max_in_flight=8) as c:
+    with Client(nodes.ep["client"], timeout=60, max_in_flight=8, curve=nodes.curve) as c:
         for i, size in enumerate(sizes):
             off = rng.randrange(4096)
             data = memoryview(pool)[off:off + size]
@@ -118,7 +126,8 @@ def test_kill_9_during_puts_leaves_no_partial_block(processes, tmp_path):
 
     def writer():
         rng = random.Random(7)
-        with Client(nodes.ep["client"], timeout=5, connect_timeout=1, max_in_flight=4) as c:
+        with Client(nodes.ep["client"], timeout=5, connect_timeout=1, max_in_flight=4,
+                    curve=nodes.curve) as c:
             sent = {}
             while not stop.is_set():
                 data = rng.randbytes(rng.randrange(1, 3 * 1024 * 1024))
@@ -148,7 +157,7 @@ def test_kill_9_during_puts_leaves_no_partial_block(processes, tmp_path):
     nodes.wait(["dn1"])
     # no tmp residue, and every visible block verifies (no partial block became visible)
     assert not any((tmp_path / "dn1" / "tmp").iterdir())
-    with Client(nodes.ep["client"], timeout=30) as c:
+    with Client(nodes.ep["client"], timeout=30, curve=nodes.curve) as c:
         for bid, data in acked.items():
             r = c.call("dn.dn1", {"op": "get_block", "id": bid})
             assert bytes(r.payload[0]) == data

@@ -29,8 +29,9 @@ KIB = 1024
 class Mds:
     """`mds(op, **fields)` -> result map; errors raise their OSError subclass."""
 
-    def __init__(self, endpoint: str, timeout: float = 20.0, data_dir=None) -> None:
-        self.client = Client(endpoint, timeout=timeout, connect_timeout=5, max_in_flight=16)
+    def __init__(self, endpoint: str, timeout: float = 20.0, data_dir=None, curve=None) -> None:
+        self.client = Client(endpoint, timeout=timeout, connect_timeout=5, max_in_flight=16,
+                             curve=curve)
         self.data_dir = data_dir      # the cluster's, for read capabilities minted here
 
     def __call__(self, op: str, **fields) -> dict:
@@ -101,7 +102,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def mds(cluster):
-    m = Mds(cluster.broker, data_dir=cluster.data_dir)
+    m = Mds(cluster.broker, data_dir=cluster.data_dir, curve=cluster.curve)
     try:
         yield m
     finally:
@@ -117,7 +118,7 @@ def test_8_writers_x_1000_creates_none_lost(cluster, mds):
     lock = threading.Lock()
 
     def writer(w: int) -> None:
-        m = Mds(cluster.broker, data_dir=cluster.data_dir)
+        m = Mds(cluster.broker, data_dir=cluster.data_dir, curve=cluster.curve)
         mine = {}
         try:
             m("mkdir", path=f"/load/w{w}")
@@ -346,12 +347,13 @@ def test_malformed_values_are_einval_and_mds_answers(cluster, errtree):
     m("abort", handle=handle)
     for fields in ({"handle": "x" * 1000, "count": 1}, {"handle": "", "count": 1}):
         assert _errno_of(lambda: m("allocate", **fields)) in (errno.ENOENT, errno.EINVAL)
-    # the block_report payload must be one msgpack list frame (sent as DataNode dnX: only
+    # the block_report payload must be one msgpack list frame (sent as DataNode dnx: only
     # a DataNode may report its blocks)
-    with MemberClient(cluster.endpoints["worker"], "dn.dnX", timeout=20) as dn:
+    with MemberClient(cluster.endpoints["worker"], "dn.dnx", timeout=20,
+                      curve=cluster.member_curve("dn.dnx")) as dn:
         for payload in ([], [b"\xc1\xc1"], [msgpack.packb({"a": 1})], [b"1", b"2"]):
             assert _errno_of(lambda: dn.call(
-                "mds", {"op": "block_report", "node": "dnX"}, payload)) == errno.EINVAL
+                "mds", {"op": "block_report", "node": "dnx"}, payload)) == errno.EINVAL
     assert m("ping")["pong"] is True
 
 
@@ -360,6 +362,7 @@ def test_undecodable_header_is_eproto_and_mds_answers(cluster, mds):
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     wire.configure(sock)
+    cluster.curve.apply(sock)
     sock.connect(cluster.broker)
     try:
         for i, header in enumerate([b"\xc1\xc1\xc1", msgpack.packb([1, 2]), msgpack.packb("op"),
@@ -451,7 +454,7 @@ def test_overwrite_replaces_atomically_and_old_blocks_are_deleted(cluster, mds):
     seen: list = []
 
     def reader():
-        m = Mds(cluster.broker, data_dir=cluster.data_dir)
+        m = Mds(cluster.broker, data_dir=cluster.data_dir, curve=cluster.curve)
         try:
             while not stop.is_set():
                 try:
@@ -563,7 +566,7 @@ def test_mv_files_and_directories(mds):
 
 def test_expired_lease_drops_the_draft_and_its_blocks(tmp_path):
     cluster = start_cluster(tmp_path, heartbeat=HB, extra={"mds": ["--lease", "1"]})
-    m = Mds(cluster.broker, data_dir=cluster.data_dir)
+    m = Mds(cluster.broker, data_dir=cluster.data_dir, curve=cluster.curve)
     try:
         m("mkdir", path="/l")
         handle = m("create", path="/l/f", block_size=KIB, replication=3)["handle"]
@@ -646,7 +649,7 @@ def test_batch_creates_and_commits_many_files_with_per_item_errors(mds):
             "replication": 2} for p, d in data.items()]
     ops += [{"op": "create", "path": "/batch/plain/under", "size": 1},   # parent is a file
             {"op": "create", "path": "no/../bad", "size": 1},
-            {"op": "dn_heartbeat", "node": "dnX", "capacity": 1, "used": 0, "blocks": 0},
+            {"op": "dn_heartbeat", "node": "dnx", "capacity": 1, "used": 0, "blocks": 0},
             {"op": "batch", "ops": []}, "not a map", {"op": "stat"}]
     results = [_item(r) for r in mds("batch", ops=ops)["results"]]
     assert len(results) == len(ops)
@@ -754,7 +757,8 @@ def test_a_client_cannot_speak_for_a_datanode(cluster, mds):
 
 
 def test_a_member_connection_is_stamped_with_its_member(cluster):
-    with MemberClient(cluster.endpoints["worker"], "dn.dn1", timeout=10) as dn1:
+    with MemberClient(cluster.endpoints["worker"], "dn.dn1", timeout=10,
+                      curve=cluster.member_curve("dn.dn1")) as dn1:
         # DataNode dn1 may speak for itself (an unknown block: nothing to drop) ...
         assert dn1.call("mds", {"op": "block_corrupt", "node": "dn1",
                                 "block": b"\x01" * 16}).result == {"dropped": False}
@@ -765,6 +769,7 @@ def test_a_member_connection_is_stamped_with_its_member(cluster):
         with pytest.raises(PermissionError):
             dn1.call("dn.dn2", {"op": "delete_block", "id": b"\x01" * 16})
         assert dn1.call("broker", {"op": "ping"}).result == {"pong": True}
-    with MemberClient(cluster.endpoints["worker"], "mds", timeout=10) as m:
+    with MemberClient(cluster.endpoints["worker"], "mds", timeout=10,
+                      curve=cluster.member_curve("mds")) as m:
         assert m.call("dn.dn2", {"op": "delete_block", "id": b"\x01" * 16}).result == \
             {"deleted": False}

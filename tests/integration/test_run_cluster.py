@@ -101,9 +101,14 @@ def test_run_cluster_resets_serves_reports_a_dead_child_and_stops_on_sigterm(tmp
         assert not (data / "old").exists()
         assert {p.name for p in (data / "logs").iterdir()} == {"broker.log", "mds.log",
                                                                "dn1.log", "dn2.log"}
+        admin_key = data / "keys" / "users" / "admin.key_secret"
+        assert ready.rstrip().endswith(f" key {admin_key}")   # security on: the admin key
+        assert (admin_key.stat().st_mode & 0o777) == 0o600
         broker = f"tcp://127.0.0.1:{port}"
-        assert run_cli(broker, "write", "/hello", "Hello AegisFS!").returncode == 0
-        assert run_cli(broker, "read", "/hello").stdout == b"Hello AegisFS!"
+        # the Quick start: the CLI run beside ./data finds the admin key by itself
+        assert run_cli(broker, "write", "/hello", "Hello AegisFS!",
+                       cwd=tmp_path).returncode == 0
+        assert run_cli(broker, "read", "/hello", cwd=tmp_path).stdout == b"Hello AegisFS!"
         assert (data / "mds").is_dir() and (data / "dn" / "dn1").is_dir()
 
         pids = c.role_pids()

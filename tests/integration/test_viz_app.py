@@ -34,6 +34,7 @@ def app(cluster, monkeypatch) -> AppTest:
     # The page reads its endpoints the way a deployment sets them: environment variables.
     monkeypatch.setenv("AEGISFS_BROKER", cluster.broker)
     monkeypatch.setenv("AEGISFS_BROKER_EVENTS_OUT", cluster.endpoints["events_out"])
+    monkeypatch.setenv("AEGISFS_KEY", str(cluster.key))     # the viz connects as a user
     return AppTest.from_file(APP, default_timeout=30)
 
 
@@ -117,6 +118,7 @@ def test_sequence_gaps_are_shown(app, cluster):
     app.run()
     pub = zmq.Context.instance().socket(zmq.PUB)
     pub.setsockopt(zmq.LINGER, 0)
+    cluster.member_curve("dn.gappy").apply(pub)      # only members may publish
     pub.connect(cluster.endpoints["events_in"])
     try:
         def send(seq: int) -> None:
@@ -145,7 +147,7 @@ def test_deep_link_opens_a_file(app, fs):
 
 
 def test_feed_thread_is_a_daemon_and_stops(cluster):
-    feed = Feed(cluster.endpoints["events_out"]).start()
+    feed = Feed(cluster.endpoints["events_out"], curve=cluster.curve).start()
     try:
         assert feed.alive and feed._thread.daemon
     finally:

@@ -216,7 +216,7 @@ def test_page_shows_title_and_the_events_of_a_put(served, browser):
     browser.wait_for(lambda t: "AegisFS" in t and "(connected)" in t and "DataNodes up" in t,
                      what="the page with a connected feed")
     time.sleep(0.5)     # the SUB's subscription reaches the broker just after the connect
-    with AegisClient(cluster.broker, timeout=10) as fs:
+    with AegisClient(cluster.broker, timeout=10, key=cluster.key) as fs:
         fs.write_bytes("/browser/hello.txt", b"hello from the browser test\n" * 50)
     text = browser.wait_for(lambda t: "/browser/hello.txt" in t and "block.commit" in t,
                             what="file.commit of /browser/hello.txt in the live feed")
@@ -259,7 +259,7 @@ def test_upload_and_download_through_the_page(served, browser, tmp_path):
         browser.js("[...document.querySelectorAll('button')].find(e => !e.disabled && "
                    "e.innerText.includes('Store in AegisFS'))?.click()")
         time.sleep(1)
-    with AegisClient(cluster.broker, timeout=10) as fs:
+    with AegisClient(cluster.broker, timeout=10, key=cluster.key) as fs:
         assert fs.read_bytes("/uploaded.bin") == payload
     # The page selects what it stored: its block graph and hex preview are shown.
     browser.wait_for(lambda t: "Namespace" in t and "Preview" in t and "00000000" in t,

@@ -19,7 +19,7 @@ def wait_mds(cluster: Cluster, nodes: int = 0, *, serving: bool = False,
     Fails at once when the MDS process has exited."""
     started = time.monotonic()
     last: object = None
-    with Client(cluster.broker, timeout=1, connect_timeout=1) as c:
+    with Client(cluster.broker, timeout=1, connect_timeout=1, curve=cluster.curve) as c:
         while True:
             mds = cluster.roles["mds"]
             if mds.proc is not None and not mds.alive():

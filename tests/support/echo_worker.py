@@ -2,7 +2,8 @@
 
 Ops: "echo" (default) returns {"echo": header, "worker": name}; "sleep" waits `seconds`
 first (to hold requests in flight); "crash" exits the process at once. Replies also carry
-`caller`: [class, id] as the broker stamped them.
+`caller`: [class, id] as the broker stamped them. With --key it connects with that member
+key (the broker then admits it only for the key's own service, e.g. dn.echo).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 
 import click
 
+from broker.curve import CurveKeys
 from broker.process import setup_logging, stop_on_signals
 from broker.service import Outcome
 from broker.worker import Worker
@@ -24,11 +26,16 @@ from broker.worker import Worker
 @click.option("--name", default="echo")
 @click.option("--heartbeat-interval", type=float, default=1.0)
 @click.option("--capacity", type=int, default=64)
-def main(endpoint: str, service: str, name: str, heartbeat_interval: float, capacity: int) -> None:
+@click.option("--key", "key_file", help="Member secret key file (security on); none = off.")
+@click.option("--broker-key", help="The broker's public key file (with --key).")
+def main(endpoint: str, service: str, name: str, heartbeat_interval: float, capacity: int,
+         key_file: str | None, broker_key: str | None) -> None:
     setup_logging("INFO")
     stop = threading.Event()
     stop_on_signals(stop.set)
-    worker = Worker(endpoint, service, heartbeat_interval=heartbeat_interval, capacity=capacity)
+    keys = CurveKeys.load(key_file, broker_key) if key_file else None
+    worker = Worker(endpoint, service, heartbeat_interval=heartbeat_interval, capacity=capacity,
+                    curve=keys)
 
     class Echo:
         """Not a declared Service: echoes any header, with or without an op."""

@@ -48,7 +48,8 @@ class Harness:
 
     def start(self, timeout: float = 30.0) -> "Harness":
         self.cluster.start(timeout)
-        self.fs = AegisClient(self.cluster.broker, timeout=10.0, connect_timeout=2.0)
+        self.fs = AegisClient(self.cluster.broker, timeout=10.0, connect_timeout=2.0,
+                              key=self.cluster.key)
         self.wait_serving(timeout)
         return self
 

@@ -224,3 +224,117 @@ def test_exclusive_registration_supersedes_a_dead_predecessor(router):
     assert [error_of(s)[0] for s in out] == ["ECONNRESET"]
     assert [w.identity for w in router.services[b"dn.dn1"].workers] == [b"NEW"]
     assert router.on_client(b"C", request(b"dn.dn1", b"2"), [])[0][1] == b"NEW"
+
+
+# -- security: the caller from the ZAP User-Id (routing.caller_of) ------------------------
+
+ALICE = "u:alice:" + "A" * 40
+MDS_KEY = "m:mds:" + "M" * 40
+DN1_KEY = "m:dn.dn1:" + "D" * 40
+DN2_KEY = "m:dn.dn2:" + "E" * 40
+
+
+def secure_router(clock, ids=(ALICE, MDS_KEY, DN1_KEY, DN2_KEY), refresh=None) -> Router:
+    r = Router(clock=clock, heartbeat_interval=1.0, liveness=3, refresh=refresh)
+    r.set_registry(frozenset(ids))
+    return r
+
+
+def caller_sent(send) -> tuple[str, str]:
+    side, _, frames = send
+    assert side == WORKER
+    cmd, _, _, rest = P.unpack(frames[0])
+    return P.split_caller(rest)[:2]
+
+
+def test_a_user_key_is_a_client_named_after_its_user(clock):
+    r = secure_router(clock)
+    r.on_worker(b"W", P.ready_envelope("mds", {"capacity": 4}), [], MDS_KEY)
+    (send,) = r.on_client(b"C", request(b"mds", b"1", {"op": "ls", "caller": "mds"}), [], ALICE)
+    assert caller_sent(send) == ("client", "alice")
+
+
+def test_security_off_every_client_is_the_superuser(router):
+    from broker.keys import ADMIN
+    from broker.routing import INSECURE_USER
+    from mds.perms import SUPERUSER
+    assert INSECURE_USER == SUPERUSER == ADMIN
+    ready(router, b"W", "mds")
+    (send,) = router.on_client(b"C", request(b"mds", b"1"), [])
+    assert caller_sent(send) == ("client", "admin")
+
+
+def test_a_member_key_registers_and_declares_only_its_own_service(clock):
+    from broker.routing import Refused
+    r = secure_router(clock)
+    r.on_worker(b"MDS", P.ready_envelope("mds", {"capacity": 4, "exclusive": True}), [], MDS_KEY)
+    for ident, key, service in ((b"X", DN1_KEY, "mds"), (b"Y", DN2_KEY, "dn.dn1"),
+                                (b"Z", MDS_KEY, "dn.dn1"), (b"U", ALICE, "mds")):
+        with pytest.raises(Refused):
+            r.on_worker(ident, P.ready_envelope(service, {"capacity": 1, "exclusive": True}),
+                        [], key)
+        with pytest.raises(Refused):
+            r.on_worker(ident, P.member_envelope(service), [], key)
+        with pytest.raises(P.ProtocolError):   # nothing was declared, so no request goes
+            r.on_worker(ident, request(b"mds", b"1"), [], key)
+    # the real MDS was never superseded and still gets the requests
+    (send,) = r.on_client(b"C", request(b"mds", b"2"), [], ALICE)
+    assert send[1] == b"MDS"
+    r.on_worker(b"D1", P.member_envelope("dn.dn1"), [], DN1_KEY)
+    (send,) = r.on_worker(b"D1", request(b"mds", b"3"), [], DN1_KEY)
+    assert caller_sent(send) == ("datanode", "dn1")
+
+
+def test_a_key_on_the_wrong_endpoint_is_refused(clock):
+    from broker.routing import Refused
+    r = secure_router(clock)
+    with pytest.raises(Refused):
+        r.on_client(b"C", request(b"broker", b"1", {"op": "ping"}), [], MDS_KEY)
+    (send,) = r.on_client(b"C", request(b"broker", b"1", {"op": "ping"}), [], "garbage")
+    assert error_of(send)[0] == "EACCES"        # a User-Id the registry does not know
+    with pytest.raises(Refused):
+        r.on_worker(b"W", P.member_envelope("mds"), [], ALICE)
+
+
+def test_a_removed_user_gets_eacces_on_its_open_connection(clock):
+    r = secure_router(clock)
+    r.on_worker(b"W", P.ready_envelope("mds", {"capacity": 4}), [], MDS_KEY)
+    assert r.on_client(b"C", request(b"mds", b"1"), [], ALICE)[0][0] == WORKER
+    r.set_registry(frozenset({MDS_KEY}))
+    code, message = error_of(r.on_client(b"C", request(b"mds", b"2"), [], ALICE)[0])
+    assert code == "EACCES" and "alice" in message and "revoked" in message
+
+
+def test_a_user_added_since_the_last_reload_is_looked_up_again(clock):
+    views = [frozenset({MDS_KEY}), frozenset({MDS_KEY, ALICE})]
+    asked = []
+
+    def refresh():
+        asked.append(1)
+        return views[min(len(asked), 1)]
+    r = secure_router(clock, ids=views[0], refresh=refresh)
+    r.on_worker(b"W", P.ready_envelope("mds", {"capacity": 4}), [], MDS_KEY)
+    (send,) = r.on_client(b"C", request(b"mds", b"1"), [], ALICE)
+    assert caller_sent(send) == ("client", "alice") and asked == [1]
+
+
+def test_a_revoked_member_key_loses_its_registration_and_requests(clock):
+    r = secure_router(clock)
+    r.on_worker(b"D2", P.ready_envelope("dn.dn2", {"capacity": 4}), [], DN2_KEY)
+    r.on_client(b"C", request(b"dn.dn2", b"1"), [], ALICE)
+    out = r.set_registry(frozenset({ALICE, MDS_KEY}))
+    assert error_of(out[0])[0] == "ECONNRESET"
+    assert error_of(r.on_client(b"C", request(b"dn.dn2", b"2"), [], ALICE)[0])[0] == \
+        "ECONNREFUSED"
+
+
+def test_a_routing_id_reused_with_another_key_is_not_the_worker(clock):
+    from broker.routing import Refused
+    r = secure_router(clock)
+    r.on_worker(b"W", P.ready_envelope("dn.dn1", {"capacity": 4}), [], DN1_KEY)
+    (sent,) = r.on_client(b"C", request(b"dn.dn1", b"1"), [], ALICE)
+    _, _, frames = sent
+    _, route, rid, _ = P.unpack(frames[0])
+    with pytest.raises(Refused):   # a forged reply from another key under the same id
+        r.on_worker(b"W", P.pack(P.REPLY, route, rid, P.ok_header({})), [], DN2_KEY)
+    assert len(r.in_flight) == 1
