@@ -527,6 +527,9 @@ def completion(shell: str) -> None:
     click.echo(comp.source())
 
 
+cli.add_command(__import__("client.s3.cli", fromlist=["s3"]).s3)   # the S3 gateway group
+
+
 def main() -> None:
     """Console entry point (`aegisfs`, `python -m client.cli`, `python -m client`)."""
     cli(prog_name="aegisfs")
