@@ -52,6 +52,11 @@ class Request:
     key: str = ""
     user: str = ""
     auth: sigv4.Auth | None = None
+    body_done: bool = False          # the whole request body has been received
+
+    def has_body(self) -> bool:
+        return self.headers.get("content-length", "0") != "0" or \
+            "transfer-encoding" in self.headers
 
 
 @dataclass
@@ -99,10 +104,10 @@ def _range(value: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if end < start:
-        return None
     if start >= size:
         raise S3Error("InvalidRange", ActualObjectSize=str(size))
+    if end < start:
+        return None
     return start, min(end, size - 1) - start + 1
 
 
@@ -173,6 +178,10 @@ class Gateway:
     async def _send(self, resp: Response, req: Request, send: Callable,
                     request_id: str) -> None:
         headers = {"x-amz-request-id": request_id, "server": "AegisFS", **resp.headers}
+        if not req.body_done and req.has_body():
+            # a body we refused unread must not be taken for the next request on this
+            # connection (and a 5 GiB one should not be read just to skip it): close it
+            headers["connection"] = "close"
         if resp.stream is None and "content-length" not in headers:
             headers["content-length"] = str(len(resp.body))
         await send({"type": "http.response.start", "status": resp.status,
@@ -203,6 +212,8 @@ class Gateway:
             msg = await req.receive()
         if msg["type"] == "http.disconnect":
             raise Disconnected()
+        if not msg.get("more_body"):
+            req.body_done = True
         return msg
 
     def _body_chunks(self, req: Request, decoder: BodyDecoder):

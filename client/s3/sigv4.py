@@ -99,7 +99,8 @@ def authenticate(method: str, raw_path: bytes, query_string: bytes,
     authz = headers.get("authorization", "")
     if authz:
         if not authz.startswith(ALGORITHM + " "):
-            raise S3Error("AccessDenied", "only AWS4-HMAC-SHA256 signatures are accepted")
+            raise S3Error("AccessDenied", "only AWS4-HMAC-SHA256 (SigV4) signatures are "
+                          "accepted")
         fields = {}
         for item in authz[len(ALGORITHM) + 1:].split(","):
             k, _, v = item.strip().partition("=")
@@ -130,6 +131,9 @@ def authenticate(method: str, raw_path: bytes, query_string: bytes,
             raise S3Error("AccessDenied", "X-Amz-Expires must be a number") from None
         if not 0 < expires <= MAX_PRESIGN:
             raise S3Error("AccessDenied", "X-Amz-Expires must be between 1 and 604800")
+    elif "AWSAccessKeyId" in qd or authz.startswith("AWS "):
+        raise S3Error("AccessDenied", "Signature Version 2 is not supported: sign with "
+                      "SigV4 (boto3: Config(signature_version='s3v4'))")
     else:
         raise S3Error("AccessDenied", "anonymous access is not allowed: sign the request")
     m = _CREDENTIAL.fullmatch(credential)

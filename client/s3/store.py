@@ -368,10 +368,11 @@ class Store:
         if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
             raise S3Error("InvalidPartOrder", resource=f"/{bucket}/{key}")
         have = {p["number"]: p for p in self.parts(upload_id)}
-        for i, (n, tag) in enumerate(wanted):
-            p = have.get(n)
-            if p is None or p["etag"] != tag:
+        for n, tag in wanted:
+            if n not in have or have[n]["etag"] != tag:
                 raise S3Error("InvalidPart", resource=f"/{bucket}/{key}", PartNumber=str(n))
+        for i, (n, _) in enumerate(wanted):
+            p = have[n]
             if i < len(wanted) - 1 and p["size"] < MIN_PART:
                 raise S3Error("EntityTooSmall", resource=f"/{bucket}/{key}",
                               PartNumber=str(n), ProposedSize=str(p["size"]),
