@@ -59,26 +59,37 @@ def gateway(tmp_path_factory):
         cluster.stop()
 
 
-def signed_request(gw: Gateway, method: str, path: str, body: bytes = b"", *,
-                   user: str = "alice", headers: dict | None = None,
-                   payload_hash: str | None = None):
-    """A raw request signed with botocore's SigV4 signer: (status, headers, body bytes).
-    For what boto3 itself would not send (malformed XML, '..' in a key)."""
-    import hashlib
-    import http.client
-
+def sign(gw: Gateway, method: str, path: str, headers: dict, *, user: str = "alice",
+         payload: str, body: bytes = b"") -> dict:
+    """SigV4 headers for a request whose x-amz-content-sha256 is `payload` as given (also
+    a wrong one, or a STREAMING-* mode), signed by botocore's own signer."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials as BotoCredentials
 
+    class FixedPayload(S3SigV4Auth):
+        def payload(self, request):
+            return payload
+
     access, secret = gw.keys[user]
-    h = dict(headers or {})
-    h["x-amz-content-sha256"] = payload_hash or hashlib.sha256(body).hexdigest()
-    req = AWSRequest(method=method, url=gw.endpoint + path, data=body, headers=h)
-    S3SigV4Auth(BotoCredentials(access, secret), "s3", "us-east-1").add_auth(req)
+    req = AWSRequest(method=method, url=gw.endpoint + path, data=body, headers=headers)
+    FixedPayload(BotoCredentials(access, secret), "s3", "us-east-1").add_auth(req)
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in req.headers.items()}
+
+
+def signed_request(gw: Gateway, method: str, path: str, body: bytes = b"", *,
+                   user: str = "alice", headers: dict | None = None,
+                   payload_hash: str | None = None):
+    """A raw signed request: (status, headers, body bytes). For what boto3 itself would
+    not send (malformed XML, '..' in a key, a payload hash that does not match)."""
+    import hashlib
+    import http.client
+
+    h = sign(gw, method, path, dict(headers or {}), user=user, body=body,
+             payload=payload_hash or hashlib.sha256(body).hexdigest())
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
     try:
-        conn.request(method, path, body=body, headers=dict(req.headers.items()))
+        conn.request(method, path, body=body, headers=h)
         resp = conn.getresponse()
         return resp.status, dict(resp.getheaders()), resp.read()
     finally:
