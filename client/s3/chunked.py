@@ -84,7 +84,8 @@ class BodyDecoder:
             self.checksum_name = trailer
         self.checksum = (checksum_of(self.checksum_name[len("x-amz-checksum-"):])
                          if self.checksum_name else None)
-        self.md5 = hashlib.md5()
+        # the store hashes what it writes for the ETag anyway: MD5 here only when asked
+        self.md5 = hashlib.md5() if self.md5_header is not None else None
         self.total = 0
         self._buf = bytearray()
         self._state = "header" if self.chunked else "plain"
@@ -179,7 +180,8 @@ class BodyDecoder:
         self.total += len(data)
         if self.length is not None and self.total > self.length:
             raise S3Error("InvalidRequest", "the body is longer than its announced length")
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         if self.sha256 is not None:
             self.sha256.update(data)
         if self.checksum is not None:
@@ -201,7 +203,7 @@ class BodyDecoder:
                 want = base64.b64decode(self.md5_header, validate=True)
             except ValueError:
                 raise S3Error("InvalidDigest") from None
-            if want != self.md5.digest():
+            if self.md5 is None or want != self.md5.digest():
                 raise S3Error("BadDigest")
         if self.checksum is not None:
             if self.checksum_value is None:

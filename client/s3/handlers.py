@@ -142,7 +142,7 @@ def _copy_source(req: "Request", header: str = "x-amz-copy-source") -> tuple[str
 
 async def _source(gw: "Gateway", req: "Request") -> tuple[str, str, ObjectInfo]:
     bucket, key = _copy_source(req)
-    if await gw.run(gw.store.bucket_owner, bucket) != req.user:
+    if await gw.owner_of(bucket) != req.user:
         raise S3Error("AccessDenied", resource=f"/{bucket}/{key}")
     info = await gw.run(gw.store.head, bucket, key)
     if _preconditions(req, info, "x-amz-copy-source-") is not None:

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..api import AegisClient
 from . import naming
 from .errors import S3Error, from_oserror
+
+log = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024          # every part but the last, as S3
 DEFAULT_TYPE = "binary/octet-stream"
@@ -384,13 +387,16 @@ class Store:
             # files from existing blocks (shared blocks, another issue)
             for n, _ in wanted:
                 with self.fs.open(f"{d}/{n:05d}", "rb") as f:
-                    while data := f.read(1 << 20):
+                    while data := f.read(4 << 20):
                         yield data
 
         digest = hashlib.md5(b"".join(bytes.fromhex(t) for _, t in wanted)).hexdigest()
+        started = time.monotonic()
         info = self.put(bucket, key, body(), lambda: None, rec.get("content_type"),
                         rec.get("meta") or {}, etag=lambda: f"{digest}-{len(wanted)}")
         self.fs.rm(d, recursive=True)
+        log.info("/%s/%s: %d parts, %d bytes composed in %.2f s", bucket, key, len(wanted),
+                 info.size, time.monotonic() - started)
         return info
 
     def abort_upload(self, upload_id: str) -> None:
