@@ -9,12 +9,15 @@ the object gets a derived ETag and binary/octet-stream.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hashlib
 import io
 import json
 import logging
+import queue
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -25,6 +28,7 @@ from .errors import S3Error, from_oserror
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD = 3                     # 4 MiB pieces read ahead while composing
 MIN_PART = 5 * 1024 * 1024          # every part but the last, as S3
 DEFAULT_TYPE = "binary/octet-stream"
 NATIVE_OWNER = "admin"              # owns top-level directories not created through S3
@@ -55,6 +59,42 @@ def _info(key: str, entry: dict, side: dict | None) -> ObjectInfo:
 class Store:
     def __init__(self, fs: AegisClient) -> None:
         self.fs = fs
+        # a few long-lived reader threads (each keeps one broker socket in AegisClient)
+        self._readers = concurrent.futures.ThreadPoolExecutor(4, "s3-read-ahead")
+
+    def _prefetched(self, paths: Iterable[str], piece: int = 4 << 20) -> Iterator[bytes]:
+        """The files' bytes in order, read on a reader thread while the caller consumes."""
+        q: queue.Queue = queue.Queue(READ_AHEAD)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def read() -> None:
+            try:
+                for path in paths:
+                    with self.fs.open(path, "rb") as f:
+                        while data := f.read(piece):
+                            if not put(data):
+                                return
+                put(None)
+            except BaseException as exc:       # handed to the consumer, raised there
+                put(exc)
+
+        self._readers.submit(read)
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
 
     # -- small JSON records --------------------------------------------------------------
 
@@ -333,10 +373,13 @@ class Store:
 
     def put_part(self, upload_id: str, number: int, chunks: Iterable[bytes],
                  finish: Callable[[], Any]) -> str:
+        """Store a part as <upload>/<number>.<random>, then rename it to
+        <number>-<md5>: the name carries the ETag, so a part costs no record file of its
+        own (one rename instead of a second file write), and ls lists parts with ETags."""
         d = naming.upload_dir(upload_id)
-        path = f"{d}/{number:05d}"
+        draft = f"{d}/{number:05d}.{secrets.token_hex(4)}"
         md5 = hashlib.md5()
-        with self.fs.open(path, "wb", parents=False) as f:
+        with self.fs.open(draft, "wb", parents=False) as f:
             try:
                 for c in chunks:
                     md5.update(c)
@@ -345,24 +388,38 @@ class Store:
             except BaseException:
                 f.abort()
                 raise
-        st = self.fs.stat(path)
-        self._write_json(path + ".json", {"etag": md5.hexdigest(), "size": int(st["size"]),
-                                          "mtime": float(st["mtime"])})
-        return md5.hexdigest()
+        etag = md5.hexdigest()
+        old = [p["name"] for p in self._part_entries(d) if p["number"] == number]
+        final = f"{d}/{number:05d}-{etag}"
+        try:
+            self.fs.mv(draft, final)
+        except FileExistsError:        # the same bytes again: keep the one already there
+            self.fs.rm(draft)
+        for name in old:               # a part uploaded again replaces the earlier one
+            if name != f"{number:05d}-{etag}":
+                try:
+                    self.fs.rm(f"{d}/{name}")
+                except FileNotFoundError:
+                    pass
+        return etag
+
+    def _part_entries(self, d: str) -> list[dict]:
+        out = []
+        for e in self.fs.ls(d, detail=True):
+            number, dash, etag = e["name"].partition("-")
+            if dash and number.isdigit() and len(etag) == 32:
+                out.append({"name": e["name"], "number": int(number), "etag": etag,
+                            "size": int(e["size"]), "mtime": float(e["mtime"])})
+        return out
 
     def parts(self, upload_id: str) -> list[dict]:
-        """[{number, etag, size, mtime}] of the parts stored (and recorded), in order."""
-        d = naming.upload_dir(upload_id)
-        entries = {e["name"]: e for e in self.fs.ls(d, detail=True)}
-        numbers = sorted(n for n in entries if n.isdigit())
-        recs = self._read_many([f"{d}/{n}.json" for n in numbers])
-        out = []
-        for n, rec in zip(numbers, recs):
-            e = entries[n]
-            if rec and rec.get("size") == e["size"] and rec.get("mtime") == e["mtime"]:
-                out.append({"number": int(n), "etag": rec["etag"], "size": int(e["size"]),
-                            "mtime": float(e["mtime"])})
-        return out
+        """[{name, number, etag, size, mtime}] of the parts stored, by number (the newest
+        when one was uploaded twice at once)."""
+        best: dict[int, dict] = {}
+        for p in self._part_entries(naming.upload_dir(upload_id)):
+            if p["number"] not in best or p["mtime"] > best[p["number"]]["mtime"]:
+                best[p["number"]] = p
+        return [best[n] for n in sorted(best)]
 
     def complete(self, upload_id: str, bucket: str, key: str,
                  wanted: list[tuple[int, str]]) -> ObjectInfo:
@@ -384,11 +441,9 @@ class Store:
 
         def body() -> Iterator[bytes]:
             # concatenated by streaming through the gateway until the MDS can compose
-            # files from existing blocks (shared blocks, another issue)
-            for n, _ in wanted:
-                with self.fs.open(f"{d}/{n:05d}", "rb") as f:
-                    while data := f.read(4 << 20):
-                        yield data
+            # files from existing blocks (shared blocks, another issue); a reader thread
+            # fetches ahead while this one writes, at most READ_AHEAD pieces in memory
+            return self._prefetched(f"{d}/{have[n]['name']}" for n, _ in wanted)
 
         digest = hashlib.md5(b"".join(bytes.fromhex(t) for _, t in wanted)).hexdigest()
         started = time.monotonic()
