@@ -17,7 +17,13 @@ KEYS_HELP = "Keys directory holding s3-credentials.json ($AEGISFS_KEYS_DIR, else
 
 @click.group("s3")
 def s3() -> None:
-    """The S3-compatible gateway."""
+    """The S3-compatible gateway (docs/s3.md).
+
+    \b
+    Example:
+      aegisfs s3 credentials --user alice --keys-dir data/keys
+      aegisfs s3 serve --port 9000 --keys-dir data/keys
+    """
 
 
 @s3.command("serve")
@@ -30,7 +36,12 @@ def s3() -> None:
 @click.option("--region", default="us-east-1", show_default=True)
 def serve_cmd(host: str, port: int, broker: str | None, keys_dir: str | None,
               threads: int, region: str) -> None:
-    """Serve S3 over HTTP on HOST:PORT, backed by the cluster."""
+    """Serve S3 over HTTP on HOST:PORT, backed by the cluster.
+
+    \b
+    Example:
+      aegisfs s3 serve --port 9000 --broker tcp://127.0.0.1:5550 --keys-dir data/keys
+    """
     from .server import serve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(host=host, port=port, broker=broker, keys_dir=keys_dir or default_keys_dir(),
@@ -46,7 +57,12 @@ def serve_cmd(host: str, port: int, broker: str | None, keys_dir: str | None,
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def credentials_cmd(user: str | None, keys_dir: str | None, endpoint: str, new: bool,
                     as_json: bool) -> None:
-    """Show (or create) the S3 access key of a user."""
+    """Show (or create) the S3 access key of a user.
+
+    \b
+    Example:
+      aegisfs s3 credentials --user alice --keys-dir data/keys --json
+    """
     user = user or os.environ.get("USER") or "admin"
     creds = Credentials(Path(keys_dir) if keys_dir else default_keys_dir())
     access, secret = creds.create(user) if new else creds.get_or_create(user)
