@@ -20,8 +20,8 @@ from ..api import AegisClient
 from . import naming, s3xml, sigv4
 from .chunked import BodyDecoder
 from .credentials import Credentials
-from .errors import S3Error
-from .s3xml import doc, el, http_date, iso, key_text, owner
+from .errors import S3Error, from_oserror
+from .s3xml import doc, el, http_date, iso, owner
 from .store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ UNSUPPORTED = {"acl", "tagging", "versioning", "policy", "cors", "lifecycle", "w
                "retention", "legal-hold", "torrent", "restore", "select", "versions",
                "versionId", "accelerate", "analytics", "inventory", "metrics",
                "ownershipControls", "publicAccessBlock", "requestPayment",
-               "intelligent-tiering", "attributes", "policyStatus", "uploadId-marker-x"}
+               "intelligent-tiering", "attributes", "policyStatus"}
 MAX_KEYS = 1000
 OWNER_TTL = 2.0
 BODY_BATCH = 1 << 20
@@ -176,7 +176,6 @@ class Gateway:
             log.info("%s %s: the client went away; nothing stored", req.method, req.raw_path)
             return
         except OSError as exc:
-            from .errors import from_oserror
             resp = self._error(from_oserror(exc, f"/{req.bucket}/{req.key}"), req, request_id)
         except Exception as exc:         # a bug: answer 500, keep serving
             log.exception("%s %s failed", req.method, req.raw_path)

@@ -25,7 +25,7 @@ async def object_request(gw: "Gateway", req: "Request") -> "Response":
         return await copy_object(gw, req)
     if m == "PUT":
         return await put_object(gw, req)
-    if m in ("GET", "HEAD") and "uploadId" in q and m == "GET":
+    if m == "GET" and "uploadId" in q:
         return await list_parts(gw, req)
     if m in ("GET", "HEAD"):
         return await get_object(gw, req)

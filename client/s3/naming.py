@@ -21,8 +21,13 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
+def is_bucket_name(name: str) -> bool:
+    """Top-level directories with other names (and /.s3meta) are not buckets."""
+    return bool(_BUCKET.fullmatch(name)) and ".." not in name
+
+
 def bucket_path(bucket: str) -> str:
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not is_bucket_name(bucket):
         raise S3Error("InvalidBucketName", resource=bucket)
     return "/" + bucket
 

@@ -140,7 +140,7 @@ class Store:
             entries = self.fs.ls("/", detail=True)
         except FileNotFoundError:
             return []
-        dirs = [e for e in entries if e["type"] == "dir" and not e["name"].startswith(".")]
+        dirs = [e for e in entries if e["type"] == "dir" and naming.is_bucket_name(e["name"])]
         records = self._read_many([f"{naming.BUCKETS}/{e['name']}.json" for e in dirs])
         out = []
         for e, rec in zip(dirs, records):

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from client.api import AegisClient
-from tests.integration.s3_support import gateway, signed_request  # noqa: F401  (fixture)
+from tests.integration.s3_support import gateway  # noqa: F401  (fixture)
 
 MiB = 1024 * 1024
 
