@@ -11,6 +11,9 @@ from client.s3.credentials import Credentials
 from tests.support.cluster import start_cluster
 
 
+LEASE = 3.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,7 +54,9 @@ class Gateway:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     port = free_port()
-    cluster = start_cluster(tmp_path_factory.mktemp("s3"), s3_port=port)
+    # short draft leases: an abandoned upload's draft must be seen to expire in the tests
+    cluster = start_cluster(tmp_path_factory.mktemp("s3"), s3_port=port,
+                            extra={"mds": ["--lease", str(LEASE)]})
     try:
         wait_port(port, cluster.roles["s3"].proc)
         yield Gateway(cluster, port)

@@ -14,8 +14,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from client.api import AegisClient
-from tests.integration.s3_support import (free_port, gateway, sign,  # noqa: F401
-                                          signed_request, wait_port)
+from tests.integration.s3_support import (LEASE, free_port, gateway,  # noqa: F401
+                                          sign, signed_request, wait_port)
+from tests.support.wait import wait_for
 
 MiB = 1024 * 1024
 
@@ -39,8 +40,10 @@ def still_serving(s3) -> None:
 
 
 def only_expected(fs, *names: str) -> None:
-    """The bucket holds exactly `names` (no half-written object, no leaked draft)."""
+    """The bucket holds exactly `names` (no half-written object), and no draft is left
+    open (an abandoned upload's draft was aborted, or expired with its lease)."""
     assert sorted(fs.ls("/hostile")) == sorted(names)
+    wait_for(lambda: fs.status()["drafts"] == 0, timeout=LEASE * 5, what="no open drafts")
 
 
 def test_wrong_signature(gateway, s3):
@@ -220,26 +223,31 @@ def test_gateway_killed_mid_upload_leaves_nothing(gateway, s3, fs):
         other = SimpleNamespace(keys=gateway.keys, port=port,
                                 endpoint=f"http://127.0.0.1:{port}")
         import threading
-        sock_thread_done: list[bool] = []
+        failures: list[BaseException] = []
 
         def upload() -> None:
             try:
                 _raw_put(other, "killed", 64 * MiB, os.urandom(20 * MiB), half_close=False,
                          expect=True)
             except OSError:
-                pass
-            sock_thread_done.append(True)
+                pass                   # the gateway died under us: expected
+            except BaseException as exc:
+                failures.append(exc)
 
         t = threading.Thread(target=upload)
         t.start()
-        time.sleep(1.5)
+        wait_for(lambda: fs.status()["drafts"] >= 1, timeout=10)   # the upload is under way
+        time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         t.join(30)
+        assert not failures, failures
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # the draft nobody renews any more expires with its lease; nothing ever became visible
+    wait_for(lambda: fs.status()["drafts"] == 0, timeout=LEASE * 5)
     only_expected(fs, "alive")
     with pytest.raises(ClientError):
         s3.head_object(Bucket="hostile", Key="killed")
