@@ -83,6 +83,7 @@ class Cluster:
     replication: int | None = None
     viz: bool = False
     viz_port: int = 8501
+    s3_port: int | None = None            # also run the S3 gateway (client/s3) on this port
     extra: dict[str, list[str]] = field(default_factory=dict)   # role name -> extra flags
     env: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
@@ -156,6 +157,10 @@ class Cluster:
                             "--client.toolbarMode", "viewer",
                             "--", "--broker", self.broker, "--events", self.endpoints["events_out"],
                             *(["--key", str(self.key)] if self.security else ["--security", "off"])]
+        if self.s3_port:
+            specs["s3"] = [py, "-m", "client.s3.server", "--port", str(self.s3_port),
+                           "--broker", self.broker, "--keys-dir", str(self.data_dir / "keys"),
+                           *(["--key", str(self.key)] if self.security else [])]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])
             self.roles[name] = Role(name, argv, logs / f"{name}.log")
@@ -194,7 +199,7 @@ class Cluster:
         dead predecessor until its heartbeats run out.
         """
         from broker.client import Client
-        names = [r for r in (roles or self.roles) if r not in ("broker", "viz")]
+        names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3")]
         probes = {r: ("mds", {"op": "ping"}) if r == "mds" else (f"dn.{r}", {"op": "info"})
                   for r in names}
         deadline = time.monotonic() + timeout
@@ -284,8 +289,11 @@ class Cluster:
 @click.option("--viz-port", default=8501, show_default=True)
 @click.option("--insecure", is_flag=True,
               help="Security off: no CURVE, every client is admin. For benchmarks only.")
+@click.option("--s3", "s3_port", type=int, metavar="PORT",
+              help="Also run the S3 gateway on 127.0.0.1:PORT (see docs/s3.md).")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
-         replication: int | None, viz: bool, viz_port: int, insecure: bool) -> None:
+         replication: int | None, viz: bool, viz_port: int, insecure: bool,
+         s3_port: int | None) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -300,7 +308,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
-                      security=not insecure)
+                      security=not insecure, s3_port=s3_port)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -324,6 +332,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
         cluster.stop()
         sys.exit(1)
     extra = f", viz http://127.0.0.1:{viz_port}" if viz else ""
+    extra += f", s3 http://127.0.0.1:{s3_port}" if s3_port else ""
     key = f" key {cluster.key}" if cluster.key else " (security off)"
     click.echo(f"ready: broker {cluster.broker}{extra}{key}")
     sys.stdout.flush()

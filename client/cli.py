@@ -753,6 +753,7 @@ from .cli_users import user, whoami  # noqa: E402
 
 cli.add_command(user)
 cli.add_command(whoami)
+cli.add_command(__import__("client.s3.cli", fromlist=["s3"]).s3)   # the S3 gateway group
 
 
 def main() -> None:

@@ -1,0 +1,4 @@
+"""The S3-compatible gateway: an ASGI app (app.py) served by uvicorn (server.py) that
+translates S3 requests into AegisClient calls. Sans-IO parts: naming.py (bucket/key ->
+path), sigv4.py (authentication), chunked.py (aws-chunked bodies), s3xml.py, errors.py.
+"""

@@ -1,0 +1,42 @@
+"""Serving the gateway: uvicorn on one host/port (127.0.0.1 by default), one AegisClient
+shared by the worker threads. `python -m client.s3.server` is what run_cluster.py starts.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from ..api import AegisClient
+from .app import Gateway
+from .credentials import Credentials
+
+log = logging.getLogger(__name__)
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 9000, broker: str | None = None,
+          keys_dir: Path | str, threads: int = 64, region: str = "us-east-1",
+          log_level: str = "info", key: Path | str | None = None) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn's own handlers stop it cleanly). `key`: the
+    gateway's own AegisFS user key (CURVE), found as the CLI finds one when not given."""
+    fs = AegisClient(broker, key=key)
+    gateway = Gateway(fs, Credentials(keys_dir), region=region, threads=threads)
+    config = uvicorn.Config(gateway, host=host, port=port, log_level=log_level,
+                            lifespan="on", access_log=False, server_header=False,
+                            date_header=True, timeout_keep_alive=30)
+    log.info("S3 gateway on http://%s:%d (broker %s, keys %s)", host, port, fs.broker,
+             keys_dir)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        fs.close()
+
+
+def main() -> None:
+    from .cli import s3
+    s3.main(["serve", *__import__("sys").argv[1:]], prog_name="aegisfs s3")
+
+
+if __name__ == "__main__":
+    main()

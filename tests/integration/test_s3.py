@@ -1,0 +1,311 @@
+"""The S3 gateway driven by boto3: every supported operation against a real cluster, with
+results checked byte for byte and errors checked by S3 code."""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+from botocore.exceptions import ClientError
+
+from client.api import AegisClient
+from tests.integration.s3_support import gateway  # noqa: F401  (fixture)
+
+MiB = 1024 * 1024
+
+
+def code(exc_info) -> str:
+    return exc_info.value.response["Error"]["Code"]
+
+
+def status(exc_info) -> int:
+    return exc_info.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+@pytest.fixture(scope="module")
+def s3(gateway):
+    return gateway.client("alice")
+
+
+@pytest.fixture(scope="module")
+def fs(gateway):
+    with AegisClient(gateway.cluster.broker) as c:
+        yield c
+
+
+def test_buckets(s3, gateway):
+    s3.create_bucket(Bucket="buckets-1")
+    assert "buckets-1" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.head_bucket(Bucket="buckets-1")
+    assert s3.get_bucket_location(Bucket="buckets-1").get("LocationConstraint") in (None, "")
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="buckets-1")
+    assert code(e) == "BucketAlreadyOwnedByYou"
+    bob = gateway.client("bob")
+    with pytest.raises(ClientError) as e:
+        bob.create_bucket(Bucket="buckets-1")
+    assert code(e) == "BucketAlreadyExists"
+    assert "buckets-1" not in [b["Name"] for b in bob.list_buckets()["Buckets"]]
+    s3.put_object(Bucket="buckets-1", Key="x", Body=b"1")
+    with pytest.raises(ClientError) as e:
+        s3.delete_bucket(Bucket="buckets-1")
+    assert code(e) == "BucketNotEmpty"
+    s3.delete_object(Bucket="buckets-1", Key="x")
+    s3.delete_bucket(Bucket="buckets-1")
+    with pytest.raises(ClientError) as e:
+        s3.head_bucket(Bucket="buckets-1")
+    assert status(e) == 404
+    with pytest.raises(ClientError) as e:
+        s3.list_objects_v2(Bucket="no-such-bucket")
+    assert code(e) == "NoSuchBucket"
+    with pytest.raises(ClientError) as e:
+        s3.create_bucket(Bucket="Bad_Name")
+    assert code(e) == "InvalidBucketName"
+
+
+def test_put_get_head_delete(s3, fs):
+    s3.create_bucket(Bucket="objects")
+    body = os.urandom(300_000)
+    r = s3.put_object(Bucket="objects", Key="dir/sub/file.bin", Body=body,
+                      ContentType="application/x-test", Metadata={"color": "blue"})
+    assert r["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    # the object is a file of the file system, under the bucket's directory
+    assert fs.read_bytes("/objects/dir/sub/file.bin") == body
+    got = s3.get_object(Bucket="objects", Key="dir/sub/file.bin")
+    assert got["Body"].read() == body
+    assert got["ContentType"] == "application/x-test"
+    assert got["Metadata"] == {"color": "blue"}
+    assert got["ETag"] == r["ETag"]
+    head = s3.head_object(Bucket="objects", Key="dir/sub/file.bin")
+    assert head["ContentLength"] == len(body) and head["Metadata"] == {"color": "blue"}
+    s3.put_object(Bucket="objects", Key="empty", Body=b"")
+    assert s3.get_object(Bucket="objects", Key="empty")["Body"].read() == b""
+    assert s3.head_object(Bucket="objects", Key="empty")["ETag"] == \
+        f'"{hashlib.md5(b"").hexdigest()}"'
+    s3.delete_object(Bucket="objects", Key="dir/sub/file.bin")
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="objects", Key="dir/sub/file.bin")
+    assert code(e) == "NoSuchKey"
+    # the emptied directories go too, so they do not list as prefixes
+    assert not fs.exists("/objects/dir")
+    s3.delete_object(Bucket="objects", Key="never-was")     # S3: deleting nothing is fine
+
+
+def test_ranges_and_conditions(s3):
+    s3.create_bucket(Bucket="ranges")
+    body = bytes(range(256)) * 4000
+    etag = s3.put_object(Bucket="ranges", Key="r", Body=body)["ETag"]
+    for rng, want in (("bytes=0-9", body[:10]), ("bytes=-5", body[-5:]),
+                      ("bytes=1000-", body[1000:]), ("bytes=5-5", body[5:6]),
+                      ("bytes=100-99999999", body[100:])):
+        got = s3.get_object(Bucket="ranges", Key="r", Range=rng)
+        assert got["Body"].read() == want, rng
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="ranges", Key="r", Range=f"bytes={len(body)}-")
+    assert code(e) == "InvalidRange" and status(e) == 416
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="ranges", Key="r", IfNoneMatch=etag)
+    assert status(e) == 304
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="ranges", Key="r", IfMatch='"0000"')
+    assert status(e) == 412
+    assert s3.get_object(Bucket="ranges", Key="r", IfMatch=etag)["Body"].read() == body
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="ranges", Key="r", IfModifiedSince=future)
+    assert status(e) == 304
+    past = future - datetime.timedelta(days=1)
+    assert s3.get_object(Bucket="ranges", Key="r", IfModifiedSince=past)["Body"].read() == body
+
+
+def test_copy_and_delete_objects(s3):
+    s3.create_bucket(Bucket="copies")
+    s3.put_object(Bucket="copies", Key="src", Body=b"source bytes", Metadata={"a": "1"},
+                  ContentType="text/plain")
+    r = s3.copy_object(Bucket="copies", Key="dst/copy", CopySource="copies/src")
+    assert r["CopyObjectResult"]["ETag"] == f'"{hashlib.md5(b"source bytes").hexdigest()}"'
+    got = s3.get_object(Bucket="copies", Key="dst/copy")
+    assert got["Body"].read() == b"source bytes" and got["Metadata"] == {"a": "1"}
+    s3.copy_object(Bucket="copies", Key="dst/replaced", CopySource="copies/src",
+                   MetadataDirective="REPLACE", Metadata={"b": "2"})
+    assert s3.head_object(Bucket="copies", Key="dst/replaced")["Metadata"] == {"b": "2"}
+    out = s3.delete_objects(Bucket="copies", Delete={"Objects": [
+        {"Key": "src"}, {"Key": "dst/copy"}, {"Key": "missing"}]})
+    assert sorted(d["Key"] for d in out["Deleted"]) == ["dst/copy", "missing", "src"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="copies")["Contents"]] == \
+        ["dst/replaced"]
+
+
+def test_listing_3000_keys_paginated(s3, fs):
+    s3.create_bucket(Bucket="many")
+    keys = [f"d{i % 7}/k{i:05d}" for i in range(2990)] + [f"top{i}" for i in range(10)]
+    # written natively in batches (fast); S3 lists what the file system holds
+    fs.put_many([(k.encode(), f"/many/{k}") for k in keys])
+    s3.put_object(Bucket="many", Key="d0/k00000", Body=b"d0/k00000")    # with a sidecar
+    pages = list(s3.get_paginator("list_objects_v2").paginate(
+        Bucket="many", PaginationConfig={"PageSize": 1000}))
+    listed = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    assert listed == sorted(keys) and len(pages) == 3
+    assert all(o["Size"] == len(o["Key"]) for p in pages for o in p["Contents"])
+    v1 = list(s3.get_paginator("list_objects").paginate(Bucket="many",
+                                                       PaginationConfig={"PageSize": 700}))
+    assert [o["Key"] for p in v1 for o in p.get("Contents", [])] == sorted(keys)
+    top = s3.list_objects_v2(Bucket="many", Delimiter="/")
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == [f"d{i}/" for i in range(7)]
+    assert [o["Key"] for o in top["Contents"]] == sorted(f"top{i}" for i in range(10))
+    sub = s3.list_objects_v2(Bucket="many", Prefix="d3/k01", MaxKeys=5)
+    assert [o["Key"] for o in sub["Contents"]] == sorted(
+        k for k in keys if k.startswith("d3/k01"))[:5] and sub["IsTruncated"]
+    after = s3.list_objects_v2(Bucket="many", StartAfter="top5")
+    assert [o["Key"] for o in after["Contents"]] == [f"top{i}" for i in range(6, 10)]
+    page = s3.list_objects_v2(Bucket="many", Delimiter="/", MaxKeys=3)
+    nxt = s3.list_objects_v2(Bucket="many", Delimiter="/", MaxKeys=3,
+                             ContinuationToken=page["NextContinuationToken"])
+    assert [p["Prefix"] for p in page["CommonPrefixes"] + nxt["CommonPrefixes"]] == \
+        [f"d{i}/" for i in range(6)]
+
+
+def test_listing_order_and_url_encoding(s3):
+    s3.create_bucket(Bucket="order")
+    for k in ("a-c", "a/b", "a b/c", "é/x", "a+plus"):
+        s3.put_object(Bucket="order", Key=k, Body=b"")
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket="order")["Contents"]]
+    assert listed == sorted(listed, key=lambda k: k.encode())
+    assert set(listed) == {"a-c", "a/b", "a b/c", "é/x", "a+plus"}
+    # asked for explicitly, boto3 leaves the encoded keys alone ("+" must not be literal)
+    v1 = [o["Key"] for o in s3.list_objects(Bucket="order", EncodingType="url")["Contents"]]
+    assert {urllib.parse.unquote_plus(k) for k in v1} == set(listed)
+    assert "a%2Bplus" in v1 and "%C3%A9/x" in v1
+
+
+def test_multipart(s3, fs):
+    s3.create_bucket(Bucket="multi")
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(1234)]
+    up = s3.create_multipart_upload(Bucket="multi", Key="big/obj", ContentType="x/y",
+                                    Metadata={"m": "v"})
+    uid = up["UploadId"]
+    etags = [s3.upload_part(Bucket="multi", Key="big/obj", UploadId=uid, PartNumber=i + 1,
+                            Body=p)["ETag"] for i, p in enumerate(parts)]
+    listed = s3.list_parts(Bucket="multi", Key="big/obj", UploadId=uid)["Parts"]
+    assert [p["PartNumber"] for p in listed] == [1, 2, 3]
+    assert [p["Size"] for p in listed] == [len(p) for p in parts]
+    ups = s3.list_multipart_uploads(Bucket="multi")["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in ups] == [("big/obj", uid)]
+    # nothing is visible before the completion
+    assert not fs.exists("/multi/big/obj")
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(Bucket="multi", Key="big/obj", UploadId=uid,
+                                     MultipartUpload={"Parts": [
+                                         {"PartNumber": 2, "ETag": etags[1]},
+                                         {"PartNumber": 1, "ETag": etags[0]}]})
+    assert code(e) == "InvalidPartOrder"
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(Bucket="multi", Key="big/obj", UploadId=uid,
+                                     MultipartUpload={"Parts": [
+                                         {"PartNumber": 1, "ETag": '"' + "0" * 32 + '"'}]})
+    assert code(e) == "InvalidPart"
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(Bucket="multi", Key="big/obj", UploadId=uid,
+                                     MultipartUpload={"Parts": [
+                                         {"PartNumber": 3, "ETag": etags[2]},
+                                         {"PartNumber": 4, "ETag": etags[2]}]})
+    assert code(e) == "InvalidPart"
+    done = s3.complete_multipart_upload(
+        Bucket="multi", Key="big/obj", UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": t}
+                                   for i, t in enumerate(etags)]})
+    want = hashlib.md5(b"".join(bytes.fromhex(t.strip('"')) for t in etags)).hexdigest()
+    assert done["ETag"] == f'"{want}-3"'
+    got = s3.get_object(Bucket="multi", Key="big/obj")
+    assert got["Body"].read() == b"".join(parts)
+    assert got["ContentType"] == "x/y" and got["Metadata"] == {"m": "v"}
+    assert s3.list_multipart_uploads(Bucket="multi").get("Uploads", []) == []
+    with pytest.raises(ClientError) as e:
+        s3.list_parts(Bucket="multi", Key="big/obj", UploadId=uid)
+    assert code(e) == "NoSuchUpload"
+
+
+def test_multipart_too_small_abort_and_part_copy(s3, fs):
+    s3.create_bucket(Bucket="multi2")
+    uid = s3.create_multipart_upload(Bucket="multi2", Key="o")["UploadId"]
+    t1 = s3.upload_part(Bucket="multi2", Key="o", UploadId=uid, PartNumber=1,
+                        Body=b"small")["ETag"]
+    t2 = s3.upload_part(Bucket="multi2", Key="o", UploadId=uid, PartNumber=2,
+                        Body=b"tail")["ETag"]
+    with pytest.raises(ClientError) as e:
+        s3.complete_multipart_upload(Bucket="multi2", Key="o", UploadId=uid,
+                                     MultipartUpload={"Parts": [
+                                         {"PartNumber": 1, "ETag": t1},
+                                         {"PartNumber": 2, "ETag": t2}]})
+    assert code(e) == "EntityTooSmall"
+    s3.abort_multipart_upload(Bucket="multi2", Key="o", UploadId=uid)
+    with pytest.raises(ClientError) as e:
+        s3.upload_part(Bucket="multi2", Key="o", UploadId=uid, PartNumber=3, Body=b"x")
+    assert code(e) == "NoSuchUpload"
+    assert not fs.exists("/multi2/o")
+    src = os.urandom(6 * MiB)
+    s3.put_object(Bucket="multi2", Key="src", Body=src)
+    uid = s3.create_multipart_upload(Bucket="multi2", Key="copied")["UploadId"]
+    c1 = s3.upload_part_copy(Bucket="multi2", Key="copied", UploadId=uid, PartNumber=1,
+                             CopySource="multi2/src", CopySourceRange=f"bytes=0-{5 * MiB - 1}")
+    c2 = s3.upload_part_copy(Bucket="multi2", Key="copied", UploadId=uid, PartNumber=2,
+                             CopySource="multi2/src", CopySourceRange=f"bytes={5 * MiB}-")
+    s3.complete_multipart_upload(Bucket="multi2", Key="copied", UploadId=uid,
+                                 MultipartUpload={"Parts": [
+                                     {"PartNumber": 1, "ETag": c1["CopyPartResult"]["ETag"]},
+                                     {"PartNumber": 2, "ETag": c2["CopyPartResult"]["ETag"]}]})
+    assert s3.get_object(Bucket="multi2", Key="copied")["Body"].read() == src
+
+
+def test_100_mib_streams_both_ways(s3):
+    s3.create_bucket(Bucket="large")
+    block = os.urandom(MiB)
+    body = block * 100
+    # put_object with a single body (no multipart): the gateway streams it into the file
+    r = s3.put_object(Bucket="large", Key="hundred", Body=body)
+    assert r["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    h = hashlib.md5()
+    stream = s3.get_object(Bucket="large", Key="hundred")["Body"]
+    n = 0
+    while chunk := stream.read(4 * MiB):
+        h.update(chunk)
+        n += len(chunk)
+    assert n == len(body) and h.hexdigest() == hashlib.md5(body).hexdigest()
+
+
+def test_presigned_urls(s3, gateway):
+    s3.create_bucket(Bucket="presign")
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": "presign",
+                                                              "Key": "p/q"}, ExpiresIn=60)
+    req = urllib.request.Request(put_url, data=b"presigned body", method="PUT")
+    assert urllib.request.urlopen(req).status == 200
+    get_url = s3.generate_presigned_url("get_object", Params={"Bucket": "presign",
+                                                              "Key": "p/q"}, ExpiresIn=60)
+    assert urllib.request.urlopen(get_url).read() == b"presigned body"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(get_url.replace("p/q", "p/z"))
+    assert e.value.code == 403 and b"SignatureDoesNotMatch" in e.value.read()
+
+
+def test_unsupported_is_501_xml(s3):
+    s3.create_bucket(Bucket="unsupported")
+    with pytest.raises(ClientError) as e:
+        s3.get_bucket_acl(Bucket="unsupported")
+    assert code(e) == "NotImplemented" and status(e) == 501
+
+
+def test_parallel_requests(s3):
+    s3.create_bucket(Bucket="parallel")
+    bodies = {f"k{i}": os.urandom(200_000 + i) for i in range(32)}
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda kv: s3.put_object(Bucket="parallel", Key=kv[0], Body=kv[1]),
+                      bodies.items()))
+        got = dict(pool.map(lambda k: (k, s3.get_object(Bucket="parallel", Key=k)
+                                       ["Body"].read()), bodies))
+    assert got == bodies
