@@ -27,6 +27,7 @@ from typing import Any
 import click
 
 from broker import config
+from broker.limits import MDS_SERVICE, datanode_service
 from broker.keys import ADMIN, KeyStore
 
 ROOT = Path(__file__).resolve().parent
@@ -200,7 +201,8 @@ class Cluster:
         """
         from broker.client import Client
         names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3")]
-        probes = {r: ("mds", {"op": "ping"}) if r == "mds" else (f"dn.{r}", {"op": "info"})
+        probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
+                  (datanode_service(r), {"op": "info"})
                   for r in names}
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -225,7 +227,7 @@ class Cluster:
             nodes = {n for n in self.node_ids if self.roles.get(n) and self.roles[n].alive()}
             while "mds" in self.roles and self.roles["mds"].alive() and nodes:
                 try:
-                    status = client.call("mds", {"op": "status"}).result
+                    status = client.call(MDS_SERVICE, {"op": "status"}).result
                     if nodes <= {n["id"] for n in status["nodes"] if n["state"] == "up"}:
                         break
                 except OSError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .protocol import DEFAULT_MAX_HEADER
 
 __all__ = ["MDS_SERVICE", "DATANODE_PREFIX", "datanode_service", "MAX_BATCH", "MAX_PUT_MANY",
-           "FIRST_ALLOCATION", "MAX_ALLOCATE", "MAX_HEADER", "LEASE_UNIT"]
+           "FIRST_ALLOCATION", "MAX_ALLOCATE", "MAX_DELETES", "MAX_HEADER", "LEASE_UNIT"]
 
 MDS_SERVICE = "mds"
 DATANODE_PREFIX = "dn."
@@ -23,6 +23,7 @@ MAX_BATCH = 256            # operations in one MDS `batch` request
 MAX_PUT_MANY = 256         # blocks in one DataNode `put_blocks` request
 FIRST_ALLOCATION = 16      # blocks the MDS allocates with a `create` that gives the size
 MAX_ALLOCATE = 1024        # blocks one `allocate` request may ask for
+MAX_DELETES = 1000         # block deletions one heartbeat reply carries (and a node does)
 MAX_HEADER = DEFAULT_MAX_HEADER   # bytes of msgpack header a peer accepts by default
 
 # `lease` in the MDS's create, allocate and renew replies: the seconds the draft has left

@@ -29,6 +29,7 @@ import msgpack
 
 from broker import protocol as P
 from broker.capability import MAX_TOKEN
+from broker.limits import MAX_DELETES, MAX_PUT_MANY, MDS_SERVICE, datanode_service
 from broker.client import MemberClient
 from broker.events import Publisher
 from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, Str,
@@ -42,7 +43,6 @@ from .store import BlockCorrupt, BlockStore
 
 log = logging.getLogger(__name__)
 
-MAX_PUT_MANY = 256         # blocks in one put_blocks request
 MAX_FRAMES = 1024          # payload frames of one put_block
 BLOCK = Bytes(ID_BYTES, ID_BYTES)   # parse_block_id is still the one door to a block id
 CHECKSUM = Int(0, 0xFFFF_FFFF)
@@ -52,7 +52,7 @@ CAP = Bytes(MAX_TOKEN)     # checked by the Guard: a missing or bad one is EACCE
 PEERS = frozenset({P.CALLER_CLIENT, P.CALLER_DATANODE})
 MDS_ONLY = frozenset({P.CALLER_MDS})
 COMPACT_EVERY = 10.0       # seconds between looks for pack files worth compacting
-MAX_COMMANDS = 1000        # deletes carried out per heartbeat answer
+MAX_COMMANDS = MAX_DELETES  # deletes carried out per heartbeat answer
 SMALL_BLOCK = 256 * 1024   # requests below this size go to the small-block pool
 SMALL_THREADS = 8
 # A copy waits for the target's put_block; if copies ran in the request pool, two nodes
@@ -74,7 +74,7 @@ class DataNodeOps:
                  client: Callable[[], Any] | None = None, capabilities: bool = True,
                  heartbeat: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        P.decode_name(f"dn.{node_id}".encode(), "node id")
+        P.decode_name(datanode_service(node_id).encode(), "node id")
         self.node_id = node_id
         self._now, self._wall = clock, wall_clock   # injected: tests drive a fake clock
         self.capacity_limit = capacity
@@ -118,7 +118,7 @@ class DataNodeOps:
                  checksum=info.crc)
         signed = self._receipt(block, info.size, info.crc)
         if ctx.caller_class == P.CALLER_DATANODE:
-            self._client().call("mds", {"op": "replica_added", "node": self.node_id,
+            self._client().call(MDS_SERVICE, {"op": "replica_added", "node": self.node_id,
                                         "block": h["id"], "size": info.size,
                                         "checksum": info.crc, **signed})
         return {"id": h["id"], "size": info.size, "checksum": info.crc, **signed}
@@ -256,7 +256,7 @@ class DataNodeOps:
         put = {"op": "put_block", "id": block, "checksum": info.crc}
         if target_cap is not None:
             put["cap"] = target_cap
-        self._client().call(f"dn.{target}", put, [data])
+        self._client().call(datanode_service(target), put, [data])
         log.info("copied block %s to %s", block.hex(), target)
         return {"size": info.size, "checksum": info.crc}
 
@@ -267,7 +267,7 @@ class DataNodeOps:
         self.events.publish("block.corrupt", node=self.node_id, block=block.hex(),
                             reason=str(exc))
         try:
-            self._client().call("mds", {"op": "block_corrupt", "node": self.node_id,
+            self._client().call(MDS_SERVICE, {"op": "block_corrupt", "node": self.node_id,
                                         "block": block}, timeout=5.0)
         except OSError as err:
             log.warning("could not report corrupt block %s to the MDS: %s", block.hex(), err)
@@ -282,7 +282,7 @@ class DataNodeOps:
 
     def _send_report(self, client: Any) -> None:
         blocks = [[i.id, i.size, i.crc] for i in self.store.infos()]
-        client.call("mds", {"op": "block_report", "node": self.node_id, "count": len(blocks)},
+        client.call(MDS_SERVICE, {"op": "block_report", "node": self.node_id, "count": len(blocks)},
                     [msgpack.packb(blocks, use_bin_type=True)], timeout=60.0)
         log.info("block report sent: %d blocks", len(blocks))
 
@@ -341,7 +341,7 @@ class DataNodeOps:
         with self._copy_lock:
             failed, self._copy_failed = self._copy_failed, []
         try:
-            reply = client.call("mds", {"op": "dn_heartbeat", **self._stats(),
+            reply = client.call(MDS_SERVICE, {"op": "dn_heartbeat", **self._stats(),
                                         "deleted": acked, "copy_failed": failed},
                                 timeout=timeout)
         except OSError:
@@ -367,7 +367,7 @@ class DataNode(DataNodeOps):
         self.worker_endpoint = worker_endpoint
         self.curve = curve    # broker.curve.CurveKeys of member dn.<id>; None = security off
         self.events = Publisher(events_endpoint, node_id, curve=curve)
-        self.worker = Worker(worker_endpoint, f"dn.{node_id}", heartbeat_interval=heartbeat,
+        self.worker = Worker(worker_endpoint, datanode_service(node_id), heartbeat_interval=heartbeat,
                              liveness=liveness, capacity=64, exclusive=True,
                              info={"node": node_id},
                              max_message_size=max_message_size, curve=curve)
@@ -395,7 +395,7 @@ class DataNode(DataNodeOps):
         return client
 
     def _member(self, timeout: float) -> MemberClient:
-        return MemberClient(self.worker_endpoint, f"dn.{self.node_id}", timeout=timeout,
+        return MemberClient(self.worker_endpoint, datanode_service(self.node_id), timeout=timeout,
                             connect_timeout=2.0, curve=self.curve)
 
     def _scrub_found(self, block: bytes, exc: BlockCorrupt) -> None:

@@ -25,6 +25,7 @@ import msgpack
 
 from broker import protocol as P
 from broker.capability import RECEIPT_BYTES
+from broker.limits import FIRST_ALLOCATION, MAX_ALLOCATE, MAX_BATCH, MAX_DELETES, MDS_SERVICE
 from broker.service import (EVERYONE, Bool, Bytes, Context, Int, List, Map, Nil, OneOf,
                             Request, Service, Str, operation)
 
@@ -40,10 +41,7 @@ from .repair import RepairPlanner
 
 log = logging.getLogger(__name__)
 
-MAX_ALLOCATE = 1024
-FIRST_ALLOCATION = 16      # blocks allocated with a create that gives the expected size
-MAX_DELETES_PER_HEARTBEAT = 1000
-MAX_BATCH = 256            # operations in one `batch` request
+MAX_DELETES_PER_HEARTBEAT = MAX_DELETES
 MAX_FILE_BLOCKS = 200_000  # a commit's block list (an 8 MiB header holds ~120k)
 MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowledge
 # read capabilities in one stat reply (~60 bytes each): more blocks ask with caps_from
@@ -94,7 +92,7 @@ class Handlers:
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
-        self.service = Service.collect("mds", self)
+        self.service = Service.collect(MDS_SERVICE, self)
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:

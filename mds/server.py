@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.events import Publisher
+from broker.limits import MDS_SERVICE
 from broker.worker import Request, Worker
 
 from .cluster import ClusterView
@@ -73,7 +74,7 @@ class MetadataServer:
         log.info("metadata recovered in %.2fs: %s", time.monotonic() - started,
                  self.store.ns.counts())
         self.cluster = ClusterView(dead_after=s.dead_after)
-        self.events = Publisher(s.events_endpoint, "mds", curve=s.curve)
+        self.events = Publisher(s.events_endpoint, MDS_SERVICE, curve=s.curve)
         self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
                                     safemode_timeout=s.safemode_timeout,
                                     orphan_grace=s.orphan_grace,
@@ -89,7 +90,7 @@ class MetadataServer:
             save_ring(ring_path)(grants.ring.export())
         self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
                             allocations=Allocations(s.limits))
-        self.worker = Worker(s.worker_endpoint, "mds", heartbeat_interval=s.heartbeat,
+        self.worker = Worker(s.worker_endpoint, MDS_SERVICE, heartbeat_interval=s.heartbeat,
                              liveness=s.liveness, capacity=4096, exclusive=True,
                              curve=s.curve)
         self._stop = False
