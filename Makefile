@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TYPED  := broker mds datanode client viz run_cluster.py
 
-.PHONY: run test test-soak bench clean
+.PHONY: run test test-soak typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ test: $(STAMP)
 
 test-soak: $(STAMP)
 	$(PY) -m pytest -q --soak $(ARGS)
+
+typecheck: $(STAMP)
+	$(PY) -m mypy $(TYPED)
 
 bench: $(STAMP)
 	$(PY) bench/broker.py
