@@ -444,13 +444,15 @@ class Handlers:
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
                 "safe_mode": self.repair.safe_mode}
 
-    # TODO(posix): superuser only once permissions land (mds/perms.SUPERUSER).
     @operation({"node": NODE, "cancel?": Bool()}, callers=CLIENT)
     def drain(self, h: dict, payload: list, ctx: Context) -> dict:
         """Empty DataNode `node` so it can be removed: no new blocks go there, its replicas
         stop counting toward R, are copied to other nodes and then dropped from it;
         `cancel` stops draining -> {node, drain: None/"draining"/"drained", drain_left}.
-        ENOENT for a node that never registered. Not durable: an MDS restart forgets it."""
+        ENOENT for a node that never registered; EPERM unless the caller is the superuser.
+        Not durable: an MDS restart forgets it."""
+        if not cred_of(ctx).superuser:
+            raise PermissionError(errno.EPERM, f"only {SUPERUSER} may drain a DataNode")
         node, on = h["node"], not h.get("cancel")
         if self.cluster.drain(node, on):
             self.repair.on_drain(node, on)

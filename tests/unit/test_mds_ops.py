@@ -271,6 +271,10 @@ def test_no_request_of_any_shape_is_an_internal_error(world, header, payload, ca
 
 def test_drain_marks_the_node_and_status_follows_it(world):
     world.beat("dn1", "dn2", "dn3")
+    before = world.state()
+    refused = error(world.call("drain", ("client", "bob"), node="dn3"))
+    assert isinstance(refused, PermissionError) and refused.errno == errno.EPERM
+    assert world.state() == before and not world.cluster.is_draining("dn3")
     assert isinstance(error(world.call("drain", node="dn9")), FileNotFoundError)
     assert world.ok("drain", node="dn3") == {"node": "dn3", "drain": "draining",
                                              "drain_left": None}
