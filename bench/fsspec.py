@@ -53,8 +53,9 @@ def main() -> None:
         with open(src, "wb") as f:
             for _ in range(args.size_mib):
                 f.write(os.urandom(MiB))
-        native = AegisClient(cluster.broker, timeout=120)
-        fs = AegisFileSystem(cluster.broker, timeout=120, skip_instance_cache=True)
+        native = AegisClient(cluster.broker, timeout=120, key=cluster.key)
+        fs = AegisFileSystem(cluster.broker, timeout=120, key=cluster.key,
+                             skip_instance_cache=True)
         size = args.size_mib * MiB
         rows = []
         put_n = best(lambda: native.put(str(src), "/bench/native.bin"))

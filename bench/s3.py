@@ -88,7 +88,7 @@ def main() -> None:
                 list(pool.map(lambda i: clients[i % args.clients].put_object(
                     Bucket="bench", Key=f"small/{i:06d}", Body=body), range(args.small)))
             s3_rate = args.small / (time.perf_counter() - t)
-            with AegisClient(cluster.broker) as fs:
+            with AegisClient(cluster.broker, key=cluster.key) as fs:
                 t = time.perf_counter()
                 fs.put_many([(body, f"/native/small/{i:06d}") for i in range(args.small)])
                 native_rate = args.small / (time.perf_counter() - t)

@@ -40,13 +40,13 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def fs(cluster) -> Iterator[AegisClient]:
-    with AegisClient(cluster.broker, timeout=30.0) as client:
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as client:
         yield client
 
 
 @pytest.fixture
 def raw(cluster) -> Iterator[Client]:
-    with Client(cluster.broker, timeout=20, connect_timeout=5) as c:
+    with Client(cluster.broker, timeout=20, connect_timeout=5, curve=cluster.curve) as c:
         yield c
 
 

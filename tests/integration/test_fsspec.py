@@ -18,7 +18,7 @@ _seq = itertools.count()
 
 @pytest.fixture(scope="module")
 def aegis_fs(cluster):
-    fs = AegisFileSystem(cluster.broker, skip_instance_cache=True)
+    fs = AegisFileSystem(cluster.broker, key=cluster.key, skip_instance_cache=True)
     try:
         yield fs
     finally:
@@ -131,11 +131,11 @@ def test_urls_and_the_entry_point(cluster):
         "broker": cluster.broker}
     assert AegisFileSystem._get_kwargs_from_urls("aegisfs://somehost/x") == {
         "broker": "tcp://somehost:5550"}
-    fs, path = fsspec.core.url_to_fs(f"aegisfs://{host}/urls/f.txt")
+    fs, path = fsspec.core.url_to_fs(f"aegisfs://{host}/urls/f.txt", key=str(cluster.key))
     assert type(fs) is AegisFileSystem and path == "/urls/f.txt"   # found by entry point
-    with fsspec.open(f"aegisfs://{host}/urls/f.txt", "wt") as f:
+    with fsspec.open(f"aegisfs://{host}/urls/f.txt", "wt", key=str(cluster.key)) as f:
         f.write("hello\n")
-    with fsspec.open(f"aegisfs://{host}/urls/f.txt", "rt") as f:
+    with fsspec.open(f"aegisfs://{host}/urls/f.txt", "rt", key=str(cluster.key)) as f:
         assert f.read() == "hello\n"
     assert fs.info("/urls/f.txt")["size"] == 6 and fs.info("/urls")["type"] == "directory"
 
@@ -210,13 +210,14 @@ def test_pandas_csv_and_parquet_through_urls(cluster, tmp_path):
     host = cluster.broker.removeprefix("tcp://")
     df = pd.DataFrame({"city": ["Oslo", "Lima", "Pune", "Kyiv"] * 250,
                        "n": range(1000), "x": [i / 7 for i in range(1000)]})
-    df.to_csv(f"aegisfs://{host}/pd/table.csv", index=False)
+    so = {"key": str(cluster.key)}          # storage options: the user's key file
+    df.to_csv(f"aegisfs://{host}/pd/table.csv", index=False, storage_options=so)
     df.to_csv(tmp_path / "table.csv", index=False)
-    back = pd.read_csv(f"aegisfs://{host}/pd/table.csv")
+    back = pd.read_csv(f"aegisfs://{host}/pd/table.csv", storage_options=so)
     pd.testing.assert_frame_equal(back, pd.read_csv(tmp_path / "table.csv"))
-    df.to_parquet(f"aegisfs://{host}/pd/table.parquet")
+    df.to_parquet(f"aegisfs://{host}/pd/table.parquet", storage_options=so)
     df.to_parquet(tmp_path / "table.parquet")
-    pd.testing.assert_frame_equal(pd.read_parquet(f"aegisfs://{host}/pd/table.parquet"),
+    pd.testing.assert_frame_equal(pd.read_parquet(f"aegisfs://{host}/pd/table.parquet", storage_options=so),
                                   pd.read_parquet(tmp_path / "table.parquet"))
 
 

@@ -14,7 +14,7 @@ from .test_cli import ok
 
 
 def test_cli_chmod_chown_chgrp_and_ls_l(cluster):
-    cli = lambda *a: run_cli(cluster.broker, *a)   # noqa: E731
+    cli = lambda *a: run_cli(cluster, *a)   # noqa: E731
     ok(cli("mkdir", "-m", "750", "/px"))
     ok(cli("write", "/px/a.txt", "hello"))
     ok(cli("mkdir", "-p", "/px/tree/sub"))
@@ -41,7 +41,7 @@ def test_cli_chmod_chown_chgrp_and_ls_l(cluster):
     # -R: the tree itself and everything below, symbolic modes per entry
     ok(cli("chmod", "-R", "go-rx", "/px/tree"))
     ok(cli("chown", "-R", "bob:", "/px/tree"))
-    with AegisClient(cluster.broker) as fs:
+    with AegisClient(cluster.broker, key=cluster.key) as fs:
         got = {p: (e["mode"], e["owner"]) for p, e in fs.walk("/px/tree")}
     assert got == {"/px/tree": (0o700, "bob"), "/px/tree/sub": (0o700, "bob"),
                    "/px/tree/sub/deep.txt": (0o600, "bob")}
@@ -60,7 +60,7 @@ def test_cli_chmod_chown_chgrp_and_ls_l(cluster):
 
 
 def test_api_chmod_chown_and_mkdir_mode(cluster):
-    with AegisClient(cluster.broker) as fs:
+    with AegisClient(cluster.broker, key=cluster.key) as fs:
         fs.mkdir("/api-px", mode=0o700)
         fs.write_bytes("/api-px/f", b"data")
         assert fs.chmod("/api-px/f", 0o4751) == {"path": "/api-px/f", "type": "file",

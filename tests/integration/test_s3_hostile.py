@@ -30,7 +30,7 @@ def s3(gateway):
 
 @pytest.fixture(scope="module")
 def fs(gateway):
-    with AegisClient(gateway.cluster.broker) as c:
+    with AegisClient(gateway.cluster.broker, key=gateway.cluster.key) as c:
         yield c
 
 
