@@ -215,7 +215,8 @@ def test_gateway_killed_mid_upload_leaves_nothing(gateway, s3, fs):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "client.s3.server", "--port", str(port),
                              "--broker", gateway.cluster.broker,
-                             "--keys-dir", str(gateway.cluster.data_dir / "keys")],
+                             "--keys-dir", str(gateway.cluster.data_dir / "keys"),
+                             "--key", str(gateway.cluster.key)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
