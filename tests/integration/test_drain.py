@@ -13,7 +13,8 @@ from tests.support.harness import Harness
 
 
 def aegisfs(h: Harness, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "client.cli", "--broker", h.broker,
+    key = ["--key", str(h.cluster.key)] if h.cluster.key else []    # the admin's key
+    return subprocess.run([sys.executable, "-m", "client.cli", "--broker", h.broker, *key,
                            "--timeout", "10", *args], capture_output=True, text=True,
                           timeout=timeout)
 

@@ -35,7 +35,7 @@ class MultiHost:
     """`datanodes` DataNodes plus broker, MDS and client hosts on one bridge."""
 
     def __init__(self, root: Path, *, datanodes: int = 3, replication: int = 2,
-                 block_size: int = 1 << 20, security: bool = False,
+                 block_size: int = 1 << 20, security: bool = True,
                  mds_flags: Iterable[str] = (), dn_flags: Iterable[str] = ()) -> None:
         self.root = Path(root)
         self.logs = self.root / "logs"
