@@ -226,16 +226,9 @@ class Store:
                 mtime = time.time()
                 size = 0
             else:
-                f = self.fs.open(path, "wb")
-                try:
-                    for c in chunks:
-                        md5.update(c)
-                        f.write(c)
+                with self.fs.open(path, "wb") as f:    # an exception aborts the draft
+                    _write_hashed(f, chunks, md5)
                     finish()
-                except BaseException:
-                    f.abort()
-                    raise
-                f.close()
                 st = self.fs.stat(path)
                 size, mtime = int(st["size"]), float(st["mtime"])
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
@@ -379,15 +372,9 @@ class Store:
         d = naming.upload_dir(upload_id)
         draft = f"{d}/{number:05d}.{secrets.token_hex(4)}"
         md5 = hashlib.md5()
-        with self.fs.open(draft, "wb", parents=False) as f:
-            try:
-                for c in chunks:
-                    md5.update(c)
-                    f.write(c)
-                finish()
-            except BaseException:
-                f.abort()
-                raise
+        with self.fs.open(draft, "wb", parents=False) as f:   # an exception aborts it
+            _write_hashed(f, chunks, md5)
+            finish()
         etag = md5.hexdigest()
         old = [p["name"] for p in self._part_entries(d) if p["number"] == number]
         final = f"{d}/{number:05d}-{etag}"
@@ -475,3 +462,10 @@ class Store:
 
 def oserror(exc: OSError, bucket: str, key: str = "") -> S3Error:
     return from_oserror(exc, f"/{bucket}/{key}" if key else f"/{bucket}")
+
+
+def _write_hashed(f: Any, chunks: Iterable[bytes], md5: Any) -> None:
+    """Stream `chunks` into the open file `f`, feeding each to `md5` on the way."""
+    for c in chunks:
+        md5.update(c)
+        f.write(c)
