@@ -16,7 +16,14 @@ MAX_XML = 2 * 1024 * 1024       # a 1000-key DeleteObjects fits with room to spa
 
 
 def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(ts))
+    """S3's timestamp, to the millisecond (rounded down).
+
+    Not to the second: `aws s3 sync` uploads a file again when its local mtime is later than
+    the object's LastModified, and a file written and uploaded within one second would look
+    newer than its own upload if the fraction were dropped.
+    """
+    ms = int(ts * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def http_date(ts: float) -> str:
