@@ -263,10 +263,11 @@ class Store:
         try:
             try:
                 make()
-            except FileNotFoundError as exc:
-                if not str(exc.filename or "").endswith(path):
+            except FileNotFoundError:
+                parent = path.rsplit("/", 1)[0]
+                if self.fs.exists(parent):
                     raise               # the source is what is missing
-                self.fs.mkdir(path.rsplit("/", 1)[0], parents=True)
+                self.fs.mkdir(parent, parents=True)
                 make()
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise S3Error("InvalidArgument", "the key conflicts with an existing object or "
@@ -498,7 +499,8 @@ class Store:
             # the parts' blocks become the object's block list in one commit: atomic,
             # and no byte is copied
             path = naming.object_path(bucket, key)
-            self._shared(lambda: self.fs.compose(path, parts), path, f"/{bucket}/{key}")
+            self._shared(lambda: self.fs.compose(path, parts, parents=True), path,
+                         f"/{bucket}/{key}")
             info = self._commit_sidecar(bucket, key, path, tag, rec.get("content_type"),
                                         rec.get("meta") or {})
         self.fs.rm(d, recursive=True)
