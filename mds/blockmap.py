@@ -97,12 +97,11 @@ class BlockMap:
         to the deletion queue; a shared one loses one reference."""
         rsets, owners = self.rsets, self.owners
         for bid, (_, _, rs) in zip(inode.bids, inode.iter_block_meta()):
-            held = owners[bid]
+            held = owners.pop(bid)
             if held is inode:
-                del owners[bid]
                 for n in rsets[rs]:
                     self.queue(n, bid)
-            else:
+            else:                                   # shared: _drop_ref puts it back
                 self._drop_ref(bid, held, inode)    # type: ignore[arg-type]
         self.positions.pop(inode, None)
 

@@ -106,6 +106,7 @@ log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 1 << 31
 HDR_MTIME = struct.Struct("<d").unpack_from   # the mtime field of a header, at offset 16
+NO_SHARED: frozenset[int] = frozenset()
 MAX_HANDLE_LEN = 128
 
 
@@ -413,10 +414,16 @@ class Namespace:
         (O_EXCL, fsspec's "xb", S3's If-None-Match: *). ``cred`` must be the draft's
         creator and may still put a file at its path: the parent may have changed since
         create."""
+        sources = False
         try:
-            entries = [[b["id"], b["size"], b["checksum"]] if b.get("from") is not None else
-                       [b["id"], b["size"], b["checksum"],
-                        nodes_arg(b["replicas"], handle, "replicas")] for b in blocks]
+            entries = []
+            for b in blocks:
+                if b.get("from") is None:
+                    entries.append([b["id"], b["size"], b["checksum"],
+                                    nodes_arg(b["replicas"], handle, "replicas")])
+                else:
+                    entries.append([b["id"], b["size"], b["checksum"]])
+                    sources = True
         except (KeyError, TypeError, AttributeError):
             raise error(errno.EINVAL, handle, "blocks must be mappings with id, size, "
                         "checksum and replicas (or from)") from None
@@ -424,7 +431,8 @@ class Namespace:
         if exclusive:
             rec["exclusive"] = True
         self._check_commit(rec)
-        self._check_sources(handle, blocks, cred)
+        if sources:
+            self._check_sources(handle, blocks, cred)
         if checked(cred):
             d = self.drafts.get(handle)
             if cred.user != d.owner:
@@ -441,7 +449,7 @@ class Namespace:
         check(isinstance(blocks, list), path, "blocks must be a list")
         check(is_time(rec["mtime"]), path, "bad mtime")
         mine, seen = set(d.bids), set()
-        mixed = any(isinstance(e, (list, tuple)) and len(e) == 3 for e in blocks)
+        mixed = None      # whether the file shares blocks: looked up only when it matters
         for i, entry in enumerate(blocks):
             check(isinstance(entry, (list, tuple)) and len(entry) in (3, 4), path,
                   "bad block entry")
@@ -455,9 +463,12 @@ class Namespace:
             last = i == len(blocks) - 1
             # full blocks except the last keep offset -> block a division for readers;
             # a file that shares blocks mixes sizes anyway and readers use the sizes
-            check(type(size) is int and (0 < size <= d.block_size if last or mixed
-                                         else size == d.block_size),
-                  path, f"block {i}: size must be the block size except for the last block")
+            if not (type(size) is int and (0 < size <= d.block_size if last
+                                           else size == d.block_size)):
+                if mixed is None:
+                    mixed = any(isinstance(e, (list, tuple)) and len(e) == 3 for e in blocks)
+                check(mixed and type(size) is int and 0 < size <= d.block_size, path,
+                      f"block {i}: size must be the block size except for the last block")
             check(type(crc) is int and 0 <= crc < 1 << 32, path, f"block {i}: bad checksum")
             check(is_node_list(nodes), path, f"block {i}: replicas must be distinct node ids")
         names = paths.components(path)
@@ -501,7 +512,7 @@ class Namespace:
         inode = Inode(b"".join(parts), tuple(bids))
         # referenced before the file it replaces is released: a new version that shares
         # blocks with the old one (copy-on-write) keeps them
-        bm.add_file(inode, frozenset(shared))
+        bm.add_file(inode, frozenset(shared) if shared else NO_SHARED)
         old = self.tree.attach(d.path, inode, rec["mtime"])
         if type(old) is Inode:   # replacing a file keeps its owner, group and mode
             mode, uid, gid, _ = old.attrs()
