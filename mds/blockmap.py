@@ -21,7 +21,7 @@ here. Deterministic like the rest of the namespace: no clock, no randomness, no 
 from __future__ import annotations
 
 import errno
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, cast
 
 from mds.fields import check, error, is_block_id, is_node_list
 from mds.inode import BIG_FILE_BLOCKS, Draft, Inode, ReplicaSets
@@ -47,7 +47,7 @@ class BlockMap:
         owner = self.owners.get(bid)
         if owner is None:
             return None
-        if type(owner) is tuple:
+        if isinstance(owner, tuple):
             owner = owner[0]
         pos = self.positions.get(owner) if type(owner) is Inode else None
         return owner, (pos[bid] if pos is not None else owner.bids.index(bid))
@@ -167,7 +167,7 @@ class BlockMap:
                 i = self.locate(bid)[1]
                 yield bid, self.rsets[owner.block(i)[2]], owner.header()[3]
             elif type(owner) is tuple:
-                first, i = self.locate(bid)     # type: ignore[misc]
+                first, i = cast("tuple[Inode, int]", self.locate(bid))
                 yield (bid, self.rsets[first.block(i)[2]],
                        max(h.header()[3] for h in owner))
 

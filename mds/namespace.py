@@ -87,7 +87,7 @@ import struct
 import time
 from stat import S_ISGID
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 from mds import paths, perms
 from mds.blockmap import BlockMap
@@ -483,12 +483,12 @@ class Namespace:
         bm = self.blockmap
         # reuse the id objects already keyed in the index: one bytes object per block
         where = {bid: i for i, bid in enumerate(d.bids)}
-        size, bids, parts = 0, [], [b""]
+        size, bids, parts = 0, cast("list[bytes]", []), [b""]
         shared = []
         for entry in rec["blocks"]:
             if len(entry) == 3:   # a committed block this file shares: its replica set
-                holder, j = bm.locate(entry[0])
-                bsize, crc, rs = holder.block(j)   # type: ignore[union-attr]
+                holder, j = cast("tuple[Inode, int]", bm.locate(entry[0]))
+                bsize, crc, rs = holder.block(j)
                 shared.append(len(bids))
                 bids.append(holder.bids[j])
                 parts.append(BLK.pack(bsize, crc, rs))
@@ -670,7 +670,7 @@ class Namespace:
             held = by_path.get(src)
             if held is None:
                 _, node = self.tree.node(paths.normalize(src), cred)
-                if type(node) is Dir:
+                if isinstance(node, Dir):
                     raise error(errno.EISDIR, src)
                 self.tree.need(cred, node, perms.R, src)
                 held = by_path[src] = set(node.bids)
@@ -688,7 +688,7 @@ class Namespace:
         existing ``dst`` (EEXIST)."""
         src, dst = paths.normalize(src), paths.normalize(dst)
         _, node = self.tree.node(src, cred)
-        if type(node) is Dir:
+        if isinstance(node, Dir):
             raise error(errno.EISDIR, src, "copy of a directory (copy its files)")
         self.tree.need(cred, node, perms.R, src)
         mode = node.attrs()[0] & 0o777
@@ -698,8 +698,10 @@ class Namespace:
             rec["exclusive"] = True
         self._check_clone(rec)
         names = paths.components(dst)
-        parent = self.tree.walk_parent(dst, names, cred=cred)
-        self._need_replace(cred, parent, parent.children.get(names[-1]), dst, names)
+        parent = cast(Dir, self.tree.walk_parent(dst, names, cred=cred))
+        existing = parent.children.get(names[-1])
+        self._need_replace(cred, parent, None if isinstance(existing, Dir) else existing,
+                           dst, names)
         return rec
 
     def _check_clone(self, rec: Mapping) -> None:
@@ -707,40 +709,39 @@ class Namespace:
         check(is_time(rec["mtime"]), dst, "bad mtime")
         self.tree.check_owner_fields(rec, dst)
         _, node = self.tree.node(src)
-        if type(node) is Dir:
+        if isinstance(node, Dir):
             raise error(errno.EISDIR, src)
         check(node.id == rec["inode"], src, "the source changed since the copy was made")
         names = self.tree.canonical(dst)
         if not names:
             raise error(errno.EISDIR, dst)
         check(dst != src, dst, "source and destination are the same file")
-        existing = self.tree.walk_parent(dst, names).children.get(names[-1])
+        existing = cast(Dir, self.tree.walk_parent(dst, names)).children.get(names[-1])
         if type(existing) is Dir:
             raise error(errno.EISDIR, dst)
         if existing is not None and rec.get("exclusive"):
             raise error(errno.EEXIST, dst)
 
     def _apply_clone(self, rec: Mapping) -> dict:
-        _, src = self.tree.node(rec["src"])
-        _, size, _, repl, bsize = src.header()          # type: ignore[union-attr]
+        src = cast(Inode, self.tree.node(rec["src"])[1])     # checked: a file
+        _, size, _, repl, bsize = src.header()
         names, mtime = self.tree.names, rec["mtime"]
         owner = rec.get("owner", perms.SUPERUSER)
         hdr = HDR.pack(self.next_inode, size, mtime, repl, bsize, rec["mode"],
                        names.intern(owner), names.intern(rec.get("group", owner)), mtime)
         # the block entries (size, checksum, replica set) and the id tuple are src's own
-        inode = Inode(hdr + src.meta[HDR.size:], src.bids)   # type: ignore[union-attr]
+        inode = Inode(hdr + src.meta[HDR.size:], src.bids)
         self.next_inode += 1
         bm = self.blockmap
         for bid in inode.bids:
             bm.add_ref(bid, inode)
         if len(inode.bids) > BIG_FILE_BLOCKS:
-            bm.positions[inode] = bm.positions[src]      # type: ignore[index]
-        old = self.tree.attach(rec["dst"], inode, mtime)
-        if type(old) is Inode:
+            bm.positions[inode] = bm.positions[src]
+        old = cast("Inode | None", self.tree.attach(rec["dst"], inode, mtime))  # no Dir
+        if old is not None:
             mode, uid, gid, _ = old.attrs()
             inode.meta = inode.with_attrs(mode, uid, gid, mtime)
-        if old is not None:
-            self._release_file(old)     # type: ignore[arg-type]
+            self._release_file(old)
         self.files += 1
         self.blocks += len(inode.bids)
         self.bytes += size
