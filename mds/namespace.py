@@ -273,7 +273,10 @@ class Namespace:
                                              tuple(b["replicas"]))
                                             for b in self.blockmap.blocks_of(child)]}
         drafts = {h: d.to_list() for h, d in self.drafts.by_handle.items()}
+        shared = {bid: len(held) for bid, held in self.blockmap.owners.items()
+                  if type(held) is tuple}
         return {"dirs": dirs, "files": files, "drafts": drafts, "next_inode": self.next_inode,
+                "shared": shared,
                 "pending_deletes": {n: sorted(s) for n, s in self.pending_deletes.items() if s},
                 "counts": self.counts()}
 
