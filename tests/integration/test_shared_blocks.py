@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from broker.events import Subscriber
 from broker.limits import datanode_service
+from client.cli import cli
 from client.fsspec_fs import AegisFileSystem
 from tests.support.harness import Harness
 from tests.support.wait import wait_for
@@ -86,6 +88,15 @@ def test_cp_file_shares_blocks_and_the_last_reference_frees_them(tmp_path, size)
             sub.close()
             fs.client.close()
         assert {b["id"] for b in h.fs.stat("/copies/dst.bin")["blocks"]} == blocks
+        # the CLI's cp is the same server-side copy; -n refuses an existing destination
+        cli_args = ["--broker", h.broker, "--key", str(h.cluster.key), "cp"]
+        ran = CliRunner().invoke(cli, [*cli_args, "/copies/dst.bin", "/copies/third.bin"])
+        assert ran.exit_code == 0 and "copied" in ran.output, ran.output
+        assert [b["id"] for b in h.fs.stat("/copies/third.bin")["blocks"]] == \
+            [b["id"] for b in h.fs.stat("/copies/dst.bin")["blocks"]]
+        ran = CliRunner().invoke(cli, [*cli_args, "-n", "/data/src.bin", "/copies/third.bin"])
+        assert ran.exit_code == 1 and "exists" in ran.output.lower(), ran.output
+        h.fs.rm("/copies/third.bin")
 
         h.fs.rm("/data/src.bin")
         time.sleep(GRACE + 4 * 0.3 + 1.0)          # past the grace and a few heartbeats
