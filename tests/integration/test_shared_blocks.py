@@ -1,8 +1,8 @@
 """Server-side copies on a real cluster (security on, R=2): fsspec cp_file of a big file
 takes under a second and moves no block byte (DataNode byte counters and block.commit
 events), the copy outlives its source byte-exact, and the blocks leave the disks once
-both are gone. 64 MiB by default (writing 1 GiB through CURVE takes 40 s on this loaded machine); the
-issue's 1 GiB with --soak."""
+both are gone. 64 MiB by default (writing 1 GiB through CURVE takes 30-40 s on this
+loaded machine); the issue's 1 GiB with --soak."""
 from __future__ import annotations
 
 import hashlib
