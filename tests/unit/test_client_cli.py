@@ -49,7 +49,7 @@ HEAVY_AT_IMPORT = ("zmq", "msgpack", "crc32c", "asyncio", "importlib.metadata", 
                    "fsspec", "uvicorn", "streamlit", "client.batch")
 # What the one-file verbs (write, read, stat, ls) may not load even once connected.
 HEAVY_EVER = ("asyncio", "importlib.metadata", "fsspec", "uvicorn", "streamlit",
-              "client.s3.server", "client.batch", "broker.routing", "zmq.auth")
+              "client.s3.server", "client.batch", "broker.routing", "zmq.auth", "hashlib")
 
 
 def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
