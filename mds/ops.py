@@ -147,24 +147,26 @@ class Handlers:
         caller that only wants the attributes, like a HEAD) leaves the block list and
         the capabilities out without building them; `read` overrides it."""
         cred = cred_of(ctx)
-        if h.get("read"):
-            # the read path in one walk: file_info resolves the path and checks read
-            # permission itself; a directory is described as without `read`
+        read, want_blocks = bool(h.get("read")), h.get("blocks", True)
+        if read or want_blocks:
+            # file_info resolves the path and checks read permission itself: a file the
+            # caller may read costs one lookup, not stat + may_read + file_info
             try:
                 info = self.ns.file_info(h["path"], cred=cred)
             except IsADirectoryError:
-                pass
+                pass                 # described below, as without `read`
+            except PermissionError:
+                if read:
+                    raise
+                # no read on the file (stat then describes it without blocks) or no
+                # search on an ancestor (stat then raises the same EACCES)
             else:
                 self._add_caps(info, h.get("caps_from") or 0, ctx)
                 return info
         info = self.ns.stat(h["path"], cred=cred)
         if info["type"] == "file":
-            if h.get("blocks", True) and self.ns.may_read(info["path"], cred):
-                info = self.ns.file_info(info["path"], cred=cred)
-                self._add_caps(info, h.get("caps_from") or 0, ctx)
-            else:
-                del info["blocks"]
-        elif h.get("blocks", True):
+            del info["blocks"]       # the count tree.stat gives, not a block list
+        elif want_blocks or read:
             info["blocks"] = []
         return info
 
