@@ -14,7 +14,8 @@ import io
 import logging
 import os
 import threading
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Mapping,
+                    Sequence, TypeVar)
 
 import zmq
 
@@ -24,11 +25,13 @@ from broker.client import Client
 from broker.limits import MAX_BATCH, MDS_SERVICE
 
 from . import localio
-from .batch import (BATCH_BYTES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles, SmallReads,
-                    mds_batch)
 from .blocks import Piece, Suspects, pieces_for_range
-from .files import ReadFile, WriteFile
 from .streams import BlockReader, BlockWriter, Mux, name_error
+
+if TYPE_CHECKING:
+    from .files import ReadFile, WriteFile
+# batch.py (put_many, get_many, set_attrs) and files.py (open) are imported where they are
+# used: a one-file call, like each `aegisfs` command, starts faster without them.
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,12 +179,14 @@ class AegisClient:
         entries = self._mds(p, "ls", path=p)["entries"]
         return entries if detail else [e["name"] for e in entries]
 
-    def stat(self, path: PathLike) -> dict:
+    def stat(self, path: PathLike, *, blocks: bool = True) -> dict:
         """path, type, size, mtime, mode, owner, group, ctime, atime; for files also
         replication, block_size and blocks [{id (hex), size, checksum, replicas}] (left
-        out when the caller may not read the file)."""
+        out when the caller may not read the file, or asks blocks=False: then the MDS
+        neither builds the list nor signs capabilities, which a big file makes costly)."""
         p = _abs(path)
-        info = self._mds(p, "stat", path=p)
+        info = self._mds(p, "stat", path=p) if blocks else \
+            self._mds(p, "stat", path=p, blocks=False)
         # read capabilities are bearer tokens for the readers here, not for display
         info.pop("cap_ttl", None)
         for b in info.get("blocks") or ():
@@ -201,20 +206,20 @@ class AegisClient:
 
     def exists(self, path: PathLike) -> bool:
         try:
-            self.stat(path)
+            self.stat(path, blocks=False)
             return True
         except (FileNotFoundError, NotADirectoryError):
             return False
 
     def isdir(self, path: PathLike) -> bool:
         try:
-            return self.stat(path).get("type") == "dir"
+            return self.stat(path, blocks=False).get("type") == "dir"
         except (FileNotFoundError, NotADirectoryError):
             return False
 
     def isfile(self, path: PathLike) -> bool:
         try:
-            return self.stat(path).get("type") == "file"
+            return self.stat(path, blocks=False).get("type") == "file"
         except (FileNotFoundError, NotADirectoryError):
             return False
 
@@ -316,6 +321,7 @@ class AegisClient:
         out: list[Outcome] = []
         for i in range(0, len(ops), MAX_BATCH):
             chunk = ops[i:i + MAX_BATCH]
+            from .batch import mds_batch
             for op, got in zip(chunk, mds_batch(self._io(), chunk)):
                 out.append(name_error(got, op["path"]) if isinstance(got, OSError) else got)
         return out
@@ -439,6 +445,7 @@ class AegisClient:
         progress(files settled, bytes stored) is called as files are settled. `batch` files
         travel together (default [client] put_batch; at most the MDS's MAX_BATCH).
         """
+        from .batch import BATCH_BYTES, SMALL_FILE_MAX, SmallFiles
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         batch = self.put_batch if batch is None else _batch_size(batch)
@@ -565,6 +572,7 @@ class AegisClient:
         errors and progress(files settled, bytes read) work as in put_many; `batch` files
         are looked up together (default [client] get_batch; at most the MDS's MAX_BATCH).
         """
+        from .batch import BIG, READ_WINDOW, SmallReads
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         reads = SmallReads(self._io(), timeout=self.timeout, suspects=self.suspects,
@@ -646,6 +654,7 @@ class AegisClient:
         the buffer fills; close() commits atomically, an exception in a `with` block or
         abort() drops the draft. "xb": as "wb", but FileExistsError if the file exists
         (at open, and again at the commit, which cannot race)."""
+        from .files import ReadFile, WriteFile
         p = _abs(remote)
         if mode in ("rb", "br"):
             with _about(p):

@@ -135,7 +135,8 @@ class Handlers:
         ctime, atime}]. Needs read on a directory listed (EACCES)."""
         return {"entries": self.ns.ls(h["path"], cred=cred_of(ctx))}
 
-    @operation({"path": PATH, "read?": Bool(), "caps_from?": COUNT}, callers=CLIENT)
+    @operation({"path": PATH, "read?": Bool(), "caps_from?": COUNT, "blocks?": Bool()},
+               callers=CLIENT)
     def stat(self, h: dict, payload: list, ctx: Context) -> dict:
         """Describe `path` -> {path, type, size, mtime, mode, owner, group, ctime, atime,
         replication, block_size, blocks: [{id, size, checksum, replicas, cap?}], cap_ttl}
@@ -144,22 +145,39 @@ class Handlers:
         out; with `read` (a client about to read) such a caller gets EACCES instead.
         `cap` is a read capability valid on every replica for `cap_ttl` seconds, given for
         at most 4096 blocks from index `caps_from` (default 0); stat again with caps_from
-        for the others, or when a DataNode refuses an expired one."""
+        for the others, or when a DataNode refuses an expired one. `blocks: false` (a
+        caller that only wants the attributes, like a HEAD) leaves the block list and
+        the capabilities out without building them; `read` overrides it."""
         cred = cred_of(ctx)
+        read, want_blocks = bool(h.get("read")), h.get("blocks", True)
+        if read or want_blocks:
+            # file_info resolves the path and checks read permission itself: a file the
+            # caller may read costs one lookup, not stat + may_read + file_info
+            try:
+                info = self.ns.file_info(h["path"], cred=cred)
+            except IsADirectoryError:
+                pass                 # described below, as without `read`
+            except PermissionError:
+                if read:
+                    raise
+                # no read on the file (stat then describes it without blocks) or no
+                # search on an ancestor (stat then raises the same EACCES)
+            else:
+                self._add_caps(info, h.get("caps_from") or 0, ctx)
+                return info
         info = self.ns.stat(h["path"], cred=cred)
         if info["type"] == "file":
-            if h.get("read") or self.ns.may_read(info["path"], cred):
-                info = self.ns.file_info(info["path"], cred=cred)
-                first = h.get("caps_from") or 0
-                mint, wall = self.grants.mint_read, ctx.wall
-                for b in info["blocks"][first:first + MAX_STAT_CAPS]:
-                    b["cap"] = mint(b["id"], wall)
-                info["cap_ttl"] = self.grants.read_ttl
-            else:
-                del info["blocks"]
-        else:
+            del info["blocks"]       # the count tree.stat gives, not a block list
+        elif want_blocks or read:
             info["blocks"] = []
         return info
+
+    def _add_caps(self, info: dict, first: int, ctx: Context) -> None:
+        """Read capabilities for at most MAX_STAT_CAPS blocks of a file_info from `first`."""
+        mint, wall = self.grants.mint_read, ctx.wall
+        for b in info["blocks"][first:first + MAX_STAT_CAPS]:
+            b["cap"] = mint(b["id"], wall)
+        info["cap_ttl"] = self.grants.read_ttl
 
     @operation({"path": PATH}, callers=CLIENT)
     def du(self, h: dict, payload: list, ctx: Context) -> dict:
