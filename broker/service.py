@@ -16,7 +16,12 @@ Theory of operation. `Service.run(header, payload, ctx)` never raises; in this o
 4. checks the caller class (-> EPERM "operation X is not allowed for a <class> caller")
    and, for ops declared with `binds="node"`, that a DataNode names itself (-> EPERM);
 5. calls the handler `fn(fields, payload, ctx)`, which returns a result map or
-   (result map, payload frames): that tail is turned into an `Outcome` here only.
+   (result map, payload frames): that tail is turned into an `Outcome` here only. An op
+   declared `mutating=True` also accepts `opid` (16 bytes, the client's id for one
+   logical operation, the same on every retry); with one, the handler runs through the
+   service's `once(opid, ctx, call)` hook, which applies it at most once and answers a
+   retry with the first answer (the MDS: mds/opids.py). This is the only place op ids
+   are looked at.
 An OSError from a handler is the reply. Anything else is a bug: it is logged and answered
 as an internal error (protocol.exception_to_error: EIO without internals), never raised.
 Checks are a walk over the schema (no objects built per request but the Context); error
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 EVERYONE = frozenset(P.CALLER_CLASSES)
 MAX_FRAMES = 1024
+OPID_LEN = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,6 +274,7 @@ class Operation:
     doc: str
     frames: tuple[int, int] = (0, 0)
     binds: str | None = None   # a field that must name the calling DataNode
+    mutating: bool = False     # accepts `opid`: retried safely through Service.once
 
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])   # a handler function or method, kept as is
@@ -275,17 +282,22 @@ _Fn = TypeVar("_Fn", bound=Callable[..., Any])   # a handler function or method,
 
 def operation(fields: Mapping[str, Field] | None = None, *, callers: Iterable[str],
               name: str | None = None, frames: tuple[int, int] = (0, 0),
-              binds: str | None = None) -> Callable[[_Fn], _Fn]:
-    """Declare a handler method as an operation; its docstring is the protocol spec."""
+              binds: str | None = None, mutating: bool = False) -> Callable[[_Fn], _Fn]:
+    """Declare a handler method as an operation; its docstring is the protocol spec.
+    `mutating`: it changes state, so it takes an optional `opid` (see the module doc)."""
     callers = frozenset(callers)
+    fields = dict(fields or {})
+    if mutating:
+        fields["opid?"] = Bytes(OPID_LEN, OPID_LEN)
     if not callers <= EVERYONE:
         raise ValueError(f"unknown caller classes {sorted(callers - EVERYONE)}")
 
     def mark(fn: _Fn) -> _Fn:
         if not (fn.__doc__ or "").strip():
             raise TypeError(f"operation {fn.__name__} needs a docstring: it is its spec")
-        fn.__aegis_op__ = dict(name=name or fn.__name__, schema=Map(fields or {}),  # type: ignore[attr-defined]
-                               callers=callers, frames=frames, binds=binds)
+        fn.__aegis_op__ = dict(name=name or fn.__name__, schema=Map(fields),  # type: ignore[attr-defined]
+                               callers=callers, frames=frames, binds=binds,
+                               mutating=mutating)
         return fn
     return mark
 
@@ -325,9 +337,14 @@ def _unsupported(what: str, name: Any) -> OSError:
     return OSError(errno.EOPNOTSUPP, f"{what} {shown}")
 
 
+# once(opid, ctx, call) -> call()'s result, or the first answer to that opid
+Once = Callable[[bytes, "Context", Callable[[], Any]], Any]
+
+
 class Service:
-    def __init__(self, name: str, ops: Iterable[Operation]) -> None:
+    def __init__(self, name: str, ops: Iterable[Operation], once: Once | None = None) -> None:
         self.name = name
+        self.once = once
         self.ops: dict[str, Operation] = {}
         for op in ops:
             if op.name in self.ops:
@@ -335,8 +352,10 @@ class Service:
             self.ops[op.name] = op
 
     @classmethod
-    def collect(cls, name: str, obj: Any) -> "Service":
-        """A service of every method of `obj` declared with @operation."""
+    def collect(cls, name: str, obj: Any, once: Once | None = None) -> "Service":
+        """A service of every method of `obj` declared with @operation; `once` runs
+        the mutating ones that carry an `opid` (without it, `opid` is accepted and
+        ignored)."""
         ops = []
         for klass in reversed(type(obj).__mro__):
             for attr, fn in vars(klass).items():
@@ -344,7 +363,7 @@ class Service:
                 if spec is not None:
                     ops.append(Operation(handler=getattr(obj, attr),
                                          doc=" ".join(fn.__doc__.split()), **spec))
-        return cls(name, ops)
+        return cls(name, ops, once)
 
     def dispatch(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Any:
         """Steps 1-5 of the module docstring; returns what the handler returned."""
@@ -364,6 +383,10 @@ class Service:
                 and header[op.binds] != ctx.caller_id:
             raise PermissionError(errno.EPERM, f"{name}: DataNode {ctx.caller_id} cannot "
                                                f"speak for node {header[op.binds]!r}")
+        if op.mutating and self.once is not None:
+            opid = header.get("opid")
+            if opid is not None:
+                return self.once(opid, ctx, lambda: op.handler(header, payload, ctx))
         return op.handler(header, payload, ctx)
 
     def run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
