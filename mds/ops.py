@@ -231,8 +231,8 @@ class Handlers:
         # can crowd other users off the DataNodes
         self.allocations.reserve(ctx.caller_id, handle, count, nbytes)
         try:
-            targets = [self.cluster.place(draft["replication"], now=ctx.now, exclude=exclude,
-                                          min_nodes=1, reserve=draft["block_size"])
+            targets = [self._place(draft["replication"], ctx, exclude=exclude, min_nodes=1,
+                                   reserve=draft["block_size"])
                        for _ in range(count)]
             self.submit(lambda ns: ns.prepare_allocate(handle, targets))
         except BaseException:
@@ -242,6 +242,25 @@ class Handlers:
         mint, wall = self.grants.mint_write, ctx.wall
         return [{"id": b["id"], "nodes": b["targets"], "caps": mint(b["id"], b["targets"], wall)}
                 for b in blocks]
+
+    def _place(self, r: int, ctx: Context, *, exclude: list[str], reserve: int,
+               min_nodes: int | None = None) -> list[str]:
+        """cluster.place, except right after a start: the view then knows only the
+        DataNodes that have reported so far, and placing on those would commit fewer
+        replicas than asked. Until every node the namespace names has reported (safe
+        mode), a placement needs min(r, nodes expected) of them, else EAGAIN: the
+        client waits, as through a restart."""
+        waiting = self.repair.startup_wait(ctx.now)
+        if waiting is not None:
+            min_nodes = min(r, waiting[1])
+        try:
+            return self.cluster.place(r, now=ctx.now, exclude=exclude, min_nodes=min_nodes,
+                                      reserve=reserve)
+        except OSError as exc:
+            if waiting is None or exc.errno != errno.ENOSPC:
+                raise
+            raise BlockingIOError(errno.EAGAIN, f"waiting for DataNodes: {waiting[0]} of "
+                                  f"{waiting[1]} reported ({exc.strerror})") from None
 
     @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT, mutating=True)
     def replace_target(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -256,8 +275,7 @@ class Handlers:
                 break
         else:
             raise OSError(errno.ENOENT, f"block {h['block'].hex()} is not part of this draft")
-        node = self.cluster.place(1, now=ctx.now, exclude=sorted(exclude),
-                                  reserve=draft["block_size"])[0]
+        node = self._place(1, ctx, exclude=sorted(exclude), reserve=draft["block_size"])[0]
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))

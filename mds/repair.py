@@ -282,6 +282,15 @@ class RepairPlanner:
             records.extend(self._scan(now))
         return records, events
 
+    def startup_wait(self, now: float) -> tuple[int, int] | None:
+        """While a freshly started MDS waits for the DataNodes its namespace names:
+        (how many have reported and heartbeat, how many it expects); else None."""
+        if not self.safe_mode or not self.expected:
+            return None
+        ready = sum(1 for n in self.expected
+                    if n in self.reports and self.cluster.is_live(n, now))
+        return ready, len(self.expected)
+
     # -- internals -----------------------------------------------------------------------
 
     def _all_reported(self, now: float) -> bool:
