@@ -26,7 +26,7 @@ from . import transfer_plan as plan
 from .api import AegisClient
 from .modes import Mode, ModeError, parse_mode, parse_owner
 from .output import (Progress, describe, drain_text, emit_json, fsck_lines, human, ls_line,
-                     node_lines, stat_lines, status_lines)
+                     node_lines, role_lines, stat_lines, status_lines)
 
 EXIT_FAILED = 1          # the operation failed (missing file, bad path, unhealthy fsck ...)
 EXIT_USAGE = 2           # click's own code for bad arguments
@@ -646,15 +646,24 @@ def du(state: State, path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: State, as_json: bool) -> None:
-    """The DataNodes (up/down, capacity, used, blocks) and the replication health.
+    """The DataNodes (up/down, capacity, used, blocks) and the replication health;
+    for a cluster run by run_cluster.py here, its roles, restarts and why they stopped.
 
     \b
     Example:
       aegisfs status
     """
+    # a local cluster's supervisor (run_cluster.py) says which roles restarted and why:
+    # shown first, since it is what explains an MDS that does not answer
+    from broker.curve import keys_dir
+    from broker.supervise import read_state
+    supervised = read_state(keys_dir(state.cfg.get("security", {})).parent)
+    if supervised and not as_json:
+        for line in role_lines(supervised["roles"]):
+            click.echo(line)
     info = state.fs.status()
     if as_json:
-        emit_json(info)
+        emit_json({**info, "roles": supervised["roles"]} if supervised else info)
         return
     for line in status_lines(info):
         click.echo(line)
