@@ -121,7 +121,8 @@ class Handlers:
         """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT, mutating=True)
+    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT,
+               mutating=True)
     def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make directory `path` (with missing parents when `parents`), owned by the
         caller, with `mode` (default 0o777) & ~0o022 -> {}. Needs write and search on the
@@ -172,7 +173,8 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT, mutating=True)
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT,
+               mutating=True)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
@@ -251,7 +253,7 @@ class Handlers:
         mode), a placement needs min(r, nodes expected) of them, else EAGAIN: the
         client waits, as through a restart."""
         waiting = self.repair.startup_wait(ctx.now)
-        if waiting is not None:
+        if waiting is not None and waiting[1]:
             min_nodes = min(r, waiting[1])
         try:
             return self.cluster.place(r, now=ctx.now, exclude=exclude, min_nodes=min_nodes,
@@ -259,10 +261,13 @@ class Handlers:
         except OSError as exc:
             if waiting is None or exc.errno != errno.ENOSPC:
                 raise
-            raise BlockingIOError(errno.EAGAIN, f"waiting for DataNodes: {waiting[0]} of "
-                                  f"{waiting[1]} reported ({exc.strerror})") from None
+            seen = (f"{waiting[0]} of {waiting[1]} reported" if waiting[1] else
+                    "none has reported since the MDS started")
+            raise BlockingIOError(errno.EAGAIN, f"waiting for DataNodes: {seen} "
+                                  f"({exc.strerror})") from None
 
-    @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT, mutating=True)
+    @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT,
+               mutating=True)
     def replace_target(self, h: dict, payload: list, ctx: Context) -> dict:
         """A new target for `block` of draft `handle` (a replica write failed) -> {node,
         cap}: a live node not in `exclude` and not already a target, and the write
@@ -388,7 +393,8 @@ class Handlers:
         ctx.emit(f"{result['type']}.attr", **result)
         return result
 
-    @operation({"path": PATH, "owner?": NAME, "group?": NAME}, callers=CLIENT, mutating=True)
+    @operation({"path": PATH, "owner?": NAME, "group?": NAME}, callers=CLIENT,
+               mutating=True)
     def chown(self, h: dict, payload: list, ctx: Context) -> dict:
         """Set the `owner` and/or `group` of `path` -> {path, type, mode, owner, group}.
         A new owner: the superuser only; a new group: the owner to a group it is in, or

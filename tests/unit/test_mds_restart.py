@@ -64,3 +64,24 @@ def test_after_safe_mode_too_few_nodes_is_enospc_again(cluster):
     draft = conn.call("mds", {"op": "create", "path": "/late"}).result
     got = conn.call("mds", {"op": "allocate", "handle": draft["handle"], "count": 1}).result
     assert got["blocks"][0]["nodes"] == ["dn1"]    # degraded but writable, as before
+
+
+def test_an_empty_namespace_waits_for_the_first_datanode_too():
+    with InProcessCluster(datanodes=2) as cluster:      # nothing written: no node named
+        cluster.restart_mds(safemode_timeout=30.0)
+        conn = cluster.connect()
+        draft = conn.call("mds", {"op": "create", "path": "/first"}).result
+        with pytest.raises(OSError) as info:
+            conn.call("mds", {"op": "allocate", "handle": draft["handle"], "count": 1})
+        assert info.value.errno == errno.EAGAIN
+        assert "none has reported since the MDS started" in str(info.value)
+        cluster.beat()
+        got = conn.call("mds", {"op": "allocate", "handle": draft["handle"], "count": 1})
+        assert len(got.result["blocks"][0]["nodes"]) == 2
+        cluster.clock.advance(31.0)
+        cluster.stop("dn1")
+        cluster.stop("dn2")
+        cluster.run(10.0)                     # both dead, long after the start: ENOSPC
+        with pytest.raises(OSError) as info:
+            conn.call("mds", {"op": "allocate", "handle": draft["handle"], "count": 1})
+        assert info.value.errno == errno.ENOSPC

@@ -43,14 +43,15 @@ def test_same_opid_twice_is_applied_once_with_the_same_answer(cluster):
     with pytest.raises(FileExistsError):     # a new id is a new operation
         call(conn, {"op": "mkdir", "path": "/d", "opid": ids["mkdir2"]})
 
-    first = call(conn, {"op": "create", "path": "/d/f", "exclusive": True, "opid": ids["create"]})
-    again = call(conn, {"op": "create", "path": "/d/f", "exclusive": True, "opid": ids["create"]})
+    create = {"op": "create", "path": "/d/f", "exclusive": True, "opid": ids["create"]}
+    first, again = call(conn, create), call(conn, create)
     assert again == first and len(cluster.store.ns.draft_handles()) == 1
 
-    assert call(conn, {"op": "chmod", "path": "/d", "mode": 0o700, "opid": ids["chmod"]})["mode"] == 0o700
+    chmod = {"op": "chmod", "path": "/d", "mode": 0o700, "opid": ids["chmod"]}
+    assert call(conn, chmod)["mode"] == 0o700
     call(conn, {"op": "chmod", "path": "/d", "mode": 0o755})
     # the retried chmod answers its first answer and does not set 0o700 again
-    assert call(conn, {"op": "chmod", "path": "/d", "mode": 0o700, "opid": ids["chmod"]})["mode"] == 0o700
+    assert call(conn, chmod)["mode"] == 0o700
     assert cluster.store.ns.stat("/d")["mode"] == 0o755
 
     call(conn, {"op": "mkdir", "path": "/e"})
