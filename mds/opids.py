@@ -8,9 +8,11 @@ Theory of operation. `MetaStore.once(opid, wall, call)` runs a handler with the 
 collecting mode: each record the handler submits is validated, applied to memory and
 packed, but not yet logged; afterwards one ``once`` record is appended instead:
 
-    once {id: 16 bytes, wall: float, records: [msgpack bytes, ...], answer: msgpack bytes}
+    once {id: bytes, wall: float, records: [msgpack bytes, ...], answer: msgpack bytes}
 
-where ``answer`` is the reply entry (``{"ok": result}`` / ``{"err": [code, message]}``,
+where ``id`` is the client's 16-byte opid followed by the caller id the broker stamped
+(mds/ops.py), so one user's id can never fetch another user's answer, and
+``answer`` is the reply entry (``{"ok": result}`` / ``{"err": [code, message]}``,
 the protocol's batch-item form). Replay (`apply_once`) validates and applies the inner
 records in order, then remembers the answer, so memory after replay equals memory
 before the crash. A handler that changed nothing (a refused request) logs nothing and is
@@ -19,7 +21,8 @@ simply run again on retry. Answers are kept in `OpResults`, bounded by count
 evicts exactly as the live MDS did), and travel in snapshots.
 
 Public API: `OpResults` (get, add, export, restore, len), `check_once`, `apply_once`,
-`pack`, `unpack`, `answer_of`, `result_of`, WINDOW_COUNT, WINDOW_AGE, OPID_LEN.
+`pack`, `unpack`, `answer_of`, `result_of`, WINDOW_COUNT, WINDOW_AGE, OPID_LEN,
+MAX_ID_LEN.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from mds.namespace import Namespace
 
 OPID_LEN = 16
+MAX_ID_LEN = OPID_LEN + 256       # the opid and the caller's id
 # Longer than any client's retry deadline (default 60 s) with room for a slow restart;
 # 65,536 answers of <= ~3 KiB (a create with its first blocks and capabilities) bound the
 # memory at ~200 MiB worst case, ~10 MiB for typical small answers.
@@ -105,8 +109,8 @@ class OpResults:
 def check_once(record: Mapping[str, Any]) -> None:
     """The shape of a ``once`` record; its inner records are checked as they apply."""
     opid, records, answer = record["id"], record["records"], record["answer"]
-    if type(opid) is not bytes or len(opid) != OPID_LEN:
-        raise OSError(errno.EINVAL, f"once record: id must be {OPID_LEN} bytes")
+    if type(opid) is not bytes or not OPID_LEN <= len(opid) <= MAX_ID_LEN:
+        raise OSError(errno.EINVAL, f"once record: id must be {OPID_LEN}..{MAX_ID_LEN} bytes")
     if not isinstance(records, list) or not all(type(r) is bytes for r in records):
         raise OSError(errno.EINVAL, "once record: records must be a list of bytes")
     if type(answer) is not bytes or not isinstance(record["wall"], (int, float)):

@@ -96,8 +96,9 @@ class Handlers:
 
     def _once(self, opid: bytes, ctx: Context, call: Callable[[], Any]) -> Any:
         """A mutation with an operation id: applied at most once, its records and answer
-        in one WAL record (mds/opids.py), so a retry after a restart gets the same answer."""
-        return self.store.once(opid, ctx.wall, call)
+        in one WAL record (mds/opids.py), so a retry after a restart gets the same answer.
+        Keyed by caller too: one user's id never returns another user's answer."""
+        return self.store.once(opid + ctx.caller_id.encode(), ctx.wall, call)
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:

@@ -156,3 +156,15 @@ def test_the_client_stamps_exactly_the_mutating_ops(cluster):
     from client.retry import MUTATING
     declared = {name for name, op in cluster.mds.service.ops.items() if op.mutating}
     assert declared == MUTATING
+
+
+def test_an_opid_is_per_user(cluster):
+    admin, alice = cluster.connect(), cluster.connect(("client", "alice"))
+    call(admin, {"op": "mkdir", "path": "/home"})
+    call(admin, {"op": "chmod", "path": "/home", "mode": 0o777})
+    shared = opid()
+    assert call(admin, {"op": "mkdir", "path": "/home/a", "opid": shared}) == {}
+    # alice reusing admin's id gets no answer of admin's: hers is a new operation
+    with pytest.raises(FileExistsError):
+        call(alice, {"op": "mkdir", "path": "/home/a", "opid": shared})
+    assert call(alice, {"op": "mkdir", "path": "/home/b", "opid": shared}) == {}
