@@ -99,6 +99,8 @@ class Cluster:
     # roles on purpose through kill()/stop_role(), which supervision would never undo
     # anyway, but a test decides itself when a role comes back.
     supervise: bool = False
+    # Prometheus metrics: the broker on this port, the MDS on +1, DataNode i on +1+i
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -173,6 +175,9 @@ class Cluster:
             specs["s3"] = [py, "-m", "client.s3.server", "--port", str(self.s3_port),
                            "--broker", self.broker, "--keys-dir", str(self.data_dir / "keys"),
                            *(["--key", str(self.key)] if self.security else [])]
+        if self.metrics_port:
+            for i, name in enumerate(["broker", "mds", *self.node_ids]):
+                specs[name] += ["--metrics-port", str(self.metrics_port + i)]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])
             self.roles[name] = Role(name, argv, logs / f"{name}.log")
@@ -360,9 +365,12 @@ class Cluster:
               help="Also run the S3 gateway on 127.0.0.1:PORT (see docs/s3.md).")
 @click.option("--supervise/--no-supervise", default=True, show_default=True,
               help="Restart a role that exits unexpectedly (with backoff).")
+@click.option("--metrics-port", type=int, metavar="PORT",
+              help="Prometheus metrics: the broker on 127.0.0.1:PORT, the MDS on PORT+1, "
+                   "DataNode i on PORT+1+i.")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
-         s3_port: int | None, supervise: bool) -> None:
+         s3_port: int | None, supervise: bool, metrics_port: int | None) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -377,7 +385,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
-                      security=not insecure, s3_port=s3_port, supervise=supervise)
+                      security=not insecure, s3_port=s3_port, supervise=supervise,
+                      metrics_port=metrics_port)
     stopping = False
 
     def on_signal(signum, _frame):

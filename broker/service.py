@@ -339,12 +339,16 @@ def _unsupported(what: str, name: Any) -> OSError:
 
 # once(opid, ctx, call) -> call()'s result, or the first answer to that opid
 Once = Callable[[bytes, "Context", Callable[[], Any]], Any]
+# observe(service name, op, payload, run) -> run()'s Outcome: metrics (broker/metrics.py);
+# op is a declared operation's name or "?", so a caller cannot invent label values
+Observe = Callable[[str, str, list, Callable[[], "Outcome"]], "Outcome"]
 
 
 class Service:
     def __init__(self, name: str, ops: Iterable[Operation], once: Once | None = None) -> None:
         self.name = name
         self.once = once
+        self.observe: Observe | None = None    # set by a role that serves metrics
         self.ops: dict[str, Operation] = {}
         for op in ops:
             if op.name in self.ops:
@@ -390,7 +394,16 @@ class Service:
         return op.handler(header, payload, ctx)
 
     def run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
-        """`dispatch`, with the reply tail and every exception turned into an Outcome."""
+        """`dispatch`, with the reply tail and every exception turned into an Outcome
+        (timed and counted by `observe` when a role serves metrics)."""
+        if self.observe is not None:
+            name = header.get("op")
+            op = name if type(name) is str and name in self.ops else "?"
+            return self.observe(self.name, op, payload,
+                                lambda: self._run(header, payload, ctx))
+        return self._run(header, payload, ctx)
+
+    def _run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
         try:
             out = self.dispatch(header, payload, ctx)
         except OSError as exc:

@@ -95,6 +95,7 @@ class MetadataServer:
                              curve=s.curve)
         self._stop = False
         self._next_upkeep = 0.0
+        self.metrics = False     # set when the process serves metrics (broker/metrics.py)
 
     def stop(self) -> None:
         self._stop = True
@@ -121,7 +122,10 @@ class MetadataServer:
         outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
         try:
-            self.store.flush()
+            if self.metrics and batch:
+                self._flush_measured(len(batch))
+            else:
+                self.store.flush()
         except Exception:
             log.critical("the write-ahead log cannot be made durable; exiting without "
                          "acknowledging the last batch", exc_info=True)
@@ -132,12 +136,28 @@ class MetadataServer:
             self.events.publish(topic, **fields)
         self.store.poll()
 
+    def _flush_measured(self, requests: int) -> None:
+        from broker import metrics
+        started = time.perf_counter()
+        self.store.flush()
+        metrics.WAL_FSYNC.observe(time.perf_counter() - started)
+        metrics.WAL_BATCH.observe(requests)
+
     def _upkeep(self) -> list[tuple[str, dict]]:
         now = time.monotonic()
         if now < self._next_upkeep:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
-        return self.ops.upkeep(now, time.time())
+        events = self.ops.upkeep(now, time.time())
+        if self.metrics:     # from the loop's own thread: no scrape races the namespace
+            from broker import metrics
+            health = self.repair.summary()
+            metrics.set_state("mds", {
+                **self.store.ns.counts(), "safe_mode": self.repair.safe_mode,
+                "nodes_up": len(self.cluster.live_nodes(now)),
+                "opids": len(self.store.ns.opids), "last_seq": self.store.last_seq,
+                **(health if isinstance(health, dict) else {})})
+        return events
 
     def run(self) -> None:
         log.info("MDS serving (replication %d, block size %d)", self.s.replication,
