@@ -3,7 +3,8 @@ docstring) and one dispatcher that all workers use. Pure: no sockets, no clock r
 `Context.now_for`.
 
 Public API: the field types `Str Bytes Int Float Bool Nil OneOf List Map Request`; the
-declaration decorator `operation`; `Service` (`collect`, `run`, `dispatch`, `ops`);
+declaration decorator `operation`; `Service` (`collect`, `run`, `dispatch`, `ops`, the
+hooks `once` and `observe` with their types `Once`, `Observe`);
 `Context`; `Outcome`; `validate` (the one schema checker, also for the broker's READY).
 
 Theory of operation. `Service.run(header, payload, ctx)` never raises; in this order it
@@ -21,7 +22,8 @@ Theory of operation. `Service.run(header, payload, ctx)` never raises; in this o
    logical operation, the same on every retry); with one, the handler runs through the
    service's `once(opid, ctx, call)` hook, which applies it at most once and answers a
    retry with the first answer (the MDS: mds/opids.py). This is the only place op ids
-   are looked at.
+   are looked at. A role serving metrics sets `observe`, which times and counts each
+   run (broker/metrics.py); this module still reads no clock.
 An OSError from a handler is the reply. Anything else is a bug: it is logged and answered
 as an internal error (protocol.exception_to_error: EIO without internals), never raised.
 Checks are a walk over the schema (no objects built per request but the Context); error
