@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 STATE_FILE = "supervisor.json"     # in the cluster's data directory, beside keys/
+_LOG_PREFIX = re.compile(r"^\S+ \S+ (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
+_STOPPED = re.compile(r"^[\w.-]+ stopped: ")
 
 
 @dataclass
@@ -88,7 +91,12 @@ def exit_reason(returncode: int, log_line: str | None) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     reason = f"exit code {returncode}"
-    return f"{reason}: {log_line}" if log_line else reason
+    if not log_line:
+        return reason
+    m = _LOG_PREFIX.match(log_line)      # broker/process.py FORMAT: keep the message
+    message = log_line[m.end():] if m else log_line
+    message = _STOPPED.sub("", message)  # "mds stopped: disk full at ..." said once
+    return f"{reason}: {message}"
 
 
 def write_state(directory: Path, roles: dict[str, dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ caller class, one error mapping); this file is only the loop.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -61,6 +62,15 @@ class Settings:
     keys_dir: Path | None = None     # the cluster key store; else a secret in data_dir
     curve: Any = None        # broker.curve.CurveKeys of member "mds"; None = security off
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stop_reason(exc: BaseException, segment: Path | None) -> str:
+    """One line for people: "disk full at <file>" for ENOSPC, else the error and file."""
+    where = getattr(exc, "filename", None) or segment
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full at {where}"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+    return f"{text} at {where}" if where else text
 
 
 class MetadataServer:
@@ -126,9 +136,11 @@ class MetadataServer:
                 self._flush_measured(len(batch))
             else:
                 self.store.flush()
-        except Exception:
+        except Exception as exc:
             log.critical("the write-ahead log cannot be made durable; exiting without "
                          "acknowledging the last batch", exc_info=True)
+            # the last line of the log: what a supervisor shows as the reason it stopped
+            log.critical("mds stopped: %s", stop_reason(exc, self.store.wal.segment))
             sys.exit(70)
         for req, outcome in outcomes:
             self.worker.answer(req, outcome)

@@ -47,3 +47,22 @@ def test_state_file_round_trip(tmp_path):
     assert read_state(tmp_path) == {"roles": {"mds": {"state": "up", "restarts": 1}}}
     (tmp_path / "supervisor.json").write_text("{not json")
     assert read_state(tmp_path) is None
+
+
+def test_the_mds_names_a_full_disk_and_its_file():
+    import errno
+    from pathlib import Path
+
+    from mds.server import stop_reason
+    seg = Path("/data/mds/wal-00000000000000000001.log")
+    assert stop_reason(OSError(errno.ENOSPC, "No space left on device"), seg) == \
+        f"disk full at {seg}"
+    assert stop_reason(OSError(errno.EIO, "Input/output error", "/x/wal"), seg) == \
+        "Input/output error at /x/wal"
+    assert stop_reason(RuntimeError("bug"), None) == "RuntimeError('bug')"
+
+
+def test_a_logged_reason_loses_the_log_prefix():
+    line = ("2026-12-01 12:00:00,123 CRITICAL mds.server[4242]: mds stopped: disk full at "
+            "/data/mds/wal-1.log")
+    assert exit_reason(70, line) == "exit code 70: disk full at /data/mds/wal-1.log"
