@@ -177,8 +177,24 @@ def test_supervision_restarts_a_killed_mds_and_status_says_why(tmp_path):
         line = next(row for row in text.splitlines() if row.startswith("role mds"))
         assert "up" in line and "restarts 1" in line and "killed by SIGKILL" in line, text
         assert f"pid {new['mds']}" in line
+        # an MDS that cannot start says why, and is retried with backoff until it can
+        fmt = data / "mds" / "FORMAT"
+        good = fmt.read_text()
+        fmt.write_text('{"format": "aegisfs-mds", "version": 99}')   # read only at start
+        os.kill(new["mds"], signal.SIGKILL)
+        refused = c.wait_line("format version 99", timeout=30)
+        assert "exit code 2: cannot start the MDS" in refused, refused
+        status = run_cli(broker, "--retry-deadline", "0", "status", cwd=tmp_path)
+        line = next(row for row in status.stdout.decode().splitlines()
+                    if row.startswith("role mds"))
+        assert "format version 99" in line, line
+        fmt.write_text(good)                   # the next restart succeeds
+        wrote = run_cli(broker, "write", "/third", "three", cwd=tmp_path)
+        assert wrote.returncode == 0, wrote.stderr
+        assert run_cli(broker, "read", "/after", cwd=tmp_path).stdout == b"two"
+        last = c.role_pids()
         c.proc.send_signal(signal.SIGTERM)
         assert c.proc.wait(30) == 1            # a child had died, even if it came back
-        assert gone(list(old.values()) + list(new.values()))
+        assert gone(list(old.values()) + list(new.values()) + list(last.values()))
     finally:
         c.close()
