@@ -9,6 +9,7 @@ import threading
 import time
 
 from client import AegisClient
+from tests.fault.conftest import record
 from tests.integration.conftest import run_cli
 from tests.support.cluster import start_cluster
 
@@ -54,8 +55,11 @@ def test_sixty_cli_writes_through_two_mds_kills(tmp_path):
         killer = threading.Thread(target=lambda: killer_out.append(
             bounce_mds(cluster, done, stop)))
         killer.start()
+        took = []
         for i, f in enumerate(files):
+            t0 = time.monotonic()
             proc = run_cli(cluster, "put", str(f), f"/w/f{i}", timeout=120)
+            took.append(time.monotonic() - t0)
             done.append((i, proc.returncode, proc.stderr))
         killer.join(60)
         assert len(killer_out[0]) == 2, "the MDS was not killed twice during the writes"
@@ -63,6 +67,10 @@ def test_sixty_cli_writes_through_two_mds_kills(tmp_path):
         assert not failed, failed
         waited = [i for i, _, err in done if b"waiting for the metadata server" in err]
         assert waited, "no write saw a restart: the kills missed the writes"
+        slow = sorted(took)
+        record(f"60 CLI puts through 2 MDS kill -9s ({DOWN}s down each): 60 ok, "
+               f"{len(waited)} waited; put seconds median {slow[len(slow) // 2]:.2f}, "
+               f"max {slow[-1]:.2f}; waiting ones {[round(took[i], 1) for i in waited]}")
         for i, _, err in done:     # said once, and when it was over
             assert err.count(b"waiting for the metadata server") <= 1, err
         with AegisClient(cluster.broker, key=cluster.key) as fs:
