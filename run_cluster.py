@@ -7,7 +7,10 @@ Each role runs as a child process (`sys.executable -m <role>`) logging to
 <data-dir>/logs/<role>.log. Security is on unless --insecure: the first start creates the
 cluster's keys in <data-dir>/keys (broker, MDS, one per DataNode, the user "admin"). The
 script prints one line with `ready`, the broker endpoint and the admin key file once every
-role has registered, then watches the children: a child that dies is reported loudly.
+role has registered, then supervises the children (--no-supervise: only watches them): a
+child that exits unexpectedly is reported loudly with the reason (signal, or exit code and
+the last line it logged) and started again with backoff (broker/supervise.py); the state,
+restarts and reasons are in <data-dir>/supervisor.json, which `aegisfs status` shows.
 Ctrl-C or SIGTERM stops them all. The `Cluster` class is also what the integration tests
 use to run real clusters on free ports (with security on, unless security=False).
 """
@@ -29,6 +32,7 @@ import click
 from broker import config
 from broker.limits import MDS_SERVICE, datanode_service
 from broker.keys import ADMIN, KeyStore
+from broker.supervise import Supervisor, exit_reason, last_line, write_state
 
 ROOT = Path(__file__).resolve().parent
 
@@ -63,6 +67,8 @@ class Role:
     log_path: Path
     proc: subprocess.Popen | None = None
     log_file: Any = None
+    stopping: bool = False        # stopped on purpose (stop_role, kill): not restarted
+    log_start: int = 0            # the log's size when this run began
 
     @property
     def pid(self) -> int | None:
@@ -89,6 +95,12 @@ class Cluster:
     env: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
     security: bool = True                 # CURVE on every socket; False for benchmarks
+    # restart roles that exit unexpectedly (supervise_turn). Off in tests: they kill -9
+    # roles on purpose through kill()/stop_role(), which supervision would never undo
+    # anyway, but a test decides itself when a role comes back.
+    supervise: bool = False
+    # Prometheus metrics: the broker on this port, the MDS on +1, DataNode i on +1+i
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -96,6 +108,7 @@ class Cluster:
         self.broker = self.endpoints["client"]
         self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
         self.keys_dir = self.data_dir / "keys"
+        self.supervisor = Supervisor()
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -162,6 +175,9 @@ class Cluster:
             specs["s3"] = [py, "-m", "client.s3.server", "--port", str(self.s3_port),
                            "--broker", self.broker, "--keys-dir", str(self.data_dir / "keys"),
                            *(["--key", str(self.key)] if self.security else [])]
+        if self.metrics_port:
+            for i, name in enumerate(["broker", "mds", *self.node_ids]):
+                specs[name] += ["--metrics-port", str(self.metrics_port + i)]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])
             self.roles[name] = Role(name, argv, logs / f"{name}.log")
@@ -181,11 +197,64 @@ class Cluster:
         if role.alive():
             return role
         role.log_file = open(role.log_path, "ab")
+        role.log_start, role.stopping = role.log_file.tell(), False
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         role.proc = subprocess.Popen(role.argv, stdout=role.log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(ROOT), env=env)
+        self.supervisor.started(name, time.monotonic())
         return role
+
+    def supervise_turn(self, report: Any = None) -> list[str]:
+        """One look at the children: each that exited unexpectedly gets its reason
+        recorded (and passed to `report`) and a restart time; each whose time has come is
+        started. Writes the state file when anything changed; returns the roles that
+        exited in this turn."""
+        now, changed, died = time.monotonic(), False, []
+        for role in self.roles.values():
+            if role.proc is None or role.alive() or role.stopping:
+                continue
+            code = role.proc.returncode
+            reason = exit_reason(code, last_line(role.log_path, role.log_start))
+            pid = role.pid
+            role.proc = None
+            if role.log_file:
+                role.log_file.close()
+                role.log_file = None
+            died.append(role.name)
+            changed = True
+            if self.supervise:
+                delay = self.supervisor.exited(role.name, now, time.time(), reason)
+                if report:
+                    report(f"ERROR: {role.name} (pid {pid}) died: {role.name} stopped: "
+                           f"{reason}; see {role.log_path}; restarting in {delay:g}s")
+            elif report:
+                report(f"ERROR: {role.name} (pid {pid}) died with exit code {code} "
+                       f"({reason}); see {role.log_path}")
+        for name in self.supervisor.due(now):
+            if self.roles[name].proc is None:
+                self.start_role(name)
+                changed = True
+        if changed:
+            self.write_status()
+        return died
+
+    def write_status(self) -> None:
+        """<data-dir>/supervisor.json: each role's pid, state, restarts, last exit."""
+        states = self.supervisor.snapshot()
+        roles = {}
+        for name, role in self.roles.items():
+            st = states.get(name, {})
+            roles[name] = {"pid": role.pid if role.alive() else None,
+                           "state": "up" if role.alive() else
+                           "restarting" if st.get("next_start") is not None else "down",
+                           "restarts": st.get("restarts", 0),
+                           "last_exit": st.get("last_exit"),
+                           "last_exit_at": st.get("last_exit_at")}
+        try:
+            write_state(self.data_dir, roles)
+        except OSError as exc:    # a full disk must not stop the supervision itself
+            print(f"run_cluster: cannot write the supervisor state: {exc}", file=sys.stderr)
 
     def services(self, timeout: float = 1.0) -> dict[str, int]:
         from broker.client import Client
@@ -242,6 +311,7 @@ class Cluster:
         role = self.roles[name]
         if role.proc is None:
             return None
+        role.stopping = True
         if role.alive():
             role.proc.send_signal(sig)
             try:
@@ -293,9 +363,14 @@ class Cluster:
               help="Security off: no CURVE, every client is admin. For benchmarks only.")
 @click.option("--s3", "s3_port", type=int, metavar="PORT",
               help="Also run the S3 gateway on 127.0.0.1:PORT (see docs/s3.md).")
+@click.option("--supervise/--no-supervise", default=True, show_default=True,
+              help="Restart a role that exits unexpectedly (with backoff).")
+@click.option("--metrics-port", type=int, metavar="PORT",
+              help="Prometheus metrics: the broker on 127.0.0.1:PORT, the MDS on PORT+1, "
+                   "DataNode i on PORT+1+i.")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
-         s3_port: int | None) -> None:
+         s3_port: int | None, supervise: bool, metrics_port: int | None) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -310,7 +385,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
-                      security=not insecure, s3_port=s3_port)
+                      security=not insecure, s3_port=s3_port, supervise=supervise,
+                      metrics_port=metrics_port)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -339,15 +415,12 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     click.echo(f"ready: broker {cluster.broker}{extra}{key}")
     sys.stdout.flush()
     status = 0
+    cluster.write_status()
     try:
         while not stopping:
-            for role in cluster.roles.values():
-                if role.proc is not None and not role.alive():
-                    click.echo(f"ERROR: {role.name} (pid {role.pid}) died with exit code "
-                               f"{role.proc.returncode}; see {role.log_path}", err=True)
-                    role.proc = None
-                    status = 1
-            time.sleep(0.5)
+            if cluster.supervise_turn(report=lambda line: click.echo(line, err=True)):
+                status = 1
+            time.sleep(0.2)
     finally:
         click.echo("stopping cluster...")
         cluster.stop()

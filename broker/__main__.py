@@ -8,7 +8,8 @@ import click
 import zmq
 
 from . import config, curve
-from .process import security_flags, security_options, setup_logging, stop_on_signals, tune_malloc
+from .process import (metrics_option, security_flags, security_options, setup_logging,
+                      start_metrics, stop_on_signals, tune_malloc)
 from .server import Broker
 
 
@@ -28,8 +29,9 @@ from .server import Broker
 @security_options(member=False)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
+@metrics_option
 def main(config_path, base_port, bind, client, worker, events_in, events_out,
-         heartbeat_interval, security, keys_dir, log_level, log_file) -> None:
+         heartbeat_interval, security, keys_dir, log_level, log_file, metrics_port) -> None:
     """Route requests between AegisFS clients and workers, and relay events.
 
     With security on (the default) every socket is a CURVE server: the keys directory
@@ -48,6 +50,11 @@ def main(config_path, base_port, bind, client, worker, events_in, events_out,
                                          "security": security_flags(security, keys_dir)})
         secure = curve.warn_if_off(full["security"], "broker")
         broker = Broker(full["broker"], keys=curve.keys_dir(full["security"]) if secure else None)
+        start_metrics(metrics_port, "broker", [broker.router.broker_ops],
+                      lambda: {**broker.router.stats,
+                               "services": len(broker.router.services),
+                               "workers": len(broker.router.workers),
+                               "in_flight": len(broker.router.in_flight)})
     except (config.ConfigError, zmq.ZMQError, OSError, ValueError) as exc:
         logging.getLogger("broker").error("cannot start the broker: %s", exc)
         sys.exit(2)

@@ -72,6 +72,7 @@ class Client:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        self.ever_connected = False          # a lost broker is waited for, a never seen one not
         self._hello: bytes | None = None     # MemberClient: its MEMBER declaration
         self._declared = False
         self._ids = itertools.count(1)
@@ -196,6 +197,7 @@ class Client:
             if self._monitor in events:
                 self._connection_events(raise_refused=True)
             if self.sock in events:
+                self.ever_connected = True
                 return
             if left <= 0:
                 raise BrokerUnavailable(errno.ECONNREFUSED,
@@ -225,6 +227,7 @@ class Client:
                 errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))
         if zmq.EVENT_CONNECTED in seen:
             self._declared = False
+            self.ever_connected = True
 
     def _declare(self) -> None:
         """A member says whom it acts for once per connection, before its first request.

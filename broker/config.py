@@ -57,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # CURVE on every broker socket (broker/curve.py). "off" is for benchmarks only.
     "security": {"mode": "on", "keys": "data/keys", "key": "", "broker_key": ""},
     "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,
-               "get_batch": 256, "progress": True},
+               "get_batch": 256, "progress": True, "retry_deadline": 60.0},
 }
 
 # Short aliases users reach for first; they win over the long AEGISFS_BROKER_CLIENT form.

@@ -81,3 +81,25 @@ def security_flags(security: str | None, keys_dir: str | None, key_file: str | N
     `member_key`: [security] key in the config is the client's user key."""
     return {"mode": security, "keys": keys_dir, "member_key": key_file,
             "broker_key": broker_key}
+
+
+def metrics_option(fn: Callable) -> Callable:
+    """--metrics-port: the role serves Prometheus metrics there (broker/metrics.py)."""
+    return click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+                        help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics "
+                             "(off when not given).")(fn)
+
+
+def start_metrics(port: int | None, role: str, services: list,
+                  figures: Callable[[], Any] | None = None) -> bool:
+    """Serve metrics on `port` (None: off, nothing is imported): every request of
+    `services` is counted and timed; `figures()` is read at each scrape as gauges."""
+    if not port:
+        return False
+    from broker import metrics
+    metrics.serve(port)
+    for service in services:
+        service.observe = metrics.observe
+    if figures is not None:
+        metrics.collect(role, figures)
+    return True

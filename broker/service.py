@@ -3,7 +3,8 @@ docstring) and one dispatcher that all workers use. Pure: no sockets, no clock r
 `Context.now_for`.
 
 Public API: the field types `Str Bytes Int Float Bool Nil OneOf List Map Request`; the
-declaration decorator `operation`; `Service` (`collect`, `run`, `dispatch`, `ops`);
+declaration decorator `operation`; `Service` (`collect`, `run`, `dispatch`, `ops`, the
+hooks `once` and `observe` with their types `Once`, `Observe`);
 `Context`; `Outcome`; `validate` (the one schema checker, also for the broker's READY).
 
 Theory of operation. `Service.run(header, payload, ctx)` never raises; in this order it
@@ -16,7 +17,13 @@ Theory of operation. `Service.run(header, payload, ctx)` never raises; in this o
 4. checks the caller class (-> EPERM "operation X is not allowed for a <class> caller")
    and, for ops declared with `binds="node"`, that a DataNode names itself (-> EPERM);
 5. calls the handler `fn(fields, payload, ctx)`, which returns a result map or
-   (result map, payload frames): that tail is turned into an `Outcome` here only.
+   (result map, payload frames): that tail is turned into an `Outcome` here only. An op
+   declared `mutating=True` also accepts `opid` (16 bytes, the client's id for one
+   logical operation, the same on every retry); with one, the handler runs through the
+   service's `once(opid, ctx, call)` hook, which applies it at most once and answers a
+   retry with the first answer (the MDS: mds/opids.py). This is the only place op ids
+   are looked at. A role serving metrics sets `observe`, which times and counts each
+   run (broker/metrics.py); this module still reads no clock.
 An OSError from a handler is the reply. Anything else is a bug: it is logged and answered
 as an internal error (protocol.exception_to_error: EIO without internals), never raised.
 Checks are a walk over the schema (no objects built per request but the Context); error
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 EVERYONE = frozenset(P.CALLER_CLASSES)
 MAX_FRAMES = 1024
+OPID_LEN = 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,6 +276,7 @@ class Operation:
     doc: str
     frames: tuple[int, int] = (0, 0)
     binds: str | None = None   # a field that must name the calling DataNode
+    mutating: bool = False     # accepts `opid`: retried safely through Service.once
 
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])   # a handler function or method, kept as is
@@ -275,17 +284,22 @@ _Fn = TypeVar("_Fn", bound=Callable[..., Any])   # a handler function or method,
 
 def operation(fields: Mapping[str, Field] | None = None, *, callers: Iterable[str],
               name: str | None = None, frames: tuple[int, int] = (0, 0),
-              binds: str | None = None) -> Callable[[_Fn], _Fn]:
-    """Declare a handler method as an operation; its docstring is the protocol spec."""
+              binds: str | None = None, mutating: bool = False) -> Callable[[_Fn], _Fn]:
+    """Declare a handler method as an operation; its docstring is the protocol spec.
+    `mutating`: it changes state, so it takes an optional `opid` (see the module doc)."""
     callers = frozenset(callers)
+    fields = dict(fields or {})
+    if mutating:
+        fields["opid?"] = Bytes(OPID_LEN, OPID_LEN)
     if not callers <= EVERYONE:
         raise ValueError(f"unknown caller classes {sorted(callers - EVERYONE)}")
 
     def mark(fn: _Fn) -> _Fn:
         if not (fn.__doc__ or "").strip():
             raise TypeError(f"operation {fn.__name__} needs a docstring: it is its spec")
-        fn.__aegis_op__ = dict(name=name or fn.__name__, schema=Map(fields or {}),  # type: ignore[attr-defined]
-                               callers=callers, frames=frames, binds=binds)
+        fn.__aegis_op__ = dict(name=name or fn.__name__, schema=Map(fields),  # type: ignore[attr-defined]
+                               callers=callers, frames=frames, binds=binds,
+                               mutating=mutating)
         return fn
     return mark
 
@@ -325,9 +339,18 @@ def _unsupported(what: str, name: Any) -> OSError:
     return OSError(errno.EOPNOTSUPP, f"{what} {shown}")
 
 
+# once(opid, ctx, call) -> call()'s result, or the first answer to that opid
+Once = Callable[[bytes, "Context", Callable[[], Any]], Any]
+# observe(service name, op, payload, run) -> run()'s Outcome: metrics (broker/metrics.py);
+# op is a declared operation's name or "?", so a caller cannot invent label values
+Observe = Callable[[str, str, list, Callable[[], "Outcome"]], "Outcome"]
+
+
 class Service:
-    def __init__(self, name: str, ops: Iterable[Operation]) -> None:
+    def __init__(self, name: str, ops: Iterable[Operation], once: Once | None = None) -> None:
         self.name = name
+        self.once = once
+        self.observe: Observe | None = None    # set by a role that serves metrics
         self.ops: dict[str, Operation] = {}
         for op in ops:
             if op.name in self.ops:
@@ -335,8 +358,10 @@ class Service:
             self.ops[op.name] = op
 
     @classmethod
-    def collect(cls, name: str, obj: Any) -> "Service":
-        """A service of every method of `obj` declared with @operation."""
+    def collect(cls, name: str, obj: Any, once: Once | None = None) -> "Service":
+        """A service of every method of `obj` declared with @operation; `once` runs
+        the mutating ones that carry an `opid` (without it, `opid` is accepted and
+        ignored)."""
         ops = []
         for klass in reversed(type(obj).__mro__):
             for attr, fn in vars(klass).items():
@@ -344,7 +369,7 @@ class Service:
                 if spec is not None:
                     ops.append(Operation(handler=getattr(obj, attr),
                                          doc=" ".join(fn.__doc__.split()), **spec))
-        return cls(name, ops)
+        return cls(name, ops, once)
 
     def dispatch(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Any:
         """Steps 1-5 of the module docstring; returns what the handler returned."""
@@ -364,10 +389,23 @@ class Service:
                 and header[op.binds] != ctx.caller_id:
             raise PermissionError(errno.EPERM, f"{name}: DataNode {ctx.caller_id} cannot "
                                                f"speak for node {header[op.binds]!r}")
+        if op.mutating and self.once is not None:
+            opid = header.get("opid")
+            if opid is not None:
+                return self.once(opid, ctx, lambda: op.handler(header, payload, ctx))
         return op.handler(header, payload, ctx)
 
     def run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
-        """`dispatch`, with the reply tail and every exception turned into an Outcome."""
+        """`dispatch`, with the reply tail and every exception turned into an Outcome
+        (timed and counted by `observe` when a role serves metrics)."""
+        if self.observe is not None:
+            name = header.get("op")
+            op = name if type(name) is str and name in self.ops else "?"
+            return self.observe(self.name, op, payload,
+                                lambda: self._run(header, payload, ctx))
+        return self._run(header, payload, ctx)
+
+    def _run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
         try:
             out = self.dispatch(header, payload, ctx)
         except OSError as exc:

@@ -26,6 +26,7 @@ from broker.limits import MAX_BATCH, MDS_SERVICE
 
 from . import localio
 from .blocks import Piece, Suspects, pieces_for_range
+from .retry import Notice, Retrier, RetryPolicy
 from .streams import BlockReader, BlockWriter, Mux, name_error
 
 if TYPE_CHECKING:
@@ -59,6 +60,13 @@ def _about(path: str | None) -> Iterator[None]:
         raise name_error(exc, path)
 
 
+def _log_wait(state: str, exc: OSError | None) -> None:
+    if state == "waiting":
+        log.warning("waiting for the metadata server (%s)", exc)
+    else:
+        log.warning("the metadata server answers again")
+
+
 def hexify(value: Any) -> Any:
     """Block ids travel as 16 raw bytes; users and JSON see 32 hex characters."""
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -86,7 +94,9 @@ class AegisClient:
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
                  window: int | None = None, config: Mapping | PathLike | None = None,
                  connect_timeout: float | None = None, key: PathLike | None = None,
-                 transport: Callable[[], Client] | None = None) -> None:
+                 transport: Callable[[], Client] | None = None,
+                 retry_deadline: float | None = None,
+                 on_wait: Notice | None = None) -> None:
         # transport: makes each thread's Client-like connection instead of a broker socket
         # (tests/support/inprocess.py serves the real services in one process through it)
         self._transport = transport
@@ -109,6 +119,12 @@ class AegisClient:
             raise ValueError("window must be at least 1")
         self.connect_timeout = float(connect_timeout if connect_timeout is not None
                                      else client_cfg["connect_timeout"])
+        # MDS requests ride through restarts until this deadline (client/retry.py);
+        # on_wait(state, error) hears "waiting" once per wait and "back" when it ends
+        deadline = float(retry_deadline if retry_deadline is not None
+                         else client_cfg["retry_deadline"])
+        self.retrier = Retrier(RetryPolicy(deadline=deadline),
+                               notice=on_wait or _log_wait)
         self.put_batch = _batch_size(client_cfg["put_batch"])
         self.get_batch = _batch_size(client_cfg["get_batch"])
         self.suspects = Suspects()
@@ -134,7 +150,7 @@ class AegisClient:
             if self._key_error is not None and not self._transport:   # after the endpoint
                 rpc.close()
                 raise self._key_error
-            mux = self._local.mux = Mux(rpc, keep_buffers=self.window)
+            mux = self._local.mux = Mux(rpc, keep_buffers=self.window, retry=self.retrier)
             with self._lock:
                 self._clients.append(rpc)
         return mux

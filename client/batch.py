@@ -34,6 +34,7 @@ from broker import protocol as P
 from broker.limits import MAX_PUT_MANY, MDS_SERVICE, datanode_service
 
 from .blocks import Piece, ReplicaWrite, Suspects, reason_of
+from .retry import stamp_opids
 from .streams import BlockReader, BlockWriter, Mux, draft_geometry, name_error
 
 log = logging.getLogger(__name__)
@@ -258,16 +259,39 @@ class SmallFiles:
 
 
 def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
-    """One MDS `batch` request: each op's result map or OSError, in order."""
-    results = mux.call(MDS_SERVICE, {"op": "batch", "ops": ops}).result.get("results")
-    if not isinstance(results, list) or len(results) != len(ops):
-        raise P.ProtocolError("the MDS answered a batch with a malformed result list")
-    out: list[Outcome] = []
-    for item in results:
-        try:
-            out.append(P.item_result(item))
-        except OSError as exc:
-            out.append(exc)
+    """One MDS `batch` request: each op's result map or OSError, in order. Items a
+    restarted MDS answers EAGAIN (still waiting for its DataNodes) are sent again, with
+    the same operation ids, under the Mux's retry policy."""
+    ops = stamp_opids({"op": "batch", "ops": ops})["ops"]
+    out: list[Outcome] = [OSError(errno.EIO, "not sent")] * len(ops)
+    todo = list(range(len(ops)))
+
+    def attempt() -> None:
+        nonlocal todo
+        sent = [ops[i] for i in todo]
+        results = mux.call(MDS_SERVICE, {"op": "batch", "ops": sent}).result.get("results")
+        if not isinstance(results, list) or len(results) != len(sent):
+            raise P.ProtocolError("the MDS answered a batch with a malformed result list")
+        again = []
+        for i, item in zip(todo, results):
+            try:
+                out[i] = P.item_result(item)
+            except OSError as exc:
+                out[i] = exc
+                if exc.errno == errno.EAGAIN:
+                    again.append(i)
+        todo = again
+        if again:
+            raise out[again[0]]
+
+    if mux.retry is None:
+        attempt()
+        return out
+    try:
+        mux.retry.run(attempt)
+    except OSError as exc:
+        if not (todo and exc is out[todo[0]]):   # the request failed, not its items
+            raise
     return out
 
 

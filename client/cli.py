@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import click
 
 from .output import (Progress, describe, drain_text, emit_json, fsck_lines, human, ls_line,
-                     node_lines, stat_lines, status_lines)
+                     node_lines, role_lines, stat_lines, status_lines)
 
 if TYPE_CHECKING:
     from .api import AegisClient
@@ -111,6 +111,7 @@ class State:
     config: str | None
     debug: bool
     key: str | None = None
+    retry_deadline: float | None = None
     _cfg: dict | None = field(default=None, repr=False)
     _fs: AegisClient | None = field(default=None, repr=False)
 
@@ -137,7 +138,8 @@ class State:
             if self.timeout:        # a short --timeout also bounds reaching the broker
                 connect = min(connect, self.timeout)
             self._fs = AegisClient(self.broker, timeout=self.timeout, config=self.cfg,
-                                   connect_timeout=connect, key=self.key)
+                                   connect_timeout=connect, key=self.key,
+                                   retry_deadline=self.retry_deadline, on_wait=_say_waiting)
         return self._fs
 
     def close(self) -> None:
@@ -146,6 +148,18 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+_waited: list[str] = []
+
+
+def _say_waiting(state: str, exc: OSError | None) -> None:
+    """A user sees one line when the CLI starts waiting out an MDS restart, and one
+    when it is over; the retries themselves stay quiet."""
+    if state == "waiting" and not _waited:
+        _waited.append("waiting")
+        click.echo(f"aegisfs: waiting for the metadata server ({exc})...", err=True)
+    elif state == "back" and _waited and _waited[-1] == "waiting":
+        _waited.append("back")
+        click.echo("aegisfs: the metadata server is back", err=True)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
 
@@ -229,6 +243,10 @@ LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
                    "config; else data/keys/users/admin.key_secret of a local cluster].")
 @click.option("--timeout", type=float, metavar="SECONDS",
               help="Seconds to wait for each request [default from the config: 30].")
+@click.option("--retry-deadline", type=click.FloatRange(0), metavar="SECONDS",
+              envvar="AEGISFS_CLIENT_RETRY_DEADLINE",
+              help="Seconds to wait out a metadata server restart before failing "
+                   "[default from the config: 60; 0: fail at once].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               envvar="AEGISFS_CONFIG", help="TOML config [default configs/cluster.toml].")
 @click.option("-v", "--verbose", is_flag=True, help="Log failovers and retries to stderr.")
@@ -236,7 +254,8 @@ LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
 @click.version_option(package_name="aegisfs", prog_name="aegisfs")
 @click.pass_context
 def cli(ctx: click.Context, broker: str | None, key: str | None, timeout: float | None,
-        config_path: str | None, verbose: bool, debug: bool) -> None:
+        retry_deadline: float | None, config_path: str | None, verbose: bool,
+        debug: bool) -> None:
     """AegisFS: a distributed file system. Paths are absolute (/dir/file).
 
     Every connection is authenticated with your key (CURVE). Run from the directory
@@ -253,7 +272,8 @@ def cli(ctx: click.Context, broker: str | None, key: str | None, timeout: float 
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.ERROR
     logging.basicConfig(level=level, format="aegisfs: %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    state = ctx.obj = State(broker, timeout, config_path, debug, key)
+    state = ctx.obj = State(broker, timeout, config_path, debug, key,
+                            retry_deadline=retry_deadline)
     ctx.call_on_close(state.close)
 
 
@@ -679,15 +699,24 @@ def du(state: State, path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def status(state: State, as_json: bool) -> None:
-    """The DataNodes (up/down, capacity, used, blocks) and the replication health.
+    """The DataNodes (up/down, capacity, used, blocks) and the replication health;
+    for a cluster run by run_cluster.py here, its roles, restarts and why they stopped.
 
     \b
     Example:
       aegisfs status
     """
+    # a local cluster's supervisor (run_cluster.py) says which roles restarted and why:
+    # shown first, since it is what explains an MDS that does not answer
+    from broker.curve import keys_dir
+    from broker.supervise import read_state
+    supervised = read_state(keys_dir(state.cfg.get("security", {})).parent)
+    if supervised and not as_json:
+        for line in role_lines(supervised["roles"]):
+            click.echo(line)
     info = state.fs.status()
     if as_json:
-        emit_json(info)
+        emit_json({**info, "roles": supervised["roles"]} if supervised else info)
         return
     for line in status_lines(info):
         click.echo(line)

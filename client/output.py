@@ -134,6 +134,20 @@ def status_lines(info: dict) -> Iterator[str]:
         yield f"health: {health}"
 
 
+def role_lines(roles: dict) -> Iterator[str]:
+    """The supervised roles of a local cluster: state, pid, restarts, the last exit."""
+    for name, r in sorted(roles.items()):
+        if not isinstance(r, dict):
+            continue
+        line = f"role {name:<8} {r.get('state', '?'):<10} pid {r.get('pid') or '-':<8}"
+        line += f" restarts {r.get('restarts', 0)}"
+        if r.get("last_exit"):
+            at = r.get("last_exit_at")
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "?"
+            line += f"   last: {name} stopped: {r['last_exit']} at {when}"
+        yield line
+
+
 def fsck_lines(report: dict, healthy: bool) -> Iterator[str]:
     """The `fsck` report: the verdict, each problem list (first 10 items), other counts."""
     yield "HEALTHY" if healthy else "UNHEALTHY"

@@ -26,6 +26,7 @@ from broker.limits import MDS_SERVICE, datanode_service
 
 from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, block_ranges,
                      reason_of, renew_period, replica_order)
+from .retry import Retrier, stamp_opids
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +87,48 @@ class BufferPool:
             self._free.append(buf)
 
 
+class _Final(Exception):
+    """Carries an error past the Retrier (which retries OSErrors only)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
 class Mux:
     """Lets several streams of one thread share its broker Client: each reply goes to the
     stream that sent the request, whoever happens to be waiting when it arrives."""
 
-    def __init__(self, rpc: Client, keep_buffers: int = 8) -> None:
+    def __init__(self, rpc: Client, keep_buffers: int = 8,
+                 retry: Retrier | None = None) -> None:
         self.rpc = rpc
         self.buffers = BufferPool(keep_buffers)
+        self.retry = retry
         self._owner: dict[int, object] = {}
         self._stash: dict[object, deque[Reply]] = {}
 
     def call(self, service: str, header: dict, payload: Iterable = (),
              timeout: float | None = None) -> Reply:
-        return self.rpc.call(service, header, payload, timeout)
+        """One request and its reply. MDS requests ride through restarts (client/retry.py):
+        mutations get an operation id, then the same request is retried until the
+        deadline - the one place the client retries the MDS. A broker this connection
+        never reached is not waited for: that is a cluster not running (or a wrong
+        endpoint), reported within connect_timeout."""
+        if self.retry is None or service != MDS_SERVICE:
+            return self.rpc.call(service, header, payload, timeout)
+        header = stamp_opids(header)
+
+        def attempt() -> Reply:
+            try:
+                return self.rpc.call(service, header, payload, timeout)
+            except BrokerUnavailable as exc:
+                if not getattr(self.rpc, "ever_connected", True):
+                    raise _Final(exc) from None
+                raise
+
+        try:
+            return self.retry.run(attempt)
+        except _Final as final:
+            raise final.error from None
 
     def send(self, owner: object, service: str, header: dict, payload: Iterable = (),
              timeout: float | None = None) -> int:

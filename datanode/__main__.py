@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from broker import config, curve
-from broker.process import (security_flags, security_options, setup_logging, stop_on_signals,
-                            tune_malloc)
+from broker.process import (metrics_option, security_flags, security_options, setup_logging,
+                            start_metrics, stop_on_signals, tune_malloc)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,10 +40,11 @@ from broker.process import (security_flags, security_options, setup_logging, sto
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
+@metrics_option
 def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
          small_max, no_capabilities, security, keys_dir, key_file, broker_key, log_level,
-         log_file) -> None:
+         log_file, metrics_port) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
     With security on (the default) it connects with its member key
@@ -77,6 +78,7 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
             logging.getLogger("datanode").warning(
                 "DataNode %s serves blocks WITHOUT capability checks (--no-capabilities)",
                 node_id)
+        start_metrics(metrics_port, f"dn.{node_id}", [node.service], node._stats)
     except (config.ConfigError, OSError, ValueError) as exc:
         logging.getLogger("datanode").error("cannot start DataNode %s: %s", node_id, exc)
         sys.exit(2)

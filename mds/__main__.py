@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from broker import config, curve
-from broker.process import security_flags, security_options, setup_logging, stop_on_signals
+from broker.process import (metrics_option, security_flags, security_options, setup_logging,
+                            start_metrics, stop_on_signals)
 
 
 def _store_dir(security: dict) -> Path | None:
@@ -43,10 +44,11 @@ def _store_dir(security: dict) -> Path | None:
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
+@metrics_option
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
          delete_grace, salvage, security, keys_dir, key_file, broker_key, log_level,
-         log_file) -> None:
+         log_file, metrics_port) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
     With security on (the default) it connects with the member key of "mds"
@@ -90,6 +92,7 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             # the whole store (a local cluster); else from a secret in the data directory
             keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
         server = MetadataServer(settings)
+        server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
                                           "changed. Start with --salvage to cut the log at "

@@ -13,6 +13,10 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
         ``prepare`` is a callable ``ns -> record`` (e.g. ``lambda ns: ns.prepare_rm(p)``)
         whose record is trusted; a plain record is validated first. Applies to memory
         and buffers the record in the WAL. The caller must NOT reply before flush().
+    .once(opid, wall, call) -> result
+        runs ``call`` (a handler making submissions) at most once per operation id: its
+        records and answer are logged as one ``once`` record (mds/opids.py); a known id
+        gets the first answer again (its result, or its error raised) without running.
     .flush() -> bytes         one write + one fsync for everything submitted since the
                               last flush (group commit). Then reply.
     .poll()                   call every loop turn: reaps a checkpoint child, starts a
@@ -52,8 +56,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping, Union
+from typing import Any, BinaryIO, Callable, Mapping, TypeVar, Union
 
+from mds import opids
 from mds.namespace import Namespace, NamespaceConfig
 from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapshot_name, \
     write_snapshot
@@ -68,6 +73,7 @@ DATA_VERSION = 2
 FORMAT_FILE = "FORMAT"
 
 Submission = Union[Mapping[str, Any], Callable[[Namespace], Mapping[str, Any]]]
+T = TypeVar("T")
 RETRY_AFTER_FAILED_CHECKPOINT = 30.0
 
 
@@ -159,6 +165,7 @@ class MetaStore:
         self._child: tuple[int, int, float] | None = None  # pid, seq, start (monotonic)
         self._child_bytes = 0  # self._bytes when the running checkpoint started
         self._retry_at = 0.0
+        self._collect: list[bytes] | None = None   # inside once(): the records it made
         self._lock = _lock_directory(self.dir)
         try:
             self.format_version = read_format(self.dir)
@@ -251,7 +258,12 @@ class MetaStore:
         else:
             record = record_or_prepare
             self.ns.validate(record)
-        seq = self.wal.append(record)  # encode before mutating: a bad value changes nothing
+        # encode before mutating: a bad value changes nothing
+        if self._collect is not None:
+            packed = opids.pack({k: v for k, v in record.items() if k != "seq"})
+            seq = self.wal.next_seq
+        else:
+            seq = self.wal.append(record)
         try:
             result = self.ns.apply(record)
         except BaseException as exc:
@@ -259,8 +271,41 @@ class MetaStore:
             log.critical("apply failed for a validated %s record (seq %d): memory may be "
                          "inconsistent, stopping", record.get("op"), seq, exc_info=True)
             raise
-        self.last_seq = seq
+        if self._collect is not None:
+            self._collect.append(packed)
+        else:
+            self.last_seq = seq
         return result
+
+    def once(self, opid: bytes, wall: float, call: Callable[[], T]) -> T:
+        """Run ``call`` once per operation id (see the module doc and mds/opids.py)."""
+        known = self.ns.opids.get(opid)
+        if known is not None:
+            return opids.result_of(known)  # type: ignore[return-value]
+        if self._collect is not None:
+            raise RuntimeError("MetaStore.once does not nest")
+        self._ensure_usable()
+        self._collect = []
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = call()
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            records, self._collect = self._collect, None
+            if records and self._failed is None:
+                # what changed memory must reach the log even when the handler then failed
+                answer = opids.answer_of(result, error)
+                try:
+                    self.last_seq = self.wal.append({"op": "once", "id": opid, "wall": wall,
+                                                     "records": records, "answer": answer})
+                except BaseException as exc:   # memory moved on without its log record
+                    self._failed = exc
+                    raise
+                self.ns.opids.add(opid, wall, answer)
 
     def flush(self) -> int:
         """Make everything submitted durable (one write, one fsync); bytes written."""

@@ -36,6 +36,8 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
+    once         {id, wall, records, answer}   a client operation's records and answer
+                                               (mds/opids.py; ``opids`` keeps the answers)
 
 apply() results: mkdir {path, created}; create {handle, path, inode, lease}; allocate
 {handle, lease, blocks: [{id, targets}]}; commit {path, inode, size, blocks, replaced};
@@ -93,6 +95,7 @@ from mds import paths, perms
 from mds.blockmap import BlockMap
 from mds.drafts import Drafts
 from mds.fields import check, error, is_node_list, is_time, nodes_arg
+from mds.opids import OpResults, apply_once, check_once
 from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR,
                        LEGACY_DIR_MODE, LEGACY_FILE_MODE, SIZE, SUPERUSER_ID, Dir, Draft,
                        Inode)
@@ -129,6 +132,7 @@ class Namespace:
         self.blockmap = BlockMap()
         self.drafts = Drafts(self.blockmap)
         self.next_inode = 1
+        self.opids = OpResults()   # answers of recent client operations (mds/opids.py)
         self.files = self.dirs = self.blocks = self.bytes = 0
         t, b, d = self.tree, self.blockmap, self.drafts
         self._ops = {
@@ -147,6 +151,7 @@ class Namespace:
             "set_replicas": (b.check_set_replicas, b.apply_set_replicas),
             "queue_delete": (b.check_queue_delete, b.apply_queue_delete),
             "ack_delete": (b.check_ack_delete, b.apply_ack_delete),
+            "once": (check_once, lambda rec: apply_once(self, rec)),
         }
 
     @property

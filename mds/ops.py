@@ -93,7 +93,13 @@ class Handlers:
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
-        self.service = Service.collect(MDS_SERVICE, self)
+        self.service = Service.collect(MDS_SERVICE, self, once=self._once)
+
+    def _once(self, opid: bytes, ctx: Context, call: Callable[[], Any]) -> Any:
+        """A mutation with an operation id: applied at most once, its records and answer
+        in one WAL record (mds/opids.py), so a retry after a restart gets the same answer.
+        Keyed by caller too: one user's id never returns another user's answer."""
+        return self.store.once(opid + ctx.caller_id.encode(), ctx.wall, call)
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -118,7 +124,8 @@ class Handlers:
         """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT)
+    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT,
+               mutating=True)
     def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make directory `path` (with missing parents when `parents`), owned by the
         caller, with `mode` (default 0o777) & ~0o022 -> {}. Needs write and search on the
@@ -187,7 +194,8 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT)
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT,
+               mutating=True)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
@@ -227,7 +235,7 @@ class Handlers:
         return max(0.0, min(float(self.ns.config.lease), left))
 
     @operation({"handle": HANDLE, "count": Int(1, MAX_ALLOCATE), "exclude?": EXCLUDE},
-               callers=CLIENT)
+               callers=CLIENT, mutating=True)
     def allocate(self, h: dict, payload: list, ctx: Context) -> dict:
         """Add `count` (1..1024) blocks to draft `handle`, placed on live nodes not in
         `exclude` -> {blocks: [{id, nodes, caps}], lease: seconds left}; renews the lease.
@@ -246,8 +254,8 @@ class Handlers:
         # can crowd other users off the DataNodes
         self.allocations.reserve(ctx.caller_id, handle, count, nbytes)
         try:
-            targets = [self.cluster.place(draft["replication"], now=ctx.now, exclude=exclude,
-                                          min_nodes=1, reserve=draft["block_size"])
+            targets = [self._place(draft["replication"], ctx, exclude=exclude, min_nodes=1,
+                                   reserve=draft["block_size"])
                        for _ in range(count)]
             self.submit(lambda ns: ns.prepare_allocate(handle, targets))
         except BaseException:
@@ -258,7 +266,29 @@ class Handlers:
         return [{"id": b["id"], "nodes": b["targets"], "caps": mint(b["id"], b["targets"], wall)}
                 for b in blocks]
 
-    @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT)
+    def _place(self, r: int, ctx: Context, *, exclude: list[str], reserve: int,
+               min_nodes: int | None = None) -> list[str]:
+        """cluster.place, except right after a start: the view then knows only the
+        DataNodes that have reported so far, and placing on those would commit fewer
+        replicas than asked. Until every node the namespace names has reported (safe
+        mode), a placement needs min(r, nodes expected) of them, else EAGAIN: the
+        client waits, as through a restart."""
+        waiting = self.repair.startup_wait(ctx.now)
+        if waiting is not None and waiting[1]:
+            min_nodes = min(r, waiting[1])
+        try:
+            return self.cluster.place(r, now=ctx.now, exclude=exclude, min_nodes=min_nodes,
+                                      reserve=reserve)
+        except OSError as exc:
+            if waiting is None or exc.errno != errno.ENOSPC:
+                raise
+            seen = (f"{waiting[0]} of {waiting[1]} reported" if waiting[1] else
+                    "none has reported since the MDS started")
+            raise BlockingIOError(errno.EAGAIN, f"waiting for DataNodes: {seen} "
+                                  f"({exc.strerror})") from None
+
+    @operation({"handle": HANDLE, "block": BLOCK, "exclude": EXCLUDE}, callers=CLIENT,
+               mutating=True)
     def replace_target(self, h: dict, payload: list, ctx: Context) -> dict:
         """A new target for `block` of draft `handle` (a replica write failed) -> {node,
         cap}: a live node not in `exclude` and not already a target, and the write
@@ -271,15 +301,14 @@ class Handlers:
                 break
         else:
             raise OSError(errno.ENOENT, f"block {h['block'].hex()} is not part of this draft")
-        node = self.cluster.place(1, now=ctx.now, exclude=sorted(exclude),
-                                  reserve=draft["block_size"])[0]
+        node = self._place(1, ctx, exclude=sorted(exclude), reserve=draft["block_size"])[0]
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
         return {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]}
 
     @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
-                "exclusive?": Bool()}, callers=CLIENT)
+                "exclusive?": Bool()}, callers=CLIENT, mutating=True)
     def commit(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
         replicas, receipts}] in file order (every block but the last exactly block_size;
@@ -344,7 +373,8 @@ class Handlers:
                         "replicas": good})
         return out, refused
 
-    @operation({"src": PATH, "dst": PATH, "exclusive?": Bool()}, callers=CLIENT)
+    @operation({"src": PATH, "dst": PATH, "exclusive?": Bool()}, callers=CLIENT,
+               mutating=True)
     def copy(self, h: dict, payload: list, ctx: Context) -> dict:
         """Server-side copy of file `src` to `dst` (into `dst` when it is a directory) ->
         {path: final, size, blocks}: the copy shares src's blocks, no byte moves. The copy
@@ -360,20 +390,20 @@ class Handlers:
                  blocks=result["blocks"], copied_from=h["src"])
         return {"path": result["path"], "size": result["size"], "blocks": result["blocks"]}
 
-    @operation({"handle": HANDLE}, callers=CLIENT)
+    @operation({"handle": HANDLE}, callers=CLIENT, mutating=True)
     def abort(self, h: dict, payload: list, ctx: Context) -> dict:
         """Drop draft `handle`; its blocks are deleted -> {}."""
         self.submit(lambda ns: ns.prepare_abort(h["handle"]))
         self.allocations.release(h["handle"])
         return {}
 
-    @operation({"handle": HANDLE}, callers=CLIENT)
+    @operation({"handle": HANDLE}, callers=CLIENT, mutating=True)
     def renew(self, h: dict, payload: list, ctx: Context) -> dict:
         """Extend the lease of draft `handle` -> {lease: seconds left (float)}."""
         self.submit(lambda ns: ns.prepare_renew(h["handle"]))
         return {"lease": self._lease_left(h["handle"], ctx)}
 
-    @operation({"path": PATH, "recursive?": Bool()}, callers=CLIENT)
+    @operation({"path": PATH, "recursive?": Bool()}, callers=CLIENT, mutating=True)
     def rm(self, h: dict, payload: list, ctx: Context) -> dict:
         """Remove file or directory `path` (a non-empty one only when `recursive`) -> {}.
         Needs write and search on the parent, the sticky rule, and with `recursive` read,
@@ -385,7 +415,7 @@ class Handlers:
         ctx.emit("file.delete" if kind == "file" else "dir.delete", path=h["path"])
         return {}
 
-    @operation({"src": PATH, "dst": PATH}, callers=CLIENT)
+    @operation({"src": PATH, "dst": PATH}, callers=CLIENT, mutating=True)
     def mv(self, h: dict, payload: list, ctx: Context) -> dict:
         """Rename `src` to `dst` (into `dst` when it is a directory) -> {path: final}.
         Needs write and search on both parents and the sticky rule on both (EACCES)."""
@@ -395,7 +425,7 @@ class Handlers:
         ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
 
-    @operation({"path": PATH, "mode": MODE}, callers=CLIENT)
+    @operation({"path": PATH, "mode": MODE}, callers=CLIENT, mutating=True)
     def chmod(self, h: dict, payload: list, ctx: Context) -> dict:
         """Set the 12 mode bits of `path` -> {path, type, mode, owner, group}. The owner
         or the superuser only (EPERM); the setgid bit is dropped for a caller outside the
@@ -405,7 +435,8 @@ class Handlers:
         ctx.emit(f"{result['type']}.attr", **result)
         return result
 
-    @operation({"path": PATH, "owner?": NAME, "group?": NAME}, callers=CLIENT)
+    @operation({"path": PATH, "owner?": NAME, "group?": NAME}, callers=CLIENT,
+               mutating=True)
     def chown(self, h: dict, payload: list, ctx: Context) -> dict:
         """Set the `owner` and/or `group` of `path` -> {path, type, mode, owner, group}.
         A new owner: the superuser only; a new group: the owner to a group it is in, or

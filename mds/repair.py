@@ -282,6 +282,21 @@ class RepairPlanner:
             records.extend(self._scan(now))
         return records, events
 
+    def startup_wait(self, now: float) -> tuple[int, int] | None:
+        """While a freshly started MDS waits for the DataNodes its namespace names:
+        (how many have reported and heartbeat, how many it expects); else None. An
+        empty namespace names none: then (0, 0) while no DataNode at all has been heard
+        from in the first `safemode_timeout` seconds (a restart, not an empty cluster)."""
+        if not self.expected:
+            if now < self.safemode_deadline and not self.cluster.live_nodes(now):
+                return 0, 0
+            return None
+        if not self.safe_mode:
+            return None
+        ready = sum(1 for n in self.expected
+                    if n in self.reports and self.cluster.is_live(n, now))
+        return ready, len(self.expected)
+
     # -- internals -----------------------------------------------------------------------
 
     def _all_reported(self, now: float) -> bool:

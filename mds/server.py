@@ -12,6 +12,7 @@ caller class, one error mapping); this file is only the loop.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -63,6 +64,15 @@ class Settings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def stop_reason(exc: BaseException, segment: Path | None) -> str:
+    """One line for people: "disk full at <file>" for ENOSPC, else the error and file."""
+    where = getattr(exc, "filename", None) or segment
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full at {where}"
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+    return f"{text} at {where}" if where else text
+
+
 class MetadataServer:
     def __init__(self, s: Settings) -> None:
         self.s = s
@@ -95,6 +105,7 @@ class MetadataServer:
                              curve=s.curve)
         self._stop = False
         self._next_upkeep = 0.0
+        self.metrics = False     # set when the process serves metrics (broker/metrics.py)
 
     def stop(self) -> None:
         self._stop = True
@@ -121,10 +132,15 @@ class MetadataServer:
         outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
         try:
-            self.store.flush()
-        except Exception:
+            if self.metrics and batch:
+                self._flush_measured(len(batch))
+            else:
+                self.store.flush()
+        except Exception as exc:
             log.critical("the write-ahead log cannot be made durable; exiting without "
                          "acknowledging the last batch", exc_info=True)
+            # the last line of the log: what a supervisor shows as the reason it stopped
+            log.critical("mds stopped: %s", stop_reason(exc, self.store.wal.segment))
             sys.exit(70)
         for req, outcome in outcomes:
             self.worker.answer(req, outcome)
@@ -132,12 +148,28 @@ class MetadataServer:
             self.events.publish(topic, **fields)
         self.store.poll()
 
+    def _flush_measured(self, requests: int) -> None:
+        from broker import metrics
+        started = time.perf_counter()
+        self.store.flush()
+        metrics.WAL_FSYNC.observe(time.perf_counter() - started)
+        metrics.WAL_BATCH.observe(requests)
+
     def _upkeep(self) -> list[tuple[str, dict]]:
         now = time.monotonic()
         if now < self._next_upkeep:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
-        return self.ops.upkeep(now, time.time())
+        events = self.ops.upkeep(now, time.time())
+        if self.metrics:     # from the loop's own thread: no scrape races the namespace
+            from broker import metrics
+            health = self.repair.summary()
+            metrics.set_state("mds", {
+                **self.store.ns.counts(), "safe_mode": self.repair.safe_mode,
+                "nodes_up": len(self.cluster.live_nodes(now)),
+                "opids": len(self.store.ns.opids), "last_seq": self.store.last_seq,
+                **(health if isinstance(health, dict) else {})})
+        return events
 
     def run(self) -> None:
         log.info("MDS serving (replication %d, block size %d)", self.s.replication,

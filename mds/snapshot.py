@@ -9,6 +9,8 @@ File layout: a sequence of frames in the WAL frame format (``[u32 len][u32 CRC32
     {"k": "tree", "d": [...], "f": [...]}      Namespace.export_tree() flattened, ~4096
                                               entries a frame: dirs, then files
     {"k": "del", "node": n, "ids": [...]}      deletion queue, chunked
+    {"k": "ops", "e": [[opid, wall, answer]]}  recent client operations' answers, chunked
+                                              (mds/opids.py), oldest first
     {"k": "end", "frames": n, "counts": {...}} trailer: a file without it is truncated
 Write: tmp file -> fsync -> rename -> fsync directory. Any damage or a count that does
 not add up raises SnapshotCorrupt (an OSError naming file and byte offset). Version 1
@@ -129,6 +131,9 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                 ids = list(ids)
                 for i in range(0, len(ids), IDS_PER_FRAME):
                     emit({"k": "del", "node": node, "ids": ids[i:i + IDS_PER_FRAME]})
+            answers = ns.opids.export()   # retried client operations (mds/opids.py)
+            for i in range(0, len(answers), ENTRIES_PER_FRAME):
+                emit({"k": "ops", "e": answers[i:i + ENTRIES_PER_FRAME]})
             emit({"k": "end", "frames": frames + 1, "counts": state["counts"]})
             f.flush()
             os.fsync(f.fileno())
@@ -198,6 +203,8 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
                     ns.restore_files(obj["f"], legacy)
                 elif kind == "del":
                     ns.restore_deletes(obj["node"], obj["ids"])
+                elif kind == "ops":
+                    ns.opids.restore(obj["e"])
                 elif kind == "state" and state is None:
                     state = obj["state"]
                     ns.restore_state(state)

@@ -3,6 +3,7 @@ half-applied; a torn WAL tail is cut at start; damage in the middle of the log s
 startup (exit code 3, file and offset named) until --salvage."""
 from __future__ import annotations
 
+import errno
 import os
 import random
 import threading
@@ -115,7 +116,8 @@ class Writer(threading.Thread):
                 uncertain = uncertain or not isinstance(exc, ConnectionRefusedError)
                 self.stats["retried"] += 1
             except OSError as exc:
-                if not (retry_enospc and exc.errno == 28):   # no live DataNodes seen yet
+                # a restarted MDS waiting for its DataNodes (EAGAIN), or none seen yet
+                if not (exc.errno == errno.EAGAIN or retry_enospc and exc.errno == 28):
                     exc.uncertain = uncertain
                     raise
             time.sleep(0.02)

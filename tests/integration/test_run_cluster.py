@@ -151,3 +151,50 @@ def test_run_cluster_with_viz_stops_on_ctrl_c(tmp_path):
         assert (tmp_path / "data" / "logs" / "viz.log").exists()
     finally:
         c.close()
+
+
+def test_supervision_restarts_a_killed_mds_and_status_says_why(tmp_path):
+    data = tmp_path / "data"
+    port = free_base_port()
+    c = Launched("--data-dir", str(data), "--base-port", str(port), "--datanodes", "1")
+    try:
+        c.wait_line("ready")
+        broker = f"tcp://127.0.0.1:{port}"
+        assert run_cli(broker, "write", "/before", "one", cwd=tmp_path).returncode == 0
+        old = c.role_pids()
+        os.kill(old["mds"], signal.SIGKILL)
+        died = c.wait_line("restarting", timeout=15)
+        assert f"mds (pid {old['mds']})" in died and "killed by SIGKILL" in died
+        # the CLI waits out the restart instead of failing, then everything is there
+        wrote = run_cli(broker, "write", "/after", "two", cwd=tmp_path)
+        assert wrote.returncode == 0, wrote.stderr
+        assert run_cli(broker, "read", "/before", cwd=tmp_path).stdout == b"one"
+        new = c.role_pids()
+        assert new["mds"] != old["mds"] and new["dn1"] == old["dn1"]
+        status = run_cli(broker, "status", cwd=tmp_path)
+        text = status.stdout.decode()
+        assert status.returncode == 0, status.stderr
+        line = next(row for row in text.splitlines() if row.startswith("role mds"))
+        assert "up" in line and "restarts 1" in line and "killed by SIGKILL" in line, text
+        assert f"pid {new['mds']}" in line
+        # an MDS that cannot start says why, and is retried with backoff until it can
+        fmt = data / "mds" / "FORMAT"
+        good = fmt.read_text()
+        fmt.write_text('{"format": "aegisfs-mds", "version": 99}')   # read only at start
+        os.kill(new["mds"], signal.SIGKILL)
+        refused = c.wait_line("format version 99", timeout=30)
+        assert "exit code 2: cannot start the MDS" in refused, refused
+        status = run_cli(broker, "--retry-deadline", "0", "status", cwd=tmp_path)
+        line = next(row for row in status.stdout.decode().splitlines()
+                    if row.startswith("role mds"))
+        assert "format version 99" in line, line
+        fmt.write_text(good)                   # the next restart succeeds
+        wrote = run_cli(broker, "write", "/third", "three", cwd=tmp_path)
+        assert wrote.returncode == 0, wrote.stderr
+        assert run_cli(broker, "read", "/after", cwd=tmp_path).stdout == b"two"
+        last = c.role_pids()
+        c.proc.send_signal(signal.SIGTERM)
+        assert c.proc.wait(30) == 1            # a child had died, even if it came back
+        assert gone(list(old.values()) + list(new.values()) + list(last.values()))
+    finally:
+        c.close()

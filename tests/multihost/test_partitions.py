@@ -103,16 +103,15 @@ def test_the_mds_cut_off_for_ten_seconds(multihost, tmp_path):
     healed = time.time()
     proc.wait(180)
     rows = read_rows(out)
-    during = [r for r in rows if cut + 2 < r["at"] < healed]
-    assert during and all(not r["ok"] for r in during), "writes went on without the MDS?"
-    assert all(r["seconds"] <= 3 * TIMEOUT for r in rows), \
+    # the clients ride through (client/retry.py): nothing fails, nothing completes while
+    # the MDS is away, and the writes caught by the cut wait it out, no longer
+    failed = [r for r in rows if not r["ok"]]
+    assert not failed, failed[:5]
+    during = [r for r in rows if cut + TIMEOUT + 1 < r["at"] < healed]
+    assert not during, "writes went on without the MDS?"
+    assert max(r["seconds"] for r in rows) >= 5, "no write waited out the cut"
+    assert all(r["seconds"] <= (healed - cut) + 3 * TIMEOUT for r in rows), \
         max(rows, key=lambda r: r["seconds"])
-    # clear errors only: no MDS (refused, reset, timeout), or just after the heal, before
-    # the DataNodes' heartbeats reach it again, no live DataNode (ENOSPC)
-    clear = ("ConnectionRefusedError", "TimeoutError", "ConnectionResetError",
-             "BrokerUnavailable", "OSError: [Errno 28] only 0 live DataNodes")
-    unclear = [r["error"] for r in rows if not r["ok"] and not r["error"].startswith(clear)]
-    assert not unclear, unclear[:5]
     assert any(r["ok"] and r["at"] > healed + 3 for r in rows), "no write after the heal"
     mh.wait_serving(30)
     wait_healed(mh)

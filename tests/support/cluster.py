@@ -15,7 +15,8 @@ HEARTBEAT = 0.5
 def wait_mds(cluster: Cluster, nodes: int = 0, *, serving: bool = False,
              timeout: float = 30.0, interval: float = 0.05) -> float:
     """Until the MDS answers ping, counts ``nodes`` DataNodes up and, with ``serving``, has
-    left safe mode (before that a create fails with ENOSPC); returns the seconds waited.
+    left safe mode (before that an allocation answers EAGAIN, waiting for DataNodes);
+    returns the seconds waited.
     Fails at once when the MDS process has exited."""
     started = time.monotonic()
     last: object = None

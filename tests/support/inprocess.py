@@ -78,6 +78,7 @@ class Fault:
     block: bytes | None = None        # only requests (put_blocks items) about this block
     match: Callable[[dict], bool] | None = None   # only requests whose header it accepts
     item: bool = False                # put_blocks: fail matching items, not the request
+    after: bool = False               # delivered and applied, then the reply is lost
     hits: list = field(default_factory=list)
 
     def matches(self, node: str, header: Mapping) -> bool:
@@ -136,9 +137,12 @@ class InProcessCluster:
         self.datanodes: dict[str, DataNodeOps] = {}
         self._members: dict[str, InProcessClient] = {}
         self.store: MetaStore | None = None
+        self._ns_config = NamespaceConfig(replication=replication, block_size=block_size,
+                                          lease=lease)
+        self._dead_after, self._seed = dead_after, seed
+        self._orphan_grace, self._delete_grace = orphan_grace, delete_grace
         try:
-            self.store = MetaStore(self.root / "mds", clock=self.wall, config=NamespaceConfig(
-                replication=replication, block_size=block_size, lease=lease))
+            self.store = MetaStore(self.root / "mds", clock=self.wall, config=self._ns_config)
             self.view = ClusterView(dead_after=dead_after, rng=random.Random(seed))
             self.repair = RepairPlanner(self.store.ns, self.view, clock=self.clock,
                                         safemode_timeout=0.0, orphan_grace=orphan_grace,
@@ -189,18 +193,20 @@ class InProcessCluster:
     def fail(self, node: str | None, op: str | None = None, *, times: int | None = 1,
              error: BaseException | type[BaseException] | None = None,
              block: bytes | None = None, item: bool = False,
-             match: Callable[[dict], bool] | None = None) -> Fault:
+             match: Callable[[dict], bool] | None = None, after: bool = False) -> Fault:
         """The next `times` requests to `node` (None: any) for `op` (None: any), about
         `block` and accepted by match(header) if given, are not delivered and answered
         with `error` (default: the broker's "worker lost", ConnectionResetError). With
         `item`, put_blocks requests are delivered but their matching items each fail
-        alone with `error` (default EIO), counted in `times`."""
+        alone with `error` (default EIO), counted in `times`. With `after`, the request
+        is delivered and done, and its reply lost (an MDS killed after its fsync)."""
         if error is None:
             error = (OSError(errno.EIO, "disk error (injected)") if item else
                      ConnectionResetError(errno.ECONNRESET, "worker lost (injected)"))
         elif isinstance(error, type):
             error = error(_ERRNO.get(error, errno.EIO), f"{error.__name__} (injected)")
-        fault = Fault(node, op, times, error=error, block=block, item=item, match=match)
+        fault = Fault(node, op, times, error=error, block=block, item=item, match=match,
+                      after=after)
         self.faults.append(fault)
         return fault
 
@@ -249,7 +255,33 @@ class InProcessCluster:
     def client(self, caller: tuple[str, str] = ADMIN, **kw: Any) -> AegisClient:
         """An AegisClient over this cluster (`kw`: timeout, window, config, ...)."""
         kw.setdefault("config", {})
-        return AegisClient("inprocess", transport=lambda: self.connect(caller), **kw)
+        fs = AegisClient("inprocess", transport=lambda: self.connect(caller), **kw)
+        # retries wait on the cluster's clock: a test's waits cost no real time
+        fs.retrier.clock, fs.retrier.sleep = self.clock, self.clock.sleep
+        return fs
+
+    def restart_mds(self, checkpoint: bool = False, safemode_timeout: float = 0.0) -> None:
+        """The MDS process dies (after its last flush, so nothing acknowledged is lost)
+        and starts again from its data directory: snapshot + WAL replay, a new cluster
+        view that has heard from no DataNode yet, safe mode. `checkpoint`: a snapshot
+        is taken first, so recovery loads it instead of replaying the records.
+        Safe mode lasts until every DataNode named in the namespace reported (beat()),
+        or `safemode_timeout` passed."""
+        with self._lock:
+            assert self.store is not None
+            if checkpoint:
+                self.store.checkpoint_now(wait=True)
+            self.store.close(checkpoint=False)
+            self.store = None
+            self.store = MetaStore(self.root / "mds", clock=self.wall,
+                                   config=self._ns_config)
+            self.view = ClusterView(dead_after=self._dead_after,
+                                    rng=random.Random(self._seed))
+            self.repair = RepairPlanner(self.store.ns, self.view, clock=self.clock,
+                                        safemode_timeout=safemode_timeout,
+                                        orphan_grace=self._orphan_grace,
+                                        delete_grace=self._delete_grace)
+            self.mds = Handlers(self.store, self.view, self.repair, settings=None)
 
     def ops(self, service: str = "mds",
             caller_class: str | None = P.CALLER_CLIENT) -> list[str]:
@@ -305,6 +337,8 @@ class InProcessCluster:
                 continue
             if not fault.item:
                 fault.spend(fields.get("id") or fields.get("op"))
+                if fault.after:
+                    self._run(node, fields, frames, call.caller)
                 return Outcome(error=fault.error)
             specs = fields.get("blocks")
             if fields.get("op") != "put_blocks" or not isinstance(specs, list) \
