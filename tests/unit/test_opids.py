@@ -133,6 +133,17 @@ def test_client_retries_a_lost_reply_without_applying_twice(cluster):
     assert fs.retrier.retries >= 5
 
 
+def test_a_retried_exclusive_copy_answers_its_first_answer(cluster):
+    fs = cluster.client()
+    fs.write_bytes("/src", b"s" * 5000)
+    cluster.fail("mds", "copy", after=True)     # applied, then the reply is lost
+    assert fs.copy("/src", "/dst", exclusive=True) == "/dst"     # retried: not EEXIST
+    assert fs.read_bytes("/dst") == b"s" * 5000
+    assert fs.retrier.retries >= 1
+    with pytest.raises(FileExistsError):        # a new copy is a new operation
+        fs.copy("/src", "/dst", exclusive=True)
+
+
 def test_window_is_bounded_by_count_and_age():
     ops = OpResults(max_count=3, max_age=10.0)
     for i in range(5):
