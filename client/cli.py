@@ -754,6 +754,10 @@ from .cli_users import user, whoami  # noqa: E402
 cli.add_command(user)
 cli.add_command(whoami)
 cli.add_command(__import__("client.s3.cli", fromlist=["s3"]).s3)   # the S3 gateway group
+from .mount.cli import mount, umount  # noqa: E402  (the FUSE mount; mfusepy loads lazily)
+
+cli.add_command(mount)
+cli.add_command(umount)
 
 
 def main() -> None:

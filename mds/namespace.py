@@ -26,6 +26,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     rename       {src, dst, mtime}             exact target; see resolve_move()
     chmod        {path, mode, ctime}
     chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
+    utimes       {path, mtime, ctime}          utimensat (atime is not kept)
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
@@ -133,6 +134,7 @@ class Namespace:
             "rename": (t.check_rename, self._apply_rename),
             "chmod": (t.check_attr, self._apply_attr),
             "chown": (t.check_attr, self._apply_attr),
+            "utimes": (t.check_utimes, self._apply_utimes),
             "set_replicas": (b.check_set_replicas, b.apply_set_replicas),
             "queue_delete": (b.check_queue_delete, b.apply_queue_delete),
             "ack_delete": (b.check_ack_delete, b.apply_ack_delete),
@@ -578,6 +580,29 @@ class Namespace:
         self.tree.set_attrs(node, mode, owner, group, rec["ctime"])
         return {"path": rec["path"], "type": "dir" if type(node) is Dir else "file",
                 "mode": mode, "owner": owner, "group": group}
+
+    def prepare_utimes(self, path: str, mtime: float | None, *,
+                       cred: Cred | None = None) -> dict:
+        """utimensat: `mtime` None means now. A given time needs the owner or the
+        superuser (EPERM); "now" also lets anyone with write permission (EACCES)."""
+        path = paths.normalize(path)
+        _, node = self.tree.node(path, cred)
+        _, owner, _, _ = self.tree.attrs(node)
+        now = self._clock()
+        who = perms.ROOT_CRED if cred is None else cred
+        if not who.superuser and who.user != owner:
+            if mtime is not None:
+                raise PermissionError(errno.EPERM, "Operation not permitted", path)
+            self.tree.need(cred, node, perms.W, path)
+        rec = {"op": "utimes", "path": path, "mtime": now if mtime is None else mtime,
+               "ctime": now}
+        self.tree.check_utimes(rec)
+        return rec
+
+    def _apply_utimes(self, rec: Mapping) -> dict:
+        _, node = self.tree.node(rec["path"])
+        self.tree.set_times(node, rec["mtime"], rec["ctime"])
+        return {"path": rec["path"], "mtime": rec["mtime"]}
 
     # ------------------------------------------------------------------ blocks
 

@@ -26,8 +26,8 @@ import msgpack
 from broker import protocol as P
 from broker.capability import RECEIPT_BYTES
 from broker.limits import FIRST_ALLOCATION, MAX_ALLOCATE, MAX_BATCH, MAX_DELETES, MDS_SERVICE
-from broker.service import (EVERYONE, Bool, Bytes, Context, Int, List, Map, Nil, OneOf,
-                            Request, Service, Str, operation)
+from broker.service import (EVERYONE, Bool, Bytes, Context, Float, Int, List, Map, Nil,
+                            OneOf, Request, Service, Str, operation)
 
 from .cluster import ClusterView
 from .grants import Grants
@@ -48,7 +48,8 @@ MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowled
 MAX_STAT_CAPS = 4096
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
-                       "commit", "abort", "renew", "rm", "chmod", "chown"})
+                       "commit", "abort", "renew", "rm", "chmod", "chown", "rename",
+                       "utimens"})
 
 CLIENT = frozenset({P.CALLER_CLIENT})
 DATANODE = frozenset({P.CALLER_DATANODE})
@@ -127,11 +128,14 @@ class Handlers:
         ctx.emit("dir.create", path=h["path"])
         return {}
 
-    @operation({"path": PATH}, callers=CLIENT)
+    @operation({"path": PATH, "start_after?": Str(MAX_NAME), "limit?": Int(1, 1 << 31)},
+               callers=CLIENT)
     def ls(self, h: dict, payload: list, ctx: Context) -> dict:
         """List `path` -> entries: [{name, type: file/dir, size, mtime, mode, owner, group,
-        ctime, atime}]. Needs read on a directory listed (EACCES)."""
-        return {"entries": self.ns.ls(h["path"], cred=cred_of(ctx))}
+        ctime, atime}], sorted by name; a page: `limit` entries after `start_after`.
+        Needs read on a directory listed (EACCES)."""
+        return {"entries": self.ns.ls(h["path"], start_after=h.get("start_after"),
+                                      limit=h.get("limit"), cred=cred_of(ctx))}
 
     @operation({"path": PATH, "read?": Bool(), "caps_from?": COUNT}, callers=CLIENT)
     def stat(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -354,6 +358,35 @@ class Handlers:
         self.submit(lambda ns: ns.prepare_rename(h["src"], dst, cred=cred))
         ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
+
+    @operation({"src": PATH, "dst": PATH, "noreplace?": Bool()}, callers=CLIENT)
+    def rename(self, h: dict, payload: list, ctx: Context) -> dict:
+        """rename(2): `src` becomes exactly `dst` -> {path}. A file replaces a file, a
+        directory an empty directory (ENOTEMPTY, EISDIR, ENOTDIR otherwise); with
+        `noreplace`, EEXIST when `dst` exists. Permissions as mv."""
+        cred = cred_of(ctx)
+        if h.get("noreplace"):
+            try:
+                self.ns.stat(h["dst"], cred=cred)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                raise FileExistsError(errno.EEXIST, "File exists", h["dst"])
+        result = self.submit(lambda ns: ns.prepare_rename(h["src"], h["dst"], cred=cred))
+        ctx.emit("file.rename", src=result["src"], dst=result["dst"])
+        return {"path": result["dst"]}
+
+    @operation({"path": PATH, "mtime?": Float(-1e11, 1e11), "atime?": Float(-1e11, 1e11)},
+               callers=CLIENT)
+    def utimens(self, h: dict, payload: list, ctx: Context) -> dict:
+        """utimensat(2): set the mtime of `path` (now when absent) -> {path, mtime}. An
+        explicit time needs the owner or the superuser (EPERM); now, write permission
+        too (EACCES). atime is accepted and not kept (reported as the mtime)."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_utimes(h["path"], h.get("mtime"),
+                                                          cred=cred))
+        ctx.emit("file.attr", path=result["path"], mtime=result["mtime"])
+        return result
 
     @operation({"path": PATH, "mode": MODE}, callers=CLIENT)
     def chmod(self, h: dict, payload: list, ctx: Context) -> dict:

@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 
 from mds import paths, perms
 from mds.fields import check, error, is_time
-from mds.inode import Dir, Inode, Names
+from mds.inode import ATTR, ATTR_OFFSET, BASE, Dir, Inode, Names
 from mds.perms import SEARCH, W, Cred
 
 WX = W | SEARCH
@@ -183,6 +183,16 @@ class Tree:
         else:
             node.meta = node.with_attrs(mode, uid, gid, ctime)
 
+    def set_times(self, node: Dir | Inode, mtime: float, ctime: float) -> None:
+        if type(node) is Dir:
+            node.mtime, node.ctime = mtime, ctime
+        else:
+            ino, size, _, repl, bsize = node.header()
+            mode, uid, gid, _ = node.attrs()
+            node.meta = (BASE.pack(ino, size, mtime, repl, bsize)
+                         + ATTR.pack(mode, uid, gid, ctime)
+                         + node.meta[ATTR_OFFSET + ATTR.size:])
+
     def touch(self, node: Dir | Inode, ctime: float) -> None:
         """The ctime of a node whose metadata changed (a rename)."""
         if type(node) is Dir:
@@ -296,6 +306,14 @@ class Tree:
             raise error(errno.ENOTDIR, dst)
         if type(target) is Dir and target.children:
             raise error(errno.ENOTEMPTY, dst)
+
+    def check_utimes(self, rec: Mapping) -> None:
+        """utimes {path, mtime, ctime} records."""
+        path = rec["path"]
+        self.canonical(path)
+        check(is_time(rec["ctime"]), path, "bad ctime")
+        check(is_time(rec["mtime"]), path, "bad mtime")
+        self.node(path)
 
     def check_attr(self, rec: Mapping) -> None:
         """chmod {path, mode, ctime} and chown {path, owner, group, ctime} records."""

@@ -1,0 +1,377 @@
+"""The FUSE operations of `aegisfs mount` over AegisClient (mfusepy's fusepy-style API).
+
+The MDS is the authority for names and attributes; the kernel checks permissions from
+the attributes reported here (`default_permissions`), the MDS checks them again for the
+mount's own key. Attributes listed by readdir are kept for attr_timeout seconds, so an
+`ls -l` costs one paged listing, not a stat per entry; every change made through this
+mount drops what it touched. Files: see handles.py.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as S
+import threading
+import time
+from typing import Any, Iterator
+
+import mfusepy
+
+from .conn import MountClient
+from .handles import FileHandle
+from .ids import IdMap
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000                   # entries per MDS ls request: memory bounded, no ceiling
+BLKSIZE = 128 * 1024          # st_blksize: what tools should write at a time
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+NEW_FILE_MODE = 0o644         # what the MDS gives a create without a mode (0o666 & ~022)
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _ns(t: Any) -> int:
+    return int(float(t or 0) * 1e9)
+
+
+class AttrCache:
+    """path -> (deadline, attrs); short-lived, dropped on every change through us."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._d: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> dict | None:
+        hit = self._d.get(path)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, path: str, attrs: dict) -> None:
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._d) > 200_000:
+                    self._d.clear()
+                self._d[path] = (time.monotonic() + self.ttl, attrs)
+
+    def drop(self, *paths: str) -> None:
+        with self._lock:
+            for p in paths:
+                self._d.pop(p, None)
+                self._d.pop(_parent(p), None)
+
+    def drop_tree(self, path: str) -> None:
+        with self._lock:
+            prefix = path.rstrip("/") + "/"
+            for p in [p for p in self._d if p == path or p.startswith(prefix)]:
+                del self._d[p]
+            self._d.pop(_parent(path), None)
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+class AegisOperations(mfusepy.Operations):
+    use_ns = True
+
+    def __init__(self, fs: MountClient, ids: IdMap, *, attr_timeout: float = 1.0,
+                 spool_dir: str | None = None) -> None:
+        self.fs = fs
+        self.ids = ids
+        self.cache = AttrCache(attr_timeout)
+        self.spool_dir = spool_dir
+        self._handles: dict[int, FileHandle] = {}
+        self._by_path: dict[str, set[int]] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+        self._statfs: tuple[float, dict] | None = None
+
+    # -- attributes --------------------------------------------------------------------
+
+    def _attrs(self, e: dict) -> dict:
+        kind = S.S_IFDIR if e.get("type") == "dir" else S.S_IFREG
+        size = int(e.get("size") or 0)
+        mtime = _ns(e.get("mtime"))
+        return {"st_mode": kind | int(e.get("mode", 0o644)),
+                "st_nlink": int(e.get("nlink") or (2 if kind == S.S_IFDIR else 1)),
+                "st_uid": self.ids.uid_of(str(e.get("owner", self.ids.user))),
+                "st_gid": self.ids.gid_of(str(e.get("group", self.ids.user))),
+                "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": BLKSIZE,
+                "st_mtime": mtime, "st_ctime": _ns(e.get("ctime")) or mtime,
+                "st_atime": _ns(e.get("atime")) or mtime}
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        h = self._handles.get(fh) if fh else None
+        if h is None:
+            with self._lock:
+                open_ = [self._handles[i] for i in self._by_path.get(path, ())]
+            h = next((o for o in open_ if o.dirty), None)
+        cached = self.cache.get(path)
+        if cached is None:
+            with self.fs.using():
+                info = self.fs._mds(path, "stat", path=path)
+            info.pop("blocks", None)
+            cached = self._attrs(info)
+            self.cache.put(path, cached)
+        if h is not None and h.dirty:        # our own unflushed writes
+            cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
+        return cached
+
+    def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict, int]]:
+        yield "."
+        yield ".."
+        base = path.rstrip("/")
+        for e in self._list(path):
+            attrs = self._attrs(e)
+            self.cache.put(f"{base}/{e['name']}", attrs)
+            yield e["name"]
+
+    def _list(self, path: str) -> Iterator[dict]:
+        after: str | None = None
+        while True:
+            fields: dict[str, Any] = {"path": path, "limit": PAGE}
+            if after is not None:
+                fields["start_after"] = after
+            with self.fs.using():
+                entries = self.fs._mds(path, "ls", **fields)["entries"]
+            yield from entries
+            if len(entries) < PAGE:
+                return
+            after = entries[-1]["name"]
+
+    def statfs(self, path: str) -> dict:
+        now = time.monotonic()
+        if self._statfs is None or self._statfs[0] < now:
+            with self.fs.using():
+                nodes = self.fs.status().get("nodes") or []
+            live = [n for n in nodes if n.get("state") in ("up", "live", "alive")] or nodes
+            cap = sum(int(n.get("capacity") or 0) for n in live)
+            used = sum(int(n.get("used") or 0) for n in live)
+            bs = 4096
+            free = max(0, cap - used) // bs
+            self._statfs = (now + 5.0, {
+                "f_bsize": bs, "f_frsize": bs, "f_blocks": cap // bs, "f_bfree": free,
+                "f_bavail": free, "f_files": 1 << 32, "f_ffree": 1 << 31,
+                "f_favail": 1 << 31, "f_namemax": 255})
+        return self._statfs[1]
+
+    # -- namespace ---------------------------------------------------------------------
+
+    def _fix_new(self, path: str, mode: int, created: dict | None = None) -> None:
+        """The MDS applies its own umask and makes the key's user the owner; the kernel
+        already applied the caller's umask, and the entry belongs to the caller."""
+        uid, gid, _ = mfusepy.fuse_get_context()
+        want = mode & 0o7777
+        with self.fs.using():
+            if created is None or int(created.get("mode", -1)) != want:
+                self.fs.chmod(path, want)
+            owner, group = self.ids.user_name(uid), self.ids.group_name(gid)
+            if owner != self.ids.user or group != self.ids.user:
+                try:
+                    self.fs.chown(path, owner=owner, group=group)
+                except PermissionError:     # a mount of a plain user: its files
+                    log.debug("%s stays the mount user's", path)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        with self.fs.using():
+            self.fs._mds(path, "mkdir", path=path, mode=mode & 0o7777)
+        self.cache.drop(path)
+        if mode & 0o022 or self._foreign():
+            self._fix_new(path, mode)
+        return 0
+
+    def _foreign(self) -> bool:
+        uid, gid, _ = mfusepy.fuse_get_context()
+        return uid != self.ids.uid or gid != self.ids.gid
+
+    def rmdir(self, path: str) -> int:
+        with self.fs.using():
+            if self.fs._mds(path, "stat", path=path)["type"] != "dir":
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+            self.fs._mds(path, "rm", path=path)
+        self.cache.drop_tree(path)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        with self.fs.using():
+            if self.fs._mds(path, "stat", path=path)["type"] == "dir":
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+            self.fs._mds(path, "rm", path=path)
+        self.cache.drop(path)
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & RENAME_EXCHANGE:
+            raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        fields: dict[str, Any] = {"src": old, "dst": new}
+        if flags & RENAME_NOREPLACE:
+            fields["noreplace"] = True
+        with self.fs.using():
+            self.fs._mds(f"{old} -> {new}", "rename", **fields)
+        self.cache.drop_tree(old)
+        self.cache.drop_tree(new)
+        with self._lock:
+            moved = self._by_path.pop(old, None)
+            if moved:
+                self._by_path.setdefault(new, set()).update(moved)
+                for i in moved:
+                    self._handles[i].path = new
+        return 0
+
+    def chmod(self, path: str, mode: int) -> int:
+        with self.fs.using():
+            self.fs.chmod(path, mode & 0o7777)
+        self.cache.drop(path)
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        owner = None if uid < 0 else self.ids.user_name(uid)
+        group = None if gid < 0 else self.ids.group_name(gid)
+        if owner is None and group is None:
+            with self.fs.using():      # POSIX: chown(-1, -1) still changes ctime
+                info = self.fs._mds(path, "stat", path=path)
+            owner = info["owner"]
+        with self.fs.using():
+            self.fs.chown(path, owner=owner, group=group)
+        self.cache.drop(path)
+        return 0
+
+    def utimens(self, path: str, times: Any = None) -> int:
+        fields: dict[str, Any] = {"path": path}
+        if times is not None:
+            atime, mtime = times
+            for key, ts in (("atime", atime), ("mtime", mtime)):
+                if ts is None:
+                    continue
+                if ts.tv_nsec == UTIME_OMIT:
+                    continue
+                fields[key] = time.time() if ts.tv_nsec == UTIME_NOW \
+                    else ts.tv_sec + ts.tv_nsec / 1e9
+        with self.fs.using():
+            self.fs._mds(path, "utimens", **fields)
+        self.cache.drop(path)
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        raise PermissionError(errno.EPERM, "symbolic links are not supported", target)
+
+    def link(self, target: str, source: str) -> int:
+        raise PermissionError(errno.EPERM, "hard links are not supported", target)
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        if S.S_ISREG(mode):
+            self.release(path, self.create(path, mode))
+            return 0
+        raise PermissionError(errno.EPERM, "special files are not supported", path)
+
+    # -- files -------------------------------------------------------------------------
+
+    def _register(self, h: FileHandle) -> int:
+        with self._lock:
+            fh = self._next
+            self._next += 1
+            self._handles[fh] = h
+            self._by_path.setdefault(h.path, set()).add(fh)
+        return fh
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        flags = int(getattr(fi, "flags", fi or 0))
+        with self.fs.using():
+            # the name exists from now on, empty; the data replaces it at close
+            self.fs.write_bytes(path, b"", parents=False,
+                                exclusive=bool(flags & os.O_EXCL))
+        self.cache.drop(path)
+        if mode & 0o7777 != NEW_FILE_MODE or self._foreign():
+            self._fix_new(path, mode, {"mode": NEW_FILE_MODE})
+        return self._register(FileHandle(self.fs, path, flags or os.O_WRONLY, 0,
+                                         self.spool_dir))
+
+    def open(self, path: str, flags: int) -> int:
+        with self.fs.using():
+            info = self.fs._mds(path, "stat", path=path)
+        if info["type"] == "dir":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        h = FileHandle(self.fs, path, flags, int(info.get("size") or 0), self.spool_dir)
+        if flags & os.O_TRUNC and h.base_size:
+            with h.lock:
+                h.truncate(0)
+        return self._register(h)
+
+    def _handle(self, fh: int) -> FileHandle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return h
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        h = self._handle(fh)
+        with h.lock:
+            return h.read(size, offset)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        h = self._handle(fh)
+        with h.lock:
+            return h.write(data, offset)
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        h = self._handles.get(fh) if fh else None
+        if h is not None:
+            with h.lock:
+                h.truncate(length)
+        else:
+            tmp = FileHandle(self.fs, path, os.O_RDWR, self._size(path), self.spool_dir)
+            try:
+                tmp.truncate(length)
+                tmp.flush()
+            finally:
+                tmp.release()
+        self.cache.drop(path)
+        return 0
+
+    def _size(self, path: str) -> int:
+        with self.fs.using():
+            info = self.fs._mds(path, "stat", path=path)
+        if info["type"] == "dir":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        return int(info.get("size") or 0)
+
+    def flush(self, path: str, fh: int) -> int:
+        h = self._handle(fh)
+        with h.lock:
+            h.flush()
+        self.cache.drop(h.path)
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return self.flush(path, fh)
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+            if h is not None:
+                ids = self._by_path.get(h.path)
+                if ids is not None:
+                    ids.discard(fh)
+                    if not ids:
+                        del self._by_path[h.path]
+        if h is not None:
+            with h.lock:
+                try:
+                    if h.dirty:          # flush failed (reported then): nothing half-done
+                        log.warning("%s: closed with uncommitted writes; dropped", h.path)
+                finally:
+                    h.release()
+            self.cache.drop(h.path)
+        return 0
+
+    def destroy(self, path: str) -> None:
+        """Unmount: open drafts are aborted (a file not closed is not committed)."""
+        for fh in list(self._handles):
+            try:
+                self.release("", fh)
+            except OSError as exc:
+                log.warning("unmount: %s", exc)
+        self.fs.close()
