@@ -271,14 +271,20 @@ class Namespace:
     # ------------------------------------------------------------------ mkdir
 
     @staticmethod
-    def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool) -> dict:
+    def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool,
+                      kind: str | None = None) -> dict:
         """A new entry belongs to its creator (the superuser when no cred is given) and
-        its primary group; mode = requested (default 0o777 / 0o666) & ~umask."""
+        its primary group; mode = requested (default 0o777 / 0o666) & ~umask, with the
+        kind's S_IFMT bits for a file that is not regular (perms.FILE_KINDS)."""
         user = perms.SUPERUSER if cred is None else cred.user
         group = perms.SUPERUSER if cred is None else cred.group
         if mode is not None and not (type(mode) is int and 0 <= mode <= perms.MODE_BITS):
             raise error(errno.EINVAL, None, f"mode must be 0..0o{perms.MODE_BITS:o}")
-        return {"owner": user, "group": group, "mode": perms.new_mode(mode, is_dir=is_dir)}
+        if kind is not None and kind not in perms.FILE_KINDS:
+            raise error(errno.EINVAL, None, f"kind must be one of {sorted(perms.FILE_KINDS)}")
+        bits = perms.FILE_KINDS[kind] if kind else 0
+        return {"owner": user, "group": group,
+                "mode": bits | perms.new_mode(mode, is_dir=is_dir)}
 
     def prepare_mkdir(self, path: str, *, parents: bool = False, cred: Cred | None = None,
                       mode: int | None = None) -> dict:
@@ -300,7 +306,8 @@ class Namespace:
     def prepare_create(self, path: str, *, handle: str | None = None,
                        replication: int | None = None, block_size: int | None = None,
                        parents: bool = False, lease: float | None = None,
-                       cred: Cred | None = None, mode: int | None = None) -> dict:
+                       cred: Cred | None = None, mode: int | None = None,
+                       kind: str | None = None) -> dict:
         now = self._clock()
         rec = {"op": "create", "path": paths.normalize(path),
                "handle": handle if handle is not None else self._random(12).hex(),
@@ -308,7 +315,7 @@ class Namespace:
                "block_size": self.config.block_size if block_size is None else block_size,
                "parents": bool(parents),
                "lease": now + (self.config.lease if lease is None else lease), "mtime": now,
-               **self._owner_fields(cred, mode, False)}
+               **self._owner_fields(cred, mode, False, kind)}
         self._check_create(rec, cred)
         return rec
 
@@ -477,6 +484,7 @@ class Namespace:
         old = self.tree.attach(d.path, inode, rec["mtime"])
         if type(old) is Inode:   # replacing a file keeps its owner, group and mode
             mode, uid, gid, _ = old.attrs()
+            mode = mode & perms.MODE_BITS | d.mode & perms.KIND_BITS   # the new kind
             inode.meta = inode.with_attrs(mode, uid, gid, rec["mtime"])
         if old is not None:
             self._release_file(old)
@@ -574,12 +582,12 @@ class Namespace:
         _, node = self.tree.node(rec["path"])
         mode, owner, group, _ = self.tree.attrs(node)
         if rec["op"] == "chmod":
-            mode = rec["mode"]
+            mode = mode & perms.KIND_BITS | rec["mode"]
         else:
             owner, group = rec["owner"], rec["group"]
         self.tree.set_attrs(node, mode, owner, group, rec["ctime"])
         return {"path": rec["path"], "type": "dir" if type(node) is Dir else "file",
-                "mode": mode, "owner": owner, "group": group}
+                "mode": mode & perms.MODE_BITS, "owner": owner, "group": group}
 
     def prepare_utimes(self, path: str, mtime: float | None, *,
                        cred: Cred | None = None) -> dict:

@@ -171,7 +171,8 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT)
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE, "kind?": Str(16)},
+               callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
@@ -179,7 +180,9 @@ class Handlers:
         `exclusive` it fails EEXIST when something exists at `path` already (the commit
         must then say `exclusive` too: that is the check that cannot race). The file will
         be the caller's with `mode` (default 0o666) & ~0o022; needs write and search on
-        the parent, and write on a file it would replace (EACCES)."""
+        the parent, and write on a file it would replace (EACCES). `kind` (symlink, fifo,
+        socket, chardev, blockdev) makes a file that is not regular: its content is the
+        link target, stat and ls name the kind."""
         cred = cred_of(ctx)
         if h.get("exclusive"):
             try:
@@ -190,7 +193,8 @@ class Handlers:
                 raise OSError(errno.EEXIST, "File exists", h["path"])
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
-            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode")))
+            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode"),
+            kind=h.get("kind")))
         draft = self.ns.draft_info(result["handle"])
         out = {"handle": draft["handle"], "path": draft["path"],
                "replication": draft["replication"], "block_size": draft["block_size"]}

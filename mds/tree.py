@@ -212,7 +212,7 @@ class Tree:
             check(isinstance(value, str) and 0 < len(value) <= MAX_NAME, name,
                   f"bad {key} name")
         mode = rec.get("mode", 0)
-        check(type(mode) is int and 0 <= mode <= perms.MODE_BITS, name, "bad mode")
+        check(perms.valid_mode(mode, rec.get("op") == "mkdir"), name, "bad mode")
 
     def check_mkdir(self, rec: Mapping, cred: Cred | None = None) -> None:
         path = rec["path"]
@@ -333,8 +333,11 @@ class Tree:
         """The POSIX attributes of a node, as stat and ls give them (atime is the mtime:
         reads are not recorded)."""
         mode, owner, group, ctime = self.attrs(node)
-        return {"mode": mode, "owner": owner, "group": group, "ctime": ctime,
-                "atime": node.mtime if type(node) is Dir else node.header()[2]}
+        out = {"mode": mode & perms.MODE_BITS, "owner": owner, "group": group,
+               "ctime": ctime, "atime": node.mtime if type(node) is Dir else node.header()[2]}
+        if mode & perms.KIND_BITS:
+            out["kind"] = perms.KIND_NAMES[mode & perms.KIND_BITS]
+        return out
 
     def stat(self, path: str, cred: Cred | None = None) -> dict:
         """Needs search permission on the ancestors only (as POSIX stat)."""

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import mfusepy
 
+from ..streams import BlockWriter
 from .conn import MountClient
 from .handles import FileHandle
 from .ids import IdMap
@@ -28,6 +29,9 @@ PAGE = 1000                   # entries per MDS ls request: memory bounded, no c
 BLKSIZE = 128 * 1024          # st_blksize: what tools should write at a time
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 NEW_FILE_MODE = 0o644         # what the MDS gives a create without a mode (0o666 & ~022)
+KINDS = {"symlink": S.S_IFLNK, "fifo": S.S_IFIFO, "socket": S.S_IFSOCK,
+         "chardev": S.S_IFCHR, "blockdev": S.S_IFBLK}
+KIND_OF = {v: k for k, v in KINDS.items()}
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 
@@ -92,7 +96,7 @@ class AegisOperations(mfusepy.Operations):
     # -- attributes --------------------------------------------------------------------
 
     def _attrs(self, e: dict) -> dict:
-        kind = S.S_IFDIR if e.get("type") == "dir" else S.S_IFREG
+        kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(e.get("kind"), S.S_IFREG)
         size = int(e.get("size") or 0)
         mtime = _ns(e.get("mtime"))
         return {"st_mode": kind | int(e.get("mode", 0o644)),
@@ -209,6 +213,7 @@ class AegisOperations(mfusepy.Operations):
         fields: dict[str, Any] = {"src": old, "dst": new}
         if flags & RENAME_NOREPLACE:
             fields["noreplace"] = True
+        self._commit_open(old)    # a draft commits to the path it was created for
         with self.fs.using():
             self.fs._mds(f"{old} -> {new}", "rename", **fields)
         self.cache.drop_tree(old)
@@ -220,6 +225,13 @@ class AegisOperations(mfusepy.Operations):
                 for i in moved:
                     self._handles[i].path = new
         return 0
+
+    def _commit_open(self, path: str) -> None:
+        with self._lock:
+            handles = [self._handles[i] for i in self._by_path.get(path, ())]
+        for h in handles:
+            with h.lock:
+                h.flush()
 
     def chmod(self, path: str, mode: int) -> int:
         with self.fs.using():
@@ -255,17 +267,54 @@ class AegisOperations(mfusepy.Operations):
         self.cache.drop(path)
         return 0
 
+    def _special(self, path: str, kind: str, mode: int, content: bytes) -> None:
+        """A file that is not regular: its kind in the MDS mode, its content (a link's
+        target) committed at once, exclusively (EEXIST if the name is taken)."""
+        with self.fs.using() as mux:
+            created = self.fs._mds(path, "create", path=path, kind=kind, exclusive=True,
+                                   mode=mode & 0o7777, size=len(content))
+            w = BlockWriter(mux, path, created, window=1, size_hint=len(content),
+                            suspects=self.fs.suspects, timeout=self.fs.timeout)
+            w.exclusive = True
+            try:
+                if content:
+                    buf = w.buffer()
+                    buf[:len(content)] = content
+                    w.submit(len(content))
+                w.commit()
+            except BaseException:
+                w.abort()
+                raise
+        self.cache.drop(path)
+        if mode & 0o022 or self._foreign():
+            self._fix_new(path, mode, {"mode": mode & 0o7777 & ~0o022})
+
     def symlink(self, target: str, source: str) -> int:
-        raise PermissionError(errno.EPERM, "symbolic links are not supported", target)
+        data = source.encode("utf-8", "surrogateescape")
+        if len(data) >= 4096:
+            raise OSError(errno.ENAMETOOLONG, "File name too long", target)
+        self._special(target, "symlink", 0o777, data)
+        return 0
+
+    def readlink(self, path: str) -> str:
+        with self.fs.using():
+            data = self.fs.read_bytes(path)
+        return data.decode("utf-8", "surrogateescape")
 
     def link(self, target: str, source: str) -> int:
         raise PermissionError(errno.EPERM, "hard links are not supported", target)
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
+        """Regular files, FIFOs, sockets and device nodes (the device number is not
+        kept: st_rdev is 0; the mount is nodev anyway)."""
         if S.S_ISREG(mode):
             self.release(path, self.create(path, mode))
             return 0
-        raise PermissionError(errno.EPERM, "special files are not supported", path)
+        kind = KIND_OF.get(S.S_IFMT(mode))
+        if kind is None or kind == "symlink":
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        self._special(path, kind, mode, b"")
+        return 0
 
     # -- files -------------------------------------------------------------------------
 
