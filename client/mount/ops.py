@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import mfusepy
 
 from ..streams import BlockWriter
+from .cache import AttrCache
 from .conn import MountClient
 from .handles import FileHandle
 from .ids import IdMap
@@ -37,45 +38,6 @@ UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 
 def _ns(t: Any) -> int:
     return int(float(t or 0) * 1e9)
-
-
-class AttrCache:
-    """path -> (deadline, attrs); short-lived, dropped on every change through us."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._d: dict[str, tuple[float, dict]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, path: str) -> dict | None:
-        hit = self._d.get(path)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
-
-    def put(self, path: str, attrs: dict) -> None:
-        if self.ttl > 0:
-            with self._lock:
-                if len(self._d) > 200_000:
-                    self._d.clear()
-                self._d[path] = (time.monotonic() + self.ttl, attrs)
-
-    def drop(self, *paths: str) -> None:
-        with self._lock:
-            for p in paths:
-                self._d.pop(p, None)
-                self._d.pop(_parent(p), None)
-
-    def drop_tree(self, path: str) -> None:
-        with self._lock:
-            prefix = path.rstrip("/") + "/"
-            for p in [p for p in self._d if p == path or p.startswith(prefix)]:
-                del self._d[p]
-            self._d.pop(_parent(path), None)
-
-
-def _parent(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
 
 
 class AegisOperations(mfusepy.Operations):

@@ -1,0 +1,162 @@
+"""The mount's open files over the in-process cluster: streamed writes commit whole on
+flush and never before, rewrites merge random writes into a new version, truncation, the
+error for a write behind blocks already sent; the id map and the attribute cache."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from client.mount.cache import AttrCache
+from client.mount.conn import MountClient
+from client.mount.handles import FileHandle
+from client.mount.ids import NOBODY, IdMap
+from tests.support.inprocess import ADMIN, InProcessCluster
+
+BS = 64 * 1024
+
+
+@pytest.fixture
+def cluster():  # type: ignore[no-untyped-def]
+    with InProcessCluster(block_size=BS) as c:
+        yield c
+
+
+@pytest.fixture
+def fs(cluster: InProcessCluster) -> MountClient:
+    m = MountClient("inprocess", transport=lambda: cluster.connect(ADMIN), config={})
+    yield m
+    m.close()
+
+
+def opened(fs: MountClient, path: str, flags: int) -> FileHandle:
+    size = int(fs.stat(path)["size"]) if fs.exists(path) else 0
+    return FileHandle(fs, path, flags, size, None)
+
+
+def test_stream_commits_on_flush_only(fs: MountClient) -> None:
+    fs.write_bytes("/f", b"")                      # what create() leaves: an empty file
+    h = opened(fs, "/f", os.O_WRONLY)
+    data = os.urandom(3 * BS + 123)
+    for off in range(0, len(data), 4096):
+        h.write(data[off:off + 4096], off)
+    assert h.stream is not None and h.stream.sent == 3 * BS     # full blocks left already
+    assert fs.read_bytes("/f") == b""                           # nothing visible yet
+    assert h.size == len(data)
+    h.flush()
+    assert fs.read_bytes("/f") == data
+    h.release()
+
+
+def test_release_without_flush_leaves_the_old_version(fs: MountClient,
+                                                      cluster: InProcessCluster) -> None:
+    fs.write_bytes("/f", b"")
+    h = opened(fs, "/f", os.O_WRONLY)
+    h.write(os.urandom(2 * BS), 0)
+    h.release()                                    # the daemon going away: no commit
+    assert fs.read_bytes("/f") == b""
+    assert "abort" in cluster.ops()
+
+
+def test_write_behind_sent_blocks_is_eio(fs: MountClient) -> None:
+    fs.write_bytes("/f", b"")
+    h = opened(fs, "/f", os.O_WRONLY)
+    h.write(b"a" * (BS + 10), 0)
+    h.write(b"B", BS + 2)                          # inside the block being filled: fine
+    with pytest.raises(OSError) as info:
+        h.write(b"x", 5)
+    assert info.value.errno == errno.EIO and "O_RDWR" in str(info.value)
+    h.flush()
+    got = fs.read_bytes("/f")
+    assert got == b"a" * (BS + 2) + b"B" + b"a" * 7
+    h.release()
+
+
+def test_holes_are_zeros(fs: MountClient) -> None:
+    fs.write_bytes("/f", b"")
+    h = opened(fs, "/f", os.O_WRONLY)
+    h.write(b"x", 0)
+    h.write(b"y", 2 * BS + 1)
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/f") == b"x" + bytes(2 * BS) + b"y"
+
+
+def test_random_writes_rewrite_the_file(fs: MountClient) -> None:
+    base = os.urandom(3 * BS)
+    fs.write_bytes("/f", base)
+    h = opened(fs, "/f", os.O_RDWR)
+    assert h.read(10, BS) == base[BS:BS + 10]     # reads the committed version
+    h.write(b"Z" * 100, BS - 50)
+    h.write(b"end", len(base))                     # an append
+    assert h.read(200, BS - 100) == base[BS - 100:BS - 50] + b"Z" * 100 + base[BS + 50:BS + 100]
+    assert fs.read_bytes("/f") == base             # not before the flush
+    h.flush()
+    want = base[:BS - 50] + b"Z" * 100 + base[BS + 50:] + b"end"
+    assert fs.read_bytes("/f") == want
+    h.write(b"again", 0)                           # after a flush, still writable
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/f") == b"again" + want[5:]
+    assert fs.stat("/f")["mode"] == 0o644          # a new version keeps the attributes
+
+
+def test_truncate(fs: MountClient) -> None:
+    fs.write_bytes("/f", b"0123456789" * 1000)
+    h = opened(fs, "/f", os.O_RDWR)
+    h.truncate(5)
+    assert h.size == 5
+    h.flush()
+    assert fs.read_bytes("/f") == b"01234"
+    h.truncate(8)                                  # growing: zeros
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/f") == b"01234\0\0\0"
+    h = opened(fs, "/f", os.O_WRONLY)
+    h.truncate(0)                                  # to zero: an empty version at once
+    assert fs.read_bytes("/f") == b""
+    h.write(b"new", 0)
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/f") == b"new"
+
+
+def test_rdwr_on_a_new_file_spools(fs: MountClient) -> None:
+    fs.write_bytes("/db", b"")
+    h = opened(fs, "/db", os.O_RDWR)
+    h.write(b"page2" * 10, 4096)
+    h.write(b"header", 0)                          # a database's header, written last
+    h.flush()
+    h.release()
+    got = fs.read_bytes("/db")
+    assert got[:6] == b"header" and got[4096:4101] == b"page2" and len(got) == 4096 + 50
+
+
+def test_idmap_both_ways() -> None:
+    ids = IdMap("alice", uid=1000, gid=1000)
+    assert ids.uid_of("alice") == 1000 and ids.user_name(1000) == "alice"
+    assert ids.gid_of("alice") == 1000 and ids.group_name(1000) == "alice"
+    assert ids.uid_of("root") == 0 and ids.user_name(0) == "root"
+    assert ids.uid_of("4321") == 4321 and ids.user_name(4321) == "4321"
+    assert ids.uid_of("no-such-user-here") == NOBODY
+    # a local account named like the mount's user is not confused with it
+    assert IdMap("root", uid=1000, gid=1000).user_name(0) == "0"
+
+
+def test_attr_cache_expires_and_drops() -> None:
+    c = AttrCache(0.2)
+    c.put("/a/b", {"x": 1})
+    c.put("/a", {"x": 2})
+    c.put("/a/b/c", {"x": 3})
+    assert c.get("/a/b") == {"x": 1}
+    c.drop("/a/b")                                 # the entry and its parent
+    assert c.get("/a/b") is None and c.get("/a") is None and c.get("/a/b/c") == {"x": 3}
+    c.put("/a/b", {"x": 1})
+    c.drop_tree("/a/b")
+    assert c.get("/a/b/c") is None
+    c.put("/z", {"x": 4})
+    time.sleep(0.25)
+    assert c.get("/z") is None
+    assert AttrCache(0).get("/z") is None
