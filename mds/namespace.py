@@ -272,7 +272,7 @@ class Namespace:
 
     @staticmethod
     def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool,
-                      kind: str | None = None) -> dict:
+                      kind: str | None = None, umask: int | None = None) -> dict:
         """A new entry belongs to its creator (the superuser when no cred is given) and
         its primary group; mode = requested (default 0o777 / 0o666) & ~umask, with the
         kind's S_IFMT bits for a file that is not regular (perms.FILE_KINDS)."""
@@ -283,13 +283,14 @@ class Namespace:
         if kind is not None and kind not in perms.FILE_KINDS:
             raise error(errno.EINVAL, None, f"kind must be one of {sorted(perms.FILE_KINDS)}")
         bits = perms.FILE_KINDS[kind] if kind else 0
+        mask = perms.DEFAULT_UMASK if umask is None else umask & 0o777
         return {"owner": user, "group": group,
-                "mode": bits | perms.new_mode(mode, is_dir=is_dir)}
+                "mode": bits | perms.new_mode(mode, is_dir=is_dir, umask=mask)}
 
     def prepare_mkdir(self, path: str, *, parents: bool = False, cred: Cred | None = None,
-                      mode: int | None = None) -> dict:
+                      mode: int | None = None, umask: int | None = None) -> dict:
         rec = {"op": "mkdir", "path": paths.normalize(path), "parents": bool(parents),
-               "mtime": self._clock(), **self._owner_fields(cred, mode, True)}
+               "mtime": self._clock(), **self._owner_fields(cred, mode, True, umask=umask)}
         self.tree.check_mkdir(rec, cred)
         return rec
 
@@ -307,7 +308,7 @@ class Namespace:
                        replication: int | None = None, block_size: int | None = None,
                        parents: bool = False, lease: float | None = None,
                        cred: Cred | None = None, mode: int | None = None,
-                       kind: str | None = None) -> dict:
+                       kind: str | None = None, umask: int | None = None) -> dict:
         now = self._clock()
         rec = {"op": "create", "path": paths.normalize(path),
                "handle": handle if handle is not None else self._random(12).hex(),
@@ -315,7 +316,7 @@ class Namespace:
                "block_size": self.config.block_size if block_size is None else block_size,
                "parents": bool(parents),
                "lease": now + (self.config.lease if lease is None else lease), "mtime": now,
-               **self._owner_fields(cred, mode, False, kind)}
+               **self._owner_fields(cred, mode, False, kind, umask)}
         self._check_create(rec, cred)
         return rec
 

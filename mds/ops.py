@@ -64,6 +64,7 @@ CHECKSUM = Int(0, 0xFFFF_FFFF)
 # odd exclude entries are taken as (unknown) node names: they exclude nothing
 EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
 MODE = Int(0, MODE_BITS)
+UMASK = Int(0, 0o777)                 # the caller's umask (default 0o022; a mount: 0)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
 RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
@@ -117,14 +118,16 @@ class Handlers:
         """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT)
+    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE, "umask?": UMASK},
+               callers=CLIENT)
     def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make directory `path` (with missing parents when `parents`), owned by the
-        caller, with `mode` (default 0o777) & ~0o022 -> {}. Needs write and search on the
-        directory that gets the new entry (EACCES)."""
+        caller, with `mode` (default 0o777) & ~`umask` (default 0o022) -> {}. Needs
+        write and search on the directory that gets the new entry (EACCES)."""
         cred = cred_of(ctx)
         self.submit(lambda ns: ns.prepare_mkdir(h["path"], parents=bool(h.get("parents")),
-                                                cred=cred, mode=h.get("mode")))
+                                                cred=cred, mode=h.get("mode"),
+                                                umask=h.get("umask")))
         ctx.emit("dir.create", path=h["path"])
         return {}
 
@@ -171,7 +174,8 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE, "kind?": Str(16)},
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE, "kind?": Str(16),
+                "umask?": UMASK},
                callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
@@ -179,8 +183,8 @@ class Handlers:
         allocated at once ({id, nodes, caps} each, as allocate). Invisible until commit. With
         `exclusive` it fails EEXIST when something exists at `path` already (the commit
         must then say `exclusive` too: that is the check that cannot race). The file will
-        be the caller's with `mode` (default 0o666) & ~0o022; needs write and search on
-        the parent, and write on a file it would replace (EACCES). `kind` (symlink, fifo,
+        be the caller's with `mode` (default 0o666) & ~`umask` (0o022); needs write and
+        search on the parent, and write on a file it would replace (EACCES). `kind` (symlink, fifo,
         socket, chardev, blockdev) makes a file that is not regular: its content is the
         link target, stat and ls name the kind."""
         cred = cred_of(ctx)
@@ -194,7 +198,7 @@ class Handlers:
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents")), cred=cred, mode=h.get("mode"),
-            kind=h.get("kind")))
+            kind=h.get("kind"), umask=h.get("umask")))
         draft = self.ns.draft_info(result["handle"])
         out = {"handle": draft["handle"], "path": draft["path"],
                "replication": draft["replication"], "block_size": draft["block_size"]}

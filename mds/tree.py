@@ -154,6 +154,7 @@ class Tree:
             if child is None:
                 child = node.children[name] = Dir(mtime, mode if i == last else parent_mode,
                                                   uid, gid)
+                node.subdirs += 1
                 node.mtime = node.ctime = mtime
                 created += 1
             node = child
@@ -163,6 +164,8 @@ class Tree:
         names = paths.components(path)
         parent = self.walk_parent(path, names)
         node = parent.children.pop(names[-1])
+        if type(node) is Dir:
+            parent.subdirs -= 1
         parent.mtime = parent.ctime = mtime
         return node
 
@@ -172,6 +175,7 @@ class Tree:
         parent = self.walk_parent(path, names)
         old = parent.children.get(names[-1])
         parent.children[names[-1]] = node
+        parent.subdirs += (type(node) is Dir) - (type(old) is Dir)
         parent.mtime = parent.ctime = mtime
         return old
 
@@ -345,7 +349,8 @@ class Tree:
         _, node = self.node(path, cred)
         if type(node) is Dir:
             return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
-                    "entries": len(node.children), **self.describe(node)}
+                    "entries": len(node.children), "nlink": 2 + node.subdirs,
+                    **self.describe(node)}
         ino, size, mtime, repl, bsize = node.header()
         return {"path": path, "type": "file", "inode": ino, "size": size, "mtime": mtime,
                 "replication": repl, "block_size": bsize, "blocks": len(node.bids),
@@ -354,7 +359,7 @@ class Tree:
     def _entry(self, name: str, node: Dir | Inode) -> dict:
         if type(node) is Dir:
             return {"name": name, "type": "dir", "size": 0, "mtime": node.mtime,
-                    **self.describe(node)}
+                    "nlink": 2 + node.subdirs, **self.describe(node)}
         _, size, mtime, _, _ = node.header()
         return {"name": name, "type": "file", "size": size, "mtime": mtime,
                 **self.describe(node)}
@@ -466,10 +471,12 @@ class Tree:
         if legacy:
             for parent, name, mtime in zip(it, it, it):
                 d = dirs[parent].children[name] = Dir(mtime)
+                dirs[parent].subdirs += 1
                 dirs.append(d)
             return
         for parent, name, mtime, ctime, mode, uid, gid in zip(it, it, it, it, it, it, it):
             d = dirs[parent].children[name] = Dir(mtime, mode, uid, gid, ctime)
+            dirs[parent].subdirs += 1
             dirs.append(d)
 
     def finish_restore(self) -> int:

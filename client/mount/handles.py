@@ -2,8 +2,10 @@
 
 A handle is in one of three states. *clean*: nothing written; reads stream the version
 seen at open (close-to-open) with read-ahead. *stream*: a file that was empty at open and
-is written from its start: blocks go to the DataNodes as they fill, only the block being
-filled is in memory, and flush/fsync commits the draft (the new version appears whole).
+is written from its start: the first MiB stays in memory (a small file then costs one
+sized create, one put and one commit at flush), beyond that blocks go to the DataNodes
+as they fill, and flush/fsync commits the draft (the new version appears whole). A file
+made by create() exists only in this mount until its first flush (`fresh`).
 *spool*: any other write (random, O_RDWR, append to a non-empty file, truncate to a
 size > 0): the file is rewritten from a local copy - see `rewrite`, the one place to
 replace with copy-on-write of the touched blocks once the MDS can commit shared blocks.
@@ -15,10 +17,13 @@ import logging
 import os
 import tempfile
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
+
+from broker.limits import MDS_SERVICE
 
 from ..files import ReadFile
-from ..streams import BlockWriter, Mux
+from ..streams import BlockWriter, Mux, name_error
 from .conn import MountClient
 
 log = logging.getLogger(__name__)
@@ -27,24 +32,44 @@ ZEROS = bytes(1 << 20)
 
 
 class StreamWriter:
-    """A draft fed at increasing offsets; a write behind the block being filled is
+    """A new version fed at increasing offsets: the first SMALL bytes in memory, then a
+    draft whose blocks leave as they fill. A write behind the block being filled is
     refused (EIO) because earlier blocks have left for the DataNodes."""
 
-    def __init__(self, writer: BlockWriter) -> None:
-        self.w = writer
-        self.size = 0                 # bytes written (end of data)
-        self.sent = 0                 # bytes in submitted blocks
+    def __init__(self, open_draft: Callable[[int | None], BlockWriter]) -> None:
+        self._open = open_draft     # called with the final size when it is known
+        self.w: BlockWriter | None = None
+        self.head = bytearray()     # the content while no draft exists
+        self.size = 0               # bytes written (end of data)
+        self.sent = 0               # bytes in submitted blocks
         self._buf: memoryview | None = None
 
     def write(self, data: bytes | memoryview, offset: int) -> None:
-        view = memoryview(data).cast("B")
         assert offset >= self.sent
+        if self.w is None:
+            end = offset + len(data)
+            if end <= SMALL:
+                if offset > len(self.head):
+                    self.head.extend(bytes(offset - len(self.head)))
+                self.head[offset:end] = data
+                self.size = len(self.head)
+                return
+            self._start(None)
+        view = memoryview(data).cast("B")
         while offset > self.size:     # a hole: zeros (the store has no sparse files)
             gap = min(offset - self.size, len(ZEROS))
             self._append(memoryview(ZEROS)[:gap], self.size)
         self._append(view, offset)
 
+    def _start(self, size: int | None) -> None:
+        self.w = self._open(size)
+        head, self.head = self.head, bytearray()
+        self.size = 0
+        if head:
+            self._append(memoryview(head), 0)
+
     def _append(self, view: memoryview, offset: int) -> None:
+        assert self.w is not None
         while view.nbytes:
             if self._buf is None:
                 self._buf = self.w.buffer()
@@ -59,21 +84,30 @@ class StreamWriter:
                 self.sent = self.size
 
     def truncate(self, length: int) -> bool:
-        """Shrink or grow within the unsent block; False when that is not possible."""
+        """Shrink or grow within what is still here; False when that is not possible."""
         if length < self.sent:
             return False
-        if length > self.size:
+        if self.w is None and length <= SMALL:
+            del self.head[length:]
+            self.head.extend(bytes(length - len(self.head)))
+            self.size = length
+        elif length > self.size:
             self.write(b"", length)
         else:
             self.size = length
         return True
 
-    def head(self) -> bytes:
-        """The unsent bytes, when nothing was sent yet (to become a spool)."""
+    def unsent(self) -> bytes:
+        """The content, when nothing was sent yet (to become a spool)."""
         assert self.sent == 0
+        if self.w is None:
+            return bytes(self.head)
         return bytes(self._buf[:self.size]) if self._buf is not None else b""
 
     def commit(self) -> dict:
+        if self.w is None:
+            self._start(self.size)    # a small file: a sized create, one put, a commit
+        assert self.w is not None
         if self.size > self.sent:
             self._buf = None
             self.w.submit(self.size - self.sent)
@@ -82,10 +116,54 @@ class StreamWriter:
 
     def abort(self) -> None:
         self._buf = None
-        self.w.abort()
+        if self.w is not None:
+            self.w.abort()
 
 
-def rewrite(fs: MountClient, path: str, spool: Any) -> dict:
+SMALL = 1 << 20        # a new file's bytes kept in memory before a draft is opened
+
+
+def new_draft(fs: MountClient, mux: Mux, path: str, *, size: int | None = None,
+              mode: int | None = None, kind: str | None = None,
+              exclusive: bool = False, umask: int | None = None) -> BlockWriter:
+    """A draft of `path` with the attributes of a new file (ignored by the MDS when it
+    replaces one: a new version keeps owner, group and mode)."""
+    header: dict[str, Any] = {"op": "create", "path": path, "parents": False}
+    for key, value in (("size", size), ("mode", mode), ("kind", kind), ("umask", umask)):
+        if value is not None:
+            header[key] = value
+    if exclusive:
+        header["exclusive"] = True
+    try:
+        created = mux.call(MDS_SERVICE, header).result
+    except OSError as exc:
+        raise name_error(exc, path)
+    w = BlockWriter(mux, path, created, window=fs.window, size_hint=size,
+                    suspects=fs.suspects, timeout=fs.timeout)
+    w.exclusive = exclusive
+    return w
+
+
+def write_version(fs: MountClient, mux: Mux, path: str, src: Any, size: int,
+                  **new: Any) -> dict:
+    """Commit `size` bytes read from file object `src` as the new version of `path`."""
+    w = new_draft(fs, mux, path, size=size, **new)
+    try:
+        left = size
+        while left:
+            buf = w.buffer()
+            n = src.readinto(buf[:min(left, buf.nbytes)])
+            if not n:
+                raise OSError(errno.EIO, f"{path}: the local copy ended early")
+            w.submit(n)
+            left -= n
+        return w.commit()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, **new: Any) -> dict:
     """Commit the spool's whole content as the new version of `path`.
 
     This increment streams every byte into a new draft; with shared blocks (the MDS's
@@ -93,15 +171,17 @@ def rewrite(fs: MountClient, path: str, spool: Any) -> dict:
     and commit a block list that reuses the current version's others.
     """
     spool.seek(0)
-    return fs.put(spool, path, parents=False)
+    return write_version(fs, mux, path, spool, os.fstat(spool.fileno()).st_size, **new)
 
 
 class FileHandle:
     """One open file: its own Mux (streams keep requests in flight between calls) and a
-    lock (FUSE calls on one handle may come from several threads)."""
+    lock (FUSE calls on one handle may come from several threads). `fresh`: made by
+    create() and not committed yet; `new` holds its attributes for the first commit."""
 
     def __init__(self, fs: MountClient, path: str, flags: int, base_size: int,
-                 spool_dir: str | None) -> None:
+                 spool_dir: str | None, *, fresh: bool = False,
+                 new: dict[str, Any] | None = None) -> None:
         self.fs = fs
         self.path = path
         self.flags = flags
@@ -112,8 +192,14 @@ class FileHandle:
         self.reader: ReadFile | None = None
         self.stream: StreamWriter | None = None
         self.spool: Any = None
-        self.dirty = False
+        self.fresh = fresh
+        self.new = dict(new or {}) if fresh else {}
+        self.dirty = fresh             # a new file is committed even when left empty
+        self.wrote = False
+        self.unlinked = False
         self.broken = False
+        self.created = time.time()
+        self.owner = (os.getuid(), os.getgid())     # who made a fresh file (the caller)
 
     # -- state -------------------------------------------------------------------------
 
@@ -136,12 +222,13 @@ class FileHandle:
     def _to_spool(self) -> Any:
         """Switch to the spool state: a local copy of the current content."""
         if self.spool is None:
-            spool = tempfile.TemporaryFile(dir=self.spool_dir)
+            spool = tempfile.TemporaryFile(dir=self.spool_dir, buffering=0)
             if self.stream is not None:
-                spool.write(self.stream.head())
-                self.stream.abort()
+                spool.write(self.stream.unsent())
+                with self.fs.using(self.mux):
+                    self.stream.abort()
                 self.stream = None
-            elif self.base_size:
+            elif self.base_size and not self.fresh:
                 with self.fs.using(self.mux):
                     self.fs.get(self.path, spool)
             self.spool = spool
@@ -153,14 +240,17 @@ class FileHandle:
             self.reader.close()
             self.reader = None
 
+    def _draft(self, size: int | None) -> BlockWriter:
+        return new_draft(self.fs, self.mux, self.path, size=size, **self.new)
+
     # -- calls -------------------------------------------------------------------------
 
     def read(self, size: int, offset: int) -> bytes:
         if self.stream is not None:      # written and read back through one handle
-            self.flush()
+            self._to_spool() if self.stream.sent == 0 else self.flush()
         if self.spool is not None:
             return os.pread(self.spool.fileno(), size, offset)
-        if offset >= self.base_size:
+        if offset >= self.base_size or self.fresh:
             return b""
         r = self._open_reader()
         r.seek(offset)
@@ -169,13 +259,14 @@ class FileHandle:
     def write(self, data: bytes, offset: int) -> int:
         # O_RDWR means random access (databases, git's packs): rewrite from the start
         if self.spool is None and self.stream is None and self.base_size == 0 \
-                and not self.dirty and offset == 0 \
+                and not self.wrote and offset == 0 \
                 and self.flags & os.O_ACCMODE == os.O_WRONLY:
-            with self.fs.using(self.mux):
-                self.stream = StreamWriter(self.fs._writer(self.path, None, None, False))
+            self.stream = StreamWriter(self._draft)
+        self.wrote = True
         if self.stream is not None:
             if offset >= self.stream.sent:
-                self.stream.write(data, offset)
+                with self.fs.using(self.mux):
+                    self.stream.write(data, offset)
                 self.dirty = True
                 return len(data)
             raise OSError(errno.EIO, f"{self.path}: a write-only stream cannot go back "
@@ -187,22 +278,24 @@ class FileHandle:
         return n
 
     def truncate(self, length: int) -> None:
+        self.wrote = True
         if self.stream is not None and self.stream.truncate(length):
             self.dirty = True
             return
         if self.spool is None and length == 0:
             self._drop_reader()
-            with self.fs.using(self.mux):
-                self.fs.write_bytes(self.path, b"", parents=False)
-            self.base_size = 0
-            self.dirty = False
+            if not self.fresh:
+                with self.fs.using(self.mux):
+                    write_version(self.fs, self.mux, self.path, None, 0)
+                self.base_size = 0
+                self.dirty = False
             return
         self._to_spool().truncate(length)
         self.dirty = True
 
     def flush(self) -> None:
         """Commit what was written: the new version appears whole (close-to-open)."""
-        if not self.dirty:
+        if not self.dirty or self.unlinked:
             return
         with self.fs.using(self.mux):
             if self.stream is not None:
@@ -213,10 +306,16 @@ class FileHandle:
                     stream.abort()
                     self.broken = True
                     raise
-                self.base_size = int(result.get("size", stream.size))
+                size = stream.size
+            elif self.spool is not None:
+                result = rewrite(self.fs, self.mux, self.path, self.spool, **self.new)
+                size = self.size
             else:
-                result = rewrite(self.fs, self.path, self.spool)
-                self.base_size = int(result.get("size", self.size))
+                result = write_version(self.fs, self.mux, self.path, None, 0, **self.new)
+                size = 0
+        self.base_size = int(result.get("size", size))
+        self.fresh = False
+        self.new = {}
         self.dirty = False
         self._drop_reader()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from typing import Any, Callable
 
 NOBODY = 65534
 
@@ -33,7 +34,8 @@ class IdMap:
     def group_name(self, gid: int) -> str:
         return self._name("gn", gid, self.gid, grp.getgrgid, lambda e: e.gr_name)
 
-    def _lookup(self, kind: str, name: str, own: int, db, field) -> int:   # type: ignore[no-untyped-def]
+    def _lookup(self, kind: str, name: str, own: int, db: Callable[[str], Any],
+                field: Callable[[Any], int]) -> int:
         if name == self.user:
             return own
         key = (kind, name)
@@ -44,7 +46,8 @@ class IdMap:
                 self._memo[key] = int(name) if name.isdigit() else NOBODY
         return self._memo[key]  # type: ignore[return-value]
 
-    def _name(self, kind: str, num: int, own: int, db, field) -> str:   # type: ignore[no-untyped-def]
+    def _name(self, kind: str, num: int, own: int, db: Callable[[int], Any],
+              field: Callable[[Any], str]) -> str:
         if num == own:
             return self.user
         key = (kind, num)

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import mfusepy
 
 from ..streams import BlockWriter
-from .cache import AttrCache
+from .cache import AttrCache, _parent
 from .conn import MountClient
 from .handles import FileHandle
 from .ids import IdMap
@@ -69,12 +69,24 @@ class AegisOperations(mfusepy.Operations):
                 "st_mtime": mtime, "st_ctime": _ns(e.get("ctime")) or mtime,
                 "st_atime": _ns(e.get("atime")) or mtime}
 
+    def _open_on(self, path: str) -> list[FileHandle]:
+        with self._lock:
+            return [self._handles[i] for i in self._by_path.get(path, ())]
+
+    def _fresh_attrs(self, h: FileHandle) -> dict:
+        """A file made here and not committed yet: only this mount knows it."""
+        t = int(h.created * 1e9)
+        return {"st_mode": S.S_IFREG | int(h.new.get("mode", NEW_FILE_MODE)),
+                "st_nlink": 1, "st_uid": h.owner[0], "st_gid": h.owner[1],
+                "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
+                "st_mtime": t, "st_ctime": t, "st_atime": t}
+
     def getattr(self, path: str, fh: int | None = None) -> dict:
         h = self._handles.get(fh) if fh else None
         if h is None:
-            with self._lock:
-                open_ = [self._handles[i] for i in self._by_path.get(path, ())]
-            h = next((o for o in open_ if o.dirty), None)
+            h = next((o for o in self._open_on(path) if o.dirty and not o.unlinked), None)
+        if h is not None and h.fresh:
+            return self._fresh_attrs(h)
         cached = self.cache.get(path)
         if cached is None:
             with self.fs.using():
@@ -90,10 +102,17 @@ class AegisOperations(mfusepy.Operations):
         yield "."
         yield ".."
         base = path.rstrip("/")
+        with self._lock:
+            fresh = {p.rsplit("/", 1)[1] for p, ids in self._by_path.items()
+                     if _parent(p) == path and any(self._handles[i].fresh
+                                                   and not self._handles[i].unlinked
+                                                   for i in ids)}
         for e in self._list(path):
             attrs = self._attrs(e)
             self.cache.put(f"{base}/{e['name']}", attrs)
+            fresh.discard(e["name"])
             yield e["name"]
+        yield from sorted(fresh)
 
     def _list(self, path: str) -> Iterator[dict]:
         after: str | None = None
@@ -126,27 +145,25 @@ class AegisOperations(mfusepy.Operations):
 
     # -- namespace ---------------------------------------------------------------------
 
-    def _fix_new(self, path: str, mode: int, created: dict | None = None) -> None:
-        """The MDS applies its own umask and makes the key's user the owner; the kernel
-        already applied the caller's umask, and the entry belongs to the caller."""
-        uid, gid, _ = mfusepy.fuse_get_context()
-        want = mode & 0o7777
-        with self.fs.using():
-            if created is None or int(created.get("mode", -1)) != want:
-                self.fs.chmod(path, want)
-            owner, group = self.ids.user_name(uid), self.ids.group_name(gid)
-            if owner != self.ids.user or group != self.ids.user:
-                try:
+    def _chown_new(self, path: str, ids: tuple[int, int] | None = None) -> None:
+        """The MDS makes the mount's user the owner; the entry belongs to the caller
+        (who the kernel says made it), when the mount's user may give it away."""
+        uid, gid = ids or mfusepy.fuse_get_context()[:2]
+        owner, group = self.ids.user_name(uid), self.ids.group_name(gid)
+        if owner != self.ids.user or group != self.ids.user:
+            try:
+                with self.fs.using():
                     self.fs.chown(path, owner=owner, group=group)
-                except PermissionError:     # a mount of a plain user: its files
-                    log.debug("%s stays the mount user's", path)
+            except PermissionError:          # a mount of a plain user: its files
+                log.debug("%s stays the mount user's", path)
 
     def mkdir(self, path: str, mode: int) -> int:
+        # umask 0: the kernel applied the caller's umask to `mode` already
         with self.fs.using():
-            self.fs._mds(path, "mkdir", path=path, mode=mode & 0o7777)
+            self.fs._mds(path, "mkdir", path=path, mode=mode & 0o7777, umask=0)
         self.cache.drop(path)
-        if mode & 0o022 or self._foreign():
-            self._fix_new(path, mode)
+        if self._foreign():
+            self._chown_new(path)
         return 0
 
     def _foreign(self) -> bool:
@@ -162,6 +179,12 @@ class AegisOperations(mfusepy.Operations):
         return 0
 
     def unlink(self, path: str) -> int:
+        fresh = [h for h in self._open_on(path) if h.fresh and not h.unlinked]
+        if fresh:                    # never committed: nothing in the MDS to remove
+            for h in fresh:
+                h.unlinked = True
+            self.cache.drop(path)
+            return 0
         with self.fs.using():
             if self.fs._mds(path, "stat", path=path)["type"] == "dir":
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -189,19 +212,29 @@ class AegisOperations(mfusepy.Operations):
         return 0
 
     def _commit_open(self, path: str) -> None:
-        with self._lock:
-            handles = [self._handles[i] for i in self._by_path.get(path, ())]
-        for h in handles:
-            with h.lock:
-                h.flush()
+        """Commit this mount's writes to `path` first: what the MDS changes next is the
+        file the caller sees."""
+        for h in self._open_on(path):
+            if h.dirty:
+                self._flush(h)
+
+    def _flush(self, h: FileHandle) -> None:
+        with h.lock:
+            fresh = h.fresh and not h.unlinked
+            h.flush()
+        self.cache.drop(h.path)
+        if fresh and h.owner != (self.ids.uid, self.ids.gid):
+            self._chown_new(h.path, h.owner)
 
     def chmod(self, path: str, mode: int) -> int:
+        self._commit_open(path)
         with self.fs.using():
             self.fs.chmod(path, mode & 0o7777)
         self.cache.drop(path)
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
+        self._commit_open(path)
         owner = None if uid < 0 else self.ids.user_name(uid)
         group = None if gid < 0 else self.ids.group_name(gid)
         if owner is None and group is None:
@@ -214,6 +247,7 @@ class AegisOperations(mfusepy.Operations):
         return 0
 
     def utimens(self, path: str, times: Any = None) -> int:
+        self._commit_open(path)
         fields: dict[str, Any] = {"path": path}
         if times is not None:
             atime, mtime = times
@@ -234,7 +268,7 @@ class AegisOperations(mfusepy.Operations):
         target) committed at once, exclusively (EEXIST if the name is taken)."""
         with self.fs.using() as mux:
             created = self.fs._mds(path, "create", path=path, kind=kind, exclusive=True,
-                                   mode=mode & 0o7777, size=len(content))
+                                   mode=mode & 0o7777, size=len(content), umask=0)
             w = BlockWriter(mux, path, created, window=1, size_hint=len(content),
                             suspects=self.fs.suspects, timeout=self.fs.timeout)
             w.exclusive = True
@@ -248,8 +282,8 @@ class AegisOperations(mfusepy.Operations):
                 w.abort()
                 raise
         self.cache.drop(path)
-        if mode & 0o022 or self._foreign():
-            self._fix_new(path, mode, {"mode": mode & 0o7777 & ~0o022})
+        if self._foreign():
+            self._chown_new(path)
 
     def symlink(self, target: str, source: str) -> int:
         data = source.encode("utf-8", "surrogateescape")
@@ -270,7 +304,11 @@ class AegisOperations(mfusepy.Operations):
         """Regular files, FIFOs, sockets and device nodes (the device number is not
         kept: st_rdev is 0; the mount is nodev anyway)."""
         if S.S_ISREG(mode):
-            self.release(path, self.create(path, mode))
+            fh = self.create(path, mode)
+            try:
+                self.flush(path, fh)
+            finally:
+                self.release(path, fh)
             return 0
         kind = KIND_OF.get(S.S_IFMT(mode))
         if kind is None or kind == "symlink":
@@ -289,18 +327,17 @@ class AegisOperations(mfusepy.Operations):
         return fh
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        flags = int(getattr(fi, "flags", fi or 0))
-        with self.fs.using():
-            # the name exists from now on, empty; the data replaces it at close
-            self.fs.write_bytes(path, b"", parents=False,
-                                exclusive=bool(flags & os.O_EXCL))
+        """A new file exists in this mount at once and in the namespace from its first
+        flush (close or fsync), whole (close-to-open); O_EXCL is checked again there."""
+        flags = int(getattr(fi, "flags", fi or 0)) or os.O_WRONLY
+        new = {"mode": mode & 0o7777, "umask": 0, "exclusive": bool(flags & os.O_EXCL)}
+        h = FileHandle(self.fs, path, flags, 0, self.spool_dir, fresh=True, new=new)
+        h.owner = tuple(mfusepy.fuse_get_context()[:2])     # type: ignore[assignment]
         self.cache.drop(path)
-        if mode & 0o7777 != NEW_FILE_MODE or self._foreign():
-            self._fix_new(path, mode, {"mode": NEW_FILE_MODE})
-        return self._register(FileHandle(self.fs, path, flags or os.O_WRONLY, 0,
-                                         self.spool_dir))
+        return self._register(h)
 
     def open(self, path: str, flags: int) -> int:
+        self._commit_open(path)          # another handle's new file or unflushed writes
         with self.fs.using():
             info = self.fs._mds(path, "stat", path=path)
         if info["type"] == "dir":
@@ -333,6 +370,7 @@ class AegisOperations(mfusepy.Operations):
             with h.lock:
                 h.truncate(length)
         else:
+            self._commit_open(path)
             tmp = FileHandle(self.fs, path, os.O_RDWR, self._size(path), self.spool_dir)
             try:
                 tmp.truncate(length)
@@ -350,10 +388,7 @@ class AegisOperations(mfusepy.Operations):
         return int(info.get("size") or 0)
 
     def flush(self, path: str, fh: int) -> int:
-        h = self._handle(fh)
-        with h.lock:
-            h.flush()
-        self.cache.drop(h.path)
+        self._flush(self._handle(fh))
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from client.mount.cache import AttrCache
 from client.mount.conn import MountClient
-from client.mount.handles import FileHandle
+from client.mount.handles import SMALL, FileHandle
 from client.mount.ids import NOBODY, IdMap
 from tests.support.inprocess import ADMIN, InProcessCluster
 
@@ -37,12 +37,13 @@ def opened(fs: MountClient, path: str, flags: int) -> FileHandle:
 
 
 def test_stream_commits_on_flush_only(fs: MountClient) -> None:
-    fs.write_bytes("/f", b"")                      # what create() leaves: an empty file
+    fs.write_bytes("/f", b"")
     h = opened(fs, "/f", os.O_WRONLY)
-    data = os.urandom(3 * BS + 123)
+    data = os.urandom(SMALL + 3 * BS + 123)
     for off in range(0, len(data), 4096):
         h.write(data[off:off + 4096], off)
-    assert h.stream is not None and h.stream.sent == 3 * BS     # full blocks left already
+    # past the first MiB, full blocks leave as they fill
+    assert h.stream is not None and h.stream.sent == SMALL + 3 * BS
     assert fs.read_bytes("/f") == b""                           # nothing visible yet
     assert h.size == len(data)
     h.flush()
@@ -54,7 +55,7 @@ def test_release_without_flush_leaves_the_old_version(fs: MountClient,
                                                       cluster: InProcessCluster) -> None:
     fs.write_bytes("/f", b"")
     h = opened(fs, "/f", os.O_WRONLY)
-    h.write(os.urandom(2 * BS), 0)
+    h.write(os.urandom(SMALL + 2 * BS), 0)
     h.release()                                    # the daemon going away: no commit
     assert fs.read_bytes("/f") == b""
     assert "abort" in cluster.ops()
@@ -63,15 +64,47 @@ def test_release_without_flush_leaves_the_old_version(fs: MountClient,
 def test_write_behind_sent_blocks_is_eio(fs: MountClient) -> None:
     fs.write_bytes("/f", b"")
     h = opened(fs, "/f", os.O_WRONLY)
-    h.write(b"a" * (BS + 10), 0)
-    h.write(b"B", BS + 2)                          # inside the block being filled: fine
+    h.write(b"a" * (BS - 10), 0)
+    h.write(b"B", 3)                               # in the first MiB: anywhere
+    h.write(b"a" * (SMALL + 20), BS - 10)          # SMALL + BS sent, 10 bytes not
+    h.write(b"C", SMALL + BS + 2)                  # inside the block being filled
     with pytest.raises(OSError) as info:
         h.write(b"x", 5)
     assert info.value.errno == errno.EIO and "O_RDWR" in str(info.value)
     h.flush()
     got = fs.read_bytes("/f")
-    assert got == b"a" * (BS + 2) + b"B" + b"a" * 7
+    assert got == b"aaaB" + b"a" * (SMALL + BS - 2) + b"C" + b"a" * 7
     h.release()
+
+
+def test_a_fresh_file_exists_only_after_its_first_flush(fs: MountClient,
+                                                         cluster: InProcessCluster) -> None:
+    h = FileHandle(fs, "/new", os.O_WRONLY, 0, None, fresh=True,
+                   new={"mode": 0o600, "exclusive": True})
+    h.write(b"hello", 0)
+    assert not fs.exists("/new")
+    before = len(cluster.ops())
+    h.flush()
+    # a small file: one sized create (with its block), one put, one commit
+    assert cluster.ops()[before:] == ["create", "commit"]
+    assert fs.read_bytes("/new") == b"hello"
+    assert fs.stat("/new")["mode"] == 0o600
+    h.write(b"HELLO!", 0)                          # later versions keep the attributes
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/new") == b"HELLO!"
+    # exclusive: a name taken meanwhile is EEXIST at the commit
+    fs.write_bytes("/taken", b"theirs")
+    h = FileHandle(fs, "/taken", os.O_WRONLY, 0, None, fresh=True, new={"exclusive": True})
+    with pytest.raises(FileExistsError):
+        h.flush()
+    h.release()
+    assert fs.read_bytes("/taken") == b"theirs"
+    # closed without a write: an empty file
+    h = FileHandle(fs, "/empty", os.O_WRONLY, 0, None, fresh=True, new={})
+    h.flush()
+    h.release()
+    assert fs.read_bytes("/empty") == b""
 
 
 def test_holes_are_zeros(fs: MountClient) -> None:

@@ -125,3 +125,21 @@ def test_rename_replace_rules(ns: Namespace) -> None:
     assert run(ns, ns.prepare_rename("/a", "/b"))["replaced"] is True     # file over file
     assert run(ns, ns.prepare_rename("/d", "/e"))["replaced"] is True     # dir over empty dir
     assert sorted(e["name"] for e in ns.ls("/")) == ["b", "e", "full", "home"]
+
+
+def test_directory_nlink_counts_subdirectories(ns: Namespace, tmp_path: Path) -> None:
+    base = ns.stat("/")["nlink"]                   # / holds /home
+    run(ns, ns.prepare_mkdir("/a/b/c", parents=True))
+    run(ns, ns.prepare_mkdir("/a/d"))
+    put(ns, "/a/f")
+    assert ns.stat("/a")["nlink"] == 4 and ns.stat("/a/b/c")["nlink"] == 2
+    assert ns.stat("/")["nlink"] == base + 1
+    assert {e["name"]: e.get("nlink") for e in ns.ls("/a")} == {"b": 3, "d": 2, "f": None}
+    run(ns, ns.prepare_rename("/a/d", "/d"))       # moves between parents
+    assert ns.stat("/a")["nlink"] == 3 and ns.stat("/")["nlink"] == base + 2
+    run(ns, ns.prepare_mkdir("/e"))
+    run(ns, ns.prepare_rename("/d", "/e"))         # over an empty directory
+    assert ns.stat("/")["nlink"] == base + 2
+    run(ns, ns.prepare_rm("/a", recursive=True))
+    assert ns.stat("/")["nlink"] == base + 1
+    assert _copy(ns, tmp_path).stat("/")["nlink"] == base + 1   # recounted on restore
