@@ -1,11 +1,12 @@
-"""`aegisfs mount MOUNTPOINT` and `aegisfs umount MOUNTPOINT` (click commands)."""
+"""`aegisfs mount MOUNTPOINT` and `aegisfs umount MOUNTPOINT` (click commands; the
+group's State arrives as the click object, as in cli_users.py: client.cli imports us)."""
 from __future__ import annotations
 
+import errno
 import os
+from typing import Any
 
 import click
-
-from ..cli import Failure, State, pass_state
 
 
 @click.command()
@@ -21,8 +22,8 @@ from ..cli import Failure, State, pass_state
               help="Where files opened for random writes are rewritten [default: TMPDIR].")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="The daemon's log [default: none].")
-@pass_state
-def mount(state: State, mountpoint: str, foreground: bool, attr_timeout: float,
+@click.pass_obj
+def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
           entry_timeout: float, allow_other: bool, spool_dir: str | None,
           log_file: str | None) -> None:
     """Mount the cluster at MOUNTPOINT (FUSE). Returns once the mount serves, leaving
@@ -36,7 +37,7 @@ def mount(state: State, mountpoint: str, foreground: bool, attr_timeout: float,
     from .daemon import MountOptions, fuse_available, start
     why = fuse_available()
     if why:
-        raise Failure(f"cannot mount: {why}")
+        raise OSError(errno.ENODEV, f"cannot mount: {why}", mountpoint)
     opts = MountOptions(attr_timeout=attr_timeout, entry_timeout=entry_timeout,
                         allow_other=allow_other, spool_dir=spool_dir, debug=state.debug)
     holder: dict = {}
