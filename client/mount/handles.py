@@ -200,6 +200,7 @@ class FileHandle:
         self.broken = False
         self.created = time.time()
         self.owner = (os.getuid(), os.getgid())     # who made a fresh file (the caller)
+        self.mtime: float | None = None             # a fresh file's utimens, until commit
 
     # -- state -------------------------------------------------------------------------
 

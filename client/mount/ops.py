@@ -76,10 +76,11 @@ class AegisOperations(mfusepy.Operations):
     def _fresh_attrs(self, h: FileHandle) -> dict:
         """A file made here and not committed yet: only this mount knows it."""
         t = int(h.created * 1e9)
+        m = t if h.mtime is None else int(h.mtime * 1e9)
         return {"st_mode": S.S_IFREG | int(h.new.get("mode", NEW_FILE_MODE)),
                 "st_nlink": 1, "st_uid": h.owner[0], "st_gid": h.owner[1],
                 "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
-                "st_mtime": t, "st_ctime": t, "st_atime": t}
+                "st_mtime": m, "st_ctime": t, "st_atime": m}
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         h = self._handles.get(fh) if fh else None
@@ -223,10 +224,36 @@ class AegisOperations(mfusepy.Operations):
             fresh = h.fresh and not h.unlinked
             h.flush()
         self.cache.drop(h.path)
-        if fresh and h.owner != (self.ids.uid, self.ids.gid):
-            self._chown_new(h.path, h.owner)
+        if fresh:
+            self._settle_new(h)
+
+    def _settle_new(self, h: FileHandle) -> None:
+        """The attributes set on a new file before its first commit (tar: futimens,
+        fchown, fchmod before close): the mode went with the create, owner and mtime go
+        in one MDS batch after the commit."""
+        ops: list[dict[str, Any]] = []
+        if h.owner != (self.ids.uid, self.ids.gid):
+            ops.append({"op": "chown", "path": h.path, "owner": self.ids.user_name(h.owner[0]),
+                        "group": self.ids.group_name(h.owner[1])})
+        if h.mtime is not None:
+            ops.append({"op": "utimens", "path": h.path, "mtime": h.mtime})
+        if not ops:
+            return
+        with self.fs.using():
+            results = self.fs._mds(h.path, "batch", ops=ops)["results"]
+        for op, got in zip(ops, results):
+            if "err" in got and not (op["op"] == "chown" and got["err"][0] == "EPERM"):
+                code = getattr(errno, got["err"][0], errno.EIO)
+                raise OSError(code, f"{op['op']}: {got['err'][1]}", h.path)
+
+    def _fresh_on(self, path: str) -> FileHandle | None:
+        return next((h for h in self._open_on(path) if h.fresh and not h.unlinked), None)
 
     def chmod(self, path: str, mode: int) -> int:
+        h = self._fresh_on(path)
+        if h is not None:               # not in the MDS yet: the create will carry it
+            h.new["mode"] = mode & 0o7777
+            return 0
         self._commit_open(path)
         with self.fs.using():
             self.fs.chmod(path, mode & 0o7777)
@@ -234,6 +261,10 @@ class AegisOperations(mfusepy.Operations):
         return 0
 
     def chown(self, path: str, uid: int, gid: int) -> int:
+        h = self._fresh_on(path)
+        if h is not None:
+            h.owner = (h.owner[0] if uid < 0 else uid, h.owner[1] if gid < 0 else gid)
+            return 0
         self._commit_open(path)
         owner = None if uid < 0 else self.ids.user_name(uid)
         group = None if gid < 0 else self.ids.group_name(gid)
@@ -247,7 +278,6 @@ class AegisOperations(mfusepy.Operations):
         return 0
 
     def utimens(self, path: str, times: Any = None) -> int:
-        self._commit_open(path)
         fields: dict[str, Any] = {"path": path}
         if times is not None:
             atime, mtime = times
@@ -258,6 +288,12 @@ class AegisOperations(mfusepy.Operations):
                     continue
                 fields[key] = time.time() if ts.tv_nsec == UTIME_NOW \
                     else ts.tv_sec + ts.tv_nsec / 1e9
+        h = self._fresh_on(path)
+        if h is not None:
+            if "mtime" in fields:
+                h.mtime = float(fields["mtime"])
+            return 0
+        self._commit_open(path)
         with self.fs.using():
             self.fs._mds(path, "utimens", **fields)
         self.cache.drop(path)
