@@ -42,7 +42,7 @@ def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
                         allow_other=allow_other, spool_dir=spool_dir, debug=state.debug)
     holder: dict = {}
 
-    def make_client():  # type: ignore[no-untyped-def]
+    def make_client() -> Any:
         from .conn import MountClient
         if "fs" not in holder:
             connect = float(state.cfg["client"]["connect_timeout"])
@@ -56,7 +56,7 @@ def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
             holder["user"] = fs.whoami()["user"]
             fs.stat("/")
 
-    def make_ops():  # type: ignore[no-untyped-def]
+    def make_ops() -> Any:
         from .ids import IdMap
         from .ops import AegisOperations
         return AegisOperations(make_client(), IdMap(holder["user"]),

@@ -135,7 +135,7 @@ def new_draft(fs: MountClient, mux: Mux, path: str, *, size: int | None = None,
     if exclusive:
         header["exclusive"] = True
     try:
-        created = mux.call(MDS_SERVICE, header).result
+        created = mux.call(MDS_SERVICE, header).result or {}
     except OSError as exc:
         raise name_error(exc, path)
     w = BlockWriter(mux, path, created, window=fs.window, size_hint=size,

@@ -58,7 +58,7 @@ class AegisOperations(mfusepy.Operations):
     # -- attributes --------------------------------------------------------------------
 
     def _attrs(self, e: dict) -> dict:
-        kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(e.get("kind"), S.S_IFREG)
+        kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(str(e.get("kind")), S.S_IFREG)
         size = int(e.get("size") or 0)
         mtime = _ns(e.get("mtime"))
         return {"st_mode": kind | int(e.get("mode", 0o644)),
@@ -368,7 +368,8 @@ class AegisOperations(mfusepy.Operations):
         flags = int(getattr(fi, "flags", fi or 0)) or os.O_WRONLY
         new = {"mode": mode & 0o7777, "umask": 0, "exclusive": bool(flags & os.O_EXCL)}
         h = FileHandle(self.fs, path, flags, 0, self.spool_dir, fresh=True, new=new)
-        h.owner = tuple(mfusepy.fuse_get_context()[:2])     # type: ignore[assignment]
+        uid, gid, _ = mfusepy.fuse_get_context()
+        h.owner = (uid, gid)
         self.cache.drop(path)
         return self._register(h)
 
