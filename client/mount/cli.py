@@ -72,7 +72,12 @@ def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
 @click.argument("mountpoint", type=click.Path(file_okay=False))
 @click.option("-z", "--lazy", is_flag=True, help="Detach now, clean up when no longer busy.")
 def umount(mountpoint: str, lazy: bool) -> None:
-    """Unmount an AegisFS mount (lazily when its daemon is dead)."""
+    """Unmount an AegisFS mount (lazily when its daemon is dead).
+
+    \b
+    Example:
+      aegisfs umount /mnt/aegis
+    """
     from .daemon import umount as do_umount
     how = do_umount(os.path.abspath(mountpoint), lazy=lazy)
     click.echo(f"{how} {os.path.abspath(mountpoint)}")
