@@ -278,21 +278,22 @@ class FileHandle:
         self.dirty = True
         return n
 
+    def replace_all(self) -> None:
+        """O_TRUNC: the new version starts empty, and replaces the old one whole at the
+        first flush (readers elsewhere keep seeing the old one until then)."""
+        self._drop_reader()
+        self.base_size = 0
+        self.dirty = True
+
     def truncate(self, length: int) -> None:
-        self.wrote = True
         if self.stream is not None and self.stream.truncate(length):
-            self.dirty = True
+            self.dirty = self.wrote = True
             return
-        if self.spool is None and length == 0:
-            self._drop_reader()
-            if not self.fresh:
-                with self.fs.using(self.mux):
-                    write_version(self.fs, self.mux, self.path, None, 0)
-                self.base_size = 0
-                self.dirty = False
+        if self.spool is None and self.stream is None and length == 0:
+            self.replace_all()            # then a write from 0 may still stream
             return
         self._to_spool().truncate(length)
-        self.dirty = True
+        self.dirty = self.wrote = True
 
     def flush(self) -> None:
         """Commit what was written: the new version appears whole (close-to-open)."""

@@ -381,8 +381,7 @@ class AegisOperations(mfusepy.Operations):
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         h = FileHandle(self.fs, path, flags, int(info.get("size") or 0), self.spool_dir)
         if flags & os.O_TRUNC and h.base_size:
-            with h.lock:
-                h.truncate(0)
+            h.replace_all()
         return self._register(h)
 
     def _handle(self, fh: int) -> FileHandle:

@@ -148,12 +148,24 @@ def test_truncate(fs: MountClient) -> None:
     h.release()
     assert fs.read_bytes("/f") == b"01234\0\0\0"
     h = opened(fs, "/f", os.O_WRONLY)
-    h.truncate(0)                                  # to zero: an empty version at once
-    assert fs.read_bytes("/f") == b""
+    h.truncate(0)                # to zero: the new version starts empty, commits at flush
+    assert fs.read_bytes("/f") == b"01234\0\0\0" and h.size == 0
     h.write(b"new", 0)
+    assert h.stream is not None                    # and streams
     h.flush()
     h.release()
     assert fs.read_bytes("/f") == b"new"
+
+
+def test_o_trunc_replaces_the_file_whole_at_flush(fs: MountClient) -> None:
+    fs.write_bytes("/f", b"old content")
+    h = opened(fs, "/f", os.O_WRONLY | os.O_TRUNC)
+    h.replace_all()
+    assert h.read(100, 0) == b"" and h.size == 0
+    assert fs.read_bytes("/f") == b"old content"   # readers keep the old version
+    h.flush()                                      # closed without a write: empty
+    h.release()
+    assert fs.read_bytes("/f") == b""
 
 
 def test_rdwr_on_a_new_file_spools(fs: MountClient) -> None:
