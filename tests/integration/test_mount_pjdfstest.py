@@ -25,8 +25,7 @@ ALL = sorted(["chmod", "chown", "ftruncate", "link", "mkdir", "mkfifo", "mknod",
               "rename", "rmdir", "symlink", "truncate", "unlink", "utimensat",
               "posix_fallocate", "chflags", "granular"])
 # known failures: hard links are refused (EPERM), so is what builds on them
-KNOWN = {"link", "unlink", "rename", "chown", "granular", "posix_fallocate", "chflags",
-         "mknod", "mkfifo", "open", "utimensat", "chmod"}
+KNOWN = {"link", "unlink", "rename"}
 
 
 def _why_not() -> str | None:
@@ -69,8 +68,11 @@ def run_dir(pjd: Path, where: Path, name: str) -> tuple[int, list[str]]:
     done = subprocess.run(["prove", "-v", "-r", str(pjd / "tests" / name)], cwd=work,
                           capture_output=True, text=True, timeout=1800)
     lines = done.stdout.splitlines()
-    passed = sum(1 for line in lines if re.match(r"ok \d+", line))
-    failed = [line for line in lines if re.match(r"not ok \d+", line)]
+    # TAP: "not ok N # TODO ..." is an expected failure (pjdfstest marks Linux's own
+    # departures so), counted as passed, as prove does
+    todo = [line for line in lines if re.match(r"not ok \d+ # TODO", line)]
+    passed = sum(1 for line in lines if re.match(r"ok \d+", line)) + len(todo)
+    failed = [line for line in lines if re.match(r"not ok \d+", line) and line not in todo]
     return passed, failed
 
 
