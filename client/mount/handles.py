@@ -201,6 +201,7 @@ class FileHandle:
         self.created = time.time()
         self.owner = (os.getuid(), os.getgid())     # who made a fresh file (the caller)
         self.mtime: float | None = None             # a fresh file's utimens, until commit
+        self.draft_mode: int | None = None          # the mode its first draft was made with
 
     # -- state -------------------------------------------------------------------------
 
@@ -242,6 +243,7 @@ class FileHandle:
             self.reader = None
 
     def _draft(self, size: int | None) -> BlockWriter:
+        self.draft_mode = self.new.get("mode")
         return new_draft(self.fs, self.mux, self.path, size=size, **self.new)
 
     # -- calls -------------------------------------------------------------------------
@@ -310,9 +312,11 @@ class FileHandle:
                     raise
                 size = stream.size
             elif self.spool is not None:
+                self.draft_mode = self.new.get("mode")
                 result = rewrite(self.fs, self.mux, self.path, self.spool, **self.new)
                 size = self.size
             else:
+                self.draft_mode = self.new.get("mode")
                 result = write_version(self.fs, self.mux, self.path, None, 0, **self.new)
                 size = 0
         self.base_size = int(result.get("size", size))

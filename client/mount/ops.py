@@ -222,16 +222,20 @@ class AegisOperations(mfusepy.Operations):
     def _flush(self, h: FileHandle) -> None:
         with h.lock:
             fresh = h.fresh and not h.unlinked
+            mode = h.new.get("mode")
             h.flush()
         self.cache.drop(h.path)
         if fresh:
-            self._settle_new(h)
+            self._settle_new(h, mode)
 
-    def _settle_new(self, h: FileHandle) -> None:
+    def _settle_new(self, h: FileHandle, mode: int | None) -> None:
         """The attributes set on a new file before its first commit (tar: futimens,
-        fchown, fchmod before close): the mode went with the create, owner and mtime go
-        in one MDS batch after the commit."""
+        fchown, fchmod before close): the mode went with the create (unless it changed
+        after a big file's first blocks had left), owner and mtime go in one MDS batch
+        after the commit."""
         ops: list[dict[str, Any]] = []
+        if mode is not None and mode != h.draft_mode:   # set after its blocks had left
+            ops.append({"op": "chmod", "path": h.path, "mode": mode})
         if h.owner != (self.ids.uid, self.ids.gid):
             ops.append({"op": "chown", "path": h.path, "owner": self.ids.user_name(h.owner[0]),
                         "group": self.ids.group_name(h.owner[1])})
