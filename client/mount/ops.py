@@ -54,6 +54,15 @@ class AegisOperations(mfusepy.Operations):
         self._next = 1
         self._lock = threading.Lock()
         self._statfs: tuple[float, dict] | None = None
+        self.invalidator: Any = None       # events.Invalidator, started by init()
+
+    def init(self, path: str) -> None:
+        """The mount is live: follow the event feed to drop what changed elsewhere."""
+        from .events import Invalidator, events_endpoint
+        endpoint = events_endpoint(self.fs.broker)
+        if endpoint and self.cache.ttl > 0:
+            self.invalidator = Invalidator(endpoint, self.fs._curve, self.cache)
+            self.invalidator.start()
 
     # -- attributes --------------------------------------------------------------------
 
@@ -455,6 +464,8 @@ class AegisOperations(mfusepy.Operations):
 
     def destroy(self, path: str) -> None:
         """Unmount: open drafts are aborted (a file not closed is not committed)."""
+        if self.invalidator is not None:
+            self.invalidator.stop()
         for fh in list(self._handles):
             try:
                 self.release("", fh)

@@ -218,3 +218,19 @@ def test_sigkilled_daemon_leaves_nothing_partial(cluster, tmp_path: Path) -> Non
             m2.stop()
     finally:
         m.stop()
+
+
+def test_changes_elsewhere_drop_cached_attributes(cluster, tmp_path: Path) -> None:
+    # attributes kept 30 s, names looked up every time: only the event feed can make
+    # the mount notice a new version within seconds
+    m = Mount.start(cluster, tmp_path / "ev", "--attr-timeout", "30", "--entry-timeout", "0")
+    try:
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.write_bytes("/events/f", b"1", parents=True)
+            assert os.listdir(m.path / "events") == ["f"]
+            assert (m.path / "events" / "f").stat().st_size == 1
+            fs.write_bytes("/events/f", b"12345")
+            wait_for(lambda: (m.path / "events" / "f").stat().st_size == 5, timeout=10,
+                     what="the new size seen through the mount")
+    finally:
+        m.stop()

@@ -205,3 +205,11 @@ def test_attr_cache_expires_and_drops() -> None:
     time.sleep(0.25)
     assert c.get("/z") is None
     assert AttrCache(0).get("/z") is None
+
+
+def test_events_name_the_paths_to_drop() -> None:
+    from client.mount.events import events_endpoint, paths_of
+    assert events_endpoint("tcp://127.0.0.1:5550") == "tcp://127.0.0.1:5553"
+    assert events_endpoint("ipc:///x") is None
+    assert paths_of({"src": "mds", "path": "/a/b"}) == ["/a/b"]
+    assert paths_of({"src": "/a", "dst": "/b", "seq": 3}) == ["/a", "/b"]
