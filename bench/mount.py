@@ -14,6 +14,7 @@ scripts, not tests.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
 import subprocess
@@ -22,24 +23,25 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from run_cluster import Cluster, free_base_port  # noqa: E402
 from tests.support.cluster import wait_mds  # noqa: E402
-from tests.support.mount import Mount, cli  # noqa: E402
+from tests.support.mount import Mount  # noqa: E402
 
 MiB = 1 << 20
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def run(cmd: list[str], **kw) -> None:  # type: ignore[no-untyped-def]
+def run(cmd: list[str], **kw: Any) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)}: {done.stderr}")
@@ -96,7 +98,7 @@ def main() -> None:
                 for i in range(args.files):
                     info = tarfile.TarInfo(f"many/f{i:05d}")
                     info.size = 4096
-                    tf.addfile(info, fileobj=__import__("io").BytesIO(os.urandom(4096)))
+                    tf.addfile(info, fileobj=io.BytesIO(os.urandom(4096)))
             tar_s = timed(lambda: run(["sh", "-c", f"tar -xf {tarball} && sync"], cwd=m.path))
             rows.append((f"tar -x {args.files} x 4 KiB + sync", args.files / tar_s, "files/s"))
             run(["ls", "-l", str(m.path / "many")])
@@ -129,5 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = cli
     main()
