@@ -32,15 +32,15 @@ class AttrCache:
         with self._lock:
             for p in paths:
                 self._d.pop(p, None)
-                self._d.pop(_parent(p), None)
+                self._d.pop(parent_of(p), None)
 
     def drop_tree(self, path: str) -> None:
         with self._lock:
             prefix = path.rstrip("/") + "/"
             for p in [p for p in self._d if p == path or p.startswith(prefix)]:
                 del self._d[p]
-            self._d.pop(_parent(path), None)
+            self._d.pop(parent_of(path), None)
 
 
-def _parent(path: str) -> str:
+def parent_of(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"

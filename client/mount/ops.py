@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import mfusepy
 
 from ..streams import BlockWriter
-from .cache import AttrCache, _parent
+from .cache import AttrCache, parent_of
 from .conn import MountClient
 from .handles import FileHandle
 from .ids import IdMap
@@ -114,7 +114,7 @@ class AegisOperations(mfusepy.Operations):
         base = path.rstrip("/")
         with self._lock:
             fresh = {p.rsplit("/", 1)[1] for p, ids in self._by_path.items()
-                     if _parent(p) == path and any(self._handles[i].fresh
+                     if parent_of(p) == path and any(self._handles[i].fresh
                                                    and not self._handles[i].unlinked
                                                    for i in ids)}
         for e in self._list(path):
@@ -208,23 +208,30 @@ class AegisOperations(mfusepy.Operations):
         fields: dict[str, Any] = {"src": old, "dst": new}
         if flags & RENAME_NOREPLACE:
             fields["noreplace"] = True
-        self._commit_open(old)    # a draft commits to the path it was created for
+        # a draft commits to the path it was created for: first what is open below `old`
+        self._commit_open(old, below=True)
         with self.fs.using():
             self.fs._mds(f"{old} -> {new}", "rename", **fields)
         self.cache.drop_tree(old)
         self.cache.drop_tree(new)
         with self._lock:
-            moved = self._by_path.pop(old, None)
-            if moved:
-                self._by_path.setdefault(new, set()).update(moved)
+            prefix = old.rstrip("/") + "/"
+            for p in [p for p in self._by_path if p == old or p.startswith(prefix)]:
+                moved = self._by_path.pop(p)
+                q = new + p[len(old):]
+                self._by_path.setdefault(q, set()).update(moved)
                 for i in moved:
-                    self._handles[i].path = new
+                    self._handles[i].path = q
         return 0
 
-    def _commit_open(self, path: str) -> None:
-        """Commit this mount's writes to `path` first: what the MDS changes next is the
-        file the caller sees."""
-        for h in self._open_on(path):
+    def _commit_open(self, path: str, below: bool = False) -> None:
+        """Commit this mount's writes to `path` (and, `below`, under it) first: what the
+        MDS changes next is the file the caller sees."""
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            handles = [self._handles[i] for p, ids in self._by_path.items()
+                       if p == path or (below and p.startswith(prefix)) for i in ids]
+        for h in handles:
             if h.dirty:
                 self._flush(h)
 
