@@ -4,6 +4,7 @@ libfuse's own SIGINT/SIGTERM/SIGHUP handlers end the loop and unmount cleanly.
 """
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import logging
 import os
@@ -13,8 +14,6 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import mfusepy
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +27,23 @@ class MountOptions:
     debug: bool = False
 
 
-class AegisFUSE(mfusepy.FUSE):
+def _fuse_class() -> Any:
     """mfusepy's FUSE, passing what its wrappers drop: rename flags (RENAME_NOREPLACE)
-    and utimensat's raw timespecs (UTIME_NOW / UTIME_OMIT)."""
+    and utimensat's raw timespecs (UTIME_NOW / UTIME_OMIT). mfusepy loads libfuse when
+    imported, so only the serving process imports it."""
+    import mfusepy
 
-    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
-        return self.operations.rename(old.decode(self.encoding, self.errors),
-                                      new.decode(self.encoding, self.errors), flags)
+    class AegisFUSE(mfusepy.FUSE):
+        def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+            return self.operations.rename(old.decode(self.encoding, self.errors),
+                                          new.decode(self.encoding, self.errors), flags)
 
-    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
-        times = (buf.contents.actime, buf.contents.modtime) if buf else None
-        return self.operations.utimens(None if path is None else
-                                       path.decode(self.encoding, self.errors), times)
+        def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+            times = (buf.contents.actime, buf.contents.modtime) if buf else None
+            return self.operations.utimens(None if path is None else
+                                           path.decode(self.encoding, self.errors), times)
+
+    return AegisFUSE
 
 
 def fuse_available() -> str | None:
@@ -48,6 +52,8 @@ def fuse_available() -> str | None:
         return "/dev/fuse is absent"
     if shutil.which("fusermount3") is None:
         return "fusermount3 is absent (Debian: apt-get install fuse3)"
+    if ctypes.util.find_library("fuse3") is None:
+        return "libfuse 3 is absent (Debian: apt-get install libfuse3-3)"
     return None
 
 
@@ -63,7 +69,7 @@ def serve(mountpoint: str, make_ops: Callable[[], Any], opts: MountOptions) -> N
         kw["allow_other"] = True
     if opts.debug:
         kw["debug"] = True
-    AegisFUSE(ops, mountpoint, **kw)
+    _fuse_class()(ops, mountpoint, **kw)
 
 
 def start(mountpoint: str, make_ops: Callable[[], Any], opts: MountOptions, *,
