@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -43,7 +44,8 @@ class Mount:
         self.broker, self.key, self.path, self.pid, self.log = broker, key, path, pid, log
 
     @classmethod
-    def start(cls, cluster, path: Path, *opts: str, timeout: float | None = None) -> "Mount":  # type: ignore[no-untyped-def]
+    def start(cls, cluster: Any, path: Path, *opts: str,
+              timeout: float | None = None) -> "Mount":
         path.mkdir(parents=True, exist_ok=True)
         log = path.parent / f"{path.name}.log"
         extra = ["--timeout", str(timeout)] if timeout else []
