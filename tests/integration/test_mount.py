@@ -234,3 +234,17 @@ def test_changes_elsewhere_drop_cached_attributes(cluster, tmp_path: Path) -> No
                      what="the new size seen through the mount")
     finally:
         m.stop()
+
+
+def test_run_cluster_mounts_and_unmounts(tmp_path: Path) -> None:
+    from tests.support.cluster import start_cluster
+    where = tmp_path / "mnt"
+    c = start_cluster(tmp_path / "data", datanodes=1, replication=1, mount_dir=str(where))
+    try:
+        assert os.path.ismount(where)
+        (where / "hello.txt").write_text("hi\n")
+        with AegisClient(c.broker, key=c.key) as fs:
+            assert fs.read_bytes("/hello.txt") == b"hi\n"
+    finally:
+        c.stop()                 # the mount role first (SIGTERM: a clean unmount)
+    assert not os.path.ismount(where)
