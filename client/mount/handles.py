@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from broker.limits import MDS_SERVICE
 
@@ -104,7 +104,7 @@ class StreamWriter:
             return bytes(self.head)
         return bytes(self._buf[:self.size]) if self._buf is not None else b""
 
-    def commit(self) -> dict:
+    def commit(self, then: Sequence[dict] = ()) -> tuple[dict, list]:
         if self.w is None:
             self._start(self.size)    # a small file: a sized create, one put, a commit
         assert self.w is not None
@@ -112,7 +112,7 @@ class StreamWriter:
             self._buf = None
             self.w.submit(self.size - self.sent)
             self.sent = self.size
-        return self.w.commit()
+        return self.w.commit(then), self.w.then
 
     def abort(self) -> None:
         self._buf = None
@@ -145,8 +145,9 @@ def new_draft(fs: MountClient, mux: Mux, path: str, *, size: int | None = None,
 
 
 def write_version(fs: MountClient, mux: Mux, path: str, src: Any, size: int,
-                  **new: Any) -> dict:
-    """Commit `size` bytes read from file object `src` as the new version of `path`."""
+                  then: Sequence[dict] = (), **new: Any) -> tuple[dict, list]:
+    """Commit `size` bytes read from file object `src` as the new version of `path`;
+    `then`: MDS operations in the commit's batch -> (commit result, their outcomes)."""
     w = new_draft(fs, mux, path, size=size, **new)
     try:
         left = size
@@ -157,13 +158,14 @@ def write_version(fs: MountClient, mux: Mux, path: str, src: Any, size: int,
                 raise OSError(errno.EIO, f"{path}: the local copy ended early")
             w.submit(n)
             left -= n
-        return w.commit()
+        return w.commit(then), w.then
     except BaseException:
         w.abort()
         raise
 
 
-def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, **new: Any) -> dict:
+def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, then: Sequence[dict] = (),
+            **new: Any) -> tuple[dict, list]:
     """Commit the spool's whole content as the new version of `path`.
 
     This increment streams every byte into a new draft; with shared blocks (the MDS's
@@ -171,7 +173,8 @@ def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, **new: Any) -> dic
     and commit a block list that reuses the current version's others.
     """
     spool.seek(0)
-    return write_version(fs, mux, path, spool, os.fstat(spool.fileno()).st_size, **new)
+    return write_version(fs, mux, path, spool, os.fstat(spool.fileno()).st_size, then,
+                         **new)
 
 
 class FileHandle:
@@ -297,15 +300,16 @@ class FileHandle:
         self._to_spool().truncate(length)
         self.dirty = self.wrote = True
 
-    def flush(self) -> None:
-        """Commit what was written: the new version appears whole (close-to-open)."""
+    def flush(self, then: Sequence[dict] = ()) -> list:
+        """Commit what was written: the new version appears whole (close-to-open).
+        `then`: MDS operations in the commit's batch; returns their outcomes."""
         if not self.dirty or self.unlinked:
-            return
+            return []
         with self.fs.using(self.mux):
             if self.stream is not None:
                 stream, self.stream = self.stream, None
                 try:
-                    result = stream.commit()
+                    result, after = stream.commit(then)
                 except BaseException:
                     stream.abort()
                     self.broken = True
@@ -313,17 +317,20 @@ class FileHandle:
                 size = stream.size
             elif self.spool is not None:
                 self.draft_mode = self.new.get("mode")
-                result = rewrite(self.fs, self.mux, self.path, self.spool, **self.new)
+                result, after = rewrite(self.fs, self.mux, self.path, self.spool, then,
+                                        **self.new)
                 size = self.size
             else:
                 self.draft_mode = self.new.get("mode")
-                result = write_version(self.fs, self.mux, self.path, None, 0, **self.new)
+                result, after = write_version(self.fs, self.mux, self.path, None, 0, then,
+                                              **self.new)
                 size = 0
         self.base_size = int(result.get("size", size))
         self.fresh = False
         self.new = {}
         self.dirty = False
         self._drop_reader()
+        return after
 
     def release(self) -> None:
         """Last close: anything still uncommitted is dropped, never half-committed."""

@@ -237,34 +237,28 @@ class AegisOperations(mfusepy.Operations):
 
     def _flush(self, h: FileHandle) -> None:
         with h.lock:
-            fresh = h.fresh and not h.unlinked
-            mode = h.new.get("mode")
-            h.flush()
+            then = self._settle_ops(h) if h.fresh and not h.unlinked else []
+            after = h.flush(then)
         self.cache.drop(h.path)
-        if fresh:
-            self._settle_new(h, mode)
+        for op, got in zip(then, after):
+            if isinstance(got, OSError) and not (op["op"] == "chown"
+                                                 and got.errno == errno.EPERM):
+                raise OSError(got.errno, f"{op['op']}: {got.strerror}", h.path)
 
-    def _settle_new(self, h: FileHandle, mode: int | None) -> None:
-        """The attributes set on a new file before its first commit (tar: futimens,
-        fchown, fchmod before close): the mode went with the create (unless it changed
-        after a big file's first blocks had left), owner and mtime go in one MDS batch
-        after the commit."""
+    def _settle_ops(self, h: FileHandle) -> list[dict[str, Any]]:
+        """What was set on a new file before its first commit (tar: futimens, fchown,
+        fchmod before close): the mode goes with the create (unless it changed after a
+        big file's first blocks had left), the rest in the commit's batch."""
         ops: list[dict[str, Any]] = []
-        if mode is not None and mode != h.draft_mode:   # set after its blocks had left
+        mode = h.new.get("mode")
+        if h.draft_mode is not None and mode is not None and mode != h.draft_mode:
             ops.append({"op": "chmod", "path": h.path, "mode": mode})
-        if h.owner != (self.ids.uid, self.ids.gid):
+        if h.owner != (self.ids.uid, self.ids.gid):   # a plain user's mount: EPERM, kept
             ops.append({"op": "chown", "path": h.path, "owner": self.ids.user_name(h.owner[0]),
                         "group": self.ids.group_name(h.owner[1])})
         if h.mtime is not None:
             ops.append({"op": "utimens", "path": h.path, "mtime": h.mtime})
-        if not ops:
-            return
-        with self.fs.using():
-            results = self.fs._mds(h.path, "batch", ops=ops)["results"]
-        for op, got in zip(ops, results):
-            if "err" in got and not (op["op"] == "chown" and got["err"][0] == "EPERM"):
-                code = getattr(errno, got["err"][0], errno.EIO)
-                raise OSError(code, f"{op['op']}: {got['err'][1]}", h.path)
+        return ops
 
     def _fresh_on(self, path: str) -> FileHandle | None:
         return next((h for h in self._open_on(path) if h.fresh and not h.unlinked), None)

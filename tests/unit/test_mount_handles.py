@@ -213,3 +213,18 @@ def test_events_name_the_paths_to_drop() -> None:
     assert events_endpoint("ipc:///x") is None
     assert paths_of({"src": "mds", "path": "/a/b"}) == ["/a/b"]
     assert paths_of({"src": "/a", "dst": "/b", "seq": 3}) == ["/a", "/b"]
+
+
+def test_attributes_travel_in_the_commits_batch(fs: MountClient,
+                                                cluster: InProcessCluster) -> None:
+    h = FileHandle(fs, "/t", os.O_WRONLY, 0, None, fresh=True, new={"mode": 0o640})
+    h.write(b"data", 0)
+    before = len(cluster.ops())
+    after = h.flush([{"op": "utimens", "path": "/t", "mtime": 1e9},
+                     {"op": "chmod", "path": "/nope", "mode": 0o600}])
+    h.release()
+    # the commit and the rest: one round trip
+    assert cluster.ops()[before:] == ["create", "batch:chmod/commit/utimens"]
+    assert isinstance(after[0], dict) and isinstance(after[1], FileNotFoundError)
+    st = fs.stat("/t")
+    assert st["mtime"] == 1e9 and st["mode"] == 0o640 and fs.read_bytes("/t") == b"data"
