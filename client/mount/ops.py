@@ -100,7 +100,7 @@ class AegisOperations(mfusepy.Operations):
         cached = self.cache.get(path)
         if cached is None:
             with self.fs.using():
-                info = self.fs._mds(path, "stat", path=path)
+                info = self.fs._mds(path, "stat", path=path, blocks=False)
             info.pop("blocks", None)
             cached = self._attrs(info)
             self.cache.put(path, cached)
@@ -182,7 +182,7 @@ class AegisOperations(mfusepy.Operations):
 
     def rmdir(self, path: str) -> int:
         with self.fs.using():
-            if self.fs._mds(path, "stat", path=path)["type"] != "dir":
+            if self.fs._mds(path, "stat", path=path, blocks=False)["type"] != "dir":
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             self.fs._mds(path, "rm", path=path)
         self.cache.drop_tree(path)
@@ -196,7 +196,7 @@ class AegisOperations(mfusepy.Operations):
             self.cache.drop(path)
             return 0
         with self.fs.using():
-            if self.fs._mds(path, "stat", path=path)["type"] == "dir":
+            if self.fs._mds(path, "stat", path=path, blocks=False)["type"] == "dir":
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             self.fs._mds(path, "rm", path=path)
         self.cache.drop(path)
@@ -284,7 +284,7 @@ class AegisOperations(mfusepy.Operations):
         group = None if gid < 0 else self.ids.group_name(gid)
         if owner is None and group is None:
             with self.fs.using():      # POSIX: chown(-1, -1) still changes ctime
-                info = self.fs._mds(path, "stat", path=path)
+                info = self.fs._mds(path, "stat", path=path, blocks=False)
             owner = info["owner"]
         with self.fs.using():
             self.fs.chown(path, owner=owner, group=group)
@@ -390,7 +390,7 @@ class AegisOperations(mfusepy.Operations):
     def open(self, path: str, flags: int) -> int:
         self._commit_open(path)          # another handle's new file or unflushed writes
         with self.fs.using():
-            info = self.fs._mds(path, "stat", path=path)
+            info = self.fs._mds(path, "stat", path=path, blocks=False)
         if info["type"] == "dir":
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         h = FileHandle(self.fs, path, flags, int(info.get("size") or 0), self.spool_dir)
@@ -432,7 +432,7 @@ class AegisOperations(mfusepy.Operations):
 
     def _size(self, path: str) -> int:
         with self.fs.using():
-            info = self.fs._mds(path, "stat", path=path)
+            info = self.fs._mds(path, "stat", path=path, blocks=False)
         if info["type"] == "dir":
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         return int(info.get("size") or 0)
