@@ -91,6 +91,7 @@ class Cluster:
     viz: bool = False
     viz_port: int = 8501
     s3_port: int | None = None            # also run the S3 gateway (client/s3) on this port
+    mount_dir: str | None = None          # also mount the cluster there (aegisfs mount -f)
     extra: dict[str, list[str]] = field(default_factory=dict)   # role name -> extra flags
     env: dict[str, str] = field(default_factory=dict)
     roles: dict[str, Role] = field(default_factory=dict)
@@ -178,6 +179,11 @@ class Cluster:
         if self.metrics_port:
             for i, name in enumerate(["broker", "mds", *self.node_ids]):
                 specs[name] += ["--metrics-port", str(self.metrics_port + i)]
+        if self.mount_dir:
+            Path(self.mount_dir).mkdir(parents=True, exist_ok=True)
+            specs["mount"] = [py, "-m", "client.cli", "--broker", self.broker,
+                              *(["--key", str(self.key)] if self.security else []),
+                              "mount", "-f", str(Path(self.mount_dir).resolve())]
         for name, argv in specs.items():
             argv = argv + self.extra.get(name, [])
             self.roles[name] = Role(name, argv, logs / f"{name}.log")
@@ -188,9 +194,21 @@ class Cluster:
         self.ensure_keys()
         self._define()
         for name in self.roles:
-            self.start_role(name)
+            if name != "mount":
+                self.start_role(name)
         self.wait_ready(timeout)
+        if "mount" in self.roles:          # it needs a serving MDS to start
+            self.start_role("mount")
+            self._wait_mounted(timeout)
         return self
+
+    def _wait_mounted(self, timeout: float) -> None:
+        role, path = self.roles["mount"], str(Path(self.mount_dir or "").resolve())
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(path):
+            if not role.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the mount at {path} did not start; see {role.log_path}")
+            time.sleep(0.05)
 
     def start_role(self, name: str) -> Role:
         role = self.roles[name]
@@ -269,7 +287,7 @@ class Cluster:
         dead predecessor until its heartbeats run out.
         """
         from broker.client import Client
-        names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3")]
+        names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3", "mount")]
         probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
                   (datanode_service(r), {"op": "info"})
                   for r in names}
@@ -330,12 +348,13 @@ class Cluster:
     def restart(self, name: str, timeout: float = 30.0) -> None:
         self.stop_role(name)
         self.start_role(name)
-        if name not in ("broker", "viz"):
+        if name not in ("broker", "viz", "mount"):
             self.wait_ready(timeout, [name])
 
     def stop(self) -> None:
         # Workers first so they can say goodbye to a live broker; the broker last.
-        order = [n for n in self.roles if n not in ("broker",)] + ["broker"]
+        # the mount first: its unmount still reaches the cluster
+        order = ["mount"] + [n for n in self.roles if n not in ("broker", "mount")] + ["broker"]
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
@@ -368,9 +387,12 @@ class Cluster:
 @click.option("--metrics-port", type=int, metavar="PORT",
               help="Prometheus metrics: the broker on 127.0.0.1:PORT, the MDS on PORT+1, "
                    "DataNode i on PORT+1+i.")
+@click.option("--mount", "mount_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
-         s3_port: int | None, supervise: bool, metrics_port: int | None) -> None:
+         s3_port: int | None, supervise: bool, metrics_port: int | None,
+         mount_dir: str | None) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -386,7 +408,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
                       security=not insecure, s3_port=s3_port, supervise=supervise,
-                      metrics_port=metrics_port)
+                      metrics_port=metrics_port, mount_dir=mount_dir)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -411,6 +433,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
         sys.exit(1)
     extra = f", viz http://127.0.0.1:{viz_port}" if viz else ""
     extra += f", s3 http://127.0.0.1:{s3_port}" if s3_port else ""
+    extra += f", mounted at {Path(mount_dir).resolve()}" if mount_dir else ""
     key = f" key {cluster.key}" if cluster.key else " (security off)"
     click.echo(f"ready: broker {cluster.broker}{extra}{key}")
     sys.stdout.flush()

@@ -232,7 +232,8 @@ LOCAL_OUT = click.Path(allow_dash=True)
 # Command groups with modules of their own: user add/ls/rm and whoami (the key store, not
 # the file system) and the S3 gateway.
 LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
-        "s3": "client.s3.cli:s3"}
+        "s3": "client.s3.cli:s3", "mount": "client.mount.cli:mount",
+        "umount": "client.mount.cli:umount"}
 
 
 @click.group(cls=AegisGroup, context_settings=CONTEXT, lazy=LAZY)

@@ -222,6 +222,7 @@ class BlockWriter:
         self.size = 0
         self.closed = False
         self.exclusive = False
+        self.then: list[Any] = []        # outcomes of commit(then=...)
 
     @classmethod
     def create(cls, mux: Mux, path: str, *, replication: int | None = None,
@@ -408,14 +409,23 @@ class BlockWriter:
 
     # -- ending --------------------------------------------------------------------------
 
-    def commit(self) -> dict:
-        """Wait for every block, then make the file visible; returns the MDS's answer."""
+    def commit(self, then: Sequence[dict] = ()) -> dict:
+        """Wait for every block, then make the file visible; returns the MDS's answer.
+        `then`: MDS operations to run right after the commit, in the same batch (one
+        round trip and one fsync for all); their outcomes are left in `self.then`."""
         while not self.window.empty():
             self._pump(block=True)
         commit: dict[str, Any] = {"op": "commit", "handle": self.handle, "blocks": self.blocks}
         if self.exclusive:
             commit["exclusive"] = True
-        result = self._mds(commit)
+        if then:
+            from .batch import mds_batch
+            got = mds_batch(self.mux, [commit, *then])
+            if isinstance(got[0], OSError):
+                raise name_error(got[0], self.path)
+            result, self.then = got[0], got[1:]
+        else:
+            result = self._mds(commit)
         if result.get("refused"):   # replicas the MDS found no proof for: it re-replicates
             log.warning("%s: the MDS refused %d replicas without a valid receipt", self.path,
                         len(result["refused"]))

@@ -39,7 +39,9 @@ SUPERUSER_ID = 0          # Names index 0 is always the superuser (mds/perms.SUP
 
 
 class Dir:
-    __slots__ = ("children", "mtime", "ctime", "mode", "uid", "gid")
+    # subdirs: how many children are directories (nlink = 2 + subdirs), derived: kept
+    # by the tree's attach/detach/mkdirs and recounted on restore, never logged
+    __slots__ = ("children", "mtime", "ctime", "mode", "uid", "gid", "subdirs")
 
     def __init__(self, mtime: float, mode: int = LEGACY_DIR_MODE, uid: int = SUPERUSER_ID,
                  gid: int = SUPERUSER_ID, ctime: float | None = None) -> None:
@@ -49,6 +51,7 @@ class Dir:
         self.mode = mode
         self.uid = uid          # index into Names
         self.gid = gid
+        self.subdirs = 0
 
 
 class Inode:

@@ -33,6 +33,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     rename       {src, dst, mtime}             exact target; see resolve_move()
     chmod        {path, mode, ctime}
     chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
+    utimes       {path, mtime, ctime}          utimensat (atime is not kept)
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
@@ -148,6 +149,7 @@ class Namespace:
             "rename": (t.check_rename, self._apply_rename),
             "chmod": (t.check_attr, self._apply_attr),
             "chown": (t.check_attr, self._apply_attr),
+            "utimes": (t.check_utimes, self._apply_utimes),
             "set_replicas": (b.check_set_replicas, b.apply_set_replicas),
             "queue_delete": (b.check_queue_delete, b.apply_queue_delete),
             "ack_delete": (b.check_ack_delete, b.apply_ack_delete),
@@ -288,19 +290,26 @@ class Namespace:
     # ------------------------------------------------------------------ mkdir
 
     @staticmethod
-    def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool) -> dict:
+    def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool,
+                      kind: str | None = None, umask: int | None = None) -> dict:
         """A new entry belongs to its creator (the superuser when no cred is given) and
-        its primary group; mode = requested (default 0o777 / 0o666) & ~umask."""
+        its primary group; mode = requested (default 0o777 / 0o666) & ~umask, with the
+        kind's S_IFMT bits for a file that is not regular (perms.FILE_KINDS)."""
         user = perms.SUPERUSER if cred is None else cred.user
         group = perms.SUPERUSER if cred is None else cred.group
         if mode is not None and not (type(mode) is int and 0 <= mode <= perms.MODE_BITS):
             raise error(errno.EINVAL, None, f"mode must be 0..0o{perms.MODE_BITS:o}")
-        return {"owner": user, "group": group, "mode": perms.new_mode(mode, is_dir=is_dir)}
+        if kind is not None and kind not in perms.FILE_KINDS:
+            raise error(errno.EINVAL, None, f"kind must be one of {sorted(perms.FILE_KINDS)}")
+        bits = perms.FILE_KINDS[kind] if kind else 0
+        mask = perms.DEFAULT_UMASK if umask is None else umask & 0o777
+        return {"owner": user, "group": group,
+                "mode": bits | perms.new_mode(mode, is_dir=is_dir, umask=mask)}
 
     def prepare_mkdir(self, path: str, *, parents: bool = False, cred: Cred | None = None,
-                      mode: int | None = None) -> dict:
+                      mode: int | None = None, umask: int | None = None) -> dict:
         rec = {"op": "mkdir", "path": paths.normalize(path), "parents": bool(parents),
-               "mtime": self._clock(), **self._owner_fields(cred, mode, True)}
+               "mtime": self._clock(), **self._owner_fields(cred, mode, True, umask=umask)}
         self.tree.check_mkdir(rec, cred)
         return rec
 
@@ -317,7 +326,8 @@ class Namespace:
     def prepare_create(self, path: str, *, handle: str | None = None,
                        replication: int | None = None, block_size: int | None = None,
                        parents: bool = False, lease: float | None = None,
-                       cred: Cred | None = None, mode: int | None = None) -> dict:
+                       cred: Cred | None = None, mode: int | None = None,
+                       kind: str | None = None, umask: int | None = None) -> dict:
         now = self._clock()
         rec = {"op": "create", "path": paths.normalize(path),
                "handle": handle if handle is not None else self._random(12).hex(),
@@ -325,7 +335,7 @@ class Namespace:
                "block_size": self.config.block_size if block_size is None else block_size,
                "parents": bool(parents),
                "lease": now + (self.config.lease if lease is None else lease), "mtime": now,
-               **self._owner_fields(cred, mode, False)}
+               **self._owner_fields(cred, mode, False, kind, umask)}
         self._check_create(rec, cred)
         return rec
 
@@ -524,6 +534,7 @@ class Namespace:
         old = self.tree.attach(d.path, inode, rec["mtime"])
         if type(old) is Inode:   # replacing a file keeps its owner, group and mode
             mode, uid, gid, _ = old.attrs()
+            mode = mode & perms.MODE_BITS | d.mode & perms.KIND_BITS   # the new kind
             inode.meta = inode.with_attrs(mode, uid, gid, rec["mtime"])
         if old is not None:
             self._release_file(old)
@@ -621,12 +632,35 @@ class Namespace:
         _, node = self.tree.node(rec["path"])
         mode, owner, group, _ = self.tree.attrs(node)
         if rec["op"] == "chmod":
-            mode = rec["mode"]
+            mode = mode & perms.KIND_BITS | rec["mode"]
         else:
             owner, group = rec["owner"], rec["group"]
         self.tree.set_attrs(node, mode, owner, group, rec["ctime"])
         return {"path": rec["path"], "type": "dir" if type(node) is Dir else "file",
-                "mode": mode, "owner": owner, "group": group}
+                "mode": mode & perms.MODE_BITS, "owner": owner, "group": group}
+
+    def prepare_utimes(self, path: str, mtime: float | None, *,
+                       cred: Cred | None = None) -> dict:
+        """utimensat: `mtime` None means now. A given time needs the owner or the
+        superuser (EPERM); "now" also lets anyone with write permission (EACCES)."""
+        path = paths.normalize(path)
+        _, node = self.tree.node(path, cred)
+        _, owner, _, _ = self.tree.attrs(node)
+        now = self._clock()
+        who = perms.ROOT_CRED if cred is None else cred
+        if not who.superuser and who.user != owner:
+            if mtime is not None:
+                raise PermissionError(errno.EPERM, "Operation not permitted", path)
+            self.tree.need(cred, node, perms.W, path)
+        rec = {"op": "utimes", "path": path, "mtime": now if mtime is None else mtime,
+               "ctime": now}
+        self.tree.check_utimes(rec)
+        return rec
+
+    def _apply_utimes(self, rec: Mapping) -> dict:
+        _, node = self.tree.node(rec["path"])
+        self.tree.set_times(node, rec["mtime"], rec["ctime"])
+        return {"path": rec["path"], "mtime": rec["mtime"]}
 
     # ------------------------------------------------------------------ blocks
 

@@ -26,8 +26,8 @@ import msgpack
 from broker import protocol as P
 from broker.capability import RECEIPT_BYTES
 from broker.limits import FIRST_ALLOCATION, MAX_ALLOCATE, MAX_BATCH, MAX_DELETES, MDS_SERVICE
-from broker.service import (EVERYONE, Bool, Bytes, Context, Int, List, Map, Nil, OneOf,
-                            Request, Service, Str, operation)
+from broker.service import (EVERYONE, Bool, Bytes, Context, Float, Int, List, Map, Nil,
+                            OneOf, Request, Service, Str, operation)
 
 from .cluster import ClusterView
 from .grants import Grants
@@ -48,7 +48,8 @@ MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowled
 MAX_STAT_CAPS = 4096
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
-                       "commit", "abort", "renew", "rm", "chmod", "chown", "copy"})
+                       "commit", "abort", "renew", "rm", "chmod", "chown", "copy",
+                       "rename", "utimens"})
 
 CLIENT = frozenset({P.CALLER_CLIENT})
 DATANODE = frozenset({P.CALLER_DATANODE})
@@ -63,6 +64,7 @@ CHECKSUM = Int(0, 0xFFFF_FFFF)
 # odd exclude entries are taken as (unknown) node names: they exclude nothing
 EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
 MODE = Int(0, MODE_BITS)
+UMASK = Int(0, 0o777)                 # the caller's umask (default 0o022; a mount: 0)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
 RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
@@ -124,23 +126,27 @@ class Handlers:
         """Liveness: {pong: true, safe_mode: bool}."""
         return {"pong": True, "safe_mode": self.repair.safe_mode}
 
-    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE}, callers=CLIENT,
-               mutating=True)
+    @operation({"path": PATH, "parents?": Bool(), "mode?": MODE, "umask?": UMASK},
+               callers=CLIENT, mutating=True)
     def mkdir(self, h: dict, payload: list, ctx: Context) -> dict:
         """Make directory `path` (with missing parents when `parents`), owned by the
-        caller, with `mode` (default 0o777) & ~0o022 -> {}. Needs write and search on the
-        directory that gets the new entry (EACCES)."""
+        caller, with `mode` (default 0o777) & ~`umask` (default 0o022) -> {}. Needs
+        write and search on the directory that gets the new entry (EACCES)."""
         cred = cred_of(ctx)
         self.submit(lambda ns: ns.prepare_mkdir(h["path"], parents=bool(h.get("parents")),
-                                                cred=cred, mode=h.get("mode")))
+                                                cred=cred, mode=h.get("mode"),
+                                                umask=h.get("umask")))
         ctx.emit("dir.create", path=h["path"])
         return {}
 
-    @operation({"path": PATH}, callers=CLIENT)
+    @operation({"path": PATH, "start_after?": Str(MAX_NAME), "limit?": Int(1, 1 << 31)},
+               callers=CLIENT)
     def ls(self, h: dict, payload: list, ctx: Context) -> dict:
         """List `path` -> entries: [{name, type: file/dir, size, mtime, mode, owner, group,
-        ctime, atime}]. Needs read on a directory listed (EACCES)."""
-        return {"entries": self.ns.ls(h["path"], cred=cred_of(ctx))}
+        ctime, atime}], sorted by name; a page: `limit` entries after `start_after`.
+        Needs read on a directory listed (EACCES)."""
+        return {"entries": self.ns.ls(h["path"], start_after=h.get("start_after"),
+                                      limit=h.get("limit"), cred=cred_of(ctx))}
 
     @operation({"path": PATH, "read?": Bool(), "caps_from?": COUNT, "blocks?": Bool()},
                callers=CLIENT)
@@ -194,16 +200,19 @@ class Handlers:
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
-                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE}, callers=CLIENT,
-               mutating=True)
+                "size?": COUNT, "exclusive?": Bool(), "mode?": MODE, "kind?": Str(16),
+                "umask?": UMASK},
+               callers=CLIENT)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
         allocated at once ({id, nodes, caps} each, as allocate). Invisible until commit. With
         `exclusive` it fails EEXIST when something exists at `path` already (the commit
         must then say `exclusive` too: that is the check that cannot race). The file will
-        be the caller's with `mode` (default 0o666) & ~0o022; needs write and search on
-        the parent, and write on a file it would replace (EACCES)."""
+        be the caller's with `mode` (default 0o666) & ~`umask` (0o022); needs write and
+        search on the parent, and write on a file it would replace (EACCES). `kind` (symlink, fifo,
+        socket, chardev, blockdev) makes a file that is not regular: its content is the
+        link target, stat and ls name the kind."""
         cred = cred_of(ctx)
         if h.get("exclusive"):
             try:
@@ -214,7 +223,8 @@ class Handlers:
                 raise OSError(errno.EEXIST, "File exists", h["path"])
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
-            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode")))
+            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode"),
+            kind=h.get("kind"), umask=h.get("umask")))
         draft = self.ns.draft_info(result["handle"])
         out = {"handle": draft["handle"], "path": draft["path"],
                "replication": draft["replication"], "block_size": draft["block_size"]}
@@ -424,6 +434,36 @@ class Handlers:
         self.submit(lambda ns: ns.prepare_rename(h["src"], dst, cred=cred))
         ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
+
+    @operation({"src": PATH, "dst": PATH, "noreplace?": Bool()}, callers=CLIENT,
+               mutating=True)
+    def rename(self, h: dict, payload: list, ctx: Context) -> dict:
+        """rename(2): `src` becomes exactly `dst` -> {path}. A file replaces a file, a
+        directory an empty directory (ENOTEMPTY, EISDIR, ENOTDIR otherwise); with
+        `noreplace`, EEXIST when `dst` exists. Permissions as mv."""
+        cred = cred_of(ctx)
+        if h.get("noreplace"):
+            try:
+                self.ns.stat(h["dst"], cred=cred)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                raise FileExistsError(errno.EEXIST, "File exists", h["dst"])
+        result = self.submit(lambda ns: ns.prepare_rename(h["src"], h["dst"], cred=cred))
+        ctx.emit("file.rename", src=result["src"], dst=result["dst"])
+        return {"path": result["dst"]}
+
+    @operation({"path": PATH, "mtime?": Float(-1e11, 1e11), "atime?": Float(-1e11, 1e11)},
+               callers=CLIENT, mutating=True)
+    def utimens(self, h: dict, payload: list, ctx: Context) -> dict:
+        """utimensat(2): set the mtime of `path` (now when absent) -> {path, mtime}. An
+        explicit time needs the owner or the superuser (EPERM); now, write permission
+        too (EACCES). atime is accepted and not kept (reported as the mtime)."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_utimes(h["path"], h.get("mtime"),
+                                                          cred=cred))
+        ctx.emit("file.attr", path=result["path"], mtime=result["mtime"])
+        return result
 
     @operation({"path": PATH, "mode": MODE}, callers=CLIENT, mutating=True)
     def chmod(self, h: dict, payload: list, ctx: Context) -> dict:

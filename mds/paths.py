@@ -21,11 +21,17 @@ import logging
 log = logging.getLogger(__name__)
 
 MAX_NAME_BYTES = 255
-MAX_PATH_BYTES = 4096
+# Above PATH_MAX (4096): through a mount, a path relative to any directory may be
+# PATH_MAX long, and the MDS sees it below that directory's own path.
+MAX_PATH_BYTES = 16384
 
 
 def _invalid(path: object, why: str) -> OSError:
     return OSError(errno.EINVAL, f"invalid path: {why}", path)
+
+
+def _too_long(path: object, why: str) -> OSError:
+    return OSError(errno.ENAMETOOLONG, f"File name too long: {why}", path)
 
 
 def components(path: str) -> list[str]:
@@ -49,7 +55,7 @@ def components(path: str) -> list[str]:
         # lone surrogates cannot travel over msgpack or be stored: refuse them here
         raise _invalid(path, "path is not valid UTF-8") from None
     if total > MAX_PATH_BYTES:
-        raise _invalid(path, f"path longer than {MAX_PATH_BYTES} bytes")
+        raise _too_long(path, f"path longer than {MAX_PATH_BYTES} bytes")
     names = []
     for name in path.split("/"):
         if name == "" or name == ".":
@@ -58,7 +64,7 @@ def components(path: str) -> list[str]:
             # resolving '..' would let a client reach outside a subtree it was handed
             raise _invalid(path, "'..' is not allowed")
         if len(name.encode("utf-8")) > MAX_NAME_BYTES:
-            raise _invalid(path, f"component longer than {MAX_NAME_BYTES} bytes")
+            raise _too_long(path, f"component longer than {MAX_NAME_BYTES} bytes")
         names.append(name)
     return names
 

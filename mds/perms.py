@@ -26,6 +26,19 @@ R, W, X = 4, 2, 1
 SEARCH = X
 DEFAULT_UMASK = 0o022
 MODE_BITS = 0o7777
+# Files that are not regular (the mount's symlinks and special files) keep their kind in
+# the S_IFMT bits of the stored mode; their content is the link target. Directories none.
+FILE_KINDS = {"symlink": st.S_IFLNK, "fifo": st.S_IFIFO, "socket": st.S_IFSOCK,
+              "chardev": st.S_IFCHR, "blockdev": st.S_IFBLK}
+KIND_BITS = 0o170000
+KIND_NAMES = {v: k for k, v in FILE_KINDS.items()}
+
+
+def valid_mode(mode: object, is_dir: bool = False) -> bool:
+    """A stored mode: the 12 permission bits, and for a file maybe one of FILE_KINDS."""
+    if type(mode) is not int or mode < 0 or mode & ~(KIND_BITS | MODE_BITS):
+        return False
+    return not mode & KIND_BITS or (not is_dir and mode & KIND_BITS in KIND_NAMES)
 SUPERUSER = "admin"
 
 

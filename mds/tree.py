@@ -16,7 +16,7 @@ from typing import Iterator, Mapping, Sequence
 
 from mds import paths, perms
 from mds.fields import check, error, is_time
-from mds.inode import Dir, Inode, Names
+from mds.inode import ATTR, ATTR_OFFSET, BASE, Dir, Inode, Names
 from mds.perms import SEARCH, W, Cred
 
 WX = W | SEARCH
@@ -154,6 +154,7 @@ class Tree:
             if child is None:
                 child = node.children[name] = Dir(mtime, mode if i == last else parent_mode,
                                                   uid, gid)
+                node.subdirs += 1
                 node.mtime = node.ctime = mtime
                 created += 1
             node = child
@@ -163,6 +164,8 @@ class Tree:
         names = paths.components(path)
         parent = self.walk_parent(path, names)
         node = parent.children.pop(names[-1])
+        if type(node) is Dir:
+            parent.subdirs -= 1
         parent.mtime = parent.ctime = mtime
         return node
 
@@ -172,6 +175,7 @@ class Tree:
         parent = self.walk_parent(path, names)
         old = parent.children.get(names[-1])
         parent.children[names[-1]] = node
+        parent.subdirs += (type(node) is Dir) - (type(old) is Dir)
         parent.mtime = parent.ctime = mtime
         return old
 
@@ -182,6 +186,16 @@ class Tree:
             node.mode, node.uid, node.gid, node.ctime = mode, uid, gid, ctime
         else:
             node.meta = node.with_attrs(mode, uid, gid, ctime)
+
+    def set_times(self, node: Dir | Inode, mtime: float, ctime: float) -> None:
+        if type(node) is Dir:
+            node.mtime, node.ctime = mtime, ctime
+        else:
+            ino, size, _, repl, bsize = node.header()
+            mode, uid, gid, _ = node.attrs()
+            node.meta = (BASE.pack(ino, size, mtime, repl, bsize)
+                         + ATTR.pack(mode, uid, gid, ctime)
+                         + node.meta[ATTR_OFFSET + ATTR.size:])
 
     def touch(self, node: Dir | Inode, ctime: float) -> None:
         """The ctime of a node whose metadata changed (a rename)."""
@@ -202,7 +216,7 @@ class Tree:
             check(isinstance(value, str) and 0 < len(value) <= MAX_NAME, name,
                   f"bad {key} name")
         mode = rec.get("mode", 0)
-        check(type(mode) is int and 0 <= mode <= perms.MODE_BITS, name, "bad mode")
+        check(perms.valid_mode(mode, rec.get("op") == "mkdir"), name, "bad mode")
 
     def check_mkdir(self, rec: Mapping, cred: Cred | None = None) -> None:
         path = rec["path"]
@@ -297,6 +311,14 @@ class Tree:
         if type(target) is Dir and target.children:
             raise error(errno.ENOTEMPTY, dst)
 
+    def check_utimes(self, rec: Mapping) -> None:
+        """utimes {path, mtime, ctime} records."""
+        path = rec["path"]
+        self.canonical(path)
+        check(is_time(rec["ctime"]), path, "bad ctime")
+        check(is_time(rec["mtime"]), path, "bad mtime")
+        self.node(path)
+
     def check_attr(self, rec: Mapping) -> None:
         """chmod {path, mode, ctime} and chown {path, owner, group, ctime} records."""
         path = rec["path"]
@@ -315,8 +337,11 @@ class Tree:
         """The POSIX attributes of a node, as stat and ls give them (atime is the mtime:
         reads are not recorded)."""
         mode, owner, group, ctime = self.attrs(node)
-        return {"mode": mode, "owner": owner, "group": group, "ctime": ctime,
-                "atime": node.mtime if type(node) is Dir else node.header()[2]}
+        out = {"mode": mode & perms.MODE_BITS, "owner": owner, "group": group,
+               "ctime": ctime, "atime": node.mtime if type(node) is Dir else node.header()[2]}
+        if mode & perms.KIND_BITS:
+            out["kind"] = perms.KIND_NAMES[mode & perms.KIND_BITS]
+        return out
 
     def stat(self, path: str, cred: Cred | None = None) -> dict:
         """Needs search permission on the ancestors only (as POSIX stat)."""
@@ -324,7 +349,8 @@ class Tree:
         _, node = self.node(path, cred)
         if type(node) is Dir:
             return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
-                    "entries": len(node.children), **self.describe(node)}
+                    "entries": len(node.children), "nlink": 2 + node.subdirs,
+                    **self.describe(node)}
         ino, size, mtime, repl, bsize = node.header()
         return {"path": path, "type": "file", "inode": ino, "size": size, "mtime": mtime,
                 "replication": repl, "block_size": bsize, "blocks": len(node.bids),
@@ -333,7 +359,7 @@ class Tree:
     def _entry(self, name: str, node: Dir | Inode) -> dict:
         if type(node) is Dir:
             return {"name": name, "type": "dir", "size": 0, "mtime": node.mtime,
-                    **self.describe(node)}
+                    "nlink": 2 + node.subdirs, **self.describe(node)}
         _, size, mtime, _, _ = node.header()
         return {"name": name, "type": "file", "size": size, "mtime": mtime,
                 **self.describe(node)}
@@ -445,10 +471,12 @@ class Tree:
         if legacy:
             for parent, name, mtime in zip(it, it, it):
                 d = dirs[parent].children[name] = Dir(mtime)
+                dirs[parent].subdirs += 1
                 dirs.append(d)
             return
         for parent, name, mtime, ctime, mode, uid, gid in zip(it, it, it, it, it, it, it):
             d = dirs[parent].children[name] = Dir(mtime, mode, uid, gid, ctime)
+            dirs[parent].subdirs += 1
             dirs.append(d)
 
     def finish_restore(self) -> int:

@@ -76,7 +76,7 @@ def test_mkdir_and_stat(ns: Namespace, clock: FakeClock) -> None:
     assert run(ns, ns.prepare_mkdir("/a")) == {"path": "/a", "created": 1}
     st = ns.stat("/a")
     assert st == {"path": "/a", "type": "dir", "size": 0, "mtime": 1234.5, "entries": 0,
-                  "mode": 0o755, "owner": "admin", "group": "admin", "ctime": 1234.5,
+                  "nlink": 2, "mode": 0o755, "owner": "admin", "group": "admin", "ctime": 1234.5,
                   "atime": 1234.5}
     assert ns.stat("/")["entries"] == 1
     assert ns.stat("/")["mtime"] == 1234.5  # parent mtime follows its entries

@@ -27,8 +27,6 @@ def test_normalize_accepts_and_canonicalises(raw: str, canonical: str) -> None:
     "", "a", "a/b", "./a",          # relative
     "/a/../b", "/..", "/a/..",      # '..' is refused, never resolved
     "/a\x00b",                      # NUL
-    "/" + "x" * 256,                # component > 255 bytes
-    "/" + "é" * 128,                # 256 bytes of UTF-8 in 128 characters
     "/a/\udc80",                    # lone surrogate: not UTF-8
     None, b"/a", 5,                 # not a string
 ])
@@ -37,6 +35,17 @@ def test_normalize_rejects_with_einval(bad: object) -> None:
         paths.normalize(bad)  # type: ignore[arg-type]
     assert info.value.errno == errno.EINVAL
     assert type(info.value) is OSError
+
+
+@pytest.mark.parametrize("long", [
+    "/" + "x" * 256,                # component > 255 bytes
+    "/" + "é" * 128,                # 256 bytes of UTF-8 in 128 characters
+    "/" + "/".join(["a" * 200] * 82),   # the whole path over MAX_PATH_BYTES
+])
+def test_too_long_is_enametoolong(long: str) -> None:
+    with pytest.raises(OSError) as info:
+        paths.normalize(long)
+    assert info.value.errno == errno.ENAMETOOLONG
 
 
 def test_error_carries_the_path_as_filename() -> None:
@@ -49,14 +58,15 @@ def test_error_carries_the_path_as_filename() -> None:
 def test_length_limits_are_inclusive() -> None:
     name = "n" * 255
     assert paths.normalize("/" + name) == "/" + name
-    # 4096 bytes exactly is fine, 4097 is not
-    exact = "/" + "/".join(["a" * 254] * 16)
-    exact = exact + "/" + "b" * (4096 - len(exact) - 1)
-    assert len(exact.encode()) == 4096
+    # MAX_PATH_BYTES exactly is fine, one more is not
+    limit = paths.MAX_PATH_BYTES
+    exact = "/" + "/".join(["a" * 254] * (limit // 256))
+    exact = exact + "/" + "b" * (limit - len(exact) - 1)
+    assert len(exact.encode()) == limit
     assert paths.normalize(exact) == exact
     with pytest.raises(OSError) as info:
         paths.normalize(exact + "c")
-    assert info.value.errno == errno.EINVAL
+    assert info.value.errno == errno.ENAMETOOLONG
 
 
 def test_split_join_basename() -> None:

@@ -1,0 +1,51 @@
+"""Cache invalidation from the cluster's event feed: the MDS publishes file.* and dir.*
+events (commit, delete, rename, attr, create); a thread of the mount drops the paths
+they name from its attribute cache, so a change made elsewhere shows at once instead of
+after attr_timeout (the kernel's own cache still lasts its timeout)."""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+
+from broker.events import Subscriber
+
+from .cache import AttrCache
+
+log = logging.getLogger(__name__)
+
+
+def events_endpoint(client_endpoint: str) -> str | None:
+    """The broker's XPUB endpoint: the client endpoint's port + 3 (docs/architecture.md)."""
+    m = re.fullmatch(r"(tcp://.+):(\d+)", client_endpoint)
+    return f"{m.group(1)}:{int(m.group(2)) + 3}" if m else None
+
+
+def paths_of(body: dict) -> list[str]:
+    return [p for p in (body.get("path"), body.get("src"), body.get("dst"))
+            if isinstance(p, str) and p.startswith("/")]
+
+
+class Invalidator(threading.Thread):
+    def __init__(self, endpoint: str, curve: Any, cache: AttrCache) -> None:
+        super().__init__(name="aegisfs-mount-events", daemon=True)
+        self.endpoint, self.curve, self.cache = endpoint, curve, cache
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        sub = Subscriber(self.endpoint, ["file.", "dir."], curve=self.curve)
+        try:
+            while not self.stopping.is_set():
+                event = sub.recv(timeout=0.5)
+                if event is None:
+                    continue
+                for path in paths_of(event.body):
+                    self.cache.drop_tree(path)
+        except Exception:           # the cache times still bound staleness
+            log.exception("event feed lost; attributes now expire by time only")
+        finally:
+            sub.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
