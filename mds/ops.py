@@ -202,7 +202,7 @@ class Handlers:
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),
                 "size?": COUNT, "exclusive?": Bool(), "mode?": MODE, "kind?": Str(16),
                 "umask?": UMASK},
-               callers=CLIENT)
+               callers=CLIENT, mutating=True)
     def create(self, h: dict, payload: list, ctx: Context) -> dict:
         """Open a draft of file `path` -> {handle, path, replication, block_size, lease:
         seconds left (float), blocks?}. With the expected `size`, the first <= 16 blocks are
