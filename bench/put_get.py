@@ -236,6 +236,29 @@ ROLES = {"put": role_put, "get": role_get, "small": role_small, "raw-client": ro
 CHILD_ENV: dict[str, str] = {}    # the security settings of the cluster being measured
 
 
+def role_cpu(cluster: object) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) each cluster process has used so far, from
+    /proc/<pid>/stat: where the work of a put or get goes besides the client."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, role in cluster.roles.items():   # type: ignore[attr-defined]
+        try:
+            with open(f"/proc/{role.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], client: float) -> str:
+    """One line: CPU seconds per process kind during one transfer."""
+    used = {k: after.get(k, 0.0) - v for k, v in before.items()}
+    dns = sum(v for k, v in used.items() if k.startswith("dn"))
+    return (f"client {client:5.1f}  broker {used.get('broker', 0.0):5.1f}  "
+            f"mds {used.get('mds', 0.0):4.1f}  datanodes {dns:5.1f} CPU-s")
+
+
 def child(role: str, *args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--role", role, *map(str, args)],
                             stdout=subprocess.PIPE, cwd=str(ROOT), text=True,
@@ -336,6 +359,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aegisfs-bench-", dir=args.dir))
     size = args.size_mib * MiB
     rows: list[tuple] = []
+    splits: list[str] = []
     try:
         src = tmp / "source.bin"
         raw = {}
@@ -355,9 +379,14 @@ def main() -> None:
             try:
                 _wait_nodes(cluster.broker, 3, cluster.key)
                 for r in ((2,) if secure and len(modes) > 1 else (1, 2)) if size else ():
+                    cpu0 = role_cpu(cluster)
                     put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
+                    cpu1 = role_cpu(cluster)
                     get = run_child("get", cluster.broker, f"/bench/r{r}.bin",
                                     tmp / "out.bin")
+                    cpu2 = role_cpu(cluster)
+                    splits.append(f"put R={r}{tag}: " + cpu_split(cpu0, cpu1, put["cpu"]))
+                    splits.append(f"get R={r}{tag}: " + cpu_split(cpu1, cpu2, get["cpu"]))
                     os.unlink(tmp / "out.bin")
                     p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
                     gib = size / 2**30
@@ -379,6 +408,9 @@ def main() -> None:
 
     if rows:
         print_table(args.size_mib, rows)
+        print("\nwhere the CPU went (user + system seconds, all threads):")
+        for line in splits:
+            print("  " + line)
     print("\n4 KiB files, R=2, durable creates/s (each file acknowledged only once its data "
           "is synced on 2 DataNodes and its metadata in the MDS log):")
     for mode, label in (("single", "one write_bytes per file"),

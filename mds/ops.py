@@ -65,6 +65,8 @@ EXCLUDE = List(OneOf(NODE, Int(-(1 << 63), 1 << 64), Nil()), 1024)
 MODE = Int(0, MODE_BITS)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
 RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
+# a DataNode's data endpoint (datanode/dataplane.py), as its heartbeat advertises it
+DATA_ADVERT = Map({"endpoint": Str(256, 8), "key?": Str(40, 40)})
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
                     "replicas": List(NODE, 255), "receipts?": List(RECEIPT, 255)})
 
@@ -92,7 +94,17 @@ class Handlers:
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
+        # node -> [data endpoint, CURVE public key or ""], from heartbeats (in memory)
+        self.endpoints: dict[str, list[str]] = {}
         self.service = Service.collect(MDS_SERVICE, self)
+
+    def _with_endpoints(self, out: dict, nodes: Any) -> dict:
+        """Add the data endpoints of `nodes` that have one, as one table per reply
+        (`endpoints: {node: [endpoint, key]}`), for the client to send payloads there."""
+        table = {n: self.endpoints[n] for n in set(nodes) if n in self.endpoints}
+        if table:
+            out["endpoints"] = table
+        return out
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -104,7 +116,13 @@ class Handlers:
         does not stop the others. They run in order inside the same loop turn, so their WAL
         records share the turn's one fsync, and the reply waits for it."""
         item = self.service.item
-        return {"results": [item(sub, ctx, BATCHABLE) for sub in h["ops"]]}
+        results = [item(sub, ctx, BATCHABLE) for sub in h["ops"]]
+        table: dict = {}
+        for r in results:       # one node table for the whole reply
+            ok = r.get("ok") if isinstance(r, dict) else None
+            if isinstance(ok, dict) and "endpoints" in ok:
+                table.update(ok.pop("endpoints"))
+        return {"results": results, **({"endpoints": table} if table else {})}
 
     def submit(self, prepare: Callable) -> dict:
         return self.store.submit(prepare)
@@ -153,6 +171,7 @@ class Handlers:
                 for b in info["blocks"][first:first + MAX_STAT_CAPS]:
                     b["cap"] = mint(b["id"], wall)
                 info["cap_ttl"] = self.grants.read_ttl
+                self._with_endpoints(info, (n for b in info["blocks"] for n in b["replicas"]))
             else:
                 del info["blocks"]
         else:
@@ -195,6 +214,7 @@ class Handlers:
             count = min(FIRST_ALLOCATION, -(-size // draft["block_size"]))
             try:
                 out["blocks"] = self._allocate(draft, count, [], ctx)
+                self._with_endpoints(out, (n for b in out["blocks"] for n in b["nodes"]))
             except OSError:
                 pass   # best effort: the client's own allocate reports why
         out["lease"] = self._lease_left(draft["handle"], ctx)
@@ -217,7 +237,9 @@ class Handlers:
         draft = self.ns.draft_info(h["handle"])
         exclude = [str(n) for n in h.get("exclude") or []]
         blocks = self._allocate(draft, h["count"], exclude, ctx)
-        return {"blocks": blocks, "lease": self._lease_left(draft["handle"], ctx)}
+        return self._with_endpoints({"blocks": blocks,
+                                     "lease": self._lease_left(draft["handle"], ctx)},
+                                    (n for b in blocks for n in b["nodes"]))
 
     def _allocate(self, draft: dict, count: int, exclude: list[str],
                   ctx: Context) -> list[dict]:
@@ -256,7 +278,9 @@ class Handlers:
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
-        return {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]}
+        return self._with_endpoints(
+            {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]},
+            [node])
 
     @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
                 "exclusive?": Bool()}, callers=CLIENT)
@@ -472,15 +496,23 @@ class Handlers:
 
     @operation({"node": NODE, "capacity": COUNT, "used": COUNT, "blocks": COUNT,
                 "free?": COUNT, "deleted?": List(BLOCK, MAX_ACKS),
-                "copy_failed?": List(BLOCK, MAX_ACKS)}, callers=DATANODE, binds="node")
+                "copy_failed?": List(BLOCK, MAX_ACKS), "data?": DATA_ADVERT},
+               callers=DATANODE, binds="node")
     def dn_heartbeat(self, h: dict, payload: list, ctx: Context) -> dict:
         """DataNode `node` (the caller) is alive with this capacity/used/blocks, finished
         the deletions `deleted` and failed the copies `copy_failed` -> {commands: [{op:
         delete, blocks} / {op: copy, block, target, cap, target_cap} / {op: report}], keys:
         {ring, receipt_key}} for it to carry out. `keys` is the capability key ring (to
         verify capabilities with) and this node's own receipt key; `cap` of a copy is a
-        copy capability for this node, `target_cap` the write capability for the target."""
+        copy capability for this node, `target_cap` the write capability for the target.
+        `data` is the node's data endpoint {endpoint, key?} (its CURVE public key), handed
+        to clients with allocations and block lists."""
         node, now = h["node"], ctx.now
+        data = h.get("data")
+        if data:
+            self.endpoints[node] = [data["endpoint"], data.get("key", "")]
+        else:
+            self.endpoints.pop(node, None)
         for ev in self.cluster.heartbeat(node, h["capacity"], h["used"], h["blocks"], now):
             ctx.emit(ev.topic, node=ev.node, reason=ev.reason)
             self.repair.on_node_up(node)
