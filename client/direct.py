@@ -205,6 +205,7 @@ class Links:
         """The next finished reply of any connection (not raised), or None on timeout."""
         limit = None if timeout is None else self.clock() + timeout
         while True:
+            resent = False
             for conn in self._connections():
                 while True:
                     reply = conn.ready()
@@ -213,6 +214,9 @@ class Links:
                     done = self._finish(conn, reply)
                     if done is not None:
                         return done
+                    resent = True
+            if resent:
+                continue         # a resent request may be answered already
             if not self._out:
                 return None
             now = self.clock()
