@@ -253,12 +253,15 @@ def role_cpu(cluster: object) -> dict[str, float]:
     return out
 
 
-def cpu_split(before: dict[str, float], after: dict[str, float], client: float) -> str:
-    """One line: CPU seconds per process kind during one transfer."""
+def cpu_split(before: dict[str, float], after: dict[str, float],
+              client: float) -> tuple[str, float]:
+    """One line of CPU seconds per process kind during one transfer, and their total."""
     used = {k: after.get(k, 0.0) - v for k, v in before.items()}
     dns = sum(v for k, v in used.items() if k.startswith("dn"))
+    total = client + sum(used.values())
     return (f"client {client:5.1f}  broker {used.get('broker', 0.0):5.1f}  "
-            f"mds {used.get('mds', 0.0):4.1f}  datanodes {dns:5.1f} CPU-s")
+            f"mds {used.get('mds', 0.0):4.1f}  datanodes {dns:5.1f}  total {total:5.1f} "
+            f"CPU-s", total)
 
 
 def child(role: str, *args: object) -> subprocess.Popen:
@@ -363,6 +366,7 @@ def main() -> None:
     rows: list[tuple] = []
     splits: list[str] = []
     speeds: dict[tuple[bool, int, bool], tuple[float, float]] = {}
+    cpus: dict[tuple[bool, int, bool], tuple[float, float]] = {}
     try:
         src = tmp / "source.bin"
         raw = {}
@@ -397,8 +401,10 @@ def main() -> None:
                     cpu2 = role_cpu(cluster)
                     os.unlink(tmp / "out.bin")
                     name = f"R={r}{way}{tag}"
-                    splits.append(f"put {name}: " + cpu_split(cpu0, cpu1, put["cpu"]))
-                    splits.append(f"get {name}: " + cpu_split(cpu1, cpu2, get["cpu"]))
+                    put_line, put_cpu = cpu_split(cpu0, cpu1, put["cpu"])
+                    get_line, get_cpu = cpu_split(cpu1, cpu2, get["cpu"])
+                    splits += [f"put {name}: {put_line}", f"get {name}: {get_line}"]
+                    cpus[(secure, r, direct)] = (put_cpu, get_cpu)
                     p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
                     speeds[(secure, r, direct)] = (p_mbs, g_mbs)
                     gib = size / 2**30
@@ -420,14 +426,22 @@ def main() -> None:
 
     if rows:
         print_table(args.size_mib, rows)
-        print("\nwhere the CPU went (user + system seconds, all threads):")
+        print(f"\nwhere the CPU went (user + system seconds, all threads; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end):")
         for line in splits:
             print("  " + line)
         for direct in (False, True):
             on, off = speeds.get((True, 2, direct)), speeds.get((False, 2, direct))
             if on and off:
                 print(f"secure / insecure at R=2, {'direct' if direct else 'relay '}: "
-                      f"put {on[0] / off[0]:.2f}x  get {on[1] / off[1]:.2f}x")
+                      f"put {on[0] / off[0]:.2f}x  get {on[1] / off[1]:.2f}x  (MB/s)")
+            on, off = cpus.get((True, 2, direct)), cpus.get((False, 2, direct))
+            if on and off:
+                # what the ratio would be if the cores were ours alone and the work
+                # CPU-bound: insecure CPU-s / secure CPU-s for the same bytes
+                print(f"  CPU-bound bound, {'direct' if direct else 'relay '}: "
+                      f"put {off[0] / on[0]:.2f}x  get {off[1] / on[1]:.2f}x  "
+                      f"(insecure / secure CPU-s, all processes)")
     print("\n4 KiB files, R=2, durable creates/s (each file acknowledged only once its data "
           "is synced on 2 DataNodes and its metadata in the MDS log):")
     for secure in sorted({k[1] for k in small}):

@@ -100,9 +100,13 @@ class Links:
             if self.curve is not None:
                 keys = CurveKeys(self.curve.public, self.curve.secret, entry[1].encode("ascii"),
                                  self.curve.source)
-            conn = self._connect(entry[0], timeout=self.timeout,
-                                 max_in_flight=self.max_in_flight,
-                                 connect_timeout=self.connect_timeout, curve=keys)
+            try:
+                conn = self._connect(entry[0], timeout=self.timeout,
+                                     max_in_flight=self.max_in_flight,
+                                     connect_timeout=self.connect_timeout, curve=keys)
+            except zmq.ZMQError as exc:       # an endpoint ZeroMQ cannot dial
+                self._fail(node, OSError(str(exc)))
+                return None
             self.conns[node] = conn
             self._poller = None
         return node, conn
@@ -238,7 +242,7 @@ class Links:
             for conn in self._connections():
                 for sock in conn.pollables():
                     self._poller.register(sock, zmq.POLLIN)
-        self._poller.poll(seconds * 1000)
+        self._poller.poll(int(seconds * 1000) + 1)
 
     @property
     def in_flight(self) -> int:

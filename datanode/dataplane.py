@@ -100,6 +100,7 @@ class DataPlaneCore:
         self.refused = 0
         self.requests = 0
         self.bytes_in = 0
+        self.bytes_out = 0
 
     def reply(self, ident: bytes, rid: bytes, header: bytes, payload: Iterable = ()) -> list:
         return [ident, P.pack(P.REPLY, self.service, rid, header), *payload]
@@ -147,7 +148,8 @@ class DataPlaneCore:
 
     def counters(self) -> dict:
         return {"data_requests": self.requests, "data_bytes_in": self.bytes_in,
-                "data_refused": self.refused, "data_malformed": self.malformed}
+                "data_bytes_out": self.bytes_out, "data_refused": self.refused,
+                "data_malformed": self.malformed}
 
 
 def advertised_host(bind: str, advertise: str, broker_endpoint: str) -> str:
@@ -231,6 +233,7 @@ class DataEndpoint:
             else:
                 frames = core.reply(req.client, req.rid, P.ok_header(outcome.result),
                                     outcome.payload)
+                core.bytes_out += sum(len(f) for f in outcome.payload)
             wire.send(self.sock, frames)
 
     def run(self, stop: threading.Event) -> None:

@@ -1,6 +1,6 @@
-"""What crosses the wire: a raw capture on the broker host's interface (client <-> broker
-and broker <-> DataNodes both pass there) must not show a file's content or its path once
-CURVE encrypts the sockets. Without security the same capture must show both: that proves
+"""What crosses the wire: a raw capture on the client host's interface (client <-> broker
+for the requests, client <-> DataNode data endpoints for the block payloads, both pass
+there) must not show a file's content or its path once CURVE encrypts the sockets. Without security the same capture must show both: that proves
 the capture sees the traffic, so the encrypted case cannot pass by capturing nothing."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.multihost.harness import BROKER, curve_available
+from tests.multihost.harness import CLIENT, curve_available
 
 MARKER = bytes(range(0x40, 0x80))                  # 64 bytes, printable, unlikely by chance
 PATH_MARKER = "/m/" + "p" * 30 + "q" * 31 + "x"    # a 64-character path name
@@ -18,7 +18,7 @@ PATH_MARKER = "/m/" + "p" * 30 + "q" * 31 + "x"    # a 64-character path name
 
 def capture_a_put(mh, tmp_path: Path) -> bytes:
     cap = tmp_path / "wire.bin"
-    sniff = mh.net.spawn(BROKER, [sys.executable, str(Path(__file__).with_name("sniff.py")),
+    sniff = mh.net.spawn(CLIENT, [sys.executable, str(Path(__file__).with_name("sniff.py")),
                                   "eth0", str(cap), "5"], stdout=subprocess.PIPE)
     assert sniff.stdout.readline().strip() == b"READY"
     src = tmp_path / "secret.bin"
