@@ -27,7 +27,7 @@ from broker.limits import MDS_SERVICE
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 30.0          # seconds a node whose endpoint failed goes through the broker
-DIRECT_CONNECT = 1.0        # seconds to wait for a data endpoint before using the broker
+DIRECT_CONNECT = 2.0        # seconds to wait for a data endpoint before using the broker
 NodeTable = dict[str, tuple[str, str]]
 
 
@@ -79,8 +79,14 @@ class Links:
     # -- routing -------------------------------------------------------------------------
 
     def learn(self, result: object) -> None:
+        """Take the node table of an MDS reply, and start connecting to its nodes now:
+        the handshakes then overlap the MDS round trips instead of the first block."""
         if isinstance(result, dict) and "endpoints" in result:
-            self.table.update(parse_table(result["endpoints"]))
+            table = parse_table(result["endpoints"])
+            self.table.update(table)
+            for node in table:
+                if node not in self.conns:
+                    self._direct("dn." + node)
 
     def _direct(self, service: str) -> tuple[str, Client] | None:
         if not service.startswith("dn."):

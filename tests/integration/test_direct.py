@@ -22,6 +22,7 @@ from client import AegisClient
 from run_cluster import Cluster
 from tests.support.caps import cap_for
 from tests.support.cluster import start_cluster
+from tests.support.wait import wait_for
 
 MIB = 1024 * 1024
 DOWN = "dn3"      # advertises an address nobody listens on: its endpoint is "down"
@@ -32,6 +33,12 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     c = start_cluster(tmp_path_factory.mktemp("direct"),
                       extra={DOWN: ["--advertise", "127.0.0.2"]})
     try:
+        with AegisClient(c.broker, key=c.key) as fs, \
+                Client(c.broker, timeout=20, curve=c.curve) as raw:
+            fs.write_bytes("/ready", b"x", replication=3)
+            # a DataNode advertises its endpoint once it holds the broker's registry
+            wait_for(lambda: len(stat(raw, "/ready").get("endpoints", {})) == 3,
+                     timeout=15, what="every DataNode's data endpoint at the MDS")
         yield c
     finally:
         c.stop()
@@ -117,14 +124,16 @@ def test_a_revoked_user_is_cut_off_from_the_data_endpoint_within_5s(cluster, raw
     (b,) = stat(raw, "/direct/r")["blocks"]
     ask = {"op": "get_block", "id": b["id"], "cap": b["cap"]}
     deadline = time.monotonic() + 10
-    with direct(cluster, raw, "dn1", "/direct/r", keys=carol) as c:
-        while True:       # the DataNode learns of carol within a second or so
-            try:
-                assert bytes(c.call("dn.dn1", ask).payload[0]) == b"r" * 5000
-                break
-            except PermissionError:
-                assert time.monotonic() < deadline, "carol never admitted"
-                time.sleep(0.2)
+    while True:       # the DataNode learns of carol within a second or so; a handshake
+        c = direct(cluster, raw, "dn1", "/direct/r", keys=carol, connect_timeout=1)
+        try:          # refused before that is not retried by ZeroMQ: a new connection
+            assert bytes(c.call("dn.dn1", ask).payload[0]) == b"r" * 5000
+            break
+        except (PermissionError, ConnectionRefusedError):
+            c.close()
+            assert time.monotonic() < deadline, "carol never admitted"
+            time.sleep(0.2)
+    with c:
         store.remove_user("carol")
         t0 = time.monotonic()
         while True:

@@ -92,7 +92,8 @@ def test_the_direct_connection_uses_the_users_key_and_the_nodes_server_key():
     w = World(curve=me)
     w.links.call("mds", {"op": "stat"})
     w.via("dn.dn2")
-    keys = w.made[0].kw["curve"]
+    (conn,) = [c for c in w.made if c.endpoint == "tcp://10.0.0.2:7002"]
+    keys = conn.kw["curve"]
     assert (keys.public, keys.secret, keys.server) == (b"P" * 40, b"S" * 40, KEY2.encode())
 
 
@@ -110,10 +111,19 @@ def test_an_unusable_endpoint_falls_back_to_the_broker_for_a_while(error):
     w.refuse["tcp://10.0.0.1:7001"] = error
     w.links.call("mds", {"op": "allocate"})
     assert w.via() == "broker"
-    assert w.via() == "broker" and len(w.made) == 1      # not tried again at once
+    tried = [c for c in w.made if c.endpoint == "tcp://10.0.0.1:7001"]
+    assert w.via() == "broker" and len(tried) == 1      # not tried again at once
     w.clock.advance(31)
     w.refuse.clear()
     assert w.via() == "tcp://10.0.0.1:7001"
+
+
+def test_the_mds_reply_starts_the_connections_before_the_first_block():
+    w = World()
+    w.links.call("mds", {"op": "allocate"})
+    assert sorted(c.endpoint for c in w.made) == ["tcp://10.0.0.1:7001",
+                                                  "tcp://10.0.0.2:7002"]
+    assert all(not c.sent for c in w.made)
 
 
 def test_a_connection_lost_mid_request_is_resent_through_the_broker():
