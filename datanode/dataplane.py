@@ -13,12 +13,12 @@ socket, authorizes. `DataPlaneCore` is the sans-IO part (parse, admit, stamp);
 """
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
 import socket
 import threading
-import collections
 from typing import Any, Callable, Iterable
 
 import zmq
