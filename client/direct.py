@@ -8,8 +8,8 @@ public key from the node tables the MDS puts in its replies (`endpoints: {node: 
 key]}`: create, allocate, replace_target, stat, batch). A request for `dn.<id>` goes
 direct when that node has an endpoint; through the broker when it has none, when the
 connection cannot be made or its key is refused (then the node is tried direct again after
-`retry_after` s), and again through the broker when a direct connection drops with the
-request out. Capabilities and receipts are the same either way.
+`retry_after` s, 5 s after a refused key), and again through the broker when a direct
+connection drops with the request out. Capabilities and receipts are the same either way.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from broker.limits import MDS_SERVICE
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 30.0          # seconds a node whose endpoint failed goes through the broker
+# a refused key is tried again sooner: a user added a moment ago is refused by a DataNode
+# until its next look at the broker's registry (a second or so)
+RETRY_REFUSED = 5.0
 DIRECT_CONNECT = 2.0        # seconds to wait for a data endpoint before using the broker
 NodeTable = dict[str, tuple[str, str]]
 
@@ -129,9 +132,11 @@ class Links:
         conn.close()
 
     def _fail(self, node: str, exc: OSError) -> None:
+        pause = min(RETRY_REFUSED, self.retry_after) if isinstance(exc, PermissionError) \
+            else self.retry_after
         log.info("data endpoint of %s not usable (%s); through the broker for %.0fs",
-                 node, exc, self.retry_after)
-        self._down[node] = self.clock() + self.retry_after
+                 node, exc, pause)
+        self._down[node] = self.clock() + pause
         self._drop(node)
 
     def _relay(self, rid: int) -> None:

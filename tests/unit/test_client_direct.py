@@ -126,6 +126,18 @@ def test_the_mds_reply_starts_the_connections_before_the_first_block():
     assert all(not c.sent for c in w.made)
 
 
+def test_a_refused_key_is_tried_again_sooner_than_an_unreachable_node():
+    w = World()
+    w.refuse["tcp://10.0.0.1:7001"] = PermissionError(errno.EACCES, "key refused")
+    w.refuse["tcp://10.0.0.2:7002"] = ConnectionRefusedError(errno.ECONNREFUSED, "down")
+    w.links.call("mds", {"op": "allocate"})
+    assert w.via("dn.dn1") == w.via("dn.dn2") == "broker"
+    w.refuse.clear()
+    w.clock.advance(6)
+    assert w.via("dn.dn1") == "tcp://10.0.0.1:7001"
+    assert w.via("dn.dn2") == "broker"
+
+
 def test_a_connection_lost_mid_request_is_resent_through_the_broker():
     w = World()
     w.links.call("mds", {"op": "allocate"})
