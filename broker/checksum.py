@@ -19,7 +19,7 @@ import errno
 import functools
 from typing import Sequence
 
-import crc32c
+from .crc import crc32c as _crc32c
 
 POLY = 0x82F63B78  # Castagnoli, bit-reflected
 _X0 = 1 << 31      # the polynomial 1 (x**0) in reflected order
@@ -172,7 +172,7 @@ def verify_range(chunk_crcs: Sequence[int], chunk_size: int, block_size: int, bl
     if end > block_size or (end % chunk_size and end != block_size):
         raise _eio(f"range read returned {view.nbytes} bytes from offset {offset}: not whole "
                    f"chunks of a {block_size}-byte block")
-    crc = crc32c.crc32c
+    crc = _crc32c
     first = offset // chunk_size
     for lo in range(0, view.nbytes, chunk_size):
         i = first + lo // chunk_size

@@ -1,6 +1,7 @@
 """CURVE on every broker socket: the key material each role connects with, the broker's
-ZAP authenticator (pyzmq's zmq.auth, one credentials callback per domain) and the User-Id
-it gives each connection, which `routing.caller_of` turns into the caller.
+ZAP admission decisions (the pyzmq thread that asks them is zap.py, apart because it
+imports asyncio, which clients need not load) and the User-Id it gives each connection,
+which `routing.caller_of` turns into the caller.
 
 User-Id, carried by ZeroMQ on every message of an authenticated connection:
     "u:<user name>:<public key z85>"   a user's key (client endpoint, events out)
@@ -24,15 +25,12 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from .keys import KeyStore, load_broker_key, load_public, load_secret
-from .routing import MEMBER_KEY as MEMBER
-from .routing import USER_KEY as USER
-from .routing import parse_user_id  # noqa: F401  (the inverse of user_id, re-exported)
-
-log = logging.getLogger(__name__)
+from .userid import MEMBER_KEY as MEMBER
+from .userid import USER_KEY as USER
+from .userid import parse_user_id  # noqa: F401  (the inverse of user_id, re-exported)
 
 ON, OFF = "on", "off"
 DOMAINS = ("client", "worker", "events_in", "events_out")
@@ -163,39 +161,6 @@ class Admission:
         if who is None:   # removed between the callback and now: a User-Id nobody matches
             return "x:revoked:-"
         return user_id(who[0], who[1], z85.encode(key).decode("ascii"))
-
-
-class _Domain:
-    """pyzmq's credentials provider interface: callback(domain, z85 key) -> bool."""
-
-    def __init__(self, admission: Admission) -> None:
-        self.admission = admission
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        try:
-            return self.admission.admit(domain, key)
-        except Exception:   # never let a lookup error leave a handshake unanswered
-            log.exception("ZAP check failed; refusing the key")
-            return False
-
-
-class KeyAuthenticator(ThreadAuthenticator):
-    """zmq.auth's ZAP thread with our per-domain callbacks and User-Id mapping."""
-
-    def __init__(self, context: zmq.Context, store: KeyView,
-                 domains: tuple[str, ...] = DOMAINS) -> None:
-        super().__init__(context, log=logging.getLogger("broker.zap"))
-        self.admission = Admission(store)
-        self.domains = domains
-
-    def start(self) -> None:
-        super().start()
-        provider = _Domain(self.admission)
-        for domain in self.domains:
-            self.configure_curve_callback(domain, provider)
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.admission.user_id_for(client_public_key)
 
 
 # --- configuration -----------------------------------------------------------------

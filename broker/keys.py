@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +75,8 @@ class UserInfo:
 def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
     """Replace path with data: a crash leaves the old content or the new, and the file is
     never visible with wider permissions than mode."""
+    # secrets (hashlib, so OpenSSL) only where keys are written: clients only read them
+    import secrets
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -243,6 +244,7 @@ class KeyStore:
             first = not (self.dir / _REGISTRY).exists()
             self._remove_stale_tmp()
             if not (self.dir / _SECRET_FILE).exists():
+                import secrets
                 write_file_atomic(self.dir / _SECRET_FILE,
                                   secrets.token_bytes(CLUSTER_SECRET_BYTES), 0o600)
                 made.append("cluster secret")

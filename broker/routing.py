@@ -34,6 +34,7 @@ from typing import Callable
 from . import protocol as P
 from . import service as S
 from .service import EVERYONE, Bool, Context, Int, Map, Str, operation, validate
+from .userid import MEMBER_KEY, USER_KEY, parse_user_id  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ READY_FIELDS = Map({"capacity?": Int(-(1 << 63), 1 << 64), "exclusive?": Bool(),
 # With security off every client is this user: the superuser (mds.perms.SUPERUSER and
 # keys.ADMIN are the same name; a unit test holds them together).
 INSECURE_USER = "admin"
-USER_KEY, MEMBER_KEY = "u", "m"    # the kinds of User-Id (broker/curve.py makes them)
 
 
 class Refused(PermissionError):
@@ -66,16 +66,6 @@ class Refused(PermissionError):
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EPERM, message)
-
-
-def parse_user_id(uid: str) -> tuple[str, str] | None:
-    """(kind, name) of a User-Id "u:<user>:<key>" / "m:<service>:<key>", else None.
-    Names never hold ':' (keys.USER_NAME, keys.NODE_ID), so the first two split cleanly."""
-    kind, sep, rest = uid.partition(":")
-    name, sep2, _key = rest.partition(":")
-    if not (sep and sep2 and name) or kind not in (USER_KEY, MEMBER_KEY):
-        return None
-    return kind, name
 
 
 def _member_caller(member: str | None) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from . import wire
 from .config import bind_endpoint
 from .keys import KeyStore
 from .routing import CLIENT, Refused, Router
+from .zap import KeyAuthenticator
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Broker:
                              request_ttl=float(cfg["request_ttl"]),
                              max_header=int(cfg["max_header_size"]))
         self.store: KeyStore | None = None
-        self.auth: curve.KeyAuthenticator | None = None
+        self.auth: KeyAuthenticator | None = None
         server_keys = None
         if keys is not None:
             # Two stores: the ZAP thread reads its own, so no registry object is shared
@@ -123,7 +124,7 @@ class Broker:
             self.router.refresh = self._registry_now
             # The ZAP handler must be up before anything binds: libzmq lets a CURVE peer
             # in without asking when no handler is there.
-            self.auth = curve.KeyAuthenticator(self.ctx, KeyStore(keys))
+            self.auth = KeyAuthenticator(self.ctx, KeyStore(keys))
             self.auth.start()
         self.frontend = self.ctx.socket(zmq.ROUTER)
         self.backend = self.ctx.socket(zmq.ROUTER)

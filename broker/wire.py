@@ -7,6 +7,8 @@ by Python on its way through.
 """
 from __future__ import annotations
 
+import struct
+
 import zmq
 
 # Plain ints: pyzmq's enum flags cost ~1 us per `|` on the hot path.
@@ -101,11 +103,16 @@ def monitor(sock: zmq.Socket) -> zmq.Socket:
 
 
 def monitor_events(mon: zmq.Socket) -> list[int]:
-    """Drain the monitor socket; return the event numbers seen."""
-    from zmq.utils.monitor import recv_monitor_message
+    """Drain the monitor socket; return the event numbers seen.
+
+    An event is two frames, the first 16-bit event number then 32-bit value (libzmq's
+    zmq_socket_monitor). Parsed here, not by zmq.utils.monitor: that module imports
+    zmq.asyncio, hence asyncio, which would double a CLI call's start-up."""
     seen = []
     while True:
         try:
-            seen.append(recv_monitor_message(mon, zmq.NOBLOCK)["event"])
+            frames = mon.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return seen
+        if len(frames) == 2 and len(frames[0]) == 6:
+            seen.append(struct.unpack_from("=H", frames[0])[0])

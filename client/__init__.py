@@ -6,11 +6,28 @@
 """
 from __future__ import annotations
 
-from broker.client import BrokerUnavailable
+from typing import TYPE_CHECKING, Any
 
-from .api import AegisClient
+if TYPE_CHECKING:
+    from broker.client import BrokerUnavailable
+
+    from .api import AegisClient
 
 __all__ = ["AegisClient", "BrokerUnavailable", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: `aegisfs --help` and the modules under client/ that do not talk
+    # to a cluster need not pay for zmq and the API at start (PEP 562).
+    if name == "AegisClient":
+        from .api import AegisClient
+        return AegisClient
+    if name == "BrokerUnavailable":
+        from broker.client import BrokerUnavailable
+        return BrokerUnavailable
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version() -> str:
@@ -19,6 +36,3 @@ def _version() -> str:
         return version("aegisfs")
     except Exception:       # running from a checkout that is not installed
         return "0.1.0"
-
-
-__version__ = _version()

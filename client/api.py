@@ -14,7 +14,8 @@ import io
 import logging
 import os
 import threading
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Mapping,
+                    Sequence, TypeVar)
 
 import zmq
 
@@ -25,11 +26,13 @@ from broker.limits import MAX_BATCH, MDS_SERVICE
 
 from . import localio
 from .direct import DIRECT_CONNECT, Links
-from .batch import (BATCH_BYTES, BIG, READ_WINDOW, SMALL_FILE_MAX, SmallFiles, SmallReads,
-                    mds_batch)
 from .blocks import Piece, Suspects, pieces_for_range
-from .files import ReadFile, WriteFile
 from .streams import BlockReader, BlockWriter, Mux, name_error
+
+if TYPE_CHECKING:
+    from .files import ReadFile, WriteFile
+# batch.py (put_many, get_many, set_attrs) and files.py (open) are imported where they are
+# used: a one-file call, like each `aegisfs` command, starts faster without them.
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,12 +189,14 @@ class AegisClient:
         entries = self._mds(p, "ls", path=p)["entries"]
         return entries if detail else [e["name"] for e in entries]
 
-    def stat(self, path: PathLike) -> dict:
+    def stat(self, path: PathLike, *, blocks: bool = True) -> dict:
         """path, type, size, mtime, mode, owner, group, ctime, atime; for files also
         replication, block_size and blocks [{id (hex), size, checksum, replicas}] (left
-        out when the caller may not read the file)."""
+        out when the caller may not read the file, or asks blocks=False: then the MDS
+        neither builds the list nor signs capabilities, which a big file makes costly)."""
         p = _abs(path)
-        info = self._mds(p, "stat", path=p)
+        info = self._mds(p, "stat", path=p) if blocks else \
+            self._mds(p, "stat", path=p, blocks=False)
         # read capabilities are bearer tokens for the readers here, not for display
         info.pop("cap_ttl", None)
         info.pop("endpoints", None)
@@ -212,20 +217,20 @@ class AegisClient:
 
     def exists(self, path: PathLike) -> bool:
         try:
-            self.stat(path)
+            self.stat(path, blocks=False)
             return True
         except (FileNotFoundError, NotADirectoryError):
             return False
 
     def isdir(self, path: PathLike) -> bool:
         try:
-            return self.stat(path).get("type") == "dir"
+            return self.stat(path, blocks=False).get("type") == "dir"
         except (FileNotFoundError, NotADirectoryError):
             return False
 
     def isfile(self, path: PathLike) -> bool:
         try:
-            return self.stat(path).get("type") == "file"
+            return self.stat(path, blocks=False).get("type") == "file"
         except (FileNotFoundError, NotADirectoryError):
             return False
 
@@ -253,6 +258,55 @@ class AegisClient:
         s, d = _abs(src), _abs(dst)
         return self._mds(f"{s} -> {d}", "mv", src=s, dst=d).get("path", d)
 
+    def copy(self, src: PathLike, dst: PathLike, exclusive: bool = False) -> str:
+        """Server-side copy of a file (into dst when it is a directory); returns the final
+        path. One MDS request: the copy shares the source's blocks, no byte moves, and
+        removing either leaves the other whole. A directory is IsADirectoryError;
+        `exclusive` refuses an existing destination (FileExistsError)."""
+        s, d = _abs(src), _abs(dst)
+        return self._mds(f"{s} -> {d}", "copy", src=s, dst=d,
+                         exclusive=exclusive).get("path", d)
+
+    def compose(self, dst: PathLike, sources: Sequence[PathLike | tuple[PathLike, int, int]],
+                exclusive: bool = False, replication: int | None = None,
+                parents: bool = False) -> dict:
+        """Make file dst from whole blocks of existing files, in order, without moving a
+        byte: each source is a path (all its blocks) or (path, first block, block count).
+        One stat per source and one create + commit (atomic: dst appears complete or not
+        at all). A source replaced between the stat and the commit fails it with
+        FileNotFoundError. Returns {path, size}."""
+        d = _abs(dst)
+        blocks: list[dict] = []
+        first_replication = None
+        for src in sources:
+            path, first, count = ((src, 0, None) if not isinstance(src, tuple) else
+                                  (src[0], int(src[1]), int(src[2])))
+            info = self._file_info(_abs(path))
+            have = info["blocks"]
+            first_replication = first_replication or info.get("replication")
+            take = have[first:] if count is None else have[first:first + count]
+            if first < 0 or (count is not None and (count < 0 or len(take) != count)):
+                raise ValueError(f"{info['path']} has {len(have)} blocks, not "
+                                 f"{first}..{first + (count or 0)}")
+            blocks += [{"id": b["id"], "size": b["size"], "checksum": b["checksum"],
+                        "from": info["path"]} for b in take]
+        create: dict[str, Any] = {"path": d, "parents": parents}
+        repl = replication or first_replication
+        if repl:
+            create["replication"] = int(repl)
+        if exclusive:
+            create["exclusive"] = True
+        handle = self._mds(d, "create", **create)["handle"]
+        try:
+            out = self._mds(d, "commit", handle=handle, blocks=blocks, exclusive=exclusive)
+        except BaseException:
+            try:
+                self._mds(d, "abort", handle=handle)
+            except OSError:
+                pass        # the lease drops it anyway
+            raise
+        return {"path": out.get("path", d), "size": out.get("size", 0)}
+
     def chmod(self, path: PathLike, mode: int) -> dict:
         """Set the 12 mode bits (e.g. 0o640) of a file or directory; the owner's right
         (or the superuser's). Returns {path, type, mode, owner, group}."""
@@ -278,6 +332,7 @@ class AegisClient:
         out: list[Outcome] = []
         for i in range(0, len(ops), MAX_BATCH):
             chunk = ops[i:i + MAX_BATCH]
+            from .batch import mds_batch
             for op, got in zip(chunk, mds_batch(self._io(), chunk)):
                 out.append(name_error(got, op["path"]) if isinstance(got, OSError) else got)
         return out
@@ -401,6 +456,7 @@ class AegisClient:
         progress(files settled, bytes stored) is called as files are settled. `batch` files
         travel together (default [client] put_batch; at most the MDS's MAX_BATCH).
         """
+        from .batch import BATCH_BYTES, SMALL_FILE_MAX, SmallFiles
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         batch = self.put_batch if batch is None else _batch_size(batch)
@@ -527,6 +583,7 @@ class AegisClient:
         errors and progress(files settled, bytes read) work as in put_many; `batch` files
         are looked up together (default [client] get_batch; at most the MDS's MAX_BATCH).
         """
+        from .batch import BIG, READ_WINDOW, SmallReads
         if errors not in ("raise", "return"):
             raise ValueError("errors must be 'raise' or 'return'")
         reads = SmallReads(self._io(), timeout=self.timeout, suspects=self.suspects,
@@ -608,6 +665,7 @@ class AegisClient:
         the buffer fills; close() commits atomically, an exception in a `with` block or
         abort() drops the draft. "xb": as "wb", but FileExistsError if the file exists
         (at open, and again at the commit, which cannot race)."""
+        from .files import ReadFile, WriteFile
         p = _abs(remote)
         if mode in ("rb", "br"):
             with _about(p):

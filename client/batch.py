@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import crc32c
+from broker.crc import crc32c
 
 from broker import protocol as P
 from broker.limits import MAX_PUT_MANY, MDS_SERVICE, datanode_service
@@ -82,7 +82,7 @@ class SmallFiles:
         batch = []
         for path, data in files:
             view = memoryview(data).cast("B")
-            batch.append(_File(path, view, crc32c.crc32c(view)))
+            batch.append(_File(path, view, crc32c(view)))
         try:
             self._create(batch)
             self._store([f for f in batch if f.replicas is not None])

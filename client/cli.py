@@ -5,28 +5,29 @@ naming the path and the reason, with a non-zero exit code (tracebacks only with 
 Which files a put or get moves is transfer_plan.py; how results look is output.py.
 Defaults the flags do not give come from the [client] config section (broker/config.py):
 flag > AEGISFS_CLIENT_* environment > config file.
+
+A call should start fast (issue 19: each one is a new process): the API, zmq, the config
+loader, the transfer planner and the command groups kept in other modules (`LAZY`) are
+imported only by the commands that use them. tests/unit/test_client_cli.py holds this.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
-from click.shell_completion import CompletionItem, get_completion_class
 
-from broker import config as broker_config
-from broker.client import BrokerUnavailable
-
-from . import transfer_plan as plan
-from .api import AegisClient
-from .modes import Mode, ModeError, parse_mode, parse_owner
 from .output import (Progress, describe, drain_text, emit_json, fsck_lines, human, ls_line,
                      node_lines, stat_lines, status_lines)
+
+if TYPE_CHECKING:
+    from .api import AegisClient
 
 EXIT_FAILED = 1          # the operation failed (missing file, bad path, unhealthy fsck ...)
 EXIT_USAGE = 2           # click's own code for bad arguments
@@ -51,13 +52,28 @@ class Failure(click.ClickException):
 
 
 def exit_code_for(exc: OSError) -> int:
+    from broker.client import BrokerUnavailable
     if isinstance(exc, (BrokerUnavailable, ConnectionError, TimeoutError)):
         return EXIT_UNAVAILABLE
     return EXIT_FAILED
 
 
 class AegisGroup(click.Group):
-    """Turns exceptions from any command into one-line errors (see module docstring)."""
+    """Turns exceptions from any command into one-line errors (see module docstring), and
+    finds the commands named in `lazy` ({name: "module:attribute"}) when first asked for."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in self.lazy:
+            module, _, attr = self.lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -102,6 +118,7 @@ class State:
     def cfg(self) -> dict:
         """The merged configuration (file < environment), loaded once."""
         if self._cfg is None:
+            from broker import config as broker_config
             try:
                 self._cfg = broker_config.load(self.config)
             except broker_config.ConfigError as exc:
@@ -115,6 +132,7 @@ class State:
     @property
     def fs(self) -> AegisClient:
         if self._fs is None:
+            from .api import AegisClient
             connect = float(self.cfg["client"]["connect_timeout"])
             if self.timeout:        # a short --timeout also bounds reaching the broker
                 connect = min(connect, self.timeout)
@@ -155,6 +173,7 @@ class OctalMode(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         if isinstance(value, int):
             return value
+        from .modes import ModeError, parse_mode
         try:
             mode = parse_mode(str(value))
         except ModeError:
@@ -169,6 +188,9 @@ class RemotePath(click.ParamType):
     name = "path"
 
     def shell_complete(self, ctx: click.Context, param: Any, incomplete: str) -> list:
+        from click.shell_completion import CompletionItem
+
+        from .api import AegisClient
         parent, _, stem = (incomplete or "/").rpartition("/")
         parent = parent or "/"
         try:
@@ -193,7 +215,13 @@ LOCAL_OUT = click.Path(allow_dash=True)
 # ---------------------------------------------------------------------------------------
 # Commands
 
-@click.group(cls=AegisGroup, context_settings=CONTEXT)
+# Command groups with modules of their own: user add/ls/rm and whoami (the key store, not
+# the file system) and the S3 gateway.
+LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
+        "s3": "client.s3.cli:s3"}
+
+
+@click.group(cls=AegisGroup, context_settings=CONTEXT, lazy=LAZY)
 @click.option("--broker", envvar="AEGISFS_BROKER", metavar="ENDPOINT",
               help="Broker client endpoint [env AEGISFS_BROKER; default from the config].")
 @click.option("--key", type=click.Path(), metavar="FILE",
@@ -354,6 +382,7 @@ def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
       aegisfs put --replication 3 --block-size 8M big.iso /isos/
       aegisfs put -r photos/ notes.txt /backup
     """
+    from . import transfer_plan as plan
     fs = state.fs
     progress = state.option("progress", progress)
     if plan.single_upload(sources):
@@ -387,6 +416,7 @@ def put(state: State, sources: tuple[str, ...], remote: str, recursive: bool,
 @contextlib.contextmanager
 def planning() -> Iterator[None]:
     """A transfer plan that cannot be made is an expected failure (exit 2 for usage)."""
+    from . import transfer_plan as plan
     try:
         yield
     except plan.PlanError as exc:
@@ -426,6 +456,7 @@ def get(state: State, remotes: tuple[str, ...], local: str, recursive: bool,
       aegisfs get /uploads/image.png recovered.png
       aegisfs get -r /backup/photos ./restore
     """
+    from . import transfer_plan as plan
     fs = state.fs
     progress = state.option("progress", progress)
     if plan.single_download(fs, remotes, recursive):
@@ -526,6 +557,7 @@ def chmod(state: State, mode: str, paths: tuple[str, ...], recursive: bool) -> N
       aegisfs chmod u+x,g+rX /tools/run.sh
       aegisfs chmod 1777 /tmp
     """
+    from .modes import Mode, ModeError, parse_mode
     try:
         parsed: Mode = parse_mode(mode)
     except ModeError as exc:
@@ -555,6 +587,7 @@ def chown(state: State, owner: str, paths: tuple[str, ...], recursive: bool) -> 
       aegisfs chown -R alice:staff /projects/web
       aegisfs chown :staff /projects/web/index.html
     """
+    from .modes import ModeError, parse_owner
     try:
         new_owner, new_group = parse_owner(owner)
     except ModeError as exc:
@@ -601,6 +634,26 @@ def mv(state: State, src: str, dst: str) -> None:
     """
     final = state.fs.mv(src, dst)
     click.echo(f"moved {src} -> {final}")
+
+
+@cli.command()
+@click.argument("src", type=REMOTE)
+@click.argument("dst", type=REMOTE)
+@click.option("-n", "--no-clobber", is_flag=True,
+              help="Fail instead of replacing an existing DST.")
+@pass_state
+def cp(state: State, src: str, dst: str, no_clobber: bool) -> None:
+    """Copy file SRC to DST inside the cluster (into DST when it is a directory).
+
+    Server side: the copy shares SRC's blocks, no byte leaves the DataNodes, and it
+    takes one request however big the file. Use put/get to copy to or from local disk.
+
+    \b
+    Example:
+      aegisfs cp /data/model.bin /backup/model.bin
+    """
+    final = state.fs.copy(src, dst, exclusive=no_clobber)
+    click.echo(f"copied {src} -> {final}")
 
 
 @cli.command()
@@ -743,17 +796,14 @@ def completion(shell: str) -> None:
     Example:
       eval "$(aegisfs completion bash)"     # in ~/.bashrc
     """
+    from click.shell_completion import get_completion_class
     comp_cls = get_completion_class(shell)
     comp = comp_cls(cli, {}, "aegisfs", "_AEGISFS_COMPLETE")
     click.echo(comp.source())
 
 
-# user add/ls/rm and whoami live in their own module (the key store, not the file system)
-from .cli_users import user, whoami  # noqa: E402
-
-cli.add_command(user)
-cli.add_command(whoami)
-cli.add_command(__import__("client.s3.cli", fromlist=["s3"]).s3)   # the S3 gateway group
+# `cat` is `read` under the name people try first
+cli.add_command(read, "cat")
 
 
 def main() -> None:

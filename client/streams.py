@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import crc32c
+from broker.crc import crc32c
 
 from broker import protocol as P
 from broker.checksum import verify_range
@@ -234,7 +234,7 @@ class BlockWriter:
         view = memoryview(self._buffers[self.window.next_slot()])[:n]
         bid, nodes, caps = self._next_id()
         seq = self.window.start()
-        task = _PutBlock(seq, bid, n, crc32c.crc32c(view), view,
+        task = _PutBlock(seq, bid, n, crc32c(view), view,
                          ReplicaWrite(nodes, self.replication), caps)
         if not nodes:
             self._replace(task)
@@ -565,7 +565,7 @@ class BlockReader:
         if piece.whole:
             if data.nbytes != piece.length:
                 return f"{data.nbytes} bytes instead of {piece.length}", True, empty
-            if crc32c.crc32c(data) != block["checksum"]:
+            if crc32c(data) != block["checksum"]:
                 return "checksum mismatch", True, empty
             return None, False, data
         return _verified_range(piece, block, reply.result or {}, data)

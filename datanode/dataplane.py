@@ -25,7 +25,8 @@ import zmq
 
 from broker import protocol as P
 from broker import wire
-from broker.curve import KeyAuthenticator, secure_server
+from broker.curve import secure_server
+from broker.zap import KeyAuthenticator
 from broker.keys import _z85
 from broker.routing import DATA, MEMBER_KEY, USER_KEY, Refused, caller_of
 from broker.service import Outcome

@@ -214,3 +214,16 @@ def test_limit_a_deliberate_forgery_is_not_caught() -> None:
     forged = [c0, c1] + TABLE[2:]
     verify_range(forged, CHUNK, SIZE, CRC, 0, bytes(bad))       # passes: the limit
     eio(forged, CHUNK, SIZE, CRC, 0, bytes(bad) + DATA[CHUNK:2 * CHUNK])  # chunk 1 is caught
+
+
+def test_broker_crc_is_the_packages_function_loaded_without_its_init():
+    import subprocess
+    import sys
+    code = ("import sys\nfrom broker.crc import crc32c\n"
+            "print('importlib.metadata' in sys.modules, crc32c(b'123456789'),"
+            " crc32c(b'6789', crc32c(b'12345')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    import crc32c as package
+    check = str(package.crc32c(b"123456789"))
+    assert out == ["False", check, check] and check == str(0xE3069283)   # the CRC-32C check value

@@ -12,10 +12,15 @@ from client.cli import (EXIT_FAILED, EXIT_UNAVAILABLE, SizeType, cli, describe, 
                         human)
 
 
+def all_commands() -> list[str]:
+    """Every top-level command, those loaded on demand (cli.LAZY) included."""
+    return cli.list_commands(click.Context(cli))
+
+
 def test_every_command_help_has_an_example():
     runner = CliRunner()
     assert "Example" in runner.invoke(cli, ["--help"]).output
-    for name in cli.commands:
+    for name in all_commands():
         result = runner.invoke(cli, [name, "--help"])
         assert result.exit_code == 0, name
         assert "Example" in result.output, name
@@ -24,7 +29,49 @@ def test_every_command_help_has_an_example():
 
 def test_seed_commands_exist():
     assert {"write", "read", "stat", "ls", "rm", "put", "get", "mkdir", "mv", "du", "status",
-            "fsck"} <= set(cli.commands)
+            "fsck", "user", "whoami", "s3", "cat"} <= set(all_commands())
+
+
+def test_help_lists_every_command_with_its_summary():
+    """The lazily loaded groups are listed like the others, with their one-line help."""
+    ctx = click.Context(cli)
+    output = CliRunner().invoke(cli, ["--help"]).output
+    for name in all_commands():
+        summary = cli.get_command(ctx, name).get_short_help_str(limit=45)
+        line = next((ln for ln in output.splitlines() if ln.split()[:1] == [name]), "")
+        assert summary.rstrip(".")[:30] in line, (name, line)
+
+
+# What a short command may not load at start: the network stack and checksums (until it
+# connects), and never the servers or the heavy optional libraries.
+HEAVY_AT_IMPORT = ("zmq", "msgpack", "crc32c", "asyncio", "importlib.metadata", "tomllib",
+                   "client.api", "broker.client", "client.s3.server", "client.fsspec_fs",
+                   "fsspec", "uvicorn", "streamlit", "client.batch")
+# What the one-file verbs (write, read, stat, ls) may not load even once connected.
+HEAVY_EVER = ("asyncio", "importlib.metadata", "fsspec", "uvicorn", "streamlit",
+              "client.s3.server", "client.batch", "broker.routing", "zmq.auth", "hashlib")
+
+
+def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    import subprocess
+    import sys
+    probe = (f"{code}\nimport sys\n"
+             f"print(' '.join(n for n in {names!r} if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def test_importing_the_cli_loads_nothing_heavy():
+    assert _loaded_after("import client.cli", HEAVY_AT_IMPORT) == []
+
+
+def test_the_one_file_verbs_load_only_what_they_use():
+    # what `aegisfs write/read/stat/ls` import once they connect (State.fs, Client, CRCs)
+    code = ("import client.cli, client.api, broker.client, broker.curve, broker.crc, "
+            "client.streams, client.output")
+    assert _loaded_after(code, HEAVY_EVER) == []
+    assert "zmq" in _loaded_after(code, ("zmq",))    # the probe sees what is imported
 
 
 def test_version_option():

@@ -2,6 +2,7 @@
 downloads that appear only complete (temporary file, sync, rename)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 
@@ -44,6 +45,43 @@ def test_atomic_file_appears_only_on_commit(tmp_path, monkeypatch):
     assert target.read_bytes() == b"new"
     assert len(synced) == 2                        # the file, then its directory
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_file_syncs_behind_the_writer_and_reports_a_failed_sync(tmp_path, monkeypatch):
+    """Every SYNC_EVERY bytes the data is synced in another thread while writes go on; a
+    sync that fails makes the next write fail and no target ever appears."""
+    import threading
+    release, started, threads = threading.Event(), threading.Event(), []
+
+    def slow_sync(fd):
+        threads.append(threading.get_ident())
+        started.set()
+        assert release.wait(10)
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    target = tmp_path / "out"
+    f = localio.AtomicFile(target)
+    f.SYNC_EVERY = 4
+    f.write(memoryview(b"abcd"))                  # starts a sync, which blocks
+    assert started.wait(10)
+    f.write(memoryview(b"ef"))                    # not behind it
+    release.set()
+    f.write(memoryview(b"gh"))                    # waits for the first, starts a second
+    f.commit()
+    assert target.read_bytes() == b"abcdefgh"
+    assert len(threads) == 2 and threading.get_ident() not in threads
+
+    def failing_sync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", failing_sync)
+    g = localio.AtomicFile(tmp_path / "other")
+    g.SYNC_EVERY = 2
+    g.write(memoryview(b"xy"))
+    with pytest.raises(OSError) as failed:
+        g.write(memoryview(b"z"))
+        g.commit()
+    assert failed.value.errno == errno.EIO
+    g.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_atomic_file_discard_leaves_nothing(tmp_path):

@@ -90,7 +90,7 @@ EXPECTED_CALLERS = {
     **{op: {"client"} for op in ("mkdir", "ls", "stat", "du", "create", "allocate",
                                  "replace_target", "commit", "abort", "renew", "rm", "mv",
                                  "fsck", "batch", "bad_replica", "drain", "chmod",
-                                 "chown")},
+                                 "chown", "copy")},
     "ping": {"client", "datanode", "mds", "broker"},
     "status": {"client", "datanode", "mds", "broker"},
     **{op: {"datanode"} for op in ("dn_heartbeat", "block_report", "replica_added",
@@ -601,3 +601,28 @@ def test_a_bad_data_advert_is_refused(world, data):
                            used=0, blocks=0, data=data))
     assert err.errno in (errno.EINVAL, errno.EPROTO)
     assert world.ops.endpoints == {}
+
+
+def test_stat_sized_to_what_the_caller_asks(world, monkeypatch):
+    """blocks=False: the attributes only, with no block list built and nothing signed;
+    read: the block list in one walk, the same as a plain stat's; a directory stays a
+    directory either way."""
+    homes(world)
+    write_as(world, ALICE, "/home/alice/f", mode=0o600)
+    full = world.ok("stat", ALICE, path="/home/alice/f")
+    assert world.ok("stat", ALICE, path="/home/alice/f", read=True) == full
+
+    def never(*args, **kwargs):
+        raise AssertionError("built for a stat that did not ask for blocks")
+    monkeypatch.setattr(world.ops.grants, "mint_read", never)
+    monkeypatch.setattr(world.store.ns, "file_info", never)
+    attrs = world.ok("stat", ALICE, path="/home/alice/f", blocks=False)
+    assert "blocks" not in attrs and "cap_ttl" not in attrs
+    assert attrs == {k: v for k, v in full.items() if k not in ("blocks", "cap_ttl")}
+    top = world.ok("stat", ALICE, path="/home", blocks=False)
+    assert top["type"] == "dir" and "blocks" not in top
+    monkeypatch.undo()
+    assert world.ok("stat", ALICE, path="/home", read=True)["blocks"] == []
+    # read permission is still what decides, with or without the new paths
+    assert "blocks" not in world.ok("stat", BOB, path="/home/alice/f")
+    assert world.call("stat", BOB, path="/home/alice/f", read=True).error.errno == errno.EACCES
