@@ -10,9 +10,11 @@ wall time and peak RSS (getrusage). The raw baseline is the minimal same-shaped 
 client DEALER -> a C `zmq.proxy` relay -> single-threaded sink processes writing each block
 tmp, fsync, DONTNEED, rename, fsync dir (as bench/raw_disk.py's raw_put) - no MDS, no
 checksums, no placement. With --security both (the default) the big put/get also runs
-on a second cluster with CURVE on (rows marked "CURVE"; small files only with security
-off); the clients find the cluster's key through AEGISFS_KEY. Prints a table;
-benchmarks are scripts, not tests.
+on a second cluster with CURVE on (rows marked "CURVE"), and the small files too; the
+clients find the cluster's key through AEGISFS_KEY. R=2 runs twice per cluster: "relay"
+(every payload through the broker, [client] direct = false) and "direct" (to the
+DataNodes' data endpoints). Per-process CPU seconds (/proc) show where the work goes.
+Prints a table; benchmarks are scripts, not tests.
 """
 from __future__ import annotations
 
@@ -236,6 +238,32 @@ ROLES = {"put": role_put, "get": role_get, "small": role_small, "raw-client": ro
 CHILD_ENV: dict[str, str] = {}    # the security settings of the cluster being measured
 
 
+def role_cpu(cluster: object) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) each cluster process has used so far, from
+    /proc/<pid>/stat: where the work of a put or get goes besides the client."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, role in cluster.roles.items():   # type: ignore[attr-defined]
+        try:
+            with open(f"/proc/{role.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float],
+              client: float) -> tuple[str, float]:
+    """One line of CPU seconds per process kind during one transfer, and their total."""
+    used = {k: after.get(k, 0.0) - v for k, v in before.items()}
+    dns = sum(v for k, v in used.items() if k.startswith("dn"))
+    total = client + sum(used.values())
+    return (f"client {client:5.1f}  broker {used.get('broker', 0.0):5.1f}  "
+            f"mds {used.get('mds', 0.0):4.1f}  datanodes {dns:5.1f}  total {total:5.1f} "
+            f"CPU-s", total)
+
+
 def child(role: str, *args: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--role", role, *map(str, args)],
                             stdout=subprocess.PIPE, cwd=str(ROOT), text=True,
@@ -336,6 +364,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aegisfs-bench-", dir=args.dir))
     size = args.size_mib * MiB
     rows: list[tuple] = []
+    splits: list[str] = []
+    speeds: dict[tuple[bool, int, bool], tuple[float, float]] = {}
+    cpus: dict[tuple[bool, int, bool], tuple[float, float]] = {}
     try:
         src = tmp / "source.bin"
         raw = {}
@@ -352,26 +383,42 @@ def main() -> None:
             CHILD_ENV.update({"AEGISFS_SECURITY_MODE": "on", "AEGISFS_KEY": str(cluster.key)}
                              if secure else {"AEGISFS_SECURITY_MODE": "off"})
             tag = " CURVE" if secure else ""
+            # R=2 through the broker (relay) and to the data endpoints (direct), in the
+            # same run; R=1 direct only, and only without CURVE when both are measured
+            plan = [(2, False), (2, True)]
+            if not (secure and len(modes) > 1):
+                plan.insert(0, (1, True))
             try:
                 _wait_nodes(cluster.broker, 3, cluster.key)
-                for r in ((2,) if secure and len(modes) > 1 else (1, 2)) if size else ():
-                    put = run_child("put", cluster.broker, src, f"/bench/r{r}.bin", r)
-                    get = run_child("get", cluster.broker, f"/bench/r{r}.bin",
+                for r, direct in plan if size else ():
+                    CHILD_ENV["AEGISFS_CLIENT_DIRECT"] = "1" if direct else "0"
+                    way = (" direct" if direct else " relay") if r == 2 else ""
+                    cpu0 = role_cpu(cluster)
+                    put = run_child("put", cluster.broker, src, f"/bench/r{r}{way}.bin", r)
+                    cpu1 = role_cpu(cluster)
+                    get = run_child("get", cluster.broker, f"/bench/r{r}{way}.bin",
                                     tmp / "out.bin")
+                    cpu2 = role_cpu(cluster)
                     os.unlink(tmp / "out.bin")
+                    name = f"R={r}{way}{tag}"
+                    put_line, put_cpu = cpu_split(cpu0, cpu1, put["cpu"])
+                    get_line, get_cpu = cpu_split(cpu1, cpu2, get["cpu"])
+                    splits += [f"put {name}: {put_line}", f"get {name}: {get_line}"]
+                    cpus[(secure, r, direct)] = (put_cpu, get_cpu)
                     p_mbs, g_mbs = size / put["seconds"] / 1e6, size / get["seconds"] / 1e6
+                    speeds[(secure, r, direct)] = (p_mbs, g_mbs)
                     gib = size / 2**30
-                    rows.append((f"put R={r}{tag}", p_mbs, put["rss_mib"], put["cpu"] / gib,
+                    rows.append((f"put {name}", p_mbs, put["rss_mib"], put["cpu"] / gib,
                                  raw[r]["put"]))
-                    rows.append((f"get R={r}{tag}", g_mbs, get["rss_mib"], get["cpu"] / gib,
+                    rows.append((f"get {name}", g_mbs, get["rss_mib"], get["cpu"] / gib,
                                  raw[1]["get"]))
-                if not small and (not secure or len(modes) == 1):
-                    for mode, n in (("single", args.small_files),
-                                    ("batched", args.batched_files)):
-                        small[mode] = (
-                            small_files(cluster.broker, 1, n, f"{mode}-one", mode),
-                            small_files(cluster.broker, 8, max(1, n // 4), f"{mode}-eight",
-                                        mode))
+                CHILD_ENV.pop("AEGISFS_CLIENT_DIRECT", None)
+                for mode, n in (("single", args.small_files),
+                                ("batched", args.batched_files)):
+                    small[(mode, secure)] = (
+                        small_files(cluster.broker, 1, n, f"{mode}-one", mode),
+                        small_files(cluster.broker, 8, max(1, n // 4), f"{mode}-eight",
+                                    mode))
             finally:
                 cluster.stop()
     finally:
@@ -379,17 +426,42 @@ def main() -> None:
 
     if rows:
         print_table(args.size_mib, rows)
+        print(f"\nwhere the CPU went (user + system seconds, all threads; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end):")
+        for line in splits:
+            print("  " + line)
+        for direct in (False, True):
+            on, off = speeds.get((True, 2, direct)), speeds.get((False, 2, direct))
+            if on and off:
+                print(f"secure / insecure at R=2, {'direct' if direct else 'relay '}: "
+                      f"put {on[0] / off[0]:.2f}x  get {on[1] / off[1]:.2f}x  (MB/s)")
+            on, off = cpus.get((True, 2, direct)), cpus.get((False, 2, direct))
+            if on and off:
+                # what the ratio would be if the cores were ours alone and the work
+                # CPU-bound: insecure CPU-s / secure CPU-s for the same bytes
+                print(f"  CPU-bound bound, {'direct' if direct else 'relay '}: "
+                      f"put {off[0] / on[0]:.2f}x  get {off[1] / on[1]:.2f}x  "
+                      f"(insecure / secure CPU-s, all processes)")
     print("\n4 KiB files, R=2, durable creates/s (each file acknowledged only once its data "
           "is synced on 2 DataNodes and its metadata in the MDS log):")
-    for mode, label in (("single", "one write_bytes per file"),
-                        ("batched", "put_many, 64 files per batch")):
-        one, eight = small[mode]
-        print(f"  {label:30} 1 client {one[0]:8,.0f}   8 clients {eight[0]:8,.0f}")
+    for secure in sorted({k[1] for k in small}):
+        tag = " CURVE" if secure else ""
+        for mode, label in (("single", "one write_bytes per file"),
+                            ("batched", "put_many, 64 files per batch")):
+            one, eight = small[(mode, secure)]
+            print(f"  {label + tag:36} 1 client {one[0]:8,.0f}   8 clients {eight[0]:8,.0f}")
     print("  reading them back, verified, files/s:")
-    for mode, label in (("single", "one read_bytes per file"),
-                        ("batched", "get_many, 256 files per batch")):
-        one, eight = small[mode]
-        print(f"  {label:30} 1 client {one[1]:8,.0f}   8 clients {eight[1]:8,.0f}")
+    for secure in sorted({k[1] for k in small}):
+        tag = " CURVE" if secure else ""
+        for mode, label in (("single", "one read_bytes per file"),
+                            ("batched", "get_many, 256 files per batch")):
+            one, eight = small[(mode, secure)]
+            print(f"  {label + tag:36} 1 client {one[1]:8,.0f}   8 clients {eight[1]:8,.0f}")
+    for mode in ("single", "batched"):
+        on, off = small.get((mode, True)), small.get((mode, False))
+        if on and off:
+            print(f"  secure / insecure creates, {mode}: 1 client {on[0][0] / off[0][0]:.2f}x"
+                  f"   8 clients {on[1][0] / off[1][0]:.2f}x")
     print(f"  raw disk, one file per block (tmp, fsync, rename, fsync dir), 1 process, "
           f"1 copy: {raw_small:,.0f} files/s")
 

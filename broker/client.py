@@ -138,6 +138,21 @@ class Client:
         rid = next(iter(self._done))
         return self._done.pop(rid)
 
+    def pollables(self) -> list[zmq.Socket]:
+        """The sockets to poll for this client's progress (with others, as client/direct.py
+        does for several connections at once); then call `ready()`."""
+        return [self.sock, self._monitor]
+
+    def ready(self) -> Reply | None:
+        """Take what the socket holds (never blocking), expire overdue requests, and
+        return one finished reply if there is one (not raised: check .error)."""
+        self._pump(time.monotonic())
+        return self.wait_any(0) if self._done else None
+
+    def next_deadline(self) -> float | None:
+        """When the earliest outstanding request times out (None: nothing outstanding)."""
+        return self._earliest_deadline() if self._pending else None
+
     def _earliest_deadline(self) -> float:
         return min(d for _, d in self._pending.values())
 

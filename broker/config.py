@@ -53,11 +53,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "heartbeat": 1.0,
         "scrub_rate": 16 * 1024 * 1024,
         "writer_threads": 2,
+        # the data endpoint clients send block payloads to directly (datanode/dataplane.py);
+        # "" = the address this host uses toward the broker; port 0 = any free port
+        "data_bind": "",
+        "data_port": 0,
+        "advertise": "",
+        "data_endpoint": True,
     },
     # CURVE on every broker socket (broker/curve.py). "off" is for benchmarks only.
     "security": {"mode": "on", "keys": "data/keys", "key": "", "broker_key": ""},
     "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,
-               "get_batch": 256, "progress": True, "retry_deadline": 60.0},
+               "get_batch": 256, "progress": True, "retry_deadline": 60.0, "direct": True},
 }
 
 # Short aliases users reach for first; they win over the long AEGISFS_BROKER_CLIENT form.

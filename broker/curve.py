@@ -12,6 +12,7 @@ does not bring back connections made with the old key.
 Domains (the ZAP domain of each broker socket) and whom they admit:
     client      users                events_in    members (publishers)
     worker      members              events_out   users and members (subscribers)
+    data        users and members    (a DataNode's data endpoint, datanode/dataplane.py)
 The broker's own key is never admitted anywhere: nothing should connect with it.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import zmq
 from zmq.utils import z85
@@ -37,6 +38,7 @@ DOMAINS = ("client", "worker", "events_in", "events_out")
 ADMITS: dict[str, frozenset[str]] = {
     "client": frozenset({USER}), "worker": frozenset({MEMBER}),
     "events_in": frozenset({MEMBER}), "events_out": frozenset({USER, MEMBER}),
+    "data": frozenset({USER, MEMBER}),
 }
 ADMIN_KEY = Path("users") / "admin.key_secret"
 INSECURE_WARNING = ("SECURITY IS OFF: no CURVE, no authentication, every client is the "
@@ -113,6 +115,15 @@ def registered_ids(store: KeyStore) -> frozenset[str]:
     return frozenset(ids)
 
 
+class KeyView(Protocol):
+    """What admission needs of a registry: the broker's KeyStore, or a DataNode's copy of
+    the broker's view (datanode/dataplane.AdmittedKeys)."""
+
+    def reload_if_changed(self) -> bool: ...
+    def member_for(self, public_key: object) -> str | None: ...
+    def user_for(self, public_key: object) -> str | None: ...
+
+
 class Admission:
     """The decisions of the ZAP handler, without sockets: does `domain` admit this key, and
     which User-Id does it get.
@@ -123,7 +134,7 @@ class Admission:
     a stat, so this does not make a flood of them any cheaper to send.
     """
 
-    def __init__(self, store: KeyStore) -> None:
+    def __init__(self, store: KeyView) -> None:
         self.store = store
         self.refused = 0
 

@@ -24,6 +24,7 @@ sends that the I/O loop performs verbatim. Nothing here imports zmq.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import time
 from collections import deque
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CLIENT = 0   # send on the client-facing socket
 WORKER = 1   # send on the worker-facing socket
+DATA = 2     # a DataNode's data endpoint (datanode/dataplane.py): users and members
 
 Send = tuple[int, bytes, list]
 
@@ -84,15 +86,19 @@ def caller_of(side: int, user: str | None = None,
     member key is the member it was issued for ("mds", or "dn.<id>" -> "datanode" <id>),
     and `member` (what the peer declares in MEMBER or READY) must be that same member.
     Anything else raises Refused. Nothing the sender writes in a header counts.
+    On a DataNode's data endpoint (`DATA`) both kinds are admitted and take the class
+    they would have at the broker; nothing is declared there.
     With security off (`user` None) the endpoint is the credential: every client is
-    INSECURE_USER, a member is what it declares.
+    INSECURE_USER, a member is what it declares (on the data endpoint: a client).
     """
     if user is None:
-        return (P.CALLER_CLIENT, INSECURE_USER) if side == CLIENT else _member_caller(member)
+        return (P.CALLER_CLIENT, INSECURE_USER) if side != WORKER else _member_caller(member)
     who = parse_user_id(user)
     if who is None:
         raise Refused(f"unknown User-Id {user[:60]!r}")
     kind, name = who
+    if side == DATA:
+        return (P.CALLER_CLIENT, name) if kind == USER_KEY else _member_caller(name)
     if side == CLIENT:
         if kind != USER_KEY:
             raise Refused(f"member key of {name!r} on the client endpoint")
@@ -105,6 +111,11 @@ def caller_of(side: int, user: str | None = None,
 
 
 CLIENT_CALLER = P.caller_field(*caller_of(CLIENT))
+
+
+def registry_digest(ids: frozenset[str]) -> str:
+    """A short name for one view of the registry (the `registry` op's `since`)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
 
 
 class _BrokerOps:
@@ -123,6 +134,20 @@ class _BrokerOps:
         """Who the broker says the caller is: {"user": id, "class": caller class} (a user's
         name for clients; "admin" for every client when security is off)."""
         return {"user": ctx.caller_id, "class": ctx.caller_class}
+
+    @operation({"since?": Str(64)}, callers=frozenset({P.CALLER_DATANODE}))
+    def registry(self, h: dict, payload: list, ctx: Context) -> dict:
+        """The User-Ids the key registry admits now, for a DataNode's data endpoint to
+        admit the same keys (datanode/dataplane.py) -> {digest, ids: [User-Id]}, or only
+        {digest} when it equals `since` (nothing changed); {secure: false} with security
+        off. The broker stays the one holder of the registry."""
+        ids = self.router.registry
+        if ids is None:
+            return {"secure": False}
+        digest = registry_digest(ids)
+        if h.get("since") == digest:
+            return {"secure": True, "digest": digest}
+        return {"secure": True, "digest": digest, "ids": sorted(ids)}
 
     @operation(callers=EVERYONE)
     def services(self, h: dict, payload: list, ctx: Context) -> dict:

@@ -9,8 +9,7 @@ import logging
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from .curve import DOMAINS, Admission
-from .keys import KeyStore
+from .curve import DOMAINS, Admission, KeyView
 
 log = logging.getLogger("broker.curve")     # the name these messages always had
 
@@ -32,14 +31,16 @@ class _Domain:
 class KeyAuthenticator(ThreadAuthenticator):
     """zmq.auth's ZAP thread with our per-domain callbacks and User-Id mapping."""
 
-    def __init__(self, context: zmq.Context, store: KeyStore) -> None:
+    def __init__(self, context: zmq.Context, store: KeyView,
+                 domains: tuple[str, ...] = DOMAINS) -> None:
         super().__init__(context, log=logging.getLogger("broker.zap"))
         self.admission = Admission(store)
+        self.domains = domains      # a DataNode's data endpoint: ("data",)
 
     def start(self) -> None:
         super().start()
         provider = _Domain(self.admission)
-        for domain in DOMAINS:
+        for domain in self.domains:
             self.configure_curve_callback(domain, provider)
 
     def curve_user_id(self, client_public_key: bytes) -> str:

@@ -25,6 +25,7 @@ from broker.client import Client
 from broker.limits import MAX_BATCH, MDS_SERVICE
 
 from . import localio
+from .direct import DIRECT_CONNECT, Links
 from .blocks import Piece, Suspects, pieces_for_range
 from .retry import Notice, Retrier, RetryPolicy
 from .streams import BlockReader, BlockWriter, Mux, name_error
@@ -89,6 +90,9 @@ class AegisClient:
     $AEGISFS_KEY, else [security] key, else data/keys/users/admin.key_secret of a local
     cluster (broker.curve.client_key_file). A missing or unusable key is reported at the
     first request. Safe to share between threads: each thread gets its own broker socket.
+    `direct` (default [client] direct, true): block payloads go straight to the DataNodes'
+    data endpoints, falling back to the broker (client/direct.py); false: all through
+    the broker.
     """
 
     def __init__(self, broker: str | None = None, *, timeout: float | None = None,
@@ -96,7 +100,7 @@ class AegisClient:
                  connect_timeout: float | None = None, key: PathLike | None = None,
                  transport: Callable[[], Client] | None = None,
                  retry_deadline: float | None = None,
-                 on_wait: Notice | None = None) -> None:
+                 on_wait: Notice | None = None, direct: bool | None = None) -> None:
         # transport: makes each thread's Client-like connection instead of a broker socket
         # (tests/support/inprocess.py serves the real services in one process through it)
         self._transport = transport
@@ -125,6 +129,7 @@ class AegisClient:
                          else client_cfg["retry_deadline"])
         self.retrier = Retrier(RetryPolicy(deadline=deadline),
                                notice=on_wait or _log_wait)
+        self.direct = bool(client_cfg["direct"] if direct is None else direct)
         self.put_batch = _batch_size(client_cfg["put_batch"])
         self.get_batch = _batch_size(client_cfg["get_batch"])
         self.suspects = Suspects()
@@ -144,6 +149,10 @@ class AegisClient:
                 rpc = self._transport() if self._transport else Client(
                     self.broker, timeout=self.timeout, max_in_flight=4096,
                     connect_timeout=self.connect_timeout, curve=self._curve)
+                if self.direct and not self._transport:
+                    # block payloads to the DataNodes' data endpoints (client/direct.py)
+                    rpc = Links(rpc, curve=self._curve, timeout=self.timeout,
+                                connect_timeout=min(DIRECT_CONNECT, self.connect_timeout))
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
@@ -205,6 +214,7 @@ class AegisClient:
             self._mds(p, "stat", path=p, blocks=False)
         # read capabilities are bearer tokens for the readers here, not for display
         info.pop("cap_ttl", None)
+        info.pop("endpoints", None)
         for b in info.get("blocks") or ():
             if isinstance(b, dict):
                 b.pop("cap", None)

@@ -37,13 +37,22 @@ from broker.process import (metrics_option, security_flags, security_options, se
 @click.option("--no-capabilities", is_flag=True,
               help="Serve blocks without checking capabilities: only for benchmarking a "
                    "DataNode alone, with no MDS to hand out keys. Never in a cluster.")
+@click.option("--data-bind", metavar="ADDR", help="Address of the data endpoint ([datanode] "
+              "data_bind; default: the address toward the broker).")
+@click.option("--data-port", type=click.IntRange(0, 65535),
+              help="Port of the data endpoint (0: any free port).")
+@click.option("--advertise", metavar="ADDR", help="Address clients dial for the data "
+              "endpoint (default: the bound one).")
+@click.option("--no-data-endpoint", is_flag=True, help="No data endpoint: every block "
+              "through the broker.")
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @metrics_option
 def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, broker_client, events,
          heartbeat_interval, scrub_rate, scrub_pause, block_report_interval, capacity,
-         small_max, no_capabilities, security, keys_dir, key_file, broker_key, log_level,
+         small_max, no_capabilities, data_bind, data_port, advertise, no_data_endpoint,
+         security, keys_dir, key_file, broker_key, log_level,
          log_file, metrics_port) -> None:
     """Store blocks for AegisFS and serve them through the broker.
 
@@ -61,7 +70,9 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
                                        events_in=events, heartbeat_interval=heartbeat_interval)
     try:
         cfg = config.load(config_path, {
-            "broker": broker_flags, "datanode": {"scrub_rate": scrub_rate},
+            "broker": broker_flags, "datanode": {
+            "scrub_rate": scrub_rate, "data_bind": data_bind, "data_port": data_port,
+            "advertise": advertise, "data_endpoint": False if no_data_endpoint else None},
             "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, d = cfg["broker"], cfg["datanode"]
         keys = curve.member_keys(cfg["security"], f"dn.{node_id}")
@@ -73,7 +84,9 @@ def main(node_id, data_dir, config_path, base_port, broker_host, broker_worker, 
                         writer_threads=int(d["writer_threads"]), capacity=capacity,
                         max_message_size=int(b["max_message_size"]), scrub_pause=scrub_pause,
                         report_interval=block_report_interval, small_max=small_max,
-                        capabilities=not no_capabilities, curve=keys)
+                        capabilities=not no_capabilities, curve=keys,
+                        data_bind=str(d["data_bind"]) if d["data_endpoint"] else None,
+                        data_port=int(d["data_port"]), advertise=str(d["advertise"]))
         if no_capabilities:
             logging.getLogger("datanode").warning(
                 "DataNode %s serves blocks WITHOUT capability checks (--no-capabilities)",

@@ -37,6 +37,7 @@ from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, St
 from broker.worker import Request, Worker
 
 from .blockid import ID_BYTES, parse_block_id
+from .dataplane import AdmittedKeys, DataEndpoint, advertised_host, route_source
 from .guard import Guard
 from .scrub import Scrubber
 from .store import BlockCorrupt, BlockStore
@@ -59,6 +60,7 @@ SMALL_THREADS = 8
 # copying to each other would fill both pools with copies waiting for puts that queue
 # behind them (a deadlock until the timeout). Hence a pool of their own.
 COPY_THREADS = 2
+REGISTRY_EVERY = 1.0       # seconds between looks at the broker's key registry (revocation)
 
 
 class DataNodeOps:
@@ -92,6 +94,9 @@ class DataNodeOps:
         self._traffic_lock = threading.Lock()
         # keys older than a few missed heartbeats may predate an MDS restart (guard.py)
         self.guard = Guard(node_id, stale_after=max(1.0, 3 * heartbeat), enforce=capabilities)
+        # the data endpoint's address and key for the MDS (dataplane.py), once it serves
+        self.advert: dict | None = None
+        self.data_counters: Callable[[], dict] = dict
         self.service = Service.collect(f"DataNode {node_id}", self)
 
     # -- operations (pool threads) ------------------------------------------------------
@@ -226,7 +231,7 @@ class DataNodeOps:
         for want of keys."""
         with self._traffic_lock:
             traffic = dict(self._traffic)
-        return {**self._stats(), **traffic, **self.guard.counters()}
+        return {**self._stats(), **traffic, **self.guard.counters(), **self.data_counters()}
 
     def _count(self, what: str, n: int) -> None:
         with self._traffic_lock:
@@ -355,8 +360,9 @@ class DataNodeOps:
         with self._copy_lock:
             failed, self._copy_failed = self._copy_failed, []
         try:
+            extra = {"data": self.advert} if self.advert else {}
             reply = client.call(MDS_SERVICE, {"op": "dn_heartbeat", **self._stats(),
-                                        "deleted": acked, "copy_failed": failed},
+                                        "deleted": acked, "copy_failed": failed, **extra},
                                 timeout=timeout)
         except OSError:
             self._deleted[:0] = acked     # ack them with the next heartbeat
@@ -374,7 +380,9 @@ class DataNode(DataNodeOps):
                  writer_threads: int = 2, capacity: int | None = None,
                  max_message_size: int | None = None, scrub_pause: float = 60.0,
                  report_interval: float = 600.0, small_max: int = 128 * 1024,
-                 capabilities: bool = True, curve: Any = None) -> None:
+                 capabilities: bool = True, curve: Any = None,
+                 data_bind: str | None = "127.0.0.1", data_port: int = 0,
+                 advertise: str = "") -> None:
         super().__init__(node_id, data_dir, small_max=small_max, capacity=capacity,
                          capabilities=capabilities, heartbeat=heartbeat)
         self.heartbeat = heartbeat
@@ -397,6 +405,18 @@ class DataNode(DataNodeOps):
                                  on_corrupt=self._scrub_found)
         self._local = threading.local()
         self._stop = threading.Event()
+        # data_bind None: no data endpoint, every byte through the broker
+        self.data: DataEndpoint | None = None
+        self.admitted: AdmittedKeys | None = None
+        if data_bind is not None:
+            self.admitted = AdmittedKeys() if curve is not None else None
+            host = data_bind or route_source(worker_endpoint)
+            self.data = DataEndpoint(
+                node_id, host, data_port, submit=self._dispatch,
+                server_keys=(curve.public, curve.secret) if curve is not None else None,
+                keys=self.admitted, advertise=advertised_host(host, advertise, worker_endpoint),
+                max_message_size=max_message_size)
+            self.data_counters = self.data.core.counters
 
     # -- the process's own connections and threads ---------------------------------------
 
@@ -451,11 +471,54 @@ class DataNode(DataNodeOps):
         finally:
             client.close()
 
+    def _registry_link(self) -> None:
+        """Keep the data endpoint's admitted keys equal to the broker's registry (a second
+        late at most), and advertise the endpoint once it admits anyone."""
+        assert self.data is not None
+        client = self._member(timeout=5.0)
+        try:
+            while not self._stop.is_set():
+                if self.admitted is None:
+                    self.advert = self.data.advert()
+                    return
+                try:
+                    answer = client.call("broker", {"op": "registry",
+                                                    **({"since": self.admitted.digest}
+                                                       if self.admitted.digest else {})}).result
+                    if answer.get("secure") is False:
+                        log.error("the broker runs without security but this DataNode with "
+                                  "it: the data endpoint stays closed")
+                    elif "ids" in answer:
+                        self.admitted.update(answer)
+                        self.advert = self.data.advert()
+                except OSError as exc:
+                    log.debug("registry from the broker: %s", exc)
+                self._stop.wait(REGISTRY_EVERY)
+        finally:
+            client.close()
+
     # -- main loop ----------------------------------------------------------------------
 
-    def _run_request(self, req: Request) -> None:
+    def _run_request(self, req: Request, replier: Any = None) -> None:
         outcome: Outcome = self.service.run(req.header, req.payload, req.context(self._publish))
-        self.worker.reply_threadsafe(req, outcome)
+        (replier or self.worker).reply_threadsafe(req, outcome)
+
+    def _pool_for(self, req: Request) -> ThreadPoolExecutor:
+        # only picks a pool: the service checks the op (and everything else)
+        op = req.op
+        if op == "copy_block":
+            return self.copier
+        if op == "put_blocks" or (
+                op != "get_block" and sum(len(p) for p in req.payload) < SMALL_BLOCK):
+            return self.small_pool
+        return self.pool
+
+    def _dispatch(self, req: Request, replier: Any) -> None:
+        """A request from the data endpoint: the same pools and service as the broker's."""
+        try:
+            self._pool_for(req).submit(self._run_request, req, replier)
+        except RuntimeError:        # shutting down
+            pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -466,6 +529,11 @@ class DataNode(DataNodeOps):
                    threading.Thread(target=self.scrubber.run, args=(self.scrub_pause,),
                                     name="scrub", daemon=True),
                    threading.Thread(target=self._maintain, name="compact", daemon=True)]
+        if self.data is not None:
+            threads += [threading.Thread(target=self.data.run, args=(self._stop,),
+                                         name="data", daemon=True),
+                        threading.Thread(target=self._registry_link, name="registry",
+                                         daemon=True)]
         for t in threads:
             t.start()
         self.events.publish("node.up", **self._stats())
@@ -476,18 +544,11 @@ class DataNode(DataNodeOps):
                 req = worker.recv(timeout=0.5)
                 if req is None:
                     continue
-                # only picks a pool: the service checks the op (and everything else)
-                op = req.op
-                if op == "copy_block":
-                    pool = self.copier
-                elif op == "put_blocks" or (
-                        op != "get_block" and sum(len(p) for p in req.payload) < SMALL_BLOCK):
-                    pool = self.small_pool
-                else:
-                    pool = self.pool
-                pool.submit(self._run_request, req)
+                self._pool_for(req).submit(self._run_request, req)
         finally:
             self.scrubber.stop()
+            for t in threads[3:]:
+                t.join(timeout=2)
             self.copier.shutdown(wait=True)
             self.pool.shutdown(wait=True)
             self.small_pool.shutdown(wait=True)
@@ -495,5 +556,7 @@ class DataNode(DataNodeOps):
             time.sleep(0.05)
             worker.close()
             self.events.close()
+            if self.data is not None:
+                self.data.close()
             self.store.close()
             log.info("DataNode %s stopped", self.node_id)

@@ -67,6 +67,8 @@ MODE = Int(0, MODE_BITS)
 UMASK = Int(0, 0o777)                 # the caller's umask (default 0o022; a mount: 0)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
 RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
+# a DataNode's data endpoint (datanode/dataplane.py), as its heartbeat advertises it
+DATA_ADVERT = Map({"endpoint": Str(256, 8), "key?": Str(40, 40)})
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
                     "replicas?": List(NODE, 255), "receipts?": List(RECEIPT, 255),
                     "from?": PATH})
@@ -95,6 +97,8 @@ class Handlers:
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
+        # node -> [data endpoint, CURVE public key or ""], from heartbeats (in memory)
+        self.endpoints: dict[str, list[str]] = {}
         self.service = Service.collect(MDS_SERVICE, self, once=self._once)
 
     def _once(self, opid: bytes, ctx: Context, call: Callable[[], Any]) -> Any:
@@ -102,6 +106,14 @@ class Handlers:
         in one WAL record (mds/opids.py), so a retry after a restart gets the same answer.
         Keyed by caller too: one user's id never returns another user's answer."""
         return self.store.once(opid + ctx.caller_id.encode(), ctx.wall, call)
+
+    def _with_endpoints(self, out: dict, nodes: Any) -> dict:
+        """Add the data endpoints of `nodes` that have one, as one table per reply
+        (`endpoints: {node: [endpoint, key]}`), for the client to send payloads there."""
+        table = {n: self.endpoints[n] for n in set(nodes) if n in self.endpoints}
+        if table:
+            out["endpoints"] = table
+        return out
 
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -114,7 +126,13 @@ class Handlers:
         does not stop the others. They run in order inside the same loop turn, so their WAL
         records share the turn's one fsync, and the reply waits for it."""
         item = self.service.item
-        return {"results": [item(sub, ctx, BATCHABLE) for sub in h["ops"]]}
+        results = [item(sub, ctx, BATCHABLE) for sub in h["ops"]]
+        table: dict = {}
+        for r in results:       # one node table for the whole reply
+            ok = r.get("ok") if isinstance(r, dict) else None
+            if isinstance(ok, dict) and "endpoints" in ok:
+                table.update(ok.pop("endpoints"))
+        return {"results": results, **({"endpoints": table} if table else {})}
 
     def submit(self, prepare: Callable) -> dict:
         return self.store.submit(prepare)
@@ -152,8 +170,9 @@ class Handlers:
                callers=CLIENT)
     def stat(self, h: dict, payload: list, ctx: Context) -> dict:
         """Describe `path` -> {path, type, size, mtime, mode, owner, group, ctime, atime,
-        replication, block_size, blocks: [{id, size, checksum, replicas, cap?}], cap_ttl}
-        (blocks empty for a directory). Needs search on the ancestors only; a file's block
+        replication, block_size, blocks: [{id, size, checksum, replicas, cap?}], cap_ttl,
+        endpoints?} (blocks empty for a directory; endpoints: the replicas' data
+        endpoints). Needs search on the ancestors only; a file's block
         list (the read path) only goes to a caller that may read it, else `blocks` is left
         out; with `read` (a client about to read) such a caller gets EACCES instead.
         `cap` is a read capability valid on every replica for `cap_ttl` seconds, given for
@@ -191,6 +210,7 @@ class Handlers:
         for b in info["blocks"][first:first + MAX_STAT_CAPS]:
             b["cap"] = mint(b["id"], wall)
         info["cap_ttl"] = self.grants.read_ttl
+        self._with_endpoints(info, (n for b in info["blocks"] for n in b["replicas"]))
 
     @operation({"path": PATH}, callers=CLIENT)
     def du(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -233,6 +253,7 @@ class Handlers:
             count = min(FIRST_ALLOCATION, -(-size // draft["block_size"]))
             try:
                 out["blocks"] = self._allocate(draft, count, [], ctx)
+                self._with_endpoints(out, (n for b in out["blocks"] for n in b["nodes"]))
             except OSError:
                 pass   # best effort: the client's own allocate reports why
         out["lease"] = self._lease_left(draft["handle"], ctx)
@@ -255,7 +276,9 @@ class Handlers:
         draft = self.ns.draft_info(h["handle"])
         exclude = [str(n) for n in h.get("exclude") or []]
         blocks = self._allocate(draft, h["count"], exclude, ctx)
-        return {"blocks": blocks, "lease": self._lease_left(draft["handle"], ctx)}
+        return self._with_endpoints({"blocks": blocks,
+                                     "lease": self._lease_left(draft["handle"], ctx)},
+                                    (n for b in blocks for n in b["nodes"]))
 
     def _allocate(self, draft: dict, count: int, exclude: list[str],
                   ctx: Context) -> list[dict]:
@@ -315,7 +338,9 @@ class Handlers:
         # a target of the draft from now on: if the file is never committed with it, its
         # copy there is queued for deletion instead of waiting for orphan GC
         self.submit(lambda ns: ns.prepare_add_target(draft["handle"], h["block"], node))
-        return {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]}
+        return self._with_endpoints(
+            {"node": node, "cap": self.grants.mint_write(h["block"], [node], ctx.wall)[0]},
+            [node])
 
     @operation({"handle": HANDLE, "blocks": List(COMMIT_BLOCK, MAX_FILE_BLOCKS),
                 "exclusive?": Bool()}, callers=CLIENT, mutating=True)
@@ -583,15 +608,23 @@ class Handlers:
 
     @operation({"node": NODE, "capacity": COUNT, "used": COUNT, "blocks": COUNT,
                 "free?": COUNT, "deleted?": List(BLOCK, MAX_ACKS),
-                "copy_failed?": List(BLOCK, MAX_ACKS)}, callers=DATANODE, binds="node")
+                "copy_failed?": List(BLOCK, MAX_ACKS), "data?": DATA_ADVERT},
+               callers=DATANODE, binds="node")
     def dn_heartbeat(self, h: dict, payload: list, ctx: Context) -> dict:
         """DataNode `node` (the caller) is alive with this capacity/used/blocks, finished
         the deletions `deleted` and failed the copies `copy_failed` -> {commands: [{op:
         delete, blocks} / {op: copy, block, target, cap, target_cap} / {op: report}], keys:
         {ring, receipt_key}} for it to carry out. `keys` is the capability key ring (to
         verify capabilities with) and this node's own receipt key; `cap` of a copy is a
-        copy capability for this node, `target_cap` the write capability for the target."""
+        copy capability for this node, `target_cap` the write capability for the target.
+        `data` is the node's data endpoint {endpoint, key?} (its CURVE public key), handed
+        to clients with allocations and block lists."""
         node, now = h["node"], ctx.now
+        data = h.get("data")
+        if data:
+            self.endpoints[node] = [data["endpoint"], data.get("key", "")]
+        else:
+            self.endpoints.pop(node, None)
         for ev in self.cluster.heartbeat(node, h["capacity"], h["used"], h["blocks"], now):
             ctx.emit(ev.topic, node=ev.node, reason=ev.reason)
             self.repair.on_node_up(node)

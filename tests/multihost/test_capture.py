@@ -1,6 +1,6 @@
-"""What crosses the wire: a raw capture on the broker host's interface (client <-> broker
-and broker <-> DataNodes both pass there) must not show a file's content or its path once
-CURVE encrypts the sockets. Without security the same capture must show both: that proves
+"""What crosses the wire: a raw capture on the client host's interface (client <-> broker
+for the requests, client <-> DataNode data endpoints for the block payloads, both pass
+there) must not show a file's content or its path once CURVE encrypts the sockets. Without security the same capture must show both: that proves
 the capture sees the traffic, so the encrypted case cannot pass by capturing nothing."""
 from __future__ import annotations
 
@@ -10,35 +10,43 @@ from pathlib import Path
 
 import pytest
 
-from tests.multihost.harness import BROKER, curve_available
+from tests.multihost.harness import BROKER, CLIENT, curve_available
 
 MARKER = bytes(range(0x40, 0x80))                  # 64 bytes, printable, unlikely by chance
 PATH_MARKER = "/m/" + "p" * 30 + "q" * 31 + "x"    # a 64-character path name
 
 
-def capture_a_put(mh, tmp_path: Path) -> bytes:
-    cap = tmp_path / "wire.bin"
-    sniff = mh.net.spawn(BROKER, [sys.executable, str(Path(__file__).with_name("sniff.py")),
-                                  "eth0", str(cap), "5"], stdout=subprocess.PIPE)
-    assert sniff.stdout.readline().strip() == b"READY"
+def capture_a_put(mh, tmp_path: Path, hosts: tuple[str, ...] = (CLIENT,)) -> list[bytes]:
+    """What the interface of each of `hosts` saw during a put and a read."""
+    sniffs = []
+    for host in hosts:
+        cap = tmp_path / f"wire-{host}.bin"
+        sniff = mh.net.spawn(host, [sys.executable, str(Path(__file__).with_name("sniff.py")),
+                                    "eth0", str(cap), "5"], stdout=subprocess.PIPE)
+        assert sniff.stdout.readline().strip() == b"READY"
+        sniffs.append((sniff, cap))
     src = tmp_path / "secret.bin"
     src.write_bytes(MARKER * 4 + b"tail")
     mh.ok("put", str(src), PATH_MARKER)
     assert mh.ok("read", PATH_MARKER) == MARKER * 4 + b"tail"
-    sniff.wait(20)
-    return cap.read_bytes()
+    for sniff, _ in sniffs:
+        sniff.wait(20)
+    return [cap.read_bytes() for _, cap in sniffs]
 
 
 def test_plain_traffic_shows_content_and_path(multihost, tmp_path):
     mh = multihost(security=False)
-    wire = capture_a_put(mh, tmp_path)
-    assert MARKER in wire and PATH_MARKER.encode() in wire
+    client, broker = capture_a_put(mh, tmp_path, (CLIENT, BROKER))
+    assert MARKER in client and PATH_MARKER.encode() in client
+    # the path is a request (through the broker); the content went to the DataNodes'
+    # data endpoints directly, across the namespaces, never through the broker's host
+    assert PATH_MARKER.encode() in broker and MARKER not in broker
 
 
 @pytest.mark.xfail(not curve_available(), reason="needs CURVE", strict=False)
 def test_curve_hides_content_and_path(multihost, tmp_path):
     mh = multihost(security=True)
-    wire = capture_a_put(mh, tmp_path)
+    (wire,) = capture_a_put(mh, tmp_path)
     assert len(wire) > 10_000, "the capture saw almost nothing"
     assert MARKER not in wire
     assert PATH_MARKER.encode() not in wire

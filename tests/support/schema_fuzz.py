@@ -25,7 +25,8 @@ payloads = st.lists(st.binary(max_size=64), max_size=3)
 def valid(field: Field, nested: st.SearchStrategy) -> st.SearchStrategy:
     """Values that pass `field`'s check (short ones, plus the longest allowed)."""
     if isinstance(field, Str):
-        small = st.text(min_size=field.min_len, max_size=min(field.max_len, 12))
+        small = st.text(min_size=field.min_len,
+                        max_size=min(field.max_len, max(12, field.min_len)))
         return small | st.just("n" * field.max_len) if field.max_len <= 4096 else small
     if isinstance(field, Bytes):
         return st.binary(min_size=field.min_len, max_size=min(field.max_len, 24)) \

@@ -32,7 +32,7 @@ def test_each_domain_admits_only_its_kind_of_key(store):
     broker = public(store.member_key_path("broker"))
     stranger = b"x" * 40
     table = {"client": (True, False), "worker": (False, True), "events_in": (False, True),
-             "events_out": (True, True), "other": (False, False)}
+             "events_out": (True, True), "data": (True, True), "other": (False, False)}
     for domain, (for_user, for_member) in table.items():
         assert adm.admit(domain, user) is for_user, domain
         assert adm.admit(domain, member) is for_member, domain
@@ -61,6 +61,24 @@ def test_a_user_added_or_removed_is_seen_at_the_next_handshake(store):
     other.remove_user("bob")
     assert not adm.admit("client", bob)
     assert adm.user_id_for(b"\0" * 32).startswith("x:")   # unknown: matches no registry id
+
+
+def test_a_datanode_admits_what_the_broker_does_from_the_brokers_ids(store):
+    """The data endpoint's view (datanode.dataplane.AdmittedKeys, filled from the broker's
+    `registry` answer) gives every key the User-Id the broker would."""
+    from zmq.utils import z85
+    from datanode.dataplane import AdmittedKeys
+    ids = curve.registered_ids(store)
+    view = AdmittedKeys()
+    view.update({"digest": "d", "ids": sorted(ids)})
+    broker, node = curve.Admission(KeyStore(store.dir)), curve.Admission(view)
+    for path in (store.user_key_path("alice"), store.member_key_path("dn.dn1"),
+                 store.member_key_path("mds")):
+        raw = z85.decode(public(path))
+        assert node.admit("data", raw)
+        assert node.user_id_for(raw) == broker.user_id_for(raw)
+        assert node.user_id_for(raw) in view.ids
+    assert not node.admit("data", public(store.member_key_path("broker")))
 
 
 def test_registered_ids_follow_the_registry(store):

@@ -573,6 +573,36 @@ def test_a_failed_allocate_reserves_nothing(world):
     assert world.ops.allocations.usage("anonymous") == (0, 0)
 
 
+def test_data_endpoints_from_heartbeats_go_out_once_per_reply(world):
+    ends = {n: [f"tcp://10.0.0.{i}:700{i}", str(i) * 40] for i, n in ((1, "dn1"), (2, "dn2"))}
+    for node, (endpoint, key) in ends.items():
+        world.ok("dn_heartbeat", ("datanode", node), node=node, capacity=1 << 30, used=0,
+                 blocks=0, data={"endpoint": endpoint, "key": key})
+    created = world.ok("create", path="/d/f", size=3 * KIB, parents=True)
+    assert created["endpoints"] == ends
+    more = world.ok("allocate", handle=created["handle"], count=2)
+    assert more["endpoints"] == ends and all("endpoints" not in b for b in more["blocks"])
+    out = world.ok("batch", ops=[{"op": "allocate", "handle": created["handle"], "count": 1},
+                                 {"op": "renew", "handle": created["handle"]}])
+    assert out["endpoints"] == ends                # lifted out of the items: one table
+    assert all("endpoints" not in r["ok"] for r in out["results"])
+    world.write("/d/g")
+    assert world.ok("stat", path="/d/g", read=True)["endpoints"] == ends
+    # a node that stops advertising (restarted without a data endpoint) is dropped
+    world.ok("dn_heartbeat", ("datanode", "dn2"), node="dn2", capacity=1 << 30, used=0,
+             blocks=0)
+    assert world.ok("stat", path="/d/g", read=True)["endpoints"] == {"dn1": ends["dn1"]}
+
+
+@pytest.mark.parametrize("data", [{"endpoint": "x"}, {"endpoint": "tcp://h:1", "key": "short"},
+                                  {"key": "1" * 40}, "tcp://h:1"])
+def test_a_bad_data_advert_is_refused(world, data):
+    err = error(world.call("dn_heartbeat", ("datanode", "dn1"), node="dn1", capacity=1,
+                           used=0, blocks=0, data=data))
+    assert err.errno in (errno.EINVAL, errno.EPROTO)
+    assert world.ops.endpoints == {}
+
+
 def test_stat_sized_to_what_the_caller_asks(world, monkeypatch):
     """blocks=False: the attributes only, with no block list built and nothing signed;
     read: the block list in one walk, the same as a plain stat's; a directory stays a

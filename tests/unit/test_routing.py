@@ -338,3 +338,45 @@ def test_a_routing_id_reused_with_another_key_is_not_the_worker(clock):
     with pytest.raises(Refused):   # a forged reply from another key under the same id
         r.on_worker(b"W", P.pack(P.REPLY, route, rid, P.ok_header({})), [], DN2_KEY)
     assert len(r.in_flight) == 1
+
+
+# -- DataNodes' data endpoints: the DATA side of caller_of, the registry op --------------
+
+def test_on_a_data_endpoint_users_are_clients_and_members_are_themselves():
+    from broker.routing import DATA, Refused, caller_of
+    assert caller_of(DATA, ALICE) == ("client", "alice")
+    assert caller_of(DATA, DN2_KEY) == ("datanode", "dn2")
+    assert caller_of(DATA, MDS_KEY) == ("mds", "mds")
+    assert caller_of(DATA, None) == ("client", "admin")       # security off
+    with pytest.raises(Refused):
+        caller_of(DATA, "x:revoked:-")
+
+
+def _member_call(r: Router, key: str, member: str, header: dict) -> list:
+    r.on_worker(b"M", P.member_envelope(member), [], key)
+    return r.on_worker(b"M", request(b"broker", b"9", header), [], key)
+
+
+def test_the_registry_op_gives_datanodes_the_admitted_ids_and_no_one_else(clock):
+    from broker.routing import registry_digest
+    r = secure_router(clock)
+    (send,) = _member_call(r, DN1_KEY, "dn.dn1", {"op": "registry"})
+    answer = P.parse_reply(P.unpack(send[2][0])[3])
+    assert sorted(answer["ids"]) == sorted([ALICE, MDS_KEY, DN1_KEY, DN2_KEY])
+    assert answer["digest"] == registry_digest(frozenset(answer["ids"]))
+    (send,) = _member_call(r, DN1_KEY, "dn.dn1", {"op": "registry",
+                                                   "since": answer["digest"]})
+    assert "ids" not in P.parse_reply(P.unpack(send[2][0])[3])    # unchanged: no list
+    r.set_registry(frozenset({MDS_KEY, DN1_KEY}))                  # alice revoked
+    (send,) = _member_call(r, DN1_KEY, "dn.dn1", {"op": "registry",
+                                                   "since": answer["digest"]})
+    assert ALICE not in P.parse_reply(P.unpack(send[2][0])[3])["ids"]
+    r.set_registry(frozenset({ALICE, MDS_KEY, DN1_KEY}))
+    (send,) = r.on_client(b"C", request(b"broker", b"1", {"op": "registry"}), [], ALICE)
+    assert error_of(send)[0] == "EPERM"
+
+
+def test_the_registry_op_says_when_security_is_off(router):
+    router.on_worker(b"M", P.member_envelope("dn.dn1"), [])
+    out = router.on_worker(b"M", request(b"broker", b"9", {"op": "registry"}), [])
+    assert P.parse_reply(P.unpack(out[0][2][0])[3]) == {"secure": False}
