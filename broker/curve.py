@@ -76,8 +76,12 @@ class CurveKeys:
 
 
 def _broker_public(key_file: Path, broker_key: Path | str | bytes | None) -> bytes:
-    if isinstance(broker_key, bytes) and len(broker_key) == 40:
-        return broker_key
+    if isinstance(broker_key, bytes):   # bytes are a z85 key itself, never a path
+        if len(broker_key) == 40:
+            return broker_key
+        if broker_key:
+            raise ValueError(f"broker key: expected 40 z85 characters, got {len(broker_key)}")
+        broker_key = None
     if broker_key:
         return load_public(broker_key)
     named = load_broker_key(key_file)

@@ -207,7 +207,7 @@ class Map(Field):
         if type(value) is not dict:
             raise self._wrong(value)
         present = 0
-        key = None
+        key = ""   # set before anything can raise: a _Bad comes from inside the walk
         try:   # one try for the walk: the hot path sets up no handler per field
             for key, optional, spec in self.fields:
                 v = value.get(key)
@@ -241,9 +241,11 @@ def _path(where: list) -> str:
 _OP_KEY = frozenset({"op"})
 
 
-def validate(schema: Map, value: Any, what: str, *, extra: frozenset = frozenset()) -> None:
+def validate(schema: Map, value: Any, what: str, *,
+             extra: frozenset = frozenset()) -> dict[str, Any]:
     """The one schema checker: ProtocolError for a missing or mistyped top-level field,
-    OSError(EINVAL) for any other bad value; `extra` keys are allowed unchecked."""
+    OSError(EINVAL) for any other bad value; `extra` keys are allowed unchecked. Returns
+    `value`, now known to be a dict of the schema's layout."""
     try:
         schema.check(value, extra)
     except _Bad as bad:
@@ -251,6 +253,7 @@ def validate(schema: Map, value: Any, what: str, *, extra: frozenset = frozenset
         if bad.wrong_type and len(bad.where) == 1:
             raise P.ProtocolError(text) from None
         raise OSError(errno.EINVAL, text) from None
+    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,7 +355,7 @@ class Service:
         op = self.ops.get(name) if type(name) is str else None
         if op is None:
             raise _unsupported(f"{self.name} has no operation", name)
-        validate(op.schema, header, name, extra=_OP_KEY)
+        fields = validate(op.schema, header, op.name, extra=_OP_KEY)
         lo, hi = op.frames
         if not lo <= len(payload) <= hi:
             raise OSError(errno.EINVAL, f"{name} takes {lo}..{hi} payload frames, "
@@ -364,7 +367,7 @@ class Service:
                 and header[op.binds] != ctx.caller_id:
             raise PermissionError(errno.EPERM, f"{name}: DataNode {ctx.caller_id} cannot "
                                                f"speak for node {header[op.binds]!r}")
-        return op.handler(header, payload, ctx)
+        return op.handler(fields, payload, ctx)
 
     def run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
         """`dispatch`, with the reply tail and every exception turned into an Outcome."""
