@@ -180,7 +180,7 @@ class DataNodeOps:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
-        out = {"size": info.size, "checksum": info.crc, "length": len(data)}
+        out: dict[str, Any] = {"size": info.size, "checksum": info.crc, "length": len(data)}
         if ranged:
             out.update(offset=start, chunk_size=chunk_size, chunks=chunks)
         return out, [data]
