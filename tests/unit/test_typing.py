@@ -37,8 +37,6 @@ NOT_YET_CLEAN = {
     "mds/tree.py",
     "mds/wal.py",
     "run_cluster.py",
-    "viz/app.py",
-    "viz/feed.py",
 }
 
 
