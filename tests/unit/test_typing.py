@@ -30,12 +30,8 @@ NOT_YET_CLEAN = {
     "client/s3/store.py",
     "client/streams.py",
     "mds/blockmap.py",
-    "mds/metastore.py",
     "mds/namespace.py",
-    "mds/repair.py",
-    "mds/snapshot.py",
     "mds/tree.py",
-    "mds/wal.py",
     "run_cluster.py",
 }
 
