@@ -241,11 +241,9 @@ def _path(where: list) -> str:
 _OP_KEY = frozenset({"op"})
 
 
-def validate(schema: Map, value: Any, what: str, *,
-             extra: frozenset = frozenset()) -> dict[str, Any]:
+def validate(schema: Map, value: Any, what: str, *, extra: frozenset = frozenset()) -> None:
     """The one schema checker: ProtocolError for a missing or mistyped top-level field,
-    OSError(EINVAL) for any other bad value; `extra` keys are allowed unchecked. Returns
-    `value`, now known to be a dict of the schema's layout."""
+    OSError(EINVAL) for any other bad value; `extra` keys are allowed unchecked."""
     try:
         schema.check(value, extra)
     except _Bad as bad:
@@ -253,13 +251,14 @@ def validate(schema: Map, value: Any, what: str, *,
         if bad.wrong_type and len(bad.where) == 1:
             raise P.ProtocolError(text) from None
         raise OSError(errno.EINVAL, text) from None
-    return value
 
 
 # ---------------------------------------------------------------------------------------
 # Declarations
 
-Handler = Callable[[dict, list, "Context"], Any]
+# (fields, payload frames, context): the fields are the request header, a dict once
+# validated, given as a Mapping because handlers only read it
+Handler = Callable[[Mapping[str, Any], list, "Context"], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +354,7 @@ class Service:
         op = self.ops.get(name) if type(name) is str else None
         if op is None:
             raise _unsupported(f"{self.name} has no operation", name)
-        fields = validate(op.schema, header, op.name, extra=_OP_KEY)
+        validate(op.schema, header, op.name, extra=_OP_KEY)
         lo, hi = op.frames
         if not lo <= len(payload) <= hi:
             raise OSError(errno.EINVAL, f"{name} takes {lo}..{hi} payload frames, "
@@ -367,7 +366,7 @@ class Service:
                 and header[op.binds] != ctx.caller_id:
             raise PermissionError(errno.EPERM, f"{name}: DataNode {ctx.caller_id} cannot "
                                                f"speak for node {header[op.binds]!r}")
-        return op.handler(fields, payload, ctx)
+        return op.handler(header, payload, ctx)
 
     def run(self, header: Mapping[str, Any], payload: list, ctx: Context) -> Outcome:
         """`dispatch`, with the reply tail and every exception turned into an Outcome."""

@@ -7,8 +7,6 @@ by Python on its way through.
 """
 from __future__ import annotations
 
-from typing import cast
-
 import zmq
 
 # Plain ints: pyzmq's enum flags cost ~1 us per `|` on the hot path.
@@ -49,7 +47,7 @@ def recv_authenticated(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, str, by
     """
     first = sock.recv(flags, copy=False)
     # pyzmq types Frame.get as int | str for any option name; "User-Id" is a string one
-    user = cast(str, first.get("User-Id"))
+    user: str = first.get("User-Id")  # type: ignore[assignment]
     getsockopt = sock.getsockopt
     env = sock.recv() if getsockopt(_RCVMORE) else b""
     if not getsockopt(_RCVMORE):
@@ -64,7 +62,7 @@ def recv_authenticated(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, str, by
 def readable(sock: zmq.Socket) -> bool:
     """Another message is waiting (cheaper than a recv that raises zmq.Again)."""
     # getsockopt is typed int | bytes for every option; ZMQ_EVENTS is an int bit mask
-    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]
 
 
 def send(sock: zmq.Socket, frames: list, flags: int = 0) -> None:

@@ -167,6 +167,7 @@ class DataNodeOps:
         it against the MDS's block checksum (broker/checksum.verify_range) and slice. A
         block kept in a pack file is one chunk (chunk_size = its size). A corrupt replica
         is set aside and reported to the MDS."""
+        out: dict[str, Any]   # the result map: ints, and the chunk table's list
         block = parse_block_id(h["id"])
         self._check(h, block, "read", ctx)
         ranged = "offset" in h or "length" in h
@@ -180,7 +181,7 @@ class DataNodeOps:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
-        out: dict[str, Any] = {"size": info.size, "checksum": info.crc, "length": len(data)}
+        out = {"size": info.size, "checksum": info.crc, "length": len(data)}
         if ranged:
             out.update(offset=start, chunk_size=chunk_size, chunks=chunks)
         return out, [data]
