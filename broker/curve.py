@@ -223,7 +223,7 @@ def member_keys(security: Mapping[str, Any], service: str) -> CurveKeys | None:
     return CurveKeys.load(key, broker)
 
 
-def client_key_file(key: Path | str | None, security: Mapping[str, Any],
+def client_key_file(key: str | os.PathLike[str] | None, security: Mapping[str, Any],
                     environ: Mapping[str, str] | None = None) -> Path | None:
     """Which user key a client uses: `key` (a file, or a keys directory: its admin key),
     else $AEGISFS_KEY, else [security] key, else <keys directory>/users/admin.key_secret
@@ -237,7 +237,7 @@ def client_key_file(key: Path | str | None, security: Mapping[str, Any],
     return default if default.exists() else None
 
 
-def client_keys(key: Path | str | None, security: Mapping[str, Any],
+def client_keys(key: str | os.PathLike[str] | None, security: Mapping[str, Any],
                 environ: Mapping[str, str] | None = None) -> CurveKeys | None:
     """The CURVE keys of a client (None when security is off); a clear error when none
     is found or the file may not be used."""

@@ -285,7 +285,7 @@ class SmallFiles:
 
 def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
     """One MDS `batch` request: each op's result map or OSError, in order."""
-    results = (mux.call(MDS_SERVICE, {"op": "batch", "ops": ops}).result or {}).get("results")
+    results = mux.call(MDS_SERVICE, {"op": "batch", "ops": ops}).result.get("results")
     if not isinstance(results, list) or len(results) != len(ops):
         raise P.ProtocolError("the MDS answered a batch with a malformed result list")
     out: list[Outcome] = []
@@ -333,8 +333,8 @@ class SmallReads:
             def refresh(j: int, first: int = first) -> list[dict]:
                 # each block is its own file's only block: stat that file again
                 path = paths[wanted[first + j][0]]
-                info = self.mux.call(MDS_SERVICE, {"op": "stat", "path": path}).result or {}
-                return info.get("blocks") or []
+                return self.mux.call(MDS_SERVICE, {"op": "stat", "path": path}).result.get(
+                    "blocks") or []
 
             reader = BlockReader(self.mux, "(batch)", blocks, pieces, window=self.window,
                                  suspects=self.suspects, timeout=self.timeout, refresh=refresh)

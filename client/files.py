@@ -110,14 +110,14 @@ class ReadFile(io.RawIOBase):
     def _refresh(self, index: int) -> list[dict]:
         """Fresh read capabilities (a stat) for blocks from `index` on."""
         info = self._mux.call(MDS_SERVICE, {"op": "stat", "path": self.name,
-                                            "caps_from": index}).result or {}
+                                            "caps_from": index}).result
         return info.get("blocks") or []
 
     def _stale(self, i: int) -> OSError | None:
         """ESTALE if block i failed because the file was replaced or removed since open
         (its old blocks are deleted once the MDS's delete grace has passed)."""
         try:
-            info = self._mux.call(MDS_SERVICE, {"op": "stat", "path": self.name}).result or {}
+            info = self._mux.call(MDS_SERVICE, {"op": "stat", "path": self.name}).result
         except FileNotFoundError:
             return OSError(errno.ESTALE, f"{self.name} was removed while open")
         except OSError:

@@ -210,7 +210,7 @@ class BlockWriter:
             # the MDS allocates the first blocks with the create: one round trip (and one
             # MDS fsync) less per file, which is most of the cost of small files
             header["size"] = kw["size_hint"]
-        created = mux.call(MDS_SERVICE, header).result or {}   # None only on an error
+        created = mux.call(MDS_SERVICE, header).result
         writer = cls(mux, path, created, **kw)
         writer.exclusive = exclusive
         return writer
@@ -375,7 +375,7 @@ class BlockWriter:
 
     def _mds(self, header: dict) -> dict:
         try:
-            return self.mux.call(MDS_SERVICE, header).result or {}   # None only on an error
+            return self.mux.call(MDS_SERVICE, header).result
         except OSError as exc:
             raise name_error(exc, self.path)
 
