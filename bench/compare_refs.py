@@ -30,15 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PUT_GET_ARGS = ["--size-mib", "256", "--small-files", "200", "--batched-files", "2000"]
 MDS_ARGS = ["--files", "10000", "--seconds", "3", "--runs", "1"]
 
-_PUT_ROW = re.compile(r"^(\S.*?)\s+(\d+)\s+\d+ MiB\s+[\d.]+\s+\d+\s+[\d.]+$")
+_PUT_ROW = re.compile(r"^(\S.*?)\s+(\d+)\s+\d+ MiB\s+[\d.]+\s+\d+\s+([\d.]+)$")
 _SMALL_ROW = re.compile(r"^\s+(\S.*?)\s+1 client\s+([\d,]+)\s+8 clients\s+([\d,]+)$")
 _MDS_ROW = re.compile(r"^(\S.*?)\s+(\d+)\s+(\d+)\s+[\d.]+\s+[\d.]+$")
 _SIZE_ROW = re.compile(r"^\s*([\d,]+)\s+(\d+)\s+[\d.]+\s")
 
 
 def parse_put_get(out: str) -> dict[str, float]:
-    """{figure: value} from put_get's table: MB/s rows (raw baseline excluded: it is the
-    same code on both sides) and the files/s of the small-file section."""
+    """{figure: value} from put_get's table: MB/s rows, the same over the raw baseline
+    measured in that run (steadier under others' load), and the small-file files/s."""
     figures: dict[str, float] = {}
     section = "create"
     for line in out.splitlines():
@@ -50,6 +50,7 @@ def parse_put_get(out: str) -> dict[str, float]:
             figures[f"{section} {label} x8 files/s"] = float(m.group(3).replace(",", ""))
         elif m := _PUT_ROW.match(line):
             figures[f"{' '.join(m.group(1).split())} MB/s"] = float(m.group(2))
+            figures[f"{' '.join(m.group(1).split())} x raw"] = float(m.group(3))
     return figures
 
 
@@ -67,7 +68,7 @@ def parse_mds(out: str) -> dict[str, float]:
             table = ""
         elif table == "empty" and (m := _MDS_ROW.match(line)):
             figures[f"{' '.join(m.group(1).split())} x{m.group(2)} ops/s"] = float(m.group(3))
-        elif table == "size" and (m := _SIZE_ROW.match(line)):
+        elif table == "size" and (m := _SIZE_ROW.match(line)) and m.group(1) != "0":
             figures[f"create x8 with {m.group(1)} files ops/s"] = float(m.group(2))
     return figures
 
@@ -155,7 +156,7 @@ def report(runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]]) -> 
             a_med = statistics.median(a[key] for a, _ in pairs)
             b_med = statistics.median(b[key] for _, b in pairs)
             rounds = " ".join(f"{x:.2f}" for x in ratios)
-            print(f"  {key:<48}{a_med:>10.0f}{b_med:>10.0f}{gmean:>7.2f}  {rounds}")
+            print(f"  {key:<48}{a_med:>10.4g}{b_med:>10.4g}{gmean:>7.2f}  {rounds}")
         missing = sorted(set(pairs[0][0]) ^ set(pairs[0][1]))
         if missing:
             print(f"  (only on one side, not compared: {', '.join(missing)})")
