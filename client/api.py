@@ -14,8 +14,8 @@ import io
 import logging
 import os
 import threading
-from typing import (Any, BinaryIO, Callable, Iterable, Iterator, Literal, Mapping, TypeVar,
-                    overload)
+from typing import (Any, BinaryIO, Callable, Iterable, Iterator, Literal, Mapping, Sequence,
+                    TypeVar, overload)
 
 import zmq
 
@@ -242,6 +242,55 @@ class AegisClient:
         """Rename src to dst (into dst when it is a directory); returns the final path."""
         s, d = _abs(src), _abs(dst)
         return self._mds(f"{s} -> {d}", "mv", src=s, dst=d).get("path", d)
+
+    def copy(self, src: PathLike, dst: PathLike, exclusive: bool = False) -> str:
+        """Server-side copy of a file (into dst when it is a directory); returns the final
+        path. One MDS request: the copy shares the source's blocks, no byte moves, and
+        removing either leaves the other whole. A directory is IsADirectoryError;
+        `exclusive` refuses an existing destination (FileExistsError)."""
+        s, d = _abs(src), _abs(dst)
+        return self._mds(f"{s} -> {d}", "copy", src=s, dst=d,
+                         exclusive=exclusive).get("path", d)
+
+    def compose(self, dst: PathLike, sources: Sequence[PathLike | tuple[PathLike, int, int]],
+                exclusive: bool = False, replication: int | None = None,
+                parents: bool = False) -> dict:
+        """Make file dst from whole blocks of existing files, in order, without moving a
+        byte: each source is a path (all its blocks) or (path, first block, block count).
+        One stat per source and one create + commit (atomic: dst appears complete or not
+        at all). A source replaced between the stat and the commit fails it with
+        FileNotFoundError. Returns {path, size}."""
+        d = _abs(dst)
+        blocks: list[dict] = []
+        first_replication = None
+        for src in sources:
+            path, first, count = ((src, 0, None) if not isinstance(src, tuple) else
+                                  (src[0], int(src[1]), int(src[2])))
+            info = self._file_info(_abs(path))
+            have = info["blocks"]
+            first_replication = first_replication or info.get("replication")
+            take = have[first:] if count is None else have[first:first + count]
+            if first < 0 or (count is not None and (count < 0 or len(take) != count)):
+                raise ValueError(f"{info['path']} has {len(have)} blocks, not "
+                                 f"{first}..{first + (count or 0)}")
+            blocks += [{"id": b["id"], "size": b["size"], "checksum": b["checksum"],
+                        "from": info["path"]} for b in take]
+        create: dict[str, Any] = {"path": d, "parents": parents}
+        repl = replication or first_replication
+        if repl:
+            create["replication"] = int(repl)
+        if exclusive:
+            create["exclusive"] = True
+        handle = self._mds(d, "create", **create)["handle"]
+        try:
+            out = self._mds(d, "commit", handle=handle, blocks=blocks, exclusive=exclusive)
+        except BaseException:
+            try:
+                self._mds(d, "abort", handle=handle)
+            except OSError:
+                pass        # the lease drops it anyway
+            raise
+        return {"path": out.get("path", d), "size": out.get("size", 0)}
 
     def chmod(self, path: PathLike, mode: int) -> dict:
         """Set the 12 mode bits (e.g. 0o640) of a file or directory; the owner's right

@@ -606,6 +606,26 @@ def mv(state: State, src: str, dst: str) -> None:
 
 
 @cli.command()
+@click.argument("src", type=REMOTE)
+@click.argument("dst", type=REMOTE)
+@click.option("-n", "--no-clobber", is_flag=True,
+              help="Fail instead of replacing an existing DST.")
+@pass_state
+def cp(state: State, src: str, dst: str, no_clobber: bool) -> None:
+    """Copy file SRC to DST inside the cluster (into DST when it is a directory).
+
+    Server side: the copy shares SRC's blocks, no byte leaves the DataNodes, and it
+    takes one request however big the file. Use put/get to copy to or from local disk.
+
+    \b
+    Example:
+      aegisfs cp /data/model.bin /backup/model.bin
+    """
+    final = state.fs.copy(src, dst, exclusive=no_clobber)
+    click.echo(f"copied {src} -> {final}")
+
+
+@cli.command()
 @click.argument("path", type=REMOTE, default="/")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state

@@ -9,7 +9,8 @@ AegisClient per instance (which keeps a broker socket per thread).
 The primitives are native: ls/info from the MDS, byte ranges read only the blocks they
 touch, writes stream blocks as the buffer fills and commit atomically on close ("xb" and
 pipe_file(mode="create") refuse an existing file, checked again at the commit), mv is one
-MDS rename, rm -r one MDS request, many paths in cat/pipe travel in batches.
+MDS rename, cp_file one server-side copy (shared blocks, no byte moves), rm -r one MDS
+request, many paths in cat/pipe travel in batches.
 """
 from __future__ import annotations
 
@@ -194,11 +195,16 @@ class AegisFileSystem(AbstractFileSystem):
         if self.client.isdir(src):
             self.makedirs(dst, exist_ok=True)
             return
-        # Streamed through this client until the MDS can commit shared (reference-
-        # counted) blocks; then this becomes one request that moves no bytes.
-        with self.client.open(src, "rb") as fin:
-            self.client.put(fin, dst, replication=self.replication,
-                            block_size=self.block_size)
+        # one MDS request that moves no bytes: the copy shares the source's blocks (and
+        # keeps its replication); missing parents are made as put would make them
+        try:
+            self.client.copy(src, dst)
+        except FileNotFoundError:
+            parent = self._parent(dst)
+            if not self.client.exists(src) or self.client.exists(parent):
+                raise
+            self.makedirs(parent, exist_ok=True)
+            self.client.copy(src, dst)
 
     # -- bytes ---------------------------------------------------------------------------
 

@@ -86,6 +86,10 @@ class DataNodeOps:
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
         self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
         self._copy_lock = threading.Lock()
+        # block payload bytes stored and served since start (info): what tests and
+        # operators check a server-side copy by
+        self._traffic = {"bytes_written": 0, "bytes_read": 0}
+        self._traffic_lock = threading.Lock()
         # keys older than a few missed heartbeats may predate an MDS restart (guard.py)
         self.guard = Guard(node_id, stale_after=max(1.0, 3 * heartbeat), enforce=capabilities)
         self.service = Service.collect(f"DataNode {node_id}", self)
@@ -114,6 +118,7 @@ class DataNodeOps:
         block = parse_block_id(h["id"])
         self._check(h, block, "write", ctx)   # before a single byte is written
         info = self.store.put(block, payload, h.get("checksum"))
+        self._count("bytes_written", info.size)
         ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=info.size,
                  checksum=info.crc)
         signed = self._receipt(block, info.size, info.crc)
@@ -150,6 +155,7 @@ class DataNodeOps:
             if isinstance(out, BaseException):
                 results[i] = P.item_error(out)
                 continue
+            self._count("bytes_written", out.size)
             ctx.emit("block.commit", node=self.node_id, block=block.hex(), size=out.size,
                      checksum=out.crc)
             results[i] = P.item_ok({"size": out.size, "checksum": out.crc,
@@ -181,6 +187,7 @@ class DataNodeOps:
             self._corrupt(block, exc)
             raise
         info = self.store.stat(block)
+        self._count("bytes_read", len(data))
         out = {"size": info.size, "checksum": info.crc, "length": len(data)}
         if ranged:
             out.update(offset=start, chunk_size=chunk_size, chunks=chunks)
@@ -214,10 +221,17 @@ class DataNodeOps:
 
     @operation(callers=PEERS)
     def info(self, h: dict, payload: list, ctx: Context) -> dict:
-        """This node -> {node, capacity, used, free, blocks, cap_refused, cap_unready,
-        cap_refused_by_reason}: capabilities refused (EACCES) and requests answered EAGAIN
+        """This node -> {node, capacity, used, free, blocks, bytes_written, bytes_read,
+        cap_refused, cap_unready, cap_refused_by_reason}: block payload bytes stored and
+        served since start; capabilities refused (EACCES) and requests answered EAGAIN
         for want of keys."""
-        return {**self._stats(), **self.guard.counters()}
+        with self._traffic_lock:
+            traffic = dict(self._traffic)
+        return {**self._stats(), **traffic, **self.guard.counters()}
+
+    def _count(self, what: str, n: int) -> None:
+        with self._traffic_lock:
+            self._traffic[what] += n
 
     @operation(callers=MDS_ONLY)
     def block_report(self, h: dict, payload: list, ctx: Context) -> dict:

@@ -1,6 +1,16 @@
 """The block index of the namespace: block id -> owner (a committed ``Inode`` or a
-``Draft``) and position, the interned replica sets, and the deletion queue; with the
-records that touch blocks only (set_replicas, queue_delete, ack_delete).
+``Draft``, or a tuple of the committed files that share it) and position, the interned
+replica sets, and the deletion queue; with the records that touch blocks only
+(set_replicas, queue_delete, ack_delete).
+
+Shared blocks (server-side copies, commits that reuse blocks): ``owners[bid]`` is a
+single ``Inode`` or ``Draft`` while one reference exists, as cheap as before, and a
+tuple of ``Inode``s (one entry per reference, so a file holding a block twice appears
+twice) only while several do. Drafts never share: the blocks a commit reuses are
+referenced when it applies. Every holder keeps the block's (size, checksum, replica set)
+in its own packed meta; ``apply_set_replicas`` writes them all, so repairs see one block
+and fix every file. A block's copies are queued for deletion only when its last
+reference goes.
 
 The Namespace indexes and releases blocks as drafts allocate, commit and go away; a
 released block's copies go to the deletion queue, ``pending_deletes``: node -> block id
@@ -11,20 +21,24 @@ here. Deterministic like the rest of the namespace: no clock, no randomness, no 
 from __future__ import annotations
 
 import errno
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, cast
 
 from mds.fields import check, error, is_block_id, is_node_list
 from mds.inode import BIG_FILE_BLOCKS, Draft, Inode, ReplicaSets
 
 
+Owner = Inode | Draft | tuple[Inode, ...]
+
+
 class BlockMap:
     def __init__(self) -> None:
-        self.owners: dict[bytes, Inode | Draft] = {}
+        self.owners: dict[bytes, Owner] = {}
         # only files with more than BIG_FILE_BLOCKS blocks have an entry
         self.positions: dict[Inode, dict[bytes, int]] = {}
         self.rsets = ReplicaSets()
         self.pending_deletes: dict[str, dict[bytes, int]] = {}
         self.delete_seq = 0
+        self.shared = 0             # blocks with more than one reference
 
     def __contains__(self, bid: bytes) -> bool:
         return bid in self.owners
@@ -33,26 +47,72 @@ class BlockMap:
         owner = self.owners.get(bid)
         if owner is None:
             return None
+        if isinstance(owner, tuple):
+            owner = owner[0]
         pos = self.positions.get(owner) if type(owner) is Inode else None
         return owner, (pos[bid] if pos is not None else owner.bids.index(bid))
 
     # ------------------------------------------------------------------ indexing
 
-    def add_file(self, inode: Inode) -> None:
+    def add_file(self, inode: Inode, shared: frozenset[int] = frozenset()) -> None:
+        """Index a committed file: its own blocks (until now a draft's, or new) become
+        its; the positions in ``shared`` name blocks other files hold, which gain a
+        reference."""
         owners = self.owners
-        for bid in inode.bids:
-            owners[bid] = inode
+        if shared:
+            for i, bid in enumerate(inode.bids):
+                if i in shared:
+                    self.add_ref(bid, inode)
+                else:
+                    owners[bid] = inode
+        else:
+            for bid in inode.bids:
+                owners[bid] = inode
         if len(inode.bids) > BIG_FILE_BLOCKS:
             self.positions[inode] = {bid: i for i, bid in enumerate(inode.bids)}
 
+    def add_ref(self, bid: bytes, inode: Inode) -> None:
+        """One more reference to committed block ``bid``, held by ``inode``."""
+        held = self.owners[bid]
+        if type(held) is tuple:
+            self.owners[bid] = (*held, inode)
+        else:
+            self.owners[bid] = (held, inode)    # type: ignore[assignment]
+            self.shared += 1
+
+    def holders(self, bid: bytes) -> tuple[Inode, ...]:
+        """The committed files holding ``bid`` (each once), or () for a draft's or none."""
+        held = self.owners.get(bid)
+        if type(held) is tuple:
+            return tuple({id(h): h for h in held}.values())
+        return (held,) if type(held) is Inode else ()
+
+    def refs(self, bid: bytes) -> int:
+        """How many references (file block entries) hold ``bid``; 0 for none."""
+        held = self.owners.get(bid)
+        return len(held) if type(held) is tuple else int(held is not None)
+
     def release_file(self, inode: Inode) -> None:
-        """Forget a committed file's blocks; their replicas go to the deletion queue."""
-        rsets = self.rsets
+        """Forget a committed file's blocks: a block it alone held goes with its replicas
+        to the deletion queue; a shared one loses one reference."""
+        rsets, owners = self.rsets, self.owners
         for bid, (_, _, rs) in zip(inode.bids, inode.iter_block_meta()):
-            del self.owners[bid]
-            for n in rsets[rs]:
-                self.queue(n, bid)
+            held = owners.pop(bid)
+            if held is inode:
+                for n in rsets[rs]:
+                    self.queue(n, bid)
+            else:                                   # shared: _drop_ref puts it back
+                self._drop_ref(bid, held, inode)    # type: ignore[arg-type]
         self.positions.pop(inode, None)
+
+    def _drop_ref(self, bid: bytes, held: tuple[Inode, ...], inode: Inode) -> None:
+        i = next(i for i, h in enumerate(held) if h is inode)
+        rest = held[:i] + held[i + 1:]
+        if len(rest) == 1:
+            self.owners[bid] = rest[0]
+            self.shared -= 1
+        else:
+            self.owners[bid] = rest
 
     def release_block(self, bid: bytes, nodes: Sequence[str]) -> None:
         """Forget a draft's block; its copies on ``nodes`` go to the deletion queue."""
@@ -83,8 +143,13 @@ class BlockMap:
             return {"id": bid, "draft": owner.handle, "index": i,
                     "targets": list(owner.targets[i]), "replication": owner.replication}
         size, crc, rs = owner.block(i)
-        return {"id": bid, "inode": owner.id, "index": i, "size": size, "checksum": crc,
+        info = {"id": bid, "inode": owner.id, "index": i, "size": size, "checksum": crc,
                 "replicas": list(self.rsets[rs]), "replication": owner.header()[3]}
+        held = self.owners[bid]
+        if type(held) is tuple:     # the most any holder wants is what the block gets
+            info["replication"] = max(h.header()[3] for h in held)
+            info["refs"] = len(held)
+        return info
 
     def live_on(self, bid: bytes, node: str) -> bool:
         found = self.locate(bid)
@@ -101,6 +166,10 @@ class BlockMap:
             if type(owner) is Inode:
                 i = self.locate(bid)[1]
                 yield bid, self.rsets[owner.block(i)[2]], owner.header()[3]
+            elif type(owner) is tuple:
+                first, i = cast("tuple[Inode, int]", self.locate(bid))
+                yield (bid, self.rsets[first.block(i)[2]],
+                       max(h.header()[3] for h in owner))
 
     def replica_nodes(self) -> set[str]:
         """Every node named in a replica set ever used (cheap: the interned table)."""
@@ -135,7 +204,7 @@ class BlockMap:
     def check_set_replicas(self, rec: Mapping) -> None:
         bid = rec["block"]
         check(is_block_id(bid), None, "block id must be 16 bytes")
-        if type(self.owners.get(bid)) is not Inode:
+        if type(self.owners.get(bid)) not in (Inode, tuple):
             raise error(errno.ENOENT, bid.hex(), "no committed block with this id")
         check(is_node_list(rec["replicas"]), bid.hex(), "replicas must be distinct node ids")
 
@@ -152,7 +221,14 @@ class BlockMap:
                 pending.pop(bid, None)
                 if not pending:
                     del self.pending_deletes[n]
-        inode.meta = inode.with_block(i, size, crc, self.rsets.intern(nodes))
+        rs = self.rsets.intern(nodes)
+        if type(self.owners[bid]) is tuple:     # every file holding it: one block
+            for h in self.holders(bid):
+                for j, b in enumerate(h.bids):
+                    if b == bid:
+                        h.meta = h.with_block(j, size, crc, rs)
+        else:
+            inode.meta = inode.with_block(i, size, crc, rs)
         return {"block": bid, "replicas": list(nodes)}
 
     def check_queue_delete(self, rec: Mapping) -> None:

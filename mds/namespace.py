@@ -19,7 +19,14 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
                   group, mode}
     allocate     {handle, blocks: [[id, [node, ...]], ...], lease}
     add_target   {handle, block, node}         a replacement target (replace_target)
-    commit       {handle, blocks: [[id, size, checksum, [node, ...]], ...], mtime}
+    commit       {handle, blocks: [[id, size, checksum, [node, ...]] | [id, size,
+                  checksum], ...], mtime, exclusive?}
+                                               a 3-entry block is an existing committed
+                                               block the new file shares (size, checksum
+                                               checked against the index)
+    clone        {src, dst, inode, mtime, owner, group, mode, exclusive?}
+                                               a server-side copy: dst gets src's block
+                                               list (inode: src's, checked), no bytes move
     abort        {handle, reason}              reason: "abort" | "expired"
     renew        {handle, lease}
     rm           {path, recursive, mtime}
@@ -33,14 +40,16 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
 apply() results: mkdir {path, created}; create {handle, path, inode, lease}; allocate
 {handle, lease, blocks: [{id, targets}]}; commit {path, inode, size, blocks, replaced};
 abort {handle, path, blocks}; renew {handle, lease}; rm {path, files, dirs, bytes};
-rename {src, dst, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block, replicas}; queue_delete {node, queued};
+rename {src, dst, replaced}; clone {path, inode, size, blocks, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block, replicas}; queue_delete {node, queued};
 ack_delete {node, acked}.
 
 Semantics worth knowing: a draft keeps the path it was created with (a rename or rm of
 its parent makes its commit fail ENOENT); several drafts may target one path and the
-last commit wins; every block of a commit but the last must be exactly block_size;
-blocks of replaced/removed files, aborted/expired drafts, targets that did not end up
-as replicas, and replicas dropped by set_replicas all go to ``pending_deletes``.
+last commit wins; every block of a commit of new blocks only but the last must be
+exactly block_size (a commit that shares blocks may mix sizes: readers use each block's
+size); blocks whose last reference goes with a replaced/removed file, blocks of
+aborted/expired drafts, targets that did not end up as replicas, and replicas dropped
+by set_replicas all go to ``pending_deletes``. Shared blocks: mds/blockmap.py.
 
 Owners and permissions (mds/perms.py): mkdir and create records carry the new entry's
 owner, group and mode (requested & ~umask); records written before owners existed lack
@@ -78,7 +87,7 @@ import struct
 import time
 from stat import S_ISGID
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 from mds import paths, perms
 from mds.blockmap import BlockMap
@@ -97,6 +106,7 @@ log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 1 << 31
 HDR_MTIME = struct.Struct("<d").unpack_from   # the mtime field of a header, at offset 16
+NO_SHARED: frozenset[int] = frozenset()
 MAX_HANDLE_LEN = 128
 
 
@@ -127,6 +137,7 @@ class Namespace:
             "allocate": (d.check_allocate, d.apply_allocate),
             "add_target": (d.check_add_target, d.apply_add_target),
             "commit": (self._check_commit, self._apply_commit),
+            "clone": (self._check_clone, self._apply_clone),
             "abort": (d.check_abort, d.apply_abort),
             "renew": (d.check_renew, d.apply_renew),
             "rm": (t.check_rm, self._apply_rm),
@@ -262,7 +273,10 @@ class Namespace:
                                              tuple(b["replicas"]))
                                             for b in self.blockmap.blocks_of(child)]}
         drafts = {h: d.to_list() for h, d in self.drafts.by_handle.items()}
+        shared = {bid: len(held) for bid, held in self.blockmap.owners.items()
+                  if type(held) is tuple}
         return {"dirs": dirs, "files": files, "drafts": drafts, "next_inode": self.next_inode,
+                "shared": shared,
                 "pending_deletes": {n: sorted(s) for n, s in self.pending_deletes.items() if s},
                 "counts": self.counts()}
 
@@ -403,16 +417,25 @@ class Namespace:
         (O_EXCL, fsspec's "xb", S3's If-None-Match: *). ``cred`` must be the draft's
         creator and may still put a file at its path: the parent may have changed since
         create."""
+        sources = False
         try:
-            entries = [[b["id"], b["size"], b["checksum"],
-                        nodes_arg(b["replicas"], handle, "replicas")] for b in blocks]
-        except (KeyError, TypeError):
-            raise error(errno.EINVAL, handle,
-                        "blocks must be mappings with id, size, checksum, replicas") from None
+            entries = []
+            for b in blocks:
+                if b.get("from") is None:
+                    entries.append([b["id"], b["size"], b["checksum"],
+                                    nodes_arg(b["replicas"], handle, "replicas")])
+                else:
+                    entries.append([b["id"], b["size"], b["checksum"]])
+                    sources = True
+        except (KeyError, TypeError, AttributeError):
+            raise error(errno.EINVAL, handle, "blocks must be mappings with id, size, "
+                        "checksum and replicas (or from)") from None
         rec = {"op": "commit", "handle": handle, "blocks": entries, "mtime": self._clock()}
         if exclusive:
             rec["exclusive"] = True
         self._check_commit(rec)
+        if sources:
+            self._check_sources(handle, blocks, cred)
         if checked(cred):
             d = self.drafts.get(handle)
             if cred.user != d.owner:
@@ -429,17 +452,26 @@ class Namespace:
         check(isinstance(blocks, list), path, "blocks must be a list")
         check(is_time(rec["mtime"]), path, "bad mtime")
         mine, seen = set(d.bids), set()
+        mixed = None      # whether the file shares blocks: looked up only when it matters
         for i, entry in enumerate(blocks):
-            check(isinstance(entry, (list, tuple)) and len(entry) == 4, path, "bad block entry")
+            check(isinstance(entry, (list, tuple)) and len(entry) in (3, 4), path,
+                  "bad block entry")
+            if len(entry) == 3:
+                self._check_shared_block(path, i, *entry)
+                continue
             bid, size, crc, nodes = entry
             check(bid in mine, path, f"block {i} was not allocated to this draft")
             check(bid not in seen, path, f"block {i} listed twice")
             seen.add(bid)
             last = i == len(blocks) - 1
-            # full blocks except the last keep offset -> block a division for readers
-            check(type(size) is int and (0 < size <= d.block_size if last
-                                         else size == d.block_size),
-                  path, f"block {i}: size must be the block size except for the last block")
+            # full blocks except the last keep offset -> block a division for readers;
+            # a file that shares blocks mixes sizes anyway and readers use the sizes
+            if not (type(size) is int and (0 < size <= d.block_size if last
+                                           else size == d.block_size)):
+                if mixed is None:
+                    mixed = any(isinstance(e, (list, tuple)) and len(e) == 3 for e in blocks)
+                check(mixed and type(size) is int and 0 < size <= d.block_size, path,
+                      f"block {i}: size must be the block size except for the last block")
             check(type(crc) is int and 0 <= crc < 1 << 32, path, f"block {i}: bad checksum")
             check(is_node_list(nodes), path, f"block {i}: replicas must be distinct node ids")
         names = paths.components(path)
@@ -454,8 +486,18 @@ class Namespace:
         bm = self.blockmap
         # reuse the id objects already keyed in the index: one bytes object per block
         where = {bid: i for i, bid in enumerate(d.bids)}
-        size, bids, parts = 0, [], [b""]
-        for bid, bsize, crc, nodes in rec["blocks"]:
+        size, bids, parts = 0, cast("list[bytes]", []), [b""]
+        shared = []
+        for entry in rec["blocks"]:
+            if len(entry) == 3:   # a committed block this file shares: its replica set
+                holder, j = cast("tuple[Inode, int]", bm.locate(entry[0]))
+                bsize, crc, rs = holder.block(j)
+                shared.append(len(bids))
+                bids.append(holder.bids[j])
+                parts.append(BLK.pack(bsize, crc, rs))
+                size += bsize
+                continue
+            bid, bsize, crc, nodes = entry
             i = where.pop(bid)
             bid = d.bids[i]
             bids.append(bid)
@@ -471,7 +513,9 @@ class Namespace:
                             d.mode, names.intern(d.owner), names.intern(d.group),
                             rec["mtime"])
         inode = Inode(b"".join(parts), tuple(bids))
-        bm.add_file(inode)
+        # referenced before the file it replaces is released: a new version that shares
+        # blocks with the old one (copy-on-write) keeps them
+        bm.add_file(inode, frozenset(shared) if shared else NO_SHARED)
         old = self.tree.attach(d.path, inode, rec["mtime"])
         if type(old) is Inode:   # replacing a file keeps its owner, group and mode
             mode, uid, gid, _ = old.attrs()
@@ -600,6 +644,113 @@ class Namespace:
         self.blockmap.check_ack_delete(rec)
         return rec
 
+    # ------------------------------------------------------------------ shared blocks
+
+    def _check_shared_block(self, path: str, i: int, bid: Any, size: Any, crc: Any) -> None:
+        """Entry ``i`` of a commit names committed block ``bid``: it must exist, as a
+        committed block, with exactly this size and checksum."""
+        found = self.blockmap.locate(bid) if type(bid) is bytes else None
+        if found is None or type(found[0]) is not Inode:
+            raise error(errno.ENOENT, path, f"block {i}: no committed block "
+                        f"{bid.hex() if type(bid) is bytes else bid!r} to share "
+                        "(the file it came from was replaced or removed)")
+        bsize, bcrc, _ = found[0].block(found[1])
+        check(type(size) is int and size == bsize and type(crc) is int and crc == bcrc, path,
+              f"block {i}: size or checksum differ from block {bid.hex()}'s")
+
+    def _check_sources(self, handle: str, blocks: Sequence[Mapping[str, Any]],
+                       cred: Cred | None) -> None:
+        """A commit that shares blocks names, per block, the file it takes it from
+        (``from``): that file must hold the block now, and ``cred`` must be allowed to
+        read it. A block id alone is no proof of access (ids travel in events)."""
+        by_path: dict[str, set[bytes]] = {}
+        for i, b in enumerate(blocks):
+            src = b.get("from")
+            if src is None:
+                continue
+            if not isinstance(src, str):
+                raise error(errno.EINVAL, handle, f"block {i}: from must be a path")
+            held = by_path.get(src)
+            if held is None:
+                _, node = self.tree.node(paths.normalize(src), cred)
+                if isinstance(node, Dir):
+                    raise error(errno.EISDIR, src)
+                self.tree.need(cred, node, perms.R, src)
+                held = by_path[src] = set(node.bids)
+            if b["id"] not in held:
+                raise error(errno.ENOENT, src, f"block {i} ({bytes(b['id']).hex()}) is not "
+                            "part of this file (replaced since it was read?)")
+
+    def prepare_clone(self, src: str, dst: str, *, exclusive: bool = False,
+                      cred: Cred | None = None) -> dict:
+        """A server-side copy of file ``src`` to the exact path ``dst``: the new file
+        shares every block of ``src`` (no byte moves). Like ``cp``: the copy is the
+        caller's, with src's permission bits less the umask, and a new mtime; replacing a
+        file keeps that file's owner, group and mode. Needs read on ``src``, write and
+        search on dst's parent, write on a file it replaces; ``exclusive`` refuses an
+        existing ``dst`` (EEXIST)."""
+        src, dst = paths.normalize(src), paths.normalize(dst)
+        _, node = self.tree.node(src, cred)
+        if isinstance(node, Dir):
+            raise error(errno.EISDIR, src, "copy of a directory (copy its files)")
+        self.tree.need(cred, node, perms.R, src)
+        mode = node.attrs()[0] & 0o777
+        rec = {"op": "clone", "src": src, "dst": dst, "inode": node.id,
+               "mtime": self._clock(), **self._owner_fields(cred, mode, False)}
+        if exclusive:
+            rec["exclusive"] = True
+        self._check_clone(rec)
+        names = paths.components(dst)
+        parent = cast(Dir, self.tree.walk_parent(dst, names, cred=cred))
+        existing = parent.children.get(names[-1])
+        self._need_replace(cred, parent, None if isinstance(existing, Dir) else existing,
+                           dst, names)
+        return rec
+
+    def _check_clone(self, rec: Mapping) -> None:
+        src, dst = rec["src"], rec["dst"]
+        check(is_time(rec["mtime"]), dst, "bad mtime")
+        self.tree.check_owner_fields(rec, dst)
+        _, node = self.tree.node(src)
+        if isinstance(node, Dir):
+            raise error(errno.EISDIR, src)
+        check(node.id == rec["inode"], src, "the source changed since the copy was made")
+        names = self.tree.canonical(dst)
+        if not names:
+            raise error(errno.EISDIR, dst)
+        check(dst != src, dst, "source and destination are the same file")
+        existing = cast(Dir, self.tree.walk_parent(dst, names)).children.get(names[-1])
+        if type(existing) is Dir:
+            raise error(errno.EISDIR, dst)
+        if existing is not None and rec.get("exclusive"):
+            raise error(errno.EEXIST, dst)
+
+    def _apply_clone(self, rec: Mapping) -> dict:
+        src = cast(Inode, self.tree.node(rec["src"])[1])     # checked: a file
+        _, size, _, repl, bsize = src.header()
+        names, mtime = self.tree.names, rec["mtime"]
+        owner = rec.get("owner", perms.SUPERUSER)
+        hdr = HDR.pack(self.next_inode, size, mtime, repl, bsize, rec["mode"],
+                       names.intern(owner), names.intern(rec.get("group", owner)), mtime)
+        # the block entries (size, checksum, replica set) and the id tuple are src's own
+        inode = Inode(hdr + src.meta[HDR.size:], src.bids)
+        self.next_inode += 1
+        bm = self.blockmap
+        for bid in inode.bids:
+            bm.add_ref(bid, inode)
+        if len(inode.bids) > BIG_FILE_BLOCKS:
+            bm.positions[inode] = bm.positions[src]
+        old = cast("Inode | None", self.tree.attach(rec["dst"], inode, mtime))  # no Dir
+        if old is not None:
+            mode, uid, gid, _ = old.attrs()
+            inode.meta = inode.with_attrs(mode, uid, gid, mtime)
+            self._release_file(old)
+        self.files += 1
+        self.blocks += len(inode.bids)
+        self.bytes += size
+        return {"path": rec["dst"], "inode": inode.id, "size": size,
+                "blocks": len(inode.bids), "replaced": old is not None}
+
     # ------------------------------------------------------------------ snapshot support
     # Used by mds/snapshot.py only: plain-data export and import of the whole state.
 
@@ -647,6 +798,7 @@ class Namespace:
         # one tight loop over millions of entries: no per-file method calls
         dirs, blocks, size_of, positions = (self.tree.numbered, self.blockmap.owners,
                                             SIZE.unpack_from, self.blockmap.positions)
+        add_ref = self.blockmap.add_ref
         nfiles, nblocks, nbytes = 0, 0, 0
         it = iter(flat)
         for di, name, meta, bids in zip(it, it, it, it):
@@ -658,7 +810,10 @@ class Namespace:
                 bids = tuple(bids)
             node = dirs[di].children[name] = Inode(meta, bids)
             for bid in bids:
-                blocks[bid] = node
+                if bid in blocks:         # shared with a file restored before it
+                    add_ref(bid, node)
+                else:
+                    blocks[bid] = node
             n = len(bids)
             if n > BIG_FILE_BLOCKS:
                 positions[node] = {b: i for i, b in enumerate(node.bids)}

@@ -48,7 +48,7 @@ MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowled
 MAX_STAT_CAPS = 4096
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
-                       "commit", "abort", "renew", "rm", "chmod", "chown"})
+                       "commit", "abort", "renew", "rm", "chmod", "chown", "copy"})
 
 CLIENT = frozenset({P.CALLER_CLIENT})
 DATANODE = frozenset({P.CALLER_DATANODE})
@@ -66,7 +66,8 @@ MODE = Int(0, MODE_BITS)
 NAME = Str(MAX_NAME, 1)               # an owner or group name
 RECEIPT = Bytes(RECEIPT_BYTES)  # a wrong one is refused by the receipt check, not here
 COMMIT_BLOCK = Map({"id": BLOCK, "size": Int(0, MAX_BLOCK_SIZE), "checksum": CHECKSUM,
-                    "replicas": List(NODE, 255), "receipts?": List(RECEIPT, 255)})
+                    "replicas?": List(NODE, 255), "receipts?": List(RECEIPT, 255),
+                    "from?": PATH})
 
 
 def _bad(message: str) -> OSError:
@@ -97,7 +98,8 @@ class Handlers:
     @operation({"ops": List(Request(), MAX_BATCH, 1)}, callers=CLIENT)
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
         """Several client operations in one request (`ops`: 1..256 maps, each {op, ...}, of
-        mkdir stat ls create allocate replace_target commit abort renew rm chmod chown) ->
+        mkdir stat ls create allocate replace_target commit abort renew rm chmod chown
+        copy) ->
         `results`:
         one {ok: result} or {err: [code, message]} per op, in order. Each item is checked
         and dispatched like a request of its own (schema, caller class); one that fails
@@ -264,7 +266,11 @@ class Handlers:
         """Make draft `handle` the file at its path, with `blocks` [{id, size, checksum,
         replicas, receipts}] in file order (every block but the last exactly block_size;
         replicas = the nodes that acknowledged, receipts[i] = the receipt replicas[i]
-        returned from its put) -> {path, size, refused?}. A replica counts only if it is a
+        returned from its put) -> {path, size, refused?}. A block may instead be an
+        existing one shared with another file, {id, size, checksum, from: that file's
+        path}: the caller needs read on it, it must hold the block now (ENOENT: replaced
+        since) with this size and checksum (EINVAL); no byte moves, and block sizes may
+        then differ along the file. A replica counts only if it is a
         target of that block in this draft and its receipt is valid for exactly (node,
         id, size, checksum); others are left out and listed in `refused` [{block, node}]
         (absent when none was). A block left with no replica fails the whole commit with
@@ -281,7 +287,7 @@ class Handlers:
                                                           exclusive=exclusive, cred=cred))
         self.allocations.release(h["handle"])
         if self.repair.drain_left and any(self.cluster.is_draining(n) for b in blocks
-                                          for n in b["replicas"]):
+                                          for n in b.get("replicas") or ()):
             self.repair.kick()   # a draft placed before the drain began: move it too
         path = result.get("path") or ""
         size = sum(b["size"] for b in blocks)
@@ -298,8 +304,8 @@ class Handlers:
         out, refused = [], []
         for i, b in enumerate(blocks):
             bid, mine = b["id"], targets.get(b["id"])
-            if mine is None:
-                out.append(b)    # not this draft's: the namespace check names the error
+            if mine is None or b.get("from") is not None:
+                out.append(b)    # shared or not this draft's: the namespace checks it
                 continue
             receipts = b.get("receipts") or []
             good = []
@@ -319,6 +325,22 @@ class Handlers:
             out.append({"id": bid, "size": b["size"], "checksum": b["checksum"],
                         "replicas": good})
         return out, refused
+
+    @operation({"src": PATH, "dst": PATH, "exclusive?": Bool()}, callers=CLIENT)
+    def copy(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Server-side copy of file `src` to `dst` (into `dst` when it is a directory) ->
+        {path: final, size, blocks}: the copy shares src's blocks, no byte moves. The copy
+        is the caller's with src's permission bits & ~0o022 and a new mtime; replacing a
+        file keeps its owner, group and mode. Needs read on `src` (EACCES), write and
+        search on the destination's parent and write on a file it replaces; a directory
+        `src` is EISDIR; `exclusive` refuses an existing destination (EEXIST)."""
+        cred = cred_of(ctx)
+        dst = self.ns.resolve_move(h["src"], h["dst"])
+        result = self.submit(lambda ns: ns.prepare_clone(
+            h["src"], dst, exclusive=bool(h.get("exclusive")), cred=cred))
+        ctx.emit("file.commit", path=result["path"], size=result["size"],
+                 blocks=result["blocks"], copied_from=h["src"])
+        return {"path": result["path"], "size": result["size"], "blocks": result["blocks"]}
 
     @operation({"handle": HANDLE}, callers=CLIENT)
     def abort(self, h: dict, payload: list, ctx: Context) -> dict:

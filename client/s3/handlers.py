@@ -161,9 +161,8 @@ async def copy_object(gw: "Gateway", req: "Request") -> "Response":
             req.headers.get("x-amz-metadata-directive", "COPY").upper() != "REPLACE":
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                       "to copy an object to itself without changing the object's metadata")
-    # the bytes stream through the gateway until the MDS shares blocks between files
-    new = await gw.run(lambda: gw.store.put(req.bucket, req.key, gw.store.chunks(sb, sk),
-                                            lambda: None, ctype, meta))
+    # server side: the copy shares the source's blocks
+    new = await gw.run(gw.store.copy, sb, sk, req.bucket, req.key, info, ctype, meta)
     return _xml(doc("CopyObjectResult", el("LastModified", iso(new.mtime)) +
                     el("ETag", f'"{new.etag}"')))
 
@@ -190,8 +189,8 @@ async def upload_part(gw: "Gateway", req: "Request") -> "Response":
             if r is None:
                 raise S3Error("InvalidArgument", "bad x-amz-copy-source-range")
             start, length = r
-        etag = await gw.run(lambda: gw.store.put_part(
-            upload_id, number, gw.store.chunks(sb, sk, start, length), lambda: None))
+        etag = await gw.run(gw.store.put_part_copy, upload_id, number, sb, sk, start,
+                            length)
         return _xml(doc("CopyPartResult", el("LastModified", iso(info.mtime)) +
                         el("ETag", f'"{etag}"')))
     _check_length(req)

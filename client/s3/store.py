@@ -2,6 +2,10 @@
 blocking AegisClient calls. Each method runs whole on one worker thread (AegisClient keeps
 one broker socket per thread, and a stream must stay on the thread that opened it).
 
+Copies and multipart completion move no byte: CopyObject is the MDS's server-side copy,
+CompleteMultipartUpload commits the parts' blocks as the object's block list, and an
+UploadPartCopy of whole source blocks shares them (other ranges stream, that range only).
+
 Sidecar (/.s3meta/<bucket>/<key>): JSON {etag, size, mtime, content_type, meta}, written
 after the object's commit with the committed mtime; a sidecar whose size/mtime do not
 match the object (a crash between the two writes, a native `aegisfs put`) is ignored and
@@ -241,6 +245,44 @@ class Store:
             "content_type": info.content_type, "meta": meta})
         return info
 
+    def copy(self, sb: str, sk: str, bucket: str, key: str, src: ObjectInfo,
+             content_type: str | None, meta: dict[str, str]) -> ObjectInfo:
+        """CopyObject without moving a byte: the MDS's server-side copy shares the
+        source's blocks. The bytes are the source's, so its ETag is kept. A folder marker
+        has no blocks and is copied as a put of nothing."""
+        if naming.is_marker(key) or naming.is_marker(sk):
+            return self.put(bucket, key, self.chunks(sb, sk), lambda: None, content_type, meta)
+        path = naming.object_path(bucket, key)
+        self._shared(lambda: self.fs.copy(naming.object_path(sb, sk), path), path,
+                     f"/{bucket}/{key}")
+        return self._commit_sidecar(bucket, key, path, src.etag, content_type, meta)
+
+    def _shared(self, make: Callable[[], Any], path: str, resource: str) -> None:
+        """Run a copy or compose to `path`, whose parent directories may be missing
+        (keys with "/" make them implicitly, as put does)."""
+        try:
+            try:
+                make()
+            except FileNotFoundError:
+                parent = path.rsplit("/", 1)[0]
+                if self.fs.exists(parent):
+                    raise               # the source is what is missing
+                self.fs.mkdir(parent, parents=True)
+                make()
+        except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+            raise S3Error("InvalidArgument", "the key conflicts with an existing object or "
+                          f"folder ({exc.strerror})", resource) from None
+
+    def _commit_sidecar(self, bucket: str, key: str, path: str, tag: str,
+                        content_type: str | None, meta: dict[str, str]) -> ObjectInfo:
+        st = self.fs.stat(path)
+        info = ObjectInfo(key, int(st["size"]), float(st["mtime"]), tag,
+                          content_type or DEFAULT_TYPE, meta)
+        self._write_json(naming.meta_path(bucket, key), {
+            "etag": tag, "size": info.size, "mtime": info.mtime,
+            "content_type": info.content_type, "meta": meta})
+        return info
+
     def read(self, bucket: str, key: str, start: int, length: int,
              emit: Callable[[bytes], None], chunk: int = 1 << 20) -> None:
         """emit() the bytes [start, start+length) in pieces of at most `chunk`."""
@@ -375,7 +417,28 @@ class Store:
         with self.fs.open(draft, "wb", parents=False) as f:   # an exception aborts it
             _write_hashed(f, chunks, md5)
             finish()
-        etag = md5.hexdigest()
+        return self._name_part(d, number, draft, md5.hexdigest())
+
+    def put_part_copy(self, upload_id: str, number: int, sb: str, sk: str,
+                      start: int, length: int) -> str:
+        """UploadPartCopy. A range that starts and ends on block boundaries of the source
+        becomes a part that shares those blocks (no byte moves; its ETag is derived from
+        the blocks' ids and CRC32Cs, since no byte passes here to hash). Any other range
+        is streamed through the gateway, that range only."""
+        src = naming.object_path(sb, sk)
+        span = None if naming.is_marker(sk) else _block_span(self.fs.stat(src), start, length)
+        if span is None:
+            return self.put_part(upload_id, number, self.chunks(sb, sk, start, length),
+                                 lambda: None)
+        first, count, blocks = span
+        etag = hashlib.md5(b"".join(bytes.fromhex(b["id"]) + b["checksum"].to_bytes(4, "big")
+                                    for b in blocks)).hexdigest()
+        d = naming.upload_dir(upload_id)
+        draft = f"{d}/{number:05d}.{secrets.token_hex(4)}"
+        self.fs.compose(draft, [(src, first, count)])
+        return self._name_part(d, number, draft, etag)
+
+    def _name_part(self, d: str, number: int, draft: str, etag: str) -> str:
         old = [p["name"] for p in self._part_entries(d) if p["number"] == number]
         final = f"{d}/{number:05d}-{etag}"
         try:
@@ -425,17 +488,21 @@ class Store:
                               PartNumber=str(n), ProposedSize=str(p["size"]),
                               MinSizeAllowed=str(MIN_PART))
         d = naming.upload_dir(upload_id)
-
-        def body() -> Iterator[bytes]:
-            # concatenated by streaming through the gateway until the MDS can compose
-            # files from existing blocks (shared blocks, another issue); a reader thread
-            # fetches ahead while this one writes, at most READ_AHEAD pieces in memory
-            return self._prefetched(f"{d}/{have[n]['name']}" for n, _ in wanted)
-
+        parts = [f"{d}/{have[n]['name']}" for n, _ in wanted]
         digest = hashlib.md5(b"".join(bytes.fromhex(t) for _, t in wanted)).hexdigest()
+        tag = f"{digest}-{len(wanted)}"
         started = time.monotonic()
-        info = self.put(bucket, key, body(), lambda: None, rec.get("content_type"),
-                        rec.get("meta") or {}, etag=lambda: f"{digest}-{len(wanted)}")
+        if naming.is_marker(key):   # a folder: nothing to compose (put refuses content)
+            info = self.put(bucket, key, self._prefetched(parts), lambda: None,
+                            rec.get("content_type"), rec.get("meta") or {}, etag=lambda: tag)
+        else:
+            # the parts' blocks become the object's block list in one commit: atomic,
+            # and no byte is copied
+            path = naming.object_path(bucket, key)
+            self._shared(lambda: self.fs.compose(path, parts, parents=True), path,
+                         f"/{bucket}/{key}")
+            info = self._commit_sidecar(bucket, key, path, tag, rec.get("content_type"),
+                                        rec.get("meta") or {})
         self.fs.rm(d, recursive=True)
         log.info("/%s/%s: %d parts, %d bytes composed in %.2f s", bucket, key, len(wanted),
                  info.size, time.monotonic() - started)
@@ -458,6 +525,24 @@ class Store:
     def uploads(self, bucket: str, prefix: str = "") -> list[dict]:
         ups = [u for u in self._uploads(bucket) if u["key"].startswith(prefix)]
         return sorted(ups, key=lambda u: (u["key"], u["initiated"]))
+
+
+def _block_span(st: dict, start: int, length: int) -> tuple[int, int, list[dict]] | None:
+    """(first block, block count, those blocks) when [start, start+length) is exactly a
+    run of whole blocks of the file `st` describes; None otherwise (or without blocks)."""
+    blocks = st.get("blocks")
+    if not blocks or length <= 0:
+        return None
+    off, first = 0, None
+    for i, b in enumerate(blocks):
+        if off == start:
+            first = i
+        off += int(b["size"])
+        if first is not None and off == start + length:
+            return first, i - first + 1, blocks[first:i + 1]
+        if off > start + length:
+            break
+    return None
 
 
 def oserror(exc: OSError, bucket: str, key: str = "") -> S3Error:

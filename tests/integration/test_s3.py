@@ -309,3 +309,44 @@ def test_parallel_requests(s3):
         got = dict(pool.map(lambda k: (k, s3.get_object(Bucket="parallel", Key=k)
                                        ["Body"].read()), bodies))
     assert got == bodies
+
+
+def _dn_traffic(gateway, fs) -> tuple[int, int]:
+    """(block bytes written, read) over every DataNode since it started."""
+    io = fs._io()
+    infos = [io.call(f"dn.{n}", {"op": "info"}).result for n in gateway.cluster.node_ids]
+    return sum(i["bytes_written"] for i in infos), sum(i["bytes_read"] for i in infos)
+
+
+def test_copy_and_multipart_complete_move_no_block_bytes(s3, fs, gateway):
+    """CopyObject of a multi-block object and CompleteMultipartUpload of 5 MiB parts share
+    blocks: the DataNodes' byte counters move only by the small JSON records the gateway
+    keeps (sidecars, the upload record), never by the objects' blocks."""
+    records = 64 * 1024
+    s3.create_bucket(Bucket="shared")
+    body = os.urandom(13 * MiB)                      # four blocks of the 4 MiB default
+    s3.put_object(Bucket="shared", Key="src", Body=body)
+    before = _dn_traffic(gateway, fs)
+    r = s3.copy_object(Bucket="shared", Key="dst/copy", CopySource="shared/src")
+    after = _dn_traffic(gateway, fs)
+    assert after[0] - before[0] < records and after[1] - before[1] < records
+    assert r["CopyObjectResult"]["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    assert fs.stat("/shared/dst/copy")["blocks"] == fs.stat("/shared/src")["blocks"]
+    s3.delete_object(Bucket="shared", Key="src")
+    assert s3.get_object(Bucket="shared", Key="dst/copy")["Body"].read() == body
+
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(777)]
+    uid = s3.create_multipart_upload(Bucket="shared", Key="multi")["UploadId"]
+    tags = [s3.upload_part(Bucket="shared", Key="multi", UploadId=uid, PartNumber=i + 1,
+                           Body=p)["ETag"] for i, p in enumerate(parts)]
+    before = _dn_traffic(gateway, fs)
+    s3.complete_multipart_upload(Bucket="shared", Key="multi", UploadId=uid,
+                                 MultipartUpload={"Parts": [{"PartNumber": i + 1, "ETag": t}
+                                                            for i, t in enumerate(tags)]})
+    after = _dn_traffic(gateway, fs)
+    assert after[0] - before[0] < records and after[1] - before[1] < records
+    assert [b["size"] for b in fs.stat("/shared/multi")["blocks"]] == \
+        [4 * MiB, MiB, 4 * MiB, MiB, 777]
+    assert s3.get_object(Bucket="shared", Key="multi")["Body"].read() == b"".join(parts)
+    rng = s3.get_object(Bucket="shared", Key="multi", Range=f"bytes={5 * MiB - 3}-{5 * MiB + 2}")
+    assert rng["Body"].read() == (parts[0] + parts[1])[5 * MiB - 3:5 * MiB + 3]

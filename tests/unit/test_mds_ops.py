@@ -90,7 +90,7 @@ EXPECTED_CALLERS = {
     **{op: {"client"} for op in ("mkdir", "ls", "stat", "du", "create", "allocate",
                                  "replace_target", "commit", "abort", "renew", "rm", "mv",
                                  "fsck", "batch", "bad_replica", "drain", "chmod",
-                                 "chown")},
+                                 "chown", "copy")},
     "ping": {"client", "datanode", "mds", "broker"},
     "status": {"client", "datanode", "mds", "broker"},
     **{op: {"datanode"} for op in ("dn_heartbeat", "block_report", "replica_added",
