@@ -27,7 +27,7 @@ import hmac
 import math
 import os
 import struct
-from typing import Callable
+from typing import Callable, TypeGuard
 
 VERSION = 1
 SECRET_BYTES = 32
@@ -263,10 +263,10 @@ def _new_secret(randbytes: Callable[[int], bytes]) -> bytes:
     return secret
 
 
-def _is_u32(value: object) -> bool:
+def _is_u32(value: object) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= 0xFFFFFFFF
 
 
-def _is_time(value: object) -> bool:
-    return (type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
-            and value >= 0)  # type: ignore[operator]
+def _is_time(value: object) -> TypeGuard[float]:
+    return ((type(value) is int or type(value) is float) and math.isfinite(value)
+            and value >= 0)

@@ -145,7 +145,7 @@ def aligned_range(offset: int, length: int, chunk_size: int, block_size: int) ->
     return start, max(start, end)
 
 
-def verify_range(chunk_crcs: Sequence[int], chunk_size: int, block_size: int, block_crc: int,
+def verify_range(chunk_crcs: object, chunk_size: int, block_size: int, block_crc: int,
                  offset: int, data: bytes | bytearray | memoryview) -> None:
     """Check data = the block's bytes from offset, against a table a DataNode sent.
 

@@ -39,7 +39,7 @@ class BrokerUnavailable(ConnectionRefusedError):
 class Reply:
     rid: int
     service: str
-    result: dict | None = None
+    result: dict = field(default_factory=dict)   # the result map; {} when error is set
     error: OSError | None = None
     payload: list = field(default_factory=list)   # memoryviews
 
@@ -159,7 +159,7 @@ class Client:
     def _pump(self, deadline: float) -> None:
         """Receive what is waiting (or wait until `deadline`); expire overdue requests."""
         wait = max(0.0, deadline - time.monotonic())
-        events = dict(self._poller.poll(wait * 1000))
+        events = dict(self._poller.poll(int(wait * 1000)))   # poll truncates too
         if self._monitor in events:
             self._connection_events()
         if self.sock in events:
@@ -208,7 +208,7 @@ class Client:
         poller.register(self._monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            events = dict(poller.poll(max(0.0, left) * 1000))
+            events = dict(poller.poll(int(max(0.0, left) * 1000)))
             if self._monitor in events:
                 self._connection_events(raise_refused=True)
             if self.sock in events:

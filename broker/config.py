@@ -160,8 +160,8 @@ def load(
         if env.get(name):
             cfg[section][key] = env[name]
 
-    for section, values in (overrides or {}).items():
-        cfg.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    for section, flags in (overrides or {}).items():
+        cfg.setdefault(section, {}).update({k: v for k, v in flags.items() if v is not None})
     broker = cfg["broker"]
     base_port = broker.pop("base_port", None)
     if base_port:

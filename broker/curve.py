@@ -76,8 +76,12 @@ class CurveKeys:
 
 
 def _broker_public(key_file: Path, broker_key: Path | str | bytes | None) -> bytes:
-    if isinstance(broker_key, bytes) and len(broker_key) == 40:
-        return broker_key
+    if isinstance(broker_key, bytes):   # bytes are a z85 key itself, never a path
+        if len(broker_key) == 40:
+            return broker_key
+        if broker_key:
+            raise ValueError(f"broker key: expected 40 z85 characters, got {len(broker_key)}")
+        broker_key = None
     if broker_key:
         return load_public(broker_key)
     named = load_broker_key(key_file)
@@ -197,7 +201,7 @@ def member_keys(security: Mapping[str, Any], service: str) -> CurveKeys | None:
     return CurveKeys.load(key, broker)
 
 
-def client_key_file(key: Path | str | None, security: Mapping[str, Any],
+def client_key_file(key: str | os.PathLike[str] | None, security: Mapping[str, Any],
                     environ: Mapping[str, str] | None = None) -> Path | None:
     """Which user key a client uses: `key` (a file, or a keys directory: its admin key),
     else $AEGISFS_KEY, else [security] key, else <keys directory>/users/admin.key_secret
@@ -211,7 +215,7 @@ def client_key_file(key: Path | str | None, security: Mapping[str, Any],
     return default if default.exists() else None
 
 
-def client_keys(key: Path | str | None, security: Mapping[str, Any],
+def client_keys(key: str | os.PathLike[str] | None, security: Mapping[str, Any],
                 environ: Mapping[str, str] | None = None) -> CurveKeys | None:
     """The CURVE keys of a client (None when security is off); a clear error when none
     is found or the file may not be used."""

@@ -432,7 +432,7 @@ class Router:
         try:
             validate(READY_FIELDS, info, "READY")
         except OSError as exc:   # whatever is wrong with it, it breaks the protocol
-            raise P.ProtocolError(exc.strerror) from None
+            raise P.ProtocolError(exc.strerror or str(exc)) from None
         capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
         out: list[Send] = []
         if identity in self.workers:   # re-registration: its old requests are lost

@@ -234,7 +234,7 @@ class Broker:
         try:
             while not self._stop.is_set():
                 wait_ms = max(0.0, router.next_deadline() - router.clock()) * 1000
-                events = dict(poller.poll(min(wait_ms, 500)))
+                events = dict(poller.poll(int(min(wait_ms, 500))))   # poll truncates too
                 if self.backend in events:
                     self._drain(self.backend, False)
                 if self.frontend in events:

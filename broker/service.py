@@ -215,7 +215,7 @@ class Map(Field):
         if type(value) is not dict:
             raise self._wrong(value)
         present = 0
-        key = None
+        key = ""   # set before anything can raise: a _Bad comes from inside the walk
         try:   # one try for the walk: the hot path sets up no handler per field
             for key, optional, spec in self.fields:
                 v = value.get(key)
@@ -264,7 +264,9 @@ def validate(schema: Map, value: Any, what: str, *, extra: frozenset = frozenset
 # ---------------------------------------------------------------------------------------
 # Declarations
 
-Handler = Callable[[dict, list, "Context"], Any]
+# (fields, payload frames, context): the fields are the request header, a dict once
+# validated, given as a Mapping because handlers only read it
+Handler = Callable[[Mapping[str, Any], list, "Context"], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +379,7 @@ class Service:
         op = self.ops.get(name) if type(name) is str else None
         if op is None:
             raise _unsupported(f"{self.name} has no operation", name)
-        validate(op.schema, header, name, extra=_OP_KEY)
+        validate(op.schema, header, op.name, extra=_OP_KEY)
         lo, hi = op.frames
         if not lo <= len(payload) <= hi:
             raise OSError(errno.EINVAL, f"{name} takes {lo}..{hi} payload frames, "

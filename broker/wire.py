@@ -48,7 +48,8 @@ def recv_authenticated(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, str, by
     never anything the peer wrote. Only for CURVE sockets: a NULL socket has none.
     """
     first = sock.recv(flags, copy=False)
-    user = first.get("User-Id")
+    # pyzmq types Frame.get as int | str for any option name; "User-Id" is a string one
+    user: str = first.get("User-Id")  # type: ignore[assignment]
     getsockopt = sock.getsockopt
     env = sock.recv() if getsockopt(_RCVMORE) else b""
     if not getsockopt(_RCVMORE):
@@ -62,7 +63,8 @@ def recv_authenticated(sock: zmq.Socket, flags: int = 0) -> tuple[bytes, str, by
 
 def readable(sock: zmq.Socket) -> bool:
     """Another message is waiting (cheaper than a recv that raises zmq.Again)."""
-    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+    # getsockopt is typed int | bytes for every option; ZMQ_EVENTS is an int bit mask
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]
 
 
 def send(sock: zmq.Socket, frames: list, flags: int = 0) -> None:

@@ -52,6 +52,9 @@ class Request:
 
 
 class Worker:
+    sock: zmq.Socket        # replaced by each _connect (a reconnect makes a new socket)
+    _monitor: zmq.Socket
+
     def __init__(self, endpoint: str, service: str, *, heartbeat_interval: float = 1.0,
                  liveness: int = 3, capacity: int = 64, exclusive: bool = False,
                  info: Mapping[str, Any] | None = None,
@@ -73,17 +76,19 @@ class Worker:
         self.reconnects = 0
         self.curve = curve          # broker.curve.CurveKeys, or None with security off
         self._refused_logged = False
-        self.sock: zmq.Socket | None = None
+        self._closed = False
         self._connect()
 
     # -- connection ----------------------------------------------------------------------
 
+    def _reconnect(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self.sock.close(linger=0)
+        self.reconnects += 1
+        self._connect()
+
     def _connect(self) -> None:
-        if self.sock is not None:
-            self.sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self.sock.close(linger=0)
-            self.reconnects += 1
         self.sock = self.ctx.socket(zmq.DEALER)
         wire.configure(self.sock, hwm=self.hwm, max_message_size=self.max_message_size)
         if self.curve is not None:
@@ -120,12 +125,12 @@ class Worker:
             if now >= self._broker_expiry:
                 log.warning("no word from the broker for %.1fs; reconnecting",
                             self.interval * self.liveness)
-                self._connect()
+                self._reconnect()
                 continue
             wait = self._next_heartbeat - now
             if deadline is not None:
                 wait = min(wait, deadline - now)
-            events = dict(self._poller.poll(max(0.0, wait) * 1000))
+            events = dict(self._poller.poll(int(max(0.0, wait) * 1000)))   # poll truncates too
             # Give up only after a poll found nothing: timeout=0 still takes what is queued.
             if not events and deadline is not None and time.monotonic() >= deadline:
                 return None
@@ -238,8 +243,9 @@ class Worker:
 
     def close(self) -> None:
         """Tell the broker we are leaving (it fails our in-flight requests at once)."""
-        if self.sock is None:
+        if self._closed:
             return
+        self._closed = True
         self._flush_pending()
         try:
             wire.send(self.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
@@ -249,6 +255,5 @@ class Worker:
         self.sock.disable_monitor()
         self._monitor.close(linger=0)
         self.sock.close()
-        self.sock = None
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -14,8 +14,8 @@ import io
 import logging
 import os
 import threading
-from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Mapping,
-                    Sequence, TypeVar)
+from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Literal,
+                    Mapping, Sequence, TypeVar, overload)
 
 import zmq
 
@@ -341,8 +341,8 @@ class AegisClient:
         (path, {"owner"?: o, "group"?: g}); returns each one's result or OSError, in order."""
         ops = []
         for path, change in changes:
-            op = "chmod" if "mode" in change else "chown"
-            ops.append({"op": op, "path": _abs(path),
+            verb = "chmod" if "mode" in change else "chown"
+            ops.append({"op": verb, "path": _abs(path),
                         **{k: v for k, v in change.items() if v is not None}})
         out: list[Outcome] = []
         for i in range(0, len(ops), MAX_BATCH):
@@ -418,6 +418,7 @@ class AegisClient:
         with FileExistsError instead of replacing anything. Returns {path, size}."""
         p = _abs(remote)
         with contextlib.ExitStack() as stack:
+            f: BinaryIO | io.RawIOBase   # all localio.read_full needs is readinto
             if isinstance(src, (str, os.PathLike)):
                 f = stack.enter_context(open(src, "rb", buffering=0))
             else:
@@ -425,12 +426,16 @@ class AegisClient:
             total = localio.known_size(f)
             done = [0]
 
-            def advance(n: int) -> None:
-                done[0] += n
-                progress(done[0], total)
+            advance: Callable[[int], None] | None = None
+            if progress:
+                report = progress
 
-            w = self._writer(p, replication, block_size, parents, total,
-                             advance if progress else None, exclusive=exclusive)
+                def advance(n: int) -> None:
+                    done[0] += n
+                    report(done[0], total)
+
+            w = self._writer(p, replication, block_size, parents, total, advance,
+                             exclusive=exclusive)
             with _about(p):
                 try:
                     while True:
@@ -642,7 +647,7 @@ class AegisClient:
             localio.sync_all()      # one flush for every small file written, not one each
         return _outcomes(out, errors)
 
-    def _copy_out(self, info: dict, out: BinaryIO, progress: ProgressFn | None,
+    def _copy_out(self, info: dict, out: localio.Sink, progress: ProgressFn | None,
                   written: list[int]) -> int:
         total = int(info["size"])
         pieces = [Piece(i, 0, int(b["size"]), True) for i, b in enumerate(info["blocks"])]
@@ -673,6 +678,18 @@ class AegisClient:
             return self._consistent(p, read)
 
     cat = read_bytes
+
+    @overload
+    def open(self, remote: PathLike, mode: Literal["rb", "br"] = "rb", *,
+             replication: int | None = None, block_size: int | None = None,
+             parents: bool = True) -> ReadFile: ...
+    @overload
+    def open(self, remote: PathLike, mode: Literal["wb", "bw", "xb", "bx"], *,
+             replication: int | None = None, block_size: int | None = None,
+             parents: bool = True) -> WriteFile: ...
+    @overload
+    def open(self, remote: PathLike, mode: str = "rb", *, replication: int | None = None,
+             block_size: int | None = None, parents: bool = True) -> ReadFile | WriteFile: ...
 
     def open(self, remote: PathLike, mode: str = "rb", *, replication: int | None = None,
              block_size: int | None = None, parents: bool = True) -> ReadFile | WriteFile:

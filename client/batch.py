@@ -60,6 +60,26 @@ class _File:
     caps: dict[str, bytes] = field(default_factory=dict)       # node -> write capability
     receipts: dict[str, bytes] = field(default_factory=dict)   # node -> its receipt
 
+    def settled(self) -> Outcome:
+        """The outcome once write() is through: every path sets one, so the EIO is only a
+        guard against a step that forgot a file (a None would reach the caller)."""
+        if self.result is None:
+            return OSError(errno.EIO, f"{self.path}: the batch left this file unsettled")
+        return self.result
+
+
+@dataclass(slots=True)
+class _Upload:
+    """A file whose one block came with its create: steps 2-3 write it with put_blocks."""
+    file: _File
+    block: bytes
+    replicas: ReplicaWrite
+
+    @classmethod
+    def of(cls, batch: list[_File]) -> list[_Upload]:
+        return [cls(f, f.block, f.replicas) for f in batch
+                if f.block is not None and f.replicas is not None]
+
 
 class SmallFiles:
     """Writes batches of small files through one thread's Mux (see module docstring)."""
@@ -86,17 +106,18 @@ class SmallFiles:
             batch.append(_File(path, view, crc32c(view)))
         try:
             self._create(batch)
-            self._store([f for f in batch if f.replicas is not None])
+            self._store(_Upload.of(batch))
             self._finish_big(batch)
             self._commit(batch)
         except OSError as exc:    # the MDS itself failed us: nothing more is known
             for f in batch:
                 if f.result is None:
                     f.result = name_error(exc, f.path)
+        results = [f.settled() for f in batch]
         if done:
-            for i, f in enumerate(batch):
-                done(i, f.result)
-        return [f.result for f in batch]
+            for i, outcome in enumerate(results):
+                done(i, outcome)
+        return results
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -131,81 +152,85 @@ class SmallFiles:
             else:
                 f.created = res
 
-    def _store(self, files: list[_File]) -> None:
+    def _store(self, uploads: list[_Upload]) -> None:
         """Rounds of put_blocks until every block is acked by R nodes or out of options."""
         while True:
-            by_node: dict[str, list[_File]] = defaultdict(list)
-            for f in files:
-                for node in f.replicas.take_queue():
-                    by_node[node].append(f)
+            by_node: dict[str, list[_Upload]] = defaultdict(list)
+            for u in uploads:
+                for node in u.replicas.take_queue():
+                    by_node[node].append(u)
             if not by_node:
                 break
             self._put_round(by_node)
-            short = [f for f in files if f.replicas.wants_replacement()]
+            short = [u for u in uploads if u.replicas.wants_replacement()]
             if short:
                 self._replace(short)
-        for f in files:
-            if not f.replicas.acked:
-                f.result = OSError(errno.EIO, f"{f.path}: could not be stored on any "
-                                   f"DataNode: {f.replicas.describe_failures()}")
-            elif len(f.replicas.acked) < f.replicas.replication:
+        for u in uploads:
+            if not u.replicas.acked:
+                u.file.result = OSError(errno.EIO, f"{u.file.path}: could not be stored on "
+                                        f"any DataNode: {u.replicas.describe_failures()}")
+            elif len(u.replicas.acked) < u.replicas.replication:
                 log.warning("%s: committed with %d of %d replicas; the MDS re-replicates",
-                            f.path, len(f.replicas.acked), f.replicas.replication)
+                            u.file.path, len(u.replicas.acked), u.replicas.replication)
 
-    def _put_round(self, by_node: dict[str, list[_File]]) -> None:
-        in_flight: dict[int, tuple[str, list[_File]]] = {}
-        for node, files in by_node.items():
-            for part in _chunks(files):
+    def _put_round(self, by_node: dict[str, list[_Upload]]) -> None:
+        in_flight: dict[int, tuple[str, list[_Upload]]] = {}
+        for node, uploads in by_node.items():
+            for part in _chunks(uploads):
                 header = {"op": "put_blocks",
-                          "blocks": [_put_spec(f, node) for f in part]}
-                rid = self.mux.send(self, datanode_service(node), header, [f.data for f in part], self.timeout)
+                          "blocks": [_put_spec(u, node) for u in part]}
+                rid = self.mux.send(self, datanode_service(node), header,
+                                    [u.file.data for u in part], self.timeout)
                 in_flight[rid] = (node, part)
         while in_flight:
             reply = self.mux.next(self, None)
             if reply is None:         # cannot happen while requests are pending; be safe
                 for node, part in in_flight.values():
-                    for f in part:
-                        f.replicas.fail(node, "no reply")
+                    for u in part:
+                        u.replicas.fail(node, "no reply")
                 return
-            node, part = in_flight.pop(reply.rid, (None, None))
-            if part is None:
+            sent = in_flight.pop(reply.rid, None)
+            if sent is None:
                 continue
+            node, part = sent
             if reply.error is not None:
                 if isinstance(reply.error, (ConnectionError, TimeoutError)):
                     self.suspects.mark(node)
-                for f in part:
-                    f.replicas.fail(node, reason_of(reply.error))
+                for u in part:
+                    u.replicas.fail(node, reason_of(reply.error))
                 continue
             results = (reply.result or {}).get("results")
             if not isinstance(results, list) or len(results) != len(part):
-                for f in part:
-                    f.replicas.fail(node, "malformed put_blocks reply")
+                for u in part:
+                    u.replicas.fail(node, "malformed put_blocks reply")
                 continue
-            for f, item in zip(part, results):
+            for u, item in zip(part, results):
+                f = u.file
                 try:
                     got = P.item_result(item)
                 except OSError as exc:
-                    f.replicas.fail(node, reason_of(exc))
+                    u.replicas.fail(node, reason_of(exc))
                     continue
                 if got.get("size") != f.data.nbytes or got.get("checksum") != f.checksum:
-                    f.replicas.fail(node, f"acked size {got.get('size')} checksum "
+                    u.replicas.fail(node, f"acked size {got.get('size')} checksum "
                                     f"{got.get('checksum')}, sent {f.data.nbytes} / {f.checksum}")
                 else:
                     f.receipts[node] = got.get("receipt") or b""
-                    f.replicas.ack(node)
+                    u.replicas.ack(node)
 
-    def _replace(self, files: list[_File]) -> None:
-        ops = [{"op": "replace_target", "handle": f.handle, "block": f.block,
-                "exclude": f.replicas.exclude()} for f in files]
-        for f, res in zip(files, mds_batch(self.mux, ops)):
+    def _replace(self, uploads: list[_Upload]) -> None:
+        ops = [{"op": "replace_target", "handle": u.file.handle, "block": u.block,
+                "exclude": u.replicas.exclude()} for u in uploads]
+        for u, res in zip(uploads, mds_batch(self.mux, ops)):
             if isinstance(res, OSError):
-                log.warning("%s: no replacement for block %s: %s", f.path, f.block.hex(), res)
-                f.replicas.tries = f.replicas.max_tries      # stop asking for this one
+                log.warning("%s: no replacement for block %s: %s", u.file.path, u.block.hex(),
+                            res)
+                u.replicas.tries = u.replicas.max_tries      # stop asking for this one
             elif res.get("node"):
                 node = str(res["node"])
                 if isinstance(res.get("cap"), bytes):
-                    f.caps[node] = res["cap"]
-                f.replicas.add(node)
+                    u.file.caps[node] = res["cap"]
+                u.replicas.add(node)
 
     def _finish_big(self, batch: list[_File]) -> None:
         """Files the batch cannot carry (several blocks, or no block allocated yet) are
@@ -231,7 +256,8 @@ class SmallFiles:
             f.handle = None           # settled either way
 
     def _commit(self, batch: list[_File]) -> None:
-        ops, owners = [], []
+        ops: list[dict[str, Any]] = []
+        owners: list[_File] = []
         for f in batch:
             if f.handle is None:
                 continue
@@ -349,22 +375,23 @@ class SmallReads:
         return out
 
 
-def _put_spec(f: _File, node: str) -> dict:
-    spec = {"id": f.block, "checksum": f.checksum}
-    cap = f.caps.get(node)
+def _put_spec(u: _Upload, node: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"id": u.block, "checksum": u.file.checksum}
+    cap = u.file.caps.get(node)
     if cap is not None:
         spec["cap"] = cap
     return spec
 
 
-def _chunks(files: list[_File]) -> list[list[_File]]:
+def _chunks(uploads: list[_Upload]) -> list[list[_Upload]]:
     """Split one node's blocks into put_blocks requests within the count and byte limits."""
-    parts: list[list[_File]] = [[]]
+    parts: list[list[_Upload]] = [[]]
     size = 0
-    for f in files:
-        if parts[-1] and (len(parts[-1]) >= MAX_PUT_MANY or size + f.data.nbytes > BATCH_BYTES):
+    for u in uploads:
+        nbytes = u.file.data.nbytes
+        if parts[-1] and (len(parts[-1]) >= MAX_PUT_MANY or size + nbytes > BATCH_BYTES):
             parts.append([])
             size = 0
-        parts[-1].append(f)
-        size += f.data.nbytes
+        parts[-1].append(u)
+        size += nbytes
     return parts

@@ -45,7 +45,9 @@ class Failure(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click's stub calls exit_code a ClassVar, but ClickException.main() reads it from
+        # the instance (self.exit_code), so each failure can carry its own code
+        self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"aegisfs: {self.message}", err=True)
@@ -544,11 +546,11 @@ def change_attrs(state: State, command: str, paths: tuple[str, ...], recursive: 
     tried = len(items) + len(failed)            # entries, plus those never reached
     if items:
         failed += [o for o in fs.set_attrs(items) if isinstance(o, OSError)]
-    for exc in failed:
-        click.echo(f"aegisfs: {command}: {describe(exc)}", err=True)
+    for err in failed:
+        click.echo(f"aegisfs: {command}: {describe(err)}", err=True)
     if failed:
         raise Failure(f"{command}: {len(failed)} of {tried} failed",
-                      max(exit_code_for(exc) for exc in failed))
+                      max(exit_code_for(e) for e in failed))
 
 
 def needs_entry(change: Callable) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -86,7 +87,7 @@ def user_ls(state, keys_dir: str | None, as_json: bool) -> None:
       aegisfs user ls --json
     """
     store = _store(state, keys_dir)
-    rows = [{"user": u.name, "superuser": u.superuser, "created": u.created,
+    rows: list[dict[str, Any]] = [{"user": u.name, "superuser": u.superuser, "created": u.created,
              "key_file": str(store.user_key_path(u.name).resolve())}
             for u in store.users().values()]
     if as_json:

@@ -8,7 +8,7 @@ import bisect
 import errno
 import io
 import logging
-from typing import Any, Iterator
+from typing import Any, Generator
 
 from broker.limits import MDS_SERVICE
 
@@ -41,7 +41,7 @@ class ReadFile(io.RawIOBase):
         self._pos = 0
         self._cur: tuple[int, memoryview] | None = None
         self._reader: BlockReader | None = None
-        self._ahead: Iterator[memoryview] | None = None
+        self._ahead: Generator[memoryview, None, None] | None = None
         self._ahead_next = -1
 
     def readable(self) -> bool:
@@ -88,7 +88,7 @@ class ReadFile(io.RawIOBase):
     def _block(self, i: int) -> memoryview:
         if self._cur is not None and self._cur[0] == i:
             return self._cur[1]
-        if self._reader is None or self._ahead_next != i:
+        if self._reader is None or self._ahead is None or self._ahead_next != i:
             self._drop_reader()
             pieces = [Piece(j, 0, int(self._blocks[j]["size"]), True)
                       for j in range(i, len(self._blocks))]

@@ -10,7 +10,7 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 PathLike = str | os.PathLike
 
@@ -36,6 +36,13 @@ def known_size(f: Any) -> int | None:
     except (AttributeError, OSError, ValueError):
         pass
     return None
+
+
+class Sink(Protocol):
+    """Where a download goes: a binary file, a raw one (may write short or, when not
+    ready, nothing: None), or an AtomicFile."""
+
+    def write(self, data: memoryview, /) -> int | None: ...
 
 
 def read_full(f: Any, buf: memoryview) -> int:

@@ -15,7 +15,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence
 
 from broker.crc import crc32c
 
@@ -262,7 +262,10 @@ class BlockWriter:
         """Send the first n bytes (1..block_size) of the last buffer() as the next block."""
         if not 0 < n <= self.block_size:
             raise ValueError(f"block of {n} bytes (block size {self.block_size})")
-        view = memoryview(self._buffers[self.window.next_slot()])[:n]
+        buf = self._buffers[self.window.next_slot()]
+        if buf is None:
+            raise RuntimeError("submit() without buffer()")   # a bug in the caller
+        view = memoryview(buf)[:n]
         bid, nodes, caps = self._next_id()
         seq = self.window.start()
         task = _PutBlock(seq, bid, n, crc32c(view), view,
@@ -496,7 +499,7 @@ class BlockReader:
         self._tasks: dict[int, _GetPiece] = {}
         self._started = 0
 
-    def __iter__(self) -> Iterator[memoryview]:
+    def __iter__(self) -> Generator[memoryview, None, None]:   # close() cancels read-ahead
         win: OrderedWindow[memoryview] = OrderedWindow(max(1, self.window))
         try:
             emitted = 0

@@ -64,6 +64,7 @@ def _rewrite(packs: PackLog, pack: Pack) -> int | None:
         scan = Scanner(pack.fd, pack.path, pack.seq, pack.size, with_data=True, verify=False)
         for rec in scan:
             if rec.kind == KIND_PUT:
+                assert rec.data is not None   # with_data=True: every put comes with its data
                 if not packs.is_current(rec.rid, pack.seq << 32 | rec.off):
                     continue
                 if crc32c.crc32c(rec.data) != rec.crc:

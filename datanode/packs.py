@@ -601,6 +601,7 @@ class PackLog:
                     entry = self._index.get(bid)
                     if entry is None or entry[0] != (pack.seq << 32 | rec.off):
                         continue  # deleted or replaced meanwhile: do not bring it back
+                    assert rec.data is not None   # compaction scans puts with their data
                     recs.append((header(KIND_PUT, rec.rid, rec.size, rec.crc, 0),
                                  (rec.data,), HEADER_SIZE + rec.size))
                 elif (rec.ref >> 32) in self._packs:

@@ -178,6 +178,7 @@ class DataNodeOps:
         it against the MDS's block checksum (broker/checksum.verify_range) and slice. A
         block kept in a pack file is one chunk (chunk_size = its size). A corrupt replica
         is set aside and reported to the MDS."""
+        out: dict[str, Any]   # the result map: ints, and the chunk table's list
         block = parse_block_id(h["id"])
         self._check(h, block, "read", ctx)
         ranged = "offset" in h or "length" in h

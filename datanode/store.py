@@ -81,7 +81,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import crc32c
 
@@ -94,6 +94,9 @@ from datanode.packs import DEFAULT_PACK_SIZE, PackLog
 
 __all__ = ["FOOTER_SIZE", "BlockCorrupt", "BlockInfo", "BlockStore", "Capacity", "CompactStats",
            "PackStats", "Usage"]
+
+if TYPE_CHECKING:   # collections.abc.Buffer is 3.12+; the stub is enough for annotations
+    from typing_extensions import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +249,7 @@ class BlockStore:
             raise checksum_mismatch(bid, expected_crc, crc)
         return BlockInfo(bid, size, crc)
 
-    def put(self, block_id: bytes, buffers: Sequence[object],
+    def put(self, block_id: bytes, buffers: Sequence[Buffer],
             expected_crc: int | None = None) -> BlockInfo:
         """Store a block from buffers (any buffer-protocol objects, not copied); durable on return.
 
@@ -263,7 +266,7 @@ class BlockStore:
             raise out[0]
         return out[0]
 
-    def put_many(self, items: Sequence[tuple[bytes, Sequence[object], int | None]]
+    def put_many(self, items: Sequence[tuple[bytes, Sequence[Buffer], int | None]]
                  ) -> list[BlockInfo | OSError]:
         """put() for many blocks; one result per item, a bad item fails alone.
 
@@ -458,6 +461,7 @@ class BlockStore:
         bid = parse_block_id(block_id)
         packs, files = self._parts()
         in_pack = False
+        record: tuple[int, bytes | None] | None
         entry = packs.locate(bid)
         if entry is not None:
             try:

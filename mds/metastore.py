@@ -364,7 +364,10 @@ class MetaStore:
         log.info("checkpoint at seq %d started in child %d", seq, pid)
 
     def _reap(self, block: bool) -> bool | None:
-        """None while the child runs, else whether it succeeded."""
+        """None while the child runs, else whether it succeeded (False with no child: the
+        fork failed)."""
+        if self._child is None:
+            return False
         pid, seq, started = self._child
         try:
             done, status = os.waitpid(pid, 0 if block else os.WNOHANG)

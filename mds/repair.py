@@ -345,6 +345,8 @@ class RepairPlanner:
         records: list[Record] = []
         for block in gone:
             info = self.ns.block_info(block)
+            if info is None:   # not expected: gone came from iter_blocks just above
+                continue
             rest = [n for n in info["replicas"] if n != node]
             log.warning("block %s is not on %s, though the block map has it there",
                         block.hex(), node)

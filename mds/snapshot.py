@@ -127,8 +127,8 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                     dirs, files = [], []
             if dirs or files:
                 emit({"k": "tree", "d": dirs, "f": files})
-            for node, ids in ns.pending_deletes.items():
-                ids = list(ids)
+            for node, queued in ns.pending_deletes.items():
+                ids = list(queued)
                 for i in range(0, len(ids), IDS_PER_FRAME):
                     emit({"k": "del", "node": node, "ids": ids[i:i + IDS_PER_FRAME]})
             answers = ns.opids.export()   # retried client operations (mds/opids.py)

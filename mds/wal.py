@@ -215,7 +215,10 @@ def _offset_of(path: Path, index: int) -> int:
     """Byte offset of the index-th frame (only used to report damage)."""
     buf, offset = Path(path).read_bytes(), 0
     for _ in range(index):
-        offset = frame_at(buf, offset)[1]
+        found = frame_at(buf, offset)
+        if isinstance(found, str):   # not expected: the scan read these frames whole
+            break
+        offset = found[1]
     return offset
 
 
@@ -242,6 +245,8 @@ def _give_up(path: Path, offset: int, reason: str, salvage: bool,
 class WriteAheadLog:
     """Appends records to the newest segment; durable only after ``sync()`` returns."""
 
+    segment: Path        # set by _open_segment (in __init__, or it raises)
+
     def __init__(self, directory: os.PathLike | str, next_seq: int) -> None:
         self.directory = Path(directory)
         self.next_seq = next_seq
@@ -249,7 +254,6 @@ class WriteAheadLog:
         self._packer = msgpack.Packer(use_bin_type=True)
         self._failed: BaseException | None = None
         self._fd = -1
-        self.segment: Path | None = None
         self.segment_bytes = 0
         self._open_segment()
 

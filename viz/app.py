@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 # `streamlit run viz/app.py` puts viz/ on sys.path, not the project root.
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -120,6 +120,7 @@ def cluster_panel(broker: str) -> None:
     ss = st.session_state
     # While the cluster is down the retries are shorter, so the page is not always busy.
     connect = PROBE if ss.get("reachable") is False else QUICK
+    status: dict | None
     try:
         with aegis(broker, connect_timeout=connect) as c:
             status = c.status()
@@ -137,7 +138,7 @@ def cluster_panel(broker: str) -> None:
         # A timer run saw the cluster go or come back: redraw the whole page, so the
         # namespace browser follows without anyone pressing a button.
         st.rerun(scope="app")
-    if not reachable:
+    if status is None:   # the same as not reachable: status() returns a map
         st.error(f"**Cluster unreachable** at `{broker}`: {problem}. Retrying every few s; "
                  "the page recovers by itself when the cluster is back.",
                  icon=":material/cloud_off:")
@@ -461,9 +462,10 @@ def render_preview(broker: str, path: str, size: int, mtime: Any) -> None:
         st.caption(plan.note)
     if plan.kind == pv.IMAGE:
         st.image(data, caption=posixpath.basename(path))
-    elif plan.kind == pv.AUDIO:
+    # preview.choose() gives every media kind its mime; without one, the hex view below
+    elif plan.kind == pv.AUDIO and plan.mime is not None:
         st.audio(data, format=plan.mime)
-    elif plan.kind == pv.VIDEO:
+    elif plan.kind == pv.VIDEO and plan.mime is not None:
         st.video(data, format=plan.mime)
     elif plan.kind == pv.EMPTY:
         st.caption("Empty file.")
@@ -475,7 +477,7 @@ def render_preview(broker: str, path: str, size: int, mtime: Any) -> None:
         st.code(dump, language=None, height=code_height(dump))
 
 
-def code_height(text: str) -> int | str:
+def code_height(text: str) -> int | Literal["content"]:
     """Long views scroll in a box instead of stretching the page."""
     return CODE_HEIGHT if text.count("\n") > 24 else "content"
 

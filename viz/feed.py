@@ -65,7 +65,7 @@ class Feed:
         # The socket is made, used and closed in this thread: ZeroMQ sockets are not
         # thread-safe. Not broker.events.Subscriber: the monitor must exist before the
         # connect, or the first "connected" is never seen.
-        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         wire.configure(sock, hwm=HWM)
         if self.curve is not None:
             self.curve.apply(sock)
@@ -79,7 +79,7 @@ class Feed:
         log.info("event feed subscribed to %s", self.endpoint)
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(POLL_SECONDS * 1000))
+                ready = dict(poller.poll(int(POLL_SECONDS * 1000)))
                 if mon in ready:
                     self._connection(wire.monitor_events(mon))
                 if sock in ready:

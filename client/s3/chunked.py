@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import re
 import zlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import crc32c
 
@@ -19,6 +19,13 @@ from .errors import S3Error
 
 MAX_LINE = 4096          # a chunk header or trailer line; longer means a hostile peer
 _HEADER = re.compile(rb"([0-9a-fA-F]{1,16})(?:;chunk-signature=([0-9a-f]{64}))?")
+
+
+class Hasher(Protocol):
+    """What a body checksum needs of hashlib's objects and of _Crc."""
+
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
 
 
 class _Crc:
@@ -32,7 +39,7 @@ class _Crc:
         return self.value.to_bytes(4, "big")
 
 
-CHECKSUMS = {
+CHECKSUMS: dict[str, Callable[[], Hasher]] = {
     "crc32": lambda: _Crc(zlib.crc32),
     "crc32c": lambda: _Crc(crc32c.crc32c),
     "sha1": hashlib.sha1,
@@ -40,7 +47,7 @@ CHECKSUMS = {
 }
 
 
-def checksum_of(algorithm: str) -> Any:
+def checksum_of(algorithm: str) -> Hasher:
     try:
         return CHECKSUMS[algorithm.lower()]()
     except KeyError:

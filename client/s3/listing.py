@@ -9,7 +9,7 @@ import itertools
 
 from .errors import S3Error
 from .s3xml import doc, el, iso, key_text
-from .store import Store
+from .store import ObjectInfo, Store
 
 MAX_KEYS = 1000
 
@@ -59,7 +59,9 @@ def list_objects(store: Store, bucket: str, q: dict[str, str]) -> bytes:
         items = _generic_rollup(store.walk(bucket, prefix, after, rollup=False),
                                 prefix, delimiter)
     # markers (folders) may turn out not to be objects: read a little ahead to fill a page
-    contents, prefixes, last, truncated = [], [], None, False
+    contents: list[ObjectInfo] = []
+    prefixes: list[str] = []
+    last, truncated = None, False
     source = iter(items)
     while len(contents) + len(prefixes) < max_keys:
         batch = list(itertools.islice(source, max_keys - len(contents) - len(prefixes)))

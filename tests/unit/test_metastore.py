@@ -227,6 +227,29 @@ def test_failed_checkpoint_keeps_the_wal(tmp_path: Path, monkeypatch: pytest.Mon
     assert open_store(tmp_path).ns.stat("/a")["size"] == 5
 
 
+def test_checkpoint_now_when_fork_fails_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed fork is reported like a failed child (it was a TypeError from reaping the
+    child that never was); the store keeps working and checkpoints once fork works."""
+    clock = FakeClock()
+    store = open_store(tmp_path, clock=clock)
+    put(store, "/a")
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(metastore_mod.os, "fork", no_fork)
+    with pytest.raises(OSError, match="checkpoint failed") as err:
+        store.checkpoint_now()
+    assert err.value.errno == errno.EIO
+    assert not store.checkpointing and store.snapshot_seq == 0
+    monkeypatch.undo()
+    put(store, "/b")
+    assert store.checkpoint_now() is True
+    assert store.snapshot_seq == store.last_seq
+    store.close()
+    assert open_store(tmp_path).ns.stat("/b")["size"] == 5
+
+
 def test_poll_checkpoints_when_records_or_bytes_pile_up(tmp_path: Path) -> None:
     store = open_store(tmp_path / "r", checkpoint_records=10, checkpoint_bytes=1 << 30)
     for i in range(3):
