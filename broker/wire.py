@@ -110,7 +110,7 @@ def monitor_events(mon: zmq.Socket) -> list[int]:
     An event is two frames, the first 16-bit event number then 32-bit value (libzmq's
     zmq_socket_monitor). Parsed here, not by zmq.utils.monitor: that module imports
     zmq.asyncio, hence asyncio, which would double a CLI call's start-up."""
-    seen = []
+    seen: list[int] = []
     while True:
         try:
             frames = mon.recv_multipart(zmq.NOBLOCK)

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from typing import (TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Literal,
-                    Mapping, Sequence, TypeVar, overload)
+                    Mapping, Sequence, TypeVar, cast, overload)
 
 import zmq
 
@@ -151,8 +151,10 @@ class AegisClient:
                     connect_timeout=self.connect_timeout, curve=self._curve)
                 if self.direct and not self._transport:
                     # block payloads to the DataNodes' data endpoints (client/direct.py)
-                    rpc = Links(rpc, curve=self._curve, timeout=self.timeout,
-                                connect_timeout=min(DIRECT_CONNECT, self.connect_timeout))
+                    # Links has the interface of Client that Mux uses (it forwards to
+                    # the broker what no direct link takes); typed as one for Mux
+                    rpc = cast(Client, Links(rpc, curve=self._curve, timeout=self.timeout,
+                               connect_timeout=min(DIRECT_CONNECT, self.connect_timeout)))
             except zmq.ZMQError as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None

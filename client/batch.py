@@ -299,6 +299,7 @@ def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
         if not isinstance(results, list) or len(results) != len(sent):
             raise P.ProtocolError("the MDS answered a batch with a malformed result list")
         again = []
+        waiting: OSError | None = None     # the first EAGAIN: what the retry policy sees
         for i, item in zip(todo, results):
             try:
                 out[i] = P.item_result(item)
@@ -306,9 +307,10 @@ def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
                 out[i] = exc
                 if exc.errno == errno.EAGAIN:
                     again.append(i)
+                    waiting = waiting or exc
         todo = again
-        if again:
-            raise out[again[0]]
+        if waiting is not None:
+            raise waiting
 
     if mux.retry is None:
         attempt()
