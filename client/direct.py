@@ -259,6 +259,12 @@ class Links:
     def in_flight(self) -> int:
         return len(self._out)
 
+    @property
+    def ever_connected(self) -> bool:
+        """Whether the broker was ever reached: the retry policy waits for a lost broker
+        but reports a never-seen one at once (client/streams.py Mux.call)."""
+        return self.broker.ever_connected
+
     def close(self) -> None:
         for node in list(self.conns):
             self.conns.pop(node).close()
