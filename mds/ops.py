@@ -55,7 +55,9 @@ CLIENT = frozenset({P.CALLER_CLIENT})
 DATANODE = frozenset({P.CALLER_DATANODE})
 
 # Field types shared by the declarations below.
-PATH = Str(MAX_PATH_BYTES)            # the path module checks the rest (EINVAL)
+# the path module checks the rest (EINVAL; ENAMETOOLONG over MAX_PATH_BYTES: the bound
+# here is wider so that a too-long path gets that errno, and still bounds the request)
+PATH = Str(2 * MAX_PATH_BYTES)
 HANDLE = Str(MAX_HANDLE_LEN)
 NODE = Str(P.MAX_SERVICE_LEN - 3)     # registered as "dn.<id>"
 BLOCK = Bytes(BLOCK_ID_LEN, BLOCK_ID_LEN)

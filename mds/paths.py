@@ -1,9 +1,9 @@
 """Validation and normalisation of AegisFS namespace paths.
 
 Owns the path rules every MDS entry point applies before touching the namespace:
-absolute, `/`-separated, `//` and `.` collapsed, `..` refused (never resolved), no empty
-or NUL component, each component at most 255 bytes of UTF-8 and the whole path at most
-4096. Any violation raises ``OSError(errno.EINVAL, message, path)``.
+absolute, `/`-separated, `//` and `.` collapsed, `..` refused (never resolved), no NUL,
+valid UTF-8: otherwise ``OSError(errno.EINVAL, message, path)``. A component over 255
+bytes or a path over 16 KiB is ``OSError(errno.ENAMETOOLONG, ...)``, as POSIX says.
 
 Public API:
     normalize(path) -> str           canonical form ("/" for the root, no trailing slash)

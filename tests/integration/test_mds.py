@@ -243,18 +243,30 @@ def test_enotempty(errtree):
     assert errtree("stat", path="/e/dir/child")["type"] == "dir"
 
 
-BAD_PATHS = ["/a/../b", "relative", "/a\0b", "", "/" + "n" * 256, "/x/" * 1500]
+BAD_PATHS = ["/a/../b", "relative", "/a\0b", ""]
+# a name over 255 bytes, a path over the MDS's 16 KiB (PATH_MAX below a mounted directory)
+LONG_PATHS = ["/" + "n" * 256, "/x" * 8200]
+
+
+def _every_op(bad: str) -> list[tuple[str, dict]]:
+    return [("stat", {"path": bad}), ("ls", {"path": bad}), ("du", {"path": bad}),
+            ("mkdir", {"path": bad}), ("mkdir", {"path": bad, "parents": True}),
+            ("create", {"path": bad}), ("create", {"path": bad, "parents": True}),
+            ("rm", {"path": bad}), ("rm", {"path": bad, "recursive": True}),
+            ("mv", {"src": bad, "dst": "/e/x"}), ("mv", {"src": "/e/empty", "dst": bad})]
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS, ids=repr)
 def test_bad_paths_are_einval_for_every_op(errtree, bad):
-    calls = [("stat", {"path": bad}), ("ls", {"path": bad}), ("du", {"path": bad}),
-             ("mkdir", {"path": bad}), ("mkdir", {"path": bad, "parents": True}),
-             ("create", {"path": bad}), ("create", {"path": bad, "parents": True}),
-             ("rm", {"path": bad}), ("rm", {"path": bad, "recursive": True}),
-             ("mv", {"src": bad, "dst": "/e/x"}), ("mv", {"src": "/e/empty", "dst": bad})]
-    for op, fields in calls:
+    for op, fields in _every_op(bad):
         assert _errno_of(lambda: errtree(op, **fields)) == errno.EINVAL, (op, fields)
+    assert errtree("stat", path="/e/empty")["type"] == "dir"
+
+
+@pytest.mark.parametrize("bad", LONG_PATHS, ids=lambda p: f"{len(p)} bytes")
+def test_too_long_names_and_paths_are_enametoolong_for_every_op(errtree, bad):
+    for op, fields in _every_op(bad):
+        assert _errno_of(lambda: errtree(op, **fields)) == errno.ENAMETOOLONG, (op, fields)
     assert errtree("stat", path="/e/empty")["type"] == "dir"
 
 

@@ -200,7 +200,8 @@ def test_handlers_take_time_from_the_context(world):
 @pytest.mark.parametrize("op,fields,code", [
     ("stat", {"path": 5}, errno.EPROTO),
     ("stat", {"path": "/", "junk": 1}, errno.EINVAL),
-    ("stat", {"path": "/x" * 9000}, errno.EINVAL),       # over the field's bound
+    ("stat", {"path": "/x" * 17000}, errno.EINVAL),      # over the field's bound
+    ("stat", {"path": "/x" * 9000}, errno.ENAMETOOLONG), # within it, over the path limit
     ("create", {"path": "/a", "replication": 0}, errno.EINVAL),
     ("allocate", {"handle": "h" * 129, "count": 1}, errno.EINVAL),
     ("allocate", {"handle": "h", "count": 1025}, errno.EINVAL),
