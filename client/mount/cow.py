@@ -21,6 +21,11 @@ from ..blocks import Piece, Suspects
 from ..streams import BlockReader, BlockWriter, Mux
 
 ZERO_CHUNK = 1 << 20         # a hole or a growing truncate is written in chunks of this
+# A rewritten block is committed as new blocks of this size (a commit that shares blocks
+# may mix sizes): the first edit of a region still moves its whole old block, later edits
+# there move one piece. Smaller means cheaper repeated random writes (databases) and more
+# blocks for the MDS to keep and for sequential reads to fetch one by one.
+EDIT_PIECE = 64 * 1024
 
 
 class Changed(OSError):
@@ -52,8 +57,10 @@ class CowWriter:
 
     def __init__(self, mux: Mux, path: str, info: dict, *, window: int = 8,
                  empty: bool = False, spool_dir: str | None = None,
-                 suspects: Suspects | None = None, timeout: float | None = None) -> None:
+                 suspects: Suspects | None = None, timeout: float | None = None,
+                 piece: int = EDIT_PIECE) -> None:
         self.mux = mux
+        self.piece = piece
         self.path = path
         self.block_size = int(info["block_size"])
         base = [] if empty else list(info.get("blocks") or [])
@@ -201,30 +208,36 @@ class CowWriter:
         -> (commit result, outcomes of `then`). Changed (EIO) when a shared block is no
         longer the file's (ENOENT) or differs (EINVAL): the file changed underneath."""
         w = open_draft()
+        # only a commit that shares a block may mix sizes (mds/namespace.py)
+        split = any(seg.clean for seg in self.segs)
         try:
-            order: list[int] = []
+            counts: dict[int, int] = {}
             for i, seg in enumerate(self.segs):
                 if seg.clean or seg.size == 0:
                     continue
-                data = (seg.data if seg.data is not None else
-                        os.pread(self._spill.fileno(), seg.size, i * self._slot))
-                buf = w.buffer()
-                if seg.size > buf.nbytes:     # an old block bigger than the draft's blocks
-                    raise OSError(errno.EFBIG, f"{self.path}: block {i} of {seg.size} "
-                                  f"bytes exceeds the block size {buf.nbytes}")
-                buf[:seg.size] = data
-                w.submit(seg.size)
-                order.append(i)
+                data = memoryview(seg.data if seg.data is not None else
+                                  os.pread(self._spill.fileno(), seg.size, i * self._slot))
+                # a rewritten old block goes in pieces; appended blocks stay whole
+                step = self.piece if split and seg.base is not None else seg.size
+                for off in range(0, seg.size, step):
+                    n = min(step, seg.size - off)
+                    buf = w.buffer()
+                    if n > buf.nbytes:     # an old block bigger than the draft's blocks
+                        raise OSError(errno.EFBIG, f"{self.path}: block {i} of {seg.size} "
+                                      f"bytes exceeds the block size {buf.nbytes}")
+                    buf[:n] = data[off:off + n]
+                    w.submit(n)
+                    counts[i] = counts.get(i, 0) + 1
             w.drain()
-            written = dict(zip(order, w.blocks))
+            written = iter(w.blocks)
             blocks: list[dict] = []
             for i, seg in enumerate(self.segs):
                 if seg.clean:
                     assert seg.base is not None
                     blocks.append({"id": seg.base["id"], "size": seg.size,
                                    "checksum": seg.base["checksum"], "from": self.path})
-                elif i in written:
-                    blocks.append(written[i])
+                else:
+                    blocks += [next(written) for _ in range(counts.get(i, 0))]
             try:
                 result = w.commit(then, blocks=blocks)
             except OSError as exc:

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from client.mount.conn import MountClient
+from client.mount.cow import EDIT_PIECE
 from client.mount.handles import FileHandle
 from tests.support.inprocess import ADMIN, InProcessCluster
 
@@ -99,7 +100,7 @@ def test_truncate_keeps_the_whole_blocks_below_the_cut(fs: MountClient) -> None:
     assert ids(fs, "/f") == before[:1] and fs.read_bytes("/f") == base[:BS]
 
 
-def test_a_4k_write_into_64_mib_moves_one_block(cluster: InProcessCluster) -> None:
+def test_a_4k_write_into_64_mib_moves_one_block_then_one_piece(cluster: InProcessCluster) -> None:
     with InProcessCluster(block_size=4 << 20) as big:
         m = mount_client(big)
         try:
@@ -114,10 +115,19 @@ def test_a_4k_write_into_64_mib_moves_one_block(cluster: InProcessCluster) -> No
             # one 4 MiB block read once and put on R=2 nodes: not 64 MiB each way
             assert read - read0 == 4 << 20
             assert written - written0 == 2 * (4 << 20)
-            got = m.read_bytes("/big")
-            assert got[40 << 20:(40 << 20) + 4096] == b"x" * 4096
-            assert got[:40 << 20] == base[:40 << 20] and got[(40 << 20) + 4096:] == \
-                base[(40 << 20) + 4096:]
+            # the rewritten block went in 64 KiB pieces: the next edit there moves one
+            sizes = [b["size"] for b in m._file_info("/big")["blocks"]]
+            assert sizes == [4 << 20] * 10 + [EDIT_PIECE] * 64 + [4 << 20] * 5
+            h = opened(m, "/big")
+            h.write(b"y" * 4096, (40 << 20) + EDIT_PIECE * 3)
+            h.flush()
+            h.release()
+            read2, written2 = traffic(big)
+            assert (read2 - read, written2 - written) == (EDIT_PIECE, 2 * EDIT_PIECE)
+            want = bytearray(base)
+            want[40 << 20:(40 << 20) + 4096] = b"x" * 4096
+            want[(40 << 20) + EDIT_PIECE * 3:(40 << 20) + EDIT_PIECE * 3 + 4096] = b"y" * 4096
+            assert m.read_bytes("/big") == want
         finally:
             m.close()
 
