@@ -169,12 +169,8 @@ def write_version(fs: MountClient, mux: Mux, path: str, src: Any, size: int,
 
 def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, then: Sequence[dict] = (),
             **new: Any) -> tuple[dict, list]:
-    """Commit the spool's whole content as the new version of `path`.
-
-    This increment streams every byte into a new draft; with shared blocks (the MDS's
-    reference-counted blocks) this becomes: put only the blocks that the handle touched
-    and commit a block list that reuses the current version's others.
-    """
+    """Commit the spool's whole content as the new version of `path`: for a file with no
+    committed version to share blocks with (a committed one is edited by cow.py)."""
     spool.seek(0)
     return write_version(fs, mux, path, spool, os.fstat(spool.fileno()).st_size, then,
                          **new)
@@ -250,7 +246,7 @@ class FileHandle:
         """Switch to copy-on-write edits of the committed file (None: not possible, it
         has no committed version to share, or it is already spooled or streaming)."""
         if self.cow is None and self.spool is None and self.stream is None \
-                and not self.fresh:
+                and not self.fresh and not self.unlinked:
             with self.fs.using(self.mux):
                 info = self.fs._file_info(self.path)
             self.cow = CowWriter(self.mux, self.path, info, window=self.fs.window,
