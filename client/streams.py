@@ -412,13 +412,20 @@ class BlockWriter:
 
     # -- ending --------------------------------------------------------------------------
 
-    def commit(self, then: Sequence[dict] = ()) -> dict:
-        """Wait for every block, then make the file visible; returns the MDS's answer.
-        `then`: MDS operations to run right after the commit, in the same batch (one
-        round trip and one fsync for all); their outcomes are left in `self.then`."""
+    def drain(self) -> None:
+        """Wait until every block submitted is stored (then in `self.blocks`, in order)."""
         while not self.window.empty():
             self._pump(block=True)
-        commit: dict[str, Any] = {"op": "commit", "handle": self.handle, "blocks": self.blocks}
+
+    def commit(self, then: Sequence[dict] = (), blocks: Sequence[dict] | None = None) -> dict:
+        """Wait for every block, then make the file visible; returns the MDS's answer.
+        `then`: MDS operations to run right after the commit, in the same batch (one
+        round trip and one fsync for all); their outcomes are left in `self.then`.
+        `blocks`: the list to commit instead of the blocks written in order (copy-on-write
+        mixes entries of `self.blocks` with shared `from` entries; drain() first)."""
+        self.drain()
+        commit: dict[str, Any] = {"op": "commit", "handle": self.handle,
+                                  "blocks": self.blocks if blocks is None else list(blocks)}
         if self.exclusive:
             commit["exclusive"] = True
         if then:

@@ -19,7 +19,8 @@ import click
 @click.option("--allow-other", is_flag=True,
               help="Let other local users in (root, or user_allow_other in /etc/fuse.conf).")
 @click.option("--spool-dir", type=click.Path(file_okay=False),
-              help="Where files opened for random writes are rewritten [default: TMPDIR].")
+              help="Local spill for random writes: new files spooled, dirty blocks of "
+                   "copy-on-write edits beyond the window [default: TMPDIR].")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="The daemon's log [default: none].")
 @click.pass_obj

@@ -6,9 +6,11 @@ is written from its start: the first MiB stays in memory (a small file then cost
 sized create, one put and one commit at flush), beyond that blocks go to the DataNodes
 as they fill, and flush/fsync commits the draft (the new version appears whole). A file
 made by create() exists only in this mount until its first flush (`fresh`).
-*spool*: any other write (random, O_RDWR, append to a non-empty file, truncate to a
-size > 0): the file is rewritten from a local copy - see `rewrite`, the one place to
-replace with copy-on-write of the touched blocks once the MDS can commit shared blocks.
+*cow*: any other write to a file that exists in the namespace (random, O_RDWR, append,
+truncate to a size > 0): copy-on-write (cow.py) - only the blocks touched are read,
+patched and put; the commit shares every other block with the current version.
+*spool*: random writes to a file not committed yet (nothing to share), or to a stream
+that sent nothing yet: a local copy rewritten whole at flush (`rewrite`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from broker.limits import MDS_SERVICE
 from ..files import ReadFile
 from ..streams import BlockWriter, Mux, name_error
 from .conn import MountClient
+from .cow import CowWriter
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +169,8 @@ def write_version(fs: MountClient, mux: Mux, path: str, src: Any, size: int,
 
 def rewrite(fs: MountClient, mux: Mux, path: str, spool: Any, then: Sequence[dict] = (),
             **new: Any) -> tuple[dict, list]:
-    """Commit the spool's whole content as the new version of `path`.
-
-    This increment streams every byte into a new draft; with shared blocks (the MDS's
-    reference-counted blocks) this becomes: put only the blocks that the handle touched
-    and commit a block list that reuses the current version's others.
-    """
+    """Commit the spool's whole content as the new version of `path`: for a file with no
+    committed version to share blocks with (a committed one is edited by cow.py)."""
     spool.seek(0)
     return write_version(fs, mux, path, spool, os.fstat(spool.fileno()).st_size, then,
                          **new)
@@ -195,6 +194,7 @@ class FileHandle:
         self.reader: ReadFile | None = None
         self.stream: StreamWriter | None = None
         self.spool: Any = None
+        self.cow: CowWriter | None = None
         self.fresh = fresh
         self.new = dict(new or {}) if fresh else {}
         self.dirty = fresh             # a new file is committed even when left empty
@@ -212,6 +212,8 @@ class FileHandle:
     def size(self) -> int:
         if self.stream is not None:
             return self.stream.size
+        if self.cow is not None:
+            return self.cow.size
         if self.spool is not None:
             return os.fstat(self.spool.fileno()).st_size
         return self.base_size
@@ -240,6 +242,19 @@ class FileHandle:
             self._drop_reader()
         return self.spool
 
+    def _to_cow(self) -> CowWriter | None:
+        """Switch to copy-on-write edits of the committed file (None: not possible, it
+        has no committed version to share, or it is already spooled or streaming)."""
+        if self.cow is None and self.spool is None and self.stream is None \
+                and not self.fresh and not self.unlinked:
+            with self.fs.using(self.mux):
+                info = self.fs._file_info(self.path)
+            self.cow = CowWriter(self.mux, self.path, info, window=self.fs.window,
+                                 empty=self.base_size == 0, spool_dir=self.spool_dir,
+                                 suspects=self.fs.suspects, timeout=self.fs.timeout)
+            self._drop_reader()
+        return self.cow
+
     def _drop_reader(self) -> None:
         if self.reader is not None:
             self.reader.close()
@@ -254,6 +269,9 @@ class FileHandle:
     def read(self, size: int, offset: int) -> bytes:
         if self.stream is not None:      # written and read back through one handle
             self._to_spool() if self.stream.sent == 0 else self.flush()
+        if self.cow is not None:
+            with self.fs.using(self.mux):
+                return self.cow.read(size, offset)
         if self.spool is not None:
             return os.pread(self.spool.fileno(), size, offset)
         if offset >= self.base_size or self.fresh:
@@ -278,8 +296,12 @@ class FileHandle:
             raise OSError(errno.EIO, f"{self.path}: a write-only stream cannot go back "
                           "before the block being filled; open it O_RDWR to write at "
                           "random")
-        spool = self._to_spool()
-        n = os.pwrite(spool.fileno(), data, offset)
+        cow = self._to_cow()
+        if cow is not None:
+            with self.fs.using(self.mux):
+                n = cow.write(data, offset)
+        else:
+            n = os.pwrite(self._to_spool().fileno(), data, offset)
         self.dirty = True
         return n
 
@@ -295,9 +317,17 @@ class FileHandle:
             self.dirty = self.wrote = True
             return
         if self.spool is None and self.stream is None and length == 0:
+            if self.cow is not None:
+                self.cow.close()
+                self.cow = None
             self.replace_all()            # then a write from 0 may still stream
             return
-        self._to_spool().truncate(length)
+        cow = self._to_cow()
+        if cow is not None:
+            with self.fs.using(self.mux):
+                cow.truncate(length)
+        else:
+            self._to_spool().truncate(length)
         self.dirty = self.wrote = True
 
     def flush(self, then: Sequence[dict] = ()) -> list:
@@ -315,6 +345,11 @@ class FileHandle:
                     self.broken = True
                     raise
                 size = stream.size
+            elif self.cow is not None:
+                result, after = self.cow.commit(lambda: self._draft(None), then)
+                size = self.cow.size
+                self.cow.close()
+                self.cow = None          # the next edit starts from the new version
             elif self.spool is not None:
                 self.draft_mode = self.new.get("mode")
                 result, after = rewrite(self.fs, self.mux, self.path, self.spool, then,
@@ -340,6 +375,9 @@ class FileHandle:
                     self.stream.abort()
                 self.stream = None
             self._drop_reader()
+            if self.cow is not None:
+                self.cow.close()
+                self.cow = None
             if self.spool is not None:
                 self.spool.close()
                 self.spool = None
