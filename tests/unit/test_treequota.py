@@ -167,3 +167,39 @@ def test_limits_and_usage_survive_replay_and_snapshot(ns: Namespace, tmp_path) -
     load_snapshot(next(tmp_path.iterdir()), loaded)
     assert loaded.dump() == expected and counted(loaded) == counted(ns)
     fails(OSError, errno.EDQUOT, put, loaded, "/p/r/x", [BS] * 100)
+
+
+# ---------------------------------------------------------------- through the MDS operations
+
+
+def test_quota_operations_on_an_inprocess_cluster() -> None:
+    from tests.support.inprocess import InProcessCluster
+    with InProcessCluster() as cluster:
+        fs = cluster.client()
+        fs.mkdir("/p")
+        fs.write_bytes("/p/a", b"x" * 1000)
+        fs.quota_set("/p", max_bytes=1500, max_files=10)
+        with pytest.raises(OSError) as info:
+            fs.write_bytes("/p/b", b"y" * 1000)
+        assert info.value.errno == errno.EDQUOT and "quota of /p" in str(info.value)
+        with pytest.raises(OSError) as info:
+            fs.copy("/p/a", "/p/c")
+        assert info.value.errno == errno.EDQUOT
+        assert fs.ls("/p") == ["a"]
+        bob = cluster.client(("client", "bob"))
+        with pytest.raises(PermissionError) as perm:
+            bob.quota_set("/p", max_bytes=1 << 40)
+        assert perm.value.errno == errno.EPERM
+        assert bob.quota_get("/p") == [{"path": "/p", "max_bytes": 1500, "max_files": 10,
+                                        "bytes": 1000, "files": 1}]
+        for checkpoint in (False, True):       # rebuilt from the WAL, then from a snapshot
+            cluster.restart_mds(checkpoint=checkpoint)
+            cluster.run(1.0)                   # the DataNodes report: out of safe mode
+            fs = cluster.client()
+            assert fs.quota_ls() == [{"path": "/p", "max_bytes": 1500, "max_files": 10,
+                                      "bytes": 1000, "files": 1}]
+        with pytest.raises(OSError):
+            fs.write_bytes("/p/b", b"y" * 1000)
+        fs.quota_clear("/p")
+        fs.write_bytes("/p/b", b"y" * 1000)
+        assert fs.quota_ls() == []
