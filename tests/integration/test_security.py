@@ -195,3 +195,50 @@ def test_a_client_without_a_key_cannot_reach_a_secure_cluster(cluster):
         with pytest.raises(PermissionError, match="requires a CURVE key"):
             c.call("broker", {"op": "ping"})
     assert Cluster(cluster.data_dir, free_base_port()).key == cluster.key
+
+
+def test_another_users_private_files_and_dirs_are_eacces_and_unchanged(cluster):
+    """Two users made with `aegisfs user add`, through the real sockets: bob gets EACCES
+    reading, writing, listing, removing and moving alice's 0600 file and 0700 directory
+    (chmod: EPERM, as POSIX has it for a non-owner), and alice's tree is as it was."""
+    keys = ["--keys", str(cluster.keys_dir)]
+    key = {name: json.loads(ok(run_cli(cluster, "user", "add", name, *keys, "--json")))
+           ["key_file"] for name in ("alice", "bob")}
+    with AegisClient(cluster.broker, timeout=10, key=cluster.key) as admin:
+        admin.mkdir("/home-alice")
+        admin.chown("/home-alice", owner="alice", group="alice")
+    with AegisClient(cluster.broker, timeout=10, key=key["alice"]) as alice, \
+            AegisClient(cluster.broker, timeout=10, key=key["bob"]) as bob:
+        alice.write_bytes("/home-alice/secret", b"alice's secret")
+        alice.chmod("/home-alice/secret", 0o600)
+        alice.mkdir("/home-alice/private", mode=0o700)
+        alice.write_bytes("/home-alice/private/inner", b"inner")
+
+        def state() -> list:
+            return [alice.ls("/home-alice", detail=True),
+                    alice.ls("/home-alice/private", detail=True),
+                    alice.read_bytes("/home-alice/secret"),
+                    alice.read_bytes("/home-alice/private/inner")]
+        before = state()
+        attempts = {
+            "read file": lambda: bob.read_bytes("/home-alice/secret"),
+            "read in dir": lambda: bob.read_bytes("/home-alice/private/inner"),
+            "write file": lambda: bob.write_bytes("/home-alice/secret", b"bob was here"),
+            "write in dir": lambda: bob.write_bytes("/home-alice/private/new", b"x"),
+            "ls dir": lambda: bob.ls("/home-alice/private"),
+            "rm file": lambda: bob.rm("/home-alice/secret"),
+            "rm dir": lambda: bob.rm("/home-alice/private", recursive=True),
+            "rm in dir": lambda: bob.rm("/home-alice/private/inner"),
+            "mv file": lambda: bob.mv("/home-alice/secret", "/home-alice/mine"),
+            "mv dir": lambda: bob.mv("/home-alice/private", "/home-alice/p2"),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(PermissionError) as info:
+                attempt()
+            assert info.value.errno == errno.EACCES, (what, info.value)
+            assert "/home-alice" in str(info.value), (what, info.value)
+        for path in ("/home-alice/secret", "/home-alice/private"):
+            with pytest.raises(PermissionError) as info:
+                bob.chmod(path, 0o777)
+            assert info.value.errno == errno.EPERM, path
+        assert state() == before
