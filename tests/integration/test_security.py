@@ -14,6 +14,7 @@ import pytest
 
 from broker.client import Client, MemberClient
 from broker.curve import CurveKeys
+from broker.events import Subscriber
 from client import AegisClient
 from run_cluster import Cluster, free_base_port
 
@@ -242,3 +243,40 @@ def test_another_users_private_files_and_dirs_are_eacces_and_unchanged(cluster):
                 bob.chmod(path, 0o777)
             assert info.value.errno == errno.EPERM, path
         assert state() == before
+
+
+def test_a_revoked_users_event_subscription_is_cut_off_within_5_seconds(cluster):
+    """`aegisfs user rm` ends the user's SUB connection too (the broker restarts its event
+    proxy; other subscribers reconnect and keep receiving)."""
+    keys = ["--keys", str(cluster.keys_dir)]
+    key = json.loads(ok(run_cli(cluster, "user", "add", "sue", *keys, "--json")))["key_file"]
+    endpoint = cluster.endpoints["events_out"]
+    sue = Subscriber(endpoint, ["dir."], curve=CurveKeys.load(key))
+    admin = Subscriber(endpoint, ["dir."], curve=cluster.curve)
+    got: dict[str, list[int]] = {"sue": [], "admin": []}
+    sent: list[float] = []
+    try:
+        with AegisClient(cluster.broker, timeout=10, key=cluster.key) as fs:
+            def publish_and_drain() -> None:
+                fs.mkdir(f"/ev-{len(sent)}")
+                sent.append(time.monotonic())
+                for name, sub in (("sue", sue), ("admin", admin)):
+                    while (ev := sub.recv(timeout=0.05)) is not None:
+                        got[name].append(int(ev.body["path"].rsplit("-", 1)[1]))
+
+            wait_for(lambda: publish_and_drain() or (got["sue"] and got["admin"]), timeout=10,
+                     what="both subscribers receive events")
+            ok(run_cli(cluster, "user", "rm", "sue", *keys))
+            removed = time.monotonic()
+            first_after = len(sent)
+            # until admin has received 1 s of events that sue has not
+            while not [i for i in got["admin"] if i > first_after and
+                       sent[i] - sent[max(got["sue"])] > 1.0]:
+                assert time.monotonic() - removed < 10, ("no events for the others", got)
+                publish_and_drain()
+    finally:
+        sue.close()
+        admin.close()
+    cut_off = sent[max(got["sue"])] - removed
+    assert cut_off < 5, f"sue still received events {cut_off:.1f} s after user rm"
+    print(f"\nrevoked subscriber cut off at most {max(cut_off, 0):.2f} s after `user rm`")
