@@ -221,7 +221,10 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
             raise SnapshotCorrupt(path, offset, "truncated: no trailer")
         if f.read(1):
             raise SnapshotCorrupt(path, offset, "data after the trailer")
-    ns.finish_restore()
+    try:
+        ns.finish_restore()
+    except OSError as exc:       # a quota on a directory the snapshot does not hold
+        raise SnapshotCorrupt(path, offset, f"bad quota in the state frame: {exc}") from None
     have = {k: ns.counts()[k] for k in ("files", "dirs", "blocks", "bytes")}
     if end.get("frames") != count or end.get("counts") != have or state["counts"] != have:
         raise SnapshotCorrupt(path, offset, f"counts do not add up: trailer {end!r:.200}, "

@@ -203,3 +203,15 @@ def test_quota_operations_on_an_inprocess_cluster() -> None:
         fs.quota_clear("/p")
         fs.write_bytes("/p/b", b"y" * 1000)
         assert fs.quota_ls() == []
+
+
+def test_a_snapshot_naming_a_quota_on_a_missing_directory_is_corrupt(ns: Namespace,
+                                                                      tmp_path) -> None:
+    from mds.snapshot import SnapshotCorrupt
+    run(ns, ns.prepare_mkdir("/p"))
+    quota(ns, "/p", max_files=3)
+    real = ns.quotas.export
+    ns.quotas.export = lambda: [["/gone", None, 3]] + real()   # type: ignore[method-assign]
+    write_snapshot(tmp_path, ns, 1)
+    with pytest.raises(SnapshotCorrupt, match="quota"):
+        load_snapshot(next(tmp_path.iterdir()), Namespace(ns.config))
