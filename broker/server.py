@@ -8,6 +8,7 @@ most once a second. The loop only moves frames; every decision is made by `routi
 """
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -54,34 +55,60 @@ class RateLimitedLog:
 
 
 class EventProxy:
-    """XSUB (publishers connect) <-> XPUB (subscribers connect), forwarded by libzmq in C."""
+    """XSUB (publishers connect) <-> XPUB (subscribers connect), forwarded by libzmq in C.
+
+    libzmq cannot drop one peer of a bound socket, and a forwarded event is never checked
+    against the registry, so `restart` is how a revoked key loses its event connection:
+    new sockets on the same endpoints; everyone reconnects through the ZAP handshake
+    again (SUB sockets resubscribe by themselves) and a revoked key fails it. Events
+    published during the gap are lost, as PUB/SUB may lose them anyway."""
+
+    REBIND_FOR = 3.0    # seconds to retry binding an endpoint the old socket still holds
 
     def __init__(self, ctx: zmq.Context, events_in: str, events_out: str, hwm: int,
                  server_keys: tuple[bytes, bytes] | None = None) -> None:
         self.ctx = ctx
-        self.xsub = ctx.socket(zmq.XSUB)
-        self.xpub = ctx.socket(zmq.XPUB)
+        self.hwm = hwm
+        self.server_keys = server_keys
+        self.endpoints = (events_in, events_out)
+        self.restarts = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.xsub = self.ctx.socket(zmq.XSUB)
+        self.xpub = self.ctx.socket(zmq.XPUB)
         for sock in (self.xsub, self.xpub):
-            wire.configure(sock, hwm=hwm * 10)
-        if server_keys:
-            curve.secure_server(self.xsub, *server_keys, "events_in")
-            curve.secure_server(self.xpub, *server_keys, "events_out")
-        self.xsub.bind(events_in)
-        self.xpub.bind(events_out)
-        self._ctl_addr = f"inproc://event-proxy-ctl-{id(self)}"
-        self._ctl = ctx.socket(zmq.PAIR)
+            wire.configure(sock, hwm=self.hwm * 10)
+        if self.server_keys:
+            curve.secure_server(self.xsub, *self.server_keys, "events_in")
+            curve.secure_server(self.xpub, *self.server_keys, "events_out")
+        deadline = time.monotonic() + self.REBIND_FOR
+        for sock, endpoint in zip((self.xsub, self.xpub), self.endpoints):
+            while True:
+                try:
+                    sock.bind(endpoint)
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        # a wildcard port comes back the same on a restart
+        self.endpoints = (self.xsub.LAST_ENDPOINT.decode(), self.xpub.LAST_ENDPOINT.decode())
+        self._ctl_addr = f"inproc://event-proxy-ctl-{id(self)}-{self.restarts}"
+        self._ctl = self.ctx.socket(zmq.PAIR)
         self._ctl.bind(self._ctl_addr)
         self.thread = threading.Thread(target=self._run, name="event-proxy", daemon=True)
 
     def _run(self) -> None:
         ctl = self.ctx.socket(zmq.PAIR)
         ctl.connect(self._ctl_addr)
+        xsub, xpub = self.xsub, self.xpub
         try:
-            zmq.proxy_steerable(self.xsub, self.xpub, None, ctl)
+            zmq.proxy_steerable(xsub, xpub, None, ctl)
         except zmq.ContextTerminated:
             pass
         finally:
-            for sock in (ctl, self.xsub, self.xpub):
+            for sock in (ctl, xsub, xpub):
                 sock.close(linger=0)
 
     def start(self) -> None:
@@ -91,6 +118,13 @@ class EventProxy:
         self._ctl.send(b"TERMINATE")
         self.thread.join(timeout=5)
         self._ctl.close(linger=0)
+
+    def restart(self) -> None:
+        """Cut every event connection; see the class docstring."""
+        self.stop()
+        self.restarts += 1
+        self._open()
+        self.start()
 
 
 class Broker:
@@ -203,9 +237,14 @@ class Broker:
         self._next_reload = now + self.RELOAD_EVERY
         ids = self._registry_now()
         if ids != self.router.registry:
+            revoked = (self.router.registry or frozenset()) - ids
             sends = self.router.set_registry(ids)
             if sends:
                 self._perform(sends)
+            if revoked:     # event connections carry no per-message check: cut them all
+                log.info("keys revoked (%d): reconnecting every event connection",
+                         len(revoked))
+                self.events.restart()
 
     def _reject(self, sock, from_client: bool, ident: bytes, env: bytes, exc: Exception) -> None:
         self.malformed += 1

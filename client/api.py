@@ -383,6 +383,29 @@ class AegisClient:
         p = _abs(path)
         return self._mds(p, "du", path=p)
 
+    def quota_set(self, path: PathLike, *, max_bytes: int | None = None,
+                  max_files: int | None = None) -> dict:
+        """Limit the tree under directory `path` (superuser only); see quota_get."""
+        p = _abs(path)
+        limits = {k: v for k, v in (("bytes", max_bytes), ("files", max_files))
+                  if v is not None}
+        return self._mds(p, "quota_set", path=p, **limits)
+
+    def quota_clear(self, path: PathLike) -> dict:
+        """Remove the quota of directory `path` (superuser only)."""
+        p = _abs(path)
+        return self._mds(p, "quota_clear", path=p)
+
+    def quota_get(self, path: PathLike) -> list[dict]:
+        """The quotas that apply in directory `path`, root first: [{path, max_bytes,
+        max_files, bytes, files}] (a limit None: none; files counts every entry)."""
+        p = _abs(path)
+        return self._mds(p, "quota_get", path=p)["quotas"]
+
+    def quota_ls(self) -> list[dict]:
+        """Every quota on a directory you may read, by path (as quota_get)."""
+        return self._mds(None, "quota_ls")["quotas"]
+
     def status(self) -> dict:
         """The cluster: nodes [{id, state, capacity, used, blocks, last_seen}], counts, health."""
         return hexify(self._mds(None, "status"))

@@ -232,10 +232,10 @@ LOCAL_OUT = click.Path(allow_dash=True)
 # Commands
 
 # Command groups with modules of their own: user add/ls/rm and whoami (the key store, not
-# the file system) and the S3 gateway.
+# the file system), the S3 gateway, the mount and tree quotas.
 LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
         "s3": "client.s3.cli:s3", "mount": "client.mount.cli:mount",
-        "umount": "client.mount.cli:umount"}
+        "umount": "client.mount.cli:umount", "quota": "client.cli_quota:quota"}
 
 
 @click.group(cls=AegisGroup, context_settings=CONTEXT, lazy=LAZY)

@@ -37,6 +37,8 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
+    quota        {path, bytes, files}          limits of a directory tree (None: no limit;
+                                               both None: cleared); mds/treequota.py
     once         {id, wall, records, answer}   a client operation's records and answer
                                                (mds/opids.py; ``opids`` keeps the answers)
 
@@ -66,7 +68,13 @@ commit, remove or rename (both parents), with the sticky-bit rule; a commit that
 replaces a file also needs write on that file (like an O_TRUNC open) and keeps its
 owner, group and mode; only the draft's creator may commit it.
 
-Reads (never mutate): stat, ls, du, file_info, may_read, block_info, draft_info, draft_handles,
+Tree quotas (mds/treequota.py): mkdir, create, commit, clone and rename refuse with
+EDQUOT in their checks (so in ``validate`` too: a quota is state, not a caller's right)
+when an enclosing tree's limit would be passed; the apply of every record that adds or
+removes entries or bytes charges the quotas over it; a snapshot keeps the limits and
+``finish_restore`` counts each quota's tree once.
+
+Reads (never mutate): stat, ls, du, quota_get, quota_ls, file_info, may_read, block_info, draft_info, draft_handles,
 deletes_for, iter_files, iter_blocks, counts, dump (canonical form, for equality tests).
 ``expire_drafts(now)`` returns abort records for drafts whose lease passed.
 
@@ -102,6 +110,7 @@ from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HD
                        Inode)
 from mds.perms import Cred
 from mds.tree import WX, Tree, checked
+from mds.treequota import TreeQuotas, usage_of
 
 __all__ = ["BIG_FILE_BLOCKS", "Inode", "MAX_BLOCK_SIZE", "MAX_HANDLE_LEN", "Namespace",
            "NamespaceConfig"]
@@ -135,9 +144,11 @@ class Namespace:
         self.next_inode = 1
         self.opids = OpResults()   # answers of recent client operations (mds/opids.py)
         self.files = self.dirs = self.blocks = self.bytes = 0
+        self.quotas = TreeQuotas()            # per-tree limits (mds/treequota.py)
+        self._restored_quotas: Sequence = ()
         t, b, d = self.tree, self.blockmap, self.drafts
         self._ops = {
-            "mkdir": (t.check_mkdir, self._apply_mkdir),
+            "mkdir": (self._check_mkdir, self._apply_mkdir),
             "create": (self._check_create, self._apply_create),
             "allocate": (d.check_allocate, d.apply_allocate),
             "add_target": (d.check_add_target, d.apply_add_target),
@@ -146,7 +157,8 @@ class Namespace:
             "abort": (d.check_abort, d.apply_abort),
             "renew": (d.check_renew, d.apply_renew),
             "rm": (t.check_rm, self._apply_rm),
-            "rename": (t.check_rename, self._apply_rename),
+            "rename": (self._check_rename, self._apply_rename),
+            "quota": (self._check_quota, self._apply_quota),
             "chmod": (t.check_attr, self._apply_attr),
             "chown": (t.check_attr, self._apply_attr),
             "utimes": (t.check_utimes, self._apply_utimes),
@@ -282,10 +294,13 @@ class Namespace:
         drafts = {h: d.to_list() for h, d in self.drafts.by_handle.items()}
         shared = {bid: len(held) for bid, held in self.blockmap.owners.items()
                   if type(held) is tuple}
-        return {"dirs": dirs, "files": files, "drafts": drafts, "next_inode": self.next_inode,
-                "shared": shared,
-                "pending_deletes": {n: sorted(s) for n, s in self.pending_deletes.items() if s},
-                "counts": self.counts()}
+        out = {"dirs": dirs, "files": files, "drafts": drafts, "next_inode": self.next_inode,
+               "shared": shared,
+               "pending_deletes": {n: sorted(s) for n, s in self.pending_deletes.items() if s},
+               "counts": self.counts()}
+        if self.quotas:     # only then: dumps of states from before quotas stay equal
+            out["quotas"] = self.quotas.rows()
+        return out
 
     # ------------------------------------------------------------------ mkdir
 
@@ -310,8 +325,15 @@ class Namespace:
                       mode: int | None = None, umask: int | None = None) -> dict:
         rec = {"op": "mkdir", "path": paths.normalize(path), "parents": bool(parents),
                "mtime": self._clock(), **self._owner_fields(cred, mode, True, umask=umask)}
-        self.tree.check_mkdir(rec, cred)
+        self._check_mkdir(rec, cred)
         return rec
+
+    def _check_mkdir(self, rec: Mapping, cred: Cred | None = None) -> None:
+        self.tree.check_mkdir(rec, cred)
+        if self.quotas:
+            names = paths.components(rec["path"])
+            quotas, existing = self.quotas.over(self.tree.root, names)
+            self.quotas.need(quotas, 0, len(names) - existing, rec["path"])
 
     def _apply_mkdir(self, rec: Mapping) -> dict:
         owner = rec.get("owner", perms.SUPERUSER)
@@ -319,6 +341,9 @@ class Namespace:
                                       rec.get("group", owner),
                                       rec.get("mode", LEGACY_DIR_MODE))
         self.dirs += created
+        if created and self.quotas:
+            tq = self.quotas
+            tq.charge(tq.over(self.tree.root, paths.components(rec["path"]))[0], 0, created)
         return {"path": rec["path"], "created": created}
 
     # ------------------------------------------------------------------ drafts
@@ -355,11 +380,16 @@ class Namespace:
         if handle in self.drafts.by_handle:
             raise error(errno.EEXIST, handle, "draft handle already in use")
         parent = self.tree.reach_parent(path, names, cred, rec["parents"])
+        existing = None
         if parent is not None:
             existing = parent.children.get(names[-1])
             if type(existing) is Dir:
                 raise error(errno.EISDIR, path)
             self._need_replace(cred, parent, existing, path, names)
+        if self.quotas:     # refused early, as open(O_CREAT) is; commit checks again
+            quotas, have = self.quotas.over(self.tree.root, names)
+            made = len(names) - 1 - min(have, len(names) - 1)
+            self.quotas.need(quotas, 0, made + (existing is None), path)
 
     def _need_replace(self, cred: Cred | None, parent: Dir, existing: Inode | None,
                       path: str, names: list[str]) -> None:
@@ -375,7 +405,10 @@ class Namespace:
         owner = rec.get("owner", perms.SUPERUSER)
         group = rec.get("group", owner)
         if rec["parents"]:
-            self.dirs += self.tree.mkdirs(names[:-1], rec["mtime"], owner, group)[1]
+            made = self.tree.mkdirs(names[:-1], rec["mtime"], owner, group)[1]
+            self.dirs += made
+            if made and self.quotas:
+                self.quotas.charge(self.quotas.over(self.tree.root, names)[0], 0, made)
         d = Draft(rec["handle"], rec["path"], self.next_inode, rec["replication"],
                   rec["block_size"], rec["lease"], rec["mtime"], owner, group,
                   rec.get("mode", LEGACY_FILE_MODE))
@@ -495,6 +528,10 @@ class Namespace:
             raise error(errno.EISDIR, path)
         if existing is not None and rec.get("exclusive"):
             raise error(errno.EEXIST, path)
+        if self.quotas:
+            old = existing.size if existing is not None else 0
+            self.quotas.need(self.quotas.over(self.tree.root, names)[0],
+                             sum(e[1] for e in blocks) - old, existing is None, path)
 
     def _apply_commit(self, rec: Mapping) -> dict:
         d = self.drafts.by_handle.pop(rec["handle"])
@@ -538,11 +575,19 @@ class Namespace:
             inode.meta = inode.with_attrs(mode, uid, gid, rec["mtime"])
         if old is not None:
             self._release_file(old)
+        self._charge_file(d.path, size, old)
         self.files += 1
         self.blocks += len(bids)
         self.bytes += size
         return {"path": d.path, "inode": d.inode, "size": size, "blocks": len(bids),
                 "replaced": old is not None}
+
+    def _charge_file(self, path: str, size: int, old: Dir | Inode | None) -> None:
+        """A committed or copied file of ``size`` bytes at ``path``, replacing ``old``."""
+        if self.quotas:
+            quotas = self.quotas.over(self.tree.root, paths.components(path))[0]
+            self.quotas.charge(quotas, size - (old.size if type(old) is Inode else 0),
+                               old is None)
 
     def _release_file(self, node: Inode) -> None:
         """Forget a committed file; its blocks go to the deletion queue."""
@@ -559,6 +604,8 @@ class Namespace:
             if type(node) is Dir:
                 dirs += 1
                 stack.extend(node.children.values())
+                if self.quotas:
+                    self.quotas.drop(node)
             else:
                 files += 1
                 self._release_file(node)
@@ -575,28 +622,120 @@ class Namespace:
         return rec
 
     def _apply_rm(self, rec: Mapping) -> dict:
+        quotas = (self.quotas.over(self.tree.root, paths.components(rec["path"]))[0]
+                  if self.quotas else [])
         node = self.tree.detach(rec["path"], rec["mtime"])
         nbytes = self.bytes
         files, dirs = self._release_tree(node)
+        self.quotas.charge(quotas, self.bytes - nbytes, -files - dirs)
         return {"path": rec["path"], "files": files, "dirs": dirs, "bytes": nbytes - self.bytes}
 
     def prepare_rename(self, src: str, dst: str, *, cred: Cred | None = None) -> dict:
         """Exact rename (``dst`` is the new path); use resolve_move() for ``mv`` into dirs."""
         rec = {"op": "rename", "src": paths.normalize(src), "dst": paths.normalize(dst),
                "mtime": self._clock()}
-        self.tree.check_rename(rec, cred)
+        self._check_rename(rec, cred)
         return rec
+
+    def _check_rename(self, rec: Mapping, cred: Cred | None = None) -> None:
+        self.tree.check_rename(rec, cred)
+        if self.quotas and rec["src"] != rec["dst"]:
+            _, entering, _, moved, target = self._rename_quotas(rec["src"], rec["dst"])
+            self.quotas.need(entering, moved[0] - target[0], moved[1] - target[1],
+                             rec["dst"])
+
+    def _rename_quotas(self, src: str, dst: str) -> tuple[list, list, list, tuple[int, int],
+                                                          tuple[int, int]]:
+        """A rename's effect on quotas: those it leaves and enters (the moved tree's usage
+        goes from the one to the other: a walk, only when there are such), every quota
+        over ``dst`` (the entry replaced there, if any, leaves them), and the usages of
+        the moved tree and of the replaced entry."""
+        root, over = self.tree.root, self.quotas.over
+        at_src = over(root, paths.components(src))[0]
+        at_dst = over(root, paths.components(dst))[0]
+        leaving = [q for q in at_src if not any(q is d for d in at_dst)]
+        entering = [q for q in at_dst if not any(q is s for s in at_src)]
+        moved = (usage_of(self.tree.node(src)[1]) if leaving or entering else (0, 0))
+        try:
+            target = usage_of(self.tree.node(dst)[1])   # a file or an empty directory
+        except (FileNotFoundError, NotADirectoryError):
+            target = (0, 0)
+        return leaving, entering, at_dst, moved, target
 
     def _apply_rename(self, rec: Mapping) -> dict:
         src, dst = rec["src"], rec["dst"]
         if src == dst:
             return {"src": src, "dst": dst, "replaced": False}
+        moves = self._rename_quotas(src, dst) if self.quotas else None
         node = self.tree.detach(src, rec["mtime"])
         self.tree.touch(node, rec["mtime"])
         old = self.tree.attach(dst, node, rec["mtime"])
         if old is not None:
             self._release_tree(old)
+        if moves is not None:
+            leaving, entering, at_dst, moved, target = moves
+            charge = self.quotas.charge
+            charge(leaving, -moved[0], -moved[1])
+            charge(entering, moved[0], moved[1])
+            charge(at_dst, -target[0], -target[1])
+            if type(node) is Dir:
+                self.quotas.repath(src, dst)
         return {"src": src, "dst": dst, "replaced": old is not None}
+
+    # ------------------------------------------------------------------ tree quotas
+
+    def prepare_quota(self, path: str, max_bytes: int | None, max_files: int | None, *,
+                      cred: Cred | None = None) -> dict:
+        """Set (or, with both limits None, clear) the quota of directory ``path``: the
+        superuser only (EPERM). A limit below the current usage is taken: the tree then
+        only shrinks until it fits."""
+        path = paths.normalize(path)
+        if cred is not None and not cred.superuser:
+            raise PermissionError(errno.EPERM, f"only {perms.SUPERUSER} may set or clear "
+                                  "quotas", path)
+        rec = {"op": "quota", "path": path, "bytes": max_bytes, "files": max_files}
+        self._check_quota(rec)
+        return rec
+
+    def _check_quota(self, rec: Mapping) -> None:
+        path = rec["path"]
+        self.tree.canonical(path)
+        for key in ("bytes", "files"):
+            v = rec[key]
+            check(v is None or (type(v) is int and 0 <= v < 1 << 63), path,
+                  f"bad {key} limit {v!r}")
+        if type(self.tree.node(path)[1]) is not Dir:
+            raise error(errno.ENOTDIR, path, "quotas are set on directories")
+
+    def _apply_quota(self, rec: Mapping) -> dict:
+        node = cast(Dir, self.tree.node(rec["path"])[1])
+        if rec["bytes"] is None and rec["files"] is None:
+            self.quotas.drop(node)
+        else:
+            self.quotas.set(node, rec["path"], rec["bytes"], rec["files"])
+        return {"path": rec["path"], "bytes": rec["bytes"], "files": rec["files"]}
+
+    def quota_get(self, path: str, cred: Cred | None = None) -> list[dict]:
+        """Every quota that applies to entries in directory ``path``: the enclosing trees'
+        (root first) and its own. Needs read on ``path``."""
+        path = paths.normalize(path)
+        names, node = self.tree.node(path, cred)
+        self.tree.need(cred, node, perms.R, path)
+        quotas = self.quotas.over(self.tree.root, names)[0]
+        own = self.quotas.by_dir.get(node) if type(node) is Dir else None
+        return [q.row() for q in quotas + ([own] if own else [])]
+
+    def quota_ls(self, cred: Cred | None = None) -> list[dict]:
+        """All quotas on directories ``cred`` may reach and read, by path."""
+        out = []
+        for row in self.quotas.rows():
+            try:
+                _, node = self.tree.node(row["path"], cred)
+            except OSError:
+                continue
+            if self.tree.may(cred, node, perms.R):
+                out.append(row)
+        return out
 
     # ------------------------------------------------------------------ chmod / chown
 
@@ -763,6 +902,10 @@ class Namespace:
             raise error(errno.EISDIR, dst)
         if existing is not None and rec.get("exclusive"):
             raise error(errno.EEXIST, dst)
+        if self.quotas:
+            self.quotas.need(self.quotas.over(self.tree.root, names)[0],
+                             node.size - (existing.size if existing is not None else 0),
+                             existing is None, dst)
 
     def _apply_clone(self, rec: Mapping) -> dict:
         src = cast(Inode, self.tree.node(rec["src"])[1])     # checked: a file
@@ -784,6 +927,7 @@ class Namespace:
             mode, uid, gid, _ = old.attrs()
             inode.meta = inode.with_attrs(mode, uid, gid, mtime)
             self._release_file(old)
+        self._charge_file(rec["dst"], size, old)
         self.files += 1
         self.blocks += len(inode.bids)
         self.bytes += size
@@ -799,7 +943,8 @@ class Namespace:
                 "rsets": [list(t) for t in self.blockmap.rsets],
                 "drafts": [d.to_list() for d in self.drafts.by_handle.values()],
                 "counts": {"files": self.files, "dirs": self.dirs, "blocks": self.blocks,
-                           "bytes": self.bytes}}
+                           "bytes": self.bytes},
+                "quotas": self.quotas.export()}
 
     def export_tree(self) -> Iterator[tuple]:
         """Pre-order entries: (0, parent dir no., name, mtime) for a directory, numbered
@@ -810,6 +955,7 @@ class Namespace:
         """The state frame; one of a version 1 snapshot has ``root_mtime`` instead of
         ``root`` and ``names``, and drafts without owner, group and mode."""
         self.next_inode = state["next_inode"]
+        self._restored_quotas = state.get("quotas", ())   # [path, bytes, files] (v3)
         if "root" in state:
             self.tree.start_restore(state["root"], state["names"])
         else:
@@ -869,4 +1015,10 @@ class Namespace:
             queue(node, bid)
 
     def finish_restore(self) -> None:
+        """Forget the numbering; quotas get their usage counted once, here."""
         self.dirs = self.tree.finish_restore()
+        for path, max_bytes, max_files in self._restored_quotas:
+            rec = {"op": "quota", "path": path, "bytes": max_bytes, "files": max_files}
+            self._check_quota(rec)
+            self._apply_quota(rec)
+        self._restored_quotas = ()

@@ -9,7 +9,7 @@ lands here too, callable only by DataNodes speaking for themselves, and is hande
 RepairPlanner. Block access: allocate/create/replace_target mint write capabilities,
 stat read ones, copy commands copy + write ones (mds/grants.py); commit accepts only
 replicas with a DataNode's receipt; outstanding allocations are bounded per draft and per
-user (mds/quota.py). Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
+user (mds/quota.py); directory trees may have quotas (mds/treequota.py). Public API: `Handlers` (its `.service`, `upkeep(now, wall)`).
 
 Who a client is comes from the broker's stamp (`ctx.caller_id`), made a `perms.Cred` by
 `cred_of` in one place; the namespace's `prepare_*` and reads check it (mds/perms.py).
@@ -219,6 +219,40 @@ class Handlers:
         """Usage below `path` -> {bytes, files, dirs}. Needs read and search on every
         directory below (EACCES)."""
         return self.ns.du(h["path"], cred=cred_of(ctx))
+
+    @operation({"path": PATH, "bytes?": COUNT, "files?": COUNT}, callers=CLIENT,
+               mutating=True)
+    def quota_set(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Limit directory tree `path` to `bytes` and/or `files` (entries: files and
+        directories below it; an absent limit: none) -> {path, bytes, files}. Every
+        enclosing tree's quota applies too; a limit below the usage is taken (the tree can
+        then only shrink). The superuser only (EPERM); EINVAL without a limit."""
+        if h.get("bytes") is None and h.get("files") is None:
+            raise _bad("quota_set needs bytes or files (quota_clear removes a quota)")
+        cred = cred_of(ctx)
+        return self.submit(lambda ns: ns.prepare_quota(h["path"], h.get("bytes"),
+                                                       h.get("files"), cred=cred))
+
+    @operation({"path": PATH}, callers=CLIENT, mutating=True)
+    def quota_clear(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Remove the quota of directory `path` (no-op without one) -> {path}. The
+        superuser only (EPERM)."""
+        cred = cred_of(ctx)
+        self.submit(lambda ns: ns.prepare_quota(h["path"], None, None, cred=cred))
+        return {"path": h["path"]}
+
+    @operation({"path": PATH}, callers=CLIENT)
+    def quota_get(self, h: dict, payload: list, ctx: Context) -> dict:
+        """The quotas that apply in directory `path`, root first, its own last ->
+        {quotas: [{path, max_bytes, max_files, bytes, files}]} (a limit None: none).
+        Needs read on `path` (EACCES)."""
+        return {"quotas": self.ns.quota_get(h["path"], cred=cred_of(ctx))}
+
+    @operation(callers=CLIENT)
+    def quota_ls(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Every quota on a directory the caller may read -> {quotas: [...]} as
+        quota_get, by path."""
+        return {"quotas": self.ns.quota_ls(cred=cred_of(ctx))}
 
     @operation({"path": PATH, "replication?": Int(1, 255),
                 "block_size?": Int(1, MAX_BLOCK_SIZE), "parents?": Bool(),

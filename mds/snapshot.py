@@ -3,7 +3,7 @@ table) at a WAL seq, streamed to ``snapshot-<seq, 20 digits>.msgpack``.
 
 File layout: a sequence of frames in the WAL frame format (``[u32 len][u32 CRC32C]
 [msgpack body]``, see mds/wal.py), so every chunk is checksummed and none is large:
-    {"format": "aegisfs-mds-snapshot", "version": 2, "seq": S, "created": t}
+    {"format": "aegisfs-mds-snapshot", "version": 3, "seq": S, "created": t}
     {"k": "state", ...}                       Namespace.export_state() (names table,
                                               root attributes)
     {"k": "tree", "d": [...], "f": [...]}      Namespace.export_tree() flattened, ~4096
@@ -15,7 +15,9 @@ File layout: a sequence of frames in the WAL frame format (``[u32 len][u32 CRC32
 Write: tmp file -> fsync -> rename -> fsync directory. Any damage or a count that does
 not add up raises SnapshotCorrupt (an OSError naming file and byte offset). Version 1
 (before owners and modes) is still read: its entries get the superuser as owner and
-group, 0o755 / 0o644, ctime = mtime. A newer version raises SnapshotVersionError, which
+group, 0o755 / 0o644, ctime = mtime. Version 3 adds the tree quotas' limits to the state
+frame (``quotas``: [[path, bytes, files]]); version 2 has none, and an MDS that reads only
+1 and 2 refuses a version 3 file rather than lose the quotas. A newer version raises SnapshotVersionError, which
 recovery never takes for damage: it stops rather than fall back past the file.
 
 Public API:
@@ -44,8 +46,8 @@ from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "aegisfs-mds-snapshot"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.msgpack$")
 ENTRIES_PER_FRAME = 4096
 IDS_PER_FRAME = 65536
@@ -219,7 +221,10 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
             raise SnapshotCorrupt(path, offset, "truncated: no trailer")
         if f.read(1):
             raise SnapshotCorrupt(path, offset, "data after the trailer")
-    ns.finish_restore()
+    try:
+        ns.finish_restore()
+    except OSError as exc:       # a quota on a directory the snapshot does not hold
+        raise SnapshotCorrupt(path, offset, f"bad quota in the state frame: {exc}") from None
     have = {k: ns.counts()[k] for k in ("files", "dirs", "blocks", "bytes")}
     if end.get("frames") != count or end.get("counts") != have or state["counts"] != have:
         raise SnapshotCorrupt(path, offset, f"counts do not add up: trailer {end!r:.200}, "

@@ -275,3 +275,26 @@ def test_progress_bar_with_rate_and_eta_only_on_a_terminal(cluster, tmp_path):
     piped = run_cli(cluster, "get", "/progress.bin", str(tmp_path / "back.bin"))
     assert ok(piped) and piped.stderr == b""            # no bar when stderr is not a terminal
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+
+
+def test_quota_set_get_ls_clear_and_edquot(cluster, tmp_path):
+    """`aegisfs quota` as an admin and a plain user see it: limits enforced with a
+    one-line EDQUOT naming the tree, usage and limits in get/ls, set refused to users."""
+    b = cluster
+    ok(run_cli(b, "mkdir", "/q"))
+    ok(run_cli(b, "write", "/q/a", "x" * 3000))
+    ok(run_cli(b, "quota", "set", "/q", "--bytes", "4K", "--files", "5"))
+    err = failed(run_cli(b, "write", "/q/b", "y" * 2000), "quota of /q", "4096", code=1)
+    assert "quota" in err.lower()
+    assert json.loads(ok(run_cli(b, "quota", "get", "/q", "--json"))) == {"quotas": [
+        {"path": "/q", "max_bytes": 4096, "max_files": 5, "bytes": 3000, "files": 1}]}
+    listed = ok(run_cli(b, "quota", "ls")).decode()
+    assert "/q" in listed and "4.0 KiB" in listed
+    key = json.loads(ok(run_cli(b, "user", "add", "quser", "--keys", str(b.keys_dir),
+                                "--json")))["key_file"]
+    failed(run_cli(b, "quota", "set", "/q", "--bytes", "1G", key=key), "only admin",
+           code=1)
+    assert b"/q" in ok(run_cli(b, "quota", "ls", key=key))     # /q is world-readable
+    ok(run_cli(b, "quota", "clear", "/q"))
+    ok(run_cli(b, "write", "/q/b", "y" * 2000))
+    assert json.loads(ok(run_cli(b, "quota", "ls", "--json"))) == {"quotas": []}

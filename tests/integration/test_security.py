@@ -14,6 +14,7 @@ import pytest
 
 from broker.client import Client, MemberClient
 from broker.curve import CurveKeys
+from broker.events import Subscriber
 from client import AegisClient
 from run_cluster import Cluster, free_base_port
 
@@ -195,3 +196,87 @@ def test_a_client_without_a_key_cannot_reach_a_secure_cluster(cluster):
         with pytest.raises(PermissionError, match="requires a CURVE key"):
             c.call("broker", {"op": "ping"})
     assert Cluster(cluster.data_dir, free_base_port()).key == cluster.key
+
+
+def test_another_users_private_files_and_dirs_are_eacces_and_unchanged(cluster):
+    """Two users made with `aegisfs user add`, through the real sockets: bob gets EACCES
+    reading, writing, listing, removing and moving alice's 0600 file and 0700 directory
+    (chmod: EPERM, as POSIX has it for a non-owner), and alice's tree is as it was."""
+    keys = ["--keys", str(cluster.keys_dir)]
+    key = {name: json.loads(ok(run_cli(cluster, "user", "add", name, *keys, "--json")))
+           ["key_file"] for name in ("alice", "bob")}
+    with AegisClient(cluster.broker, timeout=10, key=cluster.key) as admin:
+        admin.mkdir("/home-alice")
+        admin.chown("/home-alice", owner="alice", group="alice")
+    with AegisClient(cluster.broker, timeout=10, key=key["alice"]) as alice, \
+            AegisClient(cluster.broker, timeout=10, key=key["bob"]) as bob:
+        alice.write_bytes("/home-alice/secret", b"alice's secret")
+        alice.chmod("/home-alice/secret", 0o600)
+        alice.mkdir("/home-alice/private", mode=0o700)
+        alice.write_bytes("/home-alice/private/inner", b"inner")
+
+        def state() -> list:
+            return [alice.ls("/home-alice", detail=True),
+                    alice.ls("/home-alice/private", detail=True),
+                    alice.read_bytes("/home-alice/secret"),
+                    alice.read_bytes("/home-alice/private/inner")]
+        before = state()
+        attempts = {
+            "read file": lambda: bob.read_bytes("/home-alice/secret"),
+            "read in dir": lambda: bob.read_bytes("/home-alice/private/inner"),
+            "write file": lambda: bob.write_bytes("/home-alice/secret", b"bob was here"),
+            "write in dir": lambda: bob.write_bytes("/home-alice/private/new", b"x"),
+            "ls dir": lambda: bob.ls("/home-alice/private"),
+            "rm file": lambda: bob.rm("/home-alice/secret"),
+            "rm dir": lambda: bob.rm("/home-alice/private", recursive=True),
+            "rm in dir": lambda: bob.rm("/home-alice/private/inner"),
+            "mv file": lambda: bob.mv("/home-alice/secret", "/home-alice/mine"),
+            "mv dir": lambda: bob.mv("/home-alice/private", "/home-alice/p2"),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(PermissionError) as info:
+                attempt()
+            assert info.value.errno == errno.EACCES, (what, info.value)
+            assert "/home-alice" in str(info.value), (what, info.value)
+        for path in ("/home-alice/secret", "/home-alice/private"):
+            with pytest.raises(PermissionError) as info:
+                bob.chmod(path, 0o777)
+            assert info.value.errno == errno.EPERM, path
+        assert state() == before
+
+
+def test_a_revoked_users_event_subscription_is_cut_off_within_5_seconds(cluster):
+    """`aegisfs user rm` ends the user's SUB connection too (the broker restarts its event
+    proxy; other subscribers reconnect and keep receiving)."""
+    keys = ["--keys", str(cluster.keys_dir)]
+    key = json.loads(ok(run_cli(cluster, "user", "add", "sue", *keys, "--json")))["key_file"]
+    endpoint = cluster.endpoints["events_out"]
+    sue = Subscriber(endpoint, ["dir."], curve=CurveKeys.load(key))
+    admin = Subscriber(endpoint, ["dir."], curve=cluster.curve)
+    got: dict[str, list[int]] = {"sue": [], "admin": []}
+    sent: list[float] = []
+    try:
+        with AegisClient(cluster.broker, timeout=10, key=cluster.key) as fs:
+            def publish_and_drain() -> None:
+                fs.mkdir(f"/ev-{len(sent)}")
+                sent.append(time.monotonic())
+                for name, sub in (("sue", sue), ("admin", admin)):
+                    while (ev := sub.recv(timeout=0.05)) is not None:
+                        got[name].append(int(ev.body["path"].rsplit("-", 1)[1]))
+
+            wait_for(lambda: publish_and_drain() or (got["sue"] and got["admin"]), timeout=10,
+                     what="both subscribers receive events")
+            ok(run_cli(cluster, "user", "rm", "sue", *keys))
+            removed = time.monotonic()
+            first_after = len(sent)
+            # until admin has received 1 s of events that sue has not
+            while not [i for i in got["admin"] if i > first_after and
+                       sent[i] - sent[max(got["sue"])] > 1.0]:
+                assert time.monotonic() - removed < 10, ("no events for the others", got)
+                publish_and_drain()
+    finally:
+        sue.close()
+        admin.close()
+    cut_off = sent[max(got["sue"])] - removed
+    assert cut_off < 5, f"sue still received events {cut_off:.1f} s after user rm"
+    print(f"\nrevoked subscriber cut off at most {max(cut_off, 0):.2f} s after `user rm`")

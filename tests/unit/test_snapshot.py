@@ -68,7 +68,7 @@ def test_roundtrip_preserves_everything(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no tmp left behind
     other = fresh()
     header = load_snapshot(path, other)
-    assert header["seq"] == 123 and header["created"] == 5.0 and header["version"] == 2
+    assert header["seq"] == 123 and header["created"] == 5.0 and header["version"] == snapshot.VERSION
     assert other.dump() == ns.dump()
     assert other.counts()["pending_deletes"] > 0 and other.counts()["drafts"] == 3
     assert (other.stat("/d/e/mine")["owner"], other.stat("/d/e/mine")["mode"]) == ("alice",
