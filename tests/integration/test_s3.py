@@ -401,6 +401,17 @@ def test_requests_act_with_the_users_own_permissions(gateway, s3, fs, alice_fs):
         s3.get_object(Bucket="perm-shared", Key="secret")
     assert code(e) == "AccessDenied"
     assert bob.get_object(Bucket="perm-shared", Key="secret")["Body"].read() == b"bob's"
+    # another user's multipart upload is not bob's to add to or abort, even in a bucket
+    # he may write to
+    up = s3.create_multipart_upload(Bucket="perm-shared", Key="big")["UploadId"]
+    for call in (lambda: bob.upload_part(Bucket="perm-shared", Key="big", UploadId=up,
+                                         PartNumber=1, Body=b"x"),
+                 lambda: bob.abort_multipart_upload(Bucket="perm-shared", Key="big",
+                                                    UploadId=up)):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "AccessDenied"
+    s3.abort_multipart_upload(Bucket="perm-shared", Key="big", UploadId=up)
     # alice's own objects: delete works, and the emptied bucket goes
     s3.delete_object(Bucket="perm-a", Key="d/doc")
     assert not fs.exists("/perm-a/d")
