@@ -212,10 +212,10 @@ class Gateway:
         client = req.stack.enter_context(self.users.lease(user))
         return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool)
 
-    async def _check_bucket(self, req: Request, resource: str) -> None:
+    async def check_bucket(self, req: Request, bucket: str, resource: str) -> None:
         """NoSuchBucket, or AccessDenied unless the user may use the bucket: its owner
         (one identity), or whoever the MDS lets in (each user's own identity)."""
-        owner_ = await self.owner_of(req.bucket)
+        owner_ = await self.owner_of(bucket)
         if self.users is None and owner_ != req.user:
             raise S3Error("AccessDenied", resource=resource)
 
@@ -342,7 +342,7 @@ class Gateway:
                 await self.run(req.store.delete_bucket, bucket)
                 self._owners.pop(bucket, None)
                 return Response(204)
-            await self._check_bucket(req, f"/{bucket}")
+            await self.check_bucket(req, bucket, f"/{bucket}")
             if m in ("HEAD", "GET") and ("location" in q or m == "HEAD"):
                 await self.run(req.store.may_enter, bucket)
             if m == "HEAD":
@@ -358,7 +358,7 @@ class Gateway:
                 return await self.delete_objects(req)
             raise S3Error("NotImplemented")
         naming.check_key(bucket, key)
-        await self._check_bucket(req, f"/{bucket}/{key}")
+        await self.check_bucket(req, bucket, f"/{bucket}/{key}")
         from . import handlers
         return await handlers.object_request(self, req)
 

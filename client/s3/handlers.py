@@ -142,9 +142,8 @@ def _copy_source(req: "Request", header: str = "x-amz-copy-source") -> tuple[str
 
 async def _source(gw: "Gateway", req: "Request") -> tuple[str, str, ObjectInfo]:
     bucket, key = _copy_source(req)
-    if await gw.owner_of(bucket) != req.user:
-        raise S3Error("AccessDenied", resource=f"/{bucket}/{key}")
-    info = await gw.run(req.store.head, bucket, key)
+    await gw.check_bucket(req, bucket, f"/{bucket}/{key}")
+    info = await gw.run(req.store.head, bucket, key)      # as the user: read permission
     if _preconditions(req, info, "x-amz-copy-source-") is not None:
         raise S3Error("PreconditionFailed", resource=f"/{bucket}/{key}")
     return bucket, key, info
