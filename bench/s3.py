@@ -58,9 +58,11 @@ def main() -> None:
                 for _ in range(args.size_mib):
                     f.write(os.urandom(MiB))
             mib = args.size_mib
-            cli = [sys.executable, "-m", "client.cli", "--broker", cluster.broker]
-            up = timed(cli + ["put", str(src), "/native/big"])
-            down = timed(cli + ["get", "/native/big", str(tmpd / "native.back")])
+            # the native CLI as alice, the identity her S3 requests act with
+            cli = [sys.executable, "-m", "client.cli", "--broker", cluster.broker,
+                   "--key", str(gw.user_keys["alice"])]
+            up = timed(cli + ["put", str(src), "/bench/native-big"])
+            down = timed(cli + ["get", "/bench/native-big", str(tmpd / "native.back")])
             rows += [("aegisfs put", mib / up), ("aegisfs get", mib / down)]
             if aws:
                 access, secret = gw.keys["alice"]
@@ -88,9 +90,9 @@ def main() -> None:
                 list(pool.map(lambda i: clients[i % args.clients].put_object(
                     Bucket="bench", Key=f"small/{i:06d}", Body=body), range(args.small)))
             s3_rate = args.small / (time.perf_counter() - t)
-            with AegisClient(cluster.broker, key=cluster.key) as fs:
+            with AegisClient(cluster.broker, key=gw.user_keys["alice"]) as fs:
                 t = time.perf_counter()
-                fs.put_many([(body, f"/native/small/{i:06d}") for i in range(args.small)])
+                fs.put_many([(body, f"/bench/native-small/{i:06d}") for i in range(args.small)])
                 native_rate = args.small / (time.perf_counter() - t)
             print(f"4 KiB PUT, {args.clients} boto3 clients: {s3_rate:8.0f} objects/s")
             print(f"4 KiB put_many (native batched):   {native_rate:8.0f} objects/s")

@@ -4,6 +4,7 @@ body. Request bodies stream into the store as they arrive; object bodies stream 
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import secrets
@@ -22,7 +23,8 @@ from .chunked import BodyDecoder
 from .credentials import Credentials
 from .errors import S3Error, from_oserror
 from .s3xml import doc, el, http_date, iso, owner
-from .store import ObjectInfo, Store
+from .identity import UserClients
+from .store import ObjectInfo, Store, readers
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,15 @@ class Request:
     user: str = ""
     auth: sigv4.Auth | None = None
     body_done: bool = False          # the whole request body has been received
+    user_store: Store | None = None  # the user's view (its own cluster identity)
+    # what lives as long as the request, response body included (the user's connection)
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def store(self) -> Store:
+        if self.user_store is None:
+            raise RuntimeError("no store before the request is authenticated")
+        return self.user_store
 
     def has_body(self) -> bool:
         return self.headers.get("content-length", "0") != "0" or \
@@ -114,12 +125,19 @@ def _range(value: str | None, size: int) -> tuple[int, int] | None:
 
 
 class Gateway:
-    """The ASGI app. `now` is the clock SigV4 checks requests against."""
+    """The ASGI app. `now` is the clock SigV4 checks requests against. `fs` is the
+    gateway's own identity (the owner of /.s3meta); with `users`, every request acts
+    with its user's own connection, else everything acts as `fs` (one identity: a
+    cluster without security) and the gateway checks bucket ownership itself."""
 
     def __init__(self, fs: AegisClient, credentials: Credentials, *, region: str = "us-east-1",
                  threads: int = 64, idle_timeout: float = 60.0,
+                 users: UserClients | None = None,
                  now: Callable[[], float] = time.time) -> None:
-        self.store = Store(fs)
+        self.fs = fs
+        self.users = users
+        self._pool = readers()
+        self.store = Store(fs, pool=self._pool)        # bucket owners, as the gateway
         self.credentials = credentials
         self.region = region
         self.threads = threads
@@ -168,20 +186,38 @@ class Gateway:
         req = Request(scope["method"], scope.get("raw_path") or scope["path"].encode(),
                       scope.get("query_string", b""), headers, receive)
         request_id = secrets.token_hex(8).upper()
-        try:
-            resp = await self.handle(req)
-        except S3Error as exc:
-            resp = self._error(exc, req, request_id)
-        except Disconnected:
-            log.info("%s %s: the client went away; nothing stored", req.method, req.raw_path)
-            return
-        except OSError as exc:
-            resp = self._error(from_oserror(exc, f"/{req.bucket}/{req.key}"), req, request_id)
-        except Exception as exc:         # a bug: answer 500, keep serving
-            log.exception("%s %s failed", req.method, req.raw_path)
-            resp = self._error(S3Error("InternalError", f"{exc.__class__.__name__}"),
-                               req, request_id)
-        await self._send(resp, req, send, request_id)
+        with req.stack:
+            try:
+                resp = await self.handle(req)
+            except S3Error as exc:
+                resp = self._error(exc, req, request_id)
+            except Disconnected:
+                log.info("%s %s: the client went away; nothing stored", req.method,
+                         req.raw_path)
+                return
+            except OSError as exc:
+                resp = self._error(from_oserror(exc, f"/{req.bucket}/{req.key}"), req,
+                                   request_id)
+            except Exception as exc:         # a bug: answer 500, keep serving
+                log.exception("%s %s failed", req.method, req.raw_path)
+                resp = self._error(S3Error("InternalError", f"{exc.__class__.__name__}"),
+                                   req, request_id)
+            await self._send(resp, req, send, request_id)
+
+    def _user_store(self, req: Request) -> Store:
+        """The store acting as the request's user (see the class docstring)."""
+        user = req.user
+        if self.users is None:
+            return Store(self.fs, user=user, pool=self._pool)
+        client = req.stack.enter_context(self.users.lease(user))
+        return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool)
+
+    async def check_bucket(self, req: Request, bucket: str, resource: str) -> None:
+        """NoSuchBucket, or AccessDenied unless the user may use the bucket: its owner
+        (one identity), or whoever the MDS lets in (each user's own identity)."""
+        owner_ = await self.owner_of(bucket)
+        if self.users is None and owner_ != req.user:
+            raise S3Error("AccessDenied", resource=resource)
 
     def _error(self, exc: S3Error, req: Request, request_id: str) -> Response:
         if exc.status >= 500:
@@ -285,6 +321,7 @@ class Gateway:
         auth = sigv4.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                   self.credentials.lookup, self.now())
         req.auth, req.user = auth, auth.user
+        req.user_store = self._user_store(req)
         req.query = dict(sigv4.parse_query(req.query_string))
         if set(req.query) & UNSUPPORTED:
             raise S3Error("NotImplemented", resource=path)
@@ -297,16 +334,19 @@ class Gateway:
         if not key:
             if m == "PUT" and not q:
                 return await self.create_bucket(req)
-            owner_ = await self.owner_of(bucket)
-            if owner_ != req.user:
-                raise S3Error("AccessDenied", resource=f"/{bucket}")
-            if m == "HEAD":
-                return Response(200, {"x-amz-bucket-region": self.region})
             if m == "DELETE" and not q:
+                # S3's rule in both modes: only the bucket's owner deletes it
+                if await self.owner_of(bucket) != req.user:
+                    raise S3Error("AccessDenied", resource=f"/{bucket}")
                 self._owners.pop(bucket, None)
-                await self.run(self.store.delete_bucket, bucket)
+                await self.run(req.store.delete_bucket, bucket)
                 self._owners.pop(bucket, None)
                 return Response(204)
+            await self.check_bucket(req, bucket, f"/{bucket}")
+            if m in ("HEAD", "GET") and ("location" in q or m == "HEAD"):
+                await self.run(req.store.may_enter, bucket)
+            if m == "HEAD":
+                return Response(200, {"x-amz-bucket-region": self.region})
             if m == "GET" and "location" in q:
                 return _xml(f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint '
                             f'xmlns="{s3xml.NS}"></LocationConstraint>'.encode())
@@ -318,33 +358,36 @@ class Gateway:
                 return await self.delete_objects(req)
             raise S3Error("NotImplemented")
         naming.check_key(bucket, key)
-        owner_ = await self.owner_of(bucket)
-        if owner_ != req.user:
-            raise S3Error("AccessDenied", resource=f"/{bucket}/{key}")
+        await self.check_bucket(req, bucket, f"/{bucket}/{key}")
         from . import handlers
         return await handlers.object_request(self, req)
 
     # -- bucket handlers -----------------------------------------------------------------
 
     async def list_buckets(self, req: Request) -> Response:
-        buckets = await self.run(self.store.list_buckets, req.user)
+        buckets = await self.run(req.store.list_buckets, req.user)
         body = "".join(f"<Bucket>{el('Name', n)}{el('CreationDate', iso(t))}</Bucket>"
                        for n, t in buckets)
         return _xml(doc("ListAllMyBucketsResult", f"{owner(req.user)}<Buckets>{body}</Buckets>"))
 
     async def create_bucket(self, req: Request) -> Response:
         await self._small_body(req)       # an optional CreateBucketConfiguration: ignored
-        await self.run(self.store.create_bucket, req.bucket, req.user)
+        await self.run(req.store.create_bucket, req.bucket, req.user)
         return Response(200, {"location": f"/{req.bucket}"})
 
     async def delete_objects(self, req: Request) -> Response:
         keys, quiet = s3xml.parse_delete(await self._small_body(req))
 
+        store = req.store
+
         def work() -> str:
             out = []
             for k in keys:
                 try:
-                    self.store.delete(req.bucket, k)
+                    try:
+                        store.delete(req.bucket, k)
+                    except OSError as exc:
+                        raise from_oserror(exc, f"/{req.bucket}/{k}") from None
                     if not quiet:
                         out.append(f"<Deleted>{el('Key', k)}</Deleted>")
                 except S3Error as exc:
@@ -356,11 +399,11 @@ class Gateway:
 
     async def list_objects(self, req: Request) -> Response:
         from .listing import list_objects
-        return _xml(await self.run(list_objects, self.store, req.bucket, req.query))
+        return _xml(await self.run(list_objects, req.store, req.bucket, req.query))
 
     async def list_uploads(self, req: Request) -> Response:
         prefix = req.query.get("prefix", "")
-        ups = await self.run(self.store.uploads, req.bucket, prefix)
+        ups = await self.run(req.store.uploads, req.bucket, prefix)
         body = "".join(f"<Upload>{el('Key', u['key'])}{el('UploadId', u['id'])}"
                        f"{owner(u['owner'])}{owner(u['owner']).replace('Owner', 'Initiator')}"
                        f"{el('StorageClass', 'STANDARD')}{el('Initiated', iso(u['initiated']))}"

@@ -1,6 +1,6 @@
 """Request bodies, sans-IO: `BodyDecoder.feed(bytes) -> [payload bytes]` and `.end()`.
-It undoes aws-chunked framing (signed chunks, or unsigned chunks with a checksum trailer),
-checks every chunk signature, the announced length (IncompleteBody), x-amz-content-sha256,
+It undoes aws-chunked framing (signed chunks, with or without a signed trailer, or unsigned
+chunks with a checksum trailer), checks every chunk signature and the trailer signature, the announced length (IncompleteBody), x-amz-content-sha256,
 Content-MD5 and x-amz-checksum-* - all before the caller commits anything.
 """
 from __future__ import annotations
@@ -61,10 +61,12 @@ class BodyDecoder:
     def __init__(self, headers: Mapping[str, str], auth: sigv4.Auth | None) -> None:
         payload = auth.payload if auth else sigv4.UNSIGNED
         self.chunked = payload.startswith("STREAMING-")
-        if payload == sigv4.STREAMING_SIGNED_TRAILER:
-            raise S3Error("NotImplemented", "signed trailers are not supported; use "
-                          "STREAMING-UNSIGNED-PAYLOAD-TRAILER or signed chunks")
-        self.auth = auth if payload == sigv4.STREAMING_SIGNED else None
+        signed = payload in (sigv4.STREAMING_SIGNED, sigv4.STREAMING_SIGNED_TRAILER)
+        self.auth = auth if signed else None
+        # signed trailer: the trailer lines are signed too, chained after the last chunk
+        self.signed_trailer = auth is not None and payload == sigv4.STREAMING_SIGNED_TRAILER
+        self._trailers: list[tuple[str, str]] = []
+        self._trailer_verified = False
         self.previous = auth.signature if auth else ""
         self.sha256 = hashlib.sha256() if sigv4._HEX64.fullmatch(payload) else None
         self.expected_sha256 = payload if self.sha256 else None
@@ -177,11 +179,33 @@ class BodyDecoder:
 
     def _trailer(self, line: bytes) -> None:
         if not line:
+            if self.signed_trailer and not self._trailer_verified:
+                raise S3Error("SignatureDoesNotMatch", "the trailer has no "
+                              "x-amz-trailer-signature")
             self._state = "done"
             return
         name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == self.checksum_name:
-            self.checksum_value = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if self.signed_trailer:
+            if self._trailer_verified:
+                raise S3Error("InvalidRequest", "a trailer line after x-amz-trailer-signature")
+            if name == "x-amz-trailer-signature":
+                self._verify_trailer(value)
+                return
+            self._trailers.append((name, value))
+        if name == self.checksum_name:
+            self.checksum_value = value
+
+    def _verify_trailer(self, signature: str) -> None:
+        assert self.auth is not None
+        # the canonical trailer is each "name:value\n", in the order sent (the SDKs send
+        # them sorted, as x-amz-trailer names them)
+        canonical = "".join(f"{n}:{v}\n" for n, v in self._trailers)
+        expected = self.auth.trailer_signature(
+            self.previous, hashlib.sha256(canonical.encode("latin-1")).hexdigest())
+        if not hmac.compare_digest(expected, signature):
+            raise S3Error("SignatureDoesNotMatch", "the trailer signature does not match")
+        self._trailer_verified = True
 
     def _count(self, data: bytes) -> None:
         self.total += len(data)
@@ -201,6 +225,8 @@ class BodyDecoder:
         if self.chunked and not (self._state == "done" or self._state == "trailer"
                                  and self.checksum_value is not None):
             raise S3Error("IncompleteBody", "the aws-chunked body ended before its last chunk")
+        if self.signed_trailer and not self._trailer_verified:
+            raise S3Error("SignatureDoesNotMatch", "the trailer has no x-amz-trailer-signature")
         if self.length is not None and self.total != self.length:
             raise S3Error("IncompleteBody")
         if self.sha256 is not None and self.sha256.hexdigest() != self.expected_sha256:

@@ -34,7 +34,7 @@ async def object_request(gw: "Gateway", req: "Request") -> "Response":
         from .app import Response
         return Response(204)
     if m == "DELETE":
-        await gw.run(gw.store.delete, req.bucket, req.key)
+        await gw.run(req.store.delete, req.bucket, req.key)
         from .app import Response
         return Response(204)
     if m == "POST" and "uploads" in q:
@@ -45,8 +45,8 @@ async def object_request(gw: "Gateway", req: "Request") -> "Response":
 
 
 def _abort(gw: "Gateway", req: "Request") -> None:
-    gw.store.upload(req.query["uploadId"], req.bucket, req.key)
-    gw.store.abort_upload(req.query["uploadId"])
+    req.store.upload(req.query["uploadId"], req.bucket, req.key)
+    req.store.abort_upload(req.query["uploadId"])
 
 
 def _check_length(req: "Request") -> None:
@@ -60,7 +60,7 @@ async def put_object(gw: "Gateway", req: "Request") -> "Response":
     _check_length(req)
     decoder = BodyDecoder(req.headers, req.auth)
     chunks = gw._body_chunks(req, decoder)
-    info = await gw.run(gw.store.put, req.bucket, req.key, chunks, decoder.end,
+    info = await gw.run(req.store.put, req.bucket, req.key, chunks, decoder.end,
                         req.headers.get("content-type"), _user_meta(req.headers))
     return Response(200, {"etag": f'"{info.etag}"'})
 
@@ -102,7 +102,7 @@ RESPONSE_OVERRIDES = {"response-content-type": "content-type",
 
 async def get_object(gw: "Gateway", req: "Request") -> "Response":
     from .app import Response, _object_headers, _range
-    info = await gw.run(gw.store.head, req.bucket, req.key)
+    info = await gw.run(req.store.head, req.bucket, req.key)
     headers = _object_headers(info)
     cond = _preconditions(req, info)
     if cond == 412:
@@ -125,7 +125,7 @@ async def get_object(gw: "Gateway", req: "Request") -> "Response":
     bucket, key = req.bucket, req.key
 
     def stream(emit: Callable[[bytes], None]) -> None:
-        gw.store.read(bucket, key, start, length, emit)
+        req.store.read(bucket, key, start, length, emit)
 
     return Response(status, headers, stream=stream if length else None)
 
@@ -142,9 +142,8 @@ def _copy_source(req: "Request", header: str = "x-amz-copy-source") -> tuple[str
 
 async def _source(gw: "Gateway", req: "Request") -> tuple[str, str, ObjectInfo]:
     bucket, key = _copy_source(req)
-    if await gw.owner_of(bucket) != req.user:
-        raise S3Error("AccessDenied", resource=f"/{bucket}/{key}")
-    info = await gw.run(gw.store.head, bucket, key)
+    await gw.check_bucket(req, bucket, f"/{bucket}/{key}")
+    info = await gw.run(req.store.head, bucket, key)      # as the user: read permission
     if _preconditions(req, info, "x-amz-copy-source-") is not None:
         raise S3Error("PreconditionFailed", resource=f"/{bucket}/{key}")
     return bucket, key, info
@@ -162,14 +161,14 @@ async def copy_object(gw: "Gateway", req: "Request") -> "Response":
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying "
                       "to copy an object to itself without changing the object's metadata")
     # server side: the copy shares the source's blocks
-    new = await gw.run(gw.store.copy, sb, sk, req.bucket, req.key, info, ctype, meta)
+    new = await gw.run(req.store.copy, sb, sk, req.bucket, req.key, info, ctype, meta)
     return _xml(doc("CopyObjectResult", el("LastModified", iso(new.mtime)) +
                     el("ETag", f'"{new.etag}"')))
 
 
 async def create_upload(gw: "Gateway", req: "Request") -> "Response":
     from .app import _user_meta, _xml
-    upload_id = await gw.run(gw.store.create_upload, req.bucket, req.key, req.user,
+    upload_id = await gw.run(req.store.create_upload, req.bucket, req.key, req.user,
                              req.headers.get("content-type"), _user_meta(req.headers))
     return _xml(doc("InitiateMultipartUploadResult", el("Bucket", req.bucket) +
                     el("Key", req.key) + el("UploadId", upload_id)))
@@ -179,7 +178,7 @@ async def upload_part(gw: "Gateway", req: "Request") -> "Response":
     from .app import Response, _range, _xml
     number = naming.part_number(req.query.get("partNumber"))
     upload_id = req.query["uploadId"]
-    await gw.run(gw.store.upload, upload_id, req.bucket, req.key)
+    await gw.run(req.store.upload, upload_id, req.bucket, req.key)
     if "x-amz-copy-source" in req.headers:
         sb, sk, info = await _source(gw, req)
         start, length = 0, info.size
@@ -189,13 +188,13 @@ async def upload_part(gw: "Gateway", req: "Request") -> "Response":
             if r is None:
                 raise S3Error("InvalidArgument", "bad x-amz-copy-source-range")
             start, length = r
-        etag = await gw.run(gw.store.put_part_copy, upload_id, number, sb, sk, start,
+        etag = await gw.run(req.store.put_part_copy, upload_id, number, sb, sk, start,
                             length)
         return _xml(doc("CopyPartResult", el("LastModified", iso(info.mtime)) +
                         el("ETag", f'"{etag}"')))
     _check_length(req)
     decoder = BodyDecoder(req.headers, req.auth)
-    etag = await gw.run(gw.store.put_part, upload_id, number,
+    etag = await gw.run(req.store.put_part, upload_id, number,
                         gw._body_chunks(req, decoder), decoder.end)
     return Response(200, {"etag": f'"{etag}"'})
 
@@ -203,7 +202,7 @@ async def upload_part(gw: "Gateway", req: "Request") -> "Response":
 async def complete_upload(gw: "Gateway", req: "Request") -> "Response":
     from .app import _xml
     wanted = s3xml.parse_complete(await gw._small_body(req))
-    info = await gw.run(gw.store.complete, req.query["uploadId"], req.bucket, req.key,
+    info = await gw.run(req.store.complete, req.query["uploadId"], req.bucket, req.key,
                         wanted)
     return _xml(doc("CompleteMultipartUploadResult",
                     el("Location", f"/{req.bucket}/{req.key}") + el("Bucket", req.bucket) +
@@ -213,8 +212,8 @@ async def complete_upload(gw: "Gateway", req: "Request") -> "Response":
 async def list_parts(gw: "Gateway", req: "Request") -> "Response":
     from .app import _xml
     upload_id = req.query["uploadId"]
-    rec = await gw.run(gw.store.upload, upload_id, req.bucket, req.key)
-    parts = await gw.run(gw.store.parts, upload_id)
+    rec = await gw.run(req.store.upload, upload_id, req.bucket, req.key)
+    parts = await gw.run(req.store.parts, upload_id)
     try:
         marker = int(req.query.get("part-number-marker") or 0)
         max_parts = max(1, min(1000, int(req.query.get("max-parts") or 1000)))

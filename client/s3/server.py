@@ -1,5 +1,6 @@
-"""Serving the gateway: uvicorn on one host/port (127.0.0.1 by default), one AegisClient
-shared by the worker threads. `python -m client.s3.server` is what run_cluster.py starts.
+"""Serving the gateway: uvicorn on one host/port (127.0.0.1 by default), the gateway's own
+AegisClient (the owner of /.s3meta) and, with security on, one per S3 user (identity.py),
+each shared by the worker threads. `python -m client.s3.server` is what run_cluster.py starts.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uvicorn
 from ..api import AegisClient
 from .app import Gateway
 from .credentials import Credentials
+from .identity import UserClients
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,13 @@ def serve(*, host: str = "127.0.0.1", port: int = 9000, broker: str | None = Non
     """Run until SIGINT/SIGTERM (uvicorn's own handlers stop it cleanly). `key`: the
     gateway's own AegisFS user key (CURVE), found as the CLI finds one when not given."""
     fs = AegisClient(broker, key=key)
-    gateway = Gateway(fs, Credentials(keys_dir), region=region, threads=threads)
+    # security on: every request acts as its user, with the user's own key; off: the
+    # cluster takes everyone for admin anyway, so one identity it is
+    users = None
+    if fs.key_file is not None:
+        users = UserClients(keys_dir, lambda path: AegisClient(fs.broker, key=path))
+    gateway = Gateway(fs, Credentials(keys_dir), region=region, threads=threads,
+                      users=users)
     config = uvicorn.Config(gateway, host=host, port=port, log_level=log_level,
                             lifespan="on", access_log=False, server_header=False,
                             date_header=True, timeout_keep_alive=30)
@@ -30,6 +38,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 9000, broker: str | None = Non
     try:
         uvicorn.Server(config).run()
     finally:
+        if users is not None:
+            users.close()
         fs.close()
 
 

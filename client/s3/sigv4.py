@@ -46,6 +46,13 @@ class Auth:
                              previous, EMPTY_SHA256, chunk_sha256])
         return hmac.new(self.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
 
+    def trailer_signature(self, previous: str, trailer_sha256: str) -> str:
+        """The x-amz-trailer-signature: chained after the last (empty) chunk's signature,
+        over the SHA-256 of the canonical trailer lines."""
+        to_sign = "\n".join(["AWS4-HMAC-SHA256-TRAILER", self.amz_date, self.scope,
+                             previous, trailer_sha256])
+        return hmac.new(self.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+
 
 def parse_query(query_string: bytes) -> list[tuple[str, str]]:
     """The query's (name, value) pairs, percent-decoded; a literal "+" stays a "+"

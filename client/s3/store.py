@@ -6,6 +6,11 @@ Copies and multipart completion move no byte: CopyObject is the MDS's server-sid
 CompleteMultipartUpload commits the parts' blocks as the object's block list, and an
 UploadPartCopy of whole source blocks shares them (other ranges stream, that range only).
 
+Two identities: `fs` is the requesting user's own connection (identity.py), which does
+every operation on objects, so the MDS checks that user's permissions; `meta` is the
+gateway's own (admin) connection, which owns /.s3meta (sidecars, bucket records, multipart
+uploads) and writes there only after the user's own operation succeeded.
+
 Sidecar (/.s3meta/<bucket>/<key>): JSON {etag, size, mtime, content_type, meta}, written
 after the object's commit with the committed mtime; a sidecar whose size/mtime do not
 match the object (a crash between the two writes, a native `aegisfs put`) is ignored and
@@ -60,11 +65,24 @@ def _info(key: str, entry: dict, side: dict | None) -> ObjectInfo:
     return ObjectInfo(key, size, mtime, _derived_etag(size, mtime))
 
 
+def readers() -> concurrent.futures.ThreadPoolExecutor:
+    """A few long-lived read-ahead threads (each keeps one broker socket per client)."""
+    return concurrent.futures.ThreadPoolExecutor(4, "s3-read-ahead")
+
+
 class Store:
-    def __init__(self, fs: AegisClient) -> None:
+    """One user's view. `user`: the S3 user (owner of its multipart uploads); `owner`:
+    the AegisFS user to give the directories the gateway makes for it (a bucket, an
+    upload's part directory), None to leave them the gateway's (one identity)."""
+
+    def __init__(self, fs: AegisClient, *, meta: AegisClient | None = None,
+                 user: str = NATIVE_OWNER, owner: str | None = None,
+                 pool: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
         self.fs = fs
-        # a few long-lived reader threads (each keeps one broker socket in AegisClient)
-        self._readers = concurrent.futures.ThreadPoolExecutor(4, "s3-read-ahead")
+        self.meta = meta or fs
+        self.user = user
+        self.owner = owner
+        self._readers = pool or readers()
 
     def _prefetched(self, paths: Iterable[str], piece: int = 4 << 20) -> Iterator[bytes]:
         """The files' bytes in order, read on a reader thread while the caller consumes."""
@@ -104,20 +122,20 @@ class Store:
 
     def _read_json(self, path: str) -> dict | None:
         try:
-            return json.loads(self.fs.read_bytes(path))
+            return json.loads(self.meta.read_bytes(path))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         except ValueError:
             return None
 
     def _write_json(self, path: str, value: dict) -> None:
-        self.fs.write_bytes(path, json.dumps(value).encode())
+        self.meta.write_bytes(path, json.dumps(value).encode())
 
     def _read_many(self, paths: list[str]) -> list[dict | None]:
         if not paths:
             return []
         outs = [io.BytesIO() for _ in paths]
-        results = self.fs.get_many(list(zip(paths, outs)), errors="return")
+        results = self.meta.get_many(list(zip(paths, outs)), errors="return")
         found: list[dict | None] = []
         for out, res in zip(outs, results):
             try:
@@ -132,16 +150,24 @@ class Store:
         """The bucket's owner; NoSuchBucket when there is no such top-level directory."""
         path = naming.bucket_path(bucket)
         try:
-            if self.fs.stat(path).get("type") != "dir":
+            if self.meta.stat(path).get("type") != "dir":
                 raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
         except (FileNotFoundError, NotADirectoryError):
             raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
         record = self._read_json(naming.bucket_record(bucket))
         return record["owner"] if record else NATIVE_OWNER
 
+    def may_enter(self, bucket: str) -> None:
+        """PermissionError unless the user may search the bucket's directory (a lookup
+        of a name that cannot be a key: no listing of a big directory)."""
+        try:
+            self.fs.stat(naming.bucket_path(bucket) + "/\x01probe")
+        except FileNotFoundError:
+            pass
+
     def list_buckets(self, user: str) -> list[tuple[str, float]]:
         try:
-            entries = self.fs.ls("/", detail=True)
+            entries = self.meta.ls("/", detail=True)
         except FileNotFoundError:
             return []
         dirs = [e for e in entries if e["type"] == "dir" and naming.is_bucket_name(e["name"])]
@@ -163,23 +189,29 @@ class Store:
                           "BucketAlreadyExists", resource=bucket, BucketName=bucket)
         try:
             # the record first: a bucket directory never exists without its owner
-            self.fs.write_bytes(naming.bucket_record(bucket), json.dumps(
+            self.meta.write_bytes(naming.bucket_record(bucket), json.dumps(
                 {"owner": user, "created": time.time()}).encode(), exclusive=True)
         except FileExistsError:
             raise S3Error("BucketAlreadyExists", resource=bucket) from None
+        # users may not write "/": the gateway makes the directory, private as an S3
+        # bucket (0700), and gives it to the user
         try:
-            self.fs.mkdir(path)
+            self.meta.mkdir(path, mode=0o700 if self.owner else None)
         except FileExistsError:
             pass
+        if self.owner:
+            self.meta.chown(path, owner=self.owner, group=self.owner)
 
     def delete_bucket(self, bucket: str) -> None:
         path = naming.bucket_path(bucket)
-        if self.fs.ls(path):
+        # the caller checked that the user owns the bucket; removing a top-level
+        # directory needs write permission on "/", which only the gateway has
+        if self.meta.ls(path):
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         for up in self._uploads(bucket):
             self.abort_upload(up["id"])
         try:
-            self.fs.rm(path)
+            self.meta.rm(path)
         except OSError as exc:
             if exc.errno == errno.ENOTEMPTY:
                 raise S3Error("BucketNotEmpty", resource=bucket) from None
@@ -187,7 +219,7 @@ class Store:
         for p, rec in ((f"{naming.META_ROOT}/{bucket}", True),
                        (naming.bucket_record(bucket), False)):
             try:
-                self.fs.rm(p, recursive=rec)
+                self.meta.rm(p, recursive=rec)
             except FileNotFoundError:
                 pass
 
@@ -208,6 +240,10 @@ class Store:
                               side.get("content_type") or DEFAULT_TYPE, side.get("meta") or {})
         if st["type"] != "file":
             raise S3Error("NoSuchKey", resource=resource, Key=key)
+        if "blocks" not in st:
+            # the MDS leaves the blocks out when the user may not read the file: refuse
+            # here, before a GET has sent its 200 (as S3, HEAD needs read permission too)
+            raise S3Error("AccessDenied", resource=resource)
         return _info(key, st, side)
 
     def put(self, bucket: str, key: str, chunks: Iterable[bytes],
@@ -316,21 +352,23 @@ class Store:
         """Remove an object (no error if absent, as S3), then the empty directories it
         leaves, so they do not show up as prefixes."""
         segs = naming.check_key(bucket, key)
-        for root, path in ((naming.bucket_path(bucket), naming.object_path(bucket, key)),
-                           (f"{naming.META_ROOT}/{bucket}", naming.meta_path(bucket, key))):
+        # the object as the user first: a refusal (PermissionError) leaves the sidecar
+        for fs, root, path in (
+                (self.fs, naming.bucket_path(bucket), naming.object_path(bucket, key)),
+                (self.meta, f"{naming.META_ROOT}/{bucket}", naming.meta_path(bucket, key))):
             try:
                 if naming.is_marker(key) and root.startswith(naming.META_ROOT):
-                    self.fs.rm(path)
+                    fs.rm(path)
                 elif naming.is_marker(key):
                     pass              # the folder goes below, when it is empty
-                elif self.fs.stat(path)["type"] == "file":
-                    self.fs.rm(path)
+                elif fs.stat(path)["type"] == "file":
+                    fs.rm(path)
             except (FileNotFoundError, NotADirectoryError):
                 pass
             depth = len(segs) - (0 if naming.is_marker(key) else 1)
             for i in range(depth, 0, -1):
                 try:
-                    self.fs.rm(root + "/" + "/".join(segs[:i]))
+                    fs.rm(root + "/" + "/".join(segs[:i]))
                 except OSError:
                     break              # not empty (or gone): the ones above are not empty
 
@@ -353,6 +391,10 @@ class Store:
                                  detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return
+        except PermissionError:
+            if not dirkey:
+                raise                  # the bucket itself: AccessDenied
+            return                     # a directory the user may not read: not listed
         keyed = []
         for e in entries:
             k = dirkey + e["name"] + ("/" if e["type"] == "dir" else "")
@@ -395,15 +437,24 @@ class Store:
                       meta: dict[str, str]) -> str:
         naming.check_key(bucket, key)
         upload_id = secrets.token_hex(16)
-        self._write_json(naming.upload_dir(upload_id) + "/upload.json", {
+        d = naming.upload_dir(upload_id)
+        self._write_json(d + "/upload.json", {
             "bucket": bucket, "key": key, "owner": user, "initiated": time.time(),
             "content_type": content_type, "meta": meta})
+        if self.owner:
+            # the parts are the user's own files (written, composed as the user), in a
+            # directory only the user (and the gateway) can enter
+            self.meta.chmod(d, 0o700)
+            self.meta.chown(d, owner=self.owner, group=self.owner)
         return upload_id
 
     def upload(self, upload_id: str, bucket: str, key: str) -> dict:
         rec = self._read_json(naming.upload_dir(upload_id) + "/upload.json")
         if rec is None or rec["bucket"] != bucket or rec["key"] != key:
             raise S3Error("NoSuchUpload", resource=f"/{bucket}/{key}", UploadId=upload_id)
+        if rec.get("owner") != self.user:
+            raise S3Error("AccessDenied", "the upload belongs to another user",
+                          f"/{bucket}/{key}")
         return rec
 
     def put_part(self, upload_id: str, number: int, chunks: Iterable[bytes],
@@ -455,7 +506,7 @@ class Store:
 
     def _part_entries(self, d: str) -> list[dict]:
         out = []
-        for e in self.fs.ls(d, detail=True):
+        for e in self.meta.ls(d, detail=True):
             number, dash, etag = e["name"].partition("-")
             if dash and number.isdigit() and len(etag) == 32:
                 out.append({"name": e["name"], "number": int(number), "etag": etag,
@@ -503,27 +554,28 @@ class Store:
                          f"/{bucket}/{key}")
             info = self._commit_sidecar(bucket, key, path, tag, rec.get("content_type"),
                                         rec.get("meta") or {})
-        self.fs.rm(d, recursive=True)
+        self.meta.rm(d, recursive=True)
         log.info("/%s/%s: %d parts, %d bytes composed in %.2f s", bucket, key, len(wanted),
                  info.size, time.monotonic() - started)
         return info
 
     def abort_upload(self, upload_id: str) -> None:
         try:
-            self.fs.rm(naming.upload_dir(upload_id), recursive=True)
+            self.meta.rm(naming.upload_dir(upload_id), recursive=True)
         except FileNotFoundError:
             raise S3Error("NoSuchUpload", UploadId=upload_id) from None
 
     def _uploads(self, bucket: str) -> list[dict]:
         try:
-            ids = [n for n in self.fs.ls(naming.UPLOADS)]
+            ids = [n for n in self.meta.ls(naming.UPLOADS)]
         except FileNotFoundError:
             return []
         recs = self._read_many([f"{naming.UPLOADS}/{i}/upload.json" for i in ids])
         return [{**r, "id": i} for i, r in zip(ids, recs) if r and r["bucket"] == bucket]
 
     def uploads(self, bucket: str, prefix: str = "") -> list[dict]:
-        ups = [u for u in self._uploads(bucket) if u["key"].startswith(prefix)]
+        ups = [u for u in self._uploads(bucket) if u["key"].startswith(prefix)
+               and u.get("owner") == self.user]         # the user's own uploads only
         return sorted(ups, key=lambda u: (u["key"], u["initiated"]))
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from broker.keys import KeyStore
 from client.s3.credentials import Credentials
 from tests.support.cluster import start_cluster
 
@@ -40,6 +41,9 @@ class Gateway:
         self.endpoint = f"http://127.0.0.1:{port}"
         self.creds = Credentials(cluster.data_dir / "keys")
         self.keys = {u: self.creds.create(u) for u in ("alice", "bob")}
+        # the AegisFS users the access keys map to: the gateway acts with their own keys
+        store = KeyStore(cluster.data_dir / "keys")
+        self.user_keys = {u: store.add_user(u) for u in ("alice", "bob")}
 
     def client(self, user: str = "alice", **config):
         import boto3

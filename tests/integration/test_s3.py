@@ -142,11 +142,18 @@ def test_copy_and_delete_objects(s3):
         ["dst/replaced"]
 
 
-def test_listing_3000_keys_paginated(s3, fs):
+@pytest.fixture(scope="module")
+def alice_fs(gateway):
+    """alice's own native connection: the same identity her S3 requests act with."""
+    with AegisClient(gateway.cluster.broker, key=gateway.user_keys["alice"]) as c:
+        yield c
+
+
+def test_listing_3000_keys_paginated(s3, alice_fs):
     s3.create_bucket(Bucket="many")
     keys = [f"d{i % 7}/k{i:05d}" for i in range(2990)] + [f"top{i}" for i in range(10)]
     # written natively in batches (fast); S3 lists what the file system holds
-    fs.put_many([(k.encode(), f"/many/{k}") for k in keys])
+    alice_fs.put_many([(k.encode(), f"/many/{k}") for k in keys])
     s3.put_object(Bucket="many", Key="d0/k00000", Body=b"d0/k00000")    # with a sidecar
     pages = list(s3.get_paginator("list_objects_v2").paginate(
         Bucket="many", PaginationConfig={"PageSize": 1000}))
@@ -350,3 +357,76 @@ def test_copy_and_multipart_complete_move_no_block_bytes(s3, fs, gateway):
     assert s3.get_object(Bucket="shared", Key="multi")["Body"].read() == b"".join(parts)
     rng = s3.get_object(Bucket="shared", Key="multi", Range=f"bytes={5 * MiB - 3}-{5 * MiB + 2}")
     assert rng["Body"].read() == (parts[0] + parts[1])[5 * MiB - 3:5 * MiB + 3]
+
+
+def test_requests_act_with_the_users_own_permissions(gateway, s3, fs, alice_fs):
+    """Each S3 user acts with its own AegisFS identity: the MDS's POSIX checks decide."""
+    bob = gateway.client("bob")
+    s3.create_bucket(Bucket="perm-a")
+    s3.put_object(Bucket="perm-a", Key="d/doc", Body=b"alice's")
+    assert fs.stat("/perm-a/d/doc")["owner"] == "alice"
+    bucket = fs.stat("/perm-a")
+    assert (bucket["owner"], bucket["mode"] & 0o777) == ("alice", 0o700)   # private
+    denied = [lambda: bob.get_object(Bucket="perm-a", Key="d/doc"),
+              lambda: bob.delete_object(Bucket="perm-a", Key="d/doc"),
+              lambda: bob.list_objects_v2(Bucket="perm-a"),
+              lambda: bob.head_bucket(Bucket="perm-a")]
+    for call in denied:
+        with pytest.raises(ClientError) as e:
+            call()
+        assert status(e) == 403
+    # alice opens her bucket to others' reading: now each file's own mode decides
+    alice_fs.chmod("/perm-a", 0o755)
+    alice_fs.chmod("/perm-a/d", 0o755)
+    assert bob.get_object(Bucket="perm-a", Key="d/doc")["Body"].read() == b"alice's"
+    with pytest.raises(ClientError) as e:          # no write permission on alice's dir
+        bob.delete_object(Bucket="perm-a", Key="d/doc")
+    assert code(e) == "AccessDenied"
+    with pytest.raises(ClientError) as e:
+        bob.put_object(Bucket="perm-a", Key="d/bobs", Body=b"b")
+    assert code(e) == "AccessDenied"
+    alice_fs.chmod("/perm-a/d/doc", 0o600)
+    with pytest.raises(ClientError) as e:
+        bob.get_object(Bucket="perm-a", Key="d/doc")
+    assert code(e) == "AccessDenied"
+    assert s3.get_object(Bucket="perm-a", Key="d/doc")["Body"].read() == b"alice's"
+    assert fs.read_bytes("/perm-a/d/doc") == b"alice's"      # nothing was changed
+    # a file bob wrote natively with mode 0600 is not alice's to read through S3
+    fs.mkdir("/perm-shared", mode=0o777)
+    fs.chmod("/perm-shared", 0o777)
+    with AegisClient(gateway.cluster.broker, key=gateway.user_keys["bob"]) as bob_fs:
+        bob_fs.write_bytes("/perm-shared/secret", b"bob's")
+        bob_fs.chmod("/perm-shared/secret", 0o600)
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="perm-shared", Key="secret")
+    assert code(e) == "AccessDenied"
+    assert bob.get_object(Bucket="perm-shared", Key="secret")["Body"].read() == b"bob's"
+    # another user's multipart upload is not bob's to add to or abort, even in a bucket
+    # he may write to
+    up = s3.create_multipart_upload(Bucket="perm-shared", Key="big")["UploadId"]
+    for call in (lambda: bob.upload_part(Bucket="perm-shared", Key="big", UploadId=up,
+                                         PartNumber=1, Body=b"x"),
+                 lambda: bob.abort_multipart_upload(Bucket="perm-shared", Key="big",
+                                                    UploadId=up)):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code(e) == "AccessDenied"
+    s3.abort_multipart_upload(Bucket="perm-shared", Key="big", UploadId=up)
+    # alice's own objects: delete works, and the emptied bucket goes
+    s3.delete_object(Bucket="perm-a", Key="d/doc")
+    assert not fs.exists("/perm-a/d")
+    s3.delete_bucket(Bucket="perm-a")
+
+
+def test_a_user_without_an_aegisfs_key_is_refused(gateway):
+    access, secret = gateway.creds.create("carol")       # an S3 key, no AegisFS user
+    import boto3
+    from botocore.config import Config
+    carol = boto3.client("s3", endpoint_url=gateway.endpoint, aws_access_key_id=access,
+                         aws_secret_access_key=secret, region_name="us-east-1",
+                         config=Config(s3={"addressing_style": "path"},
+                                       retries={"max_attempts": 1}))
+    with pytest.raises(ClientError) as e:
+        carol.list_buckets()
+    assert code(e) == "AccessDenied"
+    assert "aegisfs user add carol" in e.value.response["Error"]["Message"]

@@ -185,3 +185,63 @@ def test_keys_stay_in_their_bucket():
     assert naming.meta_path("bkt", "folder/") == f"/.s3meta/bkt/folder/{naming.MARKER}"
     for bad in ("..", ".s3meta", "A", "ab", "a_b", "-ab"):
         refused("InvalidBucketName", naming.bucket_path, bad)
+
+
+# The example of AWS's "Signature calculations for trailing headers (chunked uploads)":
+# 64 KiB + 1 KiB of "a", a crc32c trailer; the seed, chunk and trailer signatures there.
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AWS_SEED = "106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e"
+AWS_CHUNKS = ["b474d8862b1487a5145d686f57f013e54db672cee1c953b3010fb58501ef5aa2",
+              "1c1344b170168f8e65b41376b44b20fe354e373826ccbbe2c1d40a8cae51e5c7",
+              "2ca2aba2005185cf7159c6277faf83795951dd77a3a99e6e65d5c9f85863f992"]
+AWS_TRAILER = "d81f82fc3505edab99d459891051a732e8730629a2e4a59689829ca17fe2e435"
+
+
+def _trailer_case():
+    auth = sigv4.Auth("AKIAIOSFODNN7EXAMPLE", "alice", sigv4.STREAMING_SIGNED_TRAILER,
+                      sigv4.signing_key(AWS_SECRET, "20130524", "us-east-1", "s3"),
+                      "20130524T000000Z", "20130524/us-east-1/s3/aws4_request", AWS_SEED)
+    headers = {"x-amz-decoded-content-length": "66560", "x-amz-trailer": "x-amz-checksum-crc32c"}
+    body = (f"10000;chunk-signature={AWS_CHUNKS[0]}\r\n".encode() + b"a" * 65536 + b"\r\n" +
+            f"400;chunk-signature={AWS_CHUNKS[1]}\r\n".encode() + b"a" * 1024 + b"\r\n" +
+            f"0;chunk-signature={AWS_CHUNKS[2]}\r\n".encode() +
+            b"x-amz-checksum-crc32c:sOO8/Q==\r\n" +
+            f"x-amz-trailer-signature:{AWS_TRAILER}\r\n\r\n".encode())
+    return auth, headers, body
+
+
+def test_signed_trailer_aws_example():
+    auth, headers, body = _trailer_case()
+    assert auth.trailer_signature(AWS_CHUNKS[2], hashlib.sha256(
+        b"x-amz-checksum-crc32c:sOO8/Q==\n").hexdigest()) == AWS_TRAILER
+    d = BodyDecoder(headers, auth)
+    got = b"".join(b"".join(d.feed(body[i:i + 1000])) for i in range(0, len(body), 1000))
+    d.end()
+    assert got == b"a" * 66560
+
+
+@pytest.mark.parametrize("change, code", [
+    ((b"x-amz-checksum-crc32c:sOO8/Q==", b"x-amz-checksum-crc32c:AAAAAA=="),
+     "SignatureDoesNotMatch"),                        # the trailer is signed
+    ((AWS_TRAILER.encode(), b"0" * 64), "SignatureDoesNotMatch"),
+    ((b"a" * 1024 + b"\r\n", b"b" + b"a" * 1023 + b"\r\n"), "SignatureDoesNotMatch"),
+    ((f"x-amz-trailer-signature:{AWS_TRAILER}\r\n".encode(), b""), "SignatureDoesNotMatch"),
+])
+def test_signed_trailer_refused(change, code):
+    auth, headers, body = _trailer_case()
+    d = BodyDecoder(headers, auth)
+    with pytest.raises(S3Error) as e:
+        d.feed(body.replace(*change))
+        d.end()
+    assert e.value.code == code
+
+
+def test_signed_trailer_checksum_verified():
+    """A trailer whose signature is right but whose checksum is not: BadDigest."""
+    auth, headers, body = _trailer_case()
+    lines = b"x-amz-checksum-crc32c:AAAAAA==\n"
+    sig = auth.trailer_signature(AWS_CHUNKS[2], hashlib.sha256(lines).hexdigest())
+    body = body.replace(b"sOO8/Q==", b"AAAAAA==").replace(AWS_TRAILER.encode(), sig.encode())
+    d = BodyDecoder(headers, auth)
+    d.feed(body)
+    refused("BadDigest", d.end)
