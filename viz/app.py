@@ -81,8 +81,11 @@ def aegis(broker: str, timeout: float = QUICK,
     """A client for this run only: ZeroMQ sockets belong to one thread, and Streamlit may
     run the next rerun on another."""
     sec = security()
+    # retry_deadline=0: a dashboard shows that the cluster is down instead of waiting
+    # through the outage like a user's program does (client/retry.py)
     client = AegisClient(broker, timeout=timeout, connect_timeout=connect_timeout,
-                         config={"security": sec}, key=sec.get("key") or None)
+                         config={"security": sec}, key=sec.get("key") or None,
+                         retry_deadline=0)
     try:
         yield client
     finally:
