@@ -22,7 +22,6 @@ NOT_YET_CLEAN = {
     "client/fsspec_fs.py",
     "mds/blockmap.py",
     "mds/namespace.py",
-    "mds/tree.py",
 }
 
 
