@@ -21,7 +21,6 @@ NOT_YET_CLEAN = {
     "client/cli.py",
     "client/fsspec_fs.py",
     "mds/blockmap.py",
-    "mds/namespace.py",
 }
 
 
