@@ -20,7 +20,6 @@ PACKAGES = ["broker", "mds", "datanode", "client", "viz", "run_cluster.py"]
 NOT_YET_CLEAN = {
     "client/cli.py",
     "client/fsspec_fs.py",
-    "mds/blockmap.py",
 }
 
 
