@@ -830,6 +830,9 @@ def completion(shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
     comp_cls = get_completion_class(shell)
+    # None only for a shell click has no class for; click.Choice above admits only the
+    # three it ships, so this cannot fail on user input.
+    assert comp_cls is not None, shell
     comp = comp_cls(cli, {}, "aegisfs", "_AEGISFS_COMPLETE")
     click.echo(comp.source())
 

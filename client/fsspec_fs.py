@@ -279,7 +279,10 @@ class AegisFileSystem(AbstractFileSystem):
             return AegisFile(self, p, raw, block_size or self.read_buffer)
         writer = self.client.open(p, "xb" if "x" in mode else "wb",
                                   replication=self.replication, block_size=self.block_size)
-        writer.path = p
+        # fsspec callers read f.path (AbstractBufferedFile has it); WriteFile is the
+        # client's own file type and has no such attribute, so it is added to this one
+        # instance, which only fsspec callers see.
+        writer.path = p  # type: ignore[attr-defined]
         return writer
 
     def put_file(self, lpath: Any, rpath: Any, callback: Callback = DEFAULT_CALLBACK,

@@ -52,6 +52,11 @@ class BlockMap:
         pos = self.positions.get(owner) if type(owner) is Inode else None
         return owner, (pos[bid] if pos is not None else owner.bids.index(bid))
 
+    def _locate_committed(self, bid: bytes) -> tuple[Inode, int]:
+        """locate() for a block the caller knows committed files hold (its owner entry
+        is an Inode or a tuple of them): the checker cannot follow that from owners."""
+        return cast("tuple[Inode, int]", self.locate(bid))
+
     # ------------------------------------------------------------------ indexing
 
     def add_file(self, inode: Inode, shared: frozenset[int] = frozenset()) -> None:
@@ -164,10 +169,10 @@ class BlockMap:
         """(block id, replicas, wanted replication) of every committed block."""
         for bid, owner in self.owners.items():
             if type(owner) is Inode:
-                i = self.locate(bid)[1]
+                i = self._locate_committed(bid)[1]
                 yield bid, self.rsets[owner.block(i)[2]], owner.header()[3]
             elif type(owner) is tuple:
-                first, i = cast("tuple[Inode, int]", self.locate(bid))
+                first, i = self._locate_committed(bid)
                 yield (bid, self.rsets[first.block(i)[2]],
                        max(h.header()[3] for h in owner))
 
@@ -184,7 +189,7 @@ class BlockMap:
             return []
         if limit is None and max_seq is None:
             return list(pending)
-        out = []
+        out: list[bytes] = []
         for bid, seq in pending.items():
             if (limit is not None and len(out) >= limit) or (max_seq is not None
                                                              and seq > max_seq):
@@ -210,7 +215,7 @@ class BlockMap:
 
     def apply_set_replicas(self, rec: Mapping) -> dict:
         bid, nodes = rec["block"], rec["replicas"]
-        inode, i = self.locate(bid)
+        inode, i = self._locate_committed(bid)     # check_set_replicas: a committed block
         size, crc, rs = inode.block(i)
         for n in self.rsets[rs]:
             if n not in nodes:

@@ -227,9 +227,9 @@ class Namespace:
         """What a reader needs: stat plus each block's id, size, checksum, replicas.
         The read path: ``cred`` needs read permission on the file."""
         info = self.tree.stat(path, cred)
-        if info["type"] == "dir":
-            raise error(errno.EISDIR, info["path"])
         _, node = self.tree.node(info["path"])
+        if type(node) is Dir:
+            raise error(errno.EISDIR, info["path"])
         self.tree.need(cred, node, perms.R, info["path"])
         info["blocks"] = self.blockmap.blocks_of(node)
         return info
@@ -391,7 +391,7 @@ class Namespace:
             made = len(names) - 1 - min(have, len(names) - 1)
             self.quotas.need(quotas, 0, made + (existing is None), path)
 
-    def _need_replace(self, cred: Cred | None, parent: Dir, existing: Inode | None,
+    def _need_replace(self, cred: Cred | None, parent: Dir, existing: Dir | Inode | None,
                       path: str, names: list[str]) -> None:
         """Putting a file at ``path``: write and search on the parent; replacing one
         also needs write on it (the O_TRUNC rule; commit re-checks both)."""
@@ -574,7 +574,8 @@ class Namespace:
             mode = mode & perms.MODE_BITS | d.mode & perms.KIND_BITS   # the new kind
             inode.meta = inode.with_attrs(mode, uid, gid, rec["mtime"])
         if old is not None:
-            self._release_file(old)
+            # a file: _check_commit refused a directory at the path (EISDIR)
+            self._release_file(cast(Inode, old))
         self._charge_file(d.path, size, old)
         self.files += 1
         self.blocks += len(bids)
@@ -879,7 +880,7 @@ class Namespace:
             rec["exclusive"] = True
         self._check_clone(rec)
         names = paths.components(dst)
-        parent = cast(Dir, self.tree.walk_parent(dst, names, cred=cred))
+        parent = self.tree.walk_parent(dst, names, cred=cred)
         existing = parent.children.get(names[-1])
         self._need_replace(cred, parent, None if isinstance(existing, Dir) else existing,
                            dst, names)
@@ -897,7 +898,7 @@ class Namespace:
         if not names:
             raise error(errno.EISDIR, dst)
         check(dst != src, dst, "source and destination are the same file")
-        existing = cast(Dir, self.tree.walk_parent(dst, names)).children.get(names[-1])
+        existing = self.tree.walk_parent(dst, names).children.get(names[-1])
         if type(existing) is Dir:
             raise error(errno.EISDIR, dst)
         if existing is not None and rec.get("exclusive"):

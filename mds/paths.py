@@ -34,7 +34,7 @@ def _too_long(path: object, why: str) -> OSError:
     return OSError(errno.ENAMETOOLONG, f"File name too long: {why}", path)
 
 
-def components(path: str) -> list[str]:
+def components(path: object) -> list[str]:
     """Split a path into validated component names ([] for the root)."""
     # Fast path for the common case, a short ASCII path already in canonical form: no
     # component can then exceed the byte limits, so only the shape needs checking.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import errno
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Literal, Mapping, Sequence, TypeGuard, cast, overload
 
 from mds import paths, perms
 from mds.fields import check, error, is_time
@@ -27,9 +27,10 @@ def _prefix(names: list[str], i: int) -> str:
     return "/" + "/".join(names[:i])
 
 
-def checked(cred: Cred | None) -> bool:
+def checked(cred: Cred | None) -> TypeGuard[Cred]:
     """Whether lookups for ``cred`` check permissions at all: the superuser searches
-    every directory and reads and writes everything, so its path is the plain one."""
+    every directory and reads and writes everything, so its path is the plain one.
+    (A TypeGuard: where it holds, the checker knows ``cred`` is not None.)"""
     return cred is not None and not cred.superuser
 
 
@@ -78,6 +79,13 @@ class Tree:
                            self.attrs(child)[1], path)
 
     # ------------------------------------------------------------------ lookups
+
+    @overload
+    def walk_parent(self, path: str, names: list[str], missing_ok: Literal[False] = False,
+                    cred: Cred | None = None) -> Dir: ...
+    @overload
+    def walk_parent(self, path: str, names: list[str], missing_ok: bool,
+                    cred: Cred | None = None) -> Dir | None: ...
 
     def walk_parent(self, path: str, names: list[str], missing_ok: bool = False,
                     cred: Cred | None = None) -> Dir | None:
@@ -157,7 +165,9 @@ class Tree:
                 node.subdirs += 1
                 node.mtime = node.ctime = mtime
                 created += 1
-            node = child
+            # a file on the way is refused by check_mkdir / check_create, which every
+            # record passes before it is applied
+            node = cast(Dir, child)
         return node, created
 
     def detach(self, path: str, mtime: float) -> Dir | Inode:

@@ -40,7 +40,7 @@ def usage_of(node: Dir | Inode, include_self: bool = True) -> tuple[int, int]:
         if type(n) is Dir:
             stack.extend(n.children.values())
         else:
-            nbytes += n.size      # type: ignore[union-attr]
+            nbytes += n.size
     return nbytes, entries - (0 if include_self else 1)
 
 
