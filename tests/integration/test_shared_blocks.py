@@ -60,7 +60,7 @@ def size(request) -> int:
 
 def test_cp_file_shares_blocks_and_the_last_reference_frees_them(tmp_path, size):
     with Harness(tmp_path / "c", block_size=BLOCK,
-                 mds_flags=["--delete-grace", str(GRACE)]).start() as h:
+                 mds_flags=["--delete-grace", str(GRACE)]) as h:
         local = tmp_path / "src.bin"
         want = _source(local, size)
         started = time.monotonic()

@@ -59,7 +59,9 @@ class Harness:
         self.cluster.stop()
 
     def __enter__(self) -> "Harness":
-        return self.start()
+        # `with Harness(...).start() as h` must not start a second cluster over the first
+        # (whose processes nothing would then stop)
+        return self if self.fs is not None else self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
