@@ -292,10 +292,15 @@ def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
     out: list[Outcome] = [OSError(errno.EIO, "not sent")] * len(ops)
     todo = list(range(len(ops)))
 
+    # under a retry policy each attempt is sent once and the one retry loop (Mux.retried)
+    # covers both a lost request and its EAGAIN items: a loop inside a loop would wait
+    # up to twice the deadline
+    send = mux.call if mux.retry is None else mux.call_once
+
     def attempt() -> None:
         nonlocal todo
         sent = [ops[i] for i in todo]
-        results = mux.call(MDS_SERVICE, {"op": "batch", "ops": sent}).result.get("results")
+        results = send(MDS_SERVICE, {"op": "batch", "ops": sent}).result.get("results")
         if not isinstance(results, list) or len(results) != len(sent):
             raise P.ProtocolError("the MDS answered a batch with a malformed result list")
         again = []
@@ -316,7 +321,7 @@ def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:
         attempt()
         return out
     try:
-        mux.retry.run(attempt)
+        mux.retried(attempt)
     except OSError as exc:
         if not (todo and exc is out[todo[0]]):   # the request failed, not its items
             raise

@@ -15,7 +15,7 @@ import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Sequence
+from typing import Any, Callable, Generator, Iterable, Sequence, TypeVar
 
 from broker.crc import crc32c
 
@@ -87,6 +87,9 @@ class BufferPool:
             self._free.append(buf)
 
 
+T = TypeVar("T")
+
+
 class _Final(Exception):
     """Carries an error past the Retrier (which retries OSErrors only)."""
 
@@ -116,15 +119,23 @@ class Mux:
         if self.retry is None or service != MDS_SERVICE:
             return self.rpc.call(service, header, payload, timeout)
         header = stamp_opids(header)
+        return self.retried(lambda: self.call_once(service, header, payload, timeout))
 
-        def attempt() -> Reply:
-            try:
-                return self.rpc.call(service, header, payload, timeout)
-            except BrokerUnavailable as exc:
-                if not getattr(self.rpc, "ever_connected", True):
-                    raise _Final(exc) from None
-                raise
+    def call_once(self, service: str, header: dict, payload: Iterable = (),
+                  timeout: float | None = None) -> Reply:
+        """One attempt of a retried call, for use inside `retried`: a broker this
+        connection never reached raises past the retry policy."""
+        try:
+            return self.rpc.call(service, header, payload, timeout)
+        except BrokerUnavailable as exc:
+            if not getattr(self.rpc, "ever_connected", True):
+                raise _Final(exc) from None
+            raise
 
+    def retried(self, attempt: Callable[[], T]) -> T:
+        """`attempt` (built on `call_once`) under the retry policy: the one retry loop
+        for MDS requests, also for callers that retry part of an answer (mds_batch)."""
+        assert self.retry is not None, "retried() needs a retry policy"
         try:
             return self.retry.run(attempt)
         except _Final as final:
