@@ -444,19 +444,17 @@ def main() -> None:
                       f"(insecure / secure CPU-s, all processes)")
     print("\n4 KiB files, R=2, durable creates/s (each file acknowledged only once its data "
           "is synced on 2 DataNodes and its metadata in the MDS log):")
-    for secure in sorted({k[1] for k in small}):
-        tag = " CURVE" if secure else ""
-        for mode, label in (("single", "one write_bytes per file"),
-                            ("batched", "put_many, 64 files per batch")):
-            one, eight = small[(mode, secure)]
-            print(f"  {label + tag:36} 1 client {one[0]:8,.0f}   8 clients {eight[0]:8,.0f}")
-    print("  reading them back, verified, files/s:")
-    for secure in sorted({k[1] for k in small}):
-        tag = " CURVE" if secure else ""
-        for mode, label in (("single", "one read_bytes per file"),
-                            ("batched", "get_many, 256 files per batch")):
-            one, eight = small[(mode, secure)]
-            print(f"  {label + tag:36} 1 client {one[1]:8,.0f}   8 clients {eight[1]:8,.0f}")
+    # column 0 of each figure pair is the writes, column 1 the reads back
+    for col, labels in ((0, ("one write_bytes per file", "put_many, 64 files per batch")),
+                        (1, ("one read_bytes per file", "get_many, 256 files per batch"))):
+        if col:
+            print("  reading them back, verified, files/s:")
+        for secure in sorted({k[1] for k in small}):
+            tag = " CURVE" if secure else ""
+            for mode, label in zip(("single", "batched"), labels):
+                one, eight = small[(mode, secure)]
+                print(f"  {label + tag:36} 1 client {one[col]:8,.0f}   "
+                      f"8 clients {eight[col]:8,.0f}")
     for mode in ("single", "batched"):
         on, off = small.get((mode, True)), small.get((mode, False))
         if on and off:

@@ -31,11 +31,8 @@ TAR_FILES, TAR_FILES_SOAK = 400, 2000
 
 @pytest.fixture(scope="module")
 def mnt(cluster, tmp_path_factory) -> Iterator[Mount]:
-    m = Mount.start(cluster, tmp_path_factory.mktemp("m") / "a")
-    try:
+    with Mount.start(cluster, tmp_path_factory.mktemp("m") / "a") as m:
         yield m
-    finally:
-        m.stop()
 
 
 def sh(cmd: str, cwd: Path) -> str:

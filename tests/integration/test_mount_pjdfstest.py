@@ -58,11 +58,8 @@ def pjdfstest(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mnt(cluster, tmp_path_factory) -> Iterator[Mount]:
-    m = Mount.start(cluster, tmp_path_factory.mktemp("pm") / "m")
-    try:
+    with Mount.start(cluster, tmp_path_factory.mktemp("pm") / "m") as m:
         yield m
-    finally:
-        m.stop()
 
 
 def run_dir(pjd: Path, where: Path, name: str) -> tuple[int, list[str]]:

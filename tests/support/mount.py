@@ -73,6 +73,12 @@ class Mount:
     def umount(self) -> subprocess.CompletedProcess:
         return cli(self.broker, self.key, "umount", str(self.path))
 
+    def __enter__(self) -> "Mount":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Unmount and make sure the daemon is gone (by its PID)."""
         try:
