@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -138,9 +139,28 @@ class Admission:
     a stat, so this does not make a flood of them any cheaper to send.
     """
 
+    EVENT_DOMAINS = frozenset({"events_in", "events_out"})
+
     def __init__(self, store: KeyView) -> None:
         self.store = store
         self.refused = 0
+        # Keys let onto an event endpoint since the last take_event_keys(): the broker
+        # cuts event connections when one of them leaves the registry. Its own view of
+        # the registry is a second behind and may never have held a key that was added
+        # and removed within that second, so it asks this side, which admitted it.
+        self._event_keys: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def take_event_keys(self) -> set[Any]:
+        """The keys admitted onto an event endpoint since the last call (any thread)."""
+        with self._lock:
+            keys, self._event_keys = self._event_keys, set()
+        return keys
+
+    def give_back_event_keys(self, keys: set[Any]) -> None:
+        """Keys still connected (none of them revoked): remembered for the next look."""
+        with self._lock:
+            self._event_keys |= keys
 
     def _fresh(self) -> None:
         self.store.reload_if_changed()
@@ -158,6 +178,9 @@ class Admission:
         ok = who is not None and who[0] in ADMITS.get(domain, frozenset())
         if not ok:
             self.refused += 1
+        elif domain in self.EVENT_DOMAINS:
+            with self._lock:
+                self._event_keys.add(key)   # z85 bytes from zmq.auth
         return ok
 
     def user_id_for(self, key: bytes) -> str:

@@ -237,14 +237,20 @@ class Broker:
         self._next_reload = now + self.RELOAD_EVERY
         ids = self._registry_now()
         if ids != self.router.registry:
-            revoked = (self.router.registry or frozenset()) - ids
             sends = self.router.set_registry(ids)
             if sends:
                 self._perform(sends)
-            if revoked:     # event connections carry no per-message check: cut them all
-                log.info("keys revoked (%d): reconnecting every event connection",
-                         len(revoked))
-                self.events.restart()
+        # Event connections carry no per-message check: when a key the ZAP thread let onto
+        # an event endpoint has left the registry, cut them all (everyone else reconnects).
+        assert self.auth is not None
+        admitted = self.auth.admission.take_event_keys()
+        gone = {k for k in admitted
+                if self.store.user_for(k) is None and self.store.member_for(k) is None}
+        if gone:
+            log.info("keys revoked (%d): reconnecting every event connection", len(gone))
+            self.events.restart()
+        else:
+            self.auth.admission.give_back_event_keys(admitted)
 
     def _reject(self, sock, from_client: bool, ident: bytes, env: bytes, exc: Exception) -> None:
         self.malformed += 1

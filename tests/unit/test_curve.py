@@ -63,6 +63,23 @@ def test_a_user_added_or_removed_is_seen_at_the_next_handshake(store):
     assert adm.user_id_for(b"\0" * 32).startswith("x:")   # unknown: matches no registry id
 
 
+def test_admission_remembers_who_it_let_onto_the_event_endpoints(store):
+    """The broker cuts event connections when one of these keys leaves the registry: a user
+    added and removed within the broker's one-second registry look never appears in the
+    broker's own view, only here."""
+    adm = curve.Admission(KeyStore(store.dir))
+    alice = public(store.user_key_path("alice"))
+    member = public(store.member_key_path("dn.dn1"))
+    assert adm.admit("client", alice) and adm.admit("data", alice)
+    assert adm.take_event_keys() == set()           # requests are checked one by one
+    assert adm.admit("events_out", alice) and adm.admit("events_in", member)
+    assert not adm.admit("events_out", b"x" * 40)   # refused: nothing to cut
+    assert adm.take_event_keys() == {alice, member}
+    assert adm.take_event_keys() == set()           # taken: the broker gives back...
+    adm.give_back_event_keys({alice})               # ...the ones still registered
+    assert adm.take_event_keys() == {alice}
+
+
 def test_a_datanode_admits_what_the_broker_does_from_the_brokers_ids(store):
     """The data endpoint's view (datanode.dataplane.AdmittedKeys, filled from the broker's
     `registry` answer) gives every key the User-Id the broker would."""
