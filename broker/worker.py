@@ -104,12 +104,23 @@ class Worker:
         self._next_heartbeat = now + self.interval
         # READY is queued now (delivered once connected), so a worker is registered even
         # before its first recv(); later reconnections (a broker restart) send it again.
-        self._ready()
         self._first_connect = True
+        self._ready()
 
     def _ready(self) -> None:
-        wire.send(self.sock, [P.ready_envelope(self.service, self.info)])
+        if not self._send_control(P.ready_envelope(self.service, self.info)):
+            self._first_connect = False     # not queued: the next CONNECTED sends it
         log.info("registering as %r at %s", self.service, self.endpoint)
+
+    def _send_control(self, envelope: bytes) -> bool:
+        """READY or HEARTBEAT without blocking: after a refused handshake libzmq keeps no
+        pipe to the broker and a blocking send would wait for one forever, deaf to `stop`.
+        A control message that cannot be queued is worth nothing later: False."""
+        try:
+            wire.send(self.sock, [envelope], zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -120,7 +131,7 @@ class Worker:
             self._flush_pending()
             now = time.monotonic()
             if now >= self._next_heartbeat:
-                wire.send(self.sock, [P.HEARTBEAT_ENV])
+                self._send_control(P.HEARTBEAT_ENV)
                 self._next_heartbeat = now + self.interval
             if now >= self._broker_expiry:
                 log.warning("no word from the broker for %.1fs; reconnecting",

@@ -79,6 +79,12 @@ def test_no_key_a_user_key_or_another_nodes_key_cannot_register(cluster, process
     assert all(p.poll() is None for p in processes.procs), "an impostor gave up early"
     services = cluster.services()
     assert services["mds"] == 1 and services["dn.dn1"] == 1, services
+    # a refused worker still stops on SIGTERM (it once blocked sending to a broker that
+    # had dropped its pipe, deaf to the signal)
+    for proc in processes.procs:
+        proc.terminate()
+    for proc in processes.procs:
+        proc.wait(5)
     log = (cluster.data_dir / "logs" / "broker.log").read_text()
     assert "may not act for 'mds'" in log and "may not act for 'dn.dn1'" in log
     with AegisClient(cluster.broker, timeout=10, key=cluster.key) as fs:
