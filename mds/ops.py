@@ -25,7 +25,8 @@ import msgpack
 
 from broker import protocol as P
 from broker.capability import RECEIPT_BYTES
-from broker.limits import FIRST_ALLOCATION, MAX_ALLOCATE, MAX_BATCH, MAX_DELETES, MDS_SERVICE
+from broker.limits import (FIRST_ALLOCATION, MAX_ALLOCATE, MAX_BATCH, MAX_DELETES,
+                           MAX_FILE_BLOCKS, MDS_SERVICE)
 from broker.service import (EVERYONE, Bool, Bytes, Context, Float, Int, List, Map, Nil,
                             OneOf, Request, Service, Str, operation)
 
@@ -42,7 +43,6 @@ from .repair import RepairPlanner
 log = logging.getLogger(__name__)
 
 MAX_DELETES_PER_HEARTBEAT = MAX_DELETES
-MAX_FILE_BLOCKS = 200_000  # a commit's block list (an 8 MiB header holds ~120k)
 MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowledge
 # read capabilities in one stat reply (~60 bytes each): more blocks ask with caps_from
 MAX_STAT_CAPS = 4096
@@ -603,7 +603,7 @@ class Handlers:
     def status(self, h: dict, payload: list, ctx: Context) -> dict:
         """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen, drain:
         None/"draining"/"drained", drain_left: blocks still there or None}], files, dirs,
-        blocks, health, safe_mode}."""
+        blocks, health, safe_mode, block_size (of new files)}."""
         now = ctx.now
         nodes = []
         for node, info in sorted(self.cluster.nodes().items()):
@@ -614,7 +614,7 @@ class Handlers:
                           "last_seen": round(now - info.get("last_seen", now), 2),
                           "drain": drain, "drain_left": left})
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
-                "safe_mode": self.repair.safe_mode}
+                "safe_mode": self.repair.safe_mode, "block_size": self.ns.config.block_size}
 
     @operation({"node": NODE, "cancel?": Bool()}, callers=CLIENT)
     def drain(self, h: dict, payload: list, ctx: Context) -> dict:

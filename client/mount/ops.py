@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import mfusepy
 
+from broker.limits import MAX_FILE_BLOCKS
+
 from ..streams import BlockWriter
 from .cache import AttrCache, parent_of
 from .conn import MountClient
@@ -54,6 +56,7 @@ class AegisOperations(mfusepy.Operations):
         self._next = 1
         self._lock = threading.Lock()
         self._statfs: tuple[float, dict] | None = None
+        self._max_file_size: int | None = None
         self.invalidator: Any = None       # events.Invalidator, started by init()
 
     def init(self, path: str) -> None:
@@ -411,10 +414,23 @@ class AegisOperations(mfusepy.Operations):
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         h = self._handle(fh)
+        self._check_size(offset + len(data), path)
         with h.lock:
             return h.write(data, offset)
 
+    def _check_size(self, end: int, path: str) -> None:
+        """EFBIG past the largest file the cluster holds (MAX_FILE_BLOCKS of its block
+        size), before a byte is written: a truncate to a petabyte fails at once."""
+        if self._max_file_size is None:
+            with self.fs.using():
+                block = int(self.fs.status().get("block_size") or 4 << 20)
+            self._max_file_size = MAX_FILE_BLOCKS * block
+        if end > self._max_file_size:
+            raise OSError(errno.EFBIG, f"File too large (the largest is "
+                          f"{self._max_file_size} bytes)", path)
+
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._check_size(length, path)
         h = self._handles.get(fh) if fh else None
         if h is not None:
             with h.lock:

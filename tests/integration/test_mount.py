@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from broker.limits import MAX_FILE_BLOCKS
 from client import AegisClient
 from tests.support.mount import Mount, fuse_skip_reason
 from tests.support.wait import wait_for
@@ -93,6 +94,27 @@ def test_everyday_tools_match_local_disk(mnt: Mount, tmp_path: Path) -> None:
                 "rm tree/copy && rm -r tree/renamed && ls tree",
                 "find tree | sort"]:
         both(local, mounted, cmd)
+
+
+def test_growing_a_file_past_the_largest_fails_at_once_with_efbig(mnt: Mount) -> None:
+    """A truncate or write past what a file can hold (MAX_FILE_BLOCKS of the cluster's
+    block size) fails before anything is sent, and the file is as it was."""
+    path = mnt.path / "efbig"
+    path.write_bytes(b"kept")
+    with AegisClient(mnt.broker, key=mnt.key) as fs:
+        largest = MAX_FILE_BLOCKS * fs.status()["block_size"]
+    started = time.monotonic()
+    for attempt in (lambda: os.truncate(path, 999_999_999_999_999),
+                    lambda: os.truncate(path, largest + 1)):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EFBIG, info.value
+    with open(path, "r+b") as f:
+        with pytest.raises(OSError) as info:
+            os.pwrite(f.fileno(), b"x", largest)
+        assert info.value.errno == errno.EFBIG, info.value
+    assert time.monotonic() - started < 5
+    assert path.read_bytes() == b"kept"
 
 
 def test_two_mounts_see_each_others_closed_files_and_renames(
