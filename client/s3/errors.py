@@ -41,6 +41,9 @@ CODES: dict[str, tuple[int, str]] = {
                             "that is not implemented."),
     "PreconditionFailed": (412, "At least one of the preconditions you specified did "
                                 "not hold."),
+    # not an AWS code (AWS has no quotas on writes); Ceph RGW's, which S3 clients treat as
+    # a refusal, not as something to retry
+    "QuotaExceeded": (403, "The write would exceed the quota of a directory tree."),
     "RequestTimeTooSkewed": (403, "The difference between the request time and the "
                                   "server's time is too large."),
     "RequestTimeout": (400, "Your socket connection to the server was not read from or "
@@ -75,8 +78,9 @@ class S3Error(Exception):
 
 def from_oserror(exc: OSError, resource: str, missing: str = "NoSuchKey") -> S3Error:
     """An AegisClient failure as an S3 error: a missing path is `missing`, a path that
-    cannot be (file where a directory is needed) is InvalidArgument, the cluster being
-    unreachable is ServiceUnavailable, anything else InternalError."""
+    cannot be (file where a directory is needed) is InvalidArgument, a tree quota's limit
+    is QuotaExceeded, the cluster being unreachable is ServiceUnavailable, anything else
+    InternalError."""
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return S3Error(missing, resource=resource)
     if isinstance(exc, (IsADirectoryError, FileExistsError)) or exc.errno == errno.EINVAL:
@@ -84,6 +88,8 @@ def from_oserror(exc: OSError, resource: str, missing: str = "NoSuchKey") -> S3E
                        f"directory: {exc.strerror or exc}", resource)
     if isinstance(exc, PermissionError):
         return S3Error("AccessDenied", resource=resource)
+    if exc.errno == errno.EDQUOT:
+        return S3Error("QuotaExceeded", exc.strerror or str(exc), resource)
     if isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno == errno.ENOSPC:
         return S3Error("ServiceUnavailable", f"the cluster is not available: {exc}", resource)
     return S3Error("InternalError", f"{exc.__class__.__name__}: {exc}", resource)

@@ -117,6 +117,25 @@ def test_growing_a_file_past_the_largest_fails_at_once_with_efbig(mnt: Mount) ->
     assert path.read_bytes() == b"kept"
 
 
+def test_a_tree_quota_is_edquot_through_the_mount(mnt: Mount) -> None:
+    """Writing past a tree quota fails with EDQUOT (by the time of close, which commits),
+    and the file that fitted is as it was."""
+    (mnt.path / "mq").mkdir()
+    (mnt.path / "mq" / "fits").write_bytes(b"a" * 1000)
+    with AegisClient(mnt.broker, key=mnt.key) as fs:
+        fs.quota_set("/mq", max_bytes=4096)
+        try:
+            with pytest.raises(OSError) as info:
+                with open(mnt.path / "mq" / "too-big", "wb") as f:
+                    f.write(b"b" * 5000)
+            assert info.value.errno == errno.EDQUOT, info.value
+            assert (mnt.path / "mq" / "fits").read_bytes() == b"a" * 1000
+            assert fs.stat("/mq/fits")["size"] == 1000
+            assert not fs.exists("/mq/too-big") or fs.stat("/mq/too-big")["size"] == 0
+        finally:
+            fs.quota_clear("/mq")
+
+
 def test_two_mounts_see_each_others_closed_files_and_renames(
         cluster, mnt: Mount, tmp_path: Path) -> None:
     other = Mount.start(cluster, tmp_path / "b")

@@ -430,3 +430,21 @@ def test_a_user_without_an_aegisfs_key_is_refused(gateway):
         carol.list_buckets()
     assert code(e) == "AccessDenied"
     assert "aegisfs user add carol" in e.value.response["Error"]["Message"]
+
+
+def test_a_tree_quota_is_quota_exceeded_and_loses_nothing(s3, fs):
+    """A bucket under a tree quota (`aegisfs quota set`): a put past the limit is refused
+    with 403 QuotaExceeded (not a 500 to retry), and what was there stays."""
+    s3.create_bucket(Bucket="quota-1")
+    fs.quota_set("/quota-1", max_bytes=4096)
+    try:
+        s3.put_object(Bucket="quota-1", Key="fits", Body=b"a" * 1000)
+        with pytest.raises(ClientError) as e:
+            s3.put_object(Bucket="quota-1", Key="too-big", Body=b"b" * 5000)
+        assert (code(e), status(e)) == ("QuotaExceeded", 403), e.value.response
+        assert "quota" in e.value.response["Error"]["Message"].lower()
+        assert s3.get_object(Bucket="quota-1", Key="fits")["Body"].read() == b"a" * 1000
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="quota-1").get("Contents", [])]
+        assert keys == ["fits"]
+    finally:
+        fs.quota_clear("/quota-1")
