@@ -282,6 +282,22 @@ class RepairPlanner:
             records.extend(self._scan(now))
         return records, events
 
+    def link_restored(self, now: float, wait: float) -> list[Event]:
+        """The MDS lost the broker and has it again: it heard from no DataNode meanwhile,
+        so they all look down to it, though most were up all along. Back to safe mode, as
+        after a start, for at most `wait` seconds: no copies planned for replicas that are
+        not lost, and a placement short of nodes is EAGAIN (clients wait), not ENOSPC,
+        until the DataNodes heartbeat again."""
+        if self.safe_mode:
+            self.safemode_deadline = max(self.safemode_deadline, now + wait)
+            return []
+        self.safe_mode = True
+        self.safemode_deadline = now + wait
+        self.expected = self.ns.replica_nodes()
+        log.info("broker link back: safe mode until the DataNodes are heard again "
+                 "(at most %.1fs)", wait)
+        return [("repair.safe_mode_on", {"why": "broker link restored", "wait": wait})]
+
     def startup_wait(self, now: float) -> tuple[int, int] | None:
         """While a freshly started MDS waits for the DataNodes its namespace names:
         (how many have reported and heartbeat, how many it expects); else None. An

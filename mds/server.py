@@ -104,6 +104,7 @@ class MetadataServer:
                              liveness=s.liveness, capacity=4096, exclusive=True,
                              curve=s.curve)
         self._stop = False
+        self._reconnects_seen = 0
         self._next_upkeep = 0.0
         self.metrics = False     # set when the process serves metrics (broker/metrics.py)
 
@@ -160,7 +161,13 @@ class MetadataServer:
         if now < self._next_upkeep:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
-        events = self.ops.upkeep(now, time.time())
+        events: list[tuple[str, dict]] = []
+        if self.worker.reconnects != self._reconnects_seen:
+            # cut off from the broker (it went silent, we reconnected): see link_restored;
+            # two DataNode liveness periods are enough for every live one to be heard
+            self._reconnects_seen = self.worker.reconnects
+            events.extend(self.repair.link_restored(now, 2 * self.cluster.dead_after))
+        events.extend(self.ops.upkeep(now, time.time()))
         if self.metrics:     # from the loop's own thread: no scrape races the namespace
             from broker import metrics
             health = self.repair.summary()

@@ -126,6 +126,47 @@ def test_a_dead_nodes_blocks_are_copied_from_a_live_holder_to_a_new_node(world, 
     assert p.summary()["under_replicated"] == 0 and p.stats["bytes_copied"] == 10
 
 
+def test_after_the_mds_was_cut_off_it_waits_for_the_nodes_instead_of_copying(world, clock):
+    """The MDS heard no DataNode for a while because its own broker link was down: every
+    node looks dead. link_restored puts it back in safe mode (placements wait, EAGAIN; no
+    copies) until the nodes heartbeat, and for at most `wait` seconds."""
+    ns, cluster = world
+    bid = commit_file(ns, "/a", ["dn1", "dn2"])
+    p = planner(world, clock)
+    beat(cluster, clock, "dn1", "dn2", "dn3")
+    for node in ("dn1", "dn2", "dn3"):
+        report(p, node, [bid] if node != "dn3" else [])
+    p.tick()
+    assert not p.safe_mode
+    clock.now += 6                                 # 6 s without a word from anyone
+    for ev in cluster.check(clock.now):
+        p.on_node_down(ev.node)
+    events = p.link_restored(clock.now, 10.0)
+    assert p.safe_mode and [t for t, _ in events] == ["repair.safe_mode_on"]
+    assert p.startup_wait(clock.now) == (0, 2)     # _place turns ENOSPC into EAGAIN
+    beat(cluster, clock, "dn1", "dn3")             # dn2 is a moment later
+    p.tick()
+    assert p.safe_mode and p.commands_for("dn1") == []     # no copy of dn2's replica
+    assert p.link_restored(clock.now, 10.0) == []  # again while waiting: one event
+    beat(cluster, clock, "dn2")
+    _, events = p.tick()
+    assert not p.safe_mode and [t for t, _ in events] == ["repair.safe_mode_off"]
+    assert p.commands_for("dn1") == [] and p.summary()["under_replicated"] == 0
+    # a node that really died meanwhile is copied once the wait is over
+    clock.now += 6
+    beat(cluster, clock, "dn1", "dn3")
+    for ev in cluster.check(clock.now):
+        p.on_node_down(ev.node)
+    p.link_restored(clock.now, 10.0)
+    p.tick()
+    assert p.safe_mode and p.commands_for("dn1") == []
+    clock.now += 10.5
+    beat(cluster, clock, "dn1", "dn3")
+    p.tick()
+    assert not p.safe_mode
+    assert p.commands_for("dn1") == [{"op": "copy", "block": bid, "target": "dn3"}]
+
+
 def test_copies_in_flight_per_source_are_bounded(world, clock):
     p, blocks = _healthy_then_down(world, clock, files=10)
     assert len(p.commands_for("dn1")) == 4        # max_copies_per_node default
