@@ -88,7 +88,8 @@ def main() -> None:
         try:
             def local(*a: str):
                 return subprocess.run([sys.executable, "-m", "client.cli", "--broker",
-                                       cluster.broker, "--timeout", "60", *a,
+                                       cluster.broker, "--key", str(cluster.key),
+                                       "--timeout", "60", *a,
                                        "--no-progress"], capture_output=True, text=True,
                                       timeout=900, cwd=str(ROOT))
             results["loopback"] = bench("loopback", local, src, dst, digest)
