@@ -14,7 +14,7 @@ import re
 import struct
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import crc32c
 
@@ -363,6 +363,21 @@ class BlockFiles:
 
     def remove(self, bid: bytes, lock: threading.Lock, dest: str | None = None) -> bool:
         """Unlink the block file (or move it to dest) durably; False if there was none."""
+        if not self._unlink(bid, lock, dest):
+            return False
+        self._fsync(self._fanout_fd(bid))
+        return True
+
+    def remove_many(self, bids: Sequence[bytes],
+                    lock_of: Callable[[bytes], threading.Lock]) -> list[bool]:
+        """Unlink these block files, durable on return with one sync per fan-out
+        directory touched (not one per block); False where there was none."""
+        done = [self._unlink(bid, lock_of(bid), None) for bid in bids]
+        for fan in sorted({bid[:1] for bid, gone in zip(bids, done) if gone}):
+            self._fsync(self._fanout_fd(fan))
+        return done
+
+    def _unlink(self, bid: bytes, lock: threading.Lock, dest: str | None) -> bool:
         path = self.path(bid)
         with lock:
             try:
@@ -374,7 +389,6 @@ class BlockFiles:
             except FileNotFoundError:
                 return False
             self._add_usage(-1, -size)
-        self._fsync(self._fanout_fd(bid))
         return True
 
     def quarantine(self, bid: bytes, lock: threading.Lock, stamp: int) -> bool:

@@ -86,8 +86,11 @@ class DataNodeOps:
         self._report_now = threading.Event()
         self._report_now.set()          # a full block report right after start
         self._deleted: list[bytes] = []  # ids deleted on the MDS's word, acked next heartbeat
+        # ids handed to the deleter and not yet done: the MDS names them again in every
+        # heartbeat answer until they are acked, and they must not be queued twice
+        self._deleting: set[bytes] = set()
         self._copy_failed: list[bytes] = []  # copies the MDS asked for that failed
-        self._copy_lock = threading.Lock()
+        self._acks_lock = threading.Lock()   # guards the three above
         # block payload bytes stored and served since start (info): what tests and
         # operators check a server-side copy by
         self._traffic = {"bytes_written": 0, "bytes_read": 0}
@@ -314,15 +317,18 @@ class DataNodeOps:
             try:
                 if op == "delete":
                     ids = [parse_block_id(raw) for raw in cmd.get("blocks", [])[:MAX_COMMANDS]]
-                    self._delete_many(ids)
-                    self._deleted.extend(ids)
+                    with self._acks_lock:
+                        ids = [b for b in ids if b not in self._deleting]
+                        self._deleting.update(ids)
+                    if ids:
+                        self._start_delete(ids)
                 elif op == "copy":
                     block = parse_block_id(cmd["block"])
                     try:
                         self.guard.check(cmd.get("cap"), block, "copy", self._wall(),
                                          self._now())
                     except OSError:
-                        with self._copy_lock:     # the MDS re-plans it with fresh caps
+                        with self._acks_lock:     # the MDS re-plans it with fresh caps
                             self._copy_failed.append(block)
                         raise
                     self._start_copy(block, str(cmd["target"]), cmd.get("target_cap"))
@@ -333,13 +339,32 @@ class DataNodeOps:
             except (OSError, KeyError, TypeError) as exc:
                 log.warning("command %r failed: %s", op, exc)
 
+    def _delete_logged(self, blocks: list[bytes]) -> None:
+        """Carry out deletes the MDS asked for; acked with the next heartbeat once durable.
+        A failure is logged and the ids forgotten: the MDS names them again."""
+        try:
+            self._delete_many(blocks)
+        except OSError as exc:
+            log.warning("deleting %d blocks failed: %s", len(blocks), exc)
+            with self._acks_lock:
+                self._deleting.difference_update(blocks)
+            return
+        with self._acks_lock:
+            self._deleting.difference_update(blocks)
+            self._deleted.extend(blocks)
+
+    def _start_delete(self, blocks: list[bytes]) -> None:
+        """Carry out deletes the MDS asked for (the process runs them in a thread of
+        their own, so that a slow disk never holds up its heartbeat)."""
+        self._delete_logged(blocks)
+
     def _copy_logged(self, block: bytes, target: str,
                      target_cap: bytes | None = None) -> None:
         try:
             self._copy(block, target, target_cap)
         except OSError as exc:
             log.warning("copy of %s to %s failed: %s", block.hex(), target, exc)
-            with self._copy_lock:     # told to the MDS with the next heartbeat: it re-plans
+            with self._acks_lock:     # told to the MDS with the next heartbeat: it re-plans
                 self._copy_failed.append(block)
 
     def _start_copy(self, block: bytes, target: str, target_cap: bytes | None = None) -> None:
@@ -357,8 +382,8 @@ class DataNodeOps:
     def beat(self, client: Any, timeout: float) -> None:
         """One heartbeat to the MDS (acknowledging deletions and failed copies), whose
         commands are carried out; the OSError of a failed call is raised."""
-        acked, self._deleted = self._deleted, []
-        with self._copy_lock:
+        with self._acks_lock:
+            acked, self._deleted = self._deleted, []
             failed, self._copy_failed = self._copy_failed, []
         try:
             extra = {"data": self.advert} if self.advert else {}
@@ -366,8 +391,8 @@ class DataNodeOps:
                                         "deleted": acked, "copy_failed": failed, **extra},
                                 timeout=timeout)
         except OSError:
-            self._deleted[:0] = acked     # ack them with the next heartbeat
-            with self._copy_lock:
+            with self._acks_lock:         # ack them with the next heartbeat
+                self._deleted[:0] = acked
                 self._copy_failed[:0] = failed
             raise
         self.guard.install(reply.result.get("keys"), self._now())
@@ -400,6 +425,10 @@ class DataNode(DataNodeOps):
         # blocks keep the few threads that suit memory bandwidth (shared/PERFORMANCE.md).
         self.small_pool = ThreadPoolExecutor(SMALL_THREADS, thread_name_prefix="io-small")
         self.copier = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="copy")
+        # The MDS's deletes: on a disk busy with gigabytes of dirty pages each directory
+        # sync can wait seconds for the journal, and done in the heartbeat thread they once
+        # kept every DataNode silent past dead_after at the same time (issue 16).
+        self.deleter = ThreadPoolExecutor(1, thread_name_prefix="delete")
         self.scrub_pause = scrub_pause
         self.report_interval = report_interval
         self.scrubber = Scrubber(self.store, rate_bytes_per_s=scrub_rate,
@@ -449,6 +478,13 @@ class DataNode(DataNodeOps):
 
     def _start_copy(self, block: bytes, target: str, target_cap: bytes | None = None) -> None:
         self.copier.submit(self._copy_logged, block, target, target_cap)
+
+    def _start_delete(self, blocks: list[bytes]) -> None:
+        try:
+            self.deleter.submit(self._delete_logged, blocks)
+        except RuntimeError:        # shutting down: the MDS names them again after restart
+            with self._acks_lock:
+                self._deleting.difference_update(blocks)
 
     def _mds_link(self) -> None:
         client = self._member(timeout=10.0)
@@ -551,6 +587,7 @@ class DataNode(DataNodeOps):
             for t in threads[3:]:
                 t.join(timeout=2)
             self.copier.shutdown(wait=True)
+            self.deleter.shutdown(wait=True)
             self.pool.shutdown(wait=True)
             self.small_pool.shutdown(wait=True)
             self.events.publish("node.down", node=self.node_id, reason="clean stop")

@@ -449,8 +449,8 @@ class BlockStore:
         packs, files = self._parts()
         in_pack = packs.delete_many(bids)
         # A file is looked for even when the pack had the id: never leave a second copy.
-        return [files.remove(bid, self._id_lock(bid)) or found
-                for bid, found in zip(bids, in_pack)]
+        as_file = files.remove_many(bids, self._id_lock)
+        return [a or b for a, b in zip(as_file, in_pack)]
 
     def quarantine(self, block_id: bytes) -> bool:
         """Set a block aside in root/corrupt/ (kept for inspection, no longer served or listed).

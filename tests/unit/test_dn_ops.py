@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
 
 import crc32c
 import pytest
@@ -55,7 +57,7 @@ def node(tmp_path_factory):
     try:
         yield dn
     finally:
-        for pool in (dn.pool, dn.small_pool, dn.copier):
+        for pool in (dn.pool, dn.small_pool, dn.copier, dn.deleter):
             pool.shutdown()
         dn.worker.close()
         dn.events.close()
@@ -121,6 +123,36 @@ def test_an_mds_caller_may_delete_copy_and_ask_for_a_report(node):
     assert ok(node, "delete_block", MDS, id=bid) == {"deleted": True}
     assert isinstance(call(node, "stat_block", id=bid, cap=cap(bid, "read", None)).error,
                       FileNotFoundError)
+
+
+def test_a_slow_delete_does_not_hold_up_the_heartbeat_and_is_acked_once_done(node, monkeypatch):
+    # On a disk saturated with dirty pages each directory sync can take seconds; done in
+    # the heartbeat thread, the MDS's deletes once kept every DataNode silent past dead_after.
+    victims = [put(node, b"x" * 200_000), put(node, b"y" * 10)]   # a block file, a pack block
+    gate, started = threading.Event(), []
+    real = node._delete_many
+
+    def slow(blocks):
+        started.append(list(blocks))
+        assert gate.wait(10)
+        return real(blocks)
+
+    monkeypatch.setattr(node, "_delete_many", slow)
+    node.member.calls.clear()
+    t = time.monotonic()
+    node._carry_out([{"op": "delete", "blocks": victims}])
+    node.beat(node.member, timeout=1.0)            # the MDS names them again, not yet acked
+    node._carry_out([{"op": "delete", "blocks": victims}])
+    assert time.monotonic() - t < 1.0
+    assert [h.get("deleted") for _, h in node.member.calls] == [[]]
+    gate.set()
+    node.deleter.submit(lambda: None).result(timeout=10)   # the deleter has drained
+    assert started == [victims]                   # queued once, not once per answer
+    node.member.calls.clear()
+    node.beat(node.member, timeout=1.0)
+    node.beat(node.member, timeout=1.0)
+    assert [h["deleted"] for _, h in node.member.calls] == [victims, []]
+    assert not any(i.id in victims for i in node.store.infos())
 
 
 def test_a_copy_target_reports_its_own_replica(node):

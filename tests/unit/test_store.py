@@ -241,6 +241,21 @@ def test_delete_quarantine_and_usage(tmp_path: Path) -> None:
         assert 0 < free <= total
 
 
+def test_deleting_many_block_files_syncs_each_fanout_directory_once(
+        file_store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A directory sync can wait seconds behind a busy journal: one per fan-out directory
+    # a delete touched, not one per block (the MDS sends deletes by the hundred).
+    ids = [bytes([fan]) + os.urandom(15) for fan in (1, 1, 1, 2, 2, 9)]
+    for bid in ids:
+        file_store.put(bid, [b"data"])
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.fstat(fd).st_ino))
+    assert file_store.delete_many(ids + [new_block_id()]) == [True] * 6 + [False]
+    fans = {(file_store.root / "blocks" / f"{f:02x}").stat().st_ino for f in (1, 2, 9)}
+    assert sorted(synced) == sorted(fans)
+    assert list(file_store.ids()) == [] and file_store.usage().blocks == 0
+
+
 def test_junk_in_blocks_dir_is_ignored(file_store: BlockStore) -> None:
     store = file_store
     bid = new_block_id()
