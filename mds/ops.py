@@ -319,6 +319,10 @@ class Handlers:
     def _allocate(self, draft: dict, count: int, exclude: list[str],
                   ctx: Context) -> list[dict]:
         handle, nbytes = draft["handle"], count * draft["block_size"]
+        if len(draft["blocks"]) + count > MAX_FILE_BLOCKS:
+            raise OSError(errno.EFBIG, f"a file holds at most {MAX_FILE_BLOCKS} blocks "
+                          f"({MAX_FILE_BLOCKS * draft['block_size']} bytes at this block "
+                          f"size); draft {handle} has {len(draft['blocks'])}")
         # reserved before placement promises space, so a flood is cut off before it
         # can crowd other users off the DataNodes
         self.allocations.reserve(ctx.caller_id, handle, count, nbytes)

@@ -79,7 +79,8 @@ class S3Error(Exception):
 def from_oserror(exc: OSError, resource: str, missing: str = "NoSuchKey") -> S3Error:
     """An AegisClient failure as an S3 error: a missing path is `missing`, a path that
     cannot be (file where a directory is needed) is InvalidArgument, a tree quota's limit
-    is QuotaExceeded, the cluster being unreachable is ServiceUnavailable, anything else
+    is QuotaExceeded, a file past the largest the cluster holds EntityTooLarge, the
+    cluster being unreachable is ServiceUnavailable, anything else
     InternalError."""
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return S3Error(missing, resource=resource)
@@ -90,6 +91,8 @@ def from_oserror(exc: OSError, resource: str, missing: str = "NoSuchKey") -> S3E
         return S3Error("AccessDenied", resource=resource)
     if exc.errno == errno.EDQUOT:
         return S3Error("QuotaExceeded", exc.strerror or str(exc), resource)
+    if exc.errno == errno.EFBIG:
+        return S3Error("EntityTooLarge", exc.strerror or str(exc), resource)
     if isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno == errno.ENOSPC:
         return S3Error("ServiceUnavailable", f"the cluster is not available: {exc}", resource)
     return S3Error("InternalError", f"{exc.__class__.__name__}: {exc}", resource)

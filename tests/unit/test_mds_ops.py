@@ -567,6 +567,18 @@ def test_an_allocation_flood_is_bounded_and_other_users_keep_writing(world):
     assert world.ops.allocations.usage("mallory") == (0, 0)
 
 
+def test_a_file_past_the_largest_the_cluster_holds_is_efbig(world, monkeypatch):
+    import mds.ops
+    monkeypatch.setattr(mds.ops, "MAX_FILE_BLOCKS", 1500)
+    world.beat("dn1", "dn2")
+    handle = world.ok("create", path="/big")["handle"]
+    world.ok("allocate", handle=handle, count=1024)
+    err = error(world.call("allocate", handle=handle, count=477))
+    assert err.errno == errno.EFBIG and "at most 1500 blocks" in err.strerror
+    assert world.ops.allocations.usage("admin") == (1024, 1024 * KIB)  # nothing reserved
+    world.ok("allocate", handle=handle, count=476)               # up to the limit: fine
+
+
 def test_a_failed_allocate_reserves_nothing(world):
     world.beat("dn1")
     handle = world.ok("create", path="/one", replication=1)["handle"]
