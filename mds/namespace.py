@@ -110,7 +110,7 @@ from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HD
                        Inode)
 from mds.perms import Cred
 from mds.tree import WX, Tree, checked
-from mds.treequota import TreeQuotas, usage_of
+from mds.treequota import TreeQuota, TreeQuotas, usage_of
 
 __all__ = ["BIG_FILE_BLOCKS", "Inode", "MAX_BLOCK_SIZE", "MAX_HANDLE_LEN", "Namespace",
            "NamespaceConfig"]
@@ -246,6 +246,10 @@ class Namespace:
 
     def is_pending_delete(self, node: str, bid: bytes) -> bool:
         return self.blockmap.is_pending_delete(node, bid)
+
+    def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]:
+        """The tree quotas an entry at ``names`` counts against, the root's first."""
+        return self.quotas.over(self.tree.root, names)[0]
 
     def iter_blocks(self) -> Iterator[tuple[bytes, tuple[str, ...], int]]:
         """(block id, replicas, wanted replication) of every committed block."""
@@ -408,7 +412,7 @@ class Namespace:
             made = self.tree.mkdirs(names[:-1], rec["mtime"], owner, group)[1]
             self.dirs += made
             if made and self.quotas:
-                self.quotas.charge(self.quotas.over(self.tree.root, names)[0], 0, made)
+                self.quotas.charge(self._quotas_over(names), 0, made)
         d = Draft(rec["handle"], rec["path"], self.next_inode, rec["replication"],
                   rec["block_size"], rec["lease"], rec["mtime"], owner, group,
                   rec.get("mode", LEGACY_FILE_MODE))
@@ -530,7 +534,7 @@ class Namespace:
             raise error(errno.EEXIST, path)
         if self.quotas:
             old = existing.size if existing is not None else 0
-            self.quotas.need(self.quotas.over(self.tree.root, names)[0],
+            self.quotas.need(self._quotas_over(names),
                              sum(e[1] for e in blocks) - old, existing is None, path)
 
     def _apply_commit(self, rec: Mapping) -> dict:
@@ -586,7 +590,7 @@ class Namespace:
     def _charge_file(self, path: str, size: int, old: Dir | Inode | None) -> None:
         """A committed or copied file of ``size`` bytes at ``path``, replacing ``old``."""
         if self.quotas:
-            quotas = self.quotas.over(self.tree.root, paths.components(path))[0]
+            quotas = self._quotas_over(paths.components(path))
             self.quotas.charge(quotas, size - (old.size if type(old) is Inode else 0),
                                old is None)
 
@@ -623,7 +627,7 @@ class Namespace:
         return rec
 
     def _apply_rm(self, rec: Mapping) -> dict:
-        quotas = (self.quotas.over(self.tree.root, paths.components(rec["path"]))[0]
+        quotas = (self._quotas_over(paths.components(rec["path"]))
                   if self.quotas else [])
         node = self.tree.detach(rec["path"], rec["mtime"])
         nbytes = self.bytes
@@ -651,9 +655,8 @@ class Namespace:
         goes from the one to the other: a walk, only when there are such), every quota
         over ``dst`` (the entry replaced there, if any, leaves them), and the usages of
         the moved tree and of the replaced entry."""
-        root, over = self.tree.root, self.quotas.over
-        at_src = over(root, paths.components(src))[0]
-        at_dst = over(root, paths.components(dst))[0]
+        at_src = self._quotas_over(paths.components(src))
+        at_dst = self._quotas_over(paths.components(dst))
         leaving = [q for q in at_src if not any(q is d for d in at_dst)]
         entering = [q for q in at_dst if not any(q is s for s in at_src)]
         moved = (usage_of(self.tree.node(src)[1]) if leaving or entering else (0, 0))
@@ -722,7 +725,7 @@ class Namespace:
         path = paths.normalize(path)
         names, node = self.tree.node(path, cred)
         self.tree.need(cred, node, perms.R, path)
-        quotas = self.quotas.over(self.tree.root, names)[0]
+        quotas = self._quotas_over(names)
         own = self.quotas.by_dir.get(node) if type(node) is Dir else None
         return [q.row() for q in quotas + ([own] if own else [])]
 
@@ -904,7 +907,7 @@ class Namespace:
         if existing is not None and rec.get("exclusive"):
             raise error(errno.EEXIST, dst)
         if self.quotas:
-            self.quotas.need(self.quotas.over(self.tree.root, names)[0],
+            self.quotas.need(self._quotas_over(names),
                              node.size - (existing.size if existing is not None else 0),
                              existing is None, dst)
 
