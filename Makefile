@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) run_cluster.py $(ARGS)
 
+# The suite waits on clusters far more than it computes (one core busy on average): it
+# runs on JOBS pytest-xdist workers, each with a port range of its own (tests/conftest.py).
+# JOBS=0 runs it in this one process (pytest -s, pdb).
+JOBS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal $(ARGS)
 
 test-soak: $(STAMP)
-	$(PY) -m pytest -q --soak $(ARGS)
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal --soak $(ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy $(TYPED)

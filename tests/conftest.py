@@ -13,6 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run_cluster import PORTS_ENV  # noqa: E402
+from tests.support import figures  # noqa: E402
+
+# Under pytest-xdist each worker (gw0, gw1, ...) takes its clusters' ports from a range of
+# its own below the ephemeral range (32768-60999 here): no two workers ever race for one.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and _WORKER[2:].isdigit() and PORTS_ENV not in os.environ:
+    _lo = 20000 + 3000 * (int(_WORKER[2:]) % 4)
+    os.environ[PORTS_ENV] = f"{_lo}-{_lo + 3000}"
+
 
 def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true", default=False,
@@ -21,6 +31,23 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "soak: only with --soak")
+
+
+def pytest_runtest_setup(item):
+    figures.started(item)
+
+
+def pytest_runtest_teardown(item):
+    figures.ended()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    stats = terminalreporter.stats
+    found = figures.lines([r for key in ("passed", "failed") for r in stats.get(key, [])])
+    if found:
+        terminalreporter.section("figures")
+        for line in found:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -15,20 +15,7 @@ from broker.client import Client
 from broker.events import Event, Subscriber
 from tests.support.harness import Harness
 
-FIGURES: list[str] = []
-
-
-def record(line: str) -> None:
-    """A figure worth keeping: printed now (pytest -s) and in the terminal summary."""
-    FIGURES.append(line)
-    print(line)
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if FIGURES:
-        terminalreporter.section("self-healing figures")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
+from tests.support.figures import record  # noqa: F401  (the fault tests' figures)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 
 from broker.keys import KeyStore
 from client.s3.credentials import Credentials
+from run_cluster import free_base_port
 from tests.support.cluster import start_cluster
 
 
@@ -16,9 +17,7 @@ LEASE = 3.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_base_port(1)
 
 
 def wait_port(port: int, proc, timeout: float = 20.0) -> None:

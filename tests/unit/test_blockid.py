@@ -23,7 +23,8 @@ BAD_IDS = [
 ]
 
 
-@pytest.mark.parametrize("value", BAD_IDS, ids=lambda v: repr(v)[:24])
+@pytest.mark.parametrize("value", BAD_IDS,
+                         ids=lambda v: type(v).__name__ if type(v) is object else repr(v)[:24])
 def test_rejects_everything_but_an_id(value: object) -> None:
     with pytest.raises(OSError) as info:
         parse_block_id(value)
