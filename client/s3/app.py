@@ -24,7 +24,7 @@ from .credentials import Credentials
 from .errors import S3Error, from_oserror
 from .s3xml import doc, el, http_date, iso, owner
 from .identity import UserClients
-from .store import ObjectInfo, Store, readers
+from .store import ObjectInfo, Sidecars, Store, readers
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    # a streamed body: stream(emit) runs on a worker thread and calls emit(bytes)
-    stream: Callable[[Callable[[bytes], None]], None] | None = None
+    # a streamed body: stream(emit) runs on a worker thread and calls emit(piece)
+    stream: Callable[[Callable[[memoryview], None]], None] | None = None
 
 
 def _xml(body: bytes, status: int = 200) -> Response:
@@ -137,7 +137,8 @@ class Gateway:
         self.fs = fs
         self.users = users
         self._pool = readers()
-        self.store = Store(fs, pool=self._pool)        # bucket owners, as the gateway
+        self._sidecars = Sidecars()                    # shared: see store.Sidecars
+        self.store = Store(fs, pool=self._pool, sidecars=self._sidecars)  # as the gateway
         self.credentials = credentials
         self.region = region
         self.threads = threads
@@ -208,9 +209,10 @@ class Gateway:
         """The store acting as the request's user (see the class docstring)."""
         user = req.user
         if self.users is None:
-            return Store(self.fs, user=user, pool=self._pool)
+            return Store(self.fs, user=user, pool=self._pool, sidecars=self._sidecars)
         client = req.stack.enter_context(self.users.lease(user))
-        return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool)
+        return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool,
+                     sidecars=self._sidecars)
 
     async def check_bucket(self, req: Request, bucket: str, resource: str) -> None:
         """NoSuchBucket, or AccessDenied unless the user may use the bucket: its owner
@@ -244,7 +246,7 @@ class Gateway:
                         "body": b"" if req.method == "HEAD" else resp.body})
             return
 
-        def emit(data: bytes) -> None:
+        def emit(data: memoryview) -> None:
             # from the worker thread: waits until the transport took it (flow control)
             anyio.from_thread.run(send, {"type": "http.response.body", "body": data,
                                          "more_body": True})

@@ -51,6 +51,9 @@ class ObjectInfo:
     etag: str                       # without quotes
     content_type: str = DEFAULT_TYPE
     meta: dict[str, str] = field(default_factory=dict)
+    # head()'s read_info of the file (block list and read capabilities): what read()
+    # streams from, so that a GET costs one stat; None for listings and folder markers
+    source: dict | None = field(default=None, repr=False, compare=False)
 
 
 def _derived_etag(size: int, mtime: float) -> str:
@@ -65,6 +68,39 @@ def _info(key: str, entry: dict, side: dict | None) -> ObjectInfo:
     return ObjectInfo(key, size, mtime, _derived_etag(size, mtime))
 
 
+class Sidecars:
+    """Sidecars read recently, shared by the requests of one gateway: aws-cli fetches a
+    big object as many ranged GETs, and each would read the same sidecar again (an MDS
+    stat and a DataNode read). An entry is used only for the object version it
+    describes (its size and mtime match the stat that the user's own request just made,
+    as `_info` checks any sidecar), so it is never staler than the file itself; entries
+    live `ttl` seconds, at most `limit` of them."""
+
+    def __init__(self, ttl: float = 10.0, limit: int = 4096,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.limit, self.now = ttl, limit, now
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[dict, float]] = {}
+
+    def get(self, path: str, size: int, mtime: float) -> dict | None:
+        with self._lock:
+            hit = self._entries.get(path)
+        if hit is None or hit[1] < self.now():
+            return None
+        side = hit[0]
+        return side if side.get("size") == size and side.get("mtime") == mtime else None
+
+    def put(self, path: str, side: dict) -> None:
+        with self._lock:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[path] = (side, self.now() + self.ttl)
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            self._entries.pop(path, None)
+
+
 def readers() -> concurrent.futures.ThreadPoolExecutor:
     """A few long-lived read-ahead threads (each keeps one broker socket per client)."""
     return concurrent.futures.ThreadPoolExecutor(4, "s3-read-ahead")
@@ -77,12 +113,14 @@ class Store:
 
     def __init__(self, fs: AegisClient, *, meta: AegisClient | None = None,
                  user: str = NATIVE_OWNER, owner: str | None = None,
-                 pool: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 pool: concurrent.futures.ThreadPoolExecutor | None = None,
+                 sidecars: Sidecars | None = None) -> None:
         self.fs = fs
         self.meta = meta or fs
         self.user = user
         self.owner = owner
         self._readers = pool or readers()
+        self.sidecars = sidecars or Sidecars()
 
     def _prefetched(self, paths: Iterable[str], piece: int = 4 << 20) -> Iterator[bytes]:
         """The files' bytes in order, read on a reader thread while the caller consumes."""
@@ -226,25 +264,37 @@ class Store:
     # -- objects -------------------------------------------------------------------------
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
+        """The object as the user may see it: one stat as the user that is also what a
+        GET reads from (`source`), then the sidecar (from the cache when it describes
+        this version of the object)."""
         path = naming.object_path(bucket, key)
         resource = f"/{bucket}/{key}"
         try:
-            st = self.fs.stat(path)
+            # with read=True the MDS refuses (EACCES) a file the user may not read: this
+            # refuses here, before a GET has sent its 200 (as S3, HEAD needs read too)
+            st = self.fs.read_info(path)
         except (FileNotFoundError, NotADirectoryError):
             raise S3Error("NoSuchKey", resource=resource, Key=key) from None
-        side = self._read_json(naming.meta_path(bucket, key))
+        except PermissionError:
+            raise S3Error("AccessDenied", resource=resource) from None
+        sidecar = naming.meta_path(bucket, key)
         if naming.is_marker(key):
+            side = self._read_json(sidecar)
             if st["type"] != "dir" or side is None:
                 raise S3Error("NoSuchKey", resource=resource, Key=key)
             return ObjectInfo(key, 0, float(side.get("mtime", 0)), side["etag"],
                               side.get("content_type") or DEFAULT_TYPE, side.get("meta") or {})
         if st["type"] != "file":
             raise S3Error("NoSuchKey", resource=resource, Key=key)
-        if "blocks" not in st:
-            # the MDS leaves the blocks out when the user may not read the file: refuse
-            # here, before a GET has sent its 200 (as S3, HEAD needs read permission too)
-            raise S3Error("AccessDenied", resource=resource)
-        return _info(key, st, side)
+        size, mtime = int(st.get("size") or 0), float(st.get("mtime") or 0)
+        side = self.sidecars.get(sidecar, size, mtime)
+        if side is None:
+            side = self._read_json(sidecar)
+            if side is not None:
+                self.sidecars.put(sidecar, side)
+        info = _info(key, st, side)
+        info.source = st
+        return info
 
     def put(self, bucket: str, key: str, chunks: Iterable[bytes],
             finish: Callable[[], Any], content_type: str | None,
@@ -276,9 +326,7 @@ class Store:
                           f"folder ({exc.strerror})", resource) from None
         tag = etag() if etag else md5.hexdigest()
         info = ObjectInfo(key, size, mtime, tag, content_type or DEFAULT_TYPE, meta)
-        self._write_json(naming.meta_path(bucket, key), {
-            "etag": tag, "size": size, "mtime": mtime,
-            "content_type": info.content_type, "meta": meta})
+        self._write_sidecar(bucket, key, info)
         return info
 
     def copy(self, sb: str, sk: str, bucket: str, key: str, src: ObjectInfo,
@@ -314,25 +362,35 @@ class Store:
         st = self.fs.stat(path)
         info = ObjectInfo(key, int(st["size"]), float(st["mtime"]), tag,
                           content_type or DEFAULT_TYPE, meta)
-        self._write_json(naming.meta_path(bucket, key), {
-            "etag": tag, "size": info.size, "mtime": info.mtime,
-            "content_type": info.content_type, "meta": meta})
+        self._write_sidecar(bucket, key, info)
         return info
 
+    def _write_sidecar(self, bucket: str, key: str, info: ObjectInfo) -> None:
+        """The object's sidecar, after its commit: also kept in the cache, for the GETs
+        that usually follow."""
+        path = naming.meta_path(bucket, key)
+        side = {"etag": info.etag, "size": info.size, "mtime": info.mtime,
+                "content_type": info.content_type, "meta": info.meta}
+        self._write_json(path, side)
+        self.sidecars.put(path, side)
+
     def read(self, bucket: str, key: str, start: int, length: int,
-             emit: Callable[[bytes], None], chunk: int = 1 << 20) -> None:
-        """emit() the bytes [start, start+length) in pieces of at most `chunk`."""
+             emit: Callable[[memoryview], None], chunk: int = 1 << 20,
+             source: dict | None = None) -> None:
+        """emit() the bytes [start, start+length) in pieces of at most `chunk`: slices of
+        the verified blocks, not copies. Only the blocks of the range are fetched, the
+        window's worth at once from the start. `source`: head()'s read_info of the object
+        (saves a stat), else it is stat'ed here."""
         if length <= 0 or naming.is_marker(key):
             return
-        with self.fs.open(naming.object_path(bucket, key), "rb") as f:
-            f.seek(start)
-            left = length
-            while left > 0:
-                data = f.read(min(chunk, left))
-                if not data:
-                    raise OSError(errno.EIO, f"/{bucket}/{key}: the object ended early")
-                left -= len(data)
-                emit(data)
+        info = source or self.fs.read_info(naming.object_path(bucket, key))
+        left = length
+        for data in self.fs.iter_range(info, start, length):
+            for i in range(0, data.nbytes, chunk):
+                emit(data[i:i + chunk])
+            left -= data.nbytes
+        if left:
+            raise OSError(errno.EIO, f"/{bucket}/{key}: the object ended early")
 
     def chunks(self, bucket: str, key: str, start: int = 0, length: int | None = None,
                chunk: int = 1 << 20) -> Iterator[bytes]:
