@@ -8,6 +8,7 @@ import contextlib
 import email.utils
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
@@ -146,6 +147,16 @@ class Gateway:
         self.now = now
         self.limiter: anyio.CapacityLimiter | None = None
         self._owners: dict[str, tuple[str, float]] = {}     # bucket -> (owner, until)
+        self._meta_ready = False
+        self._meta_lock = threading.Lock()
+
+    def prepare_meta(self) -> None:
+        """Store.secure_meta once per gateway: at start (server.py) or, if the cluster
+        could not be reached then, before the first request is handled."""
+        with self._meta_lock:
+            if not self._meta_ready:
+                self.store.secure_meta()
+                self._meta_ready = True
 
     async def owner_of(self, bucket: str) -> str:
         """The bucket's owner (NoSuchBucket if none), cached for OWNER_TTL seconds: two
@@ -323,6 +334,8 @@ class Gateway:
         auth = sigv4.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                   self.credentials.lookup, self.now())
         req.auth, req.user = auth, auth.user
+        if not self._meta_ready:
+            await self.run(self.prepare_meta)
         req.user_store = self._user_store(req)
         req.query = dict(sigv4.parse_query(req.query_string))
         if set(req.query) & UNSUPPORTED:

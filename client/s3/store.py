@@ -169,6 +169,60 @@ class Store:
     def _write_json(self, path: str, value: dict) -> None:
         self.meta.write_bytes(path, json.dumps(value).encode())
 
+    def secure_meta(self) -> None:
+        """Make /.s3meta the gateway's own (docs/s3.md, "Metadata sidecars"): sidecars
+        and bucket records tell ETags, content types, user metadata and key names of
+        objects that a native user may not be able to read, so no native user may list
+        or read them; the gateway reads them only after the user's own request on the
+        object passed. The root and .uploads are META_MODE/UPLOADS_MODE (users pass
+        through to their own upload directory, 0700), everything else directly below is
+        PRIVATE_MODE; a sidecar tree made later is made so (_write_sidecar_json). Creates
+        what is missing and narrows what an older gateway left 0755; idempotent."""
+        for path, mode in ((naming.META_ROOT, naming.META_MODE),
+                           (naming.BUCKETS, naming.PRIVATE_MODE),
+                           (naming.UPLOADS, naming.UPLOADS_MODE)):
+            try:
+                self.meta.mkdir(path, mode=mode)
+            except FileExistsError:
+                pass
+        changes: list[tuple[str, dict]] = []
+        if self.meta.stat(naming.META_ROOT, blocks=False)["mode"] & 0o7777 != naming.META_MODE:
+            changes.append((naming.META_ROOT, {"mode": naming.META_MODE}))
+        for e in self.meta.ls(naming.META_ROOT, detail=True):
+            path = f"{naming.META_ROOT}/{e['name']}"
+            mode = naming.UPLOADS_MODE if path == naming.UPLOADS else naming.PRIVATE_MODE
+            if e["mode"] & 0o7777 != mode:
+                changes.append((path, {"mode": mode}))
+        for (path, _), out in zip(changes, self.meta.set_attrs(changes)):
+            if isinstance(out, OSError) and not isinstance(out, FileNotFoundError):
+                raise out
+        if changes:
+            log.info("/.s3meta: made %d entr%s private", len(changes),
+                     "y" if len(changes) == 1 else "ies")
+
+    def _write_sidecar_json(self, bucket: str, path: str, value: dict) -> None:
+        """A sidecar: into its directory if that exists; else the bucket's sidecar tree
+        is made first, private (PRIVATE_MODE) - never by write_bytes' parents, which
+        would make it 0755 - and the directories below it then."""
+        data = json.dumps(value).encode()
+        try:
+            self.meta.write_bytes(path, data, parents=False)
+            return
+        except FileNotFoundError:
+            pass
+        tree = naming.meta_bucket(bucket)
+        try:
+            self.meta.mkdir(tree, mode=naming.PRIVATE_MODE)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:          # /.s3meta itself is gone: make it again
+            self.secure_meta()
+            try:
+                self.meta.mkdir(tree, mode=naming.PRIVATE_MODE)
+            except FileExistsError:
+                pass
+        self.meta.write_bytes(path, data)
+
     def _read_many(self, paths: list[str]) -> list[dict | None]:
         if not paths:
             return []
@@ -225,10 +279,16 @@ class Store:
         if owner is not None:
             raise S3Error("BucketAlreadyOwnedByYou" if owner == user else
                           "BucketAlreadyExists", resource=bucket, BucketName=bucket)
+        record = json.dumps({"owner": user, "created": time.time()}).encode()
         try:
             # the record first: a bucket directory never exists without its owner
-            self.meta.write_bytes(naming.bucket_record(bucket), json.dumps(
-                {"owner": user, "created": time.time()}).encode(), exclusive=True)
+            try:
+                self.meta.write_bytes(naming.bucket_record(bucket), record,
+                                      parents=False, exclusive=True)
+            except FileNotFoundError:          # no /.s3meta/.buckets yet
+                self.secure_meta()
+                self.meta.write_bytes(naming.bucket_record(bucket), record,
+                                      parents=False, exclusive=True)
         except FileExistsError:
             raise S3Error("BucketAlreadyExists", resource=bucket) from None
         # users may not write "/": the gateway makes the directory, private as an S3
@@ -254,7 +314,7 @@ class Store:
             if exc.errno == errno.ENOTEMPTY:
                 raise S3Error("BucketNotEmpty", resource=bucket) from None
             raise
-        for p, rec in ((f"{naming.META_ROOT}/{bucket}", True),
+        for p, rec in ((naming.meta_bucket(bucket), True),
                        (naming.bucket_record(bucket), False)):
             try:
                 self.meta.rm(p, recursive=rec)
@@ -371,7 +431,7 @@ class Store:
         path = naming.meta_path(bucket, key)
         side = {"etag": info.etag, "size": info.size, "mtime": info.mtime,
                 "content_type": info.content_type, "meta": info.meta}
-        self._write_json(path, side)
+        self._write_sidecar_json(bucket, path, side)
         self.sidecars.put(path, side)
 
     def read(self, bucket: str, key: str, start: int, length: int,
@@ -496,13 +556,17 @@ class Store:
         naming.check_key(bucket, key)
         upload_id = secrets.token_hex(16)
         d = naming.upload_dir(upload_id)
-        self._write_json(d + "/upload.json", {
+        # the parts are the user's own files (written, composed as the user), in a
+        # directory only the user (and the gateway) can enter, private from the start
+        try:
+            self.meta.mkdir(d, mode=naming.PRIVATE_MODE)
+        except FileNotFoundError:              # no /.s3meta/.uploads yet
+            self.secure_meta()
+            self.meta.mkdir(d, mode=naming.PRIVATE_MODE)
+        self.meta.write_bytes(d + "/upload.json", json.dumps({
             "bucket": bucket, "key": key, "owner": user, "initiated": time.time(),
-            "content_type": content_type, "meta": meta})
+            "content_type": content_type, "meta": meta}).encode(), parents=False)
         if self.owner:
-            # the parts are the user's own files (written, composed as the user), in a
-            # directory only the user (and the gateway) can enter
-            self.meta.chmod(d, 0o700)
             self.meta.chown(d, owner=self.owner, group=self.owner)
         return upload_id
 
