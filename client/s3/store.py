@@ -435,10 +435,11 @@ class Store:
         self.sidecars.put(path, side)
 
     def read(self, bucket: str, key: str, start: int, length: int,
-             emit: Callable[[memoryview], None], chunk: int = 1 << 20,
+             emit: Callable[[memoryview], None], chunk: int = 4 << 20,
              source: dict | None = None) -> None:
         """emit() the bytes [start, start+length) in pieces of at most `chunk`: slices of
-        the verified blocks, not copies. Only the blocks of the range are fetched, the
+        the verified blocks, not copies (a default-size block is one piece: each emit is
+        a hop to the event loop, which cost more per GiB at 1 MiB pieces). Only the blocks of the range are fetched, the
         window's worth at once from the start. `source`: head()'s read_info of the object
         (saves a stat), else it is stat'ed here."""
         if length <= 0 or naming.is_marker(key):
