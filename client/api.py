@@ -704,6 +704,32 @@ class AegisClient:
 
     cat = read_bytes
 
+    def read_info(self, remote: PathLike) -> dict:
+        """What reading `remote` needs, in one MDS round trip: its stat (type, size, mtime,
+        mode, owner, ...) and, for a file, its block list with read capabilities (ids as
+        raw bytes). PermissionError when the caller may not read the file; a directory
+        comes back as its stat with an empty block list. For iter_range; the capabilities
+        are bearer tokens for this process's readers, not for display (stat leaves them
+        out)."""
+        p = _abs(remote)
+        info = self._mds(p, "stat", path=p, read=True)
+        info["path"] = p
+        return info
+
+    def iter_range(self, info: dict, offset: int = 0,
+                   length: int | None = None) -> Iterator[memoryview]:
+        """The verified bytes [offset, offset+length) of the file `info` (read_info's
+        reply, from any thread) as they arrive, in order: memoryviews of the blocks or of
+        their parts, only the blocks in the range fetched, at most `window` in flight
+        (memory bounded, whatever the length). No retry once a byte was yielded: a file
+        replaced meanwhile ends the iteration with an OSError."""
+        if info.get("type") != "file" or not isinstance(info.get("blocks"), list):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", info.get("path"))
+        sizes = [int(b["size"]) for b in info["blocks"]]
+        pieces = pieces_for_range(sizes, offset, length)
+        with _about(info["path"]):
+            yield from self._reader(info, pieces)
+
     @overload
     def open(self, remote: PathLike, mode: Literal["rb", "br"] = "rb", *,
              replication: int | None = None, block_size: int | None = None,

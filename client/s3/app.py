@@ -8,6 +8,7 @@ import contextlib
 import email.utils
 import logging
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
@@ -24,7 +25,7 @@ from .credentials import Credentials
 from .errors import S3Error, from_oserror
 from .s3xml import doc, el, http_date, iso, owner
 from .identity import UserClients
-from .store import ObjectInfo, Store, readers
+from .store import ObjectInfo, Sidecars, Store, readers
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    # a streamed body: stream(emit) runs on a worker thread and calls emit(bytes)
-    stream: Callable[[Callable[[bytes], None]], None] | None = None
+    # a streamed body: stream(emit) runs on a worker thread and calls emit(piece)
+    stream: Callable[[Callable[[memoryview], None]], None] | None = None
 
 
 def _xml(body: bytes, status: int = 200) -> Response:
@@ -137,7 +138,8 @@ class Gateway:
         self.fs = fs
         self.users = users
         self._pool = readers()
-        self.store = Store(fs, pool=self._pool)        # bucket owners, as the gateway
+        self._sidecars = Sidecars()                    # shared: see store.Sidecars
+        self.store = Store(fs, pool=self._pool, sidecars=self._sidecars)  # as the gateway
         self.credentials = credentials
         self.region = region
         self.threads = threads
@@ -145,6 +147,16 @@ class Gateway:
         self.now = now
         self.limiter: anyio.CapacityLimiter | None = None
         self._owners: dict[str, tuple[str, float]] = {}     # bucket -> (owner, until)
+        self._meta_ready = False
+        self._meta_lock = threading.Lock()
+
+    def prepare_meta(self) -> None:
+        """Store.secure_meta once per gateway: at start (server.py) or, if the cluster
+        could not be reached then, before the first request is handled."""
+        with self._meta_lock:
+            if not self._meta_ready:
+                self.store.secure_meta()
+                self._meta_ready = True
 
     async def owner_of(self, bucket: str) -> str:
         """The bucket's owner (NoSuchBucket if none), cached for OWNER_TTL seconds: two
@@ -208,9 +220,10 @@ class Gateway:
         """The store acting as the request's user (see the class docstring)."""
         user = req.user
         if self.users is None:
-            return Store(self.fs, user=user, pool=self._pool)
+            return Store(self.fs, user=user, pool=self._pool, sidecars=self._sidecars)
         client = req.stack.enter_context(self.users.lease(user))
-        return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool)
+        return Store(client, meta=self.fs, user=user, owner=user, pool=self._pool,
+                     sidecars=self._sidecars)
 
     async def check_bucket(self, req: Request, bucket: str, resource: str) -> None:
         """NoSuchBucket, or AccessDenied unless the user may use the bucket: its owner
@@ -244,7 +257,7 @@ class Gateway:
                         "body": b"" if req.method == "HEAD" else resp.body})
             return
 
-        def emit(data: bytes) -> None:
+        def emit(data: memoryview) -> None:
             # from the worker thread: waits until the transport took it (flow control)
             anyio.from_thread.run(send, {"type": "http.response.body", "body": data,
                                          "more_body": True})
@@ -321,6 +334,8 @@ class Gateway:
         auth = sigv4.authenticate(req.method, req.raw_path, req.query_string, req.headers,
                                   self.credentials.lookup, self.now())
         req.auth, req.user = auth, auth.user
+        if not self._meta_ready:
+            await self.run(self.prepare_meta)
         req.user_store = self._user_store(req)
         req.query = dict(sigv4.parse_query(req.query_string))
         if set(req.query) & UNSUPPORTED:

@@ -122,10 +122,10 @@ async def get_object(gw: "Gateway", req: "Request") -> "Response":
         status = 206
         headers["content-range"] = f"bytes {start}-{start + length - 1}/{info.size}"
     headers["content-length"] = str(length)
-    bucket, key = req.bucket, req.key
+    bucket, key, source = req.bucket, req.key, info.source
 
-    def stream(emit: Callable[[bytes], None]) -> None:
-        req.store.read(bucket, key, start, length, emit)
+    def stream(emit: Callable[[memoryview], None]) -> None:
+        req.store.read(bucket, key, start, length, emit, source=source)
 
     return Response(status, headers, stream=stream if length else None)
 

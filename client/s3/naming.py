@@ -12,6 +12,12 @@ META_ROOT = "/.s3meta"
 BUCKETS = f"{META_ROOT}/.buckets"        # <bucket>.json: owner, created
 UPLOADS = f"{META_ROOT}/.uploads"        # <upload id>/upload.json and the parts
 MARKER = "\x01dir"                        # sidecar name of a "folder/" marker object
+# who may enter what under /.s3meta (the gateway's identity owns it; Store.secure_meta):
+# users pass through the root and .uploads to their own upload directory (0700, theirs)
+# but can list neither; everything else (sidecar trees, bucket records) is the gateway's
+META_MODE = 0o711
+UPLOADS_MODE = 0o711
+PRIVATE_MODE = 0o700
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255                   # the MDS's limit on one path component
 
@@ -71,6 +77,12 @@ def meta_path(bucket: str, key: str) -> str:
     segs = check_key(bucket, key)
     tail = "/".join(segs) + ("/" + MARKER if is_marker(key) else "")
     return f"{META_ROOT}/{bucket}/{tail}"
+
+
+def meta_bucket(bucket: str) -> str:
+    """The root of a bucket's sidecar tree (PRIVATE_MODE, the gateway's)."""
+    bucket_path(bucket)
+    return f"{META_ROOT}/{bucket}"
 
 
 def bucket_record(bucket: str) -> str:

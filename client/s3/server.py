@@ -5,6 +5,7 @@ each shared by the worker threads. `python -m client.s3.server` is what run_clus
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -30,6 +31,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 9000, broker: str | None = Non
         users = UserClients(keys_dir, lambda path: AegisClient(fs.broker, key=path))
     gateway = Gateway(fs, Credentials(keys_dir), region=region, threads=threads,
                       users=users)
+    threading.Thread(target=_prepare, args=(gateway,), name="s3-prepare-meta",
+                     daemon=True).start()
     config = uvicorn.Config(gateway, host=host, port=port, log_level=log_level,
                             lifespan="on", access_log=False, server_header=False,
                             date_header=True, timeout_keep_alive=30)
@@ -41,6 +44,13 @@ def serve(*, host: str = "127.0.0.1", port: int = 9000, broker: str | None = Non
         if users is not None:
             users.close()
         fs.close()
+
+
+def _prepare(gateway: Gateway) -> None:
+    try:
+        gateway.prepare_meta()
+    except Exception as exc:      # the first request tries again
+        log.warning("could not make /.s3meta private yet: %s", exc)
 
 
 def main() -> None:

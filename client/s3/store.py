@@ -51,6 +51,9 @@ class ObjectInfo:
     etag: str                       # without quotes
     content_type: str = DEFAULT_TYPE
     meta: dict[str, str] = field(default_factory=dict)
+    # head()'s read_info of the file (block list and read capabilities): what read()
+    # streams from, so that a GET costs one stat; None for listings and folder markers
+    source: dict | None = field(default=None, repr=False, compare=False)
 
 
 def _derived_etag(size: int, mtime: float) -> str:
@@ -65,6 +68,39 @@ def _info(key: str, entry: dict, side: dict | None) -> ObjectInfo:
     return ObjectInfo(key, size, mtime, _derived_etag(size, mtime))
 
 
+class Sidecars:
+    """Sidecars read recently, shared by the requests of one gateway: aws-cli fetches a
+    big object as many ranged GETs, and each would read the same sidecar again (an MDS
+    stat and a DataNode read). An entry is used only for the object version it
+    describes (its size and mtime match the stat that the user's own request just made,
+    as `_info` checks any sidecar), so it is never staler than the file itself; entries
+    live `ttl` seconds, at most `limit` of them."""
+
+    def __init__(self, ttl: float = 10.0, limit: int = 4096,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.limit, self.now = ttl, limit, now
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[dict, float]] = {}
+
+    def get(self, path: str, size: int, mtime: float) -> dict | None:
+        with self._lock:
+            hit = self._entries.get(path)
+        if hit is None or hit[1] < self.now():
+            return None
+        side = hit[0]
+        return side if side.get("size") == size and side.get("mtime") == mtime else None
+
+    def put(self, path: str, side: dict) -> None:
+        with self._lock:
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[path] = (side, self.now() + self.ttl)
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            self._entries.pop(path, None)
+
+
 def readers() -> concurrent.futures.ThreadPoolExecutor:
     """A few long-lived read-ahead threads (each keeps one broker socket per client)."""
     return concurrent.futures.ThreadPoolExecutor(4, "s3-read-ahead")
@@ -77,12 +113,14 @@ class Store:
 
     def __init__(self, fs: AegisClient, *, meta: AegisClient | None = None,
                  user: str = NATIVE_OWNER, owner: str | None = None,
-                 pool: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 pool: concurrent.futures.ThreadPoolExecutor | None = None,
+                 sidecars: Sidecars | None = None) -> None:
         self.fs = fs
         self.meta = meta or fs
         self.user = user
         self.owner = owner
         self._readers = pool or readers()
+        self.sidecars = sidecars or Sidecars()
 
     def _prefetched(self, paths: Iterable[str], piece: int = 4 << 20) -> Iterator[bytes]:
         """The files' bytes in order, read on a reader thread while the caller consumes."""
@@ -130,6 +168,60 @@ class Store:
 
     def _write_json(self, path: str, value: dict) -> None:
         self.meta.write_bytes(path, json.dumps(value).encode())
+
+    def secure_meta(self) -> None:
+        """Make /.s3meta the gateway's own (docs/s3.md, "Metadata sidecars"): sidecars
+        and bucket records tell ETags, content types, user metadata and key names of
+        objects that a native user may not be able to read, so no native user may list
+        or read them; the gateway reads them only after the user's own request on the
+        object passed. The root and .uploads are META_MODE/UPLOADS_MODE (users pass
+        through to their own upload directory, 0700), everything else directly below is
+        PRIVATE_MODE; a sidecar tree made later is made so (_write_sidecar_json). Creates
+        what is missing and narrows what an older gateway left 0755; idempotent."""
+        for path, mode in ((naming.META_ROOT, naming.META_MODE),
+                           (naming.BUCKETS, naming.PRIVATE_MODE),
+                           (naming.UPLOADS, naming.UPLOADS_MODE)):
+            try:
+                self.meta.mkdir(path, mode=mode)
+            except FileExistsError:
+                pass
+        changes: list[tuple[str, dict]] = []
+        if self.meta.stat(naming.META_ROOT, blocks=False)["mode"] & 0o7777 != naming.META_MODE:
+            changes.append((naming.META_ROOT, {"mode": naming.META_MODE}))
+        for e in self.meta.ls(naming.META_ROOT, detail=True):
+            path = f"{naming.META_ROOT}/{e['name']}"
+            mode = naming.UPLOADS_MODE if path == naming.UPLOADS else naming.PRIVATE_MODE
+            if e["mode"] & 0o7777 != mode:
+                changes.append((path, {"mode": mode}))
+        for (path, _), out in zip(changes, self.meta.set_attrs(changes)):
+            if isinstance(out, OSError) and not isinstance(out, FileNotFoundError):
+                raise out
+        if changes:
+            log.info("/.s3meta: made %d entr%s private", len(changes),
+                     "y" if len(changes) == 1 else "ies")
+
+    def _write_sidecar_json(self, bucket: str, path: str, value: dict) -> None:
+        """A sidecar: into its directory if that exists; else the bucket's sidecar tree
+        is made first, private (PRIVATE_MODE) - never by write_bytes' parents, which
+        would make it 0755 - and the directories below it then."""
+        data = json.dumps(value).encode()
+        try:
+            self.meta.write_bytes(path, data, parents=False)
+            return
+        except FileNotFoundError:
+            pass
+        tree = naming.meta_bucket(bucket)
+        try:
+            self.meta.mkdir(tree, mode=naming.PRIVATE_MODE)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:          # /.s3meta itself is gone: make it again
+            self.secure_meta()
+            try:
+                self.meta.mkdir(tree, mode=naming.PRIVATE_MODE)
+            except FileExistsError:
+                pass
+        self.meta.write_bytes(path, data)
 
     def _read_many(self, paths: list[str]) -> list[dict | None]:
         if not paths:
@@ -187,10 +279,16 @@ class Store:
         if owner is not None:
             raise S3Error("BucketAlreadyOwnedByYou" if owner == user else
                           "BucketAlreadyExists", resource=bucket, BucketName=bucket)
+        record = json.dumps({"owner": user, "created": time.time()}).encode()
         try:
             # the record first: a bucket directory never exists without its owner
-            self.meta.write_bytes(naming.bucket_record(bucket), json.dumps(
-                {"owner": user, "created": time.time()}).encode(), exclusive=True)
+            try:
+                self.meta.write_bytes(naming.bucket_record(bucket), record,
+                                      parents=False, exclusive=True)
+            except FileNotFoundError:          # no /.s3meta/.buckets yet
+                self.secure_meta()
+                self.meta.write_bytes(naming.bucket_record(bucket), record,
+                                      parents=False, exclusive=True)
         except FileExistsError:
             raise S3Error("BucketAlreadyExists", resource=bucket) from None
         # users may not write "/": the gateway makes the directory, private as an S3
@@ -216,7 +314,7 @@ class Store:
             if exc.errno == errno.ENOTEMPTY:
                 raise S3Error("BucketNotEmpty", resource=bucket) from None
             raise
-        for p, rec in ((f"{naming.META_ROOT}/{bucket}", True),
+        for p, rec in ((naming.meta_bucket(bucket), True),
                        (naming.bucket_record(bucket), False)):
             try:
                 self.meta.rm(p, recursive=rec)
@@ -226,25 +324,37 @@ class Store:
     # -- objects -------------------------------------------------------------------------
 
     def head(self, bucket: str, key: str) -> ObjectInfo:
+        """The object as the user may see it: one stat as the user that is also what a
+        GET reads from (`source`), then the sidecar (from the cache when it describes
+        this version of the object)."""
         path = naming.object_path(bucket, key)
         resource = f"/{bucket}/{key}"
         try:
-            st = self.fs.stat(path)
+            # with read=True the MDS refuses (EACCES) a file the user may not read: this
+            # refuses here, before a GET has sent its 200 (as S3, HEAD needs read too)
+            st = self.fs.read_info(path)
         except (FileNotFoundError, NotADirectoryError):
             raise S3Error("NoSuchKey", resource=resource, Key=key) from None
-        side = self._read_json(naming.meta_path(bucket, key))
+        except PermissionError:
+            raise S3Error("AccessDenied", resource=resource) from None
+        sidecar = naming.meta_path(bucket, key)
         if naming.is_marker(key):
+            side = self._read_json(sidecar)
             if st["type"] != "dir" or side is None:
                 raise S3Error("NoSuchKey", resource=resource, Key=key)
             return ObjectInfo(key, 0, float(side.get("mtime", 0)), side["etag"],
                               side.get("content_type") or DEFAULT_TYPE, side.get("meta") or {})
         if st["type"] != "file":
             raise S3Error("NoSuchKey", resource=resource, Key=key)
-        if "blocks" not in st:
-            # the MDS leaves the blocks out when the user may not read the file: refuse
-            # here, before a GET has sent its 200 (as S3, HEAD needs read permission too)
-            raise S3Error("AccessDenied", resource=resource)
-        return _info(key, st, side)
+        size, mtime = int(st.get("size") or 0), float(st.get("mtime") or 0)
+        side = self.sidecars.get(sidecar, size, mtime)
+        if side is None:
+            side = self._read_json(sidecar)
+            if side is not None:
+                self.sidecars.put(sidecar, side)
+        info = _info(key, st, side)
+        info.source = st
+        return info
 
     def put(self, bucket: str, key: str, chunks: Iterable[bytes],
             finish: Callable[[], Any], content_type: str | None,
@@ -276,9 +386,7 @@ class Store:
                           f"folder ({exc.strerror})", resource) from None
         tag = etag() if etag else md5.hexdigest()
         info = ObjectInfo(key, size, mtime, tag, content_type or DEFAULT_TYPE, meta)
-        self._write_json(naming.meta_path(bucket, key), {
-            "etag": tag, "size": size, "mtime": mtime,
-            "content_type": info.content_type, "meta": meta})
+        self._write_sidecar(bucket, key, info)
         return info
 
     def copy(self, sb: str, sk: str, bucket: str, key: str, src: ObjectInfo,
@@ -314,25 +422,36 @@ class Store:
         st = self.fs.stat(path)
         info = ObjectInfo(key, int(st["size"]), float(st["mtime"]), tag,
                           content_type or DEFAULT_TYPE, meta)
-        self._write_json(naming.meta_path(bucket, key), {
-            "etag": tag, "size": info.size, "mtime": info.mtime,
-            "content_type": info.content_type, "meta": meta})
+        self._write_sidecar(bucket, key, info)
         return info
 
+    def _write_sidecar(self, bucket: str, key: str, info: ObjectInfo) -> None:
+        """The object's sidecar, after its commit: also kept in the cache, for the GETs
+        that usually follow."""
+        path = naming.meta_path(bucket, key)
+        side = {"etag": info.etag, "size": info.size, "mtime": info.mtime,
+                "content_type": info.content_type, "meta": info.meta}
+        self._write_sidecar_json(bucket, path, side)
+        self.sidecars.put(path, side)
+
     def read(self, bucket: str, key: str, start: int, length: int,
-             emit: Callable[[bytes], None], chunk: int = 1 << 20) -> None:
-        """emit() the bytes [start, start+length) in pieces of at most `chunk`."""
+             emit: Callable[[memoryview], None], chunk: int = 4 << 20,
+             source: dict | None = None) -> None:
+        """emit() the bytes [start, start+length) in pieces of at most `chunk`: slices of
+        the verified blocks, not copies (a default-size block is one piece: each emit is
+        a hop to the event loop, which cost more per GiB at 1 MiB pieces). Only the blocks of the range are fetched, the
+        window's worth at once from the start. `source`: head()'s read_info of the object
+        (saves a stat), else it is stat'ed here."""
         if length <= 0 or naming.is_marker(key):
             return
-        with self.fs.open(naming.object_path(bucket, key), "rb") as f:
-            f.seek(start)
-            left = length
-            while left > 0:
-                data = f.read(min(chunk, left))
-                if not data:
-                    raise OSError(errno.EIO, f"/{bucket}/{key}: the object ended early")
-                left -= len(data)
-                emit(data)
+        info = source or self.fs.read_info(naming.object_path(bucket, key))
+        left = length
+        for data in self.fs.iter_range(info, start, length):
+            for i in range(0, data.nbytes, chunk):
+                emit(data[i:i + chunk])
+            left -= data.nbytes
+        if left:
+            raise OSError(errno.EIO, f"/{bucket}/{key}: the object ended early")
 
     def chunks(self, bucket: str, key: str, start: int = 0, length: int | None = None,
                chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -438,13 +557,17 @@ class Store:
         naming.check_key(bucket, key)
         upload_id = secrets.token_hex(16)
         d = naming.upload_dir(upload_id)
-        self._write_json(d + "/upload.json", {
+        # the parts are the user's own files (written, composed as the user), in a
+        # directory only the user (and the gateway) can enter, private from the start
+        try:
+            self.meta.mkdir(d, mode=naming.PRIVATE_MODE)
+        except FileNotFoundError:              # no /.s3meta/.uploads yet
+            self.secure_meta()
+            self.meta.mkdir(d, mode=naming.PRIVATE_MODE)
+        self.meta.write_bytes(d + "/upload.json", json.dumps({
             "bucket": bucket, "key": key, "owner": user, "initiated": time.time(),
-            "content_type": content_type, "meta": meta})
+            "content_type": content_type, "meta": meta}).encode(), parents=False)
         if self.owner:
-            # the parts are the user's own files (written, composed as the user), in a
-            # directory only the user (and the gateway) can enter
-            self.meta.chmod(d, 0o700)
             self.meta.chown(d, owner=self.owner, group=self.owner)
         return upload_id
 

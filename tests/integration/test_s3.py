@@ -5,7 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import datetime
 import hashlib
+import io
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -122,6 +125,44 @@ def test_ranges_and_conditions(s3):
     assert status(e) == 304
     past = future - datetime.timedelta(days=1)
     assert s3.get_object(Bucket="ranges", Key="r", IfModifiedSince=past)["Body"].read() == body
+
+
+def test_ranged_reads_across_block_boundaries_are_byte_exact(s3, alice_fs):
+    """A GET streams only the blocks of its range, sliced at both ends: every range
+    across block boundaries is exact, and concurrent ranged GETs (aws-cli's download)
+    reassemble the object. Sidecars read by earlier GETs never describe a newer
+    version."""
+    s3.create_bucket(Bucket="blocks")
+    b = 64 * 1024
+    body = os.urandom(10 * b + 123)
+    alice_fs.put(io.BytesIO(body), "/blocks/small", block_size=b)
+    assert len(alice_fs.stat("/blocks/small")["blocks"]) == 11
+    n = len(body)
+    for start, end in ((0, b - 1), (b - 1, b), (b - 5, 3 * b + 4), (2 * b, 4 * b - 1),
+                       (b + 7, n - 1), (n - 200, n - 1), (10 * b, n - 1), (0, n - 1)):
+        got = s3.get_object(Bucket="blocks", Key="small", Range=f"bytes={start}-{end}")
+        assert got["Body"].read() == body[start:end + 1], (start, end)
+        assert got["ContentRange"] == f"bytes {start}-{end}/{n}"
+    step = 100_000
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        pieces = list(pool.map(lambda s: s3.get_object(
+            Bucket="blocks", Key="small", Range=f"bytes={s}-{min(s + step, n) - 1}"
+        )["Body"].read(), range(0, n, step)))
+    assert b"".join(pieces) == body
+    # overwritten through S3, then natively with the same size: each GET describes the
+    # version it reads (the native one has no sidecar: a derived ETag, no metadata)
+    for version in (b"1", b"2"):
+        s3.put_object(Bucket="blocks", Key="small", Body=body[:2000] + version,
+                      Metadata={"v": version.decode()})
+        got = s3.get_object(Bucket="blocks", Key="small", Range="bytes=1999-")
+        assert got["Body"].read() == body[1999:2000] + version
+        assert got["ETag"] == f'"{hashlib.md5(body[:2000] + version).hexdigest()}"'
+        assert got["Metadata"] == {"v": version.decode()}
+    alice_fs.write_bytes("/blocks/small", body[5000:7001])
+    got = s3.get_object(Bucket="blocks", Key="small")
+    assert got["Body"].read() == body[5000:7001]
+    assert got["ETag"] != f'"{hashlib.md5(body[:2000] + b"2").hexdigest()}"'
+    assert got["Metadata"] == {}
 
 
 def test_copy_and_delete_objects(s3):
@@ -416,6 +457,75 @@ def test_requests_act_with_the_users_own_permissions(gateway, s3, fs, alice_fs):
     s3.delete_object(Bucket="perm-a", Key="d/doc")
     assert not fs.exists("/perm-a/d")
     s3.delete_bucket(Bucket="perm-a")
+
+
+def test_s3meta_is_private_to_the_gateway(gateway, s3, fs, alice_fs):
+    """Sidecars and records under /.s3meta tell ETags, content types, user metadata and
+    key names: no native user may list or read them (through the real CLI and the API);
+    through S3 a user gets an object's metadata only with read permission on it."""
+    s3.create_bucket(Bucket="meta-private")
+    s3.put_object(Bucket="meta-private", Key="d/secret", Body=b"x", ContentType="text/x-plan",
+                  Metadata={"plan": "merger"})
+    up = s3.create_multipart_upload(Bucket="meta-private", Key="big")["UploadId"]
+    fs.mkdir("/meta-native", mode=0o777)       # a native top-level directory: a bucket too
+    fs.chmod("/meta-native", 0o777)
+    s3.put_object(Bucket="meta-native", Key="k", Body=b"y", Metadata={"m": "1"})
+    assert fs.stat("/.s3meta")["mode"] & 0o7777 == 0o711
+    for tree in ("/.s3meta/meta-private", "/.s3meta/meta-native", "/.s3meta/.buckets"):
+        assert fs.stat(tree)["mode"] & 0o7777 == 0o700, tree
+    assert fs.stat(f"/.s3meta/.uploads/{up}")["owner"] == "alice"
+    cli = [sys.executable, "-m", "client.cli", "--broker", gateway.cluster.broker,
+           "--key", str(gateway.user_keys["bob"])]
+    sidecars = ["/.s3meta/meta-private/d/secret", "/.s3meta/meta-native/k",
+                "/.s3meta/.buckets/meta-private.json", f"/.s3meta/.uploads/{up}/upload.json"]
+    for path in sidecars:
+        out = subprocess.run(cli + ["read", path], capture_output=True, text=True)
+        assert out.returncode != 0 and "merger" not in out.stdout, (path, out)
+        assert "ermission denied" in out.stderr, (path, out.stderr)
+    with AegisClient(gateway.cluster.broker, key=gateway.user_keys["bob"]) as bob_fs:
+        for path in ("/.s3meta", "/.s3meta/meta-private", "/.s3meta/meta-native",
+                     "/.s3meta/.buckets", "/.s3meta/.uploads", f"/.s3meta/.uploads/{up}"):
+            with pytest.raises(PermissionError):
+                bob_fs.ls(path)
+        for path in sidecars:
+            with pytest.raises(PermissionError):
+                bob_fs.read_bytes(path)
+    # alice's own upload still works through the directory she may pass through
+    part = s3.upload_part(Bucket="meta-private", Key="big", UploadId=up, PartNumber=1,
+                          Body=b"p" * 10)["ETag"]
+    s3.complete_multipart_upload(Bucket="meta-private", Key="big", UploadId=up,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part}]})
+    assert alice_fs.read_bytes("/meta-private/big") == b"p" * 10
+    # through S3: bob sees the metadata once alice lets him read the object, not before
+    bob = gateway.client("bob")
+    with pytest.raises(ClientError) as e:
+        bob.head_object(Bucket="meta-private", Key="d/secret")
+    assert status(e) == 403
+    alice_fs.chmod("/meta-private", 0o755)
+    alice_fs.chmod("/meta-private/d", 0o755)
+    got = bob.head_object(Bucket="meta-private", Key="d/secret")
+    assert (got["ContentType"], got["Metadata"]) == ("text/x-plan", {"plan": "merger"})
+    alice_fs.chmod("/meta-private/d/secret", 0o600)
+    with pytest.raises(ClientError) as e:
+        bob.get_object(Bucket="meta-private", Key="d/secret")
+    assert status(e) == 403
+
+
+def test_an_older_open_s3meta_is_made_private(gateway, s3, fs):
+    """A /.s3meta that an earlier gateway left 0755 is narrowed (at start, idempotent)."""
+    from client.s3.store import Store
+    s3.create_bucket(Bucket="meta-old")
+    s3.put_object(Bucket="meta-old", Key="a/b", Body=b"z")
+    for path in ("/.s3meta", "/.s3meta/meta-old", "/.s3meta/.buckets", "/.s3meta/.uploads"):
+        fs.chmod(path, 0o755)
+    Store(fs).secure_meta()
+    Store(fs).secure_meta()
+    modes = {p: fs.stat(p)["mode"] & 0o7777 for p in
+             ("/.s3meta", "/.s3meta/meta-old", "/.s3meta/.buckets", "/.s3meta/.uploads")}
+    assert modes == {"/.s3meta": 0o711, "/.s3meta/meta-old": 0o700,
+                     "/.s3meta/.buckets": 0o700, "/.s3meta/.uploads": 0o711}
+    assert s3.head_object(Bucket="meta-old", Key="a/b")["ETag"] == \
+        f'"{hashlib.md5(b"z").hexdigest()}"'
 
 
 def test_a_user_without_an_aegisfs_key_is_refused(gateway):
