@@ -314,12 +314,13 @@ class Handlers:
         handle, count = rec["handle"], h["count"]
         repl, bsize = rec["replication"], rec["block_size"]
         exclude = [str(n) for n in h.get("exclude") or []]
-        # placement and the allocation limits first: a refusal (EAGAIN in safe mode,
-        # ENOSPC, EDQUOT) changes nothing, so a retry under the same opid runs again
-        targets = [self._place(repl, ctx, exclude=exclude, min_nodes=1, reserve=bsize)
-                   for _ in range(count)]
+        # the allocation limits, then placement, before any record: a refusal (EDQUOT,
+        # EAGAIN in safe mode, ENOSPC) changes nothing, so a retry under the same opid
+        # runs again
         self.allocations.reserve(ctx.caller_id, handle, count, count * bsize)
         try:
+            targets = [self._place(repl, ctx, exclude=exclude, min_nodes=1, reserve=bsize)
+                       for _ in range(count)]
             self.store.submit(rec)
             self.submit(lambda ns: ns.prepare_allocate(handle, targets))
         except BaseException:
