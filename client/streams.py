@@ -496,8 +496,10 @@ class BlockPool:
     the lease), then aborted; a pool the MDS no longer knows (ESTALE) is dropped."""
 
     def __init__(self, mux: Mux, replication: int | None, block_size: int | None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.mux, self.clock = mux, clock
+                 *, clock: Callable[[], float] | None = None) -> None:
+        # the retry policy's clock: a test's fake clock moves pools' time too
+        self.mux = mux
+        self.clock = clock or (mux.retry.clock if mux.retry is not None else time.monotonic)
         header: dict[str, Any] = {"op": "pool", "count": POOL_BLOCKS}
         if replication is not None:
             header["replication"] = replication
@@ -508,7 +510,7 @@ class BlockPool:
         self.replication, self.block_size = draft_geometry(got)
         lease = got.get("lease")
         life = POOL_LIFE if not isinstance(lease, (int, float)) else min(POOL_LIFE, lease / 2)
-        self.until = clock() + max(1.0, life)
+        self.until = self.clock() + max(1.0, life)
         self.blocks: deque[tuple[bytes, list[str], dict[str, bytes]]] = deque(
             _allocated(b) for b in got.get("blocks") or [])
 
