@@ -122,7 +122,7 @@ class Handlers:
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
         """Several client operations in one request (`ops`: 1..256 maps, each {op, ...}, of
         mkdir stat ls create allocate replace_target commit abort renew rm chmod chown
-        copy) ->
+        copy pool put_small) ->
         `results`:
         one {ok: result} or {err: [code, message]} per op, in order. Each item is checked
         and dispatched like a request of its own (schema, caller class); one that fails
