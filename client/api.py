@@ -28,7 +28,7 @@ from . import localio
 from .direct import DIRECT_CONNECT, Links
 from .blocks import Piece, Suspects, pieces_for_range
 from .retry import Notice, Retrier, RetryPolicy
-from .streams import BlockReader, BlockWriter, Mux, name_error
+from .streams import SMALL_MAX, BlockReader, BlockWriter, Mux, name_error, put_small
 
 if TYPE_CHECKING:
     from .files import ReadFile, WriteFile
@@ -133,6 +133,7 @@ class AegisClient:
         self.put_batch = _batch_size(client_cfg["put_batch"])
         self.get_batch = _batch_size(client_cfg["get_batch"])
         self.suspects = Suspects()
+        self.small_puts = 0      # files written through a block pool (put_small)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._clients: list[Client] = []
@@ -449,6 +450,26 @@ class AegisClient:
             else:
                 f = src
             total = localio.known_size(f)
+            if total is not None and total <= SMALL_MAX:
+                # a small file: one block put to every target, then one MDS request
+                head = bytearray(total + 1)
+                n = localio.read_full(f, memoryview(head))
+                if n <= total:
+                    data = memoryview(head)[:n]
+                    with _about(p):
+                        done_small = put_small(
+                            self._io(), p, data, replication=replication,
+                            block_size=block_size, parents=parents, exclusive=exclusive,
+                            suspects=self.suspects, timeout=self.timeout)
+                    if done_small is not None:
+                        self.small_puts += 1
+                        if progress:
+                            progress(n, total)
+                        return done_small
+                    f = io.BytesIO(data)      # the streaming writer takes it from here
+                else:                          # it grew since its size was read
+                    f = _Chain(memoryview(head)[:n], f)
+                total = n if n <= total else None
             done = [0]
 
             advance: Callable[[int], None] | None = None
@@ -770,6 +791,24 @@ def _outcomes(out: list[Outcome], errors: str) -> list[Outcome]:
             first.add_note(f"{len(failed) - 1} more of {len(out)} files failed too")
         raise first
     return out
+
+
+class _Chain(io.RawIOBase):
+    """The bytes already read from a source, then the rest of the source."""
+
+    def __init__(self, head: memoryview, rest: Any) -> None:
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head.nbytes:
+            n = min(len(b), self._head.nbytes)
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return localio.read_full(self._rest, memoryview(b).cast("B"))
 
 
 def _batch_size(n: Any) -> int:

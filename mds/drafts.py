@@ -14,6 +14,11 @@ from mds.inode import Draft
 
 log = logging.getLogger(__name__)
 
+# The path of a block pool (the `pool` record): blocks allocated ahead of the small files
+# a client will write, each moved to its file's draft by `adopt`. No file has this path
+# (every path starts with "/"), so a pool can never be committed.
+POOL_PATH = ""
+
 
 class Drafts:
     def __init__(self, blockmap: BlockMap) -> None:
@@ -81,6 +86,31 @@ class Drafts:
         if rec["node"] not in d.targets[i]:
             d.targets[i] = (*d.targets[i], rec["node"])
         return {"handle": d.handle, "block": rec["block"], "targets": list(d.targets[i])}
+
+    def check_adopt(self, rec: Mapping) -> None:
+        pool, d = self.get(rec["pool"]), self.get(rec["handle"])
+        check(pool.path == POOL_PATH, pool.handle, "not a block pool")
+        check(d.path != POOL_PATH, d.handle, "a block pool cannot adopt blocks")
+        blocks = rec["blocks"]
+        check(isinstance(blocks, list) and len(blocks) <= len(pool.bids), pool.handle,
+              "bad block list")
+        owners = self._blockmap.owners
+        check(len(set(blocks)) == len(blocks), pool.handle, "block listed twice")
+        for bid in blocks:
+            check(is_block_id(bid) and owners.get(bid) is pool, pool.handle,
+                  "block is not part of this pool")
+        check(d.block_size == pool.block_size and d.replication == pool.replication,
+              d.handle, "the draft's replication and block size differ from the pool's")
+
+    def apply_adopt(self, rec: Mapping) -> dict:
+        pool, d = self.by_handle[rec["pool"]], self.by_handle[rec["handle"]]
+        owners = self._blockmap.owners
+        for bid in rec["blocks"]:
+            i = pool.bids.index(bid)
+            d.bids.append(pool.bids.pop(i))     # the id object the index is keyed by
+            d.targets.append(pool.targets.pop(i))
+            owners[bid] = d
+        return {"handle": d.handle, "pool": pool.handle, "blocks": len(rec["blocks"])}
 
     def check_renew(self, rec: Mapping) -> None:
         self.get(rec["handle"])

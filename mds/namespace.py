@@ -19,6 +19,12 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
                   group, mode}
     allocate     {handle, blocks: [[id, [node, ...]], ...], lease}
     add_target   {handle, block, node}         a replacement target (replace_target)
+    pool         {handle, replication, block_size, lease, mtime, owner, group}
+                                               a block pool: a draft without a path,
+                                               never committed (mds/drafts.py)
+    adopt        {pool, handle, blocks: [id, ...]}
+                                               pool blocks (with their targets) move to
+                                               draft `handle`
     commit       {handle, blocks: [[id, size, checksum, [node, ...]] | [id, size,
                   checksum], ...], mtime, exclusive?}
                                                a 3-entry block is an existing committed
@@ -102,7 +108,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 from mds import paths, perms
 from mds.blockmap import BlockMap
-from mds.drafts import Drafts
+from mds.drafts import POOL_PATH, Drafts
 from mds.fields import check, error, is_node_list, is_time, nodes_arg
 from mds.opids import OpResults, apply_once, check_once
 from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR,
@@ -150,6 +156,8 @@ class Namespace:
         self._ops = {
             "mkdir": (self._check_mkdir, self._apply_mkdir),
             "create": (self._check_create, self._apply_create),
+            "pool": (self._check_pool, self._apply_pool),
+            "adopt": (d.check_adopt, d.apply_adopt),
             "allocate": (d.check_allocate, d.apply_allocate),
             "add_target": (d.check_add_target, d.apply_add_target),
             "commit": (self._check_commit, self._apply_commit),
@@ -263,12 +271,18 @@ class Namespace:
         return self.drafts.info(handle)
 
     def draft_handles(self) -> list[str]:
-        return sorted(self.drafts.by_handle)
+        """The files under construction (block pools are not: see pool_handles)."""
+        return sorted(h for h, d in self.drafts.by_handle.items() if d.path != POOL_PATH)
+
+    def pool_handles(self) -> list[str]:
+        return sorted(h for h, d in self.drafts.by_handle.items() if d.path == POOL_PATH)
 
     def counts(self) -> dict:
+        pools = sum(1 for d in self.drafts.by_handle.values() if d.path == POOL_PATH)
         return {"files": self.files, "dirs": self.dirs, "blocks": self.blocks,
-                "bytes": self.bytes, "drafts": len(self.drafts.by_handle),
-                "pending_deletes": self.blockmap.pending_count()}
+                "bytes": self.bytes, "drafts": len(self.drafts.by_handle) - pools,
+                "pending_deletes": self.blockmap.pending_count(),
+                **({"pools": pools} if pools else {})}   # dumps without pools stay equal
 
     def expire_drafts(self, now: float) -> list[dict]:
         """Abort records for drafts whose lease deadline is at or before ``now``."""
@@ -442,6 +456,50 @@ class Namespace:
         self.drafts.check_allocate(rec)
         return rec
 
+    def prepare_pool(self, *, replication: int | None = None, block_size: int | None = None,
+                     cred: Cred | None = None, lease: float | None = None) -> dict:
+        """A block pool: a draft with no path (it can never be committed), holding blocks
+        a client allocated ahead of the files it will write (`adopt` moves them to a
+        file's draft). Lease, renew, abort, expiry and allocation limits are a draft's."""
+        now = self._clock()
+        rec = {"op": "pool", "handle": self._random(12).hex(),
+               "replication": self.config.replication if replication is None else replication,
+               "block_size": self.config.block_size if block_size is None else block_size,
+               "lease": now + (self.config.lease if lease is None else lease), "mtime": now,
+               "owner": perms.SUPERUSER if cred is None else cred.user,
+               "group": perms.SUPERUSER if cred is None else cred.group}
+        self._check_pool(rec)
+        return rec
+
+    def _check_pool(self, rec: Mapping) -> None:
+        handle = rec["handle"]
+        check(isinstance(handle, str) and 0 < len(handle) <= MAX_HANDLE_LEN, handle,
+              "bad pool handle")
+        repl, bsize = rec["replication"], rec["block_size"]
+        check(type(repl) is int and 1 <= repl <= 255, handle, "replication must be 1..255")
+        check(type(bsize) is int and 1 <= bsize <= MAX_BLOCK_SIZE, handle,
+              f"block size must be 1..{MAX_BLOCK_SIZE}")
+        check(is_time(rec["lease"]) and is_time(rec["mtime"]), handle, "bad lease or mtime")
+        check(isinstance(rec["owner"], str) and rec["owner"] != ""
+              and isinstance(rec["group"], str) and rec["group"] != "", handle,
+              "bad owner or group")
+        if handle in self.drafts.by_handle:
+            raise error(errno.EEXIST, handle, "draft handle already in use")
+
+    def _apply_pool(self, rec: Mapping) -> dict:
+        # inode 0: a pool never becomes a file, so it takes no inode number
+        d = Draft(rec["handle"], POOL_PATH, 0, rec["replication"],
+                  rec["block_size"], rec["lease"], rec["mtime"], rec["owner"], rec["group"],
+                  LEGACY_FILE_MODE)
+        self.drafts.by_handle[d.handle] = d
+        return {"handle": d.handle, "lease": d.lease}
+
+    def prepare_adopt(self, pool: str, handle: str, block_ids: Sequence[bytes]) -> dict:
+        """Move blocks of block pool `pool` (with their targets) to draft `handle`."""
+        rec = {"op": "adopt", "pool": pool, "handle": handle, "blocks": list(block_ids)}
+        self.drafts.check_adopt(rec)
+        return rec
+
     def prepare_add_target(self, handle: str, block_id: bytes, node: str) -> dict:
         """Record a replacement target of a draft's block, so that an abort, an expiry or
         a commit without it queues its copy there for deletion (no orphan left behind)."""
@@ -501,6 +559,7 @@ class Namespace:
     def _check_commit(self, rec: Mapping) -> None:
         d = self.drafts.get(rec["handle"])
         path, blocks = d.path, rec["blocks"]
+        check(path != POOL_PATH, d.handle, "a block pool is not a file: it cannot be committed")
         check(isinstance(blocks, list), path, "blocks must be a list")
         check(is_time(rec["mtime"]), path, "bad mtime")
         mine, seen = set(d.bids), set()

@@ -32,6 +32,7 @@ from broker.service import (EVERYONE, Bool, Bytes, Context, Float, Int, List, Ma
 
 from .cluster import ClusterView
 from .grants import Grants
+from .drafts import POOL_PATH
 from .metastore import MetaStore
 from .namespace import BLOCK_ID_LEN, MAX_BLOCK_SIZE, MAX_HANDLE_LEN
 from .paths import MAX_PATH_BYTES
@@ -48,7 +49,7 @@ MAX_ACKS = 100_000         # deletions / failed copies a heartbeat may acknowled
 MAX_STAT_CAPS = 4096
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
-                       "commit", "abort", "renew", "rm", "chmod", "chown", "copy",
+                       "commit", "pool", "put_small", "abort", "renew", "rm", "chmod", "chown", "copy",
                        "rename", "utimens"})
 
 CLIENT = frozenset({P.CALLER_CLIENT})
@@ -121,7 +122,7 @@ class Handlers:
     def batch(self, h: dict, payload: list, ctx: Context) -> dict:
         """Several client operations in one request (`ops`: 1..256 maps, each {op, ...}, of
         mkdir stat ls create allocate replace_target commit abort renew rm chmod chown
-        copy) ->
+        copy pool put_small) ->
         `results`:
         one {ok: result} or {err: [code, message]} per op, in order. Each item is checked
         and dispatched like a request of its own (schema, caller class); one that fails
@@ -294,6 +295,95 @@ class Handlers:
                 pass   # best effort: the client's own allocate reports why
         out["lease"] = self._lease_left(draft["handle"], ctx)
         return out
+
+    @operation({"count": Int(1, FIRST_ALLOCATION), "replication?": Int(1, 255),
+                "block_size?": Int(1, MAX_BLOCK_SIZE), "exclude?": EXCLUDE},
+               callers=CLIENT, mutating=True)
+    def pool(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Open a block pool: blocks allocated ahead of the small files the caller will
+        write with `put_small`, so that a small file is its block puts then ONE durable
+        MDS request -> {handle, replication, block_size, lease: seconds left, blocks:
+        [{id, nodes, caps}], endpoints?} (`count` 1..16 blocks, as allocate). A pool is a
+        draft without a path: invisible, never committed; `allocate` adds blocks, `renew`
+        extends its lease, `abort` ends it, and at expiry its unused blocks are deleted
+        (their copies queued for deletion on their targets). Its blocks count toward the
+        caller's allocation limits (EDQUOT) until a file adopts them or the pool ends."""
+        cred = cred_of(ctx)
+        rec = self.ns.prepare_pool(replication=h.get("replication"),
+                                   block_size=h.get("block_size"), cred=cred)
+        handle, count = rec["handle"], h["count"]
+        repl, bsize = rec["replication"], rec["block_size"]
+        exclude = [str(n) for n in h.get("exclude") or []]
+        # the allocation limits, then placement, before any record: a refusal (EDQUOT,
+        # EAGAIN in safe mode, ENOSPC) changes nothing, so a retry under the same opid
+        # runs again
+        self.allocations.reserve(ctx.caller_id, handle, count, count * bsize)
+        try:
+            targets = [self._place(repl, ctx, exclude=exclude, min_nodes=1, reserve=bsize)
+                       for _ in range(count)]
+            self.store.submit(rec)
+            self.submit(lambda ns: ns.prepare_allocate(handle, targets))
+        except BaseException:
+            self.allocations.release(handle)
+            raise
+        mint, wall = self.grants.mint_write, ctx.wall
+        blocks = [{"id": b["id"], "nodes": b["targets"],
+                   "caps": mint(b["id"], b["targets"], wall)}
+                  for b in self.ns.draft_info(handle)["blocks"]]
+        out = {"handle": handle, "replication": repl, "block_size": bsize, "blocks": blocks}
+        self._with_endpoints(out, (n for b in blocks for n in b["nodes"]))
+        out["lease"] = self._lease_left(handle, ctx)
+        return out
+
+    @operation({"path": PATH, "pool": HANDLE, "blocks": List(COMMIT_BLOCK, FIRST_ALLOCATION),
+                "parents?": Bool(), "exclusive?": Bool(), "mode?": MODE, "umask?": UMASK},
+               callers=CLIENT, mutating=True)
+    def put_small(self, h: dict, payload: list, ctx: Context) -> dict:
+        """Create and commit file `path` in one request from blocks of the caller's block
+        pool `pool` that are already stored -> {path, size, refused?}. `blocks` as in
+        commit (every one a block of this pool, new, with its replicas and receipts; none
+        for an empty file); the file gets the pool's replication and block size. The same
+        rules as create then commit: permissions (EACCES), `parents`, `exclusive`
+        (EEXIST), `mode` & ~`umask`, receipts (a block with no replica proven by a valid
+        receipt from one of its targets fails the request with EACCES), quotas. It is
+        all-or-nothing: the file appears whole or not at all, and on any refusal the
+        listed blocks leave the pool (deleted; the caller must not use them again).
+        ESTALE when `pool` is not a live pool of the caller (expired, aborted): the
+        caller opens a new one. With the other mutations, its records and answer are
+        one WAL record, made durable before the reply."""
+        cred = cred_of(ctx)
+        pool = self.ns.drafts.by_handle.get(h["pool"])
+        if pool is None or pool.path != POOL_PATH or pool.owner != cred.user:
+            raise OSError(errno.ESTALE, f"no block pool {h['pool']} of {cred.user} "
+                          "(expired or aborted)")
+        ids = [b["id"] for b in h["blocks"]]
+        owners = self.ns.blockmap.owners
+        if any(owners.get(bid) is not pool for bid in ids) or len(set(ids)) != len(ids):
+            raise _bad(f"put_small {h['path']}: a block is not (or no longer) in the pool")
+        if h.get("exclusive"):
+            try:
+                self.ns.stat(h["path"], cred=cred)   # EACCES first: no existence leak
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            else:
+                raise OSError(errno.EEXIST, "File exists", h["path"])
+        replication, block_size = pool.replication, pool.block_size
+        created = self.submit(lambda ns: ns.prepare_create(
+            h["path"], replication=replication, block_size=block_size,
+            parents=bool(h.get("parents")), cred=cred, mode=h.get("mode"),
+            umask=h.get("umask")))
+        handle = created["handle"]
+        try:
+            if ids:
+                self.submit(lambda ns: ns.prepare_adopt(pool.handle, handle, ids))
+                nbytes = len(ids) * block_size
+                self.allocations.unreserve(pool.handle, len(ids), nbytes)
+            return self.commit({"handle": handle, "blocks": h["blocks"],
+                                "exclusive": h.get("exclusive")}, payload, ctx)
+        except OSError:
+            # nothing partial stays: the new draft (and the blocks it adopted) goes
+            self.submit(lambda ns: ns.prepare_abort(handle))
+            raise
 
     def _lease_left(self, handle: str, ctx: Context) -> float:
         """The one lease unit on the wire: seconds remaining. The namespace read its own

@@ -38,8 +38,10 @@ class Writer(threading.Thread):
                 else:
                     path, n = f"/sw/w{self.idx}/f{n:05d}", n + 1
                 data = self.rng.randbytes(self.rng.choice(SIZES))
+                # a 4 KiB block size: 5000 bytes are two blocks, the streaming path
+                bs = 4096 if self.rng.random() < 0.3 else None
                 try:
-                    self.fs.write_bytes(path, data, replication=2)
+                    self.fs.write_bytes(path, data, replication=2, block_size=bs)
                     ok = True
                     self.acked += 1
                 except OSError:      # a killed role: the outcome is unknown
@@ -108,6 +110,9 @@ def test_sigkill_mds_and_datanodes_under_single_file_writes(tmp_path, soak):
         print(f"\n{len(kills)} SIGKILLs ({', '.join(kills)}): {acked} acknowledged "
               f"writes, {failed} with an unknown outcome, {checked} files checked")
         assert acked >= 4 * WRITERS            # the writes really went on between kills
+        small = sum(clients[w.idx].small_puts for w in writers)
+        print(f"{small} through block pools (put_small), {acked - small} streamed")
+        assert small >= 2 * WRITERS and acked - small >= 1   # both paths were taken
     finally:
         for w in writers:
             w.stop = True

@@ -419,3 +419,22 @@ def test_get_many_small_big_missing_and_file_objects(fs, tmp_path):
     assert not (tmp_path / "missing").exists() and not list(tmp_path.glob(".*.part"))
     with pytest.raises(FileNotFoundError):
         fs.get_many(items)
+
+
+def test_small_files_go_through_a_block_pool_and_the_pool_ends(cluster):
+    """Issue 19 on a real cluster (CURVE on): one-block files are put_small requests,
+    read back exactly with R replicas each; once the client is gone its pool's lease
+    ends and nothing is left reserved or in a draft."""
+    files = {f"/pool/f{i}": os.urandom(n) for i, n in enumerate([0, 1, 4096, 70_000] * 5)}
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as fs:
+        for path, data in files.items():
+            fs.write_bytes(path, data)
+        assert fs.small_puts == len(files)
+        assert fs.status().get("pools", 0) >= 1
+        for path, data in files.items():
+            assert fs.read_bytes(path) == data
+            assert all(len(b["replicas"]) == 2 for b in fs.stat(path)["blocks"])
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as fs:
+        wait_for(lambda: fs.status().get("pools", 0) == 0 and fs.status()["drafts"] == 0,
+                 timeout=LEASE * 5, what="the pool to expire")
+        assert sorted(fs.ls("/pool")) == sorted(p.rsplit("/", 1)[1] for p in files)

@@ -121,16 +121,21 @@ def test_client_retries_a_lost_reply_without_applying_twice(cluster):
     fs.mkdir("/d")
     fs.write_bytes("/d/a", b"a" * 5000)
     # the MDS applies each of these, then its reply is lost (killed after the fsync)
-    for op in ("rm", "mkdir", "mv", "commit", "create"):
+    for op in ("rm", "mkdir", "mv", "commit", "create", "pool", "put_small"):
         cluster.fail("mds", op, after=True)
     fs.rm("/d/a")                        # retried: the first answer, not ENOENT
     fs.mkdir("/d/new")                   # retried: not EEXIST
     assert fs.mv("/d/new", "/d/moved") == "/d/moved"
-    fs.write_bytes("/d/b", b"b" * 5000)  # create and commit each lose a reply
+    # several blocks: the streaming path, where create and commit each lose a reply
+    fs.write_bytes("/d/b", b"b" * 5000, block_size=1024)
     assert fs.read_bytes("/d/b") == b"b" * 5000
-    assert sorted(fs.ls("/d")) == ["b", "moved"]
+    # one block through a block pool: pool and put_small each lose a reply
+    fs.write_bytes("/d/c", b"c" * 5000, block_size=8192)
+    assert fs.read_bytes("/d/c") == b"c" * 5000
+    assert sorted(fs.ls("/d")) == ["b", "c", "moved"]
     assert cluster.store.ns.draft_handles() == []      # no second draft left over
-    assert fs.retrier.retries >= 5
+    assert len(cluster.store.ns.pool_handles()) == 2   # (None, None) and (None, 8192)
+    assert fs.retrier.retries >= 7
 
 
 def test_a_retried_exclusive_copy_answers_its_first_answer(cluster):
