@@ -346,12 +346,17 @@ class DataNodeOps:
             self._delete_many(blocks)
         except OSError as exc:
             log.warning("deleting %d blocks failed: %s", len(blocks), exc)
-            with self._acks_lock:
-                self._deleting.difference_update(blocks)
-            return
+            self._forget_deleting(blocks)
+        else:
+            self._forget_deleting(blocks, done=True)
+
+    def _forget_deleting(self, blocks: list[bytes], done: bool = False) -> None:
+        """The ids are no longer being deleted: acked with the next heartbeat when `done`,
+        else left for the MDS to name again."""
         with self._acks_lock:
             self._deleting.difference_update(blocks)
-            self._deleted.extend(blocks)
+            if done:
+                self._deleted.extend(blocks)
 
     def _start_delete(self, blocks: list[bytes]) -> None:
         """Carry out deletes the MDS asked for (the process runs them in a thread of
@@ -483,8 +488,7 @@ class DataNode(DataNodeOps):
         try:
             self.deleter.submit(self._delete_logged, blocks)
         except RuntimeError:        # shutting down: the MDS names them again after restart
-            with self._acks_lock:
-                self._deleting.difference_update(blocks)
+            self._forget_deleting(blocks)
 
     def _mds_link(self) -> None:
         client = self._member(timeout=10.0)
