@@ -17,6 +17,7 @@ from broker.capability import KeyRing, mint
 from broker.checksum import verify_range
 from broker.client import Client
 from client import AegisClient
+from client.streams import POOL_BLOCKS
 from datanode.fileformat import checksums, encode_tail
 from run_cluster import Cluster
 from tests.support.caps import cap_for
@@ -178,14 +179,29 @@ def test_an_allocation_flood_is_bounded_and_writes_keep_succeeding(cluster, fs, 
         fs.write_bytes(f"/caps/victim/f{i}", b"v" * 1000)
     assert codes == ["ok"] + ["EDQUOT"] * 17
     assert [fs.read_bytes(f"/caps/victim/f{i}") for i in range(18)] == [b"v" * 1000] * 18
-    # many drafts: bounded by the user's 4096 blocks in all, released by abort
+    # many drafts: bounded by the user's 4096 blocks in all, released by abort. The
+    # victims' block pool (client/streams.py) holds up to POOL_BLOCKS of them too: fill
+    # what is left exactly (halving counts), then the pool's reserved blocks are all the
+    # user can still write into, and the write after them gets EDQUOT.
     drafts = [mds(raw, "create", path=f"/caps/flood{i}", block_size=64 * KIB)["handle"]
               for i in range(4)]
-    for h in drafts[:3]:
-        mds(raw, "allocate", handle=h, count=1024)
+    held = 1024
+    for h in drafts:
+        count = 1024
+        while count:
+            try:
+                mds(raw, "allocate", handle=h, count=count)
+                held += count
+            except OSError as exc:
+                assert exc.errno == errno.EDQUOT, exc
+                count //= 2
+    assert 4096 - POOL_BLOCKS * 2 <= held < 4096      # the pool holds the rest
+    written = 0
     with pytest.raises(OSError) as info:
-        fs.write_bytes("/caps/victim/over", b"x")
+        for written in range(POOL_BLOCKS + 1):
+            fs.write_bytes(f"/caps/victim/over{written}", b"x")
     assert info.value.errno == errno.EDQUOT and "commit or abort" in str(info.value)
+    assert held + written <= 4096, (held, written)     # never past the user's limit
     for h in [handle, *drafts]:
         mds(raw, "abort", handle=h)
     fs.write_bytes("/caps/victim/after", b"y")

@@ -41,8 +41,9 @@ def test_every_role_serves_metrics_that_move(tmp_path):
         before = {role: scrape(p) for role, p in ports.items()}
         with AegisClient(cluster.broker, key=cluster.key) as fs:
             fs.mkdir("/m")
-            fs.write_bytes("/m/f", b"z" * 300_000)
+            fs.write_bytes("/m/f", b"z" * 300_000)          # a small file: pool, put_small
             assert fs.read_bytes("/m/f") == b"z" * 300_000
+            fs.write_bytes("/m/big", b"b" * 1_100_000)      # past SMALL_MAX: create, commit
             try:
                 fs.rm("/m/missing")
             except FileNotFoundError:
@@ -50,7 +51,7 @@ def test_every_role_serves_metrics_that_move(tmp_path):
             fs.whoami()
         after = {role: scrape(p) for role, p in ports.items()}
         mds_b, mds_a = before["mds"], after["mds"]
-        for op in ("mkdir", "create", "commit", "stat"):
+        for op in ("mkdir", "pool", "put_small", "create", "commit", "stat"):
             assert series(mds_a, "aegisfs_requests_total", service="mds", op=op) > \
                 series(mds_b, "aegisfs_requests_total", service="mds", op=op), op
         assert series(mds_a, "aegisfs_request_errors_total", op="rm", code="ENOENT") >= 1
