@@ -34,12 +34,48 @@ class AttrCache:
                 self._d.pop(p, None)
                 self._d.pop(parent_of(p), None)
 
+    def drop_entry(self, path: str) -> None:
+        """Drop one path, not its parent (a change that leaves the directory as it is)."""
+        with self._lock:
+            self._d.pop(path, None)
+
+    def touch(self, path: str, ns: int) -> None:
+        """A directory changed by this mount (a new entry): its cached mtime and ctime
+        move to `ns`, the rest stays, so the next permission check needs no stat."""
+        with self._lock:
+            hit = self._d.get(path)
+            if hit is not None:
+                self._d[path] = (hit[0], {**hit[1], "st_mtime": ns, "st_ctime": ns})
+
     def drop_tree(self, path: str) -> None:
         with self._lock:
             prefix = path.rstrip("/") + "/"
             for p in [p for p in self._d if p == path or p.startswith(prefix)]:
                 del self._d[p]
             self._d.pop(parent_of(path), None)
+
+
+class OwnChanges:
+    """Paths this mount committed lately (bounded): the event of such a commit drops the
+    file's cached attributes but not its parent's, which the mount updated itself
+    (AttrCache.touch at the create), so a tar -x does not stat its directory after
+    every batch."""
+
+    def __init__(self, keep: int = 100_000, ttl: float = 30.0) -> None:
+        self.keep, self.ttl = keep, ttl
+        self._d: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path: str) -> None:
+        with self._lock:
+            if len(self._d) >= self.keep:
+                self._d.clear()
+            self._d[path] = time.monotonic() + self.ttl
+
+    def __contains__(self, path: object) -> bool:
+        """`path` was committed by this mount lately (its commit and attr events)."""
+        deadline = self._d.get(path) if isinstance(path, str) else None
+        return deadline is not None and deadline >= time.monotonic()
 
 
 def parent_of(path: str) -> str:
