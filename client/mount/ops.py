@@ -18,8 +18,10 @@ from typing import Any, Iterator, Sequence
 
 import mfusepy
 
+from broker.crc import crc32c
 from broker.limits import MAX_FILE_BLOCKS
 
+from ..retry import retryable
 from ..streams import BlockWriter
 from .background import MountBatch
 from .cache import AttrCache, OwnChanges, parent_of
@@ -38,6 +40,7 @@ KINDS = {"symlink": S.S_IFLNK, "fifo": S.S_IFIFO, "socket": S.S_IFSOCK,
          "chardev": S.S_IFCHR, "blockdev": S.S_IFBLK}
 KIND_OF = {v: k for k, v in KINDS.items()}
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+RETRY_FOR = 120.0             # seconds a background commit rides through an outage
 
 
 def _ns(t: Any) -> int:
@@ -272,7 +275,8 @@ class AegisOperations(mfusepy.Operations):
         for h in handles:
             if h.dirty:
                 self._flush(h)
-        self.pending.settle(path, exact=not below, raise_errors=False)
+        self.pending.settle(path, exact=not below, raise_errors=False,
+                            timeout=self.fs.timeout)
 
     def _flush(self, h: FileHandle) -> None:
         with h.lock:
@@ -548,7 +552,7 @@ class AegisOperations(mfusepy.Operations):
         if not self.background:
             return False
         with h.lock:
-            if not (h.fresh and h.dirty and not h.unlinked) \
+            if not (h.fresh and h.dirty and not h.unlinked and not h.broken) \
                     or h.draft_mode is not None or h.cow is not None:
                 return False
             if h.stream is not None:
@@ -575,14 +579,59 @@ class AegisOperations(mfusepy.Operations):
         return True
 
     def _commit_batch(self, batch: Sequence[PendingFile]) -> list[OSError | None]:
+        """Commit a batch; files that failed for a reason a restart explains (the MDS or
+        broker away: refused, reset, timed out, EAGAIN) stay queued and are tried again
+        with backoff for up to RETRY_FOR seconds, so an outage delays them instead of
+        losing them. A retried O_EXCL create answered EEXIST is checked against what
+        is there: our own earlier attempt, committed but unanswered, is a success."""
         for p in batch:         # before the commit: its event may come before the reply
             self.own.add(p.path)
-        with self.fs.using() as mux:
-            errors = MountBatch(mux, batch, timeout=self.fs.timeout,
-                                suspects=self.fs.suspects, window=self.fs.window).run()
+        out: list[OSError | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        tried: set[int] = set()
+        deadline = time.monotonic() + RETRY_FOR
+        delay = 0.2
+        while True:
+            files = [batch[i] for i in todo]
+            try:
+                with self.fs.using() as mux:
+                    errors = MountBatch(mux, files, timeout=self.fs.timeout,
+                                        suspects=self.fs.suspects,
+                                        window=self.fs.window).run()
+            except OSError as exc:
+                errors = [exc] * len(files)
+            again = []
+            for i, err in zip(todo, errors):
+                if err is not None and retryable(err) and time.monotonic() < deadline:
+                    again.append(i)
+                elif err is not None and err.errno == errno.EEXIST and i in tried \
+                        and self._already_there(batch[i]):
+                    out[i] = None
+                else:
+                    out[i] = err
+            if not again:
+                break
+            log.warning("background commit of %d files: %s; trying again", len(again),
+                        errors[todo.index(again[0])])
+            tried.update(again)
+            todo = again
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
         for p in batch:
             self.cache.drop_entry(p.path)
-        return errors
+        return out
+
+    def _already_there(self, p: PendingFile) -> bool:
+        """The file at p.path is p's content (an earlier attempt of ours committed it)."""
+        try:
+            with self.fs.using():
+                info = self.fs._mds(p.path, "stat", path=p.path)
+        except OSError:
+            return False
+        blocks = info.get("blocks") or []
+        if int(info.get("size") or 0) != p.size or len(blocks) != (1 if p.size else 0):
+            return False
+        return not blocks or int(blocks[0].get("checksum", -1)) == crc32c(p.data)
 
     def release(self, path: str, fh: int) -> int:
         with self._lock:
