@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 def then_ops(f: PendingFile) -> list[dict[str, Any]]:
     """The MDS operations that follow a pending file's commit in the same batch."""
     ops: list[dict[str, Any]] = []
+    if f.replaces:       # a new version of an existing file keeps its mode and owner
+        ops.append({"op": "chmod", "path": f.path, "mode": f.mode})
     if f.chown is not None:
         ops.append({"op": "chown", "path": f.path, "owner": f.chown[0], "group": f.chown[1]})
     if f.mtime is not None:

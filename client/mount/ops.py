@@ -24,11 +24,11 @@ from broker.limits import MAX_FILE_BLOCKS
 from ..retry import retryable
 from ..streams import BlockWriter
 from .background import MountBatch
-from .cache import AttrCache, OwnChanges, parent_of
+from .cache import AttrCache, KnownDirs, OwnChanges, parent_of
 from .conn import MountClient
 from .handles import SMALL, FileHandle
 from .ids import IdMap
-from .pending import PendingFile, PendingQueue
+from .pending import QUEUED, PendingFile, PendingQueue
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class AegisOperations(mfusepy.Operations):
         self._committer_started = False
         self._block_size: int | None = None
         self.own = OwnChanges()             # our commits: their events keep the parent
+        self.known = KnownDirs(attr_timeout)  # negative lookups answered here
 
     # Extended attributes are not supported. Not registering the xattr operations makes
     # libfuse answer ENOSYS, after which the kernel stops asking (and answers EOPNOTSUPP
@@ -83,7 +84,7 @@ class AegisOperations(mfusepy.Operations):
         endpoint = events_endpoint(self.fs.broker)
         if endpoint and self.cache.ttl > 0:
             self.invalidator = Invalidator(endpoint, self.fs._curve, self.cache,
-                                           self.own)
+                                           self.own, self.known)
             self.invalidator.start()
 
     # -- attributes --------------------------------------------------------------------
@@ -131,6 +132,13 @@ class AegisOperations(mfusepy.Operations):
         if p is not None:
             return self._pending_attrs(p)
         cached = self.cache.get(path)
+        if cached is None and h is None:
+            absent = self.known.absent(path)
+            if absent is None:                 # known directory, set too old: list it
+                self._relist(parent_of(path))
+                absent = self.known.absent(path)
+            if absent:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         if cached is None:
             with self.fs.using():
                 info = self.fs._mds(path, "stat", path=path, blocks=False)
@@ -141,9 +149,31 @@ class AegisOperations(mfusepy.Operations):
             cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
         return cached
 
+    def _relist(self, path: str) -> None:
+        """List a known directory again, whole, to trust its name set for another ttl."""
+        token = self.known.begin(path)
+        base = path.rstrip("/")
+        names: set[str] = set()
+        try:
+            for e in self._list(path):
+                self.cache.put(f"{base}/{e['name']}", self._attrs(e))
+                names.add(e["name"])
+        except OSError:
+            self.known.drop_below(path)
+            return
+        self.known.install(path, names | self._local_names(path), token)
+
+    def _local_names(self, path: str) -> set[str]:
+        """Names in `path` that only this mount knows yet: new files not committed."""
+        with self._lock:
+            fresh = {p.rsplit("/", 1)[1] for p in self._by_path if parent_of(p) == path}
+        return fresh | {name for name, _ in self.pending.names_in(path)}
+
     def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict, int]]:
         yield "."
         yield ".."
+        token = self.known.begin(path)
+        listed: set[str] = set()
         base = path.rstrip("/")
         with self._lock:
             fresh = {p.rsplit("/", 1)[1] for p, ids in self._by_path.items()
@@ -155,7 +185,9 @@ class AegisOperations(mfusepy.Operations):
             attrs = self._attrs(e)
             self.cache.put(f"{base}/{e['name']}", attrs)
             fresh.discard(e["name"])
+            listed.add(e["name"])
             yield e["name"]
+        self.known.install(path, listed | self._local_names(path), token)
         yield from sorted(fresh)
 
     def _list(self, path: str) -> Iterator[dict]:
@@ -203,8 +235,11 @@ class AegisOperations(mfusepy.Operations):
 
     def mkdir(self, path: str, mode: int) -> int:
         # umask 0: the kernel applied the caller's umask to `mode` already
+        token = self.known.begin(path)
         with self.fs.using():
             self.fs._mds(path, "mkdir", path=path, mode=mode & 0o7777, umask=0)
+        self.known.add(path)
+        self.known.install(path, set(), token)     # new: empty, all its names ours
         self.cache.drop(path)
         if self._foreign():
             self._chown_new(path)
@@ -221,6 +256,7 @@ class AegisOperations(mfusepy.Operations):
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             self.fs._mds(path, "rm", path=path)
         self.cache.drop_tree(path)
+        self.known.drop_below(path)
         return 0
 
     def unlink(self, path: str) -> int:
@@ -244,6 +280,8 @@ class AegisOperations(mfusepy.Operations):
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         if flags & RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if self._rename_pending(old, new, flags):
+            return 0
         fields: dict[str, Any] = {"src": old, "dst": new}
         if flags & RENAME_NOREPLACE:
             fields["noreplace"] = True
@@ -253,6 +291,9 @@ class AegisOperations(mfusepy.Operations):
         self.pending.settle(new, raise_errors=False)
         with self.fs.using():
             self.fs._mds(f"{old} -> {new}", "rename", **fields)
+        self.known.drop_below(old)
+        self.known.drop_below(new)
+        self.known.add(new)
         self.cache.drop_tree(old)
         self.cache.drop_tree(new)
         with self._lock:
@@ -264,6 +305,42 @@ class AegisOperations(mfusepy.Operations):
                 for i in moved:
                     self._handles[i].path = q
         return 0
+
+    def _rename_pending(self, old: str, new: str, flags: int) -> bool:
+        """A file still queued for its commit (rsync's temporary file) is renamed in the
+        queue: it will be created at `new`, the MDS never sees the old name. The checks
+        rename would make: the target is not a directory (EISDIR), not there with
+        RENAME_NOREPLACE (EEXIST), its parent is a directory (ENOENT, ENOTDIR)."""
+        p = self.pending.get(old)
+        if p is None or p.state != QUEUED or self._open_on(old) or self._open_on(new):
+            return False
+        try:
+            dst: dict | None = self.getattr(new)
+        except FileNotFoundError:
+            dst = None
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FileExistsError(errno.EEXIST, "File exists", new)
+            if S.S_ISDIR(dst["st_mode"]):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", new)
+        if not S.S_ISDIR(self.getattr(parent_of(new))["st_mode"]):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", new)
+
+        def owner_names(f: PendingFile) -> None:
+            f.replaces = True
+            f.chown = (self.ids.user_name(f.owner[0]), self.ids.group_name(f.owner[1]))
+        if dst is not None and not self.pending.update(old, owner_names):
+            return False
+        if not self.pending.move(old, new):
+            return False
+        if flags & RENAME_NOREPLACE:     # and nothing may appear there before the commit
+            self.pending.update(new, lambda f: setattr(f, "exclusive", True))
+        now = time.time_ns()
+        for path in (old, new):
+            self.cache.drop_entry(path)
+            self.cache.touch(parent_of(path), now)
+        self.known.add(new)
+        return True
 
     def _commit_open(self, path: str, below: bool = False) -> None:
         """Commit this mount's writes to `path` (and, `below`, under it) first: what the
@@ -391,6 +468,7 @@ class AegisOperations(mfusepy.Operations):
             except BaseException:
                 w.abort()
                 raise
+        self.known.add(path)
         self.cache.drop(path)
         if self._foreign():
             self._chown_new(path)
@@ -448,6 +526,7 @@ class AegisOperations(mfusepy.Operations):
         # at the next create's permission check
         self.cache.drop_entry(path)
         self.cache.touch(parent_of(path), int(h.created * 1e9))
+        self.known.add(path)
         return self._register(h)
 
     def open(self, path: str, flags: int) -> int:

@@ -46,6 +46,7 @@ class PendingFile:
     mtime: float | None = None      # set by utimens before the commit
     exclusive: bool = False
     chown: tuple[str, str] | None = None   # owner and group names for the MDS, if not ours
+    replaces: bool = False          # renamed over an existing file: set its mode too
     state: str = QUEUED
     error: OSError | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -115,6 +116,25 @@ class PendingQueue:
             if f is None or f.state != QUEUED:
                 return False
             fn(f)
+            return True
+
+    def move(self, old: str, new: str) -> bool:
+        """Rename a queued file (not being committed): it will be created at `new`,
+        replacing whatever is there (a file queued at `new` is dropped). True when done."""
+        with self._cv:
+            f = self._files.get(old)
+            g = self._files.get(new)
+            if f is None or f.state != QUEUED or (g is not None and g.state != QUEUED):
+                return False
+            if g is not None:
+                self._remove(g)
+                g.done.set()          # replaced before its commit: nothing to wait for
+            self._remove(f)
+            f.path = new
+            f.exclusive = False       # O_EXCL was about the old name; rename replaces
+            self._files[new] = f
+            self._bytes += f.size
+            self._errors.pop(new, None)
             return True
 
     def cancel(self, path: str) -> bool:

@@ -180,3 +180,61 @@ def test_events_of_our_own_commits_keep_the_parent_cached() -> None:
     cache.put("/d", {"st_mtime": 1, "st_size": 3})
     cache.touch("/d", 99)
     assert cache.get("/d") == {"st_mtime": 99, "st_ctime": 99, "st_size": 3}
+
+
+def test_known_dirs_answer_absent_names_only_while_fresh() -> None:
+    from client.mount.cache import KnownDirs
+    k = KnownDirs(ttl=60)
+    assert k.absent("/d/x") is False                 # unknown directory: ask the MDS
+    assert k.install("/d", {"a"}, k.begin("/d"))
+    assert k.absent("/d/x") is True and k.absent("/d/a") is False
+    k.add("/d/x")
+    assert k.absent("/d/x") is False
+    assert k.absent("/") is False and k.absent("/d") is False   # "/" is never known absent
+    assert k.absent("/d/" + "n" * 256) is False      # too long: the MDS says ENAMETOOLONG
+    k._d["/d"] = (time.monotonic() - 1, k._d["/d"][1])          # past its ttl
+    assert k.absent("/d/y") is None                  # list it again first
+    assert KnownDirs(ttl=0).install("/d", set(), 0) is False     # attr timeout 0: off
+
+
+def test_known_dirs_refuse_a_listing_dropped_while_it_was_read() -> None:
+    from client.mount.cache import KnownDirs
+    k = KnownDirs(ttl=60)
+    token = k.begin("/a/b")
+    k.drop_below("/a")                               # /a moved or removed meanwhile
+    assert not k.install("/a/b", set(), token)
+    assert k.absent("/a/b/x") is False
+    assert k.install("/a/b", set(), k.begin("/a/b"))
+    k.drop_below("/a")
+    assert k.absent("/a/b/x") is False               # forgotten with its ancestor
+
+
+def test_events_add_names_to_known_dirs_and_drop_moved_ones() -> None:
+    from client.mount.cache import KnownDirs
+    cache, known = AttrCache(60), KnownDirs(60)
+    inv = Invalidator("tcp://127.0.0.1:1", None, cache, OwnChanges(), known)
+    known.install("/d", set(), known.begin("/d"))
+    known.install("/d/sub", set(), known.begin("/d/sub"))
+    inv.apply("file.commit", {"path": "/d/made-elsewhere"})
+    assert known.absent("/d/made-elsewhere") is False and known.absent("/d/other") is True
+    inv.apply("dir.delete", {"path": "/d/sub"})
+    assert known.absent("/d/sub/x") is False         # no longer trusted
+    inv.apply("file.rename", {"path": "/d/moved-in"})
+    assert known.absent("/d/moved-in") is False
+
+
+def test_move_renames_a_queued_file_and_replaces_one_queued_there() -> None:
+    q = PendingQueue(Recorder())
+    q.add(pf("/d/.tmp1", exclusive=True))
+    q.add(pf("/d/final", 3))
+    old_final = q.get("/d/final")
+    assert q.move("/d/.tmp1", "/d/final")
+    assert q.get("/d/.tmp1") is None and old_final.done.is_set()
+    moved = q.get("/d/final")
+    assert moved.size == 10 and not moved.exclusive and len(q) == 1
+    assert [f.path for f in q.take()] == ["/d/final"]
+    q.add(pf("/d/x"))
+    assert not q.move("/d/x", "/d/final")        # the target is being committed
+    assert not q.move("/d/none", "/d/y")
+    ops = then_ops(pf("/f", replaces=True, chown=("u", "g")))
+    assert ops[0] == {"op": "chmod", "path": "/f", "mode": 0o644}
