@@ -23,10 +23,16 @@ import click
                    "copy-on-write edits beyond the window [default: TMPDIR].")
 @click.option("--log-file", type=click.Path(dir_okay=False),
               help="The daemon's log [default: none].")
+@click.option("--sync-close", is_flag=True,
+              help="close() of a small new file commits before it returns, instead of "
+                   "in the background batches (docs/mount.md).")
+@click.option("--pending-mib", type=click.IntRange(1), default=64, show_default=True,
+              help="Bytes of closed small files waiting for their background commit; "
+                   "closes wait beyond.")
 @click.pass_obj
 def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
           entry_timeout: float, allow_other: bool, spool_dir: str | None,
-          log_file: str | None) -> None:
+          log_file: str | None, sync_close: bool, pending_mib: int) -> None:
     """Mount the cluster at MOUNTPOINT (FUSE). Returns once the mount serves, leaving
     the daemon running (its PID is printed); -f serves in the foreground. SIGINT or
     SIGTERM to the daemon unmounts cleanly.
@@ -61,7 +67,8 @@ def mount(state: Any, mountpoint: str, foreground: bool, attr_timeout: float,
         from .ids import IdMap
         from .ops import AegisOperations
         return AegisOperations(make_client(), IdMap(holder["user"]),
-                               attr_timeout=attr_timeout, spool_dir=spool_dir)
+                               attr_timeout=attr_timeout, spool_dir=spool_dir,
+                               background=not sync_close, pending_bytes=pending_mib << 20)
 
     mp = os.path.abspath(mountpoint)
     pid = start(mp, make_ops, opts, check=check, foreground=foreground, log_file=log_file)

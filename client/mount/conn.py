@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from broker.client import Client
 
 from ..api import AegisClient
+from ..retry import Retrier, RetryPolicy
 from ..streams import Mux
 
 KEEP_IDLE = 16
@@ -22,6 +23,11 @@ class MountClient(AegisClient):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._lease = threading.local()
+        # MDS requests of the mount ride through an MDS restart (opids make a retried
+        # mutation safe) for at most --timeout: an MDS away longer, or a cluster gone,
+        # still fails the operation within about that time, never hangs
+        self.mount_retrier = Retrier(RetryPolicy(deadline=self.timeout),
+                                     notice=self.retrier.notice)
         self._idle: list[Mux] = []
         self._pool_lock = threading.Lock()
 
@@ -43,7 +49,7 @@ class MountClient(AegisClient):
                          connect_timeout=self.connect_timeout, curve=self._curve)
         with self._lock:
             self._clients.append(rpc)
-        return Mux(rpc, keep_buffers=self.window)
+        return Mux(rpc, keep_buffers=self.window, retry=self.mount_retrier)
 
     def give(self, mux: Mux, broken: bool = False) -> None:
         """Return a Mux; one whose requests may still be in flight is closed instead."""

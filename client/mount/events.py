@@ -11,7 +11,7 @@ from typing import Any
 
 from broker.events import Subscriber
 
-from .cache import AttrCache
+from .cache import AttrCache, KnownDirs, OwnChanges
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,12 @@ def paths_of(body: dict) -> list[str]:
 
 
 class Invalidator(threading.Thread):
-    def __init__(self, endpoint: str, curve: Any, cache: AttrCache) -> None:
+    def __init__(self, endpoint: str, curve: Any, cache: AttrCache,
+                 own: OwnChanges | None = None, known: KnownDirs | None = None) -> None:
         super().__init__(name="aegisfs-mount-events", daemon=True)
         self.endpoint, self.curve, self.cache = endpoint, curve, cache
+        self.own = own or OwnChanges()
+        self.known = known or KnownDirs(0)
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -40,12 +43,22 @@ class Invalidator(threading.Thread):
                 event = sub.recv(timeout=0.5)
                 if event is None:
                     continue
-                for path in paths_of(event.body):
-                    self.cache.drop_tree(path)
+                self.apply(event.topic, event.body)
         except Exception:           # the cache times still bound staleness
             log.exception("event feed lost; attributes now expire by time only")
         finally:
             sub.close()
+
+    def apply(self, topic: str, body: dict) -> None:
+        for path in paths_of(body):      # names that exist now (KnownDirs: a superset)
+            if topic not in ("file.commit", "file.attr", "dir.attr", "dir.create"):
+                self.known.drop_below(path)          # a directory removed or moved
+            self.known.add(path)
+        if topic in ("file.commit", "file.attr") and body.get("path") in self.own:
+            self.cache.drop_entry(body["path"])      # ours: the parent is up to date
+            return
+        for path in paths_of(body):
+            self.cache.drop_tree(path)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -205,6 +205,7 @@ class FileHandle:
         self.owner = (os.getuid(), os.getgid())     # who made a fresh file (the caller)
         self.mtime: float | None = None             # a fresh file's utimens, until commit
         self.draft_mode: int | None = None          # the mode its first draft was made with
+        self.queued = False            # its content went to the background commits at close
 
     # -- state -------------------------------------------------------------------------
 
@@ -366,6 +367,19 @@ class FileHandle:
         self.dirty = False
         self._drop_reader()
         return after
+
+    def forget_new(self, size: int) -> None:
+        """The content was handed to the background commits (pending.py): the handle
+        now stands for that file, as after a commit of `size` bytes."""
+        self.stream = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        self.base_size = size
+        self.fresh = False
+        self.new = {}
+        self.dirty = False
+        self._drop_reader()
 
     def release(self) -> None:
         """Last close: anything still uncommitted is dropped, never half-committed."""

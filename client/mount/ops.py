@@ -14,17 +14,21 @@ import os
 import stat as S
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import mfusepy
 
+from broker.crc import crc32c
 from broker.limits import MAX_FILE_BLOCKS
 
+from ..retry import retryable
 from ..streams import BlockWriter
-from .cache import AttrCache, parent_of
+from .background import MountBatch
+from .cache import AttrCache, KnownDirs, OwnChanges, parent_of
 from .conn import MountClient
-from .handles import FileHandle
+from .handles import SMALL, FileHandle
 from .ids import IdMap
+from .pending import QUEUED, PendingFile, PendingQueue
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ KINDS = {"symlink": S.S_IFLNK, "fifo": S.S_IFIFO, "socket": S.S_IFSOCK,
          "chardev": S.S_IFCHR, "blockdev": S.S_IFBLK}
 KIND_OF = {v: k for k, v in KINDS.items()}
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+RETRY_FOR = 120.0             # seconds a background commit rides through an outage
 
 
 def _ns(t: Any) -> int:
@@ -46,7 +51,8 @@ class AegisOperations(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, fs: MountClient, ids: IdMap, *, attr_timeout: float = 1.0,
-                 spool_dir: str | None = None) -> None:
+                 spool_dir: str | None = None, background: bool = True,
+                 pending_files: int = 4096, pending_bytes: int = 64 << 20) -> None:
         self.fs = fs
         self.ids = ids
         self.cache = AttrCache(attr_timeout)
@@ -58,13 +64,27 @@ class AegisOperations(mfusepy.Operations):
         self._statfs: tuple[float, dict] | None = None
         self._max_file_size: int | None = None
         self.invalidator: Any = None       # events.Invalidator, started by init()
+        # small new files closed without fsync: committed in batches (pending.py)
+        self.background = background
+        self.pending = PendingQueue(self._commit_batch, max_files=pending_files,
+                                    max_bytes=pending_bytes)
+        self._committer_started = False
+        self._block_size: int | None = None
+        self.own = OwnChanges()             # our commits: their events keep the parent
+        self.known = KnownDirs(attr_timeout)  # negative lookups answered here
+
+    # Extended attributes are not supported. Not registering the xattr operations makes
+    # libfuse answer ENOSYS, after which the kernel stops asking (and answers EOPNOTSUPP
+    # itself): otherwise every write costs a getxattr("security.capability") round trip.
+    getxattr = setxattr = listxattr = removexattr = None
 
     def init(self, path: str) -> None:
         """The mount is live: follow the event feed to drop what changed elsewhere."""
         from .events import Invalidator, events_endpoint
         endpoint = events_endpoint(self.fs.broker)
         if endpoint and self.cache.ttl > 0:
-            self.invalidator = Invalidator(endpoint, self.fs._curve, self.cache)
+            self.invalidator = Invalidator(endpoint, self.fs._curve, self.cache,
+                                           self.own, self.known)
             self.invalidator.start()
 
     # -- attributes --------------------------------------------------------------------
@@ -94,13 +114,31 @@ class AegisOperations(mfusepy.Operations):
                 "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
                 "st_mtime": m, "st_ctime": t, "st_atime": m}
 
+    def _pending_attrs(self, p: PendingFile) -> dict:
+        """A closed new file whose commit is still to come: only this mount knows it."""
+        t = int(p.created * 1e9)
+        m = t if p.mtime is None else int(p.mtime * 1e9)
+        return {"st_mode": S.S_IFREG | p.mode, "st_nlink": 1, "st_uid": p.owner[0],
+                "st_gid": p.owner[1], "st_size": p.size, "st_blocks": (p.size + 511) // 512,
+                "st_blksize": BLKSIZE, "st_mtime": m, "st_ctime": t, "st_atime": m}
+
     def getattr(self, path: str, fh: int | None = None) -> dict:
         h = self._handles.get(fh) if fh else None
         if h is None:
             h = next((o for o in self._open_on(path) if o.dirty and not o.unlinked), None)
         if h is not None and h.fresh:
             return self._fresh_attrs(h)
+        p = self.pending.get(path)
+        if p is not None:
+            return self._pending_attrs(p)
         cached = self.cache.get(path)
+        if cached is None and h is None:
+            absent = self.known.absent(path)
+            if absent is None:                 # known directory, set too old: list it
+                self._relist(parent_of(path))
+                absent = self.known.absent(path)
+            if absent:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         if cached is None:
             with self.fs.using():
                 info = self.fs._mds(path, "stat", path=path, blocks=False)
@@ -111,20 +149,45 @@ class AegisOperations(mfusepy.Operations):
             cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
         return cached
 
+    def _relist(self, path: str) -> None:
+        """List a known directory again, whole, to trust its name set for another ttl."""
+        token = self.known.begin(path)
+        base = path.rstrip("/")
+        names: set[str] = set()
+        try:
+            for e in self._list(path):
+                self.cache.put(f"{base}/{e['name']}", self._attrs(e))
+                names.add(e["name"])
+        except OSError:
+            self.known.drop_below(path)
+            return
+        self.known.install(path, names | self._local_names(path), token)
+
+    def _local_names(self, path: str) -> set[str]:
+        """Names in `path` that only this mount knows yet: new files not committed."""
+        with self._lock:
+            fresh = {p.rsplit("/", 1)[1] for p in self._by_path if parent_of(p) == path}
+        return fresh | {name for name, _ in self.pending.names_in(path)}
+
     def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict, int]]:
         yield "."
         yield ".."
+        token = self.known.begin(path)
+        listed: set[str] = set()
         base = path.rstrip("/")
         with self._lock:
             fresh = {p.rsplit("/", 1)[1] for p, ids in self._by_path.items()
                      if parent_of(p) == path and any(self._handles[i].fresh
                                                    and not self._handles[i].unlinked
                                                    for i in ids)}
+        fresh.update(name for name, _ in self.pending.names_in(path))
         for e in self._list(path):
             attrs = self._attrs(e)
             self.cache.put(f"{base}/{e['name']}", attrs)
             fresh.discard(e["name"])
+            listed.add(e["name"])
             yield e["name"]
+        self.known.install(path, listed | self._local_names(path), token)
         yield from sorted(fresh)
 
     def _list(self, path: str) -> Iterator[dict]:
@@ -172,8 +235,11 @@ class AegisOperations(mfusepy.Operations):
 
     def mkdir(self, path: str, mode: int) -> int:
         # umask 0: the kernel applied the caller's umask to `mode` already
+        token = self.known.begin(path)
         with self.fs.using():
             self.fs._mds(path, "mkdir", path=path, mode=mode & 0o7777, umask=0)
+        self.known.add(path)
+        self.known.install(path, set(), token)     # new: empty, all its names ours
         self.cache.drop(path)
         if self._foreign():
             self._chown_new(path)
@@ -184,11 +250,13 @@ class AegisOperations(mfusepy.Operations):
         return uid != self.ids.uid or gid != self.ids.gid
 
     def rmdir(self, path: str) -> int:
+        self.pending.settle(path, raise_errors=False)
         with self.fs.using():
             if self.fs._mds(path, "stat", path=path, blocks=False)["type"] != "dir":
                 raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             self.fs._mds(path, "rm", path=path)
         self.cache.drop_tree(path)
+        self.known.drop_below(path)
         return 0
 
     def unlink(self, path: str) -> int:
@@ -198,6 +266,10 @@ class AegisOperations(mfusepy.Operations):
                 h.unlinked = True
             self.cache.drop(path)
             return 0
+        if self.pending.cancel(path):   # closed, not committed yet: it never will be
+            self.cache.drop(path)
+            return 0
+        self.pending.settle(path, exact=True, raise_errors=False)
         with self.fs.using():
             if self.fs._mds(path, "stat", path=path, blocks=False)["type"] == "dir":
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
@@ -208,13 +280,20 @@ class AegisOperations(mfusepy.Operations):
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         if flags & RENAME_EXCHANGE:
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        if self._rename_pending(old, new, flags):
+            return 0
         fields: dict[str, Any] = {"src": old, "dst": new}
         if flags & RENAME_NOREPLACE:
             fields["noreplace"] = True
         # a draft commits to the path it was created for: first what is open below `old`
         self._commit_open(old, below=True)
+        self.pending.settle(old, raise_errors=False)
+        self.pending.settle(new, raise_errors=False)
         with self.fs.using():
             self.fs._mds(f"{old} -> {new}", "rename", **fields)
+        self.known.drop_below(old)
+        self.known.drop_below(new)
+        self.known.add(new)
         self.cache.drop_tree(old)
         self.cache.drop_tree(new)
         with self._lock:
@@ -227,6 +306,42 @@ class AegisOperations(mfusepy.Operations):
                     self._handles[i].path = q
         return 0
 
+    def _rename_pending(self, old: str, new: str, flags: int) -> bool:
+        """A file still queued for its commit (rsync's temporary file) is renamed in the
+        queue: it will be created at `new`, the MDS never sees the old name. The checks
+        rename would make: the target is not a directory (EISDIR), not there with
+        RENAME_NOREPLACE (EEXIST), its parent is a directory (ENOENT, ENOTDIR)."""
+        p = self.pending.get(old)
+        if p is None or p.state != QUEUED or self._open_on(old) or self._open_on(new):
+            return False
+        try:
+            dst: dict | None = self.getattr(new)
+        except FileNotFoundError:
+            dst = None
+        if dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FileExistsError(errno.EEXIST, "File exists", new)
+            if S.S_ISDIR(dst["st_mode"]):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", new)
+        if not S.S_ISDIR(self.getattr(parent_of(new))["st_mode"]):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", new)
+
+        def owner_names(f: PendingFile) -> None:
+            f.replaces = True
+            f.chown = (self.ids.user_name(f.owner[0]), self.ids.group_name(f.owner[1]))
+        if dst is not None and not self.pending.update(old, owner_names):
+            return False
+        if not self.pending.move(old, new):
+            return False
+        if flags & RENAME_NOREPLACE:     # and nothing may appear there before the commit
+            self.pending.update(new, lambda f: setattr(f, "exclusive", True))
+        now = time.time_ns()
+        for path in (old, new):
+            self.cache.drop_entry(path)
+            self.cache.touch(parent_of(path), now)
+        self.known.add(new)
+        return True
+
     def _commit_open(self, path: str, below: bool = False) -> None:
         """Commit this mount's writes to `path` (and, `below`, under it) first: what the
         MDS changes next is the file the caller sees."""
@@ -237,6 +352,8 @@ class AegisOperations(mfusepy.Operations):
         for h in handles:
             if h.dirty:
                 self._flush(h)
+        self.pending.settle(path, exact=not below, raise_errors=False,
+                            timeout=self.fs.timeout)
 
     def _flush(self, h: FileHandle) -> None:
         with h.lock:
@@ -256,12 +373,18 @@ class AegisOperations(mfusepy.Operations):
         mode = h.new.get("mode")
         if h.draft_mode is not None and mode is not None and mode != h.draft_mode:
             ops.append({"op": "chmod", "path": h.path, "mode": mode})
-        if h.owner != (self.ids.uid, self.ids.gid):   # a plain user's mount: EPERM, kept
-            ops.append({"op": "chown", "path": h.path, "owner": self.ids.user_name(h.owner[0]),
-                        "group": self.ids.group_name(h.owner[1])})
+        names = self._chown_names(h.owner)
+        if names is not None:             # a plain user's mount: EPERM, kept
+            ops.append({"op": "chown", "path": h.path, "owner": names[0], "group": names[1]})
         if h.mtime is not None:
             ops.append({"op": "utimens", "path": h.path, "mtime": h.mtime})
         return ops
+
+    def _chown_names(self, owner: tuple[int, int]) -> tuple[str, str] | None:
+        """The owner and group names a new file's commit must set, None: the mount's."""
+        if owner == (self.ids.uid, self.ids.gid):
+            return None
+        return self.ids.user_name(owner[0]), self.ids.group_name(owner[1])
 
     def _fresh_on(self, path: str) -> FileHandle | None:
         return next((h for h in self._open_on(path) if h.fresh and not h.unlinked), None)
@@ -270,6 +393,8 @@ class AegisOperations(mfusepy.Operations):
         h = self._fresh_on(path)
         if h is not None:               # not in the MDS yet: the create will carry it
             h.new["mode"] = mode & 0o7777
+            return 0
+        if self.pending.update(path, lambda p: setattr(p, "mode", mode & 0o7777)):
             return 0
         self._commit_open(path)
         with self.fs.using():
@@ -281,6 +406,12 @@ class AegisOperations(mfusepy.Operations):
         h = self._fresh_on(path)
         if h is not None:
             h.owner = (h.owner[0] if uid < 0 else uid, h.owner[1] if gid < 0 else gid)
+            return 0
+
+        def owned(p: PendingFile) -> None:
+            p.owner = (p.owner[0] if uid < 0 else uid, p.owner[1] if gid < 0 else gid)
+            p.chown = self._chown_names(p.owner)
+        if self.pending.update(path, owned):
             return 0
         self._commit_open(path)
         owner = None if uid < 0 else self.ids.user_name(uid)
@@ -310,6 +441,9 @@ class AegisOperations(mfusepy.Operations):
             if "mtime" in fields:
                 h.mtime = float(fields["mtime"])
             return 0
+        if "mtime" in fields and self.pending.update(
+                path, lambda p: setattr(p, "mtime", float(fields["mtime"]))):
+            return 0
         self._commit_open(path)
         with self.fs.using():
             self.fs._mds(path, "utimens", **fields)
@@ -334,6 +468,7 @@ class AegisOperations(mfusepy.Operations):
             except BaseException:
                 w.abort()
                 raise
+        self.known.add(path)
         self.cache.drop(path)
         if self._foreign():
             self._chown_new(path)
@@ -387,11 +522,16 @@ class AegisOperations(mfusepy.Operations):
         h = FileHandle(self.fs, path, flags, 0, self.spool_dir, fresh=True, new=new)
         uid, gid, _ = mfusepy.fuse_get_context()
         h.owner = (uid, gid)
-        self.cache.drop(path)
+        # the parent's cached attributes stay (a new mtime): no MDS stat of the directory
+        # at the next create's permission check
+        self.cache.drop_entry(path)
+        self.cache.touch(parent_of(path), int(h.created * 1e9))
+        self.known.add(path)
         return self._register(h)
 
     def open(self, path: str, flags: int) -> int:
         self._commit_open(path)          # another handle's new file or unflushed writes
+        self.pending.raise_error(path, exact=True)     # its background commit failed
         with self.fs.using():
             info = self.fs._mds(path, "stat", path=path, blocks=False)
         if info["type"] == "dir":
@@ -409,12 +549,14 @@ class AegisOperations(mfusepy.Operations):
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         h = self._handle(fh)
+        self._unqueue(h)
         with h.lock:
             return h.read(size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         h = self._handle(fh)
         self._check_size(offset + len(data), path)
+        self._unqueue(h)
         with h.lock:
             return h.write(data, offset)
 
@@ -425,6 +567,7 @@ class AegisOperations(mfusepy.Operations):
             with self.fs.using():
                 block = int(self.fs.status().get("block_size") or 4 << 20)
             self._max_file_size = MAX_FILE_BLOCKS * block
+            self._block_size = block
         if end > self._max_file_size:
             raise OSError(errno.EFBIG, f"File too large (the largest is "
                           f"{self._max_file_size} bytes)", path)
@@ -433,6 +576,7 @@ class AegisOperations(mfusepy.Operations):
         self._check_size(length, path)
         h = self._handles.get(fh) if fh else None
         if h is not None:
+            self._unqueue(h)
             with h.lock:
                 h.truncate(length)
         else:
@@ -454,11 +598,119 @@ class AegisOperations(mfusepy.Operations):
         return int(info.get("size") or 0)
 
     def flush(self, path: str, fh: int) -> int:
-        self._flush(self._handle(fh))
+        """close(): a small new file is queued for a background commit (pending.py), any
+        other change is committed before close returns."""
+        h = self._handle(fh)
+        if not self._defer(h):
+            self._flush(h)
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        return self.flush(path, fh)
+        """Returns when the file is durable: committed, on R DataNodes and in the MDS's
+        log (a queued one: once its batch is)."""
+        h = self._handle(fh)
+        self._unqueue(h, raise_errors=True)
+        self._flush(h)
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        """fsync of a directory (`sync DIR`): every file closed below it is committed
+        when this returns; a failed background commit there is reported (EIO)."""
+        self.pending.settle(path)
+        return 0
+
+    def _unqueue(self, h: FileHandle, raise_errors: bool = False) -> None:
+        """A handle whose content was queued at its close and is used again (fsync, a
+        read or write after close through a dup): wait for that commit first."""
+        if h.queued:
+            self.pending.settle(h.path, exact=True, raise_errors=raise_errors)
+            h.queued = False
+
+    def _defer(self, h: FileHandle) -> bool:
+        """Queue a new file closed with all of its (small) content in memory."""
+        if not self.background:
+            return False
+        with h.lock:
+            if not (h.fresh and h.dirty and not h.unlinked and not h.broken) \
+                    or h.draft_mode is not None or h.cow is not None:
+                return False
+            if h.stream is not None:
+                if h.stream.w is not None:
+                    return False
+                data = bytes(h.stream.head)
+            elif h.spool is not None:
+                if h.size > SMALL:
+                    return False
+                data = os.pread(h.spool.fileno(), h.size, 0)
+            else:
+                data = b""
+            if len(data) > min(SMALL, self._block_size or SMALL):
+                return False
+            p = PendingFile(h.path, data, int(h.new.get("mode", NEW_FILE_MODE)), h.owner,
+                            h.created, mtime=h.mtime, exclusive=bool(h.new.get("exclusive")),
+                            chown=self._chown_names(h.owner))
+            if not self._committer_started:
+                self._committer_started = True
+                self.pending.start()
+            self.pending.add(p)
+            h.queued = True
+            h.forget_new(len(data))
+        return True
+
+    def _commit_batch(self, batch: Sequence[PendingFile]) -> list[OSError | None]:
+        """Commit a batch; files that failed for a reason a restart explains (the MDS or
+        broker away: refused, reset, timed out, EAGAIN) stay queued and are tried again
+        with backoff for up to RETRY_FOR seconds, so an outage delays them instead of
+        losing them. A retried O_EXCL create answered EEXIST is checked against what
+        is there: our own earlier attempt, committed but unanswered, is a success."""
+        for p in batch:         # before the commit: its event may come before the reply
+            self.own.add(p.path)
+        out: list[OSError | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        tried: set[int] = set()
+        deadline = time.monotonic() + RETRY_FOR
+        delay = 0.2
+        while True:
+            files = [batch[i] for i in todo]
+            try:
+                with self.fs.using() as mux:
+                    errors = MountBatch(mux, files, timeout=self.fs.timeout,
+                                        suspects=self.fs.suspects,
+                                        window=self.fs.window).run()
+            except OSError as exc:
+                errors = [exc] * len(files)
+            again = []
+            for i, err in zip(todo, errors):
+                if err is not None and retryable(err) and time.monotonic() < deadline:
+                    again.append(i)
+                elif err is not None and err.errno == errno.EEXIST and i in tried \
+                        and self._already_there(batch[i]):
+                    out[i] = None
+                else:
+                    out[i] = err
+            if not again:
+                break
+            log.warning("background commit of %d files: %s; trying again", len(again),
+                        errors[todo.index(again[0])])
+            tried.update(again)
+            todo = again
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+        for p in batch:
+            self.cache.drop_entry(p.path)
+        return out
+
+    def _already_there(self, p: PendingFile) -> bool:
+        """The file at p.path is p's content (an earlier attempt of ours committed it)."""
+        try:
+            with self.fs.using():
+                info = self.fs._mds(p.path, "stat", path=p.path)
+        except OSError:
+            return False
+        blocks = info.get("blocks") or []
+        if int(info.get("size") or 0) != p.size or len(blocks) != (1 if p.size else 0):
+            return False
+        return not blocks or int(blocks[0].get("checksum", -1)) == crc32c(p.data)
 
     def release(self, path: str, fh: int) -> int:
         with self._lock:
@@ -472,11 +724,11 @@ class AegisOperations(mfusepy.Operations):
         if h is not None:
             with h.lock:
                 try:
-                    if h.dirty:          # flush failed (reported then): nothing half-done
+                    if h.dirty and not h.unlinked:   # flush failed (reported then)
                         log.warning("%s: closed with uncommitted writes; dropped", h.path)
                 finally:
                     h.release()
-            self.cache.drop(h.path)
+            self.cache.drop_entry(h.path)
         return 0
 
     def destroy(self, path: str) -> None:
@@ -488,4 +740,6 @@ class AegisOperations(mfusepy.Operations):
                 self.release("", fh)
             except OSError as exc:
                 log.warning("unmount: %s", exc)
+        if self._committer_started:
+            self.pending.stop(drain=True)      # closed files are committed before we go
         self.fs.close()

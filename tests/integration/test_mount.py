@@ -118,8 +118,9 @@ def test_growing_a_file_past_the_largest_fails_at_once_with_efbig(mnt: Mount) ->
 
 
 def test_a_tree_quota_is_edquot_through_the_mount(mnt: Mount) -> None:
-    """Writing past a tree quota fails with EDQUOT (by the time of close, which commits),
-    and the file that fitted is as it was."""
+    """Writing past a tree quota fails with EDQUOT at fsync (close of a small new file
+    commits in the background: then the next fsync of its directory reports EIO, and the
+    file is not there), and the file that fitted is as it was."""
     (mnt.path / "mq").mkdir()
     (mnt.path / "mq" / "fits").write_bytes(b"a" * 1000)
     with AegisClient(mnt.broker, key=mnt.key) as fs:
@@ -128,10 +129,23 @@ def test_a_tree_quota_is_edquot_through_the_mount(mnt: Mount) -> None:
             with pytest.raises(OSError) as info:
                 with open(mnt.path / "mq" / "too-big", "wb") as f:
                     f.write(b"b" * 5000)
+                    f.flush()
+                    os.fsync(f.fileno())
             assert info.value.errno == errno.EDQUOT, info.value
             assert (mnt.path / "mq" / "fits").read_bytes() == b"a" * 1000
             assert fs.stat("/mq/fits")["size"] == 1000
             assert not fs.exists("/mq/too-big") or fs.stat("/mq/too-big")["size"] == 0
+            (mnt.path / "mq" / "late").write_bytes(b"c" * 5000)     # close returns
+            fd = os.open(mnt.path / "mq", os.O_RDONLY)
+            try:
+                with pytest.raises(OSError) as info:
+                    os.fsync(fd)                  # the background commit's EDQUOT
+                assert info.value.errno == errno.EIO, info.value
+                assert "/mq/late: the background commit" in mnt.log.read_text()
+                os.fsync(fd)                      # reported once
+            finally:
+                os.close(fd)
+            assert not fs.exists("/mq/late")
         finally:
             fs.quota_clear("/mq")
 
@@ -280,9 +294,87 @@ def test_run_cluster_mounts_and_unmounts(tmp_path: Path) -> None:
     c = start_cluster(tmp_path / "data", datanodes=1, replication=1, mount_dir=str(where))
     try:
         assert os.path.ismount(where)
-        (where / "hello.txt").write_text("hi\n")
+        (where / "hello.txt").write_text("hi\n")   # committed in the background
         with AegisClient(c.broker, key=c.key) as fs:
-            assert fs.read_bytes("/hello.txt") == b"hi\n"
+            assert wait_for(lambda: fs.read_bytes("/hello.txt"), timeout=10,
+                            what="the closed file committed",
+                            retry=(FileNotFoundError,)) == b"hi\n"
     finally:
         c.stop()                 # the mount role first (SIGTERM: a clean unmount)
     assert not os.path.ismount(where)
+
+
+def test_a_closed_small_file_reaches_another_mount_and_fsync_at_once(
+        cluster, mnt: Mount, tmp_path: Path) -> None:
+    """close() of a small new file returns before its background commit: another mount
+    sees it once committed (within a bounded wait), whole; fsync returns only when it is
+    committed, so the other mount sees it at once. The writing mount sees it at once."""
+    other = Mount.start(cluster, tmp_path / "o", "--attr-timeout", "0",
+                        "--entry-timeout", "0")
+    try:
+        (mnt.path / "vis").mkdir()
+        data = os.urandom(4096)
+        (mnt.path / "vis" / "closed").write_bytes(data)
+        assert (mnt.path / "vis" / "closed").stat().st_size == 4096    # here: at once
+        assert "closed" in os.listdir(mnt.path / "vis")
+        started = time.monotonic()
+        wait_for(lambda: (other.path / "vis" / "closed").exists(), timeout=10,
+                 what="the closed file in the other mount")
+        print(f"another mount saw the closed file after {time.monotonic() - started:.3f} s")
+        assert (other.path / "vis" / "closed").read_bytes() == data
+        for i in range(20):
+            body = os.urandom(100 + i)
+            with open(mnt.path / "vis" / f"synced{i}", "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            assert (other.path / "vis" / f"synced{i}").read_bytes() == body, i
+        # the directory's fsync (`sync DIR`) commits everything closed below it
+        names = [f"batch{i}" for i in range(50)]
+        for name in names:
+            (mnt.path / "vis" / name).write_bytes(name.encode())
+        fd = os.open(mnt.path / "vis", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with AegisClient(mnt.broker, key=mnt.key) as fs:
+            for name in names:
+                assert fs.read_bytes(f"/vis/{name}") == name.encode()
+    finally:
+        other.stop()
+
+
+def test_rsync_in_and_out_matches_local_disk(mnt: Mount, tmp_path: Path) -> None:
+    """rsync -a into the mount (temporary names, then renames, chmod and times set after
+    close: files still waiting for their background commit) and back out again: the
+    trees match, mtimes included, and a second rsync finds nothing to send."""
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed")
+    rng = random.Random(31)
+    src = tmp_path / "src"
+    for i in range(150):
+        d = src / f"d{i % 5}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(rng.randbytes(rng.choice([0, 1, 300, 4096, 20000])))
+        if i % 9 == 0:
+            os.chmod(d / f"f{i}", 0o600)
+        os.utime(d / f"f{i}", (1_600_000_000 + i, 1_600_000_000 + i))
+    (src / "big.bin").write_bytes(rng.randbytes(3 * MiB + 1))
+    os.symlink("d0/f0", src / "link")
+    dest = mnt.path / "rsynced"
+    started = time.monotonic()
+    sh(f"rsync -a {src}/ {dest}/", tmp_path)
+    print(f"rsync -a of 152 entries into the mount: {time.monotonic() - started:.1f} s")
+
+    def mtimes(root: Path) -> dict[str, int]:
+        return {str(p.relative_to(root)): int(p.lstat().st_mtime) for p in root.rglob("*")
+                if not p.is_symlink()}
+    assert tree(dest) == tree(src)
+    assert mtimes(dest) == mtimes(src)
+    again = sh(f"rsync -a -i {src}/ {dest}/", tmp_path)   # itemized: nothing changed
+    assert again.strip() == "", again
+    back = tmp_path / "back"
+    sh(f"rsync -a {dest}/ {back}/", tmp_path)
+    assert tree(back) == tree(src)
+    assert mtimes(back) == mtimes(src)

@@ -1,0 +1,174 @@
+"""The I/O of pending.py: a batch of closed small files written with client/batch.py's
+batched protocol (SmallFiles), with what a mount's new file carries: its mode and
+O_EXCL in the create, and its owner and mtime in the commits' MDS batch, each file's
+operations right after its own commit (one fsync for the batch, and no moment where a
+committed file shows the mount user's ownership or the commit time).
+
+SmallFiles has no per-file create fields or commit `then` operations, so this subclass
+replaces its create and commit steps (the upload and replica steps are its own)."""
+from __future__ import annotations
+
+import errno
+import logging
+from typing import Any, Sequence
+
+from broker.limits import MAX_BATCH
+
+from ..batch import SmallFiles, _File, mds_batch
+from ..blocks import ReplicaWrite, Suspects
+from ..streams import BlockWriter, Mux, draft_geometry, name_error
+from .pending import PendingFile
+
+log = logging.getLogger(__name__)
+
+
+def then_ops(f: PendingFile) -> list[dict[str, Any]]:
+    """The MDS operations that follow a pending file's commit in the same batch."""
+    ops: list[dict[str, Any]] = []
+    if f.replaces:       # a new version of an existing file keeps its mode and owner
+        ops.append({"op": "chmod", "path": f.path, "mode": f.mode})
+    if f.chown is not None:
+        ops.append({"op": "chown", "path": f.path, "owner": f.chown[0], "group": f.chown[1]})
+    if f.mtime is not None:
+        ops.append({"op": "utimens", "path": f.path, "mtime": f.mtime})
+    return ops
+
+
+def commit_groups(groups: Sequence[list[dict]], limit: int = MAX_BATCH) -> list[list[int]]:
+    """Split per-file operation groups into MDS batches of at most `limit` operations,
+    never splitting a group: lists of group indexes."""
+    out: list[list[int]] = [[]]
+    n = 0
+    for i, g in enumerate(groups):
+        if out[-1] and n + len(g) > limit:
+            out.append([])
+            n = 0
+        out[-1].append(i)
+        n += len(g)
+    return [b for b in out if b]
+
+
+class MountBatch(SmallFiles):
+    def __init__(self, mux: Mux, files: Sequence[PendingFile], *,
+                 timeout: float | None = None, suspects: Suspects | None = None,
+                 window: int = 8) -> None:
+        super().__init__(mux, parents=False, timeout=timeout, suspects=suspects,
+                         window=window)
+        self.pending = {f.path: f for f in files}
+        self.attr_errors: dict[str, OSError] = {}
+
+    def run(self) -> list[OSError | None]:
+        """Commit the batch: per file None (committed, whole) or its error."""
+        files = list(self.pending.values())
+        results = self.write([(f.path, f.data) for f in files])
+        out: list[OSError | None] = []
+        for f, res in zip(files, results):
+            out.append(res if isinstance(res, OSError) else self.attr_errors.get(f.path))
+        return out
+
+    def _create(self, batch: list[_File]) -> None:
+        ops = []
+        for f in batch:
+            p = self.pending[f.path]
+            op: dict[str, Any] = {"op": "create", "path": f.path, "parents": False,
+                                  "size": f.data.nbytes, "mode": p.mode, "umask": 0}
+            if p.exclusive:
+                op["exclusive"] = True
+            ops.append(op)
+        for f, res in zip(batch, _batched(self.mux, ops)):
+            if isinstance(res, OSError):
+                f.result = name_error(res, f.path)
+                continue
+            f.handle = res["handle"]
+            if not f.data.nbytes:
+                continue
+            try:
+                replication, block_size = draft_geometry(res)
+            except OSError as exc:
+                f.result = name_error(exc, f.path)
+                continue
+            blocks = res.get("blocks") or []
+            if len(blocks) == 1 and f.data.nbytes <= block_size:
+                f.block = bytes(blocks[0]["id"])
+                nodes = list(blocks[0].get("nodes") or [])
+                f.caps = dict(zip(nodes, blocks[0].get("caps") or []))
+                f.replicas = ReplicaWrite(nodes, replication)
+            else:
+                f.created = res
+
+    def _finish_big(self, batch: list[_File]) -> None:
+        for f in batch:
+            if f.created is None or f.result is not None:
+                continue
+            p = self.pending[f.path]
+            w = BlockWriter(self.mux, f.path, f.created, window=self.window,
+                            size_hint=f.data.nbytes, suspects=self.suspects,
+                            timeout=self.timeout)
+            w.exclusive = p.exclusive
+            try:
+                pos = 0
+                while pos < f.data.nbytes:
+                    buf = w.buffer()
+                    n = min(buf.nbytes, f.data.nbytes - pos)
+                    buf[:n] = f.data[pos:pos + n]
+                    w.submit(n)
+                    pos += n
+                f.result = w.commit(then_ops(p))
+                self._attr_outcomes(f.path, then_ops(p), w.then)
+            except OSError as exc:
+                w.abort()
+                f.result = name_error(exc, f.path)
+            f.handle = None
+
+    def _commit(self, batch: list[_File]) -> None:
+        groups: list[list[dict]] = []
+        owners: list[_File] = []
+        for f in batch:
+            if f.handle is None:
+                continue
+            if f.result is not None:          # its block could not be stored
+                groups.append([{"op": "abort", "handle": f.handle}])
+            else:
+                blocks = []
+                if f.replicas is not None:
+                    acked = list(f.replicas.acked)
+                    blocks.append({"id": f.block, "size": f.data.nbytes,
+                                   "checksum": f.checksum, "replicas": acked,
+                                   "receipts": [f.receipts.get(n, b"") for n in acked]})
+                p = self.pending[f.path]
+                commit: dict[str, Any] = {"op": "commit", "handle": f.handle,
+                                          "blocks": blocks}
+                if p.exclusive:
+                    commit["exclusive"] = True
+                groups.append([commit, *then_ops(p)])
+            owners.append(f)
+        for part in commit_groups(groups):
+            ops = [op for i in part for op in groups[i]]
+            got = iter(mds_batch(self.mux, ops))
+            for i in part:
+                f, g = owners[i], groups[i]
+                res = [next(got) for _ in g]
+                if g[0]["op"] == "abort":
+                    if isinstance(res[0], OSError):
+                        log.warning("%s: could not abort draft %s: %s", f.path, f.handle,
+                                    res[0])
+                elif isinstance(res[0], OSError):
+                    f.result = name_error(res[0], f.path)
+                else:
+                    f.result = res[0]
+                    self._attr_outcomes(f.path, g[1:], res[1:])
+
+    def _attr_outcomes(self, path: str, ops: Sequence[dict], got: Sequence[Any]) -> None:
+        for op, res in zip(ops, got):
+            if isinstance(res, OSError) and not (op["op"] == "chown"
+                                                 and res.errno == errno.EPERM):
+                self.attr_errors.setdefault(
+                    path, OSError(res.errno, f"{op['op']} after the commit: {res.strerror}",
+                                  path))
+
+
+def _batched(mux: Mux, ops: list[dict]) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(ops), MAX_BATCH):
+        out.extend(mds_batch(mux, ops[i:i + MAX_BATCH]))
+    return out
