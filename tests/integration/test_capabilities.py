@@ -34,6 +34,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         "AEGISFS_MDS_CAP_READ_TTL": str(READ_TTL),
         "AEGISFS_MDS_DRAFT_BLOCKS": str(DRAFT_BLOCKS)})
     try:
+        # every test writes under /caps: made here, so that any subset of the module runs
+        # (xdist may split it between workers, each with a cluster of its own)
+        with AegisClient(c.broker, timeout=30.0, key=c.key) as client:
+            client.mkdir("/caps")
         yield c
     finally:
         c.stop()
