@@ -121,16 +121,18 @@ class SmallFiles:
 
     # -- steps ---------------------------------------------------------------------------
 
+    def _create_op(self, f: _File) -> dict[str, Any]:
+        """The `create` of one file (a front-end adds its own fields: the mount's mode)."""
+        op: dict[str, Any] = {"op": "create", "path": f.path, "parents": self.parents,
+                              "size": f.data.nbytes}
+        if self.replication is not None:
+            op["replication"] = self.replication
+        if self.block_size is not None:
+            op["block_size"] = self.block_size
+        return op
+
     def _create(self, batch: list[_File]) -> None:
-        ops = []
-        for f in batch:
-            op: dict[str, Any] = {"op": "create", "path": f.path, "parents": self.parents,
-                                  "size": f.data.nbytes}
-            if self.replication is not None:
-                op["replication"] = self.replication
-            if self.block_size is not None:
-                op["block_size"] = self.block_size
-            ops.append(op)
+        ops = [self._create_op(f) for f in batch]     # at most MAX_BATCH files a batch
         for f, res in zip(batch, mds_batch(self.mux, ops)):
             if isinstance(res, OSError):
                 f.result = name_error(res, f.path)

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from broker.limits import MAX_BATCH
 
 from ..batch import SmallFiles, _File, mds_batch
-from ..blocks import ReplicaWrite, Suspects
-from ..streams import BlockWriter, Mux, draft_geometry, name_error
+from ..blocks import Suspects
+from ..streams import BlockWriter, Mux, name_error
 from .pending import PendingFile
 
 log = logging.getLogger(__name__)
@@ -66,35 +66,13 @@ class MountBatch(SmallFiles):
             out.append(res if isinstance(res, OSError) else self.attr_errors.get(f.path))
         return out
 
-    def _create(self, batch: list[_File]) -> None:
-        ops = []
-        for f in batch:
-            p = self.pending[f.path]
-            op: dict[str, Any] = {"op": "create", "path": f.path, "parents": False,
-                                  "size": f.data.nbytes, "mode": p.mode, "umask": 0}
-            if p.exclusive:
-                op["exclusive"] = True
-            ops.append(op)
-        for f, res in zip(batch, _batched(self.mux, ops)):
-            if isinstance(res, OSError):
-                f.result = name_error(res, f.path)
-                continue
-            f.handle = res["handle"]
-            if not f.data.nbytes:
-                continue
-            try:
-                replication, block_size = draft_geometry(res)
-            except OSError as exc:
-                f.result = name_error(exc, f.path)
-                continue
-            blocks = res.get("blocks") or []
-            if len(blocks) == 1 and f.data.nbytes <= block_size:
-                f.block = bytes(blocks[0]["id"])
-                nodes = list(blocks[0].get("nodes") or [])
-                f.caps = dict(zip(nodes, blocks[0].get("caps") or []))
-                f.replicas = ReplicaWrite(nodes, replication)
-            else:
-                f.created = res
+    def _create_op(self, f: _File) -> dict[str, Any]:
+        p = self.pending[f.path]
+        op: dict[str, Any] = {"op": "create", "path": f.path, "parents": False,
+                              "size": f.data.nbytes, "mode": p.mode, "umask": 0}
+        if p.exclusive:
+            op["exclusive"] = True
+        return op
 
     def _finish_big(self, batch: list[_File]) -> None:
         for f in batch:
@@ -166,9 +144,3 @@ class MountBatch(SmallFiles):
                     path, OSError(res.errno, f"{op['op']} after the commit: {res.strerror}",
                                   path))
 
-
-def _batched(mux: Mux, ops: list[dict]) -> list[Any]:
-    out: list[Any] = []
-    for i in range(0, len(ops), MAX_BATCH):
-        out.extend(mds_batch(mux, ops[i:i + MAX_BATCH]))
-    return out
