@@ -251,11 +251,15 @@ class SmallFiles:
                     buf[:n] = f.data[pos:pos + n]
                     w.submit(n)
                     pos += n
-                f.result = w.commit()
+                f.result = self._commit_writer(f, w)
             except OSError as exc:
                 w.abort()
                 f.result = name_error(exc, f.path)
             f.handle = None           # settled either way
+
+    def _commit_writer(self, f: _File, w: BlockWriter) -> dict:
+        """Commit one file _finish_big wrote (a front-end adds what goes with it)."""
+        return w.commit()
 
     def _commit(self, batch: list[_File]) -> None:
         ops: list[dict[str, Any]] = []
@@ -266,13 +270,7 @@ class SmallFiles:
             if f.result is not None:          # its block could not be stored
                 ops.append({"op": "abort", "handle": f.handle})
             else:
-                blocks = []
-                if f.replicas is not None:
-                    acked = list(f.replicas.acked)
-                    blocks.append({"id": f.block, "size": f.data.nbytes,
-                                   "checksum": f.checksum, "replicas": acked,
-                                   "receipts": [f.receipts.get(n, b"") for n in acked]})
-                ops.append({"op": "commit", "handle": f.handle, "blocks": blocks})
+                ops.append(commit_op(f))
             owners.append(f)
         if not ops:
             return
@@ -284,6 +282,17 @@ class SmallFiles:
                 f.result = name_error(res, f.path)
             else:
                 f.result = res
+
+
+def commit_op(f: _File) -> dict[str, Any]:
+    """The `commit` of a file whose one block (if any) the batch stored: the replicas
+    that acknowledged it, with their receipts."""
+    blocks = []
+    if f.replicas is not None:
+        acked = list(f.replicas.acked)
+        blocks.append({"id": f.block, "size": f.data.nbytes, "checksum": f.checksum,
+                       "replicas": acked, "receipts": [f.receipts.get(n, b"") for n in acked]})
+    return {"op": "commit", "handle": f.handle, "blocks": blocks}
 
 
 def mds_batch(mux: Mux, ops: list[dict]) -> list[Outcome]:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from broker.limits import MAX_BATCH
 
-from ..batch import SmallFiles, _File, mds_batch
+from ..batch import SmallFiles, _File, commit_op, mds_batch
 from ..blocks import Suspects
 from ..streams import BlockWriter, Mux, name_error
 from .pending import PendingFile
@@ -74,29 +74,13 @@ class MountBatch(SmallFiles):
             op["exclusive"] = True
         return op
 
-    def _finish_big(self, batch: list[_File]) -> None:
-        for f in batch:
-            if f.created is None or f.result is not None:
-                continue
-            p = self.pending[f.path]
-            w = BlockWriter(self.mux, f.path, f.created, window=self.window,
-                            size_hint=f.data.nbytes, suspects=self.suspects,
-                            timeout=self.timeout)
-            w.exclusive = p.exclusive
-            try:
-                pos = 0
-                while pos < f.data.nbytes:
-                    buf = w.buffer()
-                    n = min(buf.nbytes, f.data.nbytes - pos)
-                    buf[:n] = f.data[pos:pos + n]
-                    w.submit(n)
-                    pos += n
-                f.result = w.commit(then_ops(p))
-                self._attr_outcomes(f.path, then_ops(p), w.then)
-            except OSError as exc:
-                w.abort()
-                f.result = name_error(exc, f.path)
-            f.handle = None
+    def _commit_writer(self, f: _File, w: BlockWriter) -> dict:
+        p = self.pending[f.path]
+        w.exclusive = p.exclusive
+        then = then_ops(p)
+        result = w.commit(then)
+        self._attr_outcomes(f.path, then, w.then)
+        return result
 
     def _commit(self, batch: list[_File]) -> None:
         groups: list[list[dict]] = []
@@ -107,15 +91,8 @@ class MountBatch(SmallFiles):
             if f.result is not None:          # its block could not be stored
                 groups.append([{"op": "abort", "handle": f.handle}])
             else:
-                blocks = []
-                if f.replicas is not None:
-                    acked = list(f.replicas.acked)
-                    blocks.append({"id": f.block, "size": f.data.nbytes,
-                                   "checksum": f.checksum, "replicas": acked,
-                                   "receipts": [f.receipts.get(n, b"") for n in acked]})
                 p = self.pending[f.path]
-                commit: dict[str, Any] = {"op": "commit", "handle": f.handle,
-                                          "blocks": blocks}
+                commit = commit_op(f)
                 if p.exclusive:
                     commit["exclusive"] = True
                 groups.append([commit, *then_ops(p)])
