@@ -481,7 +481,10 @@ class BlockWriter:
 # ---------------------------------------------------------------------------------------
 # I/O: small files from a block pool (one durable MDS request per file)
 
-POOL_BLOCKS = 16           # blocks a pool asks for at a time (the MDS allows 1..16)
+POOL_BLOCKS = 16           # most blocks a pool asks for at a time (the MDS allows 1..16)
+POOL_FIRST = 2             # what a new pool asks for; each refill doubles, up to POOL_BLOCKS,
+                           # so a process that writes one file (a CLI call) holds 1 spare
+                           # block until the lease ends, not 15
 POOL_LIFE = 30.0           # seconds a pool is used at most (then aborted, a new one opened)
 SMALL_MAX = 1 << 20        # files up to this size (and one block) take the pool path
 
@@ -500,7 +503,8 @@ class BlockPool:
         # the retry policy's clock: a test's fake clock moves pools' time too
         self.mux = mux
         self.clock = clock or (mux.retry.clock if mux.retry is not None else time.monotonic)
-        header: dict[str, Any] = {"op": "pool", "count": POOL_BLOCKS}
+        self.ask = POOL_FIRST
+        header: dict[str, Any] = {"op": "pool", "count": self.ask}
         if replication is not None:
             header["replication"] = replication
         if block_size is not None:
@@ -519,8 +523,9 @@ class BlockPool:
 
     def take(self) -> tuple[bytes, list[str], dict[str, bytes]]:
         if not self.blocks:
+            self.ask = min(POOL_BLOCKS, 2 * self.ask)
             got = self.mux.call(MDS_SERVICE, {"op": "allocate", "handle": self.handle,
-                                              "count": POOL_BLOCKS}).result
+                                              "count": self.ask}).result
             self.blocks.extend(_allocated(b) for b in got.get("blocks") or [])
             if not self.blocks:
                 raise OSError(errno.EIO, "the MDS allocated no block to the pool")

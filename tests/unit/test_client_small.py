@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from client.streams import POOL_LIFE
+from client.streams import POOL_FIRST, POOL_LIFE
 from tests.support.inprocess import InProcessCluster
 
 
@@ -28,7 +28,8 @@ def test_small_files_are_one_mds_request_each(cluster):
     files = {f"/s/f{i}": os.urandom(n) for i, n in enumerate((0, 1, 4096, 100_000))}
     for path, data in files.items():
         fs.write_bytes(path, data)
-    assert mds_ops(cluster) == ["pool"] + ["put_small"] * 4
+    # the empty file takes no block; the third block is the pool's first refill
+    assert mds_ops(cluster) == ["pool"] + ["put_small"] * 3 + ["allocate", "put_small"]
     assert fs.small_puts == 4
     for path, data in files.items():
         assert fs.read_bytes(path) == data
@@ -39,9 +40,11 @@ def test_small_files_are_one_mds_request_each(cluster):
 
 def test_the_pool_is_refilled_and_replaced_after_its_time(cluster):
     fs = cluster.client()
-    for i in range(20):                       # more than one pool's 16 blocks
+    for i in range(20):                       # 2, then refills of 4, 8, 16 blocks
         fs.write_bytes(f"/r{i}", b"x" * 10)
-    assert mds_ops(cluster).count("allocate") == 1
+    assert mds_ops(cluster).count("allocate") == 3
+    (pool,) = cluster.store.ns.pool_handles()
+    assert len(cluster.store.ns.drafts.by_handle[pool].bids) == 30 - 20   # spares held
     (old,) = cluster.store.ns.pool_handles()
     cluster.run(POOL_LIFE + 1)                  # DataNodes heartbeat meanwhile
     fs.write_bytes("/later", b"y")
@@ -49,6 +52,15 @@ def test_the_pool_is_refilled_and_replaced_after_its_time(cluster):
     assert ops[-3:] == ["abort", "pool", "put_small"]
     assert old not in cluster.store.ns.pool_handles()      # given back, not left to expire
     assert fs.read_bytes("/later") == b"y"
+
+
+def test_one_write_holds_one_spare_block(cluster):
+    """A process that writes one file (a CLI call) leaves one spare block in its pool
+    until the lease ends, so a loop of CLI puts does not eat the user's allocation limit."""
+    fs = cluster.client()
+    fs.write_bytes("/one", b"1")
+    (pool,) = cluster.store.ns.pool_handles()
+    assert len(cluster.store.ns.drafts.by_handle[pool].bids) == POOL_FIRST - 1
 
 
 def test_a_failed_replica_falls_back_to_the_streaming_writer(cluster):
