@@ -272,12 +272,7 @@ class Handlers:
         link target, stat and ls name the kind."""
         cred = cred_of(ctx)
         if h.get("exclusive"):
-            try:
-                self.ns.stat(h["path"], cred=cred)   # EACCES first: no existence leak
-            except (FileNotFoundError, NotADirectoryError):
-                pass            # nothing there (or no such directory: create says which)
-            else:
-                raise OSError(errno.EEXIST, "File exists", h["path"])
+            self._refuse_existing(h["path"], cred)
         result = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=h.get("replication"), block_size=h.get("block_size"),
             parents=bool(h.get("parents")), cred=cred, mode=h.get("mode"),
@@ -361,12 +356,7 @@ class Handlers:
         if any(owners.get(bid) is not pool for bid in ids) or len(set(ids)) != len(ids):
             raise _bad(f"put_small {h['path']}: a block is not (or no longer) in the pool")
         if h.get("exclusive"):
-            try:
-                self.ns.stat(h["path"], cred=cred)   # EACCES first: no existence leak
-            except (FileNotFoundError, NotADirectoryError):
-                pass
-            else:
-                raise OSError(errno.EEXIST, "File exists", h["path"])
+            self._refuse_existing(h["path"], cred)
         replication, block_size = pool.replication, pool.block_size
         created = self.submit(lambda ns: ns.prepare_create(
             h["path"], replication=replication, block_size=block_size,
@@ -384,6 +374,16 @@ class Handlers:
             # nothing partial stays: the new draft (and the blocks it adopted) goes
             self.submit(lambda ns: ns.prepare_abort(handle))
             raise
+
+    def _refuse_existing(self, path: str, cred: Cred) -> None:
+        """The early EEXIST of an `exclusive` create: stat as the caller, so EACCES comes
+        first (no existence leak); nothing there, or no such directory (the create says
+        which), passes. The commit's own exclusive check is the one that cannot race."""
+        try:
+            self.ns.stat(path, cred=cred)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        raise OSError(errno.EEXIST, "File exists", path)
 
     def _lease_left(self, handle: str, ctx: Context) -> float:
         """The one lease unit on the wire: seconds remaining. The namespace read its own
