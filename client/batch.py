@@ -33,7 +33,7 @@ from broker.crc import crc32c
 from broker import protocol as P
 from broker.limits import MAX_PUT_MANY, MDS_SERVICE, datanode_service
 
-from .blocks import Piece, ReplicaWrite, Suspects, reason_of
+from .blocks import Piece, ReplicaWrite, Suspects, put_refusal, put_spec, reason_of
 from .retry import stamp_opids
 from .streams import BlockReader, BlockWriter, Mux, draft_geometry, name_error
 
@@ -180,7 +180,8 @@ class SmallFiles:
         for node, uploads in by_node.items():
             for part in _chunks(uploads):
                 header = {"op": "put_blocks",
-                          "blocks": [_put_spec(u, node) for u in part]}
+                          "blocks": [put_spec(u.block, u.file.checksum, u.file.caps.get(node))
+                                     for u in part]}
                 rid = self.mux.send(self, datanode_service(node), header,
                                     [u.file.data for u in part], self.timeout)
                 in_flight[rid] = (node, part)
@@ -213,9 +214,9 @@ class SmallFiles:
                 except OSError as exc:
                     u.replicas.fail(node, reason_of(exc))
                     continue
-                if got.get("size") != f.data.nbytes or got.get("checksum") != f.checksum:
-                    u.replicas.fail(node, f"acked size {got.get('size')} checksum "
-                                    f"{got.get('checksum')}, sent {f.data.nbytes} / {f.checksum}")
+                refusal = put_refusal(got, f.data.nbytes, f.checksum)
+                if refusal is not None:
+                    u.replicas.fail(node, refusal)
                 else:
                     f.receipts[node] = got.get("receipt") or b""
                     u.replicas.ack(node)
@@ -393,12 +394,6 @@ class SmallReads:
         return out
 
 
-def _put_spec(u: _Upload, node: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {"id": u.block, "checksum": u.file.checksum}
-    cap = u.file.caps.get(node)
-    if cap is not None:
-        spec["cap"] = cap
-    return spec
 
 
 def _chunks(uploads: list[_Upload]) -> list[list[_Upload]]:

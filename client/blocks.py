@@ -204,6 +204,25 @@ class ReplicaWrite:
         return ", ".join(f"{n} ({why})" for n, why in self.failed.items()) or "no DataNode"
 
 
+def put_spec(block_id: bytes, checksum: int, cap: bytes | None) -> dict[str, Any]:
+    """The fields that store one block on one node: a `put_block` header without its op,
+    or one item of `put_blocks`. `cap` is that node's write capability, if the MDS gave one."""
+    spec: dict[str, Any] = {"id": block_id, "checksum": checksum}
+    if cap is not None:
+        spec["cap"] = cap
+    return spec
+
+
+def put_refusal(result: Any, size: int, checksum: int) -> str | None:
+    """Why a DataNode's answer to a put does not prove it stored these bytes (None: it
+    does): the size and checksum it acknowledges must be the ones sent."""
+    got = result if isinstance(result, dict) else {}
+    if got.get("size") != size or got.get("checksum") != checksum:
+        return (f"acked size {got.get('size')} checksum {got.get('checksum')}, "
+                f"sent {size} / {checksum}")
+    return None
+
+
 def reason_of(exc: BaseException) -> str:
     """A short reason for logs, bad_replica reports and error messages."""
     if isinstance(exc, ConnectionRefusedError):

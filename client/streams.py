@@ -25,7 +25,7 @@ from broker.client import BrokerUnavailable, Client, Reply
 from broker.limits import MDS_SERVICE, datanode_service
 
 from .blocks import (OrderedWindow, Piece, ReplicaWrite, Suspects, alloc_batch, block_ranges,
-                     reason_of, renew_period, replica_order)
+                     put_refusal, put_spec, reason_of, renew_period, replica_order)
 from .retry import Retrier, stamp_opids
 
 log = logging.getLogger(__name__)
@@ -317,10 +317,8 @@ class BlockWriter:
 
     def _send(self, task: _PutBlock) -> None:
         for node in task.replicas.take_queue():
-            header = {"op": "put_block", "id": task.id, "checksum": task.checksum}
-            cap = task.caps.get(node)
-            if cap is not None:
-                header["cap"] = cap
+            spec = put_spec(task.id, task.checksum, task.caps.get(node))
+            header = {"op": "put_block", **spec}
             rid = self.mux.send(self, datanode_service(node), header, [task.data], self.timeout)
             task.rids[rid] = node
             self._tasks[rid] = task
@@ -331,14 +329,12 @@ class BlockWriter:
             log.debug("reply %d matches no block of %s; ignored", reply.rid, self.path)
             return
         node = task.rids.pop(reply.rid)
-        result = reply.result or {}
         if reply.error is not None:
             self._failed(task, node, reason_of(reply.error), reply.error)
-        elif result.get("size") != task.size or result.get("checksum") != task.checksum:
-            self._failed(task, node, f"acked size {result.get('size')} checksum "
-                         f"{result.get('checksum')}, sent {task.size} / {task.checksum}", None)
+        elif (refusal := put_refusal(reply.result, task.size, task.checksum)) is not None:
+            self._failed(task, node, refusal, None)
         else:
-            task.receipts[node] = result.get("receipt") or b""
+            task.receipts[node] = reply.result.get("receipt") or b""
             task.replicas.ack(node)
         self._settle(task)
 
@@ -586,9 +582,7 @@ def put_small(mux: Mux, path: str, data: bytes | memoryview, *,
         owner = object()
         rids: dict[int, str] = {}
         for node in nodes:
-            header: dict[str, Any] = {"op": "put_block", "id": bid, "checksum": crc}
-            if caps.get(node) is not None:
-                header["cap"] = caps[node]
+            header = {"op": "put_block", **put_spec(bid, crc, caps.get(node))}
             rids[mux.send(owner, datanode_service(node), header, [view], timeout)] = node
         receipts: dict[str, bytes] = {}
         failed = False
@@ -600,17 +594,19 @@ def put_small(mux: Mux, path: str, data: bytes | memoryview, *,
             who = rids.pop(reply.rid, None)
             if who is None:
                 continue
-            result = reply.result or {}
+            refusal: str | None
             if reply.error is not None:
-                log.info("%s: block %s on %s failed (%s); writing it the streaming way",
-                         path, bid.hex(), who, reason_of(reply.error))
+                refusal = reason_of(reply.error)
                 if isinstance(reply.error, (ConnectionError, TimeoutError)):
                     suspects.mark(who)
-                failed = True
-            elif result.get("size") != size or result.get("checksum") != crc:
+            else:
+                refusal = put_refusal(reply.result, size, crc)
+            if refusal is not None:
+                log.info("%s: block %s on %s failed (%s); writing it the streaming way",
+                         path, bid.hex(), who, refusal)
                 failed = True
             else:
-                receipts[who] = result.get("receipt") or b""
+                receipts[who] = reply.result.get("receipt") or b""
         if failed:
             return None
         blocks.append({"id": bid, "size": size, "checksum": crc, "replicas": list(nodes),
