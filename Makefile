@@ -19,14 +19,14 @@ run: $(STAMP)
 
 # The suite waits on clusters far more than it computes (one core busy on average): it
 # runs on JOBS pytest-xdist workers, each with a port range of its own (tests/conftest.py).
-# JOBS=0 runs it in this one process (pytest -s, pdb).
+# JOBS=0 runs it in this one process (pytest -s, pdb). -rs prints why any test skipped.
 JOBS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS) --dist worksteal $(ARGS)
+	$(PY) -m pytest -q -rs -n $(JOBS) --dist worksteal $(ARGS)
 
 test-soak: $(STAMP)
-	$(PY) -m pytest -q -n $(JOBS) --dist worksteal --soak $(ARGS)
+	$(PY) -m pytest -q -rs -n $(JOBS) --dist worksteal --soak $(ARGS)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy $(TYPED)
