@@ -93,16 +93,17 @@ checks), the drafts (mds/drafts.py: allocate/add_target/renew/abort), the block 
 deletion queue (mds/blockmap.py: set_replicas/queue_delete/ack_delete), the packed nodes
 (mds/inode.py, which states the memory budget: ~393 MiB RSS for 1M one-block files) and
 the record field checks (mds/fields.py). This class joins them: create, commit, rm and
-rename, the counters, the dispatch table; it is the only public door.
+rename, the counters, the dispatch table; it is the only public door. Three parts of it
+live in modules of their own, mixed in: chmod/chown/utimes and tree quotas
+(mds/ns_attrs.py), clone and the shared-block checks of commit (mds/ns_clone.py), and the
+plain-data export and restore for checkpoints (mds/ns_restore.py).
 """
 from __future__ import annotations
 
 import errno
 import logging
 import os
-import struct
 import time
-from stat import S_ISGID
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
@@ -111,9 +112,11 @@ from mds.blockmap import BlockMap
 from mds.drafts import POOL_PATH, Drafts
 from mds.fields import check, error, is_node_list, is_time, nodes_arg
 from mds.opids import OpResults, apply_once, check_once
-from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR,
-                       LEGACY_DIR_MODE, LEGACY_FILE_MODE, SIZE, SUPERUSER_ID, Dir, Draft,
-                       Inode)
+from mds.inode import (BIG_FILE_BLOCKS, BLK, BLOCK_ID_LEN, HDR, LEGACY_DIR_MODE,
+                       LEGACY_FILE_MODE, Dir, Draft, Inode)
+from mds.ns_attrs import AttrRecords
+from mds.ns_clone import SharedBlockRecords
+from mds.ns_restore import SnapshotState
 from mds.perms import Cred
 from mds.tree import WX, Tree, checked
 from mds.treequota import TreeQuota, TreeQuotas, usage_of
@@ -124,7 +127,6 @@ __all__ = ["BIG_FILE_BLOCKS", "Inode", "MAX_BLOCK_SIZE", "MAX_HANDLE_LEN", "Name
 log = logging.getLogger(__name__)
 
 MAX_BLOCK_SIZE = 1 << 31
-HDR_MTIME = struct.Struct("<d").unpack_from   # the mtime field of a header, at offset 16
 NO_SHARED: frozenset[int] = frozenset()
 MAX_HANDLE_LEN = 128
 
@@ -137,7 +139,7 @@ class NamespaceConfig:
     lease: float = 60.0
 
 
-class Namespace:
+class Namespace(AttrRecords, SharedBlockRecords, SnapshotState):
     def __init__(self, config: NamespaceConfig = NamespaceConfig(), *,
                  clock: Callable[[], float] = time.time,
                  random_bytes: Callable[[int], bytes] = os.urandom) -> None:
@@ -745,125 +747,6 @@ class Namespace:
                 self.quotas.repath(src, dst)
         return {"src": src, "dst": dst, "replaced": old is not None}
 
-    # ------------------------------------------------------------------ tree quotas
-
-    def prepare_quota(self, path: str, max_bytes: int | None, max_files: int | None, *,
-                      cred: Cred | None = None) -> dict:
-        """Set (or, with both limits None, clear) the quota of directory ``path``: the
-        superuser only (EPERM). A limit below the current usage is taken: the tree then
-        only shrinks until it fits."""
-        path = paths.normalize(path)
-        if cred is not None and not cred.superuser:
-            raise PermissionError(errno.EPERM, f"only {perms.SUPERUSER} may set or clear "
-                                  "quotas", path)
-        rec = {"op": "quota", "path": path, "bytes": max_bytes, "files": max_files}
-        self._check_quota(rec)
-        return rec
-
-    def _check_quota(self, rec: Mapping) -> None:
-        path = rec["path"]
-        self.tree.canonical(path)
-        for key in ("bytes", "files"):
-            v = rec[key]
-            check(v is None or (type(v) is int and 0 <= v < 1 << 63), path,
-                  f"bad {key} limit {v!r}")
-        if type(self.tree.node(path)[1]) is not Dir:
-            raise error(errno.ENOTDIR, path, "quotas are set on directories")
-
-    def _apply_quota(self, rec: Mapping) -> dict:
-        node = cast(Dir, self.tree.node(rec["path"])[1])
-        if rec["bytes"] is None and rec["files"] is None:
-            self.quotas.drop(node)
-        else:
-            self.quotas.set(node, rec["path"], rec["bytes"], rec["files"])
-        return {"path": rec["path"], "bytes": rec["bytes"], "files": rec["files"]}
-
-    def quota_get(self, path: str, cred: Cred | None = None) -> list[dict]:
-        """Every quota that applies to entries in directory ``path``: the enclosing trees'
-        (root first) and its own. Needs read on ``path``."""
-        path = paths.normalize(path)
-        names, node = self.tree.node(path, cred)
-        self.tree.need(cred, node, perms.R, path)
-        quotas = self._quotas_over(names)
-        own = self.quotas.by_dir.get(node) if type(node) is Dir else None
-        return [q.row() for q in quotas + ([own] if own else [])]
-
-    def quota_ls(self, cred: Cred | None = None) -> list[dict]:
-        """All quotas on directories ``cred`` may reach and read, by path."""
-        out = []
-        for row in self.quotas.rows():
-            try:
-                _, node = self.tree.node(row["path"], cred)
-            except OSError:
-                continue
-            if self.tree.may(cred, node, perms.R):
-                out.append(row)
-        return out
-
-    # ------------------------------------------------------------------ chmod / chown
-
-    def prepare_chmod(self, path: str, mode: int, *, cred: Cred | None = None) -> dict:
-        """Owner or superuser (else EPERM). As Linux does, a caller outside the file's
-        group cannot set its setgid bit: the bit is dropped, not refused."""
-        path = paths.normalize(path)
-        _, node = self.tree.node(path, cred)
-        _, owner, group, _ = self.tree.attrs(node)
-        who = perms.ROOT_CRED if cred is None else cred
-        mode = perms.check_chmod(who, owner, mode, path)
-        if not who.superuser and not who.in_group(group):
-            mode &= ~S_ISGID
-        rec = {"op": "chmod", "path": path, "mode": mode, "ctime": self._clock()}
-        self.tree.check_attr(rec)
-        return rec
-
-    def prepare_chown(self, path: str, owner: str | None = None, group: str | None = None,
-                      *, cred: Cred | None = None) -> dict:
-        """Owner: superuser only; group: the owner to one of its groups, or the superuser
-        (EPERM otherwise). Unchanged fields may be given or left out."""
-        path = paths.normalize(path)
-        _, node = self.tree.node(path, cred)
-        _, old_owner, old_group, _ = self.tree.attrs(node)
-        who = perms.ROOT_CRED if cred is None else cred
-        new_owner, new_group = perms.check_chown(who, old_owner, old_group, owner, group, path)
-        rec = {"op": "chown", "path": path, "owner": new_owner, "group": new_group,
-               "ctime": self._clock()}
-        self.tree.check_attr(rec)
-        return rec
-
-    def _apply_attr(self, rec: Mapping) -> dict:
-        _, node = self.tree.node(rec["path"])
-        mode, owner, group, _ = self.tree.attrs(node)
-        if rec["op"] == "chmod":
-            mode = mode & perms.KIND_BITS | rec["mode"]
-        else:
-            owner, group = rec["owner"], rec["group"]
-        self.tree.set_attrs(node, mode, owner, group, rec["ctime"])
-        return {"path": rec["path"], "type": "dir" if type(node) is Dir else "file",
-                "mode": mode & perms.MODE_BITS, "owner": owner, "group": group}
-
-    def prepare_utimes(self, path: str, mtime: float | None, *,
-                       cred: Cred | None = None) -> dict:
-        """utimensat: `mtime` None means now. A given time needs the owner or the
-        superuser (EPERM); "now" also lets anyone with write permission (EACCES)."""
-        path = paths.normalize(path)
-        _, node = self.tree.node(path, cred)
-        _, owner, _, _ = self.tree.attrs(node)
-        now = self._clock()
-        who = perms.ROOT_CRED if cred is None else cred
-        if not who.superuser and who.user != owner:
-            if mtime is not None:
-                raise PermissionError(errno.EPERM, "Operation not permitted", path)
-            self.tree.need(cred, node, perms.W, path)
-        rec = {"op": "utimes", "path": path, "mtime": now if mtime is None else mtime,
-               "ctime": now}
-        self.tree.check_utimes(rec)
-        return rec
-
-    def _apply_utimes(self, rec: Mapping) -> dict:
-        _, node = self.tree.node(rec["path"])
-        self.tree.set_times(node, rec["mtime"], rec["ctime"])
-        return {"path": rec["path"], "mtime": rec["mtime"]}
-
     # ------------------------------------------------------------------ blocks
 
     def prepare_set_replicas(self, block_id: bytes, replicas: Sequence[str]) -> dict:
@@ -884,204 +767,3 @@ class Namespace:
         rec = {"op": "ack_delete", "node": node, "blocks": list(block_ids)}
         self.blockmap.check_ack_delete(rec)
         return rec
-
-    # ------------------------------------------------------------------ shared blocks
-
-    def _check_shared_block(self, path: str, i: int, bid: Any, size: Any, crc: Any) -> None:
-        """Entry ``i`` of a commit names committed block ``bid``: it must exist, as a
-        committed block, with exactly this size and checksum."""
-        found = self.blockmap.locate(bid) if type(bid) is bytes else None
-        if found is None or type(found[0]) is not Inode:
-            raise error(errno.ENOENT, path, f"block {i}: no committed block "
-                        f"{bid.hex() if type(bid) is bytes else bid!r} to share "
-                        "(the file it came from was replaced or removed)")
-        bsize, bcrc, _ = found[0].block(found[1])
-        check(type(size) is int and size == bsize and type(crc) is int and crc == bcrc, path,
-              f"block {i}: size or checksum differ from block {bid.hex()}'s")
-
-    def _check_sources(self, handle: str, blocks: Sequence[Mapping[str, Any]],
-                       cred: Cred | None) -> None:
-        """A commit that shares blocks names, per block, the file it takes it from
-        (``from``): that file must hold the block now, and ``cred`` must be allowed to
-        read it. A block id alone is no proof of access (ids travel in events)."""
-        by_path: dict[str, set[bytes]] = {}
-        for i, b in enumerate(blocks):
-            src = b.get("from")
-            if src is None:
-                continue
-            if not isinstance(src, str):
-                raise error(errno.EINVAL, handle, f"block {i}: from must be a path")
-            held = by_path.get(src)
-            if held is None:
-                _, node = self.tree.node(paths.normalize(src), cred)
-                if isinstance(node, Dir):
-                    raise error(errno.EISDIR, src)
-                self.tree.need(cred, node, perms.R, src)
-                held = by_path[src] = set(node.bids)
-            if b["id"] not in held:
-                raise error(errno.ENOENT, src, f"block {i} ({bytes(b['id']).hex()}) is not "
-                            "part of this file (replaced since it was read?)")
-
-    def prepare_clone(self, src: str, dst: str, *, exclusive: bool = False,
-                      cred: Cred | None = None) -> dict:
-        """A server-side copy of file ``src`` to the exact path ``dst``: the new file
-        shares every block of ``src`` (no byte moves). Like ``cp``: the copy is the
-        caller's, with src's permission bits less the umask, and a new mtime; replacing a
-        file keeps that file's owner, group and mode. Needs read on ``src``, write and
-        search on dst's parent, write on a file it replaces; ``exclusive`` refuses an
-        existing ``dst`` (EEXIST)."""
-        src, dst = paths.normalize(src), paths.normalize(dst)
-        _, node = self.tree.node(src, cred)
-        if isinstance(node, Dir):
-            raise error(errno.EISDIR, src, "copy of a directory (copy its files)")
-        self.tree.need(cred, node, perms.R, src)
-        mode = node.attrs()[0] & 0o777
-        rec = {"op": "clone", "src": src, "dst": dst, "inode": node.id,
-               "mtime": self._clock(), **self._owner_fields(cred, mode, False)}
-        if exclusive:
-            rec["exclusive"] = True
-        self._check_clone(rec)
-        names = paths.components(dst)
-        parent = self.tree.walk_parent(dst, names, cred=cred)
-        existing = parent.children.get(names[-1])
-        self._need_replace(cred, parent, None if isinstance(existing, Dir) else existing,
-                           dst, names)
-        return rec
-
-    def _check_clone(self, rec: Mapping) -> None:
-        src, dst = rec["src"], rec["dst"]
-        check(is_time(rec["mtime"]), dst, "bad mtime")
-        self.tree.check_owner_fields(rec, dst)
-        _, node = self.tree.node(src)
-        if isinstance(node, Dir):
-            raise error(errno.EISDIR, src)
-        check(node.id == rec["inode"], src, "the source changed since the copy was made")
-        names = self.tree.canonical(dst)
-        if not names:
-            raise error(errno.EISDIR, dst)
-        check(dst != src, dst, "source and destination are the same file")
-        existing = self.tree.walk_parent(dst, names).children.get(names[-1])
-        if type(existing) is Dir:
-            raise error(errno.EISDIR, dst)
-        if existing is not None and rec.get("exclusive"):
-            raise error(errno.EEXIST, dst)
-        if self.quotas:
-            self.quotas.need(self._quotas_over(names),
-                             node.size - (existing.size if existing is not None else 0),
-                             existing is None, dst)
-
-    def _apply_clone(self, rec: Mapping) -> dict:
-        src = cast(Inode, self.tree.node(rec["src"])[1])     # checked: a file
-        _, size, _, repl, bsize = src.header()
-        names, mtime = self.tree.names, rec["mtime"]
-        owner = rec.get("owner", perms.SUPERUSER)
-        hdr = HDR.pack(self.next_inode, size, mtime, repl, bsize, rec["mode"],
-                       names.intern(owner), names.intern(rec.get("group", owner)), mtime)
-        # the block entries (size, checksum, replica set) and the id tuple are src's own
-        inode = Inode(hdr + src.meta[HDR.size:], src.bids)
-        self.next_inode += 1
-        bm = self.blockmap
-        for bid in inode.bids:
-            bm.add_ref(bid, inode)
-        if len(inode.bids) > BIG_FILE_BLOCKS:
-            bm.positions[inode] = bm.positions[src]
-        old = cast("Inode | None", self.tree.attach(rec["dst"], inode, mtime))  # no Dir
-        if old is not None:
-            mode, uid, gid, _ = old.attrs()
-            inode.meta = inode.with_attrs(mode, uid, gid, mtime)
-            self._release_file(old)
-        self._charge_file(rec["dst"], size, old)
-        self.files += 1
-        self.blocks += len(inode.bids)
-        self.bytes += size
-        return {"path": rec["dst"], "inode": inode.id, "size": size,
-                "blocks": len(inode.bids), "replaced": old is not None}
-
-    # ------------------------------------------------------------------ snapshot support
-    # Used by mds/snapshot.py only: plain-data export and import of the whole state.
-
-    def export_state(self) -> dict:
-        return {"next_inode": self.next_inode, "root": self.tree.export_root(),
-                "names": list(self.tree.names),
-                "rsets": [list(t) for t in self.blockmap.rsets],
-                "drafts": [d.to_list() for d in self.drafts.by_handle.values()],
-                "counts": {"files": self.files, "dirs": self.dirs, "blocks": self.blocks,
-                           "bytes": self.bytes},
-                "quotas": self.quotas.export()}
-
-    def export_tree(self) -> Iterator[tuple]:
-        """Pre-order entries: (0, parent dir no., name, mtime) for a directory, numbered
-        in order of appearance from 1 (the root is 0), and (1, dir no., name, meta, bids)."""
-        return self.tree.export()
-
-    def restore_state(self, state: Mapping) -> None:
-        """The state frame; one of a version 1 snapshot has ``root_mtime`` instead of
-        ``root`` and ``names``, and drafts without owner, group and mode."""
-        self.next_inode = state["next_inode"]
-        self._restored_quotas = state.get("quotas", ())   # [path, bytes, files] (v3)
-        if "root" in state:
-            self.tree.start_restore(state["root"], state["names"])
-        else:
-            self.tree.start_restore([state["root_mtime"]], [])
-        for nodes in state["rsets"]:
-            self.blockmap.rsets.intern(nodes)
-        owners = self.blockmap.owners
-        for entry in state["drafts"]:
-            handle, path, ino, repl, bsize, lease, mtime, bids, targets = entry[:9]
-            d = self.drafts.by_handle[handle] = Draft(handle, path, ino, repl, bsize, lease,
-                                                      mtime, *entry[9:12])
-            d.bids = list(bids)
-            d.targets = [tuple(t) for t in targets]
-            for bid in d.bids:
-                owners[bid] = d
-
-    def restore_dirs(self, flat: Sequence, legacy: bool = False) -> None:
-        """Directories as a flat list (see Tree.restore_dirs)."""
-        self.tree.restore_dirs(flat, legacy)
-
-    def restore_files(self, flat: Sequence, legacy: bool = False) -> None:
-        """Files as a flat list: dir no., name, meta, block ids, dir no., ... With
-        ``legacy`` (a version 1 snapshot) meta has no attributes: the superuser's, 0o644
-        and ctime = mtime are put in."""
-        # one tight loop over millions of entries: no per-file method calls
-        dirs, blocks, size_of, positions = (self.tree.numbered, self.blockmap.owners,
-                                            SIZE.unpack_from, self.blockmap.positions)
-        add_ref = self.blockmap.add_ref
-        nfiles, nblocks, nbytes = 0, 0, 0
-        it = iter(flat)
-        for di, name, meta, bids in zip(it, it, it, it):
-            if legacy:
-                meta = (meta[:ATTR_OFFSET] + ATTR.pack(LEGACY_FILE_MODE, SUPERUSER_ID,
-                                                       SUPERUSER_ID, HDR_MTIME(meta, 16)[0])
-                        + meta[ATTR_OFFSET:])
-            if type(bids) is not tuple:
-                bids = tuple(bids)
-            node = dirs[di].children[name] = Inode(meta, bids)
-            for bid in bids:
-                if bid in blocks:         # shared with a file restored before it
-                    add_ref(bid, node)
-                else:
-                    blocks[bid] = node
-            n = len(bids)
-            if n > BIG_FILE_BLOCKS:
-                positions[node] = {b: i for i, b in enumerate(node.bids)}
-            nfiles += 1
-            nblocks += n
-            nbytes += size_of(meta, 8)[0]
-        self.files += nfiles
-        self.blocks += nblocks
-        self.bytes += nbytes
-
-    def restore_deletes(self, node: str, block_ids: Sequence[bytes]) -> None:
-        queue = self.blockmap.queue
-        for bid in block_ids:
-            queue(node, bid)
-
-    def finish_restore(self) -> None:
-        """Forget the numbering; quotas get their usage counted once, here."""
-        self.dirs = self.tree.finish_restore()
-        for path, max_bytes, max_files in self._restored_quotas:
-            rec = {"op": "quota", "path": path, "bytes": max_bytes, "files": max_files}
-            self._check_quota(rec)
-            self._apply_quota(rec)
-        self._restored_quotas = ()
