@@ -1,9 +1,9 @@
 """AegisClient: the Python API of AegisFS - POSIX-like verbs over the MDS and DataNodes.
 
 Namespace verbs are one MDS request each; put / get / read_bytes / open stream blocks
-through streams.py, put_many / get_many batch small files through batch.py, and local files
-are read and written by localio.py. Errors are OSError subclasses whose message names the
-path. Defaults (timeouts, window, batch sizes) come from the [client] config section;
+through streams.py and reading.py, put_many / get_many batch small files through
+batch.py, and local files are read and written by localio.py. Errors are OSError
+subclasses whose message names the path. Defaults (timeouts, window, batch sizes) come from the [client] config section;
 replication and block size, when not given, are the cluster's (the MDS's create reply).
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ from . import localio
 from .direct import DIRECT_CONNECT, Links
 from .blocks import Piece, Suspects, pieces_for_range
 from .retry import Notice, Retrier, RetryPolicy
-from .streams import SMALL_MAX, BlockReader, BlockWriter, Mux, name_error, put_small
+from .mux import Mux
+from .reading import BlockReader
+from .streams import SMALL_MAX, BlockWriter, name_error, put_small
 
 if TYPE_CHECKING:
     from .files import ReadFile, WriteFile

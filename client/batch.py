@@ -35,7 +35,9 @@ from broker.limits import MAX_PUT_MANY, MDS_SERVICE, datanode_service
 
 from .blocks import Piece, ReplicaWrite, Suspects, put_refusal, put_spec, reason_of
 from .retry import stamp_opids
-from .streams import BlockReader, BlockWriter, Mux, draft_geometry, name_error
+from .mux import Mux
+from .reading import BlockReader
+from .streams import BlockWriter, draft_geometry, name_error
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The pure decisions of block streaming: cutting a file into blocks and ranges, the
 bounded window of blocks in flight, and which replicas to write to or read from next.
 
-No sockets and no clock of its own (Suspects takes one): streams.py drives these objects.
+No sockets and no clock of its own (Suspects takes one): streams.py and reading.py drive
+these objects.
 """
 from __future__ import annotations
 

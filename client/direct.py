@@ -262,7 +262,7 @@ class Links:
     @property
     def ever_connected(self) -> bool:
         """Whether the broker was ever reached: the retry policy waits for a lost broker
-        but reports a never-seen one at once (client/streams.py Mux.call)."""
+        but reports a never-seen one at once (client/mux.py Mux.call)."""
         return self.broker.ever_connected
 
     def close(self) -> None:

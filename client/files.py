@@ -13,7 +13,9 @@ from typing import Any, Generator
 from broker.limits import MDS_SERVICE
 
 from .blocks import Piece, Suspects
-from .streams import BlockReader, BlockWriter, Mux
+from .mux import Mux
+from .reading import BlockReader
+from .streams import BlockWriter
 
 log = logging.getLogger(__name__)
 

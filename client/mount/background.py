@@ -16,7 +16,8 @@ from broker.limits import MAX_BATCH
 
 from ..batch import SmallFiles, _File, commit_op, mds_batch
 from ..blocks import Suspects
-from ..streams import BlockWriter, Mux, name_error
+from ..mux import Mux
+from ..streams import BlockWriter, name_error
 from .pending import PendingFile
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from broker.client import Client
 
 from ..api import AegisClient
 from ..retry import Retrier, RetryPolicy
-from ..streams import Mux
+from ..mux import Mux
 
 KEEP_IDLE = 16
 

@@ -18,7 +18,9 @@ from typing import Any, Callable, Sequence
 from broker.limits import MDS_SERVICE
 
 from ..blocks import Piece, Suspects
-from ..streams import BlockReader, BlockWriter, Mux
+from ..mux import Mux
+from ..reading import BlockReader
+from ..streams import BlockWriter
 
 ZERO_CHUNK = 1 << 20         # a hole or a growing truncate is written in chunks of this
 # A rewritten block is committed as new blocks of this size (a commit that shares blocks

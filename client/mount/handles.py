@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 from broker.limits import MDS_SERVICE
 
 from ..files import ReadFile
-from ..streams import BlockWriter, Mux, name_error
+from ..mux import Mux
+from ..streams import BlockWriter, name_error
 from .conn import MountClient
 from .cow import CowWriter
 

@@ -11,7 +11,7 @@ import pytest
 from client import batch as B
 from client.batch import SmallFiles
 from client.blocks import Suspects
-from client.streams import Mux
+from client.mux import Mux
 from tests.support.inprocess import InProcessCluster
 
 BS = 1 << 20

@@ -12,7 +12,9 @@ import pytest
 
 from client.blocks import Piece, Suspects, block_ranges
 from client.files import ReadFile, WriteFile
-from client.streams import BlockReader, BlockWriter, Mux
+from client.mux import Mux
+from client.reading import BlockReader
+from client.streams import BlockWriter
 from tests.support.inprocess import InProcessCluster
 
 BS = 1024

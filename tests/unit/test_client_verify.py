@@ -1,4 +1,4 @@
-"""The client's checks of what DataNodes send (client/streams.py): range reads verified
+"""The client's checks of what DataNodes send (client/reading.py): range reads verified
 against the MDS's block checksum through the DataNode's chunk table, and a refused
 capability answered by fetching fresh ones and asking again."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from broker.client import Reply
 from client.blocks import Piece
-from client.streams import BlockReader, _verified_range
+from client.reading import BlockReader, _verified_range
 from datanode.fileformat import checksums
 
 CS = 1024
@@ -94,7 +94,7 @@ class Refusing:
 
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EAGAIN])
 def test_a_refused_capability_is_renewed_and_the_read_retried(monkeypatch, code):
-    monkeypatch.setattr("client.streams.CAP_RETRY_PAUSE", 0.0)
+    monkeypatch.setattr("client.reading.CAP_RETRY_PAUSE", 0.0)
     data = b"payload"
     b = {"id": b"\x02" * 16, "size": len(data), "checksum": crc32c.crc32c(data),
          "replicas": ["dn1"], "cap": b"old"}
