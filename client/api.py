@@ -3,8 +3,9 @@
 Namespace verbs are one MDS request each; put / get / read_bytes / open stream blocks
 through streams.py and reading.py, put_many / get_many batch small files through
 batch.py, and local files are read and written by localio.py. Errors are OSError
-subclasses whose message names the path. Defaults (timeouts, window, batch sizes) come from the [client] config section;
-replication and block size, when not given, are the cluster's (the MDS's create reply).
+subclasses whose message names the path. Defaults (timeouts, window, batch sizes) come
+from the [client] config section; replication and block size, when not given, are the
+cluster's (the MDS's create reply).
 """
 from __future__ import annotations
 
