@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+from broker.client import Client
 from broker.events import Subscriber
 from client import AegisClient
 from tests.integration.conftest import run_cli
@@ -45,6 +46,26 @@ def test_cli_with_the_first_broker_dead_from_the_start(tmp_path):
         proc = run_cli(cluster, "status")
         assert proc.returncode == 0, proc.stderr.decode()
         assert f"brokers: 1 up / 2   {dead} unreachable   {live} up" in proc.stdout.decode()
+    finally:
+        cluster.stop()
+
+
+def test_workers_answer_through_each_broker_on_its_own_connection(tmp_path):
+    """The MDS and every DataNode registered with both brokers, and each reply goes back
+    through the broker its request came in by (one DEALER per broker: a shared one would
+    round-robin replies, and about half of these calls would time out)."""
+    cluster = start_cluster(tmp_path / "c", datanodes=2, brokers=2)
+    try:
+        one, two = cluster.broker.split(",")
+        with Client(one, timeout=2, curve=cluster.curve) as a, \
+                Client(two, timeout=2, curve=cluster.curve) as b:
+            for client in (a, b):
+                services = client.call("broker", {"op": "services"}).result["services"]
+                assert {"mds", "dn.dn1", "dn.dn2"} <= set(services), services
+            for _ in range(20):
+                for client in (a, b):
+                    client.call("mds", {"op": "ping"})
+                    client.call("dn.dn1", {"op": "info"})
     finally:
         cluster.stop()
 
