@@ -130,7 +130,7 @@ class Client:
         """Send a request; returns its id. Blocks while `max_in_flight` requests are out."""
         while len(self._pending) >= self.max_in_flight:
             self._pump(self._earliest_deadline())
-        i = self._pick()
+        i = self._pick() if self._several else 0 if self.sock.poll(0, zmq.POLLOUT) else None
         if i is None:
             self._wait_connected()
             i = self._pick()
@@ -141,9 +141,17 @@ class Client:
         env = P.pack(P.REQUEST, service.encode("ascii"), struct.pack(">Q", rid),
                      P.encode_header(header))
         frames = [env, *payload]
-        self._send_on(i, frames)
+        # registered before the send: a drop of this connection noticed while sending (a
+        # member's declaration drains the monitor) then moves or fails this request too
         self._pending[rid] = (service, time.monotonic() + (timeout or self.timeout), i,
                               frames if self._several else None, 1)
+        try:
+            sent = self._send_on(i, frames)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        if not sent:
+            self._move(rid, i)
         return rid
 
     def _pick(self, exclude: int | None = None) -> int | None:
@@ -152,11 +160,43 @@ class Client:
             return 0 if exclude != 0 and links[0].writable() else None
         return self.choice.pick(lambda i: i != exclude and links[i].writable())
 
-    def _send_on(self, i: int, frames: list) -> None:
+    def _send_on(self, i: int, frames: list) -> bool:
+        """Send on connection `i`; False when it went down meanwhile (several brokers: a
+        send never blocks on a dead connection while another could take it)."""
         link = self._links[i]
-        if self._hello is not None:
-            self._declare(link)
-        wire.send(link.sock, frames)
+        flags = zmq.NOBLOCK if self._several else 0
+        try:
+            if self._hello is not None:
+                self._declare(link, flags)
+            wire.send(link.sock, frames, flags)
+        except zmq.Again:
+            return False
+        return True
+
+    def _move(self, rid: int, lost: int) -> None:
+        """Request `rid`, out on connection `lost` that is gone, again through another
+        writable one; with none, it fails ECONNRESET (callers retry)."""
+        entry = self._pending.get(rid)
+        if entry is None or entry[2] != lost:
+            return      # already answered, failed or moved (while we were sending)
+        service, dl, _, frames, tried = entry
+        exclude = lost
+        for _ in range(len(self._links) - 1):
+            other = self._pick(exclude=exclude) if frames is not None else None
+            if other is None or frames is None:
+                break
+            self._pending[rid] = (service, dl, other, frames, tried)
+            self.resent += 1
+            if self._send_on(other, frames):
+                return
+            entry = self._pending.get(rid)
+            if entry is None or entry[2] != other:
+                return
+            exclude = other
+        del self._pending[rid]
+        self._done[rid] = Reply(rid, service, error=ConnectionResetError(
+            errno.ECONNRESET, f"lost the connection to the broker at "
+            f"{self._links[lost].endpoint}"))
 
     def call(self, service: str, header: Mapping[str, Any], payload: Iterable = (),
              timeout: float | None = None) -> Reply:
@@ -216,22 +256,8 @@ class Client:
         """Receive what is waiting (or wait until `deadline`); expire overdue requests."""
         wait = max(0.0, deadline - time.monotonic())
         events = dict(self._poller.poll(int(wait * 1000)))   # poll truncates too
-        for sock in events:
-            link = self._by_monitor.get(sock)
-            if link is not None:
-                self._connection_events(link)
-        for sock in events:
-            link = self._by_sock.get(sock)
-            if link is None:
-                continue
-            while True:
-                try:
-                    _, env, payload = wire.recv(sock, wire.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._accept(env, payload)
-                if not wire.readable(sock):
-                    break
+        if events:
+            self._take(events)
         now = time.monotonic()
         for rid, (service, dl, i, _, _) in list(self._pending.items()):
             if dl <= now:
@@ -240,6 +266,24 @@ class Client:
                     self.choice.failed(i)
                 self._done[rid] = Reply(rid, service, error=TimeoutError(
                     errno.ETIMEDOUT, f"no reply from service {service!r} in time"))
+
+    def _take(self, events: dict) -> None:
+        """Connection events first (a drop moves its requests), then every reply waiting."""
+        for link in self._links:
+            if link.monitor in events:
+                self._connection_events(link)
+        for link in self._links:
+            if link.sock not in events:
+                continue
+            sock = link.sock
+            while True:
+                try:
+                    _, env, payload = wire.recv(sock, wire.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._accept(env, payload)
+                if not wire.readable(sock):
+                    break
 
     def _accept(self, env: bytes, payload: list) -> None:
         try:
@@ -274,9 +318,10 @@ class Client:
         other = self._pick(exclude=via)
         if other is None:
             return False
-        self._send_on(other, frames)
         self._pending[rid] = (service, dl, other, frames, tried + 1)
         self.resent += 1
+        if not self._send_on(other, frames):
+            self._move(rid, other)
         return True
 
     def _wait_connected(self) -> None:
@@ -330,30 +375,19 @@ class Client:
     def _lost(self, i: int) -> None:
         """Connection `i` dropped: its requests go again through another broker that is
         up, or fail with ECONNRESET (callers retry) when there is none."""
-        exc = ConnectionResetError(
-            errno.ECONNRESET, f"lost the connection to the broker at {self._links[i].endpoint}")
-        for rid, (service, dl, via, frames, tried) in list(self._pending.items()):
-            if via != i:
-                continue
-            other = self._pick(exclude=i) if frames is not None else None
-            if other is None or frames is None:
-                del self._pending[rid]
-                self._done[rid] = Reply(rid, service, error=exc)
-                continue
-            self._send_on(other, frames)
-            self._pending[rid] = (service, dl, other, frames, tried)
-            self.resent += 1
+        for rid in [rid for rid, entry in self._pending.items() if entry[2] == i]:
+            self._move(rid, i)
         if self.resent:
             log.debug("broker %s lost; %d requests moved so far", self._links[i].endpoint,
                       self.resent)
 
-    def _declare(self, link: _Link) -> None:
+    def _declare(self, link: _Link, flags: int = 0) -> None:
         """A member says whom it acts for once per connection, before its first request.
         With IMMEDIATE, send() waited for the connection, whose CONNECTED event the monitor
         reported first; a broker restart is a new connection and gets a new declaration."""
         self._connection_events(link)
         if not link.declared:
-            wire.send(link.sock, [self._hello])
+            wire.send(link.sock, [self._hello], flags)
             link.declared = True
 
     def _fail_all(self, exc: OSError) -> None:

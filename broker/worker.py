@@ -99,6 +99,7 @@ class Worker:
         self._closed = False
         self._conns = [_Conn(each) for each in endpoint_list(endpoint)]
         self._turn = 0              # which connection is read first: fair between brokers
+        self._due = 0.0             # when recv next looks at heartbeats and expiries
         for conn in self._conns:
             self._connect(conn)
         self._build_poller()
@@ -167,24 +168,14 @@ class Worker:
     def recv(self, timeout: float | None = None) -> Request | None:
         """The next request, or None when `timeout` passes or another thread called wake()."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        conns = self._conns
         while True:
             self._flush_pending()
             now = time.monotonic()
-            expired = False
-            for conn in self._conns:
-                if now >= conn.next_heartbeat:
-                    self._send_control(conn, P.HEARTBEAT_ENV)
-                    conn.next_heartbeat = now + self.interval
-                if now >= conn.expiry:
-                    log.log(logging.WARNING if conn.heard else logging.DEBUG,
-                            "no word from the broker at %s for %.1fs; reconnecting",
-                            conn.endpoint, self.interval * self.liveness)
-                    conn.heard = False
-                    self._reconnect(conn)
-                    expired = True
-            if expired:
-                continue
-            wait = min(conn.next_heartbeat for conn in self._conns) - now
+            if now >= self._due:
+                if self._upkeep(now):
+                    continue
+            wait = self._due - now
             if deadline is not None:
                 wait = min(wait, deadline - now)
             events = dict(self._poller.poll(int(max(0.0, wait) * 1000)))   # poll truncates too
@@ -195,19 +186,46 @@ class Worker:
                 self._drain_wake()
                 self._flush_pending()
                 return None
+            if len(conns) == 1:           # one broker: the path as it always was
+                conn = conns[0]
+                if conn.monitor in events:
+                    self._connection_events(conn)
+                if conn.sock in events:
+                    req = self._recv_one(conn, 0)
+                    if req is not None:
+                        return req
+                continue
             for sock in events:
                 watched = self._by_monitor.get(sock)
                 if watched is not None:
                     self._connection_events(watched)
-            n = len(self._conns)
+            n = len(conns)
             self._turn = (self._turn + 1) % n
             for k in range(n):
                 i = (self._turn + k) % n
-                conn = self._conns[i]
-                if conn.sock in events:
-                    req = self._recv_one(conn, i)
+                if conns[i].sock in events:
+                    req = self._recv_one(conns[i], i)
                     if req is not None:
                         return req
+
+    def _upkeep(self, now: float) -> bool:
+        """Heartbeats due, brokers silent too long (reconnected: True); then when to look
+        again (`_due`: the earliest heartbeat or expiry; a message received only moves an
+        expiry later, so `_due` stays a safe lower bound)."""
+        expired = False
+        for conn in self._conns:
+            if now >= conn.next_heartbeat:
+                self._send_control(conn, P.HEARTBEAT_ENV)
+                conn.next_heartbeat = now + self.interval
+            if now >= conn.expiry:
+                log.log(logging.WARNING if conn.heard else logging.DEBUG,
+                        "no word from the broker at %s for %.1fs; reconnecting",
+                        conn.endpoint, self.interval * self.liveness)
+                conn.heard = False
+                self._reconnect(conn)
+                expired = True
+        self._due = min(min(c.next_heartbeat, c.expiry) for c in self._conns)
+        return expired
 
     def _connection_events(self, conn: _Conn) -> None:
         seen = wire.monitor_events(conn.monitor)
