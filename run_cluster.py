@@ -135,11 +135,21 @@ class Cluster:
     # anyway, but a test decides itself when a role comes back.
     supervise: bool = False
     # Prometheus metrics: the broker on this port, the MDS on +1, DataNode i on +1+i
+    # (brokers 2..N after the DataNodes)
     metrics_port: int | None = None
+    # brokers on consecutive base ports P, P+4, ...; every other role connects to all
+    brokers: int = 1
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
-        self.endpoints = config.endpoints_for_base_port(self.base_port)
+        if self.brokers < 1:
+            raise ValueError("at least one broker")
+        # "broker" (base port P), then "broker2" (P+4), ...: the first keeps its old name
+        self.broker_ports = {("broker" if i == 0 else f"broker{i + 1}"): self.base_port + 4 * i
+                             for i in range(self.brokers)}
+        self.endpoints = config.brokers_endpoints(
+            config.endpoints_for_base_port(port)["client"] for port in self.broker_ports.values())
+        # every broker's client endpoint, comma-separated (one broker: just its endpoint)
         self.broker = self.endpoints["client"]
         self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
         self.keys_dir = self.data_dir / "keys"
@@ -176,8 +186,8 @@ class Cluster:
 
     # -- role definitions ----------------------------------------------------------------
 
-    def _common(self) -> list[str]:
-        args = ["--base-port", str(self.base_port)]
+    def _common(self, base_port: int | None = None) -> list[str]:
+        args = ["--base-port", str(base_port or self.base_port)]
         if self.config_path:
             args += ["--config", self.config_path]
         if self.security:
@@ -191,13 +201,20 @@ class Cluster:
         logs.mkdir(parents=True, exist_ok=True)
         py = sys.executable
         hb = ["--heartbeat-interval", str(self.heartbeat)] if self.heartbeat else []
-        specs: dict[str, list[str]] = {"broker": [py, "-m", "broker", *self._common(), *hb]}
-        mds = [py, "-m", "mds", *self._common(), "--data-dir", str(self.data_dir / "mds"), *hb]
+        specs: dict[str, list[str]] = {
+            name: [py, "-m", "broker", *self._common(port), *hb]
+            for name, port in self.broker_ports.items()}
+        # several brokers: the explicit endpoint lists win over those --base-port derives
+        reach = ["--broker-worker", self.endpoints["worker"],
+                 "--events", self.endpoints["events_in"]] if self.brokers > 1 else []
+        mds = [py, "-m", "mds", *self._common(), *reach,
+               "--data-dir", str(self.data_dir / "mds"), *hb]
         if self.replication:
             mds += ["--replication", str(self.replication)]
         specs["mds"] = mds
         for node in self.node_ids:
-            specs[node] = [py, "-m", "datanode", *self._common(), "--id", node,
+            specs[node] = [py, "-m", "datanode", *self._common(), *reach,
+                           *(["--broker-client", self.broker] if reach else []), "--id", node,
                            "--data-dir", str(self.data_dir / "dn" / node), *hb]
         if self.viz:
             specs["viz"] = [py, "-m", "streamlit", "run", str(ROOT / "viz" / "app.py"),
@@ -211,7 +228,8 @@ class Cluster:
                            "--broker", self.broker, "--keys-dir", str(self.data_dir / "keys"),
                            *(["--key", str(self.key)] if self.security else [])]
         if self.metrics_port:
-            for i, name in enumerate(["broker", "mds", *self.node_ids]):
+            for i, name in enumerate(["broker", "mds", *self.node_ids,
+                                      *list(self.broker_ports)[1:]]):
                 specs[name] += ["--metrics-port", str(self.metrics_port + i)]
         if self.mount_dir:
             Path(self.mount_dir).mkdir(parents=True, exist_ok=True)
@@ -320,14 +338,26 @@ class Cluster:
         Answering, not merely registered: after a kill -9 the broker may still list the
         dead predecessor until its heartbeats run out.
         """
-        from broker.client import Client
-        names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3", "mount")]
+        names = [r for r in (roles or self.roles)
+                 if r not in ("viz", "s3", "mount") and r not in self.broker_ports]
         probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
                   (datanode_service(r), {"op": "info"})
                   for r in names}
         deadline = time.monotonic() + timeout
+        # through every broker that runs: a worker is ready once each one routes to it
+        through = [config.endpoints_for_base_port(port)["client"]
+                   for name, port in self.broker_ports.items()
+                   if name in self.roles and self.roles[name].alive()] or [self.broker]
+        for endpoint in through[1:]:
+            self._wait_answering(endpoint, probes, deadline)
+        self._wait_answering(through[0], probes, deadline, nodes_up=True)
+
+    def _wait_answering(self, endpoint: str, probes: dict, deadline: float,
+                        nodes_up: bool = False) -> None:
+        from broker.client import Client
+        timeout = deadline - time.monotonic()
         last: Any = None
-        with Client(self.broker, timeout=2.0, connect_timeout=1.0, curve=self.curve) as client:
+        with Client(endpoint, timeout=2.0, connect_timeout=1.0, curve=self.curve) as client:
             for name, (service, probe) in probes.items():
                 while True:
                     role = self.roles[name]
@@ -340,13 +370,13 @@ class Cluster:
                     except OSError as exc:
                         last = exc
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"cluster not ready after {timeout}s: {name} did "
-                                           f"not answer ({last})")
+                        raise TimeoutError(f"cluster not ready after {timeout:.0f}s: {name} "
+                                           f"did not answer through {endpoint} ({last})")
                     time.sleep(0.1)
             # The MDS places blocks only on DataNodes it has heard from: ready means it
             # sees every running DataNode up.
             nodes = {n for n in self.node_ids if self.roles.get(n) and self.roles[n].alive()}
-            while "mds" in self.roles and self.roles["mds"].alive() and nodes:
+            while nodes_up and "mds" in self.roles and self.roles["mds"].alive() and nodes:
                 try:
                     status = client.call(MDS_SERVICE, {"op": "status"}).result
                     if nodes <= {n["id"] for n in status["nodes"] if n["state"] == "up"}:
@@ -354,7 +384,7 @@ class Cluster:
                 except OSError as exc:
                     last = exc
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"cluster not ready after {timeout}s: the MDS does "
+                    raise TimeoutError(f"cluster not ready after {timeout:.0f}s: the MDS does "
                                        f"not see every DataNode up ({last})")
                 time.sleep(0.1)
 
@@ -382,13 +412,14 @@ class Cluster:
     def restart(self, name: str, timeout: float = 30.0) -> None:
         self.stop_role(name)
         self.start_role(name)
-        if name not in ("broker", "viz", "mount"):
+        if name not in ("viz", "mount") and name not in self.broker_ports:
             self.wait_ready(timeout, [name])
 
     def stop(self) -> None:
         # Workers first so they can say goodbye to a live broker; the broker last.
         # the mount first: its unmount still reaches the cluster
-        order = ["mount"] + [n for n in self.roles if n not in ("broker", "mount")] + ["broker"]
+        order = (["mount"] + [n for n in self.roles if n != "mount" and n not in self.broker_ports]
+                 + list(self.broker_ports))
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
@@ -406,6 +437,9 @@ class Cluster:
               help="Root data directory (a subdirectory per role, logs in <dir>/logs).")
 @click.option("--base-port", default=config.DEFAULT_BASE_PORT, show_default=True,
               help="Broker client endpoint tcp://127.0.0.1:P; P+1..P+3 for workers and events.")
+@click.option("--brokers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Number of brokers, on base ports P, P+4, ...; every other role "
+                   "connects to all of them ([broker] endpoints).")
 @click.option("--reset", is_flag=True, help="Wipe the data directory first.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config (default configs/cluster.toml).")
@@ -423,7 +457,7 @@ class Cluster:
                    "DataNode i on PORT+1+i.")
 @click.option("--mount", "mount_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
-def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
+def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
          s3_port: int | None, supervise: bool, metrics_port: int | None,
          mount_dir: str | None) -> None:
@@ -442,7 +476,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
                       security=not insecure, s3_port=s3_port, supervise=supervise,
-                      metrics_port=metrics_port, mount_dir=mount_dir)
+                      metrics_port=metrics_port, mount_dir=mount_dir, brokers=brokers)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -451,7 +485,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"starting broker, mds and {datanodes} DataNodes; logs in {root / 'logs'} "
+    which = "broker" if brokers == 1 else f"{brokers} brokers"
+    click.echo(f"starting {which}, mds and {datanodes} DataNodes; logs in {root / 'logs'} "
                "(Ctrl-C to stop)")
     if insecure:
         click.echo("WARNING: security is OFF (--insecure): no CURVE, no authentication, "
@@ -469,7 +504,7 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     extra += f", s3 http://127.0.0.1:{s3_port}" if s3_port else ""
     extra += f", mounted at {Path(mount_dir).resolve()}" if mount_dir else ""
     key = f" key {cluster.key}" if cluster.key else " (security off)"
-    click.echo(f"ready: broker {cluster.broker}{extra}{key}")
+    click.echo(f"ready: broker{'s' if brokers > 1 else ''} {cluster.broker}{extra}{key}")
     sys.stdout.flush()
     status = 0
     cluster.write_status()

@@ -48,6 +48,7 @@ def main(config_path, base_port, bind, client, worker, events_in, events_out,
     try:
         full = config.load(config_path, {"broker": flags,
                                          "security": security_flags(security, keys_dir)})
+        config.one_broker(full["broker"])
         secure = curve.warn_if_off(full["security"], "broker")
         broker = Broker(full["broker"], keys=curve.keys_dir(full["security"]) if secure else None)
         start_metrics(metrics_port, "broker", [broker.router.broker_ops],

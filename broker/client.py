@@ -9,6 +9,8 @@ Errors arrive as OSError subclasses (FileNotFoundError, ...). No broker within
 `connect_timeout` -> BrokerUnavailable; no reply within the timeout -> TimeoutError; the
 broker connection dropping with requests out -> ConnectionResetError for each, at once,
 so callers can retry instead of waiting out a timeout. One Client per thread.
+With several brokers ("tcp://a:5550,tcp://b:5560") a lost broker's requests go again
+through another one instead (see Client).
 `MemberClient` is the same for the cluster's own processes, on the worker endpoint.
 With `curve=` (broker.curve.CurveKeys) the connection is CURVE; a key the broker refuses
 (unknown, revoked, not allowed on that endpoint) is a PermissionError (EACCES) at once.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import random
 import struct
 import time
 from dataclasses import dataclass, field
@@ -27,6 +30,8 @@ import zmq
 
 from . import protocol as P
 from . import wire
+from .config import endpoint_list
+from .failover import BrokerChoice
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,28 @@ class Reply:
         return self
 
 
+class _Link:
+    """One broker connection of a Client: its DEALER, the socket monitor, member state."""
+    __slots__ = ("endpoint", "sock", "monitor", "declared")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        self.endpoint, self.sock, self.monitor = endpoint, sock, monitor
+        self.declared = False       # MemberClient: MEMBER sent on this connection
+
+    def writable(self) -> bool:
+        # with IMMEDIATE a DEALER is writable only over a live (handshaken) connection
+        return bool(self.sock.poll(0, zmq.POLLOUT))
+
+
 class Client:
+    """Requests through one broker, or several: `endpoint` may list comma-separated
+    broker client endpoints (one DEALER each: a DEALER connected to two ROUTERs would
+    round-robin). Requests go to a sticky preferred broker (broker.failover.BrokerChoice,
+    started at random so clients spread); when a broker's connection drops, the requests
+    out on it are sent again, unchanged, through another connected broker (MDS mutations
+    carry op ids and DataNode block writes are idempotent, so a repeat is answered the
+    same); with no other broker up they fail with ECONNRESET as with one broker."""
+
     def __init__(self, endpoint: str, *, timeout: float = 30.0, max_in_flight: int = 64,
                  connect_timeout: float = 5.0, context: zmq.Context | None = None,
                  hwm: int = 1000, max_header: int = P.DEFAULT_MAX_HEADER,
@@ -61,23 +87,36 @@ class Client:
         self.connect_timeout = connect_timeout
         self.max_header = max_header
         self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        wire.configure(self.sock, hwm=hwm)
-        # Queue only on a live connection, so a down broker is seen at once (POLLOUT).
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)
-        if curve is not None:
-            curve.apply(self.sock)
-        self._monitor = wire.monitor(self.sock)
-        self.sock.connect(endpoint)
         self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+        self._links: list[_Link] = []
+        for each in endpoint_list(endpoint):
+            sock = self.ctx.socket(zmq.DEALER)
+            wire.configure(sock, hwm=hwm)
+            # Queue only on a live connection, so a down broker is seen at once (POLLOUT).
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            if curve is not None:
+                curve.apply(sock)
+            link = _Link(each, sock, wire.monitor(sock))
+            sock.connect(each)
+            self._poller.register(sock, zmq.POLLIN)
+            self._poller.register(link.monitor, zmq.POLLIN)
+            self._links.append(link)
+        self.sock = self._links[0].sock
+        self._by_monitor = {link.monitor: link for link in self._links}
+        self._by_sock = {link.sock: link for link in self._links}
+        self.choice = BrokerChoice(len(self._links), random.randrange(len(self._links)))
+        self._several = len(self._links) > 1
+        self.resent = 0                      # requests moved to another broker
         self.ever_connected = False          # a lost broker is waited for, a never seen one not
         self._hello: bytes | None = None     # MemberClient: its MEMBER declaration
-        self._declared = False
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[str, float]] = {}   # rid -> (service, deadline)
+        # rid -> (service, deadline, link index, frames to send again or None, brokers tried)
+        self._pending: dict[int, tuple[str, float, int, list | None, int]] = {}
         self._done: dict[int, Reply] = {}
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [link.endpoint for link in self._links]
 
     @property
     def in_flight(self) -> int:
@@ -91,16 +130,73 @@ class Client:
         """Send a request; returns its id. Blocks while `max_in_flight` requests are out."""
         while len(self._pending) >= self.max_in_flight:
             self._pump(self._earliest_deadline())
-        if not self.sock.poll(0, zmq.POLLOUT):
+        i = self._pick() if self._several else 0 if self.sock.poll(0, zmq.POLLOUT) else None
+        if i is None:
             self._wait_connected()
-        if self._hello is not None:
-            self._declare()
+            i = self._pick()
+            if i is None:      # connected and lost again at once: the next send waits
+                raise ConnectionResetError(errno.ECONNRESET, "lost the connection to the "
+                                           f"broker at {self.endpoint}")
         rid = next(self._ids)
         env = P.pack(P.REQUEST, service.encode("ascii"), struct.pack(">Q", rid),
                      P.encode_header(header))
-        wire.send(self.sock, [env, *payload])
-        self._pending[rid] = (service, time.monotonic() + (timeout or self.timeout))
+        frames = [env, *payload]
+        # registered before the send: a drop of this connection noticed while sending (a
+        # member's declaration drains the monitor) then moves or fails this request too
+        self._pending[rid] = (service, time.monotonic() + (timeout or self.timeout), i,
+                              frames if self._several else None, 1)
+        try:
+            sent = self._send_on(i, frames)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        if not sent:
+            self._move(rid, i)
         return rid
+
+    def _pick(self, exclude: int | None = None) -> int | None:
+        links = self._links
+        if not self._several:
+            return 0 if exclude != 0 and links[0].writable() else None
+        return self.choice.pick(lambda i: i != exclude and links[i].writable())
+
+    def _send_on(self, i: int, frames: list) -> bool:
+        """Send on connection `i`; False when it went down meanwhile (several brokers: a
+        send never blocks on a dead connection while another could take it)."""
+        link = self._links[i]
+        flags = zmq.NOBLOCK if self._several else 0
+        try:
+            if self._hello is not None:
+                self._declare(link, flags)
+            wire.send(link.sock, frames, flags)
+        except zmq.Again:
+            return False
+        return True
+
+    def _move(self, rid: int, lost: int) -> None:
+        """Request `rid`, out on connection `lost` that is gone, again through another
+        writable one; with none, it fails ECONNRESET (callers retry)."""
+        entry = self._pending.get(rid)
+        if entry is None or entry[2] != lost:
+            return      # already answered, failed or moved (while we were sending)
+        service, dl, _, frames, tried = entry
+        exclude = lost
+        for _ in range(len(self._links) - 1):
+            other = self._pick(exclude=exclude) if frames is not None else None
+            if other is None or frames is None:
+                break
+            self._pending[rid] = (service, dl, other, frames, tried)
+            self.resent += 1
+            if self._send_on(other, frames):
+                return
+            entry = self._pending.get(rid)
+            if entry is None or entry[2] != other:
+                return
+            exclude = other
+        del self._pending[rid]
+        self._done[rid] = Reply(rid, service, error=ConnectionResetError(
+            errno.ECONNRESET, f"lost the connection to the broker at "
+            f"{self._links[lost].endpoint}"))
 
     def call(self, service: str, header: Mapping[str, Any], payload: Iterable = (),
              timeout: float | None = None) -> Reply:
@@ -141,7 +237,7 @@ class Client:
     def pollables(self) -> list[zmq.Socket]:
         """The sockets to poll for this client's progress (with others, as client/direct.py
         does for several connections at once); then call `ready()`."""
-        return [self.sock, self._monitor]
+        return [s for link in self._links for s in (link.sock, link.monitor)]
 
     def ready(self) -> Reply | None:
         """Take what the socket holds (never blocking), expire overdue requests, and
@@ -154,29 +250,40 @@ class Client:
         return self._earliest_deadline() if self._pending else None
 
     def _earliest_deadline(self) -> float:
-        return min(d for _, d in self._pending.values())
+        return min(entry[1] for entry in self._pending.values())
 
     def _pump(self, deadline: float) -> None:
         """Receive what is waiting (or wait until `deadline`); expire overdue requests."""
         wait = max(0.0, deadline - time.monotonic())
         events = dict(self._poller.poll(int(wait * 1000)))   # poll truncates too
-        if self._monitor in events:
-            self._connection_events()
-        if self.sock in events:
+        if events:
+            self._take(events)
+        now = time.monotonic()
+        for rid, (service, dl, i, _, _) in list(self._pending.items()):
+            if dl <= now:
+                del self._pending[rid]
+                if self._several:
+                    self.choice.failed(i)
+                self._done[rid] = Reply(rid, service, error=TimeoutError(
+                    errno.ETIMEDOUT, f"no reply from service {service!r} in time"))
+
+    def _take(self, events: dict) -> None:
+        """Connection events first (a drop moves its requests), then every reply waiting."""
+        for link in self._links:
+            if link.monitor in events:
+                self._connection_events(link)
+        for link in self._links:
+            if link.sock not in events:
+                continue
+            sock = link.sock
             while True:
                 try:
-                    _, env, payload = wire.recv(self.sock, wire.NOBLOCK)
+                    _, env, payload = wire.recv(sock, wire.NOBLOCK)
                 except zmq.Again:
                     break
                 self._accept(env, payload)
-                if not wire.readable(self.sock):
+                if not wire.readable(sock):
                     break
-        now = time.monotonic()
-        for rid, (service, dl) in list(self._pending.items()):
-            if dl <= now:
-                del self._pending[rid]
-                self._done[rid] = Reply(rid, service, error=TimeoutError(
-                    errno.ETIMEDOUT, f"no reply from service {service!r} in time"))
 
     def _accept(self, env: bytes, payload: list) -> None:
         try:
@@ -191,35 +298,57 @@ class Client:
         rid = struct.unpack(">Q", rid_bytes)[0]
         entry = self._pending.pop(rid, None)
         if entry is None:
-            return   # a late reply to a request we already gave up on
+            return   # a late reply to a request we already gave up on (or got twice)
         reply = Reply(rid, entry[0], payload=wire.payload_views(payload))
         try:
             reply.result = P.parse_reply(header, self.max_header)
         except OSError as exc:
             reply.error = exc
+            if isinstance(exc, ConnectionRefusedError) and self._elsewhere(rid, entry):
+                return
         self._done[rid] = reply
 
+    def _elsewhere(self, rid: int, entry: tuple) -> bool:
+        """"No live worker" from one broker: a restarted broker the service has not
+        registered with again yet. Try the request once on each other broker that is up
+        (the caller's own retry policy covers a service missing from all of them)."""
+        service, dl, via, frames, tried = entry
+        if frames is None or tried >= len(self._links):
+            return False
+        other = self._pick(exclude=via)
+        if other is None:
+            return False
+        self._pending[rid] = (service, dl, other, frames, tried + 1)
+        self.resent += 1
+        if not self._send_on(other, frames):
+            self._move(rid, other)
+        return True
+
     def _wait_connected(self) -> None:
-        """Until the connection is up (CURVE handshake done), or fail: BrokerUnavailable
+        """Until a connection is up (CURVE handshake done), or fail: BrokerUnavailable
         after connect_timeout, PermissionError at once when the broker refuses our key."""
         deadline = time.monotonic() + self.connect_timeout
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLOUT)
-        poller.register(self._monitor, zmq.POLLIN)
+        for link in self._links:
+            poller.register(link.sock, zmq.POLLOUT)
+            poller.register(link.monitor, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
             events = dict(poller.poll(int(max(0.0, left) * 1000)))
-            if self._monitor in events:
-                self._connection_events(raise_refused=True)
-            if self.sock in events:
+            for sock in events:
+                if sock in self._by_monitor:
+                    self._connection_events(self._by_monitor[sock], raise_refused=True)
+            if any(sock in self._by_sock for sock in events):
                 self.ever_connected = True
                 return
             if left <= 0:
+                where = (f"the broker at {self.endpoint}" if not self._several else
+                         f"any of the brokers {', '.join(self.endpoints)}")
                 raise BrokerUnavailable(errno.ECONNREFUSED,
-                                        f"cannot reach the broker at {self.endpoint} within "
+                                        f"cannot reach {where} within "
                                         f"{self.connect_timeout:g}s (is the cluster running?)")
 
-    def _refused(self) -> PermissionError:
+    def _refused(self, link: _Link) -> PermissionError:
         key = f" {self.curve.source}" if self.curve is not None and self.curve.source else ""
         if self.curve is None:
             why = ("it requires a CURVE key and none was given (pass a key, or the cluster "
@@ -227,47 +356,56 @@ class Client:
         else:
             why = ("the key is not registered (unknown or revoked), not allowed on this "
                    "endpoint, or the broker public key is wrong")
-        return PermissionError(errno.EACCES, f"the broker at {self.endpoint} refused the "
+        return PermissionError(errno.EACCES, f"the broker at {link.endpoint} refused the "
                                f"key{key}: {why}")
 
-    def _connection_events(self, raise_refused: bool = False) -> None:
-        seen = wire.monitor_events(self._monitor)
+    def _connection_events(self, link: _Link, raise_refused: bool = False) -> None:
+        seen = wire.monitor_events(link.monitor)
         if any(event in seen for event in wire.HANDSHAKE_FAILED):
-            exc = self._refused()
+            exc = self._refused(link)
             self._fail_all(exc)
             if raise_refused:
                 raise exc
         if zmq.EVENT_DISCONNECTED in seen:
-            self._fail_all(ConnectionResetError(
-                errno.ECONNRESET, f"lost the connection to the broker at {self.endpoint}"))
+            self._lost(self._links.index(link))
         if zmq.EVENT_CONNECTED in seen:
-            self._declared = False
+            link.declared = False
             self.ever_connected = True
 
-    def _declare(self) -> None:
+    def _lost(self, i: int) -> None:
+        """Connection `i` dropped: its requests go again through another broker that is
+        up, or fail with ECONNRESET (callers retry) when there is none."""
+        for rid in [rid for rid, entry in self._pending.items() if entry[2] == i]:
+            self._move(rid, i)
+        if self.resent:
+            log.debug("broker %s lost; %d requests moved so far", self._links[i].endpoint,
+                      self.resent)
+
+    def _declare(self, link: _Link, flags: int = 0) -> None:
         """A member says whom it acts for once per connection, before its first request.
         With IMMEDIATE, send() waited for the connection, whose CONNECTED event the monitor
         reported first; a broker restart is a new connection and gets a new declaration."""
-        self._connection_events()
-        if not self._declared:
-            wire.send(self.sock, [self._hello])
-            self._declared = True
+        self._connection_events(link)
+        if not link.declared:
+            wire.send(link.sock, [self._hello], flags)
+            link.declared = True
 
     def _fail_all(self, exc: OSError) -> None:
-        for rid, (service, _) in self._pending.items():
-            self._done[rid] = Reply(rid, service, error=exc)
+        for rid, entry in self._pending.items():
+            self._done[rid] = Reply(rid, entry[0], error=exc)
         self._pending.clear()
 
     def close(self) -> None:
-        if self._hello is not None and self._declared:
-            try:   # the broker forgets the member at once
-                wire.send(self.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            self.sock.setsockopt(zmq.LINGER, 100)
-        self.sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self.sock.close()
+        for link in self._links:
+            if self._hello is not None and link.declared:
+                try:   # the broker forgets the member at once
+                    wire.send(link.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                link.sock.setsockopt(zmq.LINGER, 100)
+            link.sock.disable_monitor()
+            link.monitor.close(linger=0)
+            link.sock.close()
 
     def __enter__(self) -> "Client":
         return self

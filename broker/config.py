@@ -9,7 +9,7 @@ import copy
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "cluster.toml"
@@ -25,6 +25,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "worker": "tcp://127.0.0.1:5551",
         "events_in": "tcp://127.0.0.1:5552",
         "events_out": "tcp://127.0.0.1:5553",
+        # several brokers: each one's client endpoint tcp://HOST:P (its worker endpoint is
+        # P+1, events P+2/P+3); when set, the four endpoints above become these lists
+        "endpoints": [],
         "heartbeat_interval": 1.0,
         "heartbeat_liveness": 3,
         "max_message_size": 64 * 1024 * 1024 + 1024 * 1024,
@@ -107,7 +110,42 @@ def broker_flags(base_port: int | None = None, **values: Any) -> dict[str, Any]:
     return flags
 
 
+def endpoint_list(value: str | Iterable[str]) -> list[str]:
+    """The brokers' endpoints of one kind: a list, or a string of comma-separated
+    endpoints (one endpoint is a list of one; a comma is never part of a ZeroMQ endpoint)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = [item.strip() for item in items if item.strip()]
+    if not out:
+        raise ConfigError(f"no broker endpoint in {value!r}")
+    return out
+
+
+def brokers_endpoints(endpoints: Iterable[str]) -> dict[str, str]:
+    """[broker] endpoints (each broker's client endpoint tcp://HOST:P) as the four
+    endpoint keys, each the comma-joined list over the brokers in the same order."""
+    per: dict[str, list[str]] = {name: [] for name in ENDPOINTS}
+    for endpoint in endpoints:
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        if not endpoint.startswith("tcp://") or not port.isdigit() or not host:
+            raise ConfigError(f"[broker] endpoints: {endpoint!r} is not tcp://HOST:PORT")
+        for name, derived in endpoints_for_base_port(int(port), host.strip("[]")).items():
+            per[name].append(derived)
+    return {name: ",".join(values) for name, values in per.items()}
+
+
+def one_broker(broker: Mapping[str, Any]) -> None:
+    """A broker process binds one set of endpoints: refuse lists ([broker] endpoints is
+    for the processes that connect to the brokers)."""
+    for name in ENDPOINTS:
+        if "," in str(broker.get(name, "")):
+            raise ConfigError(f"[broker] {name} lists several brokers ({broker[name]}); "
+                              "start each broker with its own --base-port (or --client, "
+                              "--worker, --events-in, --events-out)")
+
+
 def _coerce(value: str, like: Any, name: str) -> Any:
+    if isinstance(like, list):
+        return [item.strip() for item in value.split(",") if item.strip()]
     try:
         if isinstance(like, bool):
             return value.strip().lower() in ("1", "true", "yes", "on")
@@ -125,6 +163,22 @@ def _merge(base: dict[str, dict[str, Any]], extra: Mapping[str, Any], origin: st
         if not isinstance(values, Mapping):
             raise ConfigError(f"{origin}: [{section}] must be a table")
         base.setdefault(section, {}).update(values)
+
+
+def _expand_brokers(broker: dict[str, Any], env: Mapping[str, str]) -> None:
+    """[broker] endpoints (file or AEGISFS_BROKER_ENDPOINTS) replaces the four single
+    endpoints, except those set by their own variable; the short alias and flags, applied
+    after this, win over both."""
+    listed = broker.get("endpoints") or []
+    if isinstance(listed, str):
+        listed = broker["endpoints"] = endpoint_list(listed)
+    if not isinstance(listed, list) or not all(isinstance(e, str) for e in listed):
+        raise ConfigError("[broker] endpoints must be a list of tcp://HOST:PORT strings")
+    if not listed:
+        return
+    for name, joined in brokers_endpoints(listed).items():
+        if f"AEGISFS_BROKER_{name.upper()}" not in env:
+            broker[name] = joined
 
 
 def load(
@@ -156,6 +210,7 @@ def load(
             name = f"AEGISFS_{section.upper()}_{key.upper()}"
             if name in env:
                 values[key] = _coerce(env[name], value, name)
+    _expand_brokers(cfg["broker"], env)
     for name, (section, key) in ENV_ALIASES.items():
         if env.get(name):
             cfg[section][key] = env[name]

@@ -28,6 +28,7 @@ import zmq
 
 from . import protocol as P
 from . import wire
+from .config import endpoint_list
 from .service import Context, Outcome
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Request:
     payload: list          # memoryviews, zero-copy
     caller_class: str = P.CALLER_CLIENT   # stamped by the broker (routing.caller_of)
     caller_id: str = "admin"
+    via: int = 0           # which broker connection of the Worker it came in on
 
     @property
     def op(self) -> Any:
@@ -51,9 +53,28 @@ class Request:
         return Context.now_for(self.caller_class, self.caller_id, sink)
 
 
+class _Conn:
+    """One broker connection of a Worker: its DEALER, monitor, heartbeat and expiry."""
+    __slots__ = ("endpoint", "sock", "monitor", "expiry", "next_heartbeat",
+                 "first_connect", "refused_logged", "heard")
+    sock: zmq.Socket
+    monitor: zmq.Socket
+    expiry: float
+    next_heartbeat: float
+    first_connect: bool
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.refused_logged = False
+        self.heard = True           # said "no word" only for a broker heard since the last time
+
+
 class Worker:
-    sock: zmq.Socket        # replaced by each _connect (a reconnect makes a new socket)
-    _monitor: zmq.Socket
+    """Serves one service through one broker, or several: `endpoint` may list
+    comma-separated worker endpoints. Each broker gets its own DEALER (one DEALER
+    connected to two ROUTERs would round-robin heartbeats and replies between them), its
+    own READY, heartbeats, expiry and reconnection; `recv` polls them all, and a reply
+    goes back on the connection its request came from (Request.via)."""
 
     def __init__(self, endpoint: str, service: str, *, heartbeat_interval: float = 1.0,
                  liveness: int = 3, capacity: int = 64, exclusive: bool = False,
@@ -75,49 +96,69 @@ class Worker:
         os.set_blocking(self._wake_w, False)
         self.reconnects = 0
         self.curve = curve          # broker.curve.CurveKeys, or None with security off
-        self._refused_logged = False
         self._closed = False
-        self._connect()
+        self._conns = [_Conn(each) for each in endpoint_list(endpoint)]
+        self._turn = 0              # which connection is read first: fair between brokers
+        self._due = 0.0             # when recv next looks at heartbeats and expiries
+        for conn in self._conns:
+            self._connect(conn)
+        self._build_poller()
+
+    @property
+    def sock(self) -> zmq.Socket:
+        """The (first) broker connection's socket."""
+        return self._conns[0].sock
 
     # -- connection ----------------------------------------------------------------------
 
-    def _reconnect(self) -> None:
-        self.sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self.sock.close(linger=0)
-        self.reconnects += 1
-        self._connect()
-
-    def _connect(self) -> None:
-        self.sock = self.ctx.socket(zmq.DEALER)
-        wire.configure(self.sock, hwm=self.hwm, max_message_size=self.max_message_size)
-        if self.curve is not None:
-            self.curve.apply(self.sock)
-        self._monitor = wire.monitor(self.sock)
-        self.sock.connect(self.endpoint)
-        self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+    def _reconnect(self, conn: _Conn) -> None:
+        conn.sock.disable_monitor()
+        conn.monitor.close(linger=0)
+        conn.sock.close(linger=0)
+        # `reconnects` tells the MDS it was cut off (mds/server.py link_restored): with
+        # several brokers only when every one went silent, not while one is merely down
         now = time.monotonic()
-        self._broker_expiry = now + self.interval * self.liveness
-        self._next_heartbeat = now + self.interval
+        if not any(other.expiry > now for other in self._conns if other is not conn):
+            self.reconnects += 1
+        self._connect(conn)
+        self._build_poller()
+
+    def _connect(self, conn: _Conn) -> None:
+        conn.sock = self.ctx.socket(zmq.DEALER)
+        wire.configure(conn.sock, hwm=self.hwm, max_message_size=self.max_message_size)
+        if self.curve is not None:
+            self.curve.apply(conn.sock)
+        conn.monitor = wire.monitor(conn.sock)
+        conn.sock.connect(conn.endpoint)
+        now = time.monotonic()
+        conn.expiry = now + self.interval * self.liveness
+        conn.next_heartbeat = now + self.interval
         # READY is queued now (delivered once connected), so a worker is registered even
         # before its first recv(); later reconnections (a broker restart) send it again.
-        self._first_connect = True
-        self._ready()
+        conn.first_connect = True
+        self._ready(conn)
 
-    def _ready(self) -> None:
-        if not self._send_control(P.ready_envelope(self.service, self.info)):
-            self._first_connect = False     # not queued: the next CONNECTED sends it
-        log.info("registering as %r at %s", self.service, self.endpoint)
+    def _build_poller(self) -> None:
+        self._poller = zmq.Poller()
+        self._by_monitor: dict[zmq.Socket, _Conn] = {}
+        for conn in self._conns:
+            self._poller.register(conn.sock, zmq.POLLIN)
+            self._poller.register(conn.monitor, zmq.POLLIN)
+            self._by_monitor[conn.monitor] = conn
+        self._poller.register(self._wake_r, zmq.POLLIN)
 
-    def _send_control(self, envelope: bytes) -> bool:
+    def _ready(self, conn: _Conn) -> None:
+        if not self._send_control(conn, P.ready_envelope(self.service, self.info)):
+            conn.first_connect = False     # not queued: the next CONNECTED sends it
+        log.log(logging.INFO if conn.heard else logging.DEBUG,
+                "registering as %r at %s", self.service, conn.endpoint)
+
+    def _send_control(self, conn: _Conn, envelope: bytes) -> bool:
         """READY or HEARTBEAT without blocking: after a refused handshake libzmq keeps no
         pipe to the broker and a blocking send would wait for one forever, deaf to `stop`.
         A control message that cannot be queued is worth nothing later: False."""
         try:
-            wire.send(self.sock, [envelope], zmq.NOBLOCK)
+            wire.send(conn.sock, [envelope], zmq.NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -127,18 +168,14 @@ class Worker:
     def recv(self, timeout: float | None = None) -> Request | None:
         """The next request, or None when `timeout` passes or another thread called wake()."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        conns = self._conns
         while True:
             self._flush_pending()
             now = time.monotonic()
-            if now >= self._next_heartbeat:
-                self._send_control(P.HEARTBEAT_ENV)
-                self._next_heartbeat = now + self.interval
-            if now >= self._broker_expiry:
-                log.warning("no word from the broker for %.1fs; reconnecting",
-                            self.interval * self.liveness)
-                self._reconnect()
-                continue
-            wait = self._next_heartbeat - now
+            if now >= self._due:
+                if self._upkeep(now):
+                    continue
+            wait = self._due - now
             if deadline is not None:
                 wait = min(wait, deadline - now)
             events = dict(self._poller.poll(int(max(0.0, wait) * 1000)))   # poll truncates too
@@ -149,31 +186,69 @@ class Worker:
                 self._drain_wake()
                 self._flush_pending()
                 return None
-            if self._monitor in events:
-                seen = wire.monitor_events(self._monitor)
-                if any(e in seen for e in wire.HANDSHAKE_FAILED) and not self._refused_logged:
-                    # ZeroMQ keeps retrying; say it once, not every 100 ms
-                    self._refused_logged = True
-                    log.error("the broker at %s refuses our key%s (not registered for "
-                              "%r, or revoked); retrying", self.endpoint,
-                              f" {self.curve.source}" if self.curve else " (none given)",
-                              self.service)
-                if zmq.EVENT_CONNECTED in seen:
-                    if self._first_connect:
-                        self._first_connect = False
-                    else:
-                        self._ready()
-            if self.sock in events:
-                req = self._recv_one()
-                if req is not None:
-                    return req
+            if len(conns) == 1:           # one broker: the path as it always was
+                conn = conns[0]
+                if conn.monitor in events:
+                    self._connection_events(conn)
+                if conn.sock in events:
+                    req = self._recv_one(conn, 0)
+                    if req is not None:
+                        return req
+                continue
+            for sock in events:
+                watched = self._by_monitor.get(sock)
+                if watched is not None:
+                    self._connection_events(watched)
+            n = len(conns)
+            self._turn = (self._turn + 1) % n
+            for k in range(n):
+                i = (self._turn + k) % n
+                if conns[i].sock in events:
+                    req = self._recv_one(conns[i], i)
+                    if req is not None:
+                        return req
 
-    def _recv_one(self) -> Request | None:
+    def _upkeep(self, now: float) -> bool:
+        """Heartbeats due, brokers silent too long (reconnected: True); then when to look
+        again (`_due`: the earliest heartbeat or expiry; a message received only moves an
+        expiry later, so `_due` stays a safe lower bound)."""
+        expired = False
+        for conn in self._conns:
+            if now >= conn.next_heartbeat:
+                self._send_control(conn, P.HEARTBEAT_ENV)
+                conn.next_heartbeat = now + self.interval
+            if now >= conn.expiry:
+                log.log(logging.WARNING if conn.heard else logging.DEBUG,
+                        "no word from the broker at %s for %.1fs; reconnecting",
+                        conn.endpoint, self.interval * self.liveness)
+                conn.heard = False
+                self._reconnect(conn)
+                expired = True
+        self._due = min(min(c.next_heartbeat, c.expiry) for c in self._conns)
+        return expired
+
+    def _connection_events(self, conn: _Conn) -> None:
+        seen = wire.monitor_events(conn.monitor)
+        if any(e in seen for e in wire.HANDSHAKE_FAILED) and not conn.refused_logged:
+            # ZeroMQ keeps retrying; say it once, not every 100 ms
+            conn.refused_logged = True
+            log.error("the broker at %s refuses our key%s (not registered for "
+                      "%r, or revoked); retrying", conn.endpoint,
+                      f" {self.curve.source}" if self.curve else " (none given)",
+                      self.service)
+        if zmq.EVENT_CONNECTED in seen:
+            if conn.first_connect:
+                conn.first_connect = False
+            else:
+                self._ready(conn)
+
+    def _recv_one(self, conn: _Conn, via: int) -> Request | None:
         try:
-            _, env, payload = wire.recv(self.sock, wire.NOBLOCK)
+            _, env, payload = wire.recv(conn.sock, wire.NOBLOCK)
         except zmq.Again:
             return None
-        self._broker_expiry = time.monotonic() + self.interval * self.liveness
+        conn.expiry = time.monotonic() + self.interval * self.liveness
+        conn.heard = True
         try:
             cmd, client, rid, rest = P.unpack(env)
             if cmd == P.REQUEST:
@@ -181,15 +256,16 @@ class Worker:
                 try:
                     fields = P.decode_header(header, self.max_header)
                 except P.ProtocolError as exc:
-                    self._send_reply(client, rid, P.error_header(P.E_PROTOCOL, str(exc)), ())
+                    self._send_reply(via, client, rid,
+                                     P.error_header(P.E_PROTOCOL, str(exc)), ())
                     return None
                 return Request(client, rid, fields, wire.payload_views(payload),
-                               caller_class, caller_id)
+                               caller_class, caller_id, via)
             if cmd == P.HEARTBEAT:
                 return None
             if cmd == P.DISCONNECT:
-                log.info("broker asked us to register again")
-                self._ready()
+                log.info("broker at %s asked us to register again", conn.endpoint)
+                self._ready(conn)
                 return None
             raise P.ProtocolError(f"unexpected command {cmd} from the broker")
         except P.ProtocolError as exc:
@@ -198,18 +274,23 @@ class Worker:
 
     # -- replying ------------------------------------------------------------------------
 
-    def _send_reply(self, client: bytes, rid: bytes, header: bytes, payload: Iterable) -> None:
-        wire.send(self.sock, [P.pack(P.REPLY, client, rid, header), *payload])
+    def _send_reply(self, via: int, client: bytes, rid: bytes, header: bytes,
+                    payload: Iterable) -> None:
+        # on the connection the request came from (after a reconnection its new socket:
+        # a broker that forgot the route drops the reply, the client's retry covers it)
+        wire.send(self._conns[via].sock, [P.pack(P.REPLY, client, rid, header), *payload])
 
     def reply(self, request: Request, result: Mapping[str, Any] | None = None,
               payload: Iterable = ()) -> None:
-        self._send_reply(request.client, request.rid, P.ok_header(result), payload)
+        self._send_reply(request.via, request.client, request.rid, P.ok_header(result),
+                         payload)
 
     def reply_error(self, request: Request, exc: BaseException) -> None:
         code, message = P.exception_to_error(exc)
         if code == "EIO" and not isinstance(exc, OSError):
             log.exception("internal error handling %r", request.header.get("op"), exc_info=exc)
-        self._send_reply(request.client, request.rid, P.error_header(code, message), ())
+        self._send_reply(request.via, request.client, request.rid,
+                         P.error_header(code, message), ())
 
     def answer(self, request: Request, outcome: Outcome) -> None:
         """Send a service's Outcome: its result and payload, or its error."""
@@ -258,13 +339,14 @@ class Worker:
             return
         self._closed = True
         self._flush_pending()
-        try:
-            wire.send(self.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        self.sock.setsockopt(zmq.LINGER, 200)   # let DISCONNECT leave before we go
-        self.sock.disable_monitor()
-        self._monitor.close(linger=0)
-        self.sock.close()
+        for conn in self._conns:
+            try:
+                wire.send(conn.sock, [P.DISCONNECT_ENV], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            conn.sock.setsockopt(zmq.LINGER, 200)   # let DISCONNECT leave before we go
+            conn.sock.disable_monitor()
+            conn.monitor.close(linger=0)
+            conn.sock.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -159,7 +159,7 @@ class AegisClient:
                     # the broker what no direct link takes); typed as one for Mux
                     rpc = cast(Client, Links(rpc, curve=self._curve, timeout=self.timeout,
                                connect_timeout=min(DIRECT_CONNECT, self.connect_timeout)))
-            except zmq.ZMQError as exc:
+            except (zmq.ZMQError, broker_config.ConfigError) as exc:
                 raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
                               f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
             if self._key_error is not None and not self._transport:   # after the endpoint
@@ -413,6 +413,31 @@ class AegisClient:
     def status(self) -> dict:
         """The cluster: nodes [{id, state, capacity, used, blocks, last_seen}], counts, health."""
         return hexify(self._mds(None, "status"))
+
+    def brokers(self, timeout: float = 1.0) -> list[dict]:
+        """Each broker this client is configured with and whether it answers now:
+        [{endpoint, up, error?}] (the broker's own `ping`, over a short connection of
+        its own per broker, so a dead one costs at most `timeout`)."""
+        if self._transport:
+            return []
+        if self._key_error is not None:
+            raise self._key_error
+        try:
+            endpoints = broker_config.endpoint_list(self.broker)
+        except broker_config.ConfigError as exc:
+            raise OSError(errno.EINVAL, str(exc)) from None
+        out = []
+        for endpoint in endpoints:
+            entry: dict[str, Any] = {"endpoint": endpoint, "up": False}
+            try:
+                with Client(endpoint, timeout=timeout, connect_timeout=timeout,
+                            curve=self._curve) as c:
+                    c.call("broker", {"op": "ping"})
+                entry["up"] = True
+            except (OSError, zmq.ZMQError) as exc:
+                entry["error"] = str(exc)
+            out.append(entry)
+        return out
 
     def fsck(self, repair: bool = False) -> dict:
         """Check every block (missing, under-replicated, corrupt, orphans); `healthy`."""

@@ -717,7 +717,7 @@ def status(state: State, as_json: bool) -> None:
     if supervised and not as_json:
         for line in role_lines(supervised["roles"]):
             click.echo(line)
-    info = state.fs.status()
+    info = {**state.fs.status(), "brokers": state.fs.brokers()}
     if as_json:
         emit_json({**info, "roles": supervised["roles"]} if supervised else info)
         return

@@ -132,6 +132,12 @@ def status_lines(info: dict) -> Iterator[str]:
                                       for k, v in health.items())
     elif health is not None:
         yield f"health: {health}"
+    brokers = info.get("brokers")
+    if isinstance(brokers, list) and brokers:
+        up = sum(1 for b in brokers if isinstance(b, dict) and b.get("up"))
+        yield f"brokers: {up} up / {len(brokers)}   " + "   ".join(
+            f"{b.get('endpoint', '?')} {'up' if b.get('up') else 'unreachable'}"
+            for b in brokers if isinstance(b, dict))
 
 
 def role_lines(roles: dict) -> Iterator[str]:

@@ -31,6 +31,7 @@ from broker import protocol as P
 from broker.capability import MAX_TOKEN
 from broker.limits import MAX_DELETES, MAX_PUT_MANY, MDS_SERVICE, datanode_service
 from broker.client import MemberClient
+from broker.config import endpoint_list
 from broker.events import Publisher
 from broker.service import (Bytes, Context, Int, List, Map, Outcome, Service, Str,
                             operation)
@@ -445,11 +446,13 @@ class DataNode(DataNodeOps):
         self.admitted: AdmittedKeys | None = None
         if data_bind is not None:
             self.admitted = AdmittedKeys() if curve is not None else None
-            host = data_bind or route_source(worker_endpoint)
+            # with several brokers, the first one's route stands for all (same network)
+            first_broker = endpoint_list(worker_endpoint)[0]
+            host = data_bind or route_source(first_broker)
             self.data = DataEndpoint(
                 node_id, host, data_port, submit=self._dispatch,
                 server_keys=(curve.public, curve.secret) if curve is not None else None,
-                keys=self.admitted, advertise=advertised_host(host, advertise, worker_endpoint),
+                keys=self.admitted, advertise=advertised_host(host, advertise, first_broker),
                 max_message_size=max_message_size)
             self.data_counters = self.data.core.counters
 

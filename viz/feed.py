@@ -16,7 +16,9 @@ import zmq
 
 from broker import wire
 from broker.curve import client_keys
+from broker.config import endpoint_list
 from broker.events import decode_event
+from broker.failover import EventDedupe
 
 from .state import View, VizState
 
@@ -71,7 +73,10 @@ class Feed:
             self.curve.apply(sock)
         mon = wire.monitor(sock)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self.endpoint)
+        endpoints = endpoint_list(self.endpoint)
+        for each in endpoints:          # several brokers: each relays every event
+            sock.connect(each)
+        self._dedupe = EventDedupe() if len(endpoints) > 1 else None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(mon, zmq.POLLIN)
@@ -109,6 +114,9 @@ class Feed:
             if event is None:    # garbage from a peer: count it, never stop for it
                 self.errors += 1
                 continue
+            if self._dedupe is not None and isinstance(event.seq, int) and \
+                    not self._dedupe.first(event.stream, event.seq):
+                continue         # the copy another broker relayed
             try:
                 with self._lock:
                     self._state.apply(event.topic, event.body, self.clock())

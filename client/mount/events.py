@@ -9,6 +9,7 @@ import re
 import threading
 from typing import Any
 
+from broker.config import endpoint_list
 from broker.events import Subscriber
 
 from .cache import AttrCache, KnownDirs, OwnChanges
@@ -17,9 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def events_endpoint(client_endpoint: str) -> str | None:
-    """The broker's XPUB endpoint: the client endpoint's port + 3 (docs/architecture.md)."""
-    m = re.fullmatch(r"(tcp://.+):(\d+)", client_endpoint)
-    return f"{m.group(1)}:{int(m.group(2)) + 3}" if m else None
+    """The broker's XPUB endpoint: the client endpoint's port + 3 (docs/architecture.md);
+    for several brokers (comma-separated), each one's, in the same order."""
+    out = []
+    for each in endpoint_list(client_endpoint):
+        m = re.fullmatch(r"(tcp://.+):(\d+)", each)
+        if m is None:
+            return None
+        out.append(f"{m.group(1)}:{int(m.group(2)) + 3}")
+    return ",".join(out)
 
 
 def paths_of(body: dict) -> list[str]:

@@ -46,8 +46,9 @@ def start_cluster(data_dir: Path, datanodes: int = 3, *, heartbeat: float = HEAR
     """A started cluster whose MDS sees ``nodes`` DataNodes up (default: all of them) and,
     with ``serving``, is out of safe mode. Stopped again if it does not get there; the
     caller stops it otherwise. ``kwargs`` go to Cluster (extra=, env=, viz=, ...)."""
-    cluster = Cluster(data_dir, free_base_port(), datanodes=datanodes, heartbeat=heartbeat,
-                      **kwargs)
+    # four ports per broker (run_cluster.py --brokers N: base ports P, P+4, ...)
+    cluster = Cluster(data_dir, free_base_port(4 * kwargs.get("brokers", 1)),
+                      datanodes=datanodes, heartbeat=heartbeat, **kwargs)
     try:
         cluster.start()
         wait_mds(cluster, datanodes if nodes is None else nodes, serving=serving)

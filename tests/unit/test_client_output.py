@@ -32,6 +32,14 @@ def test_status_table():
     assert lines[3].endswith("drained")
     assert lines[4].startswith("datanodes: 2 up / 3")
     assert lines[5] == "health: under replicated: 2"
+    assert len(lines) == 6          # no broker line unless the brokers were asked
+
+
+def test_status_says_which_brokers_answer():
+    lines = list(output.status_lines({"nodes": [], "brokers": [
+        {"endpoint": "tcp://h:5550", "up": False, "error": "cannot reach"},
+        {"endpoint": "tcp://h:5554", "up": True}]}))
+    assert lines[-1] == "brokers: 1 up / 2   tcp://h:5550 unreachable   tcp://h:5554 up"
 
 
 def test_fsck_report_lists_at_most_ten_items():

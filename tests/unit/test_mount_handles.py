@@ -211,6 +211,8 @@ def test_events_name_the_paths_to_drop() -> None:
     from client.mount.events import events_endpoint, paths_of
     assert events_endpoint("tcp://127.0.0.1:5550") == "tcp://127.0.0.1:5553"
     assert events_endpoint("ipc:///x") is None
+    assert events_endpoint("tcp://127.0.0.1:5550,tcp://127.0.0.1:5554") == \
+        "tcp://127.0.0.1:5553,tcp://127.0.0.1:5557"          # several brokers: each one's
     assert paths_of({"src": "mds", "path": "/a/b"}) == ["/a/b"]
     assert paths_of({"src": "/a", "dst": "/b", "seq": 3}) == ["/a", "/b"]
 
