@@ -54,6 +54,9 @@ class Reply:
         return self
 
 
+POST_LINGER = 200    # ms a closing Client waits for what post() queued to leave
+
+
 class _Link:
     """One broker connection of a Client: its DEALER, the socket monitor, member state."""
     __slots__ = ("endpoint", "sock", "monitor", "declared")
@@ -110,6 +113,7 @@ class Client:
         self.ever_connected = False          # a lost broker is waited for, a never seen one not
         self._hello: bytes | None = None     # MemberClient: its MEMBER declaration
         self._ids = itertools.count(1)
+        self._posted = False                 # post() queued something: linger at close
         # rid -> (service, deadline, link index, frames to send again or None, brokers tried)
         self._pending: dict[int, tuple[str, float, int, list | None, int]] = {}
         self._done: dict[int, Reply] = {}
@@ -153,6 +157,23 @@ class Client:
         if not sent:
             self._move(rid, i)
         return rid
+
+    def post(self, service: str, header: Mapping[str, Any]) -> bool:
+        """Send a request whose reply nobody waits for (the broker's answer is dropped),
+        only over a broker connection that is up now: never blocks or waits for a
+        connection, False when none is up. What was posted leaves at close() (it lingers
+        up to POST_LINGER ms for it). For best-effort cleanup on the way out."""
+        i = self._pick() if self._hello is None else None    # clients only
+        if i is None:
+            return False
+        env = P.pack(P.REQUEST, service.encode("ascii"), struct.pack(">Q", next(self._ids)),
+                     P.encode_header(header))
+        try:
+            wire.send(self._links[i].sock, [env], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        self._posted = True
+        return True
 
     def _pick(self, exclude: int | None = None) -> int | None:
         links = self._links
@@ -403,6 +424,8 @@ class Client:
                 except zmq.ZMQError:
                     pass
                 link.sock.setsockopt(zmq.LINGER, 100)
+            if self._posted:          # let what post() queued leave before we go
+                link.sock.setsockopt(zmq.LINGER, POST_LINGER)
             link.sock.disable_monitor()
             link.monitor.close(linger=0)
             link.sock.close()

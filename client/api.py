@@ -140,6 +140,7 @@ class AegisClient:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._clients: list[Client] = []
+        self._muxes: list[Mux] = []
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------------------
@@ -168,6 +169,7 @@ class AegisClient:
             mux = self._local.mux = Mux(rpc, keep_buffers=self.window, retry=self.retrier)
             with self._lock:
                 self._clients.append(rpc)
+                self._muxes.append(mux)
         return mux
 
     def _mds(self, about: str | None, op: str, **fields: Any) -> dict:
@@ -186,10 +188,17 @@ class AegisClient:
         return self._io().call("broker", {"op": "whoami"}).result
 
     def close(self) -> None:
-        """Close the broker sockets (of every thread: call when all are done)."""
+        """Close the broker sockets (of every thread: call when all are done). Block pools
+        still open are ended with a request nobody waits for, so a short-lived process
+        does not hold its spare blocks against the user's allocation limit for a lease."""
         self._closed = True
         with self._lock:
             clients, self._clients = self._clients, []
+            muxes, self._muxes = self._muxes, []
+        for mux in muxes:
+            for pool in mux.pools.values():
+                pool.release()
+            mux.pools.clear()
         for rpc in clients:
             rpc.close()
         self._local = threading.local()

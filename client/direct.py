@@ -265,6 +265,10 @@ class Links:
         but reports a never-seen one at once (client/mux.py Mux.call)."""
         return self.broker.ever_connected
 
+    def post(self, service: str, header: Mapping[str, Any]) -> bool:
+        """Client.post, through the broker."""
+        return self.broker.post(service, header)
+
     def close(self) -> None:
         for node in list(self.conns):
             self.conns.pop(node).close()

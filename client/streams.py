@@ -25,6 +25,7 @@ from broker.limits import MDS_SERVICE, datanode_service
 from .blocks import (OrderedWindow, ReplicaWrite, Suspects, alloc_batch, block_ranges,
                      put_refusal, put_spec, reason_of, renew_period)
 from .mux import Mux
+from .retry import stamp_opids
 
 log = logging.getLogger(__name__)
 
@@ -401,6 +402,15 @@ class BlockPool:
             if not self.blocks:
                 raise OSError(errno.EIO, "the MDS allocated no block to the pool")
         return self.blocks.popleft()
+
+    def release(self) -> bool:
+        """On the way out: ask the MDS to end the pool without waiting for its answer
+        (never blocks, even with the cluster down; the lease ends the pool anyway).
+        False when there was no connection to ask over."""
+        self.blocks.clear()
+        post = getattr(self.mux.rpc, "post", None)
+        return bool(post and post(MDS_SERVICE, stamp_opids({"op": "abort",
+                                                            "handle": self.handle})))
 
     def close(self) -> None:
         """Give the unused blocks back (best effort: the lease ends the pool anyway)."""

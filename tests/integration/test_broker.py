@@ -411,3 +411,13 @@ def test_security_off_stamps_every_client_admin(processes):
         assert c.call("broker", {"op": "whoami"}).result["user"] == "admin"
     with MemberClient(setup.ep["worker"], "dn.dn9", timeout=5, connect_timeout=2) as m:
         assert m.call(SVC, {"op": "echo"}).result["caller"] == ["datanode", "dn9"]
+
+
+def test_post_never_waits_for_a_broker_that_is_not_there():
+    """Client.post (the best-effort cleanup a closing AegisClient sends) over no live
+    connection: False at once, and close() does not linger for it."""
+    c = Client(f"tcp://127.0.0.1:{free_base_port()}", connect_timeout=5)
+    started = time.monotonic()
+    assert c.post("mds", {"op": "abort", "handle": "x"}) is False
+    c.close()
+    assert time.monotonic() - started < 0.5

@@ -421,6 +421,27 @@ def test_get_many_small_big_missing_and_file_objects(fs, tmp_path):
         fs.get_many(items)
 
 
+def test_closing_the_client_ends_its_block_pool_at_once(cluster):
+    """A short-lived client (a CLI call) must not hold its pool's spare blocks against the
+    user's allocation limit until the lease ends: close() ends the pool without waiting
+    for the answer. The MDS would keep the pool LEASE (3 s) after its last use; it is
+    gone within 1 s of close."""
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as fs:
+        wait_for(lambda: fs.status().get("pools", 0) == 0, timeout=LEASE * 5,
+                 what="earlier tests' pools to end")
+    fs = AegisClient(cluster.broker, timeout=30.0, key=cluster.key)
+    fs.write_bytes("/pool-close/one", b"x" * 4000)
+    assert fs.small_puts == 1
+    with AegisClient(cluster.broker, timeout=30.0, key=cluster.key) as watcher:
+        assert watcher.status().get("pools", 0) == 1
+        fs.close()
+        closed = time.monotonic()
+        wait_for(lambda: watcher.status().get("pools", 0) == 0, timeout=1.0,
+                 what="the closed client's pool to end")
+        assert time.monotonic() - closed < LEASE / 2
+        assert watcher.read_bytes("/pool-close/one") == b"x" * 4000
+
+
 def test_small_files_go_through_a_block_pool_and_the_pool_ends(cluster):
     """Issue 19 on a real cluster (CURVE on): one-block files are put_small requests,
     read back exactly with R replicas each; once the client is gone its pool's lease
