@@ -588,15 +588,7 @@ class Namespace(AttrRecords, SharedBlockRecords, SnapshotState):
             check(type(crc) is int and 0 <= crc < 1 << 32, path, f"block {i}: bad checksum")
             check(is_node_list(nodes), path, f"block {i}: replicas must be distinct node ids")
         names = paths.components(path)
-        existing = self.tree.walk_parent(path, names).children.get(names[-1])
-        if type(existing) is Dir:
-            raise error(errno.EISDIR, path)
-        if existing is not None and rec.get("exclusive"):
-            raise error(errno.EEXIST, path)
-        if self.quotas:
-            old = existing.size if existing is not None else 0
-            self.quotas.need(self._quotas_over(names),
-                             sum(e[1] for e in blocks) - old, existing is None, path)
+        self._check_new_file(path, names, sum(e[1] for e in blocks), rec.get("exclusive"))
 
     def _apply_commit(self, rec: Mapping) -> dict:
         d = self.drafts.by_handle.pop(rec["handle"])
@@ -647,6 +639,20 @@ class Namespace(AttrRecords, SharedBlockRecords, SnapshotState):
         self.bytes += size
         return {"path": d.path, "inode": d.inode, "size": size, "blocks": len(bids),
                 "replaced": old is not None}
+
+    def _check_new_file(self, path: str, names: list[str], size: int,
+                        exclusive: Any) -> None:
+        """A file of `size` bytes may appear at `path` (a commit's or a clone's target):
+        not over a directory (EISDIR), not over anything when `exclusive` (EEXIST), within
+        the tree quotas above it counting the file it replaces (EDQUOT)."""
+        existing = self.tree.walk_parent(path, names).children.get(names[-1])
+        if type(existing) is Dir:
+            raise error(errno.EISDIR, path)
+        if existing is not None and exclusive:
+            raise error(errno.EEXIST, path)
+        if self.quotas:
+            old = existing.size if existing is not None else 0
+            self.quotas.need(self._quotas_over(names), size - old, existing is None, path)
 
     def _charge_file(self, path: str, size: int, old: Dir | Inode | None) -> None:
         """A committed or copied file of ``size`` bytes at ``path``, replacing ``old``."""

@@ -16,7 +16,6 @@ from mds.perms import Cred
 if TYPE_CHECKING:
     from mds.blockmap import BlockMap
     from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
 
 
 class SharedBlockRecords:
@@ -25,14 +24,14 @@ class SharedBlockRecords:
     if TYPE_CHECKING:    # what this part uses of the Namespace
         tree: Tree
         blockmap: BlockMap
-        quotas: TreeQuotas
         next_inode: int
         files: int
         blocks: int
         bytes: int
         _clock: Callable[[], float]
 
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
+        def _check_new_file(self, path: str, names: list[str], size: int,
+                            exclusive: Any) -> None: ...
         @staticmethod
         def _owner_fields(cred: Cred | None, mode: int | None, is_dir: bool,
                           kind: str | None = None, umask: int | None = None) -> dict: ...
@@ -116,15 +115,7 @@ class SharedBlockRecords:
         if not names:
             raise error(errno.EISDIR, dst)
         check(dst != src, dst, "source and destination are the same file")
-        existing = self.tree.walk_parent(dst, names).children.get(names[-1])
-        if type(existing) is Dir:
-            raise error(errno.EISDIR, dst)
-        if existing is not None and rec.get("exclusive"):
-            raise error(errno.EEXIST, dst)
-        if self.quotas:
-            self.quotas.need(self._quotas_over(names),
-                             node.size - (existing.size if existing is not None else 0),
-                             existing is None, dst)
+        self._check_new_file(dst, names, node.size, rec.get("exclusive"))
 
     def _apply_clone(self, rec: Mapping) -> dict:
         src = cast(Inode, self.tree.node(rec["src"])[1])     # checked: a file
