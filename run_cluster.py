@@ -94,6 +94,20 @@ def free_base_port(span: int = 4, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free block of ports found")
 
 
+ETCD = "/usr/bin/etcd"      # Debian's etcd-server
+
+
+def etcd_argv(data_dir: Path, client_port: int, peer_port: int, name: str = "aegisfs") -> list[str]:
+    """A one-member etcd on loopback, its data in `data_dir` (for run_cluster --ha and
+    the tests)."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [ETCD, "--name", name, "--data-dir", str(data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new",
+            "--logger", "zap", "--log-outputs", "stderr"]
+
+
 @dataclass
 class Role:
     name: str
@@ -136,6 +150,9 @@ class Cluster:
     supervise: bool = False
     # Prometheus metrics: the broker on this port, the MDS on +1, DataNode i on +1+i
     metrics_port: int | None = None
+    # run etcd (client port etcd_port, peer port +1, data in <data_dir>/etcd) as a role and
+    # let the MDS lead only while it holds the leader lease there ([ha]); None = no etcd
+    etcd_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -144,6 +161,10 @@ class Cluster:
         self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
         self.keys_dir = self.data_dir / "keys"
         self.supervisor = Supervisor()
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -191,8 +212,13 @@ class Cluster:
         logs.mkdir(parents=True, exist_ok=True)
         py = sys.executable
         hb = ["--heartbeat-interval", str(self.heartbeat)] if self.heartbeat else []
-        specs: dict[str, list[str]] = {"broker": [py, "-m", "broker", *self._common(), *hb]}
+        specs: dict[str, list[str]] = {}
+        if self.etcd_port:       # first: the MDS waits for its leadership there
+            specs["etcd"] = etcd_argv(self.data_dir / "etcd", self.etcd_port, self.etcd_port + 1)
+        specs["broker"] = [py, "-m", "broker", *self._common(), *hb]
         mds = [py, "-m", "mds", *self._common(), "--data-dir", str(self.data_dir / "mds"), *hb]
+        if self.etcd_port:
+            mds += ["--etcd", self.etcd_url]
         if self.replication:
             mds += ["--replication", str(self.replication)]
         specs["mds"] = mds
@@ -321,7 +347,8 @@ class Cluster:
         dead predecessor until its heartbeats run out.
         """
         from broker.client import Client
-        names = [r for r in (roles or self.roles) if r not in ("broker", "viz", "s3", "mount")]
+        names = [r for r in (roles or self.roles)
+                 if r not in ("broker", "viz", "s3", "mount", "etcd")]
         probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
                   (datanode_service(r), {"op": "info"})
                   for r in names}
@@ -382,13 +409,15 @@ class Cluster:
     def restart(self, name: str, timeout: float = 30.0) -> None:
         self.stop_role(name)
         self.start_role(name)
-        if name not in ("broker", "viz", "mount"):
+        if name not in ("broker", "viz", "mount", "etcd"):
             self.wait_ready(timeout, [name])
 
     def stop(self) -> None:
         # Workers first so they can say goodbye to a live broker; the broker last.
         # the mount first: its unmount still reaches the cluster
-        order = ["mount"] + [n for n in self.roles if n not in ("broker", "mount")] + ["broker"]
+        # etcd after the MDS: a stopping leader still resigns its lease there
+        order = ["mount"] + [n for n in self.roles if n not in ("broker", "mount", "etcd")] \
+            + ["broker", "etcd"]
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
@@ -423,10 +452,13 @@ class Cluster:
                    "DataNode i on PORT+1+i.")
 @click.option("--mount", "mount_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
+@click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
+              "in <data-dir>/etcd, client port P+4, peer port P+5); the MDS serves only "
+              "while it holds the leader lease there (see docs/architecture.md, HA).")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
          s3_port: int | None, supervise: bool, metrics_port: int | None,
-         mount_dir: str | None) -> None:
+         mount_dir: str | None, ha: bool) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -442,7 +474,11 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
                       security=not insecure, s3_port=s3_port, supervise=supervise,
-                      metrics_port=metrics_port, mount_dir=mount_dir)
+                      metrics_port=metrics_port, mount_dir=mount_dir,
+                      etcd_port=base_port + 4 if ha else None)
+    if ha and not Path(ETCD).exists():
+        click.echo(f"error: --ha needs {ETCD}: apt-get install etcd-server", err=True)
+        sys.exit(1)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -451,8 +487,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"starting broker, mds and {datanodes} DataNodes; logs in {root / 'logs'} "
-               "(Ctrl-C to stop)")
+    click.echo(f"starting {'etcd, ' if ha else ''}broker, mds and {datanodes} DataNodes; "
+               f"logs in {root / 'logs'} (Ctrl-C to stop)")
     if insecure:
         click.echo("WARNING: security is OFF (--insecure): no CURVE, no authentication, "
                    "every client is admin", err=True)

@@ -132,6 +132,13 @@ def status_lines(info: dict) -> Iterator[str]:
                                       for k, v in health.items())
     elif health is not None:
         yield f"health: {health}"
+    ha = info.get("ha")
+    if isinstance(ha, dict):     # an MDS with leadership from etcd (mds/election.py)
+        line = (f"mds: {ha.get('state', '?')}   epoch: {ha.get('epoch') or '-'}   "
+                f"lease left: {ha.get('lease_left', '?')} s")
+        if ha.get("etcd_error"):
+            line += f"   etcd: {ha['etcd_error']}"
+        yield line
 
 
 def role_lines(roles: dict) -> Iterator[str]:

@@ -22,6 +22,7 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
     .poll()                   call every loop turn: reaps a checkpoint child, starts a
                               checkpoint when due (records or WAL bytes since the last one)
     .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
+    .fence(reason)            stop without making the unflushed submissions durable
     .close(checkpoint=False)
     .last_seq, .snapshot_seq, .checkpointing, .stats()
 
@@ -306,6 +307,13 @@ class MetaStore:
                     self._failed = exc
                     raise
                 self.ns.opids.add(opid, wall, answer)
+
+    def fence(self, reason: str) -> None:
+        """Stop for good without making durable what was submitted since the last flush
+        (it was made without the right to: e.g. the leadership lease ended meanwhile).
+        Every later call raises; close() drops the buffer."""
+        if self._failed is None:
+            self._failed = OSError(errno.ESTALE, reason, str(self.dir))
 
     def flush(self) -> int:
         """Make everything submitted durable (one write, one fsync); bytes written."""

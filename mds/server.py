@@ -9,11 +9,20 @@ fsync. If the fsync fails the process exits without replying (fail-stop); recove
 replays the durable prefix. Cluster upkeep (leases, dead nodes, repairs) runs between
 batches. Operations are declared in mds/ops.py and dispatched by broker.service (schema,
 caller class, one error mapping); this file is only the loop.
+
+With `[ha] etcd` set (off by default) the MDS first wins leadership in etcd
+(mds/election.py) and only then registers `mds` with the broker. Each turn starts by
+checking that the lease is still valid for a margin longer than a turn: without it, every
+request but ping and status is answered EAGAIN (clients wait and retry) and no upkeep
+runs - nothing is changed, sent or logged. If the lease ended between that check and the
+fsync of a batch that changed something, the process exits unacknowledged (fail-stop).
 """
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,9 +31,12 @@ from typing import Any
 
 from broker.events import Publisher
 from broker.limits import MDS_SERVICE
+from broker.service import Outcome
 from broker.worker import Request, Worker
 
 from .cluster import ClusterView
+from .election import Campaign, Election
+from .etcd import Gateway
 from .grants import Grants, load_ring, load_secret, save_ring
 from .metastore import MetaStore
 from .namespace import NamespaceConfig
@@ -35,6 +47,9 @@ from .repair import RepairPlanner
 log = logging.getLogger(__name__)
 
 BATCH = 512
+# what an MDS without a valid leadership lease still answers (they change nothing)
+WITHOUT_LEASE = frozenset({"ping", "status"})
+LEASE_LAPSED = 75     # exit status: the lease ended while a batch was being made durable
 
 
 @dataclass
@@ -62,6 +77,11 @@ class Settings:
     keys_dir: Path | None = None     # the cluster key store; else a secret in data_dir
     curve: Any = None        # broker.curve.CurveKeys of member "mds"; None = security off
     extra: dict[str, Any] = field(default_factory=dict)
+    # leadership from etcd ([ha]); "" = off: the MDS serves as soon as it has recovered
+    ha_etcd: str = ""
+    ha_key: str = "/aegisfs/mds/leader"
+    ha_lease_ttl: int = 5
+    ha_name: str = ""
 
 
 def stop_reason(exc: BaseException, segment: Path | None) -> str:
@@ -100,17 +120,75 @@ class MetadataServer:
             save_ring(ring_path)(grants.ring.export())
         self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
                             allocations=Allocations(s.limits))
-        self.worker = Worker(s.worker_endpoint, MDS_SERVICE, heartbeat_interval=s.heartbeat,
-                             liveness=s.liveness, capacity=4096, exclusive=True,
-                             curve=s.curve)
+        self.campaign: Campaign | None = None
+        self.epoch: int | None = None       # the epoch this MDS last led with
+        self.worker: Worker | None = None
+        if s.ha_etcd:
+            name = s.ha_name or f"{socket.gethostname()}:{os.getpid()}"
+            election = Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
+                                s.ha_key.encode(), name.encode(), s.ha_lease_ttl,
+                                time.monotonic)
+            self.campaign = Campaign(election).start()
+            self.ops.ha_status = lambda: election.describe(time.monotonic())
+        else:
+            self.worker = self._register()
         self._stop = False
         self._reconnects_seen = 0
+        self._pending_events: list[tuple[str, dict]] = []
         self._next_upkeep = 0.0
         self.metrics = False     # set when the process serves metrics (broker/metrics.py)
 
+    def _register(self) -> Worker:
+        return Worker(self.s.worker_endpoint, MDS_SERVICE, heartbeat_interval=self.s.heartbeat,
+                      liveness=self.s.liveness, capacity=4096, exclusive=True,
+                      curve=self.s.curve)
+
     def stop(self) -> None:
         self._stop = True
-        self.worker.wake()
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _await_leadership(self) -> bool:
+        """With HA on: block until this MDS leads (False when stopped first)."""
+        assert self.campaign is not None
+        election = self.campaign.election
+        log.info("waiting to become the MDS leader in etcd at %s (key %s)", self.s.ha_etcd,
+                 self.s.ha_key)
+        while not self._stop:
+            epoch = election.leading(time.monotonic())
+            if epoch is not None:
+                self.epoch = epoch
+                self.campaign.changes.clear()     # the first election: no safe-mode reset
+                log.info("MDS leader with epoch %d: registering with the broker", epoch)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _leading(self) -> bool:
+        """Whether this turn may change anything: always without HA; with HA, only while
+        the lease is valid. Leading again after a step-down re-enters safe mode."""
+        if self.campaign is None:
+            return True
+        epoch = self.campaign.election.leading(time.monotonic())
+        if epoch is not None and epoch != self.epoch:
+            log.warning("leading again with epoch %d (was %s)", epoch, self.epoch)
+        if epoch is not None and self.campaign.changes:
+            self.campaign.changes.clear()
+            # stepped down and elected again: DataNodes were refused meanwhile, so all look
+            # down; wait for their heartbeats as after a lost broker link
+            self._pending_events.extend(self.repair.link_restored(
+                time.monotonic(), 2 * self.cluster.dead_after))
+        if epoch is not None:
+            self.epoch = epoch
+        return epoch is not None
+
+    def _refuse(self, req: Request) -> Outcome:
+        if req.header.get("op") in WITHOUT_LEASE:
+            return self.ops.service.run(req.header, req.payload, req.context(lambda *_: None))
+        reason = self.campaign.election.error if self.campaign else None
+        return Outcome(error=BlockingIOError(errno.EAGAIN, (
+            "the metadata server holds no leadership lease"
+            + (f" (etcd: {reason})" if reason else "") + "; retry")))
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -127,11 +205,23 @@ class MetadataServer:
         return batch
 
     def turn(self) -> None:
+        assert self.worker is not None
         batch = self._batch()
-        events: list[tuple[str, dict]] = []
+        if not self._leading():
+            for req in batch:
+                self.worker.answer(req, self._refuse(req))
+            return
+        events: list[tuple[str, dict]] = self._pending_events
+        self._pending_events = []
         run, sink = self.ops.service.run, events.append
         outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
+        if self.store.wal.pending and not self._leading():
+            # the lease ended while this batch was made: it must not become durable
+            # (another MDS may lead now) and memory holds it: stop, unacknowledged
+            self.store.fence("the leadership lease ended during a batch")
+            log.critical("mds stopped: the leadership lease ended during a batch")
+            sys.exit(LEASE_LAPSED)
         try:
             if self.metrics and batch:
                 self._flush_measured(len(batch))
@@ -179,13 +269,24 @@ class MetadataServer:
         return events
 
     def run(self) -> None:
-        log.info("MDS serving (replication %d, block size %d)", self.s.replication,
-                 self.s.block_size)
         try:
+            if self.campaign is not None:
+                if not self._await_leadership():
+                    return
+                self.worker = self._register()
+            log.info("MDS serving (replication %d, block size %d)", self.s.replication,
+                     self.s.block_size)
             while not self._stop:
                 self.turn()
         finally:
-            self.worker.close()
+            if self.worker is not None:
+                self.worker.close()
+            if self.campaign is not None:
+                try:     # the last batch durable first: then a standby may take over at once
+                    self.store.flush()
+                except OSError:
+                    pass          # fenced or failed: nothing more may become durable
+                self.campaign.stop(resign=True)
             self.events.close()
             try:
                 self.store.close(checkpoint=False)

@@ -32,6 +32,19 @@ def test_status_table():
     assert lines[3].endswith("drained")
     assert lines[4].startswith("datanodes: 2 up / 3")
     assert lines[5] == "health: under replicated: 2"
+    assert len(lines) == 6          # no HA line for an MDS without [ha]
+
+
+def test_status_shows_the_mds_leadership_when_ha_is_on():
+    base = {"nodes": [], "files": 0, "dirs": 1, "blocks": 0}
+    active = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 7,
+                                                      "lease_left": 4.2}}))
+    assert active[-1] == "mds: active   epoch: 7   lease left: 4.2 s"
+    lost = list(output.status_lines({**base, "ha": {"state": "candidate", "epoch": 7,
+                                                    "lease_left": 0.0,
+                                                    "etcd_error": "unreachable"}}))
+    assert lost[-1].startswith("mds: candidate   epoch: 7") and lost[-1].endswith(
+        "etcd: unreachable")
 
 
 def test_fsck_report_lists_at_most_ten_items():

@@ -83,6 +83,25 @@ def test_unflushed_records_are_not_durable(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_fenced_store_makes_nothing_more_durable(tmp_path: Path) -> None:
+    """What the MDS does when its leadership lease ended during a batch (mds/server.py):
+    the batch's records are in memory but must never reach the log, even on close."""
+    store = open_store(tmp_path)
+    store.submit(lambda ns: ns.prepare_mkdir("/kept"))
+    store.flush()
+    store.submit(lambda ns: ns.prepare_mkdir("/fenced"))
+    store.fence("the lease ended")
+    with pytest.raises(OSError) as info:
+        store.flush()
+    assert info.value.errno == errno.EIO and "lease ended" in str(info.value)
+    with pytest.raises(OSError):
+        store.submit(lambda ns: ns.prepare_mkdir("/later"))
+    store.close()
+    again = open_store(tmp_path)
+    assert [e["name"] for e in again.ns.ls("/")] == ["kept"]
+    again.close()
+
+
 def test_one_store_per_directory(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     with pytest.raises(OSError) as info:
