@@ -23,6 +23,9 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
                               checkpoint when due (records or WAL bytes since the last one)
     .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
     .fence(reason)            stop without making the unflushed submissions durable
+    .begin_term(epoch)        HA: log ``{op: epoch, epoch}`` durably when a higher epoch
+                              starts; a lower one than the log holds raises StaleEpoch
+    .epoch                    the highest epoch in the log (0: never led under HA)
     .close(checkpoint=False)
     .last_seq, .snapshot_seq, .checkpointing, .stats()
 
@@ -142,6 +145,15 @@ def write_format(directory: Path) -> None:
     fsync_dir(directory)
 
 
+class StaleEpoch(OSError):
+    """An epoch lower than one this log already holds: a deposed leader's, or etcd reset."""
+
+    def __init__(self, epoch: int, known: int, where: str) -> None:
+        super().__init__(errno.ESTALE, f"epoch {epoch} is lower than epoch {known} already "
+                                       f"in the log of {where}")
+        self.epoch, self.known = epoch, known
+
+
 class RecoveryError(OSError):
     """The data directory cannot be recovered without losing acknowledged records."""
 
@@ -167,6 +179,7 @@ class MetaStore:
         self._child_bytes = 0  # self._bytes when the running checkpoint started
         self._retry_at = 0.0
         self._collect: list[bytes] | None = None   # inside once(): the records it made
+        self.epoch = 0        # the highest leadership epoch logged (mds/election.py)
         self._lock = _lock_directory(self.dir)
         try:
             self.format_version = read_format(self.dir)
@@ -232,6 +245,13 @@ class MetaStore:
         loaded = time.monotonic()
         last, count = base, 0
         for rec in recover(self.dir, base, salvage=salvage):
+            if rec.get("op") == "epoch":    # not namespace state: the log's own term
+                try:
+                    self._take_epoch(rec.get("epoch"))
+                except (StaleEpoch, TypeError) as exc:
+                    raise RecoveryError(self.dir, f"WAL record seq {rec['seq']}: {exc}") from exc
+                last, count = rec["seq"], count + 1
+                continue
             try:
                 ns.validate(rec)
             except OSError as exc:
@@ -308,6 +328,26 @@ class MetaStore:
                     raise
                 self.ns.opids.add(opid, wall, answer)
 
+    def _take_epoch(self, epoch: object) -> None:
+        if type(epoch) is not int or epoch < 1:
+            raise TypeError(f"bad epoch {epoch!r}")
+        if epoch < self.epoch:
+            raise StaleEpoch(epoch, self.epoch, str(self.dir))
+        self.epoch = epoch
+
+    def begin_term(self, epoch: int) -> None:
+        """A leader starts serving with `epoch`: logged (and fsynced) when higher than the
+        log's; the same epoch continues the term; a lower one raises StaleEpoch and
+        changes nothing."""
+        self._ensure_usable()
+        if epoch < self.epoch:
+            raise StaleEpoch(epoch, self.epoch, str(self.dir))
+        if epoch == self.epoch:
+            return
+        self.last_seq = self.wal.append({"op": "epoch", "epoch": epoch})
+        self.flush()
+        self.epoch = epoch
+
     def fence(self, reason: str) -> None:
         """Stop for good without making durable what was submitted since the last flush
         (it was made without the right to: e.g. the leadership lease ended meanwhile).
@@ -348,6 +388,11 @@ class MetaStore:
     def _start_checkpoint(self) -> None:
         seq = self.last_seq
         self.wal.rotate()  # later records go to a segment the snapshot does not cover
+        if self.epoch:
+            # each segment after a snapshot starts with the term, so pruning the older
+            # segments never loses it (snapshots do not carry it)
+            self.last_seq = self.wal.append({"op": "epoch", "epoch": self.epoch})
+            self.flush()
         _freeze_heap()
         try:
             pid = os.fork()

@@ -38,7 +38,7 @@ from .cluster import ClusterView
 from .election import Campaign, Election
 from .etcd import Gateway
 from .grants import Grants, load_ring, load_secret, save_ring
-from .metastore import MetaStore
+from .metastore import MetaStore, StaleEpoch
 from .namespace import NamespaceConfig
 from .ops import Handlers
 from .quota import Allocations, Limits
@@ -50,6 +50,7 @@ BATCH = 512
 # what an MDS without a valid leadership lease still answers (they change nothing)
 WITHOUT_LEASE = frozenset({"ping", "status"})
 LEASE_LAPSED = 75     # exit status: the lease ended while a batch was being made durable
+STALE_EPOCH = 76      # exit status: etcd gave an epoch lower than the log's
 
 
 @dataclass
@@ -157,7 +158,7 @@ class MetadataServer:
         while not self._stop:
             epoch = election.leading(time.monotonic())
             if epoch is not None:
-                self.epoch = epoch
+                self._begin_term(epoch)
                 self.campaign.changes.clear()     # the first election: no safe-mode reset
                 log.info("MDS leader with epoch %d: registering with the broker", epoch)
                 return True
@@ -172,15 +173,25 @@ class MetadataServer:
         epoch = self.campaign.election.leading(time.monotonic())
         if epoch is not None and epoch != self.epoch:
             log.warning("leading again with epoch %d (was %s)", epoch, self.epoch)
+            self._begin_term(epoch)
         if epoch is not None and self.campaign.changes:
             self.campaign.changes.clear()
             # stepped down and elected again: DataNodes were refused meanwhile, so all look
             # down; wait for their heartbeats as after a lost broker link
             self._pending_events.extend(self.repair.link_restored(
                 time.monotonic(), 2 * self.cluster.dead_after))
-        if epoch is not None:
-            self.epoch = epoch
         return epoch is not None
+
+    def _begin_term(self, epoch: int) -> None:
+        """The epoch goes into the WAL stream before anything of the term does; an epoch
+        lower than the log's means etcd lost its data (or this log came from a newer
+        leader): serving would let a lower term overwrite a higher one, so stop."""
+        try:
+            self.store.begin_term(epoch)
+        except StaleEpoch as exc:
+            log.critical("mds stopped: %s (was etcd's data reset?)", exc)
+            sys.exit(STALE_EPOCH)
+        self.epoch = epoch
 
     def _refuse(self, req: Request) -> Outcome:
         if req.header.get("op") in WITHOUT_LEASE:
@@ -216,7 +227,8 @@ class MetadataServer:
         run, sink = self.ops.service.run, events.append
         outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
-        if self.store.wal.pending and not self._leading():
+        if self.store.wal.pending and self.campaign is not None \
+                and self.campaign.election.leading(time.monotonic()) != self.epoch:
             # the lease ended while this batch was made: it must not become durable
             # (another MDS may lead now) and memory holds it: stop, unacknowledged
             self.store.fence("the leadership lease ended during a batch")

@@ -89,3 +89,41 @@ def test_etcd_killed_the_mds_stops_changing_then_resumes(tmp_path):
         stop.set()
         thread.join(10) if thread.is_alive() else None
         cluster.stop()
+
+
+def test_a_killed_leader_restarts_with_a_higher_epoch_and_nothing_lost(tmp_path):
+    """kill -9 of the leading MDS: its lease is not revoked, so the restarted process
+    leads only once etcd expired it, with a higher epoch that its WAL records; clients
+    wait through it."""
+    need_etcd()
+    cluster = start_cluster(tmp_path / "c", datanodes=2, heartbeat=HB,
+                            etcd_port=free_base_port(span=2),
+                            env={"AEGISFS_HA_LEASE_TTL": str(TTL)})
+    try:
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            first = fs.status()["ha"]["epoch"]
+            fs.mkdir("/k")
+            ledger = {}
+            for i in range(5):
+                ledger[f"/k/a{i}"] = os.urandom(2000)
+                fs.write_bytes(f"/k/a{i}", ledger[f"/k/a{i}"])
+            cluster.kill("mds")
+            killed = time.monotonic()
+            cluster.start_role("mds")
+            for i in range(5):          # the first of these waits for the new leader
+                ledger[f"/k/b{i}"] = os.urandom(2000)
+                fs.write_bytes(f"/k/b{i}", ledger[f"/k/b{i}"])
+            waited = time.monotonic() - killed
+            second = fs.status()["ha"]["epoch"]
+            assert second > first
+            assert waited >= TTL - 1.0, "led again before the killed leader's lease expired"
+            for path, data in ledger.items():
+                assert fs.read_bytes(path) == data, path
+        cluster.stop_role("mds")
+        from mds.metastore import MetaStore
+        with MetaStore(cluster.data_dir / "mds") as store:   # the epoch is in its WAL
+            assert store.epoch == second
+        record(f"MDS kill -9 under HA (lease ttl {TTL}s): writes waited {waited:.2f}s, "
+               f"epoch {first} -> {second}")
+    finally:
+        cluster.stop()
