@@ -99,6 +99,7 @@ class Handlers:
         self.s = settings
         # with HA on, the server's view of its leadership, for status (mds/election.py)
         self.ha_status: Callable[[], dict] | None = None
+        self.epoch: int | None = None       # the leadership epoch (set by the server)
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
@@ -784,7 +785,9 @@ class Handlers:
                 ctx.emit("repair.copy", node=node, block=cmd["block"].hex(),
                          target=cmd["target"])
             commands.extend(copies)
-        return {"commands": commands, "keys": self.grants.for_node(node)}
+        # the leader's epoch with its commands: DataNodes refuse a deposed leader's
+        fence = {"epoch": self.epoch} if self.epoch else {}
+        return {"commands": commands, "keys": self.grants.for_node(node), **fence}
 
     @operation({"node": NODE, "count?": COUNT}, callers=DATANODE, binds="node", frames=(1, 1))
     def block_report(self, h: dict, payload: list, ctx: Context) -> dict:

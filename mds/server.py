@@ -191,7 +191,7 @@ class MetadataServer:
         except StaleEpoch as exc:
             log.critical("mds stopped: %s (was etcd's data reset?)", exc)
             sys.exit(STALE_EPOCH)
-        self.epoch = epoch
+        self.epoch = self.ops.epoch = epoch
 
     def _refuse(self, req: Request) -> Outcome:
         if req.header.get("op") in WITHOUT_LEASE:
