@@ -221,6 +221,9 @@ class MetadataServer:
         if not self._leading():
             for req in batch:
                 self.worker.answer(req, self._refuse(req))
+            if self.metrics:
+                from broker import metrics
+                metrics.set_state("mds", {"leader": False})
             return
         events: list[tuple[str, dict]] = self._pending_events
         self._pending_events = []
@@ -277,6 +280,8 @@ class MetadataServer:
                 **self.store.ns.counts(), "safe_mode": self.repair.safe_mode,
                 "nodes_up": len(self.cluster.live_nodes(now)),
                 "opids": len(self.store.ns.opids), "last_seq": self.store.last_seq,
+                # upkeep runs only while leading (HA) or always (no HA)
+                "leader": True, "epoch": self.epoch or 0,
                 **(health if isinstance(health, dict) else {})})
         return events
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 
 from client import AegisClient
 from run_cluster import free_base_port
@@ -18,6 +19,16 @@ HB = 0.3
 TTL = 3          # [ha] lease_ttl: renewed every 1 s, the MDS stops 0.75 s before it ends
 
 
+def mds_gauge(cluster, name: str) -> float:
+    """aegisfs_state{role="mds", name} from the MDS's metrics endpoint."""
+    url = f"http://127.0.0.1:{cluster.metrics_port + 1}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    want = f'aegisfs_state{{name="{name}",role="mds"}} '
+    line = next(x for x in text.splitlines() if x.startswith(want))
+    return float(line.rsplit(" ", 1)[1])
+
+
 def ha_status(cluster) -> dict:
     with AegisClient(cluster.broker, key=cluster.key, retry_deadline=0, timeout=2) as fs:
         return fs.status()["ha"]
@@ -27,6 +38,7 @@ def test_etcd_killed_the_mds_stops_changing_then_resumes(tmp_path):
     need_etcd()
     cluster = start_cluster(tmp_path / "c", datanodes=2, heartbeat=HB,
                             etcd_port=free_base_port(span=2),
+                            metrics_port=free_base_port(span=4),
                             env={"AEGISFS_HA_LEASE_TTL": str(TTL)})
     stop = threading.Event()
     acked: list[tuple[float, str, bytes]] = []      # (when, path, data): the ledger
@@ -52,6 +64,8 @@ def test_etcd_killed_the_mds_stops_changing_then_resumes(tmp_path):
         assert before["state"] == "active" and before["epoch"], before
         thread.start()
         wait_for(lambda: len(acked) >= 10, 30, 0.05, "10 writes acknowledged")
+        assert mds_gauge(cluster, "leader") == 1
+        assert mds_gauge(cluster, "epoch") == before["epoch"]
         killed = time.monotonic()
         cluster.kill("etcd")
         # stepped down before the lease could lapse in etcd (at most TTL after the kill)
@@ -63,6 +77,7 @@ def test_etcd_killed_the_mds_stops_changing_then_resumes(tmp_path):
         # while the lease was valid it kept serving
         assert served_after_kill, "no write acknowledged in the lease left after the kill"
         time.sleep(2.0)
+        assert mds_gauge(cluster, "leader") == 0
         window = [t for t, _, _ in acked if down + 0.05 < t]
         assert not window, f"{len(window)} writes acknowledged without a lease"
         assert not errors, errors
