@@ -98,7 +98,8 @@ class Election:
         now = self.clock()
         change = None
         if self.term is not None and now >= self.term[1] - self.margin:
-            change = self._step_down(f"the lease could not be renewed ({self.error})")
+            why = f"etcd: {self.error}" if self.error else "the process ran too late"
+            change = self._step_down(f"the lease could not be renewed in time ({why})")
         if now < self._next:
             return change
         self._next = now + self.poll
