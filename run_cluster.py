@@ -153,6 +153,9 @@ class Cluster:
     # run etcd (client port etcd_port, peer port +1, data in <data_dir>/etcd) as a role and
     # let the MDS lead only while it holds the leader lease there ([ha]); None = no etcd
     etcd_port: int | None = None
+    # run a standby MDS ("mds-standby", data in <data_dir>/mds-standby) taking the active's
+    # WAL batches on this port (synchronous shipping, [ha] standby); None = no standby
+    standby_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -221,6 +224,12 @@ class Cluster:
             mds += ["--etcd", self.etcd_url]
         if self.replication:
             mds += ["--replication", str(self.replication)]
+        if self.standby_port:       # before the active: it connects to the standby
+            endpoint = f"tcp://127.0.0.1:{self.standby_port}"
+            mds += ["--standby-endpoint", endpoint]
+            specs["mds-standby"] = [py, "-m", "mds", *self._common(), "--standby",
+                                    "--standby-endpoint", endpoint, "--data-dir",
+                                    str(self.data_dir / "mds-standby"), *hb]
         specs["mds"] = mds
         for node in self.node_ids:
             specs[node] = [py, "-m", "datanode", *self._common(), "--id", node,
@@ -348,7 +357,7 @@ class Cluster:
         """
         from broker.client import Client
         names = [r for r in (roles or self.roles)
-                 if r not in ("broker", "viz", "s3", "mount", "etcd")]
+                 if r not in ("broker", "viz", "s3", "mount", "etcd", "mds-standby")]
         probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
                   (datanode_service(r), {"op": "info"})
                   for r in names}
@@ -409,7 +418,7 @@ class Cluster:
     def restart(self, name: str, timeout: float = 30.0) -> None:
         self.stop_role(name)
         self.start_role(name)
-        if name not in ("broker", "viz", "mount", "etcd"):
+        if name not in ("broker", "viz", "mount", "etcd", "mds-standby"):
             self.wait_ready(timeout, [name])
 
     def stop(self) -> None:
@@ -454,7 +463,9 @@ class Cluster:
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
 @click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
               "in <data-dir>/etcd, client port P+4, peer port P+5); the MDS serves only "
-              "while it holds the leader lease there (see docs/architecture.md, HA).")
+              "while it holds the leader lease there, and ships its WAL synchronously to a "
+              "standby MDS (port P+6, data in <data-dir>/mds-standby; see "
+              "docs/architecture.md, HA).")
 def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
          s3_port: int | None, supervise: bool, metrics_port: int | None,
@@ -475,7 +486,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
                       replication=replication, viz=viz, viz_port=viz_port,
                       security=not insecure, s3_port=s3_port, supervise=supervise,
                       metrics_port=metrics_port, mount_dir=mount_dir,
-                      etcd_port=base_port + 4 if ha else None)
+                      etcd_port=base_port + 4 if ha else None,
+                      standby_port=base_port + 6 if ha else None)
     if ha and not Path(ETCD).exists():
         click.echo(f"error: --ha needs {ETCD}: apt-get install etcd-server", err=True)
         sys.exit(1)
@@ -487,7 +499,8 @@ def main(datanodes: int, data_dir: str, base_port: int, reset: bool, config_path
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    click.echo(f"starting {'etcd, ' if ha else ''}broker, mds and {datanodes} DataNodes; "
+    click.echo(f"starting {'etcd, ' if ha else ''}broker, mds{', a standby mds' if ha else ''} "
+               f"and {datanodes} DataNodes; "
                f"logs in {root / 'logs'} (Ctrl-C to stop)")
     if insecure:
         click.echo("WARNING: security is OFF (--insecure): no CURVE, no authentication, "

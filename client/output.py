@@ -139,6 +139,13 @@ def status_lines(info: dict) -> Iterator[str]:
         if ha.get("etcd_error"):
             line += f"   etcd: {ha['etcd_error']}"
         yield line
+        sb = ha.get("standby")
+        if isinstance(sb, dict):    # synchronous WAL shipping (mds/replication.py)
+            line = f"standby: {sb.get('state', '?')}   at seq {sb.get('acked_seq', '?')}"
+            if sb.get("state") != "in_sync":
+                line += (f" for {sb.get('for', '?')} s ({sb.get('reason') or '-'}): the "
+                         "active runs alone")
+            yield line
 
 
 def role_lines(roles: dict) -> Iterator[str]:

@@ -18,7 +18,8 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
         records and answer are logged as one ``once`` record (mds/opids.py); a known id
         gets the first answer again (its result, or its error raised) without running.
     .flush() -> bytes         one write + one fsync for everything submitted since the
-                              last flush (group commit). Then reply.
+                              last flush (group commit), then ``on_sync(first, frames)``
+                              when set (shipping to a standby). Then reply.
     .poll()                   call every loop turn: reaps a checkpoint child, starts a
                               checkpoint when due (records or WAL bytes since the last one)
     .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
@@ -26,6 +27,7 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
     .begin_term(epoch)        HA: log ``{op: epoch, epoch}`` durably when a higher epoch
                               starts; a lower one than the log holds raises StaleEpoch
     .epoch                    the highest epoch in the log (0: never led under HA)
+    .replicate(first, frames) -> last_seq   a standby: a shipped batch, replayed and logged
     .close(checkpoint=False)
     .last_seq, .snapshot_seq, .checkpointing, .stats()
 
@@ -66,7 +68,7 @@ from mds import opids
 from mds.namespace import Namespace, NamespaceConfig
 from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapshot_name, \
     write_snapshot
-from mds.wal import WriteAheadLog, fsync_dir, list_segments, recover
+from mds.wal import WriteAheadLog, decode_frames, fsync_dir, list_segments, recover
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ DATA_FORMAT = "aegisfs-mds"
 # snapshots (version 1 records and snapshots still read, see mds/namespace.py)
 DATA_VERSION = 2
 FORMAT_FILE = "FORMAT"
+EPOCH_FILE = "EPOCH"      # the highest leadership epoch, with HA (see begin_term)
 
 Submission = Union[Mapping[str, Any], Callable[[Namespace], Mapping[str, Any]]]
 T = TypeVar("T")
@@ -179,11 +182,16 @@ class MetaStore:
         self._child_bytes = 0  # self._bytes when the running checkpoint started
         self._retry_at = 0.0
         self._collect: list[bytes] | None = None   # inside once(): the records it made
-        self.epoch = 0        # the highest leadership epoch logged (mds/election.py)
+        self.epoch = 0        # the highest leadership epoch seen (mds/election.py)
+        self._log_epoch = 0   # the last epoch record replayed: they only grow in a log
+        # called with (first seq, frames) after each flush made them durable here
+        self.on_sync: Callable[[int, bytes], None] | None = None
         self._lock = _lock_directory(self.dir)
         try:
             self.format_version = read_format(self.dir)
+            self.epoch = self._load_epoch()
             self.ns, self.snapshot_seq, self.last_seq = self._recover(salvage)
+            self._log_epoch = self.epoch
             if self.format_version != DATA_VERSION or not (self.dir / FORMAT_FILE).exists():
                 if self.format_version != DATA_VERSION:
                     log.info("data directory %s upgraded from format version %d to %d",
@@ -245,19 +253,11 @@ class MetaStore:
         loaded = time.monotonic()
         last, count = base, 0
         for rec in recover(self.dir, base, salvage=salvage):
-            if rec.get("op") == "epoch":    # not namespace state: the log's own term
-                try:
-                    self._take_epoch(rec.get("epoch"))
-                except (StaleEpoch, TypeError) as exc:
-                    raise RecoveryError(self.dir, f"WAL record seq {rec['seq']}: {exc}") from exc
-                last, count = rec["seq"], count + 1
-                continue
             try:
-                ns.validate(rec)
+                self._replay(ns, rec)
             except OSError as exc:
                 raise RecoveryError(self.dir, f"WAL record seq {rec['seq']} does not apply "
                                               f"to the recovered state: {exc}") from exc
-            ns.apply(rec)
             last, count = rec["seq"], count + 1
         log.info("recovered %s: snapshot seq %d loaded in %.2f s, %d WAL records replayed in "
                  "%.2f s, last seq %d, %s", self.dir, base, loaded - started, count,
@@ -328,12 +328,73 @@ class MetaStore:
                     raise
                 self.ns.opids.add(opid, wall, answer)
 
-    def _take_epoch(self, epoch: object) -> None:
-        if type(epoch) is not int or epoch < 1:
-            raise TypeError(f"bad epoch {epoch!r}")
-        if epoch < self.epoch:
-            raise StaleEpoch(epoch, self.epoch, str(self.dir))
-        self.epoch = epoch
+    def _replay(self, ns: Namespace, rec: Mapping[str, Any]) -> None:
+        """One logged record into `ns`: what recovery and a standby (replicate) both do.
+        Raises OSError when it does not apply (nothing changed)."""
+        if rec.get("op") == "epoch":    # not namespace state: the log's own term
+            epoch = rec.get("epoch")
+            if type(epoch) is not int or epoch < 1:
+                raise OSError(errno.EINVAL, f"bad epoch {epoch!r}")
+            if epoch < self._log_epoch:
+                raise StaleEpoch(epoch, self._log_epoch, str(self.dir))
+            self._log_epoch = epoch
+            self.epoch = max(self.epoch, epoch)
+            return
+        ns.validate(rec)
+        ns.apply(rec)
+
+    def replicate(self, first: int, frames: bytes) -> int:
+        """A standby takes a batch its primary shipped (mds/replication.py): the raw
+        frames of records first.. are checked (CRC, consecutive seqs from last_seq + 1,
+        no lower epoch), replayed into the namespace by the code recovery uses, written
+        to this log as they are and fsynced; returns the new last_seq. A batch that does
+        not fit raises ValueError or StaleEpoch and changes nothing; one whose record
+        fails to apply after others did stops the store (fail-stop, as in submit)."""
+        self._ensure_usable()
+        if first != self.last_seq + 1:
+            raise ValueError(f"batch starts at seq {first}, this log is at {self.last_seq}")
+        records = decode_frames(frames, first)
+        epochs = [r.get("epoch") for r in records if r.get("op") == "epoch"]
+        for epoch in epochs:
+            if type(epoch) is int and epoch < self.epoch:
+                raise StaleEpoch(epoch, self.epoch, str(self.dir))
+        saved = self.epoch
+        for i, rec in enumerate(records):
+            try:
+                self._replay(self.ns, rec)
+            except BaseException as exc:
+                if i:     # memory took part of the batch: it cannot be rolled back
+                    self._failed = exc
+                    log.critical("a shipped record seq %d does not apply: %s; stopping",
+                                 rec["seq"], exc)
+                raise
+        self.wal.append_frames(frames, first, len(records))
+        self.flush()
+        if epochs and self.epoch > saved:
+            self._save_epoch()
+        self.last_seq = first + len(records) - 1 if records else self.last_seq
+        return self.last_seq
+
+    def _save_epoch(self) -> None:
+        """EPOCH = the highest epoch, durably: snapshots do not carry it, and the log that
+        held its record may be pruned by a checkpoint."""
+        tmp = self.dir / f"{EPOCH_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{self.epoch}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.dir / EPOCH_FILE)
+        fsync_dir(self.dir)
+
+    def _load_epoch(self) -> int:
+        path = self.dir / EPOCH_FILE
+        try:
+            raw = path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if not raw.isdigit():
+            raise RecoveryError(path, f"{path} does not hold an epoch: {raw[:100]!r}")
+        return int(raw)
 
     def begin_term(self, epoch: int) -> None:
         """A leader starts serving with `epoch`: logged (and fsynced) when higher than the
@@ -346,7 +407,8 @@ class MetaStore:
             return
         self.last_seq = self.wal.append({"op": "epoch", "epoch": epoch})
         self.flush()
-        self.epoch = epoch
+        self.epoch = self._log_epoch = epoch
+        self._save_epoch()
 
     def fence(self, reason: str) -> None:
         """Stop for good without making durable what was submitted since the last flush
@@ -364,6 +426,8 @@ class MetaStore:
             self._failed = exc
             raise
         self._bytes += written
+        if written and self.on_sync is not None:
+            self.on_sync(*self.wal.last_batch)     # a primary ships it to its standby
         return written
 
     # ------------------------------------------------------------------ checkpoints
@@ -388,11 +452,6 @@ class MetaStore:
     def _start_checkpoint(self) -> None:
         seq = self.last_seq
         self.wal.rotate()  # later records go to a segment the snapshot does not cover
-        if self.epoch:
-            # each segment after a snapshot starts with the term, so pruning the older
-            # segments never loses it (snapshots do not carry it)
-            self.last_seq = self.wal.append({"op": "epoch", "epoch": self.epoch})
-            self.flush()
         _freeze_heap()
         try:
             pid = os.fork()

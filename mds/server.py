@@ -43,6 +43,7 @@ from .namespace import NamespaceConfig
 from .ops import Handlers
 from .quota import Allocations, Limits
 from .repair import RepairPlanner
+from .replication import StandbyLink
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Settings:
     ha_key: str = "/aegisfs/mds/leader"
     ha_lease_ttl: int = 5
     ha_name: str = ""
+    ha_standby: str = ""             # the standby's endpoint ("" = no WAL shipping)
+    ha_standby_timeout: float = 2.0
 
 
 def stop_reason(exc: BaseException, segment: Path | None) -> str:
@@ -124,20 +127,37 @@ class MetadataServer:
         self.campaign: Campaign | None = None
         self.epoch: int | None = None       # the epoch this MDS last led with
         self.worker: Worker | None = None
+        self.link: StandbyLink | None = None
+        if s.ha_standby:
+            keys = s.curve
+            if keys is not None:     # the standby holds the MDS key too: its public key
+                from broker.curve import CurveKeys
+                keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
+            self.link = StandbyLink(s.ha_standby, self.store, s.ha_standby_timeout,
+                                    curve=keys)
+            self.store.on_sync = self.link.ship
         if s.ha_etcd:
             name = s.ha_name or f"{socket.gethostname()}:{os.getpid()}"
             election = Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
                                 s.ha_key.encode(), name.encode(), s.ha_lease_ttl,
                                 time.monotonic)
             self.campaign = Campaign(election).start()
-            self.ops.ha_status = lambda: election.describe(time.monotonic())
-        else:
+        self.ops.ha_status = self._ha_status if (self.campaign or self.link) else None
+        if self.campaign is None:
             self.worker = self._register()
         self._stop = False
         self._reconnects_seen = 0
         self._pending_events: list[tuple[str, dict]] = []
         self._next_upkeep = 0.0
         self.metrics = False     # set when the process serves metrics (broker/metrics.py)
+
+    def _ha_status(self) -> dict:
+        out: dict = {"state": "active", "epoch": self.epoch}
+        if self.campaign is not None:
+            out = self.campaign.election.describe(time.monotonic())
+        if self.link is not None:
+            out["standby"] = self.link.status()
+        return out
 
     def _register(self) -> Worker:
         return Worker(self.s.worker_endpoint, MDS_SERVICE, heartbeat_interval=self.s.heartbeat,
@@ -253,6 +273,8 @@ class MetadataServer:
         for topic, fields in events:
             self.events.publish(topic, **fields)
         self.store.poll()
+        if self.link is not None:
+            self.link.upkeep()
 
     def _flush_measured(self, requests: int) -> None:
         from broker import metrics
@@ -298,6 +320,9 @@ class MetadataServer:
         finally:
             if self.worker is not None:
                 self.worker.close()
+            if self.link is not None:
+                self.link.close()
+                self.store.on_sync = None
             if self.campaign is not None:
                 try:     # the last batch durable first: then a standby may take over at once
                     self.store.flush()

