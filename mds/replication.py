@@ -16,7 +16,7 @@ queue; the socket is CURVE with the MDS member key on both ends (the standby is 
 cluster member holding that key) and its ZAP admits that key only.
 
 Wire: DEALER (active) -> ROUTER (standby). Request [msgpack header, frames?]:
-    {op: "hello", n}                     -> {n, last, epoch}
+    {op: "hello", n}                     -> {n, last, epoch, crc (of record `last`'s frame)}
     {op: "append", n, first, epoch}      -> {n, last, epoch} or {n, err, last, epoch}
 `n` numbers requests so a late answer to a timed-out one is never taken for another's.
 
@@ -37,7 +37,7 @@ import msgpack
 import zmq
 
 from .metastore import MetaStore, StaleEpoch
-from .wal import frames_after
+from .wal import frame_crc, frames_after
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
             if epoch < store.epoch:
                 raise StaleEpoch(epoch, store.epoch, "the standby")
             store.replicate(first, frames)
-        elif op != "hello":
+        elif op == "hello":
+            # the CRC of our last record: the primary checks we share its history
+            base["crc"] = frame_crc(store.dir, store.last_seq)
+        else:
             raise ValueError(f"unknown op {op!r}")
     except (ValueError, OSError) as exc:
         base["err"] = str(exc)
@@ -202,6 +205,16 @@ class StandbyLink:
                 if self.acked > self.store.last_seq:
                     answer = {"err": f"the standby is ahead (seq {self.acked})"}
                     break
+                theirs = answer.get("crc")
+                ours = frame_crc(self.store.dir, self.acked) if theirs is not None else None
+                if ours is not None and theirs != ours:
+                    # another history (a data directory of another cluster or an older
+                    # reset): shipping onto it would corrupt it
+                    if self.state != "needs_seed":
+                        log.error("standby at %s holds another history at seq %d: it needs "
+                                  "a copy of this MDS's directory", self.endpoint, self.acked)
+                    self.state, self.reason = "needs_seed", f"other history at {self.acked}"
+                    return
                 chunk = frames_after(self.store.dir, self.acked, CATCH_UP_CHUNK)
                 if chunk is None:
                     if self.state != "needs_seed":

@@ -21,6 +21,7 @@ Public API:
         deleted, and the loss is logged at ERROR level.
     decode_frames(frames, first) -> [record]   a shipped batch, checked seq by seq
     frames_after(directory, seq, limit) -> (first, frames, count) | None   for catch-up
+    frame_crc(directory, seq) -> int | None   the CRC of record seq's frame on disk
     WriteAheadLog(directory, next_seq)
         .append(record) -> seq   encode and buffer only (no I/O)
         .sync()                  one write + one fdatasync for all buffered frames; raises
@@ -293,6 +294,16 @@ def frames_after(directory: os.PathLike | str, seq: int,
         if size >= limit:
             break
     return seq + 1, b"".join(parts), count
+
+
+def frame_crc(directory: os.PathLike | str, seq: int) -> int | None:
+    """The CRC of the frame of record `seq` in the segments on disk (it covers the whole
+    record): what a primary and its standby compare to know they share a history. None
+    when the log does not hold it (before the first segment, or pruned)."""
+    got = frames_after(directory, seq - 1, limit=1) if seq > 0 else None
+    if not got or not got[2]:
+        return None
+    return HEADER.unpack_from(got[1], 0)[1]
 
 
 class WriteAheadLog:

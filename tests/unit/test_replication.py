@@ -13,7 +13,7 @@ import pytest
 
 from mds.metastore import MetaStore, StaleEpoch
 from mds.namespace import NamespaceConfig
-from mds.wal import frames_after
+from mds.wal import frame_crc, frames_after
 from tests.support.clock import FakeClock
 
 CONFIG = NamespaceConfig(replication=2, block_size=64, lease=30.0)
@@ -181,7 +181,9 @@ def test_the_standbys_answers(pair):
     active, standby = pair
     active.on_sync = standby.replicate
     active.begin_term(6)
-    assert handle(standby, {"op": "hello", "n": 1}, None) == {"n": 1, "last": 1, "epoch": 6}
+    hello = handle(standby, {"op": "hello", "n": 1}, None)
+    assert {k: hello[k] for k in ("n", "last", "epoch")} == {"n": 1, "last": 1, "epoch": 6}
+    assert hello["crc"] == frame_crc(active.dir, 1) is not None    # the same history
     active.on_sync = None
     active.submit(lambda ns: ns.prepare_mkdir("/y"))
     active.flush()
@@ -197,3 +199,22 @@ def test_the_standbys_answers(pair):
     ok = handle(standby, {"op": "append", "n": 3, "first": first, "epoch": 6}, frames)
     assert ok == {"n": 3, "last": first, "epoch": 6}
     assert standby.ns.dump() == active.ns.dump()
+
+
+def test_frame_crc_tells_histories_apart(tmp_path):
+    """What the active compares before catching a standby up: the same seq in another
+    history (another cluster's directory, a reset) has another frame CRC."""
+    a, b = open_store(tmp_path / "a"), open_store(tmp_path / "b")
+    try:
+        a.submit(lambda ns: ns.prepare_mkdir("/same"))
+        b.submit(lambda ns: ns.prepare_mkdir("/same"))
+        a.submit(lambda ns: ns.prepare_mkdir("/one"))
+        b.submit(lambda ns: ns.prepare_mkdir("/other"))
+        a.flush()
+        b.flush()
+        assert frame_crc(a.dir, 1) == frame_crc(b.dir, 1) is not None
+        assert frame_crc(a.dir, 2) != frame_crc(b.dir, 2)
+        assert frame_crc(a.dir, 3) is None and frame_crc(a.dir, 0) is None
+    finally:
+        a.close()
+        b.close()
