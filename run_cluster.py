@@ -2,6 +2,7 @@
 
     python run_cluster.py                 # 3 DataNodes, data in ./data, broker on :5550
     python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
+    python run_cluster.py --ha            # + etcd (P+4, P+5) and a standby MDS (P+6)
 
 Each role runs as a child process (`sys.executable -m <role>`) logging to
 <data-dir>/logs/<role>.log. Security is on unless --insecure: the first start creates the
