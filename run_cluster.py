@@ -425,9 +425,11 @@ class Cluster:
     def stop(self) -> None:
         # Workers first so they can say goodbye to a live broker; the broker last.
         # the mount first: its unmount still reaches the cluster
-        # etcd after the MDS: a stopping leader still resigns its lease there
-        order = ["mount"] + [n for n in self.roles if n not in ("broker", "mount", "etcd")] \
-            + ["broker", "etcd"]
+        # the standby after the active (its last batches still ship); etcd after the MDS:
+        # a stopping leader still resigns its lease there
+        order = ["mount"] + [n for n in self.roles
+                             if n not in ("broker", "mount", "etcd", "mds-standby")] \
+            + ["mds-standby", "broker", "etcd"]
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
