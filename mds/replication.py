@@ -78,7 +78,7 @@ class StandbyLink:
                  curve: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint, self.store, self.timeout, self.curve = endpoint, store, timeout, curve
         self.clock = clock
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.state = "catching_up"       # in_sync / catching_up / gone / needs_seed
         self.acked = 0                   # the standby's last seq, as it last said

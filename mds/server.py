@@ -224,6 +224,7 @@ class MetadataServer:
     # -- the loop ------------------------------------------------------------------------
 
     def _batch(self) -> list[Request]:
+        assert self.worker is not None
         first = self.worker.recv(timeout=0.2)
         if first is None:
             return []
@@ -289,6 +290,7 @@ class MetadataServer:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
         events: list[tuple[str, dict]] = []
+        assert self.worker is not None
         if self.worker.reconnects != self._reconnects_seen:
             # cut off from the broker (it went silent, we reconnected): see link_restored;
             # two DataNode liveness periods are enough for every live one to be heard

@@ -250,7 +250,8 @@ def _give_up(path: Path, offset: int, reason: str, salvage: bool,
 def decode_frames(frames: bytes | memoryview, first: int) -> list[dict]:
     """The records of a run of frames that must hold seqs first, first+1, ... (a shipped
     batch); ValueError naming the problem for anything else."""
-    out, offset = [], 0
+    out: list[dict] = []
+    offset = 0
     while offset < len(frames):
         got = frame_at(frames, offset)
         if isinstance(got, str):
