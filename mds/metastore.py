@@ -18,8 +18,9 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
         records and answer are logged as one ``once`` record (mds/opids.py); a known id
         gets the first answer again (its result, or its error raised) without running.
     .flush() -> bytes         one write + one fsync for everything submitted since the
-                              last flush (group commit), then ``on_sync(first, frames)``
-                              when set (shipping to a standby). Then reply.
+                              last flush (group commit), with ``on_write(first, frames)``
+                              between write and fsync and ``on_sync(first, frames)`` after
+                              it, when set (shipping to a standby). Then reply.
     .poll()                   call every loop turn: reaps a checkpoint child, starts a
                               checkpoint when due (records or WAL bytes since the last one)
     .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
@@ -184,8 +185,11 @@ class MetaStore:
         self._collect: list[bytes] | None = None   # inside once(): the records it made
         self.epoch = 0        # the highest leadership epoch seen (mds/election.py)
         self._log_epoch = 0   # the last epoch record replayed: they only grow in a log
-        # called with (first seq, frames) after each flush made them durable here
+        self._unapplied: list[dict] = []   # replicated (durable), not yet replayed
+        # called with (first seq, frames) after each flush made them durable here, and
+        # (on_write) between their write and fdatasync
         self.on_sync: Callable[[int, bytes], None] | None = None
+        self.on_write: Callable[[int, bytes], None] | None = None
         self._lock = _lock_directory(self.dir)
         try:
             self.format_version = read_format(self.dir)
@@ -343,37 +347,54 @@ class MetaStore:
         ns.validate(rec)
         ns.apply(rec)
 
-    def replicate(self, first: int, frames: bytes) -> int:
+    def replicate(self, first: int, frames: bytes, defer: bool = False) -> int:
         """A standby takes a batch its primary shipped (mds/replication.py): the raw
         frames of records first.. are checked (CRC, consecutive seqs from last_seq + 1,
-        no lower epoch), replayed into the namespace by the code recovery uses, written
-        to this log as they are and fsynced; returns the new last_seq. A batch that does
-        not fit raises ValueError or StaleEpoch and changes nothing; one whose record
-        fails to apply after others did stops the store (fail-stop, as in submit)."""
+        no lower epoch), written to this log as they are and fsynced, and replayed into
+        the namespace by the code recovery uses - at once, or with `defer` by the next
+        apply_replicated() (the standby answers in between: the replay is then off the
+        active's critical path). Returns the new last_seq. A batch that does not fit
+        raises ValueError or StaleEpoch and changes nothing; a durable record that does
+        not apply stops the store (fail-stop, as in submit)."""
         self._ensure_usable()
+        self.apply_replicated()
         if first != self.last_seq + 1:
             raise ValueError(f"batch starts at seq {first}, this log is at {self.last_seq}")
         records = decode_frames(frames, first)
-        epochs = [r.get("epoch") for r in records if r.get("op") == "epoch"]
-        for epoch in epochs:
-            if type(epoch) is int and epoch < self.epoch:
-                raise StaleEpoch(epoch, self.epoch, str(self.dir))
-        saved = self.epoch
-        for i, rec in enumerate(records):
-            try:
-                self._replay(self.ns, rec)
-            except BaseException as exc:
-                if i:     # memory took part of the batch: it cannot be rolled back
-                    self._failed = exc
-                    log.critical("a shipped record seq %d does not apply: %s; stopping",
-                                 rec["seq"], exc)
-                raise
+        epoch = self._log_epoch
+        for rec in records:
+            if rec.get("op") == "epoch":
+                e = rec.get("epoch")
+                if type(e) is not int or e < 1:
+                    raise ValueError(f"record seq {rec['seq']}: bad epoch {e!r}")
+                if e < max(epoch, self.epoch):
+                    raise StaleEpoch(e, max(epoch, self.epoch), str(self.dir))
+                epoch = e
         self.wal.append_frames(frames, first, len(records))
         self.flush()
-        if epochs and self.epoch > saved:
+        if records:
+            self.last_seq = first + len(records) - 1
+        self._unapplied.extend(records)
+        if epoch > self.epoch:
+            self.epoch = self._log_epoch = epoch
             self._save_epoch()
-        self.last_seq = first + len(records) - 1 if records else self.last_seq
+        if not defer:
+            self.apply_replicated()
         return self.last_seq
+
+    def apply_replicated(self) -> None:
+        """Replay what replicate(defer=True) made durable and not yet applied."""
+        records, self._unapplied = self._unapplied, []
+        for rec in records:
+            if rec.get("op") == "epoch":
+                continue      # checked and taken when it was received
+            try:
+                self._replay(self.ns, rec)
+            except BaseException as exc:   # durable and refused: this copy has diverged
+                self._failed = exc
+                log.critical("a shipped record seq %d does not apply: %s; stopping",
+                             rec["seq"], exc)
+                raise
 
     def _save_epoch(self) -> None:
         """EPOCH = the highest epoch, durably: snapshots do not carry it, and the log that
@@ -421,7 +442,7 @@ class MetaStore:
         """Make everything submitted durable (one write, one fsync); bytes written."""
         self._ensure_usable()
         try:
-            written = self.wal.sync()
+            written = self.wal.sync(self.on_write)
         except BaseException as exc:
             self._failed = exc
             raise
@@ -443,6 +464,8 @@ class MetaStore:
 
     def poll(self) -> None:
         """Reap a finished checkpoint child; start a checkpoint when one is due."""
+        if self._unapplied and self._failed is None:
+            self.apply_replicated()     # a snapshot must hold everything up to last_seq
         if self._child is not None:
             self._reap(block=False)
         if (self._child is None and self._failed is None and self.wal.pending == 0
@@ -524,6 +547,7 @@ class MetaStore:
     def checkpoint_now(self, wait: bool = True) -> bool:
         """Flush and snapshot the current state; False when there was nothing new."""
         self.flush()
+        self.apply_replicated()
         if self._child is not None:
             self._reap(block=True)
         if self.last_seq == self.snapshot_seq:

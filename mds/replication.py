@@ -62,7 +62,7 @@ def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
                 raise ValueError("append needs int first and epoch and one frames part")
             if epoch < store.epoch:
                 raise StaleEpoch(epoch, store.epoch, "the standby")
-            store.replicate(first, frames)
+            store.replicate(first, frames, defer=True)   # replayed after the answer
         elif op == "hello":
             # the CRC of our last record: the primary checks we share its history
             base["crc"] = frame_crc(store.dir, store.last_seq)
@@ -86,6 +86,7 @@ class StandbyLink:
         self.reason = "not connected yet"
         self._n = 0
         self._probe_n = 0                # the hello whose answer is awaited
+        self._sent: tuple[int, int | None, float] | None = None   # (first, n, deadline)
         self._next_probe = 0.0
         self._connect()
 
@@ -100,16 +101,24 @@ class StandbyLink:
         sock.connect(self.endpoint)
         self.sock = sock
 
-    def _call(self, header: dict, frames: bytes | None, timeout: float) -> dict | None:
-        """One request and its answer, or None (no answer in time: the socket is reset)."""
+    def _send(self, header: dict, frames: bytes | None) -> int | None:
+        """Send one request (never blocks); its number, or None when it could not go."""
         assert self.sock is not None
         self._n += 1
-        header = {**header, "n": self._n}
-        parts = [_pack(header)] + ([frames] if frames is not None else [])
-        deadline = self.clock() + timeout
+        parts = [_pack({**header, "n": self._n})] + ([frames] if frames is not None else [])
         try:
             self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            while True:
+        except zmq.ZMQError as exc:
+            self.reason = f"socket: {exc}"
+            self._connect()
+            return None
+        return self._n
+
+    def _wait(self, n: int | None, deadline: float) -> dict | None:
+        """The answer to request `n` by `deadline`, or None (the socket is then reset)."""
+        assert self.sock is not None
+        try:
+            while n is not None:
                 left = deadline - self.clock()
                 if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                     if self.clock() >= deadline:
@@ -120,12 +129,17 @@ class StandbyLink:
                     answer = msgpack.unpackb(reply[-1], raw=False)
                 except Exception:
                     continue
-                if isinstance(answer, dict) and answer.get("n") == self._n:
+                if isinstance(answer, dict) and answer.get("n") == n:
                     return answer
         except zmq.ZMQError as exc:
             self.reason = f"socket: {exc}"
         self._connect()      # drop what is queued: a late answer must not be read later
         return None
+
+    def _call(self, header: dict, frames: bytes | None, timeout: float) -> dict | None:
+        """One request and its answer, or None (no answer in time)."""
+        deadline = self.clock() + timeout
+        return self._wait(self._send(header, frames), deadline)
 
     def _lost(self, why: str) -> None:
         if self.state in ("in_sync", "catching_up"):
@@ -137,13 +151,31 @@ class StandbyLink:
         self._probe_n = 0
         self._next_probe = self.clock() + PROBE_EVERY
 
-    def ship(self, first: int, frames: bytes) -> None:
-        """After a local fsync, before replies: the batch to the standby, synchronously."""
+    def send(self, first: int, frames: bytes) -> None:
+        """After the local write, before the local fdatasync (MetaStore.on_write): the
+        batch goes out now, so the standby's fsync runs while ours does."""
+        self._sent = None
         if self.state != "in_sync":
             return
         try:
-            answer = self._call({"op": "append", "first": first, "epoch": self.store.epoch},
-                                frames, self.timeout)
+            n = self._send({"op": "append", "first": first, "epoch": self.store.epoch},
+                           frames)
+        except Exception as exc:      # never fail the active's flush for the standby
+            n, self.reason = None, repr(exc)
+        self._sent = (first, n, self.clock() + self.timeout)
+
+    def ship(self, first: int, frames: bytes) -> None:
+        """After the local fsync, before replies (MetaStore.on_sync): the standby's answer
+        to the batch `send` sent (or the batch sent now), synchronously."""
+        if self.state != "in_sync":
+            return
+        sent, self._sent = self._sent, None
+        try:
+            if sent is not None and sent[0] == first:
+                answer = self._wait(sent[1], sent[2])
+            else:
+                answer = self._call({"op": "append", "first": first,
+                                     "epoch": self.store.epoch}, frames, self.timeout)
         except Exception as exc:      # never fail the active's flush for the standby
             answer = None
             self.reason = repr(exc)
@@ -203,8 +235,14 @@ class StandbyLink:
                     self.state, self.since, self.reason = "in_sync", self.clock(), ""
                     return
                 if self.acked > self.store.last_seq:
-                    answer = {"err": f"the standby is ahead (seq {self.acked})"}
-                    break
+                    # it took a batch whose local fsync this MDS never finished (it died in
+                    # it): never acknowledged, but that standby's history is not ours
+                    if self.state != "needs_seed":
+                        log.error("standby at %s is ahead of this MDS (seq %d > %d): it "
+                                  "needs a copy of this MDS's directory", self.endpoint,
+                                  self.acked, self.store.last_seq)
+                    self.state, self.reason = "needs_seed", f"standby ahead at {self.acked}"
+                    return
                 theirs = answer.get("crc")
                 ours = frame_crc(self.store.dir, self.acked) if theirs is not None else None
                 if ours is not None and theirs != ours:
@@ -277,6 +315,7 @@ class StandbyServer:
             header = None
         frames = parts[2] if len(parts) > 2 else None
         self.sock.send_multipart([parts[0], _pack(handle(self.store, header, frames))])
+        self.store.apply_replicated()        # durable and answered: now into memory
         return True
 
     def close(self) -> None:

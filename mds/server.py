@@ -135,7 +135,7 @@ class MetadataServer:
                 keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
             self.link = StandbyLink(s.ha_standby, self.store, s.ha_standby_timeout,
                                     curve=keys)
-            self.store.on_sync = self.link.ship
+            self.store.on_write, self.store.on_sync = self.link.send, self.link.ship
         if s.ha_etcd:
             name = s.ha_name or f"{socket.gethostname()}:{os.getpid()}"
             election = Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
@@ -324,7 +324,7 @@ class MetadataServer:
                 self.worker.close()
             if self.link is not None:
                 self.link.close()
-                self.store.on_sync = None
+                self.store.on_write = self.store.on_sync = None
             if self.campaign is not None:
                 try:     # the last batch durable first: then a standby may take over at once
                     self.store.flush()

@@ -40,7 +40,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import msgpack
 from crc32c import crc32c
@@ -364,8 +364,11 @@ class WriteAheadLog:
         self.next_seq = seq + 1
         return seq
 
-    def sync(self) -> int:
-        """Write every buffered frame with one write and one fdatasync; bytes written."""
+    def sync(self, written: Callable[[int, bytes], None] | None = None) -> int:
+        """Write every buffered frame with one write and one fdatasync; bytes written.
+        `written(first seq, frames)`, when given, is called between the write and the
+        fdatasync (a primary sends the batch to its standby then: both fsyncs overlap);
+        it must not raise."""
         self._ensure_usable()
         if not self._buffer:
             return 0
@@ -375,6 +378,8 @@ class WriteAheadLog:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
+            if written is not None:
+                written(first, data)
             os.fdatasync(self._fd)
         except BaseException as exc:
             # after a failed fsync the page cache state is unknown: never retry (fail-stop)

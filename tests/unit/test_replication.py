@@ -198,6 +198,7 @@ def test_the_standbys_answers(pair):
     assert standby.last_seq == 1
     ok = handle(standby, {"op": "append", "n": 3, "first": first, "epoch": 6}, frames)
     assert ok == {"n": 3, "last": first, "epoch": 6}
+    standby.apply_replicated()           # what StandbyServer does once it has answered
     assert standby.ns.dump() == active.ns.dump()
 
 
@@ -218,3 +219,32 @@ def test_frame_crc_tells_histories_apart(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_deferred_replay_is_durable_first_and_applied_after(pair, tmp_path):
+    """The standby answers once the batch is fsynced and replays it after (off the
+    active's critical path); a catch-up chunk may span several terms."""
+    active, standby = pair
+    active.begin_term(2)
+    active.submit(lambda ns: ns.prepare_mkdir("/t2"))
+    active.flush()
+    active.begin_term(3)
+    active.submit(lambda ns: ns.prepare_mkdir("/t3"))
+    active.flush()
+    first, frames, count = frames_after(active.dir, 0)
+    assert count == 4
+    assert standby.replicate(first, frames, defer=True) == 4
+    assert standby.epoch == 3 and not _exists(standby.ns, "/t3")   # durable, not applied
+    standby.apply_replicated()
+    assert standby.ns.dump() == active.ns.dump()
+    # durable before applied: a standby killed in between recovers it from its log
+    active.submit(lambda ns: ns.prepare_mkdir("/t3/x"))
+    active.flush()
+    standby.replicate(*active.wal.last_batch, defer=True)
+    standby.wal.close()
+    standby._lock.close()
+    again = open_store(tmp_path / "s", seed=2)
+    try:
+        assert again.ns.dump() == active.ns.dump() and again.epoch == 3
+    finally:
+        again.close()
