@@ -2,6 +2,8 @@
 
     python run_cluster.py                 # 3 DataNodes, data in ./data, broker on :5550
     python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
+    python run_cluster.py --ha            # + etcd (P+4, P+5) and a standby MDS (P+6)
+    python run_cluster.py --brokers 2     # brokers on P and P+4 (with --ha, etcd moves to P+8)
 
 Each role runs as a child process (`sys.executable -m <role>`) logging to
 <data-dir>/logs/<role>.log. Security is on unless --insecure: the first start creates the
@@ -94,6 +96,20 @@ def free_base_port(span: int = 4, host: str = "127.0.0.1") -> int:
     raise RuntimeError("no free block of ports found")
 
 
+ETCD = "/usr/bin/etcd"      # Debian's etcd-server
+
+
+def etcd_argv(data_dir: Path, client_port: int, peer_port: int, name: str = "aegisfs") -> list[str]:
+    """A one-member etcd on loopback, its data in `data_dir` (for run_cluster --ha and
+    the tests)."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [ETCD, "--name", name, "--data-dir", str(data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new",
+            "--logger", "zap", "--log-outputs", "stderr"]
+
+
 @dataclass
 class Role:
     name: str
@@ -139,6 +155,12 @@ class Cluster:
     metrics_port: int | None = None
     # brokers on consecutive base ports P, P+4, ...; every other role connects to all
     brokers: int = 1
+    # run etcd (client port etcd_port, peer port +1, data in <data_dir>/etcd) as a role and
+    # let the MDS lead only while it holds the leader lease there ([ha]); None = no etcd
+    etcd_port: int | None = None
+    # run a standby MDS ("mds-standby", data in <data_dir>/mds-standby) taking the active's
+    # WAL batches on this port (synchronous shipping, [ha] standby); None = no standby
+    standby_port: int | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -154,6 +176,10 @@ class Cluster:
         self.node_ids = [f"dn{i + 1}" for i in range(self.datanodes)]
         self.keys_dir = self.data_dir / "keys"
         self.supervisor = Supervisor()
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -201,16 +227,26 @@ class Cluster:
         logs.mkdir(parents=True, exist_ok=True)
         py = sys.executable
         hb = ["--heartbeat-interval", str(self.heartbeat)] if self.heartbeat else []
-        specs: dict[str, list[str]] = {
-            name: [py, "-m", "broker", *self._common(port), *hb]
-            for name, port in self.broker_ports.items()}
+        specs: dict[str, list[str]] = {}
+        if self.etcd_port:       # first: the MDS waits for its leadership there
+            specs["etcd"] = etcd_argv(self.data_dir / "etcd", self.etcd_port, self.etcd_port + 1)
+        for name, port in self.broker_ports.items():
+            specs[name] = [py, "-m", "broker", *self._common(port), *hb]
         # several brokers: the explicit endpoint lists win over those --base-port derives
         reach = ["--broker-worker", self.endpoints["worker"],
                  "--events", self.endpoints["events_in"]] if self.brokers > 1 else []
         mds = [py, "-m", "mds", *self._common(), *reach,
                "--data-dir", str(self.data_dir / "mds"), *hb]
+        if self.etcd_port:
+            mds += ["--etcd", self.etcd_url]
         if self.replication:
             mds += ["--replication", str(self.replication)]
+        if self.standby_port:       # before the active: it connects to the standby
+            endpoint = f"tcp://127.0.0.1:{self.standby_port}"
+            mds += ["--standby-endpoint", endpoint]
+            specs["mds-standby"] = [py, "-m", "mds", *self._common(), "--standby",
+                                    "--standby-endpoint", endpoint, "--data-dir",
+                                    str(self.data_dir / "mds-standby"), *hb]
         specs["mds"] = mds
         for node in self.node_ids:
             specs[node] = [py, "-m", "datanode", *self._common(), *reach,
@@ -339,7 +375,8 @@ class Cluster:
         dead predecessor until its heartbeats run out.
         """
         names = [r for r in (roles or self.roles)
-                 if r not in ("viz", "s3", "mount") and r not in self.broker_ports]
+                 if r not in ("viz", "s3", "mount", "etcd", "mds-standby")
+                 and r not in self.broker_ports]
         probes = {r: (MDS_SERVICE, {"op": "ping"}) if r == "mds" else
                   (datanode_service(r), {"op": "info"})
                   for r in names}
@@ -412,14 +449,17 @@ class Cluster:
     def restart(self, name: str, timeout: float = 30.0) -> None:
         self.stop_role(name)
         self.start_role(name)
-        if name not in ("viz", "mount") and name not in self.broker_ports:
+        if name not in ("viz", "mount", "etcd", "mds-standby") and name not in self.broker_ports:
             self.wait_ready(timeout, [name])
 
     def stop(self) -> None:
         # Workers first so they can say goodbye to a live broker; the broker last.
         # the mount first: its unmount still reaches the cluster
-        order = (["mount"] + [n for n in self.roles if n != "mount" and n not in self.broker_ports]
-                 + list(self.broker_ports))
+        # the standby after the active (its last batches still ship); etcd after the MDS:
+        # a stopping leader still resigns its lease there
+        late = ("mount", "etcd", "mds-standby")
+        order = (["mount"] + [n for n in self.roles if n not in late and n not in self.broker_ports]
+                 + ["mds-standby"] + list(self.broker_ports) + ["etcd"])
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
@@ -457,10 +497,16 @@ class Cluster:
                    "DataNode i on PORT+1+i.")
 @click.option("--mount", "mount_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
-def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool, config_path: str | None,
+@click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
+              "in <data-dir>/etcd, client port Q, peer port Q+1, where Q = P + 4 x brokers); "
+              "the MDS serves only while it holds the leader lease there, and ships its WAL "
+              "synchronously to a standby MDS (port Q+2, data in <data-dir>/mds-standby; "
+              "see docs/architecture.md, HA).")
+def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool,
+         config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
          s3_port: int | None, supervise: bool, metrics_port: int | None,
-         mount_dir: str | None) -> None:
+         mount_dir: str | None, ha: bool) -> None:
     """Run a local AegisFS cluster until Ctrl-C.
 
     The first start creates the cluster's keys in <data-dir>/keys; the aegisfs CLI run
@@ -476,7 +522,12 @@ def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: boo
     cluster = Cluster(root, base_port, datanodes, config_path=config_path,
                       replication=replication, viz=viz, viz_port=viz_port,
                       security=not insecure, s3_port=s3_port, supervise=supervise,
-                      metrics_port=metrics_port, mount_dir=mount_dir, brokers=brokers)
+                      metrics_port=metrics_port, mount_dir=mount_dir, brokers=brokers,
+                      etcd_port=base_port + 4 * brokers if ha else None,
+                      standby_port=base_port + 4 * brokers + 2 if ha else None)
+    if ha and not Path(ETCD).exists():
+        click.echo(f"error: --ha needs {ETCD}: apt-get install etcd-server", err=True)
+        sys.exit(1)
     stopping = False
 
     def on_signal(signum, _frame):
@@ -486,8 +537,9 @@ def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: boo
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     which = "broker" if brokers == 1 else f"{brokers} brokers"
-    click.echo(f"starting {which}, mds and {datanodes} DataNodes; logs in {root / 'logs'} "
-               "(Ctrl-C to stop)")
+    click.echo(f"starting {'etcd, ' if ha else ''}{which}, mds"
+               f"{', a standby mds' if ha else ''} and {datanodes} DataNodes; "
+               f"logs in {root / 'logs'} (Ctrl-C to stop)")
     if insecure:
         click.echo("WARNING: security is OFF (--insecure): no CURVE, no authentication, "
                    "every client is admin", err=True)

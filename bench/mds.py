@@ -3,6 +3,7 @@ processes, the create rate with 0, 100k and 1M files already in the namespace, a
 restart time and RSS of the MDS at the largest size.
 
     python bench/mds.py [--files 1000000] [--seconds 5] [--window 4] [--runs 3]
+    python bench/mds.py --ha [--seconds 5] [--runs 3]     # the HA column only
 
 A "create" is a 0-byte file: `create` then `commit`, both fsynced before their replies
 (the file is durable when the commit reply arrives). Each client process keeps `window`
@@ -255,6 +256,67 @@ def measure(root: Path, prefill_files: int, args, full: bool) -> dict:
     return out
 
 
+def measure_ha(root: Path, args) -> dict:
+    """The HA column: durable creates/s with 8 clients on an empty namespace, without and
+    with a synchronous standby (mds/replication.py: each batch fsynced on both), one
+    cluster each, in the same run."""
+    out: dict = {}
+    for standby in (False, True):
+        data = root / f"ha-{'on' if standby else 'off'}"
+        (data / "mds").mkdir(parents=True)
+        cluster = Cluster(data, free_base_port(), datanodes=0, security=False,
+                          standby_port=free_base_port(span=1) if standby else None,
+                          extra={"mds": ["--safemode-timeout", "1e9"]})
+        try:
+            cluster.start(timeout=600)
+            wait_ping(cluster)
+            if standby:
+                with Client(cluster.broker, timeout=5) as c:
+                    deadline = time.monotonic() + 30
+                    while c.call("mds", {"op": "status"}).result["ha"]["standby"][
+                            "state"] != "in_sync":
+                        if time.monotonic() > deadline:
+                            raise SystemExit("the standby never got in sync")
+                        time.sleep(0.1)
+            runs = []
+            for run in range(args.runs):
+                runs.append(run_clients(cluster.broker, "create", 8,
+                                        [f"/bench/ha{run}-{i}" for i in range(8)],
+                                        args.seconds, args.window))
+            runs.sort(key=lambda r: r["rate"])
+            key = "on" if standby else "off"
+            out[key] = runs[len(runs) // 2]
+            rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
+            print(f"  standby {key}: creates x8 clients: {rates} /s", flush=True)
+            if standby:
+                with Client(cluster.broker, timeout=5) as c:
+                    st = c.call("mds", {"op": "status"}).result["ha"]["standby"]
+                if st["state"] != "in_sync":
+                    raise SystemExit(f"the standby fell out of sync during the run: {st}")
+        finally:
+            cluster.stop()
+            shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
+def main_ha(args, root: Path) -> None:
+    print(f"MDS HA benchmark: {args.seconds:g}s per figure, window {args.window}, "
+          f"{args.runs} runs, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+          flush=True)
+    try:
+        r = measure_ha(root, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ratio = r["on"]["rate"] / r["off"]["rate"]
+    print("\nHA column: durable creates (0-byte files, create+commit), 8 clients, empty namespace")
+    print(f"{'standby':<28}{'creates/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for key, name in (("off", "off"), ("on", "synchronous (both fsync)")):
+        print(f"{name:<28}{r[key]['rate']:>10.0f}{r[key]['p50']:>9.2f}{r[key]['p99']:>9.2f}")
+    print(f"on / off = {ratio:.2f} (goal >= 0.70: {'met' if ratio >= 0.7 else 'MISSED'}); "
+          "failover times: not measured (takeover is not built)")
+    print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=1_000_000,
@@ -263,8 +325,13 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=4, help="files in flight per client")
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (median shown)")
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
+    ap.add_argument("--ha", action="store_true", help="only the HA column: creates/s with "
+                    "8 clients without and with a synchronous standby MDS")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="aegis-bench-mds-", dir=args.dir))
+    if args.ha:
+        main_ha(args, root)
+        return
     sizes = [0, args.files // 10, args.files]
     print(f"MDS benchmark: prefill sizes {sizes}, {args.seconds:g}s per figure, window "
           f"{args.window}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "

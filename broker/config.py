@@ -63,6 +63,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "advertise": "",
         "data_endpoint": True,
     },
+    # MDS leadership from etcd (mds/election.py); etcd "" = off, the single-MDS default
+    "ha": {"etcd": "", "key": "/aegisfs/mds/leader", "lease_ttl": 5, "name": "",
+           "standby": "", "standby_timeout": 2.0},
     # CURVE on every broker socket (broker/curve.py). "off" is for benchmarks only.
     "security": {"mode": "on", "keys": "data/keys", "key": "", "broker_key": ""},
     "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,

@@ -138,6 +138,20 @@ def status_lines(info: dict) -> Iterator[str]:
         yield f"brokers: {up} up / {len(brokers)}   " + "   ".join(
             f"{b.get('endpoint', '?')} {'up' if b.get('up') else 'unreachable'}"
             for b in brokers if isinstance(b, dict))
+    ha = info.get("ha")
+    if isinstance(ha, dict):     # an MDS with leadership from etcd (mds/election.py)
+        line = (f"mds: {ha.get('state', '?')}   epoch: {ha.get('epoch') or '-'}   "
+                f"lease left: {ha.get('lease_left', '?')} s")
+        if ha.get("etcd_error"):
+            line += f"   etcd: {ha['etcd_error']}"
+        yield line
+        sb = ha.get("standby")
+        if isinstance(sb, dict):    # synchronous WAL shipping (mds/replication.py)
+            line = f"standby: {sb.get('state', '?')}   at seq {sb.get('acked_seq', '?')}"
+            if sb.get("state") != "in_sync":
+                line += (f" for {sb.get('for', '?')} s ({sb.get('reason') or '-'}): the "
+                         "active runs alone")
+            yield line
 
 
 def role_lines(roles: dict) -> Iterator[str]:

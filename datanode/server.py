@@ -100,6 +100,9 @@ class DataNodeOps:
         self.guard = Guard(node_id, stale_after=max(1.0, 3 * heartbeat), enforce=capabilities)
         # the data endpoint's address and key for the MDS (dataplane.py), once it serves
         self.advert: dict | None = None
+        # the highest MDS leadership epoch seen in a heartbeat answer (mds/election.py):
+        # an answer from a lower one is a deposed MDS's, its commands and keys are ignored
+        self.mds_epoch = 0
         self.data_counters: Callable[[], dict] = dict
         self.service = Service.collect(f"DataNode {node_id}", self)
 
@@ -401,8 +404,28 @@ class DataNodeOps:
                 self._deleted[:0] = acked
                 self._copy_failed[:0] = failed
             raise
+        if not self._current_epoch(reply.result.get("epoch")):
+            with self._acks_lock:         # a deposed MDS heard them: tell the leader
+                self._deleted[:0] = acked
+                self._copy_failed[:0] = failed
+            return
         self.guard.install(reply.result.get("keys"), self._now())
         self._carry_out(reply.result.get("commands") or [])
+
+    def _current_epoch(self, epoch: Any) -> bool:
+        """Whether a heartbeat answer may be acted on: no epoch (an MDS without HA) or one
+        at least the highest seen; a lower one is refused and logged."""
+        if epoch is None:
+            return True
+        if type(epoch) is not int or epoch < 1:
+            log.warning("heartbeat answer with a malformed epoch %r ignored", epoch)
+            return False
+        if epoch < self.mds_epoch:
+            log.warning("heartbeat answer of a deposed MDS (epoch %d < %d): its commands "
+                        "and keys are ignored", epoch, self.mds_epoch)
+            return False
+        self.mds_epoch = epoch
+        return True
 
 
 class DataNode(DataNodeOps):

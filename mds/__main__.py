@@ -41,14 +41,22 @@ def _store_dir(security: dict) -> Path | None:
                    "DataNodes (for readers that opened it just before).")
 @click.option("--salvage", is_flag=True, help="Cut the log at the first damaged record "
               "instead of refusing to start (loses what follows it; logged loudly).")
+@click.option("--etcd", metavar="URL", help="Lead only while holding the leader lease in "
+              "etcd at URL ([ha] etcd; default off).")
+@click.option("--ha-name", metavar="NAME", help="This MDS's name in the leader key "
+              "([ha] name; default <hostname>:<pid>).")
+@click.option("--standby", "standby_mode", is_flag=True, help="Run as the standby: take the "
+              "active's WAL batches on [ha] standby (--standby-endpoint), serve no client.")
+@click.option("--standby-endpoint", metavar="ENDPOINT", help="The standby's endpoint ([ha] "
+              "standby): the active ships its WAL there, a standby binds it.")
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @metrics_option
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, security, keys_dir, key_file, broker_key, log_level,
-         log_file, metrics_port) -> None:
+         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, security, keys_dir, key_file, broker_key,
+         log_level, log_file, metrics_port) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
     With security on (the default) it connects with the member key of "mds"
@@ -69,8 +77,9 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             "broker": broker_flags,
             "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
                     "lease": lease, "dead_after": dead_after},
+            "ha": {"etcd": etcd, "name": ha_name, "standby": standby_endpoint},
             "security": security_flags(security, keys_dir, key_file, broker_key)})
-        b, m = cfg["broker"], cfg["mds"]
+        b, m, ha = cfg["broker"], cfg["mds"], cfg["ha"]
         keys = curve.member_keys(cfg["security"], "mds")
         hb = float(b["heartbeat_interval"])
         settings = Settings(
@@ -88,9 +97,20 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
                           draft_bytes=int(m["draft_bytes"])),
             cap_read_ttl=float(m["cap_read_ttl"]), cap_write_ttl=float(m["cap_write_ttl"]),
             key_rotation=float(m["key_rotation"]),
+            ha_etcd=str(ha["etcd"]), ha_key=str(ha["key"]), ha_lease_ttl=int(ha["lease_ttl"]),
+            ha_name=str(ha["name"]), ha_standby=str(ha["standby"]),
+            ha_standby_timeout=float(ha["standby_timeout"]),
             # receipts derive from the cluster secret of the key store when this host has
             # the whole store (a local cluster); else from a secret in the data directory
             keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
+        if standby_mode:
+            if not settings.ha_standby:
+                raise config.ConfigError("--standby needs [ha] standby (--standby-endpoint)")
+            from .standby import Standby
+            standby = Standby(settings)
+            stop_on_signals(standby.stop)
+            standby.run()
+            return
         server = MetadataServer(settings)
         server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
     except (WalCorruption, RecoveryError) as exc:

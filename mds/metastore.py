@@ -18,10 +18,17 @@ Public API (one MetaStore per data directory; not thread-safe, by design):
         records and answer are logged as one ``once`` record (mds/opids.py); a known id
         gets the first answer again (its result, or its error raised) without running.
     .flush() -> bytes         one write + one fsync for everything submitted since the
-                              last flush (group commit). Then reply.
+                              last flush (group commit), with ``on_write(first, frames)``
+                              between write and fsync and ``on_sync(first, frames)`` after
+                              it, when set (shipping to a standby). Then reply.
     .poll()                   call every loop turn: reaps a checkpoint child, starts a
                               checkpoint when due (records or WAL bytes since the last one)
     .checkpoint_now(wait=True) -> bool   for tests and clean shutdown
+    .fence(reason)            stop without making the unflushed submissions durable
+    .begin_term(epoch)        HA: log ``{op: epoch, epoch}`` durably when a higher epoch
+                              starts; a lower one than the log holds raises StaleEpoch
+    .epoch                    the highest epoch in the log (0: never led under HA)
+    .replicate(first, frames) -> last_seq   a standby: a shipped batch, replayed and logged
     .close(checkpoint=False)
     .last_seq, .snapshot_seq, .checkpointing, .stats()
 
@@ -62,7 +69,7 @@ from mds import opids
 from mds.namespace import Namespace, NamespaceConfig
 from mds.snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapshot_name, \
     write_snapshot
-from mds.wal import WriteAheadLog, fsync_dir, list_segments, recover
+from mds.wal import WriteAheadLog, decode_frames, fsync_dir, list_segments, recover
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ DATA_FORMAT = "aegisfs-mds"
 # snapshots (version 1 records and snapshots still read, see mds/namespace.py)
 DATA_VERSION = 2
 FORMAT_FILE = "FORMAT"
+EPOCH_FILE = "EPOCH"      # the highest leadership epoch, with HA (see begin_term)
 
 Submission = Union[Mapping[str, Any], Callable[[Namespace], Mapping[str, Any]]]
 T = TypeVar("T")
@@ -141,6 +149,15 @@ def write_format(directory: Path) -> None:
     fsync_dir(directory)
 
 
+class StaleEpoch(OSError):
+    """An epoch lower than one this log already holds: a deposed leader's, or etcd reset."""
+
+    def __init__(self, epoch: int, known: int, where: str) -> None:
+        super().__init__(errno.ESTALE, f"epoch {epoch} is lower than epoch {known} already "
+                                       f"in the log of {where}")
+        self.epoch, self.known = epoch, known
+
+
 class RecoveryError(OSError):
     """The data directory cannot be recovered without losing acknowledged records."""
 
@@ -166,10 +183,19 @@ class MetaStore:
         self._child_bytes = 0  # self._bytes when the running checkpoint started
         self._retry_at = 0.0
         self._collect: list[bytes] | None = None   # inside once(): the records it made
+        self.epoch = 0        # the highest leadership epoch seen (mds/election.py)
+        self._log_epoch = 0   # the last epoch record replayed: they only grow in a log
+        self._unapplied: list[dict] = []   # replicated (durable), not yet replayed
+        # called with (first seq, frames) after each flush made them durable here, and
+        # (on_write) between their write and fdatasync
+        self.on_sync: Callable[[int, bytes], None] | None = None
+        self.on_write: Callable[[int, bytes], None] | None = None
         self._lock = _lock_directory(self.dir)
         try:
             self.format_version = read_format(self.dir)
+            self.epoch = self._load_epoch()
             self.ns, self.snapshot_seq, self.last_seq = self._recover(salvage)
+            self._log_epoch = self.epoch
             if self.format_version != DATA_VERSION or not (self.dir / FORMAT_FILE).exists():
                 if self.format_version != DATA_VERSION:
                     log.info("data directory %s upgraded from format version %d to %d",
@@ -232,11 +258,10 @@ class MetaStore:
         last, count = base, 0
         for rec in recover(self.dir, base, salvage=salvage):
             try:
-                ns.validate(rec)
+                self._replay(ns, rec)
             except OSError as exc:
                 raise RecoveryError(self.dir, f"WAL record seq {rec['seq']} does not apply "
                                               f"to the recovered state: {exc}") from exc
-            ns.apply(rec)
             last, count = rec["seq"], count + 1
         log.info("recovered %s: snapshot seq %d loaded in %.2f s, %d WAL records replayed in "
                  "%.2f s, last seq %d, %s", self.dir, base, loaded - started, count,
@@ -307,15 +332,123 @@ class MetaStore:
                     raise
                 self.ns.opids.add(opid, wall, answer)
 
+    def _replay(self, ns: Namespace, rec: Mapping[str, Any]) -> None:
+        """One logged record into `ns`: what recovery and a standby (replicate) both do.
+        Raises OSError when it does not apply (nothing changed)."""
+        if rec.get("op") == "epoch":    # not namespace state: the log's own term
+            epoch = rec.get("epoch")
+            if type(epoch) is not int or epoch < 1:
+                raise OSError(errno.EINVAL, f"bad epoch {epoch!r}")
+            if epoch < self._log_epoch:
+                raise StaleEpoch(epoch, self._log_epoch, str(self.dir))
+            self._log_epoch = epoch
+            self.epoch = max(self.epoch, epoch)
+            return
+        ns.validate(rec)
+        ns.apply(rec)
+
+    def replicate(self, first: int, frames: bytes, defer: bool = False) -> int:
+        """A standby takes a batch its primary shipped (mds/replication.py): the raw
+        frames of records first.. are checked (CRC, consecutive seqs from last_seq + 1,
+        no lower epoch), written to this log as they are and fsynced, and replayed into
+        the namespace by the code recovery uses - at once, or with `defer` by the next
+        apply_replicated() (the standby answers in between: the replay is then off the
+        active's critical path). Returns the new last_seq. A batch that does not fit
+        raises ValueError or StaleEpoch and changes nothing; a durable record that does
+        not apply stops the store (fail-stop, as in submit)."""
+        self._ensure_usable()
+        self.apply_replicated()
+        if first != self.last_seq + 1:
+            raise ValueError(f"batch starts at seq {first}, this log is at {self.last_seq}")
+        records = decode_frames(frames, first)
+        epoch = self._log_epoch
+        for rec in records:
+            if rec.get("op") == "epoch":
+                e = rec.get("epoch")
+                if type(e) is not int or e < 1:
+                    raise ValueError(f"record seq {rec['seq']}: bad epoch {e!r}")
+                if e < max(epoch, self.epoch):
+                    raise StaleEpoch(e, max(epoch, self.epoch), str(self.dir))
+                epoch = e
+        self.wal.append_frames(frames, first, len(records))
+        self.flush()
+        if records:
+            self.last_seq = first + len(records) - 1
+        self._unapplied.extend(records)
+        if epoch > self.epoch:
+            self.epoch = self._log_epoch = epoch
+            self._save_epoch()
+        if not defer:
+            self.apply_replicated()
+        return self.last_seq
+
+    def apply_replicated(self) -> None:
+        """Replay what replicate(defer=True) made durable and not yet applied."""
+        records, self._unapplied = self._unapplied, []
+        for rec in records:
+            if rec.get("op") == "epoch":
+                continue      # checked and taken when it was received
+            try:
+                self._replay(self.ns, rec)
+            except BaseException as exc:   # durable and refused: this copy has diverged
+                self._failed = exc
+                log.critical("a shipped record seq %d does not apply: %s; stopping",
+                             rec["seq"], exc)
+                raise
+
+    def _save_epoch(self) -> None:
+        """EPOCH = the highest epoch, durably: snapshots do not carry it, and the log that
+        held its record may be pruned by a checkpoint."""
+        tmp = self.dir / f"{EPOCH_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{self.epoch}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.dir / EPOCH_FILE)
+        fsync_dir(self.dir)
+
+    def _load_epoch(self) -> int:
+        path = self.dir / EPOCH_FILE
+        try:
+            raw = path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if not raw.isdigit():
+            raise RecoveryError(path, f"{path} does not hold an epoch: {raw[:100]!r}")
+        return int(raw)
+
+    def begin_term(self, epoch: int) -> None:
+        """A leader starts serving with `epoch`: logged (and fsynced) when higher than the
+        log's; the same epoch continues the term; a lower one raises StaleEpoch and
+        changes nothing."""
+        self._ensure_usable()
+        if epoch < self.epoch:
+            raise StaleEpoch(epoch, self.epoch, str(self.dir))
+        if epoch == self.epoch:
+            return
+        self.last_seq = self.wal.append({"op": "epoch", "epoch": epoch})
+        self.flush()
+        self.epoch = self._log_epoch = epoch
+        self._save_epoch()
+
+    def fence(self, reason: str) -> None:
+        """Stop for good without making durable what was submitted since the last flush
+        (it was made without the right to: e.g. the leadership lease ended meanwhile).
+        Every later call raises; close() drops the buffer."""
+        if self._failed is None:
+            self._failed = OSError(errno.ESTALE, reason, str(self.dir))
+
     def flush(self) -> int:
         """Make everything submitted durable (one write, one fsync); bytes written."""
         self._ensure_usable()
         try:
-            written = self.wal.sync()
+            written = self.wal.sync(self.on_write)
         except BaseException as exc:
             self._failed = exc
             raise
         self._bytes += written
+        if written and self.on_sync is not None:
+            self.on_sync(*self.wal.last_batch)     # a primary ships it to its standby
         return written
 
     # ------------------------------------------------------------------ checkpoints
@@ -331,6 +464,8 @@ class MetaStore:
 
     def poll(self) -> None:
         """Reap a finished checkpoint child; start a checkpoint when one is due."""
+        if self._unapplied and self._failed is None:
+            self.apply_replicated()     # a snapshot must hold everything up to last_seq
         if self._child is not None:
             self._reap(block=False)
         if (self._child is None and self._failed is None and self.wal.pending == 0
@@ -412,6 +547,7 @@ class MetaStore:
     def checkpoint_now(self, wait: bool = True) -> bool:
         """Flush and snapshot the current state; False when there was nothing new."""
         self.flush()
+        self.apply_replicated()
         if self._child is not None:
             self._reap(block=True)
         if self.last_seq == self.snapshot_seq:

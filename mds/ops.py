@@ -97,6 +97,9 @@ class Handlers:
         self.cluster = cluster
         self.repair = repair
         self.s = settings
+        # with HA on, the server's view of its leadership, for status (mds/election.py)
+        self.ha_status: Callable[[], dict] | None = None
+        self.epoch: int | None = None       # the leadership epoch (set by the server)
         # without a cluster secret (tests of the handlers alone) receipts use a random one
         self.grants = grants if grants is not None else Grants(os.urandom(32))
         self.allocations = allocations if allocations is not None else Allocations()
@@ -697,7 +700,8 @@ class Handlers:
     def status(self, h: dict, payload: list, ctx: Context) -> dict:
         """Cluster view -> {nodes: [{id, state, capacity, used, blocks, last_seen, drain:
         None/"draining"/"drained", drain_left: blocks still there or None}], files, dirs,
-        blocks, health, safe_mode, block_size (of new files)}."""
+        blocks, health, safe_mode, block_size (of new files), and with HA on ha: {state:
+        active/candidate, epoch, lease_left, holder, etcd_error}}."""
         now = ctx.now
         nodes = []
         for node, info in sorted(self.cluster.nodes().items()):
@@ -707,8 +711,10 @@ class Handlers:
                           "blocks": info.get("blocks", 0),
                           "last_seen": round(now - info.get("last_seen", now), 2),
                           "drain": drain, "drain_left": left})
+        ha = {"ha": self.ha_status()} if self.ha_status is not None else {}
         return {"nodes": nodes, **self.ns.counts(), "health": self.repair.summary(),
-                "safe_mode": self.repair.safe_mode, "block_size": self.ns.config.block_size}
+                "safe_mode": self.repair.safe_mode, "block_size": self.ns.config.block_size,
+                **ha}
 
     @operation({"node": NODE, "cancel?": Bool()}, callers=CLIENT)
     def drain(self, h: dict, payload: list, ctx: Context) -> dict:
@@ -779,7 +785,9 @@ class Handlers:
                 ctx.emit("repair.copy", node=node, block=cmd["block"].hex(),
                          target=cmd["target"])
             commands.extend(copies)
-        return {"commands": commands, "keys": self.grants.for_node(node)}
+        # the leader's epoch with its commands: DataNodes refuse a deposed leader's
+        fence = {"epoch": self.epoch} if self.epoch else {}
+        return {"commands": commands, "keys": self.grants.for_node(node), **fence}
 
     @operation({"node": NODE, "count?": COUNT}, callers=DATANODE, binds="node", frames=(1, 1))
     def block_report(self, h: dict, payload: list, ctx: Context) -> dict:

@@ -9,11 +9,20 @@ fsync. If the fsync fails the process exits without replying (fail-stop); recove
 replays the durable prefix. Cluster upkeep (leases, dead nodes, repairs) runs between
 batches. Operations are declared in mds/ops.py and dispatched by broker.service (schema,
 caller class, one error mapping); this file is only the loop.
+
+With `[ha] etcd` set (off by default) the MDS first wins leadership in etcd
+(mds/election.py) and only then registers `mds` with the broker. Each turn starts by
+checking that the lease is still valid for a margin longer than a turn: without it, every
+request but ping and status is answered EAGAIN (clients wait and retry) and no upkeep
+runs - nothing is changed, sent or logged. If the lease ended between that check and the
+fsync of a batch that changed something, the process exits unacknowledged (fail-stop).
 """
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,19 +31,27 @@ from typing import Any
 
 from broker.events import Publisher
 from broker.limits import MDS_SERVICE
+from broker.service import Outcome
 from broker.worker import Request, Worker
 
 from .cluster import ClusterView
+from .election import Campaign, Election
+from .etcd import Gateway
 from .grants import Grants, load_ring, load_secret, save_ring
-from .metastore import MetaStore
+from .metastore import MetaStore, StaleEpoch
 from .namespace import NamespaceConfig
 from .ops import Handlers
 from .quota import Allocations, Limits
 from .repair import RepairPlanner
+from .replication import StandbyLink
 
 log = logging.getLogger(__name__)
 
 BATCH = 512
+# what an MDS without a valid leadership lease still answers (they change nothing)
+WITHOUT_LEASE = frozenset({"ping", "status"})
+LEASE_LAPSED = 75     # exit status: the lease ended while a batch was being made durable
+STALE_EPOCH = 76      # exit status: etcd gave an epoch lower than the log's
 
 
 @dataclass
@@ -62,6 +79,13 @@ class Settings:
     keys_dir: Path | None = None     # the cluster key store; else a secret in data_dir
     curve: Any = None        # broker.curve.CurveKeys of member "mds"; None = security off
     extra: dict[str, Any] = field(default_factory=dict)
+    # leadership from etcd ([ha]); "" = off: the MDS serves as soon as it has recovered
+    ha_etcd: str = ""
+    ha_key: str = "/aegisfs/mds/leader"
+    ha_lease_ttl: int = 5
+    ha_name: str = ""
+    ha_standby: str = ""             # the standby's endpoint ("" = no WAL shipping)
+    ha_standby_timeout: float = 2.0
 
 
 def stop_reason(exc: BaseException, segment: Path | None) -> str:
@@ -100,21 +124,107 @@ class MetadataServer:
             save_ring(ring_path)(grants.ring.export())
         self.ops = Handlers(self.store, self.cluster, self.repair, s, grants=grants,
                             allocations=Allocations(s.limits))
-        self.worker = Worker(s.worker_endpoint, MDS_SERVICE, heartbeat_interval=s.heartbeat,
-                             liveness=s.liveness, capacity=4096, exclusive=True,
-                             curve=s.curve)
+        self.campaign: Campaign | None = None
+        self.epoch: int | None = None       # the epoch this MDS last led with
+        self.worker: Worker | None = None
+        self.link: StandbyLink | None = None
+        if s.ha_standby:
+            keys = s.curve
+            if keys is not None:     # the standby holds the MDS key too: its public key
+                from broker.curve import CurveKeys
+                keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
+            self.link = StandbyLink(s.ha_standby, self.store, s.ha_standby_timeout,
+                                    curve=keys)
+            self.store.on_write, self.store.on_sync = self.link.send, self.link.ship
+        if s.ha_etcd:
+            name = s.ha_name or f"{socket.gethostname()}:{os.getpid()}"
+            election = Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
+                                s.ha_key.encode(), name.encode(), s.ha_lease_ttl,
+                                time.monotonic)
+            self.campaign = Campaign(election).start()
+        self.ops.ha_status = self._ha_status if (self.campaign or self.link) else None
+        if self.campaign is None:
+            self.worker = self._register()
         self._stop = False
         self._reconnects_seen = 0
+        self._pending_events: list[tuple[str, dict]] = []
         self._next_upkeep = 0.0
         self.metrics = False     # set when the process serves metrics (broker/metrics.py)
 
+    def _ha_status(self) -> dict:
+        out: dict = {"state": "active", "epoch": self.epoch}
+        if self.campaign is not None:
+            out = self.campaign.election.describe(time.monotonic())
+        if self.link is not None:
+            out["standby"] = self.link.status()
+        return out
+
+    def _register(self) -> Worker:
+        return Worker(self.s.worker_endpoint, MDS_SERVICE, heartbeat_interval=self.s.heartbeat,
+                      liveness=self.s.liveness, capacity=4096, exclusive=True,
+                      curve=self.s.curve)
+
     def stop(self) -> None:
         self._stop = True
-        self.worker.wake()
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _await_leadership(self) -> bool:
+        """With HA on: block until this MDS leads (False when stopped first)."""
+        assert self.campaign is not None
+        election = self.campaign.election
+        log.info("waiting to become the MDS leader in etcd at %s (key %s)", self.s.ha_etcd,
+                 self.s.ha_key)
+        while not self._stop:
+            epoch = election.leading(time.monotonic())
+            if epoch is not None:
+                self._begin_term(epoch)
+                self.campaign.changes.clear()     # the first election: no safe-mode reset
+                log.info("MDS leader with epoch %d: registering with the broker", epoch)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _leading(self) -> bool:
+        """Whether this turn may change anything: always without HA; with HA, only while
+        the lease is valid. Leading again after a step-down re-enters safe mode."""
+        if self.campaign is None:
+            return True
+        epoch = self.campaign.election.leading(time.monotonic())
+        if epoch is not None and epoch != self.epoch:
+            log.warning("leading again with epoch %d (was %s)", epoch, self.epoch)
+            self._begin_term(epoch)
+        if epoch is not None and self.campaign.changes:
+            self.campaign.changes.clear()
+            # stepped down and elected again: DataNodes were refused meanwhile, so all look
+            # down; wait for their heartbeats as after a lost broker link
+            self._pending_events.extend(self.repair.link_restored(
+                time.monotonic(), 2 * self.cluster.dead_after))
+        return epoch is not None
+
+    def _begin_term(self, epoch: int) -> None:
+        """The epoch goes into the WAL stream before anything of the term does; an epoch
+        lower than the log's means etcd lost its data (or this log came from a newer
+        leader): serving would let a lower term overwrite a higher one, so stop."""
+        try:
+            self.store.begin_term(epoch)
+        except StaleEpoch as exc:
+            log.critical("mds stopped: %s (was etcd's data reset?)", exc)
+            sys.exit(STALE_EPOCH)
+        self.epoch = self.ops.epoch = epoch
+
+    def _refuse(self, req: Request) -> Outcome:
+        if req.header.get("op") in WITHOUT_LEASE:
+            return self.ops.service.run(req.header, req.payload, req.context(lambda *_: None))
+        reason = self.campaign.election.error if self.campaign else None
+        return Outcome(error=BlockingIOError(errno.EAGAIN, (
+            "the metadata server holds no leadership lease"
+            + (f" (etcd: {reason})" if reason else "") + "; retry")))
 
     # -- the loop ------------------------------------------------------------------------
 
     def _batch(self) -> list[Request]:
+        assert self.worker is not None
         first = self.worker.recv(timeout=0.2)
         if first is None:
             return []
@@ -127,11 +237,27 @@ class MetadataServer:
         return batch
 
     def turn(self) -> None:
+        assert self.worker is not None
         batch = self._batch()
-        events: list[tuple[str, dict]] = []
+        if not self._leading():
+            for req in batch:
+                self.worker.answer(req, self._refuse(req))
+            if self.metrics:
+                from broker import metrics
+                metrics.set_state("mds", {"leader": False})
+            return
+        events: list[tuple[str, dict]] = self._pending_events
+        self._pending_events = []
         run, sink = self.ops.service.run, events.append
         outcomes = [(req, run(req.header, req.payload, req.context(sink))) for req in batch]
         events.extend(self._upkeep())
+        if self.store.wal.pending and self.campaign is not None \
+                and self.campaign.election.leading(time.monotonic()) != self.epoch:
+            # the lease ended while this batch was made: it must not become durable
+            # (another MDS may lead now) and memory holds it: stop, unacknowledged
+            self.store.fence("the leadership lease ended during a batch")
+            log.critical("mds stopped: the leadership lease ended during a batch")
+            sys.exit(LEASE_LAPSED)
         try:
             if self.metrics and batch:
                 self._flush_measured(len(batch))
@@ -148,6 +274,8 @@ class MetadataServer:
         for topic, fields in events:
             self.events.publish(topic, **fields)
         self.store.poll()
+        if self.link is not None:
+            self.link.upkeep()
 
     def _flush_measured(self, requests: int) -> None:
         from broker import metrics
@@ -162,6 +290,7 @@ class MetadataServer:
             return []
         self._next_upkeep = now + min(0.5, self.s.heartbeat)
         events: list[tuple[str, dict]] = []
+        assert self.worker is not None
         if self.worker.reconnects != self._reconnects_seen:
             # cut off from the broker (it went silent, we reconnected): see link_restored;
             # two DataNode liveness periods are enough for every live one to be heard
@@ -175,17 +304,33 @@ class MetadataServer:
                 **self.store.ns.counts(), "safe_mode": self.repair.safe_mode,
                 "nodes_up": len(self.cluster.live_nodes(now)),
                 "opids": len(self.store.ns.opids), "last_seq": self.store.last_seq,
+                # upkeep runs only while leading (HA) or always (no HA)
+                "leader": True, "epoch": self.epoch or 0,
                 **(health if isinstance(health, dict) else {})})
         return events
 
     def run(self) -> None:
-        log.info("MDS serving (replication %d, block size %d)", self.s.replication,
-                 self.s.block_size)
         try:
+            if self.campaign is not None:
+                if not self._await_leadership():
+                    return
+                self.worker = self._register()
+            log.info("MDS serving (replication %d, block size %d)", self.s.replication,
+                     self.s.block_size)
             while not self._stop:
                 self.turn()
         finally:
-            self.worker.close()
+            if self.worker is not None:
+                self.worker.close()
+            if self.link is not None:
+                self.link.close()
+                self.store.on_write = self.store.on_sync = None
+            if self.campaign is not None:
+                try:     # the last batch durable first: then a standby may take over at once
+                    self.store.flush()
+                except OSError:
+                    pass          # fenced or failed: nothing more may become durable
+                self.campaign.stop(resign=True)
             self.events.close()
             try:
                 self.store.close(checkpoint=False)

@@ -19,10 +19,15 @@ Public API:
         name disagrees with its first record) raises WalCorruption naming file and byte
         offset; with salvage=True the log is instead cut at the damage, later segments are
         deleted, and the loss is logged at ERROR level.
+    decode_frames(frames, first) -> [record]   a shipped batch, checked seq by seq
+    frames_after(directory, seq, limit) -> (first, frames, count) | None   for catch-up
+    frame_crc(directory, seq) -> int | None   the CRC of record seq's frame on disk
     WriteAheadLog(directory, next_seq)
         .append(record) -> seq   encode and buffer only (no I/O)
         .sync()                  one write + one fdatasync for all buffered frames; raises
                                  on failure and refuses further use (fail-stop)
+        .append_frames(frames, first, count)   buffer frames a primary shipped
+        .last_batch              (first seq, bytes) of what the last sync wrote
         .rotate() -> Path        start a new segment named after the next seq
         .close(sync=True)        sync=False drops the buffer (fail-stop shutdown)
         .next_seq, .pending, .segment, .segment_bytes
@@ -35,7 +40,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import msgpack
 from crc32c import crc32c
@@ -242,6 +247,66 @@ def _give_up(path: Path, offset: int, reason: str, salvage: bool,
     fsync_dir(path.parent)
 
 
+def decode_frames(frames: bytes | memoryview, first: int) -> list[dict]:
+    """The records of a run of frames that must hold seqs first, first+1, ... (a shipped
+    batch); ValueError naming the problem for anything else."""
+    out: list[dict] = []
+    offset = 0
+    while offset < len(frames):
+        got = frame_at(frames, offset)
+        if isinstance(got, str):
+            raise ValueError(f"frame at byte {offset}: {got}")
+        rec = _as_record(got[0])
+        if rec is None or rec["seq"] != first + len(out):
+            raise ValueError(f"frame at byte {offset} is not record seq {first + len(out)}")
+        out.append(rec)
+        offset = got[1]
+    return out
+
+
+def frames_after(directory: os.PathLike | str, seq: int,
+                 limit: int = 8 << 20) -> tuple[int, bytes, int] | None:
+    """The raw frames of the records after `seq` from the segments on disk, about `limit`
+    bytes of them: (first seq, frames, count); (seq + 1, b"", 0) when there are none;
+    None when the log no longer reaches back to seq + 1 (pruned by a checkpoint)."""
+    segs = list_segments(directory)
+    if not segs or segs[0][0] > seq + 1:
+        return None if segs or seq > 0 else (seq + 1, b"", 0)
+    start = max(i for i, (first, _) in enumerate(segs) if first <= seq + 1)
+    parts: list[bytes] = []
+    count, size = 0, 0
+    for _, path in segs[start:]:
+        buf = path.read_bytes()
+        offset = 0
+        while offset < len(buf) and size < limit:
+            got = frame_at(buf, offset)
+            if isinstance(got, str):
+                break           # the tail a writer is still appending: stop there
+            rec = _as_record(got[0])
+            if rec is None:
+                break
+            if rec["seq"] > seq:
+                if rec["seq"] != seq + 1 + count:
+                    return None     # a gap: not a contiguous history
+                parts.append(buf[offset:got[1]])
+                count += 1
+                size += got[1] - offset
+            offset = got[1]
+        if size >= limit:
+            break
+    return seq + 1, b"".join(parts), count
+
+
+def frame_crc(directory: os.PathLike | str, seq: int) -> int | None:
+    """The CRC of the frame of record `seq` in the segments on disk (it covers the whole
+    record): what a primary and its standby compare to know they share a history. None
+    when the log does not hold it (before the first segment, or pruned)."""
+    got = frames_after(directory, seq - 1, limit=1) if seq > 0 else None
+    if not got or not got[2]:
+        return None
+    return HEADER.unpack_from(got[1], 0)[1]
+
+
 class WriteAheadLog:
     """Appends records to the newest segment; durable only after ``sync()`` returns."""
 
@@ -251,6 +316,10 @@ class WriteAheadLog:
         self.directory = Path(directory)
         self.next_seq = next_seq
         self._buffer: list[bytes] = []
+        self._buffered = 0           # records in the buffer (a shipped chunk holds many)
+        # (first seq, bytes) of the frames the last sync() wrote: what a primary ships to
+        # its standby (mds/replication.py)
+        self.last_batch: tuple[int, bytes] = (next_seq, b"")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._failed: BaseException | None = None
         self._fd = -1
@@ -291,19 +360,26 @@ class WriteAheadLog:
         if len(frame) - HEADER.size > MAX_BODY:
             raise OSError(errno.EFBIG, f"WAL record of {len(frame)} bytes is too large")
         self._buffer.append(frame)
+        self._buffered += 1
         self.next_seq = seq + 1
         return seq
 
-    def sync(self) -> int:
-        """Write every buffered frame with one write and one fdatasync; bytes written."""
+    def sync(self, written: Callable[[int, bytes], None] | None = None) -> int:
+        """Write every buffered frame with one write and one fdatasync; bytes written.
+        `written(first seq, frames)`, when given, is called between the write and the
+        fdatasync (a primary sends the batch to its standby then: both fsyncs overlap);
+        it must not raise."""
         self._ensure_usable()
         if not self._buffer:
             return 0
         data = b"".join(self._buffer)
+        first = self.next_seq - self._buffered
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
+            if written is not None:
+                written(first, data)
             os.fdatasync(self._fd)
         except BaseException as exc:
             # after a failed fsync the page cache state is unknown: never retry (fail-stop)
@@ -311,8 +387,20 @@ class WriteAheadLog:
             log.critical("WAL write/fsync to %s failed: %r", self.segment, exc)
             raise
         self._buffer.clear()
+        self._buffered = 0
+        self.last_batch = (first, data)
         self.segment_bytes += len(data)
         return len(data)
+
+    def append_frames(self, frames: bytes, first: int, count: int) -> None:
+        """Buffer `count` already-encoded frames holding seqs first..first+count-1 (a
+        standby writing what its primary shipped, checked by the caller). No I/O."""
+        self._ensure_usable()
+        if first != self.next_seq:
+            raise ValueError(f"frames start at seq {first}, the log at {self.next_seq}")
+        self._buffer.append(frames)
+        self._buffered += count
+        self.next_seq = first + count
 
     def rotate(self) -> Path:
         """Sync, then continue in a new segment named after the next seq (no-op when the

@@ -40,6 +40,19 @@ def test_status_says_which_brokers_answer():
         {"endpoint": "tcp://h:5550", "up": False, "error": "cannot reach"},
         {"endpoint": "tcp://h:5554", "up": True}]}))
     assert lines[-1] == "brokers: 1 up / 2   tcp://h:5550 unreachable   tcp://h:5554 up"
+    assert len(lines) == 6          # no HA line for an MDS without [ha]
+
+
+def test_status_shows_the_mds_leadership_when_ha_is_on():
+    base = {"nodes": [], "files": 0, "dirs": 1, "blocks": 0}
+    active = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 7,
+                                                      "lease_left": 4.2}}))
+    assert active[-1] == "mds: active   epoch: 7   lease left: 4.2 s"
+    lost = list(output.status_lines({**base, "ha": {"state": "candidate", "epoch": 7,
+                                                    "lease_left": 0.0,
+                                                    "etcd_error": "unreachable"}}))
+    assert lost[-1].startswith("mds: candidate   epoch: 7") and lost[-1].endswith(
+        "etcd: unreachable")
 
 
 def test_fsck_report_lists_at_most_ten_items():
@@ -65,3 +78,16 @@ def test_ls_long_and_stat_show_mode_owner_group():
                              "block_size": 64}, "/run.sh"))
     assert "mode:        4750 (-rwsr-x---)" in lines and "owner:       alice" in lines
     assert lines[-1] == "blocks:      (not shown: no read permission)"
+
+
+def test_status_says_when_the_active_runs_without_its_standby():
+    base = {"nodes": [], "files": 0, "dirs": 1, "blocks": 0}
+    synced = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 3,
+                                                      "standby": {"state": "in_sync",
+                                                                  "acked_seq": 40}}}))
+    assert synced[-1] == "standby: in_sync   at seq 40"
+    gone = list(output.status_lines({**base, "ha": {"state": "active", "epoch": 3,
+                                                    "standby": {"state": "gone",
+                                                                "acked_seq": 40, "for": 12.5,
+                                                                "reason": "no answer"}}}))
+    assert gone[-1] == "standby: gone   at seq 40 for 12.5 s (no answer): the active runs alone"

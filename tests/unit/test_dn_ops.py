@@ -287,3 +287,57 @@ def test_range_reads_carry_a_chunk_table_the_reader_can_verify(node, size, offse
     with pytest.raises(OSError) as info:
         verify_range(r["chunks"], r["chunk_size"], size, crc32c.crc32c(data), r["offset"], bad)
     assert info.value.errno == errno.EIO
+
+
+class AnsweringMember(FakeMember):
+    """A MemberClient whose heartbeat answers are given by the test."""
+
+    def __init__(self, answers: list[dict]) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def call(self, service, header, payload=(), timeout=None):
+        self.calls.append((service, dict(header)))
+        return type("Reply", (), {"result": self.answers.pop(0)})()
+
+
+def test_heartbeat_answers_of_a_lower_epoch_are_refused(node, monkeypatch):
+    """A deposed MDS (a lower leadership epoch than one already heard) cannot make a
+    DataNode delete anything; the acks it heard go to the leader's next answer."""
+    victim, kept = put(node), put(node)
+    deletes: list = []
+    monkeypatch.setattr(node, "_start_delete", lambda ids: deletes.append(list(ids)))
+    monkeypatch.setattr(node, "mds_epoch", 0)
+    member = AnsweringMember([
+        {"commands": [], "epoch": 7},
+        {"commands": [{"op": "delete", "blocks": [kept]}], "epoch": 5},     # deposed
+        {"commands": [{"op": "delete", "blocks": [kept]}], "epoch": "7"},   # malformed
+        {"commands": [{"op": "delete", "blocks": [victim]}], "epoch": 8},
+        {"commands": [], "epoch": 8}])
+    node.beat(member, timeout=1.0)
+    assert node.mds_epoch == 7
+    with node._acks_lock:
+        node._deleted.append(victim)          # an ack due with the next heartbeat
+    node.beat(member, timeout=1.0)
+    node.beat(member, timeout=1.0)
+    assert deletes == [] and node.mds_epoch == 7
+    # the refused answers' acks were kept for the leader
+    assert [h.get("deleted") for _, h in member.calls] == [[], [victim], [victim]]
+    node.beat(member, timeout=1.0)
+    assert deletes == [[victim]] and node.mds_epoch == 8
+    with node._acks_lock:
+        node._deleting.discard(victim)
+        node._deleted.clear()
+    assert kept in {i.id for i in node.store.infos()}
+
+
+def test_heartbeat_answers_without_an_epoch_act_as_before(node, monkeypatch):
+    """An MDS without HA sends no epoch: its commands are carried out."""
+    victim = put(node)
+    deletes: list = []
+    monkeypatch.setattr(node, "_start_delete", lambda ids: deletes.append(list(ids)))
+    monkeypatch.setattr(node, "mds_epoch", 0)
+    node.beat(AnsweringMember([{"commands": [{"op": "delete", "blocks": [victim]}]}]), 1.0)
+    assert deletes == [[victim]]
+    with node._acks_lock:
+        node._deleting.discard(victim)

@@ -641,3 +641,13 @@ def test_stat_sized_to_what_the_caller_asks(world, monkeypatch):
     # read permission is still what decides, with or without the new paths
     assert "blocks" not in world.ok("stat", BOB, path="/home/alice/f")
     assert world.call("stat", BOB, path="/home/alice/f", read=True).error.errno == errno.EACCES
+
+
+def test_heartbeat_answers_carry_the_leadership_epoch_only_with_ha(world):
+    hb = {"node": "dn1", "capacity": 1 << 30, "used": 0, "blocks": 0}
+    assert "epoch" not in world.ok("dn_heartbeat", ("datanode", "dn1"), **hb)
+    assert "ha" not in world.ok("status")
+    world.ops.epoch = 12
+    world.ops.ha_status = lambda: {"state": "active", "epoch": 12}
+    assert world.ok("dn_heartbeat", ("datanode", "dn1"), **hb)["epoch"] == 12
+    assert world.ok("status")["ha"] == {"state": "active", "epoch": 12}

@@ -83,6 +83,81 @@ def test_unflushed_records_are_not_durable(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_fenced_store_makes_nothing_more_durable(tmp_path: Path) -> None:
+    """What the MDS does when its leadership lease ended during a batch (mds/server.py):
+    the batch's records are in memory but must never reach the log, even on close."""
+    store = open_store(tmp_path)
+    store.submit(lambda ns: ns.prepare_mkdir("/kept"))
+    store.flush()
+    store.submit(lambda ns: ns.prepare_mkdir("/fenced"))
+    store.fence("the lease ended")
+    with pytest.raises(OSError) as info:
+        store.flush()
+    assert info.value.errno == errno.EIO and "lease ended" in str(info.value)
+    with pytest.raises(OSError):
+        store.submit(lambda ns: ns.prepare_mkdir("/later"))
+    store.close()
+    again = open_store(tmp_path)
+    assert [e["name"] for e in again.ns.ls("/")] == ["kept"]
+    again.close()
+
+
+def test_the_epoch_is_logged_once_per_term_and_recovered(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    assert store.epoch == 0
+    store.begin_term(5)
+    store.submit(lambda ns: ns.prepare_mkdir("/a"))
+    store.begin_term(5)          # the same term goes on: nothing logged
+    store.flush()
+    assert store.last_seq == 2
+    store.close()
+    again = open_store(tmp_path)
+    assert again.epoch == 5 and again.last_seq == 2 and again.ns.stat("/a")
+    again.close()
+
+
+def test_a_lower_epoch_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    from mds.metastore import StaleEpoch
+    store = open_store(tmp_path)
+    store.begin_term(9)
+    seq = store.last_seq
+    with pytest.raises(StaleEpoch) as info:
+        store.begin_term(8)
+    assert info.value.errno == errno.ESTALE and (info.value.epoch, info.value.known) == (8, 9)
+    assert store.epoch == 9 and store.last_seq == seq and store.wal.pending == 0
+    store.begin_term(12)
+    assert store.epoch == 12
+    store.close()
+
+
+def test_a_lower_epoch_record_in_the_log_stops_recovery(tmp_path: Path) -> None:
+    """A deposed leader's records after a newer leader's must never be replayed."""
+    store = open_store(tmp_path)
+    store.begin_term(7)
+    store.wal.append({"op": "epoch", "epoch": 3})     # as if an older term wrote after it
+    store.flush()
+    store.close()
+    with pytest.raises(RecoveryError) as info:
+        open_store(tmp_path)
+    assert "epoch 3 is lower than epoch 7" in str(info.value)
+
+
+def test_the_epoch_survives_checkpoints_that_prune_the_log(tmp_path: Path) -> None:
+    store = open_store(tmp_path, keep_snapshots=1)
+    store.begin_term(4)
+    for i in range(3):
+        store.submit(lambda ns, i=i: ns.prepare_mkdir(f"/d{i}"))
+        assert store.checkpoint_now(wait=True)
+    store.close()
+    first_seqs = [first for first, _ in list_segments(tmp_path)]
+    assert 1 not in first_seqs      # the segment with the first epoch record is gone
+    again = open_store(tmp_path)
+    assert again.epoch == 4
+    with pytest.raises(OSError):
+        again.begin_term(3)
+    again.close()
+
+
 def test_one_store_per_directory(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     with pytest.raises(OSError) as info:

@@ -1,0 +1,346 @@
+"""Synchronous WAL shipping from the active MDS to a standby over a direct ZeroMQ socket.
+
+The active's MetaStore calls `StandbyLink.ship(first, frames)` after each group commit's
+fsync (MetaStore.on_sync), before any reply of that batch is sent: the batch's raw WAL
+frames go to the standby, which checks, replays and fsyncs them (MetaStore.replicate)
+and answers its new last seq. Only then does the active acknowledge its clients. If the
+standby does not answer within `timeout` the active marks it gone, says so (status), and
+goes on alone; between batches it probes a gone standby once a second and catches it up
+from its own WAL segments (wal.frames_after) until it is in sync again. A standby whose
+position the active's WAL no longer reaches (pruned by a checkpoint) needs a seed: not
+built, the link says `needs_seed`.
+
+Why a direct socket and not a broker service: a batch's round trip is on every
+acknowledged write's path, and the broker would add two hops and a second serialisation
+queue; the socket is CURVE with the MDS member key on both ends (the standby is a
+cluster member holding that key) and its ZAP admits that key only.
+
+Wire: DEALER (active) -> ROUTER (standby). Request [msgpack header, frames?]:
+    {op: "hello", n}                     -> {n, last, epoch, crc (of record `last`'s frame)}
+    {op: "append", n, first, epoch}      -> {n, last, epoch} or {n, err, last, epoch}
+`n` numbers requests so a late answer to a timed-out one is never taken for another's.
+
+Public API:
+    StandbyLink(endpoint, store, timeout, curve=None, clock=time.monotonic)
+        .ship(first, frames)   never raises;  .upkeep()   between batches
+        .status() -> dict      .close()
+    handle(store, header, frames) -> dict     the standby's answer, no sockets
+    StandbyServer(store, bind, curve=None)    .serve(timeout) -> bool   .close()
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+from .metastore import MetaStore, StaleEpoch
+from .wal import frame_crc, frames_after
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_CHUNK = 4 << 20       # bytes of WAL per catch-up message
+CATCH_UP_BUDGET = 0.5          # seconds of catch-up per upkeep, so the loop keeps serving
+PROBE_EVERY = 1.0
+
+
+def _pack(obj: dict) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
+    """The standby's answer to one request (every outcome an answer, never an exception)."""
+    n = header.get("n") if isinstance(header, dict) else None
+    base = {"n": n}
+    try:
+        op = header.get("op") if isinstance(header, dict) else None
+        if op == "append":
+            first, epoch = header.get("first"), header.get("epoch")
+            if type(first) is not int or type(epoch) is not int or frames is None:
+                raise ValueError("append needs int first and epoch and one frames part")
+            if epoch < store.epoch:
+                raise StaleEpoch(epoch, store.epoch, "the standby")
+            store.replicate(first, frames, defer=True)   # replayed after the answer
+        elif op == "hello":
+            # the CRC of our last record: the primary checks we share its history
+            base["crc"] = frame_crc(store.dir, store.last_seq)
+        else:
+            raise ValueError(f"unknown op {op!r}")
+    except (ValueError, OSError) as exc:
+        base["err"] = str(exc)
+    return {**base, "last": store.last_seq, "epoch": store.epoch}
+
+
+class StandbyLink:
+    def __init__(self, endpoint: str, store: MetaStore, timeout: float = 2.0,
+                 curve: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint, self.store, self.timeout, self.curve = endpoint, store, timeout, curve
+        self.clock = clock
+        self.ctx: zmq.Context = zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.state = "catching_up"       # in_sync / catching_up / gone / needs_seed
+        self.acked = 0                   # the standby's last seq, as it last said
+        self.since = clock()
+        self.reason = "not connected yet"
+        self._n = 0
+        self._probe_n = 0                # the hello whose answer is awaited
+        self._sent: tuple[int, int | None, float] | None = None   # (first, n, deadline)
+        self._next_probe = 0.0
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 4
+        if self.curve is not None:
+            self.curve.apply(sock)
+        sock.connect(self.endpoint)
+        self.sock = sock
+
+    def _send(self, header: dict, frames: bytes | None) -> int | None:
+        """Send one request (never blocks); its number, or None when it could not go."""
+        assert self.sock is not None
+        self._n += 1
+        parts = [_pack({**header, "n": self._n})] + ([frames] if frames is not None else [])
+        try:
+            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            self.reason = f"socket: {exc}"
+            self._connect()
+            return None
+        return self._n
+
+    def _wait(self, n: int | None, deadline: float) -> dict | None:
+        """The answer to request `n` by `deadline`, or None (the socket is then reset)."""
+        assert self.sock is not None
+        try:
+            while n is not None:
+                left = deadline - self.clock()
+                if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                    if self.clock() >= deadline:
+                        break
+                    continue
+                reply = self.sock.recv_multipart()
+                try:
+                    answer = msgpack.unpackb(reply[-1], raw=False)
+                except Exception:
+                    continue
+                if isinstance(answer, dict) and answer.get("n") == n:
+                    return answer
+        except zmq.ZMQError as exc:
+            self.reason = f"socket: {exc}"
+        self._connect()      # drop what is queued: a late answer must not be read later
+        return None
+
+    def _call(self, header: dict, frames: bytes | None, timeout: float) -> dict | None:
+        """One request and its answer, or None (no answer in time)."""
+        deadline = self.clock() + timeout
+        return self._wait(self._send(header, frames), deadline)
+
+    def _lost(self, why: str) -> None:
+        if self.state in ("in_sync", "catching_up"):
+            log.warning("standby at %s gone (%s): the active continues alone",
+                        self.endpoint, why)
+        if self.state != "gone":
+            self.since = self.clock()
+        self.state, self.reason = "gone", why
+        self._probe_n = 0
+        self._next_probe = self.clock() + PROBE_EVERY
+
+    def send(self, first: int, frames: bytes) -> None:
+        """After the local write, before the local fdatasync (MetaStore.on_write): the
+        batch goes out now, so the standby's fsync runs while ours does."""
+        self._sent = None
+        if self.state != "in_sync":
+            return
+        try:
+            n = self._send({"op": "append", "first": first, "epoch": self.store.epoch},
+                           frames)
+        except Exception as exc:      # never fail the active's flush for the standby
+            n, self.reason = None, repr(exc)
+        self._sent = (first, n, self.clock() + self.timeout)
+
+    def ship(self, first: int, frames: bytes) -> None:
+        """After the local fsync, before replies (MetaStore.on_sync): the standby's answer
+        to the batch `send` sent (or the batch sent now), synchronously."""
+        if self.state != "in_sync":
+            return
+        sent, self._sent = self._sent, None
+        try:
+            if sent is not None and sent[0] == first:
+                answer = self._wait(sent[1], sent[2])
+            else:
+                answer = self._call({"op": "append", "first": first,
+                                     "epoch": self.store.epoch}, frames, self.timeout)
+        except Exception as exc:      # never fail the active's flush for the standby
+            answer = None
+            self.reason = repr(exc)
+        if answer is None:
+            self._lost(f"no answer within {self.timeout:g}s")
+        elif "err" in answer:
+            self._lost(f"refused: {answer['err']}")
+        else:
+            self.acked = answer.get("last", self.acked)
+
+    def _probe(self) -> dict | None:
+        """Without blocking the loop: a hello is sent, and its answer picked up at a later
+        upkeep; resent (on a fresh socket) when none came within PROBE_EVERY."""
+        assert self.sock is not None
+        now = self.clock()
+        if self._probe_n:
+            while self.sock.poll(0):
+                try:
+                    answer = msgpack.unpackb(self.sock.recv_multipart()[-1], raw=False)
+                except Exception:
+                    continue
+                if isinstance(answer, dict) and answer.get("n") == self._probe_n:
+                    self._probe_n = 0
+                    return answer
+            if now < self._next_probe:
+                return None
+            self._connect()
+        self._n += 1
+        self._probe_n = self._n
+        self._next_probe = now + PROBE_EVERY
+        try:
+            self.sock.send_multipart([_pack({"op": "hello", "n": self._n})], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass        # nobody there yet: the next probe tries again
+        return None
+
+    def upkeep(self) -> None:
+        """Between batches (nothing buffered): probe a standby that is not in sync and,
+        once it answers, catch it up (synchronously, CATCH_UP_BUDGET at most a turn)."""
+        if self.state == "in_sync":
+            return
+        try:
+            answer = self._probe()
+            if answer is None:
+                return
+            started = self.clock()
+            while answer is not None and "err" not in answer:
+                self.acked = answer.get("last", 0)
+                if type(self.acked) is not int:
+                    answer = {"err": f"bad last {self.acked!r}"}
+                    break
+                if answer.get("epoch", 0) > self.store.epoch:
+                    answer = {"err": f"the standby has a newer epoch {answer['epoch']}"}
+                    break
+                if self.acked == self.store.last_seq:
+                    log.info("standby at %s in sync at seq %d", self.endpoint, self.acked)
+                    self.state, self.since, self.reason = "in_sync", self.clock(), ""
+                    return
+                if self.acked > self.store.last_seq:
+                    # it took a batch whose local fsync this MDS never finished (it died in
+                    # it): never acknowledged, but that standby's history is not ours
+                    if self.state != "needs_seed":
+                        log.error("standby at %s is ahead of this MDS (seq %d > %d): it "
+                                  "needs a copy of this MDS's directory", self.endpoint,
+                                  self.acked, self.store.last_seq)
+                    self.state, self.reason = "needs_seed", f"standby ahead at {self.acked}"
+                    return
+                theirs = answer.get("crc")
+                ours = frame_crc(self.store.dir, self.acked) if theirs is not None else None
+                if ours is not None and theirs != ours:
+                    # another history (a data directory of another cluster or an older
+                    # reset): shipping onto it would corrupt it
+                    if self.state != "needs_seed":
+                        log.error("standby at %s holds another history at seq %d: it needs "
+                                  "a copy of this MDS's directory", self.endpoint, self.acked)
+                    self.state, self.reason = "needs_seed", f"other history at {self.acked}"
+                    return
+                chunk = frames_after(self.store.dir, self.acked, CATCH_UP_CHUNK)
+                if chunk is None:
+                    if self.state != "needs_seed":
+                        log.error("standby at %s is at seq %d, which this WAL no longer "
+                                  "holds: it needs a copy of a snapshot (not automated)",
+                                  self.endpoint, self.acked)
+                    self.state, self.reason = "needs_seed", f"standby at seq {self.acked}"
+                    return
+                if self.clock() - started > CATCH_UP_BUDGET:
+                    self.state = "catching_up"
+                    self._next_probe = 0.0       # go on at the next upkeep
+                    return
+                first, frames, _ = chunk
+                answer = self._call({"op": "append", "first": first,
+                                     "epoch": self.store.epoch}, frames, self.timeout)
+            self._lost("no answer" if answer is None else f"refused: {answer['err']}")
+        except Exception as exc:
+            log.exception("catching up the standby failed")
+            self._lost(repr(exc))
+
+    def status(self) -> dict:
+        return {"state": self.state, "acked_seq": self.acked, "endpoint": self.endpoint,
+                "for": round(self.clock() - self.since, 1), "reason": self.reason}
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+class StandbyServer:
+    """The standby's socket: a ROUTER answering `handle` (CURVE server with the MDS key,
+    its ZAP admitting that key only, when `curve` is given)."""
+
+    def __init__(self, store: MetaStore, bind: str, curve: Any = None) -> None:
+        self.store = store
+        self.ctx = zmq.Context()
+        self.auth = None
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        if curve is not None:
+            from broker.curve import secure_server
+            from broker.zap import KeyAuthenticator
+            self.auth = KeyAuthenticator(self.ctx, _OnlyKey(curve.public, "mds"),
+                                         domains=("worker",))
+            self.auth.start()
+            secure_server(self.sock, curve.public, curve.secret, "worker")
+        self.sock.bind(bind)
+
+    def serve(self, timeout: float) -> bool:
+        """Answer what arrives within `timeout` seconds; whether anything did."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return False
+        parts = self.sock.recv_multipart()
+        if len(parts) < 2:
+            return True
+        try:
+            header = msgpack.unpackb(parts[1], raw=False)
+        except Exception:
+            header = None
+        frames = parts[2] if len(parts) > 2 else None
+        self.sock.send_multipart([parts[0], _pack(handle(self.store, header, frames))])
+        self.store.apply_replicated()        # durable and answered: now into memory
+        return True
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+
+
+class _OnlyKey:
+    """A curve.KeyView knowing one member key (the MDS's): nobody else gets in."""
+
+    def __init__(self, public_z85: bytes, service: str) -> None:
+        from zmq.utils import z85
+        self.key, self.service = z85.decode(public_z85), service
+
+    def reload_if_changed(self) -> bool:
+        return False
+
+    def member_for(self, public_key: object) -> str | None:
+        key = public_key
+        if isinstance(key, (bytes, bytearray)) and len(key) == 40:
+            from zmq.utils import z85
+            key = z85.decode(key)
+        return self.service if key == self.key else None
+
+    def user_for(self, public_key: object) -> str | None:
+        return None
