@@ -217,7 +217,11 @@ class Worker:
             if now >= conn.next_heartbeat:
                 self._send_control(conn, P.HEARTBEAT_ENV)
                 conn.next_heartbeat = now + self.interval
-            if now >= conn.expiry:
+            if now >= conn.expiry and conn.sock.poll(0, zmq.POLLIN):
+                # a message has arrived meanwhile (a big one, its heartbeats queued behind
+                # it): the broker is alive; read it rather than drop it with the socket
+                conn.expiry = now + self.interval * self.liveness
+            elif now >= conn.expiry:
                 log.log(logging.WARNING if conn.heard else logging.DEBUG,
                         "no word from the broker at %s for %.1fs; reconnecting",
                         conn.endpoint, self.interval * self.liveness)
