@@ -445,6 +445,10 @@ class AegisOperations(mfusepy.Operations):
                 path, lambda p: setattr(p, "mtime", float(fields["mtime"]))):
             return 0
         self._commit_open(path)
+        # a directory's times set after files in it were closed: their commits (each
+        # changes the directory's mtime) go first, or they would undo these times
+        # (rsync -a and tar -x set a directory's times after writing its files)
+        self.pending.settle(path, raise_errors=False)
         with self.fs.using():
             self.fs._mds(path, "utimens", **fields)
         self.cache.drop(path)
