@@ -438,7 +438,7 @@ def test_stat_gives_read_capabilities_valid_on_any_node(world, monkeypatch):
     assert st["cap_ttl"] == world.ops.grants.read_ttl
     for node in ("dn1", "dn3", None):
         _verify(world, st["blocks"][0]["cap"], info["id"], "read", node)
-    monkeypatch.setattr("mds.ops.MAX_STAT_CAPS", 1)
+    monkeypatch.setattr("mds.ops_namespace.MAX_STAT_CAPS", 1)
     assert "cap" not in world.ok("stat", path="/r", caps_from=1)["blocks"][0]
     assert world.ok("stat", path="/", caps_from=3)["blocks"] == []
 
@@ -569,8 +569,8 @@ def test_an_allocation_flood_is_bounded_and_other_users_keep_writing(world):
 
 
 def test_a_file_past_the_largest_the_cluster_holds_is_efbig(world, monkeypatch):
-    import mds.ops
-    monkeypatch.setattr(mds.ops, "MAX_FILE_BLOCKS", 1500)
+    import mds.ops_write
+    monkeypatch.setattr(mds.ops_write, "MAX_FILE_BLOCKS", 1500)
     world.beat("dn1", "dn2")
     handle = world.ok("create", path="/big")["handle"]
     world.ok("allocate", handle=handle, count=1024)
