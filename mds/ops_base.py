@@ -19,8 +19,9 @@ from broker.service import Bytes, Context, Int, List, Map, Nil, OneOf, Str
 
 from .cluster import ClusterView
 from .grants import Grants
+from .inode import BLOCK_ID_LEN
 from .metastore import MetaStore
-from .namespace import BLOCK_ID_LEN, MAX_BLOCK_SIZE, MAX_HANDLE_LEN, Namespace
+from .namespace import MAX_BLOCK_SIZE, MAX_HANDLE_LEN, Namespace
 from .paths import MAX_PATH_BYTES
 from .perms import MODE_BITS, SUPERUSER, Cred
 from .quota import Allocations

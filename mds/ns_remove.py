@@ -1,0 +1,130 @@
+"""Namespace records that take entries away: rm, and rename (which releases the entry it
+replaces and moves the tree quotas' usage between the trees it leaves and enters); and
+the release of files and trees, whose blocks go to the deletion queue once their last
+reference goes (mds/blockmap.py; commit releases the file it replaces the same way). A
+part of ``mds.namespace.Namespace`` (a mixin: its methods run on the Namespace); the
+record formats are in that module's docstring.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+from mds import paths
+from mds.inode import Dir, Inode
+from mds.perms import Cred
+from mds.treequota import usage_of
+
+if TYPE_CHECKING:
+    from mds.blockmap import BlockMap
+    from mds.tree import Tree
+    from mds.treequota import TreeQuota, TreeQuotas
+
+
+class RemoveRecords:
+    """rm, rename and the release of files and trees, mixed into Namespace."""
+
+    if TYPE_CHECKING:    # what this part uses of the Namespace
+        tree: Tree
+        blockmap: BlockMap
+        quotas: TreeQuotas
+        files: int
+        dirs: int
+        blocks: int
+        bytes: int
+        _clock: Callable[[], float]
+
+        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
+
+    # ------------------------------------------------------------------ release
+
+    def _release_file(self, node: Inode) -> None:
+        """Forget a committed file; its blocks go to the deletion queue."""
+        self.blockmap.release_file(node)
+        self.files -= 1
+        self.blocks -= len(node.bids)
+        self.bytes -= node.size
+
+    def _release_tree(self, node: Dir | Inode) -> tuple[int, int]:
+        files = dirs = 0
+        stack = [node]
+        while stack:
+            node = stack.pop()
+            if type(node) is Dir:
+                dirs += 1
+                stack.extend(node.children.values())
+                if self.quotas:
+                    self.quotas.drop(node)
+            else:
+                files += 1
+                self._release_file(node)
+        self.dirs -= dirs
+        return files, dirs
+
+    # ------------------------------------------------------------------ rm / rename
+
+    def prepare_rm(self, path: str, *, recursive: bool = False,
+                   cred: Cred | None = None) -> dict:
+        rec = {"op": "rm", "path": paths.normalize(path), "recursive": bool(recursive),
+               "mtime": self._clock()}
+        self.tree.check_rm(rec, cred)
+        return rec
+
+    def _apply_rm(self, rec: Mapping) -> dict:
+        quotas = (self._quotas_over(paths.components(rec["path"]))
+                  if self.quotas else [])
+        node = self.tree.detach(rec["path"], rec["mtime"])
+        nbytes = self.bytes
+        files, dirs = self._release_tree(node)
+        self.quotas.charge(quotas, self.bytes - nbytes, -files - dirs)
+        return {"path": rec["path"], "files": files, "dirs": dirs, "bytes": nbytes - self.bytes}
+
+    def prepare_rename(self, src: str, dst: str, *, cred: Cred | None = None) -> dict:
+        """Exact rename (``dst`` is the new path); use resolve_move() for ``mv`` into dirs."""
+        rec = {"op": "rename", "src": paths.normalize(src), "dst": paths.normalize(dst),
+               "mtime": self._clock()}
+        self._check_rename(rec, cred)
+        return rec
+
+    def _check_rename(self, rec: Mapping, cred: Cred | None = None) -> None:
+        self.tree.check_rename(rec, cred)
+        if self.quotas and rec["src"] != rec["dst"]:
+            _, entering, _, moved, target = self._rename_quotas(rec["src"], rec["dst"])
+            self.quotas.need(entering, moved[0] - target[0], moved[1] - target[1],
+                             rec["dst"])
+
+    def _rename_quotas(self, src: str, dst: str) -> tuple[list, list, list, tuple[int, int],
+                                                          tuple[int, int]]:
+        """A rename's effect on quotas: those it leaves and enters (the moved tree's usage
+        goes from the one to the other: a walk, only when there are such), every quota
+        over ``dst`` (the entry replaced there, if any, leaves them), and the usages of
+        the moved tree and of the replaced entry."""
+        at_src = self._quotas_over(paths.components(src))
+        at_dst = self._quotas_over(paths.components(dst))
+        leaving = [q for q in at_src if not any(q is d for d in at_dst)]
+        entering = [q for q in at_dst if not any(q is s for s in at_src)]
+        moved = (usage_of(self.tree.node(src)[1]) if leaving or entering else (0, 0))
+        try:
+            target = usage_of(self.tree.node(dst)[1])   # a file or an empty directory
+        except (FileNotFoundError, NotADirectoryError):
+            target = (0, 0)
+        return leaving, entering, at_dst, moved, target
+
+    def _apply_rename(self, rec: Mapping) -> dict:
+        src, dst = rec["src"], rec["dst"]
+        if src == dst:
+            return {"src": src, "dst": dst, "replaced": False}
+        moves = self._rename_quotas(src, dst) if self.quotas else None
+        node = self.tree.detach(src, rec["mtime"])
+        self.tree.touch(node, rec["mtime"])
+        old = self.tree.attach(dst, node, rec["mtime"])
+        if old is not None:
+            self._release_tree(old)
+        if moves is not None:
+            leaving, entering, at_dst, moved, target = moves
+            charge = self.quotas.charge
+            charge(leaving, -moved[0], -moved[1])
+            charge(entering, moved[0], moved[1])
+            charge(at_dst, -target[0], -target[1])
+            if type(node) is Dir:
+                self.quotas.repath(src, dst)
+        return {"src": src, "dst": dst, "replaced": old is not None}
