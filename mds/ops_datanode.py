@@ -66,7 +66,6 @@ class DataNodeOps(HandlerBase):
             ctx.emit("repair.replica_added", node=h["node"], block=h["block"].hex())
         return {"accepted": bool(records)}
 
-
     @operation({"node": NODE, "capacity": COUNT, "used": COUNT, "blocks": COUNT,
                 "free?": COUNT, "deleted?": List(BLOCK, MAX_ACKS),
                 "copy_failed?": List(BLOCK, MAX_ACKS), "data?": DATA_ADVERT},

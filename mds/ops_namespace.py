@@ -129,7 +129,6 @@ class NamespaceOps(HandlerBase):
         quota_get, by path."""
         return {"quotas": self.ns.quota_ls(cred=cred_of(ctx))}
 
-
     @operation({"path": PATH, "recursive?": Bool()}, callers=CLIENT, mutating=True)
     def rm(self, h: dict, payload: list, ctx: Context) -> dict:
         """Remove file or directory `path` (a non-empty one only when `recursive`) -> {}.
