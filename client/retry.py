@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 DEFAULT_DEADLINE = 60.0
 OPID_LEN = 16
-# The MDS operations declared mutating=True (mds/ops.py): each takes an `opid`.
+# The MDS operations declared mutating=True (mds/ops_*.py): each takes an `opid`.
 MUTATING = frozenset({"mkdir", "create", "allocate", "replace_target", "commit", "abort",
                       "renew", "rm", "mv", "chmod", "chown", "copy",
                       "rename", "utimens", "quota_set", "quota_clear", "pool",
