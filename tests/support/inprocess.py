@@ -37,7 +37,7 @@ from broker import protocol as P
 from broker.client import Reply
 from broker.service import Context, Outcome
 from client import AegisClient
-from datanode.server import DataNodeOps
+from datanode.ops import DataNodeOps
 from mds.cluster import ClusterView
 from mds.metastore import MetaStore
 from mds.namespace import NamespaceConfig

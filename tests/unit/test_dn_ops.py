@@ -1,4 +1,4 @@
-"""The DataNode operations (datanode/server.py) through the service layer, with a real
+"""The DataNode operations (datanode/ops.py) through the service layer, with a real
 block store and no broker: callers per op, MDS-only ops refused to clients and peers
 without touching the store, a copy target reporting its replica, hostile fields, a fuzz."""
 from __future__ import annotations
