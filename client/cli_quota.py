@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli import REMOTE, SizeType
+from .cli_params import REMOTE, SizeType
 from .output import emit_json, human
 
 

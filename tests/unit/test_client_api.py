@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from client.api import AegisClient, _abs
+from client.api import AegisClient
+from client.api_args import _abs
 from client.streams import name_error
 from broker.client import BrokerUnavailable
 

@@ -8,8 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from broker.client import BrokerUnavailable
-from client.cli import (EXIT_FAILED, EXIT_UNAVAILABLE, SizeType, cli, describe, exit_code_for,
-                        human)
+from client.cli import cli
+from client.cli_errors import EXIT_FAILED, EXIT_UNAVAILABLE, exit_code_for
+from client.cli_params import SizeType
+from client.output import describe, human
 
 
 def all_commands() -> list[str]:
@@ -155,7 +157,7 @@ def test_expected_errors_name_the_command_and_path(monkeypatch):
 
 
 def test_client_defaults_come_from_the_config_flags_first(tmp_path, monkeypatch):
-    from client.cli import State
+    from client.cli_state import State
     toml = tmp_path / "c.toml"
     toml.write_text("[client]\ntimeout = 7.0\nconnect_timeout = 4.0\nprogress = false\n")
     monkeypatch.delenv("AEGISFS_CLIENT_PROGRESS", raising=False)
