@@ -97,6 +97,10 @@ class Client:
             wire.configure(sock, hwm=hwm)
             # Queue only on a live connection, so a down broker is seen at once (POLLOUT).
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            # A broker that stops answering with its connection open (SIGSTOP, a wedged
+            # host) is dropped like one that died, not waited on until each request's timeout.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, int(P.BROKER_PING_IVL * 1000))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(P.BROKER_DEAD_AFTER * 1000))
             if curve is not None:
                 curve.apply(sock)
             link = _Link(each, sock, wire.monitor(sock))

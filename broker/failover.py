@@ -17,8 +17,12 @@ class BrokerChoice:
     client's requests stay ordered through one broker and N clients spread over N brokers
     by their `start`); when the preferred one cannot take a send, the next up connection
     in ring order becomes preferred and stays so (no flapping back when the first returns:
-    either is as good, and moving costs nothing but a reordering risk). `failed(i)` moves
-    the preference off `i` for a broker that is connected but did not answer in time.
+    either is as good, and moving costs nothing but a reordering risk). A preferred
+    connection that has never been up is still connecting (or its broker was down from
+    the start): the next one serves meanwhile without taking the preference, so clients
+    that all start at once still spread instead of all settling on whichever broker
+    finished its handshake first. `failed(i)` moves the preference off `i` for a broker
+    that is connected but did not answer in time.
     """
 
     def __init__(self, n: int, start: int = 0) -> None:
@@ -27,14 +31,17 @@ class BrokerChoice:
         self.n = n
         self.preferred = start % n
         self.switches = 0          # times the preference moved: a figure for status/tests
+        self._seen_up: set[int] = set()   # connections that were ready at least once
 
     def pick(self, ready: Callable[[int], bool]) -> int | None:
         """The connection to send on: the preferred one if `ready(i)`, else the next one
-        that is (it becomes preferred); None when none is ready."""
+        that is (it becomes preferred, unless the preferred one was never up yet); None
+        when none is ready."""
         for k in range(self.n):
             i = (self.preferred + k) % self.n
             if ready(i):
-                if i != self.preferred:
+                self._seen_up.add(i)
+                if i != self.preferred and self.preferred in self._seen_up:
                     self.preferred = i
                     self.switches += 1
                 return i

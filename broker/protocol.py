@@ -65,6 +65,13 @@ MAX_RID_LEN = 64
 DEFAULT_MAX_HEADER = 8 * 1024 * 1024   # a commit of ~120k blocks, an ls of ~150k entries
 
 # The broker and helpers refer to these names; any errno name is a valid code.
+# A client's connection to a broker carries ZMTP heartbeats (libzmq's PING/PONG, answered
+# by the peer's I/O thread, so a busy broker answers and a stopped or wedged host does not):
+# a PING every BROKER_PING_IVL s; no traffic for BROKER_DEAD_AFTER s closes the connection,
+# and its requests go again through another broker (broker/client.py).
+BROKER_PING_IVL = 0.5
+BROKER_DEAD_AFTER = 2.0
+
 E_NO_WORKER = "ECONNREFUSED"    # no live worker for the service: fail over at once
 E_WORKER_LOST = "ECONNRESET"    # the worker died with the request in flight
 E_BUSY = "EBUSY"                # the service's queue is full

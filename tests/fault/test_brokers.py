@@ -1,13 +1,18 @@
 """Several brokers (issue 18 point 3): with two brokers, each SIGKILLed in turn under load
 (the first brought back before the second goes), no client operation fails and every
-acknowledged file reads back exactly; the longest pause a client saw is reported."""
+acknowledged file reads back exactly; the longest pause a client saw is reported. A broker
+SIGSTOPped (alive to the kernel, answering nothing) costs no operation either: clients drop
+it after broker.protocol.BROKER_DEAD_AFTER without traffic, not at each request's timeout."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import threading
 import time
 
+from broker.protocol import BROKER_DEAD_AFTER
 from client import AegisClient
 from tests.fault.conftest import record
 from tests.support.cluster import start_cluster
@@ -18,6 +23,7 @@ BLOCK = 64 * 1024                 # small blocks: multi-block files stay small
 SIZES = (0, 300, 5_000, 60_000, 3 * BLOCK + 17, 5 * BLOCK)
 PHASE_OPS = 60                    # operations finished between one step and the next,
 PHASE_SECONDS = 2.0               # and at least this long (several heartbeat periods)
+STOPPED_FOR = BROKER_DEAD_AFTER + 4.0
 
 
 def _sha(data: bytes) -> str:
@@ -160,6 +166,49 @@ def test_each_broker_killed_under_load_costs_no_operation(tmp_path):
             listed = {f"/load/{d}/{f}" for d in fs.ls("/load") for f in fs.ls(f"/load/{d}")}
             assert set(load.ledger) <= listed
     finally:
+        if load is not None:
+            load.stop.set()
+            for t in load.threads:
+                t.join(30)
+        cluster.stop()
+
+
+def test_a_broker_stopped_under_load_costs_no_operation(tmp_path):
+    """SIGSTOP, not SIGKILL: the broker's connections stay open and TCP still acknowledges,
+    so only the ZMTP heartbeat tells a client it is gone. Without it, a request sent through
+    the stopped broker waits out its 30 s timeout (the load stalls and fails)."""
+    cluster = start_cluster(tmp_path / "c", datanodes=3, heartbeat=HB, brokers=2)
+    load, stopped = None, None
+    try:
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.mkdir("/load")
+        load = Load(cluster).start()
+        load.wait_ops()
+        stopped = cluster.roles["broker2"].pid
+        os.kill(stopped, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        # stopped well past BROKER_DEAD_AFTER: a request that waited for the broker to
+        # wake up would take at least this long
+        load.wait_ops(seconds=STOPPED_FOR, timeout=30.0)
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        load.wait_ops()          # and the woken broker costs nothing either
+        load.join()
+        pause = load.longest_after(t_stop)
+        assert not load.failures, load.failures[:10]
+        assert load.resent > 0, "no request was in flight on the stopped broker"
+        record(f"2 brokers, {THREADS} client threads, broker2 SIGSTOPped then SIGCONTed: "
+               f"{len(load.ops)} ops, 0 failed, {load.resent} requests moved; longest "
+               f"pause after the stop {pause:.3f}s (dead after {BROKER_DEAD_AFTER:g}s)")
+        # a stopped broker is dropped after BROKER_DEAD_AFTER, then the request goes again
+        # through the other: not held until the broker wakes (or the 30 s request timeout)
+        assert pause < BROKER_DEAD_AFTER + 2.0 < STOPPED_FOR, pause
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            for path, digest in load.ledger.items():
+                assert _sha(fs.read_bytes(path)) == digest, path
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         if load is not None:
             load.stop.set()
             for t in load.threads:

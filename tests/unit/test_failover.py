@@ -21,10 +21,23 @@ def test_the_preferred_broker_is_kept_while_it_is_up():
 
 def test_a_down_preferred_broker_moves_the_choice_to_the_next_up_one_and_it_sticks():
     c = BrokerChoice(3, start=1)
+    assert c.pick(up(0, 1, 2)) == 1
     assert c.pick(up(0, 2)) == 2            # ring order after 1
     assert c.pick(up(0, 1, 2)) == 2         # 1 is back: no flapping back to it
     assert c.pick(up(0)) == 0
     assert c.switches == 2
+
+
+def test_a_preferred_broker_still_connecting_keeps_its_share():
+    """All clients start at once and broker 0 finishes its handshake first: the clients
+    that prefer broker 1 send through 0 meanwhile, then through 1 once it is up."""
+    c = BrokerChoice(2, start=1)
+    assert c.pick(up(0)) == 0 and c.pick(up(0)) == 0
+    assert c.preferred == 1 and c.switches == 0
+    assert c.pick(up(0, 1)) == 1
+    # once it has been up, losing it moves the preference as before
+    assert c.pick(up(0)) == 0 and c.preferred == 0 and c.switches == 1
+    assert c.pick(up(0, 1)) == 0
 
 
 def test_no_broker_up_is_none_and_changes_nothing():
