@@ -25,7 +25,8 @@ from .credentials import Credentials
 from .errors import S3Error, from_oserror
 from .s3xml import doc, el, http_date, iso, owner
 from .identity import UserClients
-from .store import ObjectInfo, Sidecars, Store, readers
+from .objinfo import ObjectInfo, Sidecars
+from .store import Store, readers
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Gateway:
         self.fs = fs
         self.users = users
         self._pool = readers()
-        self._sidecars = Sidecars()                    # shared: see store.Sidecars
+        self._sidecars = Sidecars()                    # shared: see objinfo.Sidecars
         self.store = Store(fs, pool=self._pool, sidecars=self._sidecars)  # as the gateway
         self.credentials = credentials
         self.region = region

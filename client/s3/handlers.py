@@ -10,8 +10,8 @@ from urllib.parse import unquote
 from . import naming, s3xml
 from .chunked import BodyDecoder
 from .errors import S3Error
+from .objinfo import ObjectInfo
 from .s3xml import doc, el, iso, owner
-from .store import ObjectInfo
 
 if TYPE_CHECKING:
     from .app import Gateway, Request, Response

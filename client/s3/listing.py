@@ -8,8 +8,9 @@ import binascii
 import itertools
 
 from .errors import S3Error
+from .objinfo import ObjectInfo
 from .s3xml import doc, el, iso, key_text
-from .store import ObjectInfo, Store
+from .store import Store
 
 MAX_KEYS = 1000
 

@@ -75,7 +75,7 @@ def test_multipart_complete_composes_parts_without_moving_bytes(cluster, store):
     part_ids = {bytes.fromhex(b["id"]) for p in part_paths for b in store.fs.stat(p)["blocks"]}
     mark, before = len(cluster.calls), stored(cluster)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("client.s3.store.MIN_PART", 1)          # small parts for the test
+        mp.setattr("client.s3.multipart.MIN_PART", 1)          # small parts for the test
         info = store.complete(uid, "bkt", "obj", list(enumerate(tags, 1)))
     assert [c for c in cluster.calls[mark:] if c.header.get("id") in part_ids] == []
     assert stored(cluster) - before < SIDECAR
@@ -99,7 +99,7 @@ def test_part_copy_shares_aligned_ranges_and_streams_the_others(cluster, store):
     t3 = store.put_part_copy(uid, 3, "bkt", "src", 3 * BS, BS)         # the last block
     assert t2 == hashlib.md5(data[10:110]).hexdigest()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("client.s3.store.MIN_PART", 1)
+        mp.setattr("client.s3.multipart.MIN_PART", 1)
         store.complete(uid, "bkt", "copied", [(1, t1), (2, t2), (3, t3)])
     want = data[BS:3 * BS] + data[10:110] + data[3 * BS:]
     assert b"".join(store.chunks("bkt", "copied")) == want

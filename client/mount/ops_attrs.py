@@ -1,0 +1,163 @@
+"""What the mount reports of its entries: getattr, readdir, statfs. A part of
+``client.mount.ops.AegisOperations`` (a mixin: its methods use the mount's caches, open
+handles and pending queue). Attributes listed by readdir are kept for attr_timeout
+seconds, so an `ls -l` costs one paged listing, not a stat per entry; every change made
+through this mount drops what it touched. New files not committed yet (open, or closed and
+queued) are answered by this mount alone.
+"""
+from __future__ import annotations
+
+import errno
+import stat as S
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .cache import parent_of
+from .ops_state import MountState
+
+if TYPE_CHECKING:
+    from .handles import FileHandle
+    from .pending import PendingFile
+
+PAGE = 1000                   # entries per MDS ls request: memory bounded, no ceiling
+BLKSIZE = 128 * 1024          # st_blksize: what tools should write at a time
+NEW_FILE_MODE = 0o644         # what the MDS gives a create without a mode (0o666 & ~022)
+KINDS = {"symlink": S.S_IFLNK, "fifo": S.S_IFIFO, "socket": S.S_IFSOCK,
+         "chardev": S.S_IFCHR, "blockdev": S.S_IFBLK}
+
+
+def _ns(t: Any) -> int:
+    return int(float(t or 0) * 1e9)
+
+
+class AttrOps(MountState):
+    """getattr, readdir and statfs, mixed into AegisOperations."""
+
+    if TYPE_CHECKING:    # what this part calls in the others
+        def _open_on(self, path: str) -> list[FileHandle]: ...
+
+    def _attrs(self, e: dict) -> dict:
+        kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(str(e.get("kind")), S.S_IFREG)
+        size = int(e.get("size") or 0)
+        mtime = _ns(e.get("mtime"))
+        return {"st_mode": kind | int(e.get("mode", 0o644)),
+                "st_nlink": int(e.get("nlink") or (2 if kind == S.S_IFDIR else 1)),
+                "st_uid": self.ids.uid_of(str(e.get("owner", self.ids.user))),
+                "st_gid": self.ids.gid_of(str(e.get("group", self.ids.user))),
+                "st_size": size, "st_blocks": (size + 511) // 512, "st_blksize": BLKSIZE,
+                "st_mtime": mtime, "st_ctime": _ns(e.get("ctime")) or mtime,
+                "st_atime": _ns(e.get("atime")) or mtime}
+
+    def _fresh_attrs(self, h: FileHandle) -> dict:
+        """A file made here and not committed yet: only this mount knows it."""
+        t = int(h.created * 1e9)
+        m = t if h.mtime is None else int(h.mtime * 1e9)
+        return {"st_mode": S.S_IFREG | int(h.new.get("mode", NEW_FILE_MODE)),
+                "st_nlink": 1, "st_uid": h.owner[0], "st_gid": h.owner[1],
+                "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
+                "st_mtime": m, "st_ctime": t, "st_atime": m}
+
+    def _pending_attrs(self, p: PendingFile) -> dict:
+        """A closed new file whose commit is still to come: only this mount knows it."""
+        t = int(p.created * 1e9)
+        m = t if p.mtime is None else int(p.mtime * 1e9)
+        return {"st_mode": S.S_IFREG | p.mode, "st_nlink": 1, "st_uid": p.owner[0],
+                "st_gid": p.owner[1], "st_size": p.size, "st_blocks": (p.size + 511) // 512,
+                "st_blksize": BLKSIZE, "st_mtime": m, "st_ctime": t, "st_atime": m}
+
+    def getattr(self, path: str, fh: int | None = None) -> dict:
+        h = self._handles.get(fh) if fh else None
+        if h is None:
+            h = next((o for o in self._open_on(path) if o.dirty and not o.unlinked), None)
+        if h is not None and h.fresh:
+            return self._fresh_attrs(h)
+        p = self.pending.get(path)
+        if p is not None:
+            return self._pending_attrs(p)
+        cached = self.cache.get(path)
+        if cached is None and h is None:
+            absent = self.known.absent(path)
+            if absent is None:                 # known directory, set too old: list it
+                self._relist(parent_of(path))
+                absent = self.known.absent(path)
+            if absent:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        if cached is None:
+            with self.fs.using():
+                info = self.fs._mds(path, "stat", path=path, blocks=False)
+            info.pop("blocks", None)
+            cached = self._attrs(info)
+            self.cache.put(path, cached)
+        if h is not None and h.dirty:        # our own unflushed writes
+            cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
+        return cached
+
+    def _relist(self, path: str) -> None:
+        """List a known directory again, whole, to trust its name set for another ttl."""
+        token = self.known.begin(path)
+        base = path.rstrip("/")
+        names: set[str] = set()
+        try:
+            for e in self._list(path):
+                self.cache.put(f"{base}/{e['name']}", self._attrs(e))
+                names.add(e["name"])
+        except OSError:
+            self.known.drop_below(path)
+            return
+        self.known.install(path, names | self._local_names(path), token)
+
+    def _local_names(self, path: str) -> set[str]:
+        """Names in `path` that only this mount knows yet: new files not committed."""
+        with self._lock:
+            fresh = {p.rsplit("/", 1)[1] for p in self._by_path if parent_of(p) == path}
+        return fresh | {name for name, _ in self.pending.names_in(path)}
+
+    def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict, int]]:
+        yield "."
+        yield ".."
+        token = self.known.begin(path)
+        listed: set[str] = set()
+        base = path.rstrip("/")
+        with self._lock:
+            fresh = {p.rsplit("/", 1)[1] for p, ids in self._by_path.items()
+                     if parent_of(p) == path and any(self._handles[i].fresh
+                                                   and not self._handles[i].unlinked
+                                                   for i in ids)}
+        fresh.update(name for name, _ in self.pending.names_in(path))
+        for e in self._list(path):
+            attrs = self._attrs(e)
+            self.cache.put(f"{base}/{e['name']}", attrs)
+            fresh.discard(e["name"])
+            listed.add(e["name"])
+            yield e["name"]
+        self.known.install(path, listed | self._local_names(path), token)
+        yield from sorted(fresh)
+
+    def _list(self, path: str) -> Iterator[dict]:
+        after: str | None = None
+        while True:
+            fields: dict[str, Any] = {"path": path, "limit": PAGE}
+            if after is not None:
+                fields["start_after"] = after
+            with self.fs.using():
+                entries = self.fs._mds(path, "ls", **fields)["entries"]
+            yield from entries
+            if len(entries) < PAGE:
+                return
+            after = entries[-1]["name"]
+
+    def statfs(self, path: str) -> dict:
+        now = time.monotonic()
+        if self._statfs is None or self._statfs[0] < now:
+            with self.fs.using():
+                nodes = self.fs.status().get("nodes") or []
+            live = [n for n in nodes if n.get("state") in ("up", "live", "alive")] or nodes
+            cap = sum(int(n.get("capacity") or 0) for n in live)
+            used = sum(int(n.get("used") or 0) for n in live)
+            bs = 4096
+            free = max(0, cap - used) // bs
+            self._statfs = (now + 5.0, {
+                "f_bsize": bs, "f_frsize": bs, "f_blocks": cap // bs, "f_bfree": free,
+                "f_bavail": free, "f_files": 1 << 32, "f_ffree": 1 << 31,
+                "f_favail": 1 << 31, "f_namemax": 255})
+        return self._statfs[1]
