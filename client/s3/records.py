@@ -35,9 +35,6 @@ class MetaRecords:
         except ValueError:
             return None
 
-    def _write_json(self, path: str, value: dict) -> None:
-        self.meta.write_bytes(path, json.dumps(value).encode())
-
     def secure_meta(self) -> None:
         """Make /.s3meta the gateway's own (docs/s3.md, "Metadata sidecars"): sidecars
         and bucket records tell ETags, content types, user metadata and key names of

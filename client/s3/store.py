@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..api import AegisClient
 from . import naming
 from .buckets import NATIVE_OWNER, BucketStore
-from .errors import S3Error, from_oserror
+from .errors import S3Error
 from .multipart import MultipartStore
 from .objinfo import DEFAULT_TYPE, ObjectInfo, Sidecars, object_info, write_hashed
 
@@ -258,7 +258,3 @@ class Store(BucketStore, MultipartStore):
                     fs.rm(root + "/" + "/".join(segs[:i]))
                 except OSError:
                     break              # not empty (or gone): the ones above are not empty
-
-
-def oserror(exc: OSError, bucket: str, key: str = "") -> S3Error:
-    return from_oserror(exc, f"/{bucket}/{key}" if key else f"/{bucket}")
