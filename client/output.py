@@ -151,6 +151,8 @@ def status_lines(info: dict) -> Iterator[str]:
             if sb.get("state") != "in_sync":
                 line += (f" for {sb.get('for', '?')} s ({sb.get('reason') or '-'}): the "
                          "active runs alone")
+            if sb.get("takeover"):     # the standby's own word (mds/standby.py)
+                line += f"; standby: {sb['takeover']}"
             yield line
 
 

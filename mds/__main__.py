@@ -49,13 +49,15 @@ def _store_dir(security: dict) -> Path | None:
               "active's WAL batches on [ha] standby (--standby-endpoint), serve no client.")
 @click.option("--standby-endpoint", metavar="ENDPOINT", help="The standby's endpoint ([ha] "
               "standby): the active ships its WAL there, a standby binds it.")
+@click.option("--ha-peer", metavar="ENDPOINT", help="The other MDS's standby endpoint ([ha] "
+              "peer): a standby that takes over (--standby with --etcd) ships there.")
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @metrics_option
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, security, keys_dir, key_file, broker_key,
+         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, ha_peer, security, keys_dir, key_file, broker_key,
          log_level, log_file, metrics_port) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
@@ -77,7 +79,8 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             "broker": broker_flags,
             "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
                     "lease": lease, "dead_after": dead_after},
-            "ha": {"etcd": etcd, "name": ha_name, "standby": standby_endpoint},
+            "ha": {"etcd": etcd, "name": ha_name, "standby": standby_endpoint,
+                   "peer": ha_peer},
             "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, m, ha = cfg["broker"], cfg["mds"], cfg["ha"]
         keys = curve.member_keys(cfg["security"], "mds")
@@ -99,7 +102,7 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             key_rotation=float(m["key_rotation"]),
             ha_etcd=str(ha["etcd"]), ha_key=str(ha["key"]), ha_lease_ttl=int(ha["lease_ttl"]),
             ha_name=str(ha["name"]), ha_standby=str(ha["standby"]),
-            ha_standby_timeout=float(ha["standby_timeout"]),
+            ha_standby_timeout=float(ha["standby_timeout"]), ha_peer=str(ha["peer"]),
             # receipts derive from the cluster secret of the key store when this host has
             # the whole store (a local cluster); else from a secret in the data directory
             keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
@@ -109,9 +112,11 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             from .standby import Standby
             standby = Standby(settings)
             stop_on_signals(standby.stop)
-            standby.run()
-            return
-        server = MetadataServer(settings)
+            if not standby.run():
+                return
+            server = standby.take_over()     # elected: the active, in this process
+        else:
+            server = MetadataServer(settings)
         server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
