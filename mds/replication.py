@@ -237,6 +237,7 @@ class StandbyLink:
                 if self.acked == self.store.last_seq:
                     log.info("standby at %s in sync at seq %d", self.endpoint, self.acked)
                     self.state, self.since, self.reason = "in_sync", self.clock(), ""
+                    self.takeover = None    # said before: the active clears its mark now
                     return
                 if self.acked > self.store.last_seq:
                     # it took a batch whose local fsync this MDS never finished (it died in

@@ -406,15 +406,18 @@ class MetadataServer:
         return events
 
     def run(self) -> None:
+        clean = False
         try:
             if self.campaign is not None:
                 if not self._await_leadership():
+                    clean = True
                     return
                 self.worker = self._register()
             log.info("MDS serving (replication %d, block size %d)", self.s.replication,
                      self.s.block_size)
             while not self._stop:
                 self.turn()
+            clean = True
         finally:
             if self.worker is not None:
                 self.worker.close()
@@ -432,4 +435,5 @@ class MetadataServer:
                 self.store.close(checkpoint=False)
             except Exception:
                 log.exception("closing the metadata store failed")
-            log.info("MDS stopped")
+            if clean:      # else the "mds stopped: why" line stays the last (supervisor)
+                log.info("MDS stopped")
