@@ -210,14 +210,15 @@ def test_split_brain_a_paused_active_changes_nothing_and_comes_back_as_standby(t
                 os.kill(old.pid, signal.SIGCONT)
             # the old active resumes: it must exit deposed, changing nothing meanwhile
             code = old.proc.wait(15)
-            assert code == 77, code
+            assert code == 77, (code, old.log_path.read_text()[-2000:])
             assert "deposed by epoch" in old.log_path.read_text()
             for i in range(5):
                 ledger[f"/s/c{i}"] = os.urandom(1200)
                 fs.write_bytes(f"/s/c{i}", ledger[f"/s/c{i}"])
             assert fs.status()["ha"]["epoch"] == second
             cluster.start_role("mds")           # restarted: the standby of the new active
-            wait_for(lambda: in_sync(cluster), 20, 0.1, "the old active caught up")
+            wait_for(lambda: ha(cluster, 10)["standby"], 20, 0.1, "the old active caught up",
+                     done=lambda st: st["state"] == "in_sync")
             assert leader_name(cluster) == "mds-standby"
             for path, data in ledger.items():
                 assert fs.read_bytes(path) == data, path
