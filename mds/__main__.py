@@ -18,6 +18,30 @@ def _store_dir(security: dict) -> Path | None:
     return directory if (directory / "registry.json").exists() else None
 
 
+def _drop_alone_mark(settings) -> int:
+    """The operator's way out when the lone active's disk is lost: accept the loss."""
+    from .etcd import EtcdUnavailable, Gateway
+    log = logging.getLogger("mds")
+    if not settings.ha_etcd:
+        log.error("--drop-alone-mark needs [ha] etcd (--etcd URL)")
+        return 2
+    key = settings.ha_key.encode() + b"/alone"
+    try:
+        gateway = Gateway(settings.ha_etcd)
+        mark = gateway.get(key)
+        if mark is None:
+            log.info("no ran-alone mark at %s", key.decode())
+            return 0
+        gateway.delete(key)
+    except EtcdUnavailable as exc:
+        log.error("cannot drop the ran-alone mark: %s", exc)
+        return 1
+    log.warning("dropped the ran-alone mark %s (%s): a standby may now take over without "
+                "the writes that MDS acknowledged alone", key.decode(),
+                mark.value.decode(errors="replace"))
+    return 0
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Metadata directory.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
@@ -51,13 +75,16 @@ def _store_dir(security: dict) -> Path | None:
               "standby): the active ships its WAL there, a standby binds it.")
 @click.option("--ha-peer", metavar="ENDPOINT", help="The other MDS's standby endpoint ([ha] "
               "peer): a standby that takes over (--standby with --etcd) ships there.")
+@click.option("--drop-alone-mark", is_flag=True, help="Delete the ran-alone mark in etcd "
+              "([ha] key + /alone) and exit: lets a standby take over without the writes "
+              "the lone active acknowledged (only when that MDS's disk is lost for good).")
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @metrics_option
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, ha_peer, security, keys_dir, key_file, broker_key,
+         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, ha_peer, drop_alone_mark, security, keys_dir, key_file, broker_key,
          log_level, log_file, metrics_port) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
@@ -106,6 +133,8 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             # receipts derive from the cluster secret of the key store when this host has
             # the whole store (a local cluster); else from a secret in the data directory
             keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
+        if drop_alone_mark:
+            sys.exit(_drop_alone_mark(settings))
         if standby_mode:
             if not settings.ha_standby:
                 raise config.ConfigError("--standby needs [ha] standby (--standby-endpoint)")

@@ -19,7 +19,7 @@ Public API:
                                   absent (mark_mod 0) or unchanged (its mod revision)
         .put_if_leader(key, value, leader, epoch) -> bool     only while `leader`'s create
         .delete_if_leader(key, leader, epoch) -> bool         revision equals `epoch`
-        .get(key) -> Held | None
+        .get(key) -> Held | None      .delete(key) -> count
     EtcdUnavailable (ConnectionError): etcd could not be reached or answered garbage
 """
 from __future__ import annotations
@@ -188,6 +188,10 @@ class Gateway:
     def delete_if_leader(self, key: bytes, leader: bytes, epoch: int) -> bool:
         op = {"request_delete_range": {"key": _b64(key)}}
         return bool(self._post("kv/txn", guarded_body(leader, epoch, op)).get("succeeded"))
+
+    def delete(self, key: bytes) -> int:
+        """Unguarded: how many keys went (the operator's `--drop-alone-mark`)."""
+        return _int(self._post("kv/deleterange", {"key": _b64(key)}).get("deleted"))
 
     def get(self, key: bytes) -> Held | None:
         return parse_get(self._post("kv/range", {"key": _b64(key)}))

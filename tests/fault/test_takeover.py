@@ -249,3 +249,36 @@ def test_split_brain_a_paused_active_changes_nothing_and_comes_back_as_standby(t
                + ("; the broker refused its lower epoch" if "refused" in broker_log else ""))
     finally:
         cluster.stop()
+
+
+def test_the_operator_drops_the_mark_and_a_candidate_leads(tmp_path):
+    """The way out when the lone active's disk is lost for good, against a real etcd: the
+    mark (written guarded by a leader) refuses a candidate; `python -m mds --drop-alone-mark`
+    deletes it; the candidate leads at its next poll."""
+    import subprocess
+    import sys
+
+    from mds.election import Election
+    from tests.support.etcd import EtcdProcess
+    with EtcdProcess(tmp_path / "etcd") as etcd:
+        gw = Gateway(etcd.url, timeout=0.5)
+        a = Election(gw, b"/aegisfs/mds/leader", b"a", TTL, time.monotonic)
+        wait_for(lambda: a.step() or a.leading(time.monotonic()), 10, 0.05, "a leads")
+        epoch = a.leading(time.monotonic())
+        assert a.mark_alone(epoch, since=4, last=9)
+        a.resign()                          # the lone active gone (its disk lost)
+        b = Election(gw, b"/aegisfs/mds/leader", b"b", TTL, time.monotonic)
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            b.step()
+            assert b.leading(time.monotonic()) is None
+            time.sleep(0.05)
+        assert "the active a ran alone since seq 4" in (b.refusal or "")
+        done = subprocess.run([sys.executable, "-m", "mds", "--etcd", etcd.url,
+                               "--security", "off", "--drop-alone-mark"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert "dropped the ran-alone mark" in done.stderr
+        assert gw.get(MARK) is None
+        wait_for(lambda: b.step() or b.leading(time.monotonic()), 10, 0.05, "b leads")
+        assert b.leading(time.monotonic()) > epoch and b.refusal is None
