@@ -144,6 +144,9 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             if not standby.run():
                 return
             server = standby.take_over()     # elected: the active, in this process
+            stop_on_signals(server.stop)
+            if standby._stop:                # a signal came during the takeover
+                server.stop()
         else:
             server = MetadataServer(settings)
         server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])

@@ -191,6 +191,7 @@ class MetadataServer:
             out = self.campaign.election.describe(time.monotonic())
         if self.link is not None:
             out["standby"] = self.link.status()
+        out["alone_mark"] = self.marked     # this MDS wrote the ran-alone mark (not cleared)
         return out
 
     def _register(self) -> Worker:

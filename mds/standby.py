@@ -61,7 +61,8 @@ class Standby:
                     log.critical("mds stopped: the standby's store failed: %r",
                                  self.store._failed)
                     sys.exit(70)
-                won = self.campaign is not None and \
+                # a stop asked for (SIGTERM) wins over an election won meanwhile
+                won = not self._stop and self.campaign is not None and \
                     self.campaign.election.leading(time.monotonic()) is not None
         finally:
             self.server.close()      # no shipped batch after this: we lead, or stop

@@ -225,3 +225,16 @@ def test_the_broker_routes_mds_to_the_highest_epoch_only():
     assert out == [] or all(s[0] in (CLIENT, WORKER) for s in out)
     ready(r, b"NEW", 4)               # the same epoch registers again (a reconnection)
     assert [w.identity for w in r.services[b"mds"].workers] == [b"NEW"]
+
+
+def test_status_lines_say_the_mark_and_why_the_standby_does_not_take_over():
+    from client import output
+    base = {"nodes": [], "counts": {}, "health": {}}
+    lines = list(output.status_lines({**base, "ha": {
+        "state": "active", "epoch": 5, "lease_left": 2.0, "alone_mark": True,
+        "standby": {"state": "catching_up", "acked_seq": 9, "for": 1.5, "reason": "probing",
+                    "takeover": "will not take over: the active mds ran alone since seq 9"}}}))
+    assert lines[-2] == "mds: active   epoch: 5   lease left: 2.0 s   ran-alone mark set"
+    assert lines[-1] == ("standby: catching_up   at seq 9 for 1.5 s (probing): the active "
+                         "runs alone; standby: will not take over: the active mds ran alone "
+                         "since seq 9")
