@@ -525,9 +525,11 @@ class Cluster:
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
 @click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
               "in <data-dir>/etcd, client port Q, peer port Q+1, where Q = P + 4 x brokers); "
-              "the MDS serves only while it holds the leader lease there, and ships its WAL "
-              "synchronously to a standby MDS (port Q+2, data in <data-dir>/mds-standby; "
-              "see docs/architecture.md, HA).")
+              "two MDS campaign for the leader lease there: the one leading ships its WAL "
+              "synchronously to the other (standby endpoints Q+3 for mds, Q+2 for "
+              "mds-standby, data in <data-dir>/mds-standby), which takes over when the "
+              "leader's lease lapses; a deposed one exits 77 and is restarted as the "
+              "standby (see docs/architecture.md, HA).")
 def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool,
          config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
