@@ -2,7 +2,9 @@
 
     python run_cluster.py                 # 3 DataNodes, data in ./data, broker on :5550
     python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
-    python run_cluster.py --ha            # + etcd (P+4, P+5) and a standby MDS (P+6)
+    python run_cluster.py --ha            # + etcd (P+4, P+5) and a standby MDS: both MDS
+                                          # campaign (standby endpoints P+6, P+7), the
+                                          # winner leads, the other is its standby
     python run_cluster.py --brokers 2     # brokers on P and P+4 (with --ha, etcd moves to P+8)
 
 Each role runs as a child process (`sys.executable -m <role>`) logging to
@@ -241,13 +243,26 @@ class Cluster:
             mds += ["--etcd", self.etcd_url]
         if self.replication:
             mds += ["--replication", str(self.replication)]
-        if self.standby_port:       # before the active: it connects to the standby
+        if self.standby_port and self.etcd_port:
+            # symmetric: both start as standbys and campaign; the one that wins leads and
+            # ships to the other's endpoint ("mds" on standby_port + 1, "mds-standby" on
+            # standby_port); a deposed one exits 77 and comes back as the standby
+            own = {"mds": self.standby_port + 1, "mds-standby": self.standby_port}
+            for name, peer in (("mds", "mds-standby"), ("mds-standby", "mds")):
+                argv = mds if name == "mds" else [
+                    *mds[:mds.index("--data-dir")], "--data-dir",
+                    str(self.data_dir / "mds-standby"), *mds[mds.index("--data-dir") + 2:]]
+                specs[name] = argv + [
+                    "--standby", "--ha-name", name,
+                    "--standby-endpoint", f"tcp://127.0.0.1:{own[name]}",
+                    "--ha-peer", f"tcp://127.0.0.1:{own[peer]}"]
+        elif self.standby_port:     # no etcd: a passive standby, never taking over
             endpoint = f"tcp://127.0.0.1:{self.standby_port}"
             mds += ["--standby-endpoint", endpoint]
             specs["mds-standby"] = [py, "-m", "mds", *self._common(), "--standby",
                                     "--standby-endpoint", endpoint, "--data-dir",
                                     str(self.data_dir / "mds-standby"), *hb]
-        specs["mds"] = mds
+        specs.setdefault("mds", mds)
         for node in self.node_ids:
             specs[node] = [py, "-m", "datanode", *self._common(), *reach,
                            *(["--broker-client", self.broker] if reach else []), "--id", node,
@@ -281,10 +296,14 @@ class Cluster:
     def start(self, timeout: float = 30.0) -> "Cluster":
         self.ensure_keys()
         self._define()
+        # with HA the standby starts once "mds" leads: the first to campaign wins
+        later = ("mount", "mds-standby") if self.etcd_port else ("mount",)
         for name in self.roles:
-            if name != "mount":
+            if name not in later:
                 self.start_role(name)
         self.wait_ready(timeout)
+        if "mds-standby" in self.roles and "mds-standby" in later:
+            self.start_role("mds-standby")
         if "mount" in self.roles:          # it needs a serving MDS to start
             self.start_role("mount")
             self._wait_mounted(timeout)
@@ -460,6 +479,13 @@ class Cluster:
         late = ("mount", "etcd", "mds-standby")
         order = (["mount"] + [n for n in self.roles if n not in late and n not in self.broker_ports]
                  + ["mds-standby"] + list(self.broker_ports) + ["etcd"])
+        if self.etcd_port:
+            # both HA MDS at once: one stopped after the other would hand over to it first
+            for name in ("mds", "mds-standby"):
+                role = self.roles.get(name)
+                if role is not None and role.proc is not None and role.alive():
+                    role.stopping = True
+                    role.proc.send_signal(signal.SIGTERM)
         for name in order:
             if name in self.roles:
                 self.stop_role(name)
@@ -499,9 +525,11 @@ class Cluster:
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
 @click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
               "in <data-dir>/etcd, client port Q, peer port Q+1, where Q = P + 4 x brokers); "
-              "the MDS serves only while it holds the leader lease there, and ships its WAL "
-              "synchronously to a standby MDS (port Q+2, data in <data-dir>/mds-standby; "
-              "see docs/architecture.md, HA).")
+              "two MDS campaign for the leader lease there: the one leading ships its WAL "
+              "synchronously to the other (standby endpoints Q+3 for mds, Q+2 for "
+              "mds-standby, data in <data-dir>/mds-standby), which takes over when the "
+              "leader's lease lapses; a deposed one exits 77 and is restarted as the "
+              "standby (see docs/architecture.md, HA).")
 def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool,
          config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,

@@ -65,7 +65,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # MDS leadership from etcd (mds/election.py); etcd "" = off, the single-MDS default
     "ha": {"etcd": "", "key": "/aegisfs/mds/leader", "lease_ttl": 5, "name": "",
-           "standby": "", "standby_timeout": 2.0},
+           "standby": "", "standby_timeout": 2.0, "peer": ""},
     # CURVE on every broker socket (broker/curve.py). "off" is for benchmarks only.
     "security": {"mode": "on", "keys": "data/keys", "key": "", "broker_key": ""},
     "client": {"timeout": 30.0, "connect_timeout": 5.0, "window": 8, "put_batch": 64,

@@ -6,7 +6,10 @@ sends that the I/O loop performs verbatim. Nothing here imports zmq.
 
 - A worker registers with READY (service name, capacity = how many requests it takes at
   once; `exclusive` = a new registration replaces the service's older workers, for named
-  workers like `dn.<id>` that restart faster than they expire). Requests go to the live worker of the service with the fewest in flight; when every
+  workers like `dn.<id>` that restart faster than they expire; `epoch` = the leadership
+  epoch of an MDS under HA: the service keeps the highest epoch it has seen and only
+  workers of that epoch - a higher one replaces the others, a lower one is refused, so a
+  paused-and-resumed deposed MDS never gets a request). Requests go to the live worker of the service with the fewest in flight; when every
   worker is at capacity they wait in a bounded per-service queue (full -> EBUSY).
 - A request for a service with no live worker is answered at once with ECONNREFUSED.
 - Any message from a worker proves it alive. Heartbeats go to every worker each interval;
@@ -52,7 +55,7 @@ _MEMBER_SIDE = bytes((WORKER,))
 MAX_IDENTITY = 254              # + the side byte fits the envelope's 255-byte name
 MAX_MEMBERS = 10_000
 READY_FIELDS = Map({"capacity?": Int(-(1 << 63), 1 << 64), "exclusive?": Bool(),
-                    "node?": Str(P.MAX_SERVICE_LEN)})
+                    "node?": Str(P.MAX_SERVICE_LEN), "epoch?": Int(0, 1 << 63)})
 
 
 # With security off every client is this user: the superuser (mds.perms.SUPERUSER and
@@ -165,6 +168,7 @@ class Worker:
     expiry: float
     user: str | None = None                       # its key's User-Id (security on)
     in_flight: set = field(default_factory=set)   # (route, rid) keys
+    epoch: int = 0                                # READY's leadership epoch (HA MDS)
 
 
 @dataclass(eq=False, slots=True)
@@ -173,6 +177,7 @@ class Service:
     name_bytes: bytes
     workers: list = field(default_factory=list)
     queue: deque = field(default_factory=deque)   # (route, rid, header, payload, caller)
+    epoch: int = 0          # the highest leadership epoch a worker registered with
 
 
 class Router:
@@ -434,12 +439,21 @@ class Router:
         except OSError as exc:   # whatever is wrong with it, it breaks the protocol
             raise P.ProtocolError(exc.strerror or str(exc)) from None
         capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
+        epoch = int(info.get("epoch") or 0)
+        svc = self.services.get(service)
+        if svc is not None and epoch < svc.epoch:
+            # a deposed leader (paused, then resumed) must never be routed a request
+            raise Refused(f"registration for {name!r} with epoch {epoch} refused: workers "
+                          f"of epoch {svc.epoch} serve it (a newer leader took over)")
         out: list[Send] = []
         if identity in self.workers:   # re-registration: its old requests are lost
             out.extend(self._remove_worker(self.workers[identity]))
-        svc = self.services.get(service)
         if svc is None:
             svc = self.services[service] = Service(name, service)
+        if epoch > svc.epoch:
+            svc.epoch = epoch
+            for old in list(svc.workers):
+                out.extend(self._remove_worker(old, f"superseded by epoch {epoch}"))
         if info.get("exclusive"):
             # A named worker (dn.<id>, mds) that registers again - typically restarted after
             # a crash - supersedes its dead predecessor at once instead of sharing requests
@@ -447,7 +461,7 @@ class Router:
             for old in list(svc.workers):
                 out.extend(self._remove_worker(old, "superseded by a new registration"))
         worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness,
-                        user)
+                        user, epoch=epoch)
         self.workers[identity] = worker
         svc.workers.append(worker)
         log.info("worker %s registered for service %r (capacity %d)",

@@ -153,6 +153,13 @@ class Worker:
         log.log(logging.INFO if conn.heard else logging.DEBUG,
                 "registering as %r at %s", self.service, conn.endpoint)
 
+    def update_info(self, **fields: Any) -> None:
+        """New READY fields (an MDS leading again with a new epoch): registered again on
+        every broker connection (the broker drops what was in flight to the old one)."""
+        self.info = {**self.info, **fields}
+        for conn in self._conns:
+            self._ready(conn)
+
     def _send_control(self, conn: _Conn, envelope: bytes) -> bool:
         """READY or HEARTBEAT without blocking: after a refused handshake libzmq keeps no
         pipe to the broker and a blocking send would wait for one forever, deaf to `stop`.

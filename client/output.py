@@ -144,6 +144,8 @@ def status_lines(info: dict) -> Iterator[str]:
                 f"lease left: {ha.get('lease_left', '?')} s")
         if ha.get("etcd_error"):
             line += f"   etcd: {ha['etcd_error']}"
+        if ha.get("alone_mark"):    # no standby may take over (mds/election.py)
+            line += "   ran-alone mark set"
         yield line
         sb = ha.get("standby")
         if isinstance(sb, dict):    # synchronous WAL shipping (mds/replication.py)
@@ -151,6 +153,8 @@ def status_lines(info: dict) -> Iterator[str]:
             if sb.get("state") != "in_sync":
                 line += (f" for {sb.get('for', '?')} s ({sb.get('reason') or '-'}): the "
                          "active runs alone")
+            if sb.get("takeover"):     # the standby's own word (mds/standby.py)
+                line += f"; standby: {sb['takeover']}"
             yield line
 
 

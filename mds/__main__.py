@@ -18,6 +18,30 @@ def _store_dir(security: dict) -> Path | None:
     return directory if (directory / "registry.json").exists() else None
 
 
+def _drop_alone_mark(settings) -> int:
+    """The operator's way out when the lone active's disk is lost: accept the loss."""
+    from .etcd import EtcdUnavailable, Gateway
+    log = logging.getLogger("mds")
+    if not settings.ha_etcd:
+        log.error("--drop-alone-mark needs [ha] etcd (--etcd URL)")
+        return 2
+    key = settings.ha_key.encode() + b"/alone"
+    try:
+        gateway = Gateway(settings.ha_etcd)
+        mark = gateway.get(key)
+        if mark is None:
+            log.info("no ran-alone mark at %s", key.decode())
+            return 0
+        gateway.delete(key)
+    except EtcdUnavailable as exc:
+        log.error("cannot drop the ran-alone mark: %s", exc)
+        return 1
+    log.warning("dropped the ran-alone mark %s (%s): a standby may now take over without "
+                "the writes that MDS acknowledged alone", key.decode(),
+                mark.value.decode(errors="replace"))
+    return 0
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Metadata directory.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config.")
@@ -49,13 +73,18 @@ def _store_dir(security: dict) -> Path | None:
               "active's WAL batches on [ha] standby (--standby-endpoint), serve no client.")
 @click.option("--standby-endpoint", metavar="ENDPOINT", help="The standby's endpoint ([ha] "
               "standby): the active ships its WAL there, a standby binds it.")
+@click.option("--ha-peer", metavar="ENDPOINT", help="The other MDS's standby endpoint ([ha] "
+              "peer): a standby that takes over (--standby with --etcd) ships there.")
+@click.option("--drop-alone-mark", is_flag=True, help="Delete the ran-alone mark in etcd "
+              "([ha] key + /alone) and exit: lets a standby take over without the writes "
+              "the lone active acknowledged (only when that MDS's disk is lost for good).")
 @security_options(member=True)
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-file", type=click.Path(dir_okay=False))
 @metrics_option
 def main(data_dir, config_path, base_port, broker_host, broker_worker, events, heartbeat_interval,
          replication, block_size, lease, dead_after, safemode_timeout, orphan_grace,
-         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, security, keys_dir, key_file, broker_key,
+         delete_grace, salvage, etcd, ha_name, standby_mode, standby_endpoint, ha_peer, drop_alone_mark, security, keys_dir, key_file, broker_key,
          log_level, log_file, metrics_port) -> None:
     """Serve the AegisFS namespace (service "mds") with a write-ahead log.
 
@@ -77,7 +106,8 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             "broker": broker_flags,
             "mds": {"data_dir": data_dir, "replication": replication, "block_size": block_size,
                     "lease": lease, "dead_after": dead_after},
-            "ha": {"etcd": etcd, "name": ha_name, "standby": standby_endpoint},
+            "ha": {"etcd": etcd, "name": ha_name, "standby": standby_endpoint,
+                   "peer": ha_peer},
             "security": security_flags(security, keys_dir, key_file, broker_key)})
         b, m, ha = cfg["broker"], cfg["mds"], cfg["ha"]
         keys = curve.member_keys(cfg["security"], "mds")
@@ -99,19 +129,26 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
             key_rotation=float(m["key_rotation"]),
             ha_etcd=str(ha["etcd"]), ha_key=str(ha["key"]), ha_lease_ttl=int(ha["lease_ttl"]),
             ha_name=str(ha["name"]), ha_standby=str(ha["standby"]),
-            ha_standby_timeout=float(ha["standby_timeout"]),
+            ha_standby_timeout=float(ha["standby_timeout"]), ha_peer=str(ha["peer"]),
             # receipts derive from the cluster secret of the key store when this host has
             # the whole store (a local cluster); else from a secret in the data directory
             keys_dir=_store_dir(cfg["security"]) if keys is not None else None)
+        if drop_alone_mark:
+            sys.exit(_drop_alone_mark(settings))
         if standby_mode:
             if not settings.ha_standby:
                 raise config.ConfigError("--standby needs [ha] standby (--standby-endpoint)")
             from .standby import Standby
             standby = Standby(settings)
             stop_on_signals(standby.stop)
-            standby.run()
-            return
-        server = MetadataServer(settings)
+            if not standby.run():
+                return
+            server = standby.take_over()     # elected: the active, in this process
+            stop_on_signals(server.stop)
+            if standby._stop:                # a signal came during the takeover
+                server.stop()
+        else:
+            server = MetadataServer(settings)
         server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "

@@ -13,28 +13,51 @@ with a higher epoch. If etcd comes back with our lease still alive (etcd restore
 leases with a fresh TTL on restart) the key is still ours and we lead again with the
 same epoch: nobody else can have held it meanwhile.
 
+The "ran alone" mark (`<key>/alone`). An active whose standby is not in sync writes the
+mark - its name, epoch, the standby's last acknowledged seq (`since`) and its own last seq
+(`last`) - before it acknowledges anything only its own disk holds (`mark_alone`, put only
+while the leader key is the one created at its epoch, so a deposed leader cannot), and
+clears it the same way once the standby is in sync again (`clear_mark`). A candidate may
+not lead while the mark is set unless it is the mark's writer with at least `last` in
+its own log. Why the campaign transaction itself compares the mark (absent, or the very
+version the candidate read) rather than the candidate only reading it first: between a
+read and the create, the active can write the mark, acknowledge a lone write and die;
+only a compare inside the create transaction makes "mark absent" and "I lead" one fact.
+A comparison of seqs alone could not do it either: the lone active's writes go on past
+what any mark says, so only its own log is known to hold them all.
+
+Deposed: a leader that lost its key and finds it held with a higher create revision
+(another MDS took over) has `deposed_by` set; the MDS exits on it (mds/server.py, 77).
+
 State table (step, with `now` from the clock):
 
     state      | event                          | next state
     -----------+--------------------------------+------------------------------------------
     candidate  | no lease, or etcd says it ended | grant a lease, then try to create the key
     candidate  | create won, or the key is ours | leader (epoch = create revision)
-    candidate  | key held by another            | candidate (retry every `poll`)
+    candidate  | key held by another            | candidate (retry every `poll`); if it
+               |                                | led before at a lower epoch: deposed_by
+    candidate  | the "ran alone" mark is set by | candidate, `refusal` says why (logged
+               | another (or our log lacks it)  | once); the campaign is not tried
     leader     | renewal due, etcd answers      | leader, lease end moved on
     leader     | etcd says the lease is gone    | candidate (stepped down)
     leader     | now >= lease end - margin      | candidate (stepped down), even if etcd is
                |                                | unreachable: checked before any call
 
-Public API: Election(etcd, key, name, ttl, clock, margin=None, poll=0.5)
+Public API: Election(etcd, key, name, ttl, clock, margin=None, poll=0.5, last_seq=None)
     .step() -> "elected" | "stepped_down" | None   does the due etcd calls (may block for
                                                   the etcd client's timeout)
     .leading(now) -> epoch | None                 safe to call from another thread
     .describe(now) -> dict                        for `aegisfs status`
     .resign()                                     revoke the lease (clean shutdown)
+    .mark_alone(epoch, since, last) -> bool       write the "ran alone" mark (guarded)
+    .clear_mark(epoch) -> bool                    delete it (guarded)
+    .refusal, .deposed_by                         why it may not lead; who deposed it
     Campaign(election): a daemon thread calling step() until stop()
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Callable, Protocol
@@ -48,13 +71,28 @@ class Etcd(Protocol):
     def grant(self, ttl: int) -> tuple[int, int]: ...
     def keepalive(self, lease: int) -> int: ...
     def revoke(self, lease: int) -> None: ...
-    def create(self, key: bytes, value: bytes, lease: int) -> Held: ...
+    def campaign(self, key: bytes, value: bytes, lease: int, mark: bytes,
+                 mark_mod: int) -> Held: ...
+    def get(self, key: bytes) -> Held | None: ...
+    def put_if_leader(self, key: bytes, value: bytes, leader: bytes, epoch: int) -> bool: ...
+    def delete_if_leader(self, key: bytes, leader: bytes, epoch: int) -> bool: ...
+
+
+def read_mark(raw: bytes) -> dict | None:
+    """The mark's value ({name, epoch, since, last}), or None when it is unreadable."""
+    try:
+        mark = json.loads(raw)
+    except ValueError:
+        return None
+    ok = isinstance(mark, dict) and isinstance(mark.get("name"), str) and all(
+        type(mark.get(k)) is int for k in ("epoch", "since", "last"))
+    return mark if ok else None
 
 
 class Election:
     def __init__(self, etcd: Etcd, key: bytes, name: bytes, ttl: int,
                  clock: Callable[[], float], margin: float | None = None,
-                 poll: float = 0.5) -> None:
+                 poll: float = 0.5, last_seq: Callable[[], int] | None = None) -> None:
         if ttl < 2:
             raise ValueError(f"leader lease ttl {ttl}: at least 2 s")
         self.etcd, self.key, self.name, self.ttl, self.clock = etcd, key, name, ttl, clock
@@ -68,6 +106,11 @@ class Election:
         self.holder: Held | None = None
         self.error: str | None = None
         self._next = 0.0
+        self.mark_key = key + b"/alone"
+        self.last_seq = last_seq or (lambda: 0)   # this MDS's log end (the mark's check)
+        self.refusal: str | None = None   # why this candidate may not lead now
+        self.led: int | None = None       # the highest epoch it led with
+        self.deposed_by: int | None = None
 
     # -- reads (any thread) ----------------------------------------------------------------
 
@@ -83,7 +126,7 @@ class Election:
                                                           if holder else None),
                 "lease_left": round(max(0.0, self.lease_end - now), 2) if self.lease else 0.0,
                 "holder": holder.value.decode(errors="replace") if holder else None,
-                "etcd_error": self.error}
+                "etcd_error": self.error, "takeover": self.refusal}
 
     # -- the state machine ----------------------------------------------------------------
 
@@ -121,20 +164,76 @@ class Election:
                     self.term = (self.term[0], self.lease_end)
                     self._next = now + self.ttl / 3
             if self.term is None:
-                held = self.etcd.create(self.key, self.name, self.lease)
-                self.holder = held
-                if held.won or held.lease == self.lease:
-                    self.term = (held.create_revision, self.lease_end)
-                    self._next = now + self.ttl / 3
-                    log.info("elected MDS leader with epoch %d (lease %x, %d s)",
-                             held.create_revision, self.lease, self.ttl)
-                    change = "elected"
+                change = self._campaign(now) or change
             self.error = None
         except EtcdUnavailable as exc:
             if self.error is None:
                 log.warning("etcd: %s", exc)
             self.error = str(exc)
         return change
+
+    def _may_not_lead(self, mark: Held | None) -> str | None:
+        """Why the mark forbids this candidate to lead (None: it may)."""
+        if mark is None:
+            return None
+        value = read_mark(mark.value)
+        if value is None:
+            return f"will not take over: unreadable mark {mark.value[:80]!r}"
+        if value["name"] == self.name.decode(errors="replace") \
+                and self.last_seq() >= value["last"]:
+            return None      # our own mark, and our log holds every write it covers
+        return (f"will not take over: the active {value['name']} ran alone since seq "
+                f"{value['since']} (this MDS is at seq {self.last_seq()})")
+
+    def _campaign(self, now: float) -> str | None:
+        assert self.lease is not None
+        mark = self.etcd.get(self.mark_key)
+        why = self._may_not_lead(mark)
+        if why is not None:
+            if why != self.refusal:
+                log.warning("%s", why)
+            self.refusal = why
+            held = self.etcd.get(self.key)
+        else:
+            if self.refusal is not None:
+                log.info("the ran-alone mark no longer stands in the way: campaigning")
+            self.refusal = None
+            held = self.etcd.campaign(self.key, self.name, self.lease, self.mark_key,
+                                      mark.mod_revision if mark else 0)
+        self.holder = held if held is not None and held.create_revision else None
+        if held is None or not held.create_revision:
+            return None      # nobody leads (or the mark changed meanwhile): next poll
+        if held.won or held.lease == self.lease:
+            self.term = (held.create_revision, self.lease_end)
+            self.led = max(self.led or 0, held.create_revision)
+            self._next = now + self.ttl / 3
+            log.info("elected MDS leader with epoch %d (lease %x, %d s)",
+                     held.create_revision, self.lease, self.ttl)
+            return "elected"
+        if self.led is not None and held.create_revision > self.led \
+                and self.deposed_by is None:
+            self.deposed_by = held.create_revision
+            log.warning("deposed: the leader key is held by epoch %d (%s)",
+                        held.create_revision, held.value.decode(errors="replace"))
+        return None
+
+    def mark_alone(self, epoch: int, since: int, last: int) -> bool:
+        """Write the "ran alone" mark while leading with `epoch` (False: not written -
+        etcd unreachable, or the leader key is no longer ours)."""
+        value = json.dumps({"name": self.name.decode(errors="replace"), "epoch": epoch,
+                            "since": since, "last": last}).encode()
+        try:
+            return self.etcd.put_if_leader(self.mark_key, value, self.key, epoch)
+        except EtcdUnavailable as exc:
+            self.error = str(exc)
+            return False
+
+    def clear_mark(self, epoch: int) -> bool:
+        try:
+            return self.etcd.delete_if_leader(self.mark_key, self.key, epoch)
+        except EtcdUnavailable as exc:
+            self.error = str(exc)
+            return False
 
     def resign(self) -> None:
         """Give up leadership now (clean shutdown): a standby need not wait for the TTL."""

@@ -1,6 +1,8 @@
 """A minimal etcd v3 client over etcd's JSON gateway (HTTP, `/v3/...`): the five calls the
 MDS leader election needs - lease grant, keep-alive and revoke, a create-if-absent
-transaction, and a get. Request bodies and answers are built and read by pure functions.
+transaction (also guarded by the "ran alone" mark), transactions guarded by the leader
+key's create revision, and a get. Request bodies and answers are built and read by pure
+functions.
 
 Why hand-written and not a library: etcd3gw (the maintained JSON-gateway client) pulls
 in requests, futurist and pbr, and hides the per-call timeout we need short (the caller
@@ -12,8 +14,12 @@ Public API:
         .grant(ttl) -> (lease id, granted ttl)
         .keepalive(lease) -> remaining ttl (0: the lease is gone in etcd)
         .revoke(lease)
-        .create(key, value, lease) -> Held(won, create_revision, value, lease)
-        .get(key) -> Held | None
+        .create(key, value, lease) -> Held(won, create_revision, value, lease, mod_revision)
+        .campaign(key, value, lease, mark, mark_mod) -> Held   create only if `mark` is
+                                  absent (mark_mod 0) or unchanged (its mod revision)
+        .put_if_leader(key, value, leader, epoch) -> bool     only while `leader`'s create
+        .delete_if_leader(key, leader, epoch) -> bool         revision equals `epoch`
+        .get(key) -> Held | None      .delete(key) -> count
     EtcdUnavailable (ConnectionError): etcd could not be reached or answered garbage
 """
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Held(NamedTuple):
     create_revision: int
     value: bytes
     lease: int
+    mod_revision: int = 0
 
 
 def _b64(data: bytes) -> str:
@@ -57,9 +64,30 @@ def create_body(key: bytes, value: bytes, lease: int) -> dict:
             "failure": [{"request_range": {"key": _b64(key)}}]}
 
 
-def _kv(kv: dict) -> tuple[int, bytes, int]:
+def campaign_body(key: bytes, value: bytes, lease: int, mark: bytes, mark_mod: int) -> dict:
+    """create_body, and also only if the mark key is absent (mark_mod 0) or still the
+    version the candidate read (mod revision mark_mod): one atomic decision, so a mark
+    written after the candidate looked cannot be missed. The failure branch reads both."""
+    body = create_body(key, value, lease)
+    body["compare"].append(
+        {"key": _b64(mark), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+        if not mark_mod else
+        {"key": _b64(mark), "target": "MOD", "result": "EQUAL", "mod_revision": str(mark_mod)})
+    body["failure"].append({"request_range": {"key": _b64(mark)}})
+    return body
+
+
+def guarded_body(leader: bytes, epoch: int, op: dict) -> dict:
+    """`op` (a request_put or request_delete_range) only while `leader` is the key created
+    at revision `epoch`: a deposed leader's write changes nothing."""
+    return {"compare": [{"key": _b64(leader), "target": "CREATE", "result": "EQUAL",
+                         "create_revision": str(epoch)}],
+            "success": [op], "failure": []}
+
+
+def _kv(kv: dict) -> tuple[int, bytes, int, int]:
     return (_int(kv.get("create_revision")), base64.b64decode(kv.get("value") or ""),
-            _int(kv.get("lease")))
+            _int(kv.get("lease")), _int(kv.get("mod_revision")))
 
 
 def parse_create(answer: dict, value: bytes, lease: int) -> Held:
@@ -74,6 +102,18 @@ def parse_create(answer: dict, value: bytes, lease: int) -> Held:
     # the key vanished between compare and range cannot happen inside one transaction;
     # an empty failure branch means a malformed answer
     raise EtcdUnavailable(f"etcd transaction answer without the key: {answer!r}")
+
+
+def parse_campaign(answer: dict, key: bytes, value: bytes, lease: int) -> Held:
+    """campaign_body's answer: won, or the leader key's holder; a failure with the leader
+    key absent (the mark was set or changed) is Held(False, 0, b"", 0)."""
+    if answer.get("succeeded"):
+        return Held(True, _int(answer["header"]["revision"]), value, lease)
+    for response in answer.get("responses") or []:
+        for kv in (response.get("response_range") or {}).get("kvs") or []:
+            if base64.b64decode(kv.get("key") or "") == key:
+                return Held(False, *_kv(kv))
+    return Held(False, 0, b"", 0)
 
 
 def parse_get(answer: dict) -> Held | None:
@@ -135,6 +175,23 @@ class Gateway:
 
     def create(self, key: bytes, value: bytes, lease: int) -> Held:
         return parse_create(self._post("kv/txn", create_body(key, value, lease)), value, lease)
+
+    def campaign(self, key: bytes, value: bytes, lease: int, mark: bytes,
+                 mark_mod: int) -> Held:
+        return parse_campaign(self._post("kv/txn", campaign_body(key, value, lease, mark,
+                                                                 mark_mod)), key, value, lease)
+
+    def put_if_leader(self, key: bytes, value: bytes, leader: bytes, epoch: int) -> bool:
+        op = {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        return bool(self._post("kv/txn", guarded_body(leader, epoch, op)).get("succeeded"))
+
+    def delete_if_leader(self, key: bytes, leader: bytes, epoch: int) -> bool:
+        op = {"request_delete_range": {"key": _b64(key)}}
+        return bool(self._post("kv/txn", guarded_body(leader, epoch, op)).get("succeeded"))
+
+    def delete(self, key: bytes) -> int:
+        """Unguarded: how many keys went (the operator's `--drop-alone-mark`)."""
+        return _int(self._post("kv/deleterange", {"key": _b64(key)}).get("deleted"))
 
     def get(self, key: bytes) -> Held | None:
         return parse_get(self._post("kv/range", {"key": _b64(key)}))

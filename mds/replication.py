@@ -16,7 +16,8 @@ queue; the socket is CURVE with the MDS member key on both ends (the standby is 
 cluster member holding that key) and its ZAP admits that key only.
 
 Wire: DEALER (active) -> ROUTER (standby). Request [msgpack header, frames?]:
-    {op: "hello", n}                     -> {n, last, epoch, crc (of record `last`'s frame)}
+    {op: "hello", n}                     -> {n, last, epoch, crc (of record `last`'s frame),
+                                             takeover (why it may not take over, or None)}
     {op: "append", n, first, epoch}      -> {n, last, epoch} or {n, err, last, epoch}
 `n` numbers requests so a late answer to a timed-out one is never taken for another's.
 
@@ -25,7 +26,7 @@ Public API:
         .ship(first, frames)   never raises;  .upkeep()   between batches
         .status() -> dict      .close()
     handle(store, header, frames) -> dict     the standby's answer, no sockets
-    StandbyServer(store, bind, curve=None)    .serve(timeout) -> bool   .close()
+    StandbyServer(store, bind, curve=None, info=None)    .serve(timeout) -> bool   .close()
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ class StandbyLink:
         self.acked = 0                   # the standby's last seq, as it last said
         self.since = clock()
         self.reason = "not connected yet"
+        self.takeover: str | None = None   # what the standby last said of taking over
         self._n = 0
         self._probe_n = 0                # the hello whose answer is awaited
         self._sent: tuple[int, int | None, float] | None = None   # (first, n, deadline)
@@ -222,6 +224,8 @@ class StandbyLink:
             if answer is None:
                 return
             started = self.clock()
+            if isinstance(answer.get("takeover"), (str, type(None))):
+                self.takeover = answer.get("takeover")
             while answer is not None and "err" not in answer:
                 self.acked = answer.get("last", 0)
                 if type(self.acked) is not int:
@@ -233,6 +237,7 @@ class StandbyLink:
                 if self.acked == self.store.last_seq:
                     log.info("standby at %s in sync at seq %d", self.endpoint, self.acked)
                     self.state, self.since, self.reason = "in_sync", self.clock(), ""
+                    self.takeover = None    # said before: the active clears its mark now
                     return
                 if self.acked > self.store.last_seq:
                     # it took a batch whose local fsync this MDS never finished (it died in
@@ -275,7 +280,8 @@ class StandbyLink:
 
     def status(self) -> dict:
         return {"state": self.state, "acked_seq": self.acked, "endpoint": self.endpoint,
-                "for": round(self.clock() - self.since, 1), "reason": self.reason}
+                "for": round(self.clock() - self.since, 1), "reason": self.reason,
+                "takeover": self.takeover}
 
     def close(self) -> None:
         if self.sock is not None:
@@ -287,8 +293,9 @@ class StandbyServer:
     """The standby's socket: a ROUTER answering `handle` (CURVE server with the MDS key,
     its ZAP admitting that key only, when `curve` is given)."""
 
-    def __init__(self, store: MetaStore, bind: str, curve: Any = None) -> None:
-        self.store = store
+    def __init__(self, store: MetaStore, bind: str, curve: Any = None,
+                 info: Callable[[], dict] | None = None) -> None:
+        self.store, self.info = store, info
         self.ctx = zmq.Context()
         self.auth = None
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -314,7 +321,10 @@ class StandbyServer:
         except Exception:
             header = None
         frames = parts[2] if len(parts) > 2 else None
-        self.sock.send_multipart([parts[0], _pack(handle(self.store, header, frames))])
+        answer = handle(self.store, header, frames)
+        if self.info is not None and isinstance(header, dict) and header.get("op") == "hello":
+            answer.update(self.info())
+        self.sock.send_multipart([parts[0], _pack(answer)])
         self.store.apply_replicated()        # durable and answered: now into memory
         return True
 

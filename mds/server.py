@@ -16,12 +16,16 @@ checking that the lease is still valid for a margin longer than a turn: without 
 request but ping and status is answered EAGAIN (clients wait and retry) and no upkeep
 runs - nothing is changed, sent or logged. If the lease ended between that check and the
 fsync of a batch that changed something, the process exits unacknowledged (fail-stop).
+Shipping to a standby ([ha] peer, or [ha] standby for an MDS started as the active): a
+batch the standby did not take is acknowledged only once the "ran alone" mark is in etcd
+(mds/election.py); until then its replies are EAGAIN (the mutations are durable here and
+a retry with the same operation id gets the same answer from the opid table) and later
+batches are refused. A leader whose key another epoch now holds exits 77 (deposed).
 """
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import sys
 import time
@@ -52,6 +56,8 @@ BATCH = 512
 WITHOUT_LEASE = frozenset({"ping", "status"})
 LEASE_LAPSED = 75     # exit status: the lease ended while a batch was being made durable
 STALE_EPOCH = 76      # exit status: etcd gave an epoch lower than the log's
+DEPOSED = 77          # exit status: another MDS leads with a higher epoch (restart as standby)
+MARK_RETRY = 0.5      # seconds between attempts to write or clear the ran-alone mark
 
 
 @dataclass
@@ -86,6 +92,19 @@ class Settings:
     ha_name: str = ""
     ha_standby: str = ""             # the standby's endpoint ("" = no WAL shipping)
     ha_standby_timeout: float = 2.0
+    ha_peer: str = ""                # the other MDS's standby endpoint (ships there as active)
+
+
+def ha_name(s: Settings) -> str:
+    """This MDS in the leader key and the ran-alone mark: stable across restarts (the mark's
+    writer must recognise itself), so by default the host and the data directory."""
+    return s.ha_name or f"{socket.gethostname()}:{s.data_dir.resolve()}"
+
+
+def election_for(s: Settings, last_seq: Any) -> Election:
+    return Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
+                    s.ha_key.encode(), ha_name(s).encode(), s.ha_lease_ttl, time.monotonic,
+                    last_seq=last_seq)
 
 
 def stop_reason(exc: BaseException, segment: Path | None) -> str:
@@ -97,16 +116,24 @@ def stop_reason(exc: BaseException, segment: Path | None) -> str:
     return f"{text} at {where}" if where else text
 
 
+def open_store(s: Settings) -> MetaStore:
+    return MetaStore(s.data_dir, config=NamespaceConfig(
+        replication=s.replication, block_size=s.block_size, lease=s.lease),
+        checkpoint_records=s.checkpoint_records, checkpoint_bytes=s.checkpoint_bytes,
+        salvage=s.salvage)
+
+
 class MetadataServer:
-    def __init__(self, s: Settings) -> None:
+    """`store` and `campaign` given: a standby taking over in its own process (mds/standby.py)
+    with the store it replayed and the election it won; else both are made here."""
+
+    def __init__(self, s: Settings, store: MetaStore | None = None,
+                 campaign: Campaign | None = None) -> None:
         self.s = s
         started = time.monotonic()
-        self.store = MetaStore(s.data_dir, config=NamespaceConfig(
-            replication=s.replication, block_size=s.block_size, lease=s.lease),
-            checkpoint_records=s.checkpoint_records, checkpoint_bytes=s.checkpoint_bytes,
-            salvage=s.salvage)
-        log.info("metadata recovered in %.2fs: %s", time.monotonic() - started,
-                 self.store.ns.counts())
+        self.store = store if store is not None else open_store(s)
+        log.info("metadata %s in %.2fs: %s", "recovered" if store is None else "taken over",
+                 time.monotonic() - started, self.store.ns.counts())
         self.cluster = ClusterView(dead_after=s.dead_after)
         self.events = Publisher(s.events_endpoint, MDS_SERVICE, curve=s.curve)
         self.repair = RepairPlanner(self.store.ns, self.cluster, clock=time.monotonic,
@@ -128,20 +155,27 @@ class MetadataServer:
         self.epoch: int | None = None       # the epoch this MDS last led with
         self.worker: Worker | None = None
         self.link: StandbyLink | None = None
-        if s.ha_standby:
+        ship_to = s.ha_peer or s.ha_standby
+        if ship_to:
             keys = s.curve
             if keys is not None:     # the standby holds the MDS key too: its public key
                 from broker.curve import CurveKeys
                 keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
-            self.link = StandbyLink(s.ha_standby, self.store, s.ha_standby_timeout,
-                                    curve=keys)
+            self.link = StandbyLink(ship_to, self.store, s.ha_standby_timeout, curve=keys)
             self.store.on_write, self.store.on_sync = self.link.send, self.link.ship
-        if s.ha_etcd:
-            name = s.ha_name or f"{socket.gethostname()}:{os.getpid()}"
-            election = Election(Gateway(s.ha_etcd, timeout=min(1.0, s.ha_lease_ttl / 5)),
-                                s.ha_key.encode(), name.encode(), s.ha_lease_ttl,
-                                time.monotonic)
-            self.campaign = Campaign(election).start()
+        if campaign is not None:
+            self.campaign = campaign
+        elif s.ha_etcd:
+            store_ = self.store
+            self.campaign = Campaign(election_for(s, lambda: store_.last_seq)).start()
+        # the ran-alone mark (mds/election.py): written by this process and not cleared;
+        # what is durable here only and not yet covered by it (nothing may be answered)
+        self.marked = False
+        # a mark from this MDS's earlier life (it ran alone, died, leads again) is cleared
+        # like its own once the standby is in sync: a guarded delete of nothing is harmless
+        self._stale_mark = self.campaign is not None
+        self._uncovered = False
+        self._mark_next = 0.0
         self.ops.ha_status = self._ha_status if (self.campaign or self.link) else None
         if self.campaign is None:
             self.worker = self._register()
@@ -157,11 +191,14 @@ class MetadataServer:
             out = self.campaign.election.describe(time.monotonic())
         if self.link is not None:
             out["standby"] = self.link.status()
+        out["alone_mark"] = self.marked     # this MDS wrote the ran-alone mark (not cleared)
         return out
 
     def _register(self) -> Worker:
+        # with HA the epoch goes with READY: the broker routes `mds` to the highest only
         return Worker(self.s.worker_endpoint, MDS_SERVICE, heartbeat_interval=self.s.heartbeat,
                       liveness=self.s.liveness, capacity=4096, exclusive=True,
+                      info={"epoch": self.epoch} if self.campaign is not None else None,
                       curve=self.s.curve)
 
     def stop(self) -> None:
@@ -190,10 +227,17 @@ class MetadataServer:
         the lease is valid. Leading again after a step-down re-enters safe mode."""
         if self.campaign is None:
             return True
-        epoch = self.campaign.election.leading(time.monotonic())
+        election = self.campaign.election
+        if election.deposed_by is not None:
+            log.critical("mds stopped: deposed by epoch %d (this MDS led with epoch %s)",
+                         election.deposed_by, self.epoch)
+            sys.exit(DEPOSED)
+        epoch = election.leading(time.monotonic())
         if epoch is not None and epoch != self.epoch:
             log.warning("leading again with epoch %d (was %s)", epoch, self.epoch)
             self._begin_term(epoch)
+            if self.worker is not None:
+                self.worker.update_info(epoch=epoch)
         if epoch is not None and self.campaign.changes:
             self.campaign.changes.clear()
             # stepped down and elected again: DataNodes were refused meanwhile, so all look
@@ -213,13 +257,52 @@ class MetadataServer:
             sys.exit(STALE_EPOCH)
         self.epoch = self.ops.epoch = epoch
 
-    def _refuse(self, req: Request) -> Outcome:
+    def _refuse(self, req: Request, why: str = "holds no leadership lease") -> Outcome:
         if req.header.get("op") in WITHOUT_LEASE:
             return self.ops.service.run(req.header, req.payload, req.context(lambda *_: None))
         reason = self.campaign.election.error if self.campaign else None
         return Outcome(error=BlockingIOError(errno.EAGAIN, (
-            "the metadata server holds no leadership lease"
+            f"the metadata server {why}"
             + (f" (etcd: {reason})" if reason else "") + "; retry")))
+
+    # -- the ran-alone mark ----------------------------------------------------------------
+
+    def _covered(self) -> bool:
+        """Whether everything durable here may be acknowledged: the standby holds it, or
+        the ran-alone mark is written (tried at most every MARK_RETRY s). Always without
+        etcd: no other MDS can take over then."""
+        if self.campaign is None or self.marked:
+            return True
+        link = self.link
+        if link is not None and link.state == "in_sync" and link.acked >= self.store.last_seq:
+            return True
+        now = time.monotonic()
+        if now < self._mark_next or self.epoch is None:
+            return False
+        self._mark_next = now + MARK_RETRY
+        since = link.acked if link is not None else 0
+        if self.campaign.election.mark_alone(self.epoch, since, self.store.last_seq):
+            self.marked = True
+            log.warning("running alone from seq %d (the standby holds seq %d): the "
+                        "ran-alone mark is set; no standby may take over until it is in "
+                        "sync again", self.store.last_seq, since)
+            return True
+        if not self._uncovered:
+            log.warning("cannot write the ran-alone mark: answering EAGAIN until it is")
+        return False
+
+    def _clear_mark(self) -> None:
+        link, now = self.link, time.monotonic()
+        if not (self.marked or self._stale_mark) or link is None or self.campaign is None \
+                or self.epoch is None \
+                or link.state != "in_sync" or link.acked != self.store.last_seq \
+                or now < self._mark_next:
+            return
+        self._mark_next = now + MARK_RETRY
+        if self.campaign.election.clear_mark(self.epoch):
+            self.marked = self._stale_mark = False
+            log.info("the standby is in sync at seq %d: the ran-alone mark is cleared",
+                     link.acked)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -239,9 +322,11 @@ class MetadataServer:
     def turn(self) -> None:
         assert self.worker is not None
         batch = self._batch()
-        if not self._leading():
+        if not self._leading() or (self._uncovered and not self._covered()):
+            why = None if self.epoch is None or not self._uncovered else (
+                "could not record in etcd that it runs without its standby")
             for req in batch:
-                self.worker.answer(req, self._refuse(req))
+                self.worker.answer(req, self._refuse(req, why) if why else self._refuse(req))
             if self.metrics:
                 from broker import metrics
                 metrics.set_state("mds", {"leader": False})
@@ -258,17 +343,27 @@ class MetadataServer:
             self.store.fence("the leadership lease ended during a batch")
             log.critical("mds stopped: the leadership lease ended during a batch")
             sys.exit(LEASE_LAPSED)
+        self._uncovered = False
         try:
             if self.metrics and batch:
-                self._flush_measured(len(batch))
+                written = self._flush_measured(len(batch))
             else:
-                self.store.flush()
+                written = self.store.flush()
         except Exception as exc:
             log.critical("the write-ahead log cannot be made durable; exiting without "
                          "acknowledging the last batch", exc_info=True)
             # the last line of the log: what a supervisor shows as the reason it stopped
             log.critical("mds stopped: %s", stop_reason(exc, self.store.wal.segment))
             sys.exit(70)
+        if written and not self._covered():
+            # durable here only: no reply, no event until the mark says so (a retry with
+            # the same operation id is answered from the opid table)
+            self._uncovered = True
+            self._pending_events = events
+            why = "could not record in etcd that it runs without its standby"
+            outcomes = [(req, outcome if req.header.get("op") in WITHOUT_LEASE
+                         else self._refuse(req, why)) for req, outcome in outcomes]
+            events = []
         for req, outcome in outcomes:
             self.worker.answer(req, outcome)
         for topic, fields in events:
@@ -276,13 +371,15 @@ class MetadataServer:
         self.store.poll()
         if self.link is not None:
             self.link.upkeep()
+            self._clear_mark()
 
-    def _flush_measured(self, requests: int) -> None:
+    def _flush_measured(self, requests: int) -> int:
         from broker import metrics
         started = time.perf_counter()
-        self.store.flush()
+        written = self.store.flush()
         metrics.WAL_FSYNC.observe(time.perf_counter() - started)
         metrics.WAL_BATCH.observe(requests)
+        return written
 
     def _upkeep(self) -> list[tuple[str, dict]]:
         now = time.monotonic()
@@ -310,15 +407,18 @@ class MetadataServer:
         return events
 
     def run(self) -> None:
+        clean = False
         try:
             if self.campaign is not None:
                 if not self._await_leadership():
+                    clean = True
                     return
                 self.worker = self._register()
             log.info("MDS serving (replication %d, block size %d)", self.s.replication,
                      self.s.block_size)
             while not self._stop:
                 self.turn()
+            clean = True
         finally:
             if self.worker is not None:
                 self.worker.close()
@@ -336,4 +436,5 @@ class MetadataServer:
                 self.store.close(checkpoint=False)
             except Exception:
                 log.exception("closing the metadata store failed")
-            log.info("MDS stopped")
+            if clean:      # else the "mds stopped: why" line stays the last (supervisor)
+                log.info("MDS stopped")

@@ -1,51 +1,86 @@
 """The standby MDS process (`python -m mds --standby`): its own MetaStore, fed by the
 active's shipped WAL batches (mds/replication.py), its own checkpoints; it serves no
-client request and does not register with the broker. Takeover is not built yet: the
-standby's data directory is a complete MDS directory an MDS can be started on."""
+client request and does not register with the broker until it takes over.
+
+Takeover (with `[ha] etcd`): the standby campaigns for the leader key like any candidate
+(mds/election.py) - it can only win once the key is gone (the active's lease lapsed or it
+resigned) and the ran-alone mark does not forbid it. On winning, `run` returns True: it
+has stopped taking shipped batches and applied every one it took; `take_over` then makes
+the active in this same process, on this store and this election (begin_term with the new
+epoch, safe mode as after a restart, `mds` registered with its epoch), shipping to
+`[ha] peer` from then on.
+"""
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+import time
+from dataclasses import replace
 
-from .metastore import MetaStore
-from .namespace import NamespaceConfig
+from .election import Campaign
 from .replication import StandbyServer
+from .server import MetadataServer, Settings, election_for, open_store
 
 log = logging.getLogger(__name__)
 
 
 class Standby:
-    def __init__(self, s: Any) -> None:
-        self.store = MetaStore(s.data_dir, config=NamespaceConfig(
-            replication=s.replication, block_size=s.block_size, lease=s.lease),
-            checkpoint_records=s.checkpoint_records, checkpoint_bytes=s.checkpoint_bytes,
-            salvage=s.salvage)
+    def __init__(self, s: Settings) -> None:
+        self.s = s
+        self.store = open_store(s)
         keys = s.curve
         if keys is not None:     # the MDS member key on both ends of the link
             from broker.curve import CurveKeys
             keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
-        self.server = StandbyServer(self.store, s.ha_standby, curve=keys)
+        self.campaign: Campaign | None = None
+        self.server = StandbyServer(self.store, s.ha_standby, curve=keys, info=self.describe)
+        if s.ha_etcd:
+            store = self.store
+            self.campaign = Campaign(election_for(s, lambda: store.last_seq)).start()
         self._stop = False
+
+    def describe(self) -> dict:
+        """What the standby tells the active in its hello answer (shown by status)."""
+        election = self.campaign.election if self.campaign else None
+        return {"takeover": election.refusal if election else "no etcd: never takes over"}
 
     def stop(self) -> None:
         self._stop = True
 
-    def run(self) -> None:
-        log.info("standby MDS at seq %d (epoch %d), taking WAL batches on %s",
-                 self.store.last_seq, self.store.epoch, self.server.sock.last_endpoint)
+    def run(self) -> bool:
+        """Take batches until stopped (False) or elected (True: call take_over)."""
+        log.info("standby MDS at seq %d (epoch %d), taking WAL batches on %s%s",
+                 self.store.last_seq, self.store.epoch, self.server.sock.last_endpoint,
+                 ", campaigning in etcd" if self.campaign else "")
+        won = False
         try:
-            while not self._stop:
+            while not self._stop and not won:
                 self.server.serve(0.2)
                 self.store.poll()
                 if self.store._failed is not None:
                     log.critical("mds stopped: the standby's store failed: %r",
                                  self.store._failed)
                     sys.exit(70)
+                # a stop asked for (SIGTERM) wins over an election won meanwhile
+                won = not self._stop and self.campaign is not None and \
+                    self.campaign.election.leading(time.monotonic()) is not None
         finally:
-            self.server.close()
-            try:
-                self.store.close(checkpoint=False)
-            except Exception:
-                log.exception("closing the standby's store failed")
-            log.info("standby MDS stopped")
+            self.server.close()      # no shipped batch after this: we lead, or stop
+            if not won:
+                if self.campaign is not None:
+                    self.campaign.stop(resign=True)
+                try:
+                    self.store.close(checkpoint=False)
+                except Exception:
+                    log.exception("closing the standby's store failed")
+                log.info("standby MDS stopped")
+        if won:
+            self.store.apply_replicated()
+            log.warning("taking over as the active MDS at seq %d", self.store.last_seq)
+        return won
+
+    def take_over(self) -> MetadataServer:
+        """The active, in this process: ships to [ha] peer (never to its own endpoint)."""
+        assert self.campaign is not None
+        return MetadataServer(replace(self.s, ha_standby=""), store=self.store,
+                              campaign=self.campaign)

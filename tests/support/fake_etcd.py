@@ -1,6 +1,6 @@
 """An in-memory etcd with the interface of mds.etcd.Gateway, on a FakeClock: leases that
-expire (taking their keys with them), revisions that only grow, and a switch that makes
-every call fail as if etcd were down."""
+expire (taking their keys with them), revisions that only grow, the guarded transactions
+of the "ran alone" mark, and a switch that makes every call fail as if etcd were down."""
 from __future__ import annotations
 
 from mds.etcd import EtcdUnavailable, Held
@@ -62,8 +62,45 @@ class FakeEtcd:
         if lease not in self.leases:
             raise EtcdUnavailable("requested lease not found")
         self.revision += 1
-        self.keys[key] = Held(False, self.revision, value, lease)
+        self.keys[key] = Held(False, self.revision, value, lease, self.revision)
         return Held(True, self.revision, value, lease)
+
+    def campaign(self, key: bytes, value: bytes, lease: int, mark: bytes,
+                 mark_mod: int) -> Held:
+        self._enter()
+        held, marked = self.keys.get(key), self.keys.get(mark)
+        if held is not None:
+            return held._replace(won=False)
+        if (marked.mod_revision if marked else 0) != mark_mod:
+            return Held(False, 0, b"", 0)
+        return self.create(key, value, lease)
+
+    def _leader_is(self, leader: bytes, epoch: int) -> bool:
+        held = self.keys.get(leader)
+        return held is not None and held.create_revision == epoch
+
+    def put_if_leader(self, key: bytes, value: bytes, leader: bytes, epoch: int) -> bool:
+        self._enter()
+        if not self._leader_is(leader, epoch):
+            return False
+        self.revision += 1
+        old = self.keys.get(key)
+        self.keys[key] = Held(False, old.create_revision if old else self.revision, value, 0,
+                              self.revision)
+        return True
+
+    def delete_if_leader(self, key: bytes, leader: bytes, epoch: int) -> bool:
+        self._enter()
+        if not self._leader_is(leader, epoch):
+            return False
+        if self.keys.pop(key, None) is not None:
+            self.revision += 1
+        return True
+
+    def get(self, key: bytes) -> Held | None:
+        self._enter()
+        held = self.keys.get(key)
+        return held._replace(won=False) if held else None
 
     def restart(self) -> None:
         """etcd back after a restart: every lease gets its full TTL again."""
