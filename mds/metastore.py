@@ -75,7 +75,7 @@ log = logging.getLogger(__name__)
 
 DATA_FORMAT = "aegisfs-mds"
 # 1: the first layout (no FORMAT file); 2: owners, groups and modes in records and
-# snapshots (version 1 records and snapshots still read, see mds/namespace.py)
+# snapshots (version 1 records and snapshots still read, see mds/inode.py)
 DATA_VERSION = 2
 FORMAT_FILE = "FORMAT"
 EPOCH_FILE = "EPOCH"      # the highest leadership epoch, with HA (see begin_term)

@@ -7,7 +7,7 @@ with a single fsync (group commit), and only then are the replies sent and the e
 published. No client can observe a change before it is durable: replies wait for the
 fsync. If the fsync fails the process exits without replying (fail-stop); recovery
 replays the durable prefix. Cluster upkeep (leases, dead nodes, repairs) runs between
-batches. Operations are declared in mds/ops.py and dispatched by broker.service (schema,
+batches. Operations are declared in mds/ops_*.py and dispatched by broker.service (schema,
 caller class, one error mapping); this file is only the loop.
 
 With `[ha] etcd` set (off by default) the MDS first wins leadership in etcd

@@ -1,7 +1,7 @@
 """Copy-on-write edits of an existing file: the next version as the current version's
 block list with the touched blocks replaced. Only touched blocks are read (once, whole,
 CRC-checked), patched and put as new blocks at commit; every other block is shared with
-the current version through commit's `from` entries (mds/ops.py `commit`).
+the current version through commit's `from` entries (mds/ops_write.py `commit`).
 
 Public API: `CowWriter` (read, write, truncate, size, commit, close), `Changed`.
 """
@@ -210,7 +210,7 @@ class CowWriter:
         -> (commit result, outcomes of `then`). Changed (EIO) when a shared block is no
         longer the file's (ENOENT) or differs (EINVAL): the file changed underneath."""
         w = open_draft()
-        # only a commit that shares a block may mix sizes (mds/namespace.py)
+        # only a commit that shares a block may mix sizes (mds/ns_commit.py)
         split = any(seg.clean for seg in self.segs)
         try:
             counts: dict[int, int] = {}
