@@ -4,6 +4,7 @@ restart time and RSS of the MDS at the largest size.
 
     python bench/mds.py [--files 1000000] [--seconds 5] [--window 4] [--runs 3]
     python bench/mds.py --ha [--seconds 5] [--runs 3]     # the HA column only
+    python bench/mds.py --failover 20 [--lease-ttl 5]       # failover times only
 
 A "create" is a 0-byte file: `create` then `commit`, both fsynced before their replies
 (the file is durable when the commit reply arrives). Each client process keeps `window`
@@ -18,6 +19,16 @@ The cluster has no DataNodes and the MDS stays in safe mode, so the prefilled bl
 (whose DataNodes never report) cause no repair work: the figures are the metadata path.
 Restart time = SIGTERM stop, start, until the first `ping` answers (process start and
 recovery: snapshot load + WAL replay of the benchmark's own records). RSS by psutil.
+
+Failover (--failover N): etcd, a broker, two symmetric MDS (`--standby --etcd`: the winner
+leads and ships its WAL to the other) and two DataNodes, security on, the default lease TTL
+unless --lease-ttl. One client writes 1 KiB files one after another (each acknowledged
+write durable on both MDS and two DataNodes); N times the active MDS is SIGKILLed once the
+standby is in sync, and the failover time is from the kill to the next acknowledged write
+(lease expiry + the standby's campaign + safe mode until the DataNodes heartbeat + the
+client's retry backoff); the killed MDS is started again (what run_cluster.py's supervisor
+does) and becomes the new standby. At the end every acknowledged file is read back; the
+client must have seen no error.
 """
 from __future__ import annotations
 
@@ -313,7 +324,110 @@ def main_ha(args, root: Path) -> None:
     for key, name in (("off", "off"), ("on", "synchronous (both fsync)")):
         print(f"{name:<28}{r[key]['rate']:>10.0f}{r[key]['p50']:>9.2f}{r[key]['p99']:>9.2f}")
     print(f"on / off = {ratio:.2f} (goal >= 0.70: {'met' if ratio >= 0.7 else 'MISSED'}); "
-          "failover times: not measured (takeover is not built)")
+          "failover times: python bench/mds.py --failover N")
+    print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
+
+
+def _leading_role(cluster: Cluster) -> str:
+    from mds.etcd import Gateway
+    held = Gateway(cluster.etcd_url).get(b"/aegisfs/mds/leader")
+    return held.value.decode() if held else ""
+
+
+def _ha_status(cluster: Cluster) -> dict:
+    from client import AegisClient
+    with AegisClient(cluster.broker, key=cluster.key, timeout=2, retry_deadline=10) as fs:
+        return fs.status()["ha"]
+
+
+def main_failover(args, root: Path) -> None:
+    """Failover times under a writing client (module docstring)."""
+    import logging
+    import threading
+    from client import AegisClient
+    # the client's "waiting for the metadata server" notices: one pair per failover
+    logging.getLogger("client.api").setLevel(logging.ERROR)
+    print(f"MDS failover benchmark: {args.failover} SIGKILLs of the active, lease TTL "
+          f"{args.lease_ttl}s, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    cluster = Cluster(root / "c", free_base_port(), datanodes=2,
+                      etcd_port=free_base_port(span=2), standby_port=free_base_port(span=2),
+                      env={"AEGISFS_HA_LEASE_TTL": str(args.lease_ttl)})
+    acked: list[tuple[float, str, bytes]] = []
+    errors: list[BaseException] = []
+    halt = threading.Event()
+
+    def write_loop() -> None:
+        try:
+            with AegisClient(cluster.broker, key=cluster.key) as fs:
+                i = 0
+                while not halt.is_set():
+                    path, data = f"/failover/f{i}", os.urandom(1024)
+                    fs.write_bytes(path, data)
+                    acked.append((time.monotonic(), path, data))
+                    i += 1
+        except BaseException as exc:     # an error the client saw: the run failed
+            errors.append(exc)
+
+    def until(pred, timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not pred():
+            if errors:
+                raise SystemExit(f"the client saw an error: {errors[0]!r}")
+            if time.monotonic() > end:
+                raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.05)
+
+    def standby_in_sync() -> bool:
+        try:
+            st = _ha_status(cluster)
+        except OSError:
+            return False
+        return st["state"] == "active" and (st.get("standby") or {}).get("state") == "in_sync"
+
+    times: list[float] = []
+    writer = threading.Thread(target=write_loop, daemon=True)
+    try:
+        cluster.start(timeout=120)
+        until(standby_in_sync, 120, "the standby in sync")
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.mkdir("/failover")
+        writer.start()
+        for n in range(args.failover):
+            until(standby_in_sync, 120, "the standby in sync")
+            before = len(acked)
+            until(lambda: len(acked) >= before + 5, 60, "writes before the kill")
+            victim = _leading_role(cluster)
+            count = len(acked)
+            cluster.kill(victim)                      # SIGKILL by PID
+            killed = time.monotonic()
+            until(lambda: len(acked) > count and acked[-1][0] > killed, 120,
+                  "a write through the new active")
+            first = next(t for t, _, _ in acked[count:] if t > killed)
+            times.append(first - killed)
+            print(f"  failover {n + 1}: {victim} killed, {_leading_role(cluster)} leads; "
+                  f"first write {times[-1]:.2f}s after the kill", flush=True)
+            cluster.start_role(victim)               # it comes back as the standby
+        halt.set()
+        writer.join(60)
+        if errors:
+            raise SystemExit(f"the client saw an error: {errors[0]!r}")
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            lost = [path for _, path, data in acked if fs.read_bytes(path) != data]
+        if lost:
+            raise SystemExit(f"{len(lost)} acknowledged files read back wrong: {lost[:5]}")
+    finally:
+        halt.set()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]   # noqa: E731
+    print(f"\nfailover (SIGKILL of the active -> next acknowledged write), {len(times)} "
+          f"failovers, lease TTL {args.lease_ttl}s:")
+    print(f"  min {times[0]:.2f}s  median {q(0.5):.2f}s  p90 {q(0.9):.2f}s  "
+          f"max {times[-1]:.2f}s   (goal <= 10 s each: "
+          f"{'met' if times[-1] <= 10 else 'MISSED'})")
+    print(f"  {len(acked)} writes acknowledged, 0 client errors, every one read back exactly")
     print(f"(load average at the end: {os.getloadavg()[0]:.1f})")
 
 
@@ -327,8 +441,15 @@ def main() -> None:
     ap.add_argument("--dir", help="work directory (default: a temporary one)")
     ap.add_argument("--ha", action="store_true", help="only the HA column: creates/s with "
                     "8 clients without and with a synchronous standby MDS")
+    ap.add_argument("--failover", type=int, metavar="N", help="only the failover times: "
+                    "SIGKILL the active MDS N times under a writing client")
+    ap.add_argument("--lease-ttl", type=int, default=5,
+                    help="[ha] lease_ttl for --failover (seconds) [5, the default]")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="aegis-bench-mds-", dir=args.dir))
+    if args.failover:
+        main_failover(args, root)
+        return
     if args.ha:
         main_ha(args, root)
         return
