@@ -90,6 +90,11 @@ class Grants:
             key = self._node_keys[node] = node_receipt_key(self._secret, node)
         return key
 
+    def ring_export(self) -> dict:
+        """The ring as a plain map (KeyRing.export): what the standby keeps a copy of; a new
+        object after each rotation."""
+        return self._export
+
     def for_node(self, node: str) -> dict:
         """What a heartbeat reply carries: the ring (to verify capabilities) and the node's
         own receipt key (never another node's, so it cannot sign for one)."""

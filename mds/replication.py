@@ -18,14 +18,31 @@ cluster member holding that key) and its ZAP admits that key only.
 Wire: DEALER (active) -> ROUTER (standby). Request [msgpack header, frames?]:
     {op: "hello", n}                     -> {n, last, epoch, crc (of record `last`'s frame),
                                              takeover (why it may not take over, or None)}
-    {op: "append", n, first, epoch}      -> {n, last, epoch} or {n, err, last, epoch}
+    {op: "append", n, first, epoch, ring?} -> {n, last, epoch} or {n, err, last, epoch}
+    {op: "truncate", n, seq, crc, epoch} -> {n, last, epoch, crc} or {n, err, last, epoch}
+
+A standby whose log runs past the active's history - the deposed leader restarted, holding
+a batch it fsynced but whose standby (now the active) never took it, so never
+acknowledged - is cut back rather than left needing a seed: (epoch, seq) names one record
+(one leader per epoch), and everything before the active's own term start T came to it
+from the previous leader in order, so if the standby's record T-1 has the active's CRC
+and the standby's highest epoch is lower than the active's, its records from T on are
+the deposed term's unacknowledged tail. The active sends `truncate` to T-1; the standby
+checks the same (and that no checkpoint of its own covers past T-1), cuts its WAL
+(wal.truncate_after), reopens its store from disk and answers its new position, and the
+catch-up goes on from there. Any other divergence stays `needs_seed`.
 `n` numbers requests so a late answer to a timed-out one is never taken for another's.
+`ring` (the active's capability key ring export, mds/grants.py) rides on the first append
+after it changed until one is acknowledged; the standby saves it as its own
+`capability.ring`, so after a takeover the capabilities clients hold and the keys the
+DataNodes verify with stay valid (without it every in-flight write failed "unknown key").
 
 Public API:
     StandbyLink(endpoint, store, timeout, curve=None, clock=time.monotonic)
         .ship(first, frames)   never raises;  .upkeep()   between batches
         .status() -> dict      .close()
     handle(store, header, frames) -> dict     the standby's answer, no sockets
+    cut_point(store, term_start, acked, their_epoch), truncate(store, header, reopen)
     StandbyServer(store, bind, curve=None, info=None)    .serve(timeout) -> bool   .close()
 """
 from __future__ import annotations
@@ -38,6 +55,7 @@ import msgpack
 import zmq
 
 from .metastore import MetaStore, StaleEpoch
+from .snapshot import list_snapshots
 from .wal import frame_crc, frames_after
 
 log = logging.getLogger(__name__)
@@ -51,7 +69,8 @@ def _pack(obj: dict) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
+def handle(store: MetaStore, header: Any, frames: bytes | None,
+           on_ring: Callable[[Any], None] | None = None) -> dict:
     """The standby's answer to one request (every outcome an answer, never an exception)."""
     n = header.get("n") if isinstance(header, dict) else None
     base = {"n": n}
@@ -64,6 +83,8 @@ def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
             if epoch < store.epoch:
                 raise StaleEpoch(epoch, store.epoch, "the standby")
             store.replicate(first, frames, defer=True)   # replayed after the answer
+            if "ring" in header and on_ring is not None:
+                on_ring(header["ring"])
         elif op == "hello":
             # the CRC of our last record: the primary checks we share its history
             base["crc"] = frame_crc(store.dir, store.last_seq)
@@ -74,6 +95,48 @@ def handle(store: MetaStore, header: Any, frames: bytes | None) -> dict:
     return {**base, "last": store.last_seq, "epoch": store.epoch}
 
 
+def cut_point(store: MetaStore, term_start: int | None, acked: int,
+              their_epoch: Any) -> tuple[int, int] | None:
+    """The active's side: (seq, crc) to cut a diverged standby back to, or None (it needs
+    a seed): the record before this leader's own term (`term_start`, the seq of its epoch
+    record), when the standby is past it and has seen only lower epochs (module docstring)."""
+    if term_start is None or type(their_epoch) is not int or their_epoch >= store.epoch \
+            or acked < term_start:
+        return None
+    crc = frame_crc(store.dir, term_start - 1)
+    return None if crc is None else (term_start - 1, crc)
+
+
+def truncate(store: MetaStore, header: dict,
+             reopen: Callable[[int], MetaStore] | None) -> tuple[dict, MetaStore]:
+    """The standby's side of `truncate`: cut its tail past `seq` after checking it is a
+    lower term's tail the active does not hold; (answer, the store now). Every refusal is
+    an answer that changes nothing. `reopen(seq)` closes the store, cuts the WAL
+    (wal.truncate_after) and opens it again."""
+    base: dict = {"n": header.get("n")}
+    seq, crc, epoch = header.get("seq"), header.get("crc"), header.get("epoch")
+    try:
+        if type(seq) is not int or type(crc) is not int or type(epoch) is not int:
+            raise ValueError("truncate needs int seq, crc and epoch")
+        if reopen is None:
+            raise ValueError("this standby cannot cut its log")
+        if epoch <= store.epoch:
+            raise ValueError(f"truncate from epoch {epoch}: this standby has seen "
+                             f"epoch {store.epoch}")
+        if not 0 < seq < store.last_seq:
+            raise ValueError(f"nothing to cut at seq {seq} (last {store.last_seq})")
+        if frame_crc(store.dir, seq) != crc:
+            raise ValueError(f"record {seq} differs from the active's: another history")
+        covered = [s for s, _ in list_snapshots(store.dir) if s > seq]
+        if covered:
+            raise ValueError(f"a checkpoint at seq {covered[-1]} covers past {seq}")
+        store = reopen(seq)
+        base["crc"] = frame_crc(store.dir, store.last_seq)
+    except (ValueError, OSError) as exc:
+        base["err"] = str(exc)
+    return {**base, "last": store.last_seq, "epoch": store.epoch}, store
+
+
 class StandbyLink:
     def __init__(self, endpoint: str, store: MetaStore, timeout: float = 2.0,
                  curve: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -82,6 +145,10 @@ class StandbyLink:
         self.ctx: zmq.Context = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
         self.state = "catching_up"       # in_sync / catching_up / gone / needs_seed
+        self.term_start: int | None = None   # seq of this leader's own epoch record
+        self.ring: Callable[[], Any] | None = None   # the capability ring export now
+        self._ring_acked: Any = None         # the export the standby last acknowledged
+        self._ring_sent: Any = None
         self.acked = 0                   # the standby's last seq, as it last said
         self.since = clock()
         self.reason = "not connected yet"
@@ -160,8 +227,7 @@ class StandbyLink:
         if self.state != "in_sync":
             return
         try:
-            n = self._send({"op": "append", "first": first, "epoch": self.store.epoch},
-                           frames)
+            n = self._send(self._append(first), frames)
         except Exception as exc:      # never fail the active's flush for the standby
             n, self.reason = None, repr(exc)
         self._sent = (first, n, self.clock() + self.timeout)
@@ -176,8 +242,7 @@ class StandbyLink:
             if sent is not None and sent[0] == first:
                 answer = self._wait(sent[1], sent[2])
             else:
-                answer = self._call({"op": "append", "first": first,
-                                     "epoch": self.store.epoch}, frames, self.timeout)
+                answer = self._call(self._append(first), frames, self.timeout)
         except Exception as exc:      # never fail the active's flush for the standby
             answer = None
             self.reason = repr(exc)
@@ -187,6 +252,15 @@ class StandbyLink:
             self._lost(f"refused: {answer['err']}")
         else:
             self.acked = answer.get("last", self.acked)
+            self._ring_acked = self._ring_sent
+
+    def _append(self, first: int) -> dict:
+        header = {"op": "append", "first": first, "epoch": self.store.epoch}
+        ring = self.ring() if self.ring is not None else None
+        self._ring_sent = ring
+        if ring is not None and ring is not self._ring_acked:
+            header["ring"] = ring
+        return header
 
     def _probe(self) -> dict | None:
         """Without blocking the loop: a hello is sent, and its answer picked up at a later
@@ -239,6 +313,26 @@ class StandbyLink:
                     self.state, self.since, self.reason = "in_sync", self.clock(), ""
                     self.takeover = None    # said before: the active clears its mark now
                     return
+                theirs = answer.get("crc")
+                diverged = self.acked > self.store.last_seq or (
+                    theirs is not None and frame_crc(self.store.dir, self.acked) != theirs)
+                cut = cut_point(self.store, self.term_start, self.acked,
+                                answer.get("epoch")) if diverged else None
+                if cut is not None:
+                    answer = self._call({"op": "truncate", "seq": cut[0], "crc": cut[1],
+                                         "epoch": self.store.epoch}, None, self.timeout)
+                    if answer is not None and "err" in answer:
+                        if self.state != "needs_seed":
+                            log.error("standby at %s refused to cut its log back to seq "
+                                      "%d: %s; it needs a copy of this MDS's directory",
+                                      self.endpoint, cut[0], answer["err"])
+                        self.state, self.reason = "needs_seed", answer["err"]
+                        return
+                    if answer is not None:
+                        log.warning("standby at %s cut back to seq %d (its tail was a "
+                                    "deposed term's, never acknowledged)", self.endpoint,
+                                    answer.get("last"))
+                    continue
                 if self.acked > self.store.last_seq:
                     # it took a batch whose local fsync this MDS never finished (it died in
                     # it): never acknowledged, but that standby's history is not ours
@@ -271,8 +365,9 @@ class StandbyLink:
                     self._next_probe = 0.0       # go on at the next upkeep
                     return
                 first, frames, _ = chunk
-                answer = self._call({"op": "append", "first": first,
-                                     "epoch": self.store.epoch}, frames, self.timeout)
+                answer = self._call(self._append(first), frames, self.timeout)
+                if answer is not None and "err" not in answer:
+                    self._ring_acked = self._ring_sent
             self._lost("no answer" if answer is None else f"refused: {answer['err']}")
         except Exception as exc:
             log.exception("catching up the standby failed")
@@ -294,8 +389,12 @@ class StandbyServer:
     its ZAP admitting that key only, when `curve` is given)."""
 
     def __init__(self, store: MetaStore, bind: str, curve: Any = None,
-                 info: Callable[[], dict] | None = None) -> None:
+                 info: Callable[[], dict] | None = None,
+                 reopen: Callable[[int], MetaStore] | None = None,
+                 on_ring: Callable[[Any], None] | None = None) -> None:
         self.store, self.info = store, info
+        self.reopen = reopen     # cut the log after a seq and open the store again
+        self.on_ring = on_ring   # the active's capability ring, to keep as ours
         self.ctx = zmq.Context()
         self.auth = None
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -321,7 +420,10 @@ class StandbyServer:
         except Exception:
             header = None
         frames = parts[2] if len(parts) > 2 else None
-        answer = handle(self.store, header, frames)
+        if isinstance(header, dict) and header.get("op") == "truncate":
+            answer, self.store = truncate(self.store, header, self.reopen)
+        else:
+            answer = handle(self.store, header, frames, self.on_ring)
         if self.info is not None and isinstance(header, dict) and header.get("op") == "hello":
             answer.update(self.info())
         self.sock.send_multipart([parts[0], _pack(answer)])

@@ -163,6 +163,7 @@ class MetadataServer:
                 keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
             self.link = StandbyLink(ship_to, self.store, s.ha_standby_timeout, curve=keys)
             self.store.on_write, self.store.on_sync = self.link.send, self.link.ship
+            self.link.ring = self.ops.grants.ring_export   # the standby keeps a copy
         if campaign is not None:
             self.campaign = campaign
         elif s.ha_etcd:
@@ -250,11 +251,16 @@ class MetadataServer:
         """The epoch goes into the WAL stream before anything of the term does; an epoch
         lower than the log's means etcd lost its data (or this log came from a newer
         leader): serving would let a lower term overwrite a higher one, so stop."""
+        before = self.store.epoch
         try:
             self.store.begin_term(epoch)
         except StaleEpoch as exc:
             log.critical("mds stopped: %s (was etcd's data reset?)", exc)
             sys.exit(STALE_EPOCH)
+        if self.link is not None and epoch > before:
+            # our epoch record: what precedes it came from the previous leader, so a
+            # standby diverging after it holds a deposed term's tail (replication.py)
+            self.link.term_start = self.store.last_seq
         self.epoch = self.ops.epoch = epoch
 
     def _refuse(self, req: Request, why: str = "holds no leadership lease") -> Outcome:

@@ -17,9 +17,14 @@ import sys
 import time
 from dataclasses import replace
 
+from broker.capability import KeyRing
+
 from .election import Campaign
+from .grants import save_ring
+from .metastore import MetaStore
 from .replication import StandbyServer
 from .server import MetadataServer, Settings, election_for, open_store
+from .wal import truncate_after
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +38,40 @@ class Standby:
             from broker.curve import CurveKeys
             keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
         self.campaign: Campaign | None = None
-        self.server = StandbyServer(self.store, s.ha_standby, curve=keys, info=self.describe)
+        self.server = StandbyServer(self.store, s.ha_standby, curve=keys, info=self.describe,
+                                    reopen=self._reopen, on_ring=self._keep_ring)
+        self._ring: object = None
         if s.ha_etcd:
-            store = self.store
-            self.campaign = Campaign(election_for(s, lambda: store.last_seq)).start()
+            self.campaign = Campaign(election_for(s, lambda: self.store.last_seq)).start()
         self._stop = False
+
+    def _reopen(self, seq: int) -> MetaStore:
+        """The active cut us back to `seq` (mds/replication.py `truncate`): close the store,
+        cut the WAL, replay it again from disk. A failure past the close is fail-stop."""
+        self.store.close(checkpoint=False)
+        try:
+            dropped = truncate_after(self.s.data_dir, seq)
+            self.store = open_store(self.s)
+        except BaseException as exc:
+            log.critical("mds stopped: cutting the standby's log back to seq %d failed: %r",
+                         seq, exc)
+            sys.exit(70)
+        log.warning("standby cut back to seq %d: dropped %d records past it (a deposed "
+                    "term's, never acknowledged), following the active", seq, dropped)
+        return self.store
+
+    def _keep_ring(self, export: object) -> None:
+        """The active's capability key ring: saved as ours, so that after a takeover the
+        capabilities it minted still verify (MetadataServer loads capability.ring)."""
+        if export == self._ring:
+            return
+        try:
+            KeyRing.load(export)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("capability key ring from the active refused: %s", exc)
+            return
+        save_ring(self.s.data_dir / "capability.ring")(export)   # type: ignore[arg-type]
+        self._ring = export
 
     def describe(self) -> dict:
         """What the standby tells the active in its hello answer (shown by status)."""

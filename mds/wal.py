@@ -297,6 +297,43 @@ def frames_after(directory: os.PathLike | str, seq: int,
     return seq + 1, b"".join(parts), count
 
 
+def truncate_after(directory: os.PathLike | str, seq: int) -> int:
+    """Cut the log on disk back to record `seq`: later segments removed, the one holding
+    `seq` cut just after its frame, durably (file fsync, then the directory). For a
+    standby whose tail past `seq` was a deposed leader's, never acknowledged
+    (mds/replication.py `truncate`). Returns the number of records dropped; ValueError,
+    changing nothing, when the segments do not hold record `seq` (nothing to cut at)."""
+    segments = list_segments(directory)
+    holder = [(first, path) for first, path in segments if first <= seq]
+    if not holder:
+        raise ValueError(f"the log holds no record {seq} (it starts later)")
+    first, path = holder[-1]
+    buf = path.read_bytes()
+    offset, cut = 0, None
+    while offset < len(buf):
+        got = frame_at(buf, offset)
+        if isinstance(got, str):
+            break
+        rec, offset = got
+        if isinstance(rec, dict) and rec.get("seq") == seq:
+            cut = offset
+            break
+    if cut is None:
+        raise ValueError(f"record {seq} is not in {path.name}")
+    dropped = 0
+    for later_first, later in segments:
+        if later_first > seq:
+            dropped += len(read_segment(later).records)
+    dropped += len(read_segment(path).records) - (seq - first + 1)
+    # newest first and durably before the cut: a crash in between leaves a prefix
+    for later_first, later in reversed(segments):
+        if later_first > seq:
+            later.unlink()
+    fsync_dir(directory)
+    _truncate(path, cut)
+    return dropped
+
+
 def frame_crc(directory: os.PathLike | str, seq: int) -> int | None:
     """The CRC of the frame of record `seq` in the segments on disk (it covers the whole
     record): what a primary and its standby compare to know they share a history. None

@@ -24,23 +24,23 @@ def open_store(path: Path, seed: int = 1, **kw) -> MetaStore:
                      random_bytes=random.Random(seed).randbytes, **kw)
 
 
-def work(store: MetaStore, rng: random.Random, n: int) -> None:
+def work(store: MetaStore, rng: random.Random, n: int, top: str = "") -> None:
     """A mix of namespace changes, one flush each few, as the MDS loop does."""
     for i in range(n):
-        name = f"/d{rng.randrange(4)}"
+        name = f"{top}/d{rng.randrange(4)}"
         try:
             store.submit(lambda ns, p=name: ns.prepare_mkdir(p, parents=True))
         except OSError:
             pass
-        h = store.submit(lambda ns, i=i: ns.prepare_create(f"/d0/f{i}", parents=True))["handle"]
+        h = store.submit(lambda ns, i=i: ns.prepare_create(f"{top}/d0/f{i}", parents=True))["handle"]
         alloc = store.submit(lambda ns, h=h: ns.prepare_allocate(h, [["n1", "n2"]]))
         blocks = [{"id": b["id"], "size": 5, "checksum": 1, "replicas": ["n1", "n2"]}
                   for b in alloc["blocks"]]
         store.submit(lambda ns, h=h, b=blocks: ns.prepare_commit(h, b))
         if i % 3 == 2:
-            store.submit(lambda ns, i=i: ns.prepare_rm(f"/d0/f{i - 1}"))
-        store.once(os.urandom(16), 1000.0 + i,
-                   lambda i=i: store.submit(lambda ns: ns.prepare_mkdir(f"/o{i}")))
+            store.submit(lambda ns, i=i: ns.prepare_rm(f"{top}/d0/f{i - 1}"))
+        store.once(os.urandom(16), 1000.0 + i, lambda i=i: store.submit(
+            lambda ns: ns.prepare_mkdir(f"{top}/o{i}", parents=True)))
         if i % 2:
             store.flush()
     store.flush()
@@ -248,3 +248,112 @@ def test_a_deferred_replay_is_durable_first_and_applied_after(pair, tmp_path):
         assert again.ns.dump() == active.ns.dump() and again.epoch == 3
     finally:
         again.close()
+
+
+def _deposed_pair(tmp_path):
+    """A led epoch 5 shipping to B, then wrote a tail it never shipped (it died between
+    its fsync and B's answer: never acknowledged); B took over with epoch 7 and wrote on.
+    Returns (a, b, b's term start)."""
+    a, b = open_store(tmp_path / "a"), open_store(tmp_path / "b", seed=2)
+    a.on_sync = b.replicate
+    a.begin_term(5)
+    ship_all(a, b, random.Random(7), 6)
+    a.on_sync = None
+    work(a, random.Random(8), 3, "/tail")        # the deposed term's unshipped tail
+    assert a.last_seq > b.last_seq
+    b.begin_term(7)
+    start = b.last_seq                           # b's epoch record
+    work(b, random.Random(9), 4, "/new")
+    return a, b, start
+
+
+def test_a_deposed_leaders_unacknowledged_tail_is_cut_back_and_it_follows(tmp_path):
+    from mds.replication import cut_point, truncate
+    from mds.wal import truncate_after
+    a, b, start = _deposed_pair(tmp_path)
+    tail = a.last_seq
+    cut = cut_point(b, start, a.last_seq, a.epoch)
+    assert cut == (start - 1, frame_crc(b.dir, start - 1))
+    assert frame_crc(a.dir, start - 1) == cut[1]          # the shared history
+
+    def reopen(seq: int) -> MetaStore:
+        a.close(checkpoint=False)
+        truncate_after(tmp_path / "a", seq)
+        return open_store(tmp_path / "a")
+    answer, a2 = truncate(a, {"n": 1, "seq": cut[0], "crc": cut[1], "epoch": b.epoch},
+                          reopen)
+    try:
+        assert "err" not in answer and answer["last"] == start - 1 < tail
+        assert a2.last_seq == start - 1 and answer["crc"] == cut[1]
+        while a2.last_seq < b.last_seq:              # the catch-up from there
+            got = frames_after(b.dir, a2.last_seq, limit=300)
+            a2.replicate(got[0], got[1])
+        assert a2.ns.dump() == b.ns.dump() and a2.epoch == 7
+        a2.close()
+        again = open_store(tmp_path / "a")            # and so it recovers from disk
+        assert again.ns.dump() == b.ns.dump() and again.last_seq == b.last_seq
+        again.close()
+    finally:
+        b.close()
+
+
+def test_a_cut_is_refused_unless_it_is_a_lower_terms_tail_past_a_shared_record(tmp_path):
+    from mds.replication import cut_point, truncate
+    a, b, start = _deposed_pair(tmp_path)
+    reopened: list[int] = []
+
+    def reopen(seq: int) -> MetaStore:
+        reopened.append(seq)
+        return a
+    try:
+        # no term start known, a standby of the same or a newer epoch, one not past it
+        assert cut_point(b, None, a.last_seq, a.epoch) is None
+        assert cut_point(b, start, a.last_seq, b.epoch) is None
+        assert cut_point(b, start, start - 1, a.epoch) is None
+        crc = frame_crc(b.dir, start - 1)
+        last = a.last_seq
+        for header in ({"seq": start - 1, "crc": crc, "epoch": a.epoch},      # not newer
+                       {"seq": start - 1, "crc": crc ^ 1, "epoch": 7},        # other record
+                       {"seq": last, "crc": crc, "epoch": 7},                 # nothing after
+                       {"seq": "x", "crc": crc, "epoch": 7}):                 # malformed
+            answer, store = truncate(a, {"n": 2, **header}, reopen)
+            assert "err" in answer and store is a and a.last_seq == last, header
+        answer, _ = truncate(a, {"n": 3, "seq": start - 1, "crc": crc, "epoch": 7}, None)
+        assert "err" in answer
+        a.checkpoint_now()                             # covers the tail: cannot cut
+        answer, _ = truncate(a, {"n": 4, "seq": start - 1, "crc": crc, "epoch": 7}, reopen)
+        assert "checkpoint" in answer.get("err", ""), answer
+        assert reopened == [] and a.last_seq == last
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_actives_key_ring_rides_on_an_append_until_acknowledged(pair):
+    """The standby keeps the active's capability ring (mds/standby.py saves it), so the
+    capabilities the active minted still verify after a takeover."""
+    from mds.replication import StandbyLink, handle
+    active, standby = pair
+    link = StandbyLink("tcp://127.0.0.1:9", active, 0.1)    # never connected: headers only
+    try:
+        ring = {"keys": "first"}
+        link.ring = lambda: ring
+        first = link._append(1)
+        assert first["ring"] is ring
+        link._ring_acked = link._ring_sent                 # what an acknowledged append does
+        assert "ring" not in link._append(2)
+        ring = {"keys": "rotated"}
+        assert link._append(3)["ring"] == {"keys": "rotated"}
+    finally:
+        link.close()
+    kept: list = []
+    active.on_sync = None
+    active.begin_term(2)
+    got = frames_after(active.dir, 0, limit=1 << 20)
+    answer = handle(standby, {"op": "append", "n": 1, "first": got[0], "epoch": 2,
+                              "ring": {"keys": "x"}}, got[1], kept.append)
+    assert "err" not in answer and kept == [{"keys": "x"}]
+    # a refused append keeps nothing
+    answer = handle(standby, {"op": "append", "n": 2, "first": got[0], "epoch": 2,
+                              "ring": {"keys": "y"}}, got[1], kept.append)
+    assert "err" in answer and kept == [{"keys": "x"}]
