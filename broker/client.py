@@ -446,7 +446,7 @@ class MemberClient(Client):
 
     It connects to the broker's *worker* endpoint and declares which member it acts for
     ("mds" or "dn.<id>"); the broker then stamps its requests with that caller class and
-    id (broker.routing.caller_of), which services check. Otherwise it is a Client.
+    id (broker.callers.caller_of), which services check. Otherwise it is a Client.
     """
 
     def __init__(self, worker_endpoint: str, member: str, **kw: Any) -> None:

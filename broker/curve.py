@@ -1,7 +1,7 @@
 """CURVE on every broker socket: the key material each role connects with, the broker's
 ZAP admission decisions (the pyzmq thread that asks them is zap.py, apart because it
 imports asyncio, which clients need not load) and the User-Id it gives each connection,
-which `routing.caller_of` turns into the caller.
+which `callers.caller_of` turns into the caller.
 
 User-Id, carried by ZeroMQ on every message of an authenticated connection:
     "u:<user name>:<public key z85>"   a user's key (client endpoint, events out)

@@ -51,7 +51,7 @@ COMMAND_NAMES = {READY: "READY", REQUEST: "REQUEST", REPLY: "REPLY",
 CLIENT_COMMANDS = frozenset({REQUEST})
 WORKER_COMMANDS = frozenset({READY, REPLY, HEARTBEAT, DISCONNECT, MEMBER, REQUEST})
 
-# Caller classes, stamped by the broker on every request it forwards (routing.caller_of).
+# Caller classes, stamped by the broker on every request it forwards (callers.caller_of).
 CALLER_CLIENT = "client"
 CALLER_DATANODE = "datanode"
 CALLER_MDS = "mds"

@@ -26,26 +26,19 @@ sends that the I/O loop performs verbatim. Nothing here imports zmq.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable
 
 from . import protocol as P
 from . import service as S
-from .service import EVERYONE, Bool, Context, Int, Map, Str, operation, validate
-from .userid import MEMBER_KEY, USER_KEY, parse_user_id  # noqa: F401  (re-exported)
+from .broker_ops import _BrokerOps
+from .callers import CLIENT, WORKER, Refused, Send
+from .registration import Registration, Service, Worker
+from .service import Context
+from .userid import parse_user_id
 
 log = logging.getLogger(__name__)
-
-CLIENT = 0   # send on the client-facing socket
-WORKER = 1   # send on the worker-facing socket
-DATA = 2     # a DataNode's data endpoint (datanode/dataplane.py): users and members
-
-Send = tuple[int, bytes, list]
 
 # A request's route - what workers echo in their reply - is the side its caller is on
 # (CLIENT or WORKER, one byte) and the caller's ROUTER identity: the two ROUTER sockets
@@ -53,134 +46,9 @@ Send = tuple[int, bytes, list]
 _CLIENT_SIDE = bytes((CLIENT,))
 _MEMBER_SIDE = bytes((WORKER,))
 MAX_IDENTITY = 254              # + the side byte fits the envelope's 255-byte name
-MAX_MEMBERS = 10_000
-READY_FIELDS = Map({"capacity?": Int(-(1 << 63), 1 << 64), "exclusive?": Bool(),
-                    "node?": Str(P.MAX_SERVICE_LEN), "epoch?": Int(0, 1 << 63)})
 
 
-# With security off every client is this user: the superuser (mds.perms.SUPERUSER and
-# keys.ADMIN are the same name; a unit test holds them together).
-INSECURE_USER = "admin"
-
-
-class Refused(PermissionError):
-    """A peer asked for something its key does not allow (register or act for another
-    member, a user key on the worker side): refused and logged, never a crash."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EPERM, message)
-
-
-def _member_caller(member: str | None) -> tuple[str, str]:
-    if member == P.CALLER_MDS:
-        return P.CALLER_MDS, P.CALLER_MDS
-    if member is not None and member.startswith("dn.") and len(member) > 3:
-        return P.CALLER_DATANODE, member[3:]
-    raise P.ProtocolError(f"{member!r} is not a member of the cluster (mds or dn.<id>)")
-
-
-def caller_of(side: int, user: str | None = None,
-              member: str | None = None) -> tuple[str, str]:
-    """(caller class, caller id) of a request: the one place that decides who is calling.
-
-    With security on, `user` is the connection's ZAP User-Id (what the broker's
-    authenticator gave the CURVE key, attached by ZeroMQ to every message): on the client
-    endpoint a user key is class "client" with the user's name; on the worker endpoint a
-    member key is the member it was issued for ("mds", or "dn.<id>" -> "datanode" <id>),
-    and `member` (what the peer declares in MEMBER or READY) must be that same member.
-    Anything else raises Refused. Nothing the sender writes in a header counts.
-    On a DataNode's data endpoint (`DATA`) both kinds are admitted and take the class
-    they would have at the broker; nothing is declared there.
-    With security off (`user` None) the endpoint is the credential: every client is
-    INSECURE_USER, a member is what it declares (on the data endpoint: a client).
-    """
-    if user is None:
-        return (P.CALLER_CLIENT, INSECURE_USER) if side != WORKER else _member_caller(member)
-    who = parse_user_id(user)
-    if who is None:
-        raise Refused(f"unknown User-Id {user[:60]!r}")
-    kind, name = who
-    if side == DATA:
-        return (P.CALLER_CLIENT, name) if kind == USER_KEY else _member_caller(name)
-    if side == CLIENT:
-        if kind != USER_KEY:
-            raise Refused(f"member key of {name!r} on the client endpoint")
-        return P.CALLER_CLIENT, name
-    if kind != MEMBER_KEY:
-        raise Refused(f"user key of {name!r} on the worker endpoint")
-    if member is not None and member != name:
-        raise Refused(f"the key of {name!r} may not act for {member!r}")
-    return _member_caller(name)
-
-
-CLIENT_CALLER = P.caller_field(*caller_of(CLIENT))
-
-
-def registry_digest(ids: frozenset[str]) -> str:
-    """A short name for one view of the registry (the `registry` op's `since`)."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:32]
-
-
-class _BrokerOps:
-    """Service "broker", answered by the broker itself."""
-
-    def __init__(self, router: "Router") -> None:
-        self.router = router
-
-    @operation(callers=EVERYONE)
-    def ping(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Liveness of the broker: {"pong": true}."""
-        return {"pong": True}
-
-    @operation(callers=EVERYONE)
-    def whoami(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Who the broker says the caller is: {"user": id, "class": caller class} (a user's
-        name for clients; "admin" for every client when security is off)."""
-        return {"user": ctx.caller_id, "class": ctx.caller_class}
-
-    @operation({"since?": Str(64)}, callers=frozenset({P.CALLER_DATANODE}))
-    def registry(self, h: dict, payload: list, ctx: Context) -> dict:
-        """The User-Ids the key registry admits now, for a DataNode's data endpoint to
-        admit the same keys (datanode/dataplane.py) -> {digest, ids: [User-Id]}, or only
-        {digest} when it equals `since` (nothing changed); {secure: false} with security
-        off. The broker stays the one holder of the registry."""
-        ids = self.router.registry
-        if ids is None:
-            return {"secure": False}
-        digest = registry_digest(ids)
-        if h.get("since") == digest:
-            return {"secure": True, "digest": digest}
-        return {"secure": True, "digest": digest, "ids": sorted(ids)}
-
-    @operation(callers=EVERYONE)
-    def services(self, h: dict, payload: list, ctx: Context) -> dict:
-        """Live workers per service: {"services": {name: count}} (services with none are
-        left out)."""
-        return {"services": {s.name: len(s.workers)
-                             for s in self.router.services.values() if s.workers}}
-
-
-@dataclass(eq=False, slots=True)
-class Worker:
-    identity: bytes
-    service: "Service"
-    capacity: int
-    expiry: float
-    user: str | None = None                       # its key's User-Id (security on)
-    in_flight: set = field(default_factory=set)   # (route, rid) keys
-    epoch: int = 0                                # READY's leadership epoch (HA MDS)
-
-
-@dataclass(eq=False, slots=True)
-class Service:
-    name: str
-    name_bytes: bytes
-    workers: list = field(default_factory=list)
-    queue: deque = field(default_factory=deque)   # (route, rid, header, payload, caller)
-    epoch: int = 0          # the highest leadership epoch a worker registered with
-
-
-class Router:
+class Router(Registration):
     def __init__(self, *, clock: Callable[[], float] = time.monotonic,
                  heartbeat_interval: float = 1.0, liveness: int = 3,
                  max_queue: int = 10_000, request_ttl: float = 120.0,
@@ -210,48 +78,6 @@ class Router:
         self._next_heartbeat = clock() + heartbeat_interval
         self.stats = {"requests": 0, "replies": 0, "dropped_replies": 0, "rejected": 0,
                       "expired_workers": 0, "revoked": 0}
-
-    # -- keys ------------------------------------------------------------------------------
-
-    def set_registry(self, ids: frozenset[str] | None) -> list[Send]:
-        """The registry changed (security on: the User-Ids it admits). Requests from a key
-        no longer in it are refused with EACCES from now on; its workers and member
-        declarations are dropped (their in-flight requests fail with ECONNRESET)."""
-        self.registry = ids
-        self._client_callers.clear()
-        if ids is None:
-            return []
-        for ident, (_, user) in list(self.members.items()):
-            if user is not None and user not in ids:
-                del self.members[ident]
-        out: list[Send] = []
-        for worker in list(self.workers.values()):
-            if worker.user is not None and worker.user not in ids:
-                out.extend(self._remove_worker(worker, "revoked (its key left the registry)"))
-        return out
-
-    def _registered(self, user: str) -> bool:
-        if self.registry is not None and user in self.registry:
-            return True
-        if self.refresh is not None:
-            ids = self.refresh()
-            if ids != self.registry:
-                self._deferred.extend(self.set_registry(ids))   # sent by the next tick()
-        return self.registry is not None and user in self.registry
-
-    def _client_caller(self, user: str | None) -> bytes | None:
-        """The caller field for a client connection's User-Id; None if it is not (or no
-        longer) registered."""
-        if user is None:
-            return CLIENT_CALLER
-        caller = self._client_callers.get(user)
-        if caller is None:
-            if not self._registered(user):
-                return None
-            caller = P.caller_field(*caller_of(CLIENT, user))
-            self._client_callers[user] = caller
-        return caller
-
     # -- requests (from clients, and from members on the worker side) -------------------
 
     def on_client(self, client: bytes, env: bytes, payload: list,
@@ -390,15 +216,6 @@ class Router:
         cname = P.COMMAND_NAMES.get(cmd, str(cmd))
         raise P.ProtocolError(f"command {cname} is not valid from a worker")
 
-    def _on_member(self, identity: bytes, declared: bytes, user: str | None) -> list[Send]:
-        caller_class, caller_id = caller_of(WORKER, user,
-                                            P.decode_name(declared, "member name"))
-        if identity not in self.members and len(self.members) >= MAX_MEMBERS:
-            # members that vanished without DISCONNECT (kill -9): forget the oldest
-            del self.members[next(iter(self.members))]
-        self.members[identity] = (P.caller_field(caller_class, caller_id), user)
-        return []
-
     def _on_reply(self, worker: Worker, route: bytes, rid: bytes, header: bytes,
                   payload: list) -> list[Send]:
         key = (route, rid)
@@ -425,73 +242,6 @@ class Router:
                 break
             out.append(self._dispatch(worker, *svc.queue.popleft()))
         return out
-
-    def _on_ready(self, identity: bytes, service: bytes, header: bytes,
-                  user: str | None = None) -> list[Send]:
-        name = P.decode_name(service, "service name")
-        if name == P.BROKER_SERVICE:
-            raise P.ProtocolError(f"service name {name!r} is reserved")
-        if user is not None:
-            caller_of(WORKER, user, name)   # a member key serves only its own service
-        info = P.decode_header(header, self.max_header)
-        try:
-            validate(READY_FIELDS, info, "READY")
-        except OSError as exc:   # whatever is wrong with it, it breaks the protocol
-            raise P.ProtocolError(exc.strerror or str(exc)) from None
-        capacity = max(1, min(int(info.get("capacity") or 64), 100_000))
-        epoch = int(info.get("epoch") or 0)
-        svc = self.services.get(service)
-        if svc is not None and epoch < svc.epoch:
-            # a deposed leader (paused, then resumed) must never be routed a request
-            raise Refused(f"registration for {name!r} with epoch {epoch} refused: workers "
-                          f"of epoch {svc.epoch} serve it (a newer leader took over)")
-        out: list[Send] = []
-        if identity in self.workers:   # re-registration: its old requests are lost
-            out.extend(self._remove_worker(self.workers[identity]))
-        if svc is None:
-            svc = self.services[service] = Service(name, service)
-        if epoch > svc.epoch:
-            svc.epoch = epoch
-            for old in list(svc.workers):
-                out.extend(self._remove_worker(old, f"superseded by epoch {epoch}"))
-        if info.get("exclusive"):
-            # A named worker (dn.<id>, mds) that registers again - typically restarted after
-            # a crash - supersedes its dead predecessor at once instead of sharing requests
-            # with it until it expires.
-            for old in list(svc.workers):
-                out.extend(self._remove_worker(old, "superseded by a new registration"))
-        worker = Worker(identity, svc, capacity, self.clock() + self.interval * self.liveness,
-                        user, epoch=epoch)
-        self.workers[identity] = worker
-        svc.workers.append(worker)
-        log.info("worker %s registered for service %r (capacity %d)",
-                 identity.hex(), name, capacity)
-        out.extend(self._drain_queue(svc))
-        return out
-
-    def _remove_worker(self, worker: Worker, reason: str = "disconnected") -> list[Send]:
-        self.workers.pop(worker.identity, None)
-        svc = worker.service
-        if worker in svc.workers:
-            svc.workers.remove(worker)
-        log.warning("worker %s of service %r %s with %d requests in flight",
-                    worker.identity.hex(), svc.name, reason, len(worker.in_flight))
-        out = []
-        for key in worker.in_flight:
-            self.in_flight.pop(key, None)
-            out.append(self._error(key[0], svc.name_bytes, key[1], P.E_WORKER_LOST,
-                                   f"worker of service {svc.name!r} was lost "
-                                   f"with the request in flight"))
-        worker.in_flight.clear()
-        if not svc.workers:
-            while svc.queue:
-                route, rid = svc.queue.popleft()[:2]
-                out.append(self._error(route, svc.name_bytes, rid, P.E_NO_WORKER,
-                                       f"no live worker for service {svc.name!r}"))
-        else:
-            out.extend(self._drain_queue(svc))
-        return out
-
     # -- time ----------------------------------------------------------------------------
 
     def next_deadline(self) -> float:

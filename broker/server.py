@@ -20,9 +20,10 @@ import zmq
 from . import curve
 from . import protocol as P
 from . import wire
+from .callers import CLIENT, Refused
 from .config import bind_endpoint
 from .keys import KeyStore
-from .routing import CLIENT, Refused, Router
+from .routing import Router
 from .zap import KeyAuthenticator
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The User-Id ZeroMQ carries on every message of a CURVE connection: its two kinds and its
-parser. Shared by routing.py (which turns it into the caller) and curve.py (which makes it),
+parser. Shared by callers.py (which turns it into the caller) and curve.py (which makes it),
 and small so that clients loading curve.py do not load the routing core.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Request:
     rid: bytes
     header: dict
     payload: list          # memoryviews, zero-copy
-    caller_class: str = P.CALLER_CLIENT   # stamped by the broker (routing.caller_of)
+    caller_class: str = P.CALLER_CLIENT   # stamped by the broker (callers.caller_of)
     caller_id: str = "admin"
     via: int = 0           # which broker connection of the Worker it came in on
 

@@ -6,7 +6,7 @@ it (op `registry`) for the User-Ids it admits and admits the same keys (`Admitte
 refreshed every second, so a revoked key is cut off within seconds on open connections
 too). The socket is a ROUTER; with security on a CURVE server with this node's member key,
 its ZAP domain `data` admitting user and member keys. Requests are AEGIS/2 REQUESTs as a
-client sends them to the broker, the caller decided by `broker.routing.caller_of(DATA,
+client sends them to the broker, the caller decided by `broker.callers.caller_of(DATA,
 ...)`; every block op still needs its capability (guard.py): the capability, not the
 socket, authorizes. `DataPlaneCore` is the sans-IO part (parse, admit, stamp);
 `DataEndpoint` the socket loop around it.
@@ -28,7 +28,8 @@ from broker import wire
 from broker.curve import secure_server
 from broker.zap import KeyAuthenticator
 from broker.keys import _z85
-from broker.routing import DATA, MEMBER_KEY, USER_KEY, Refused, caller_of
+from broker.callers import DATA, Refused, caller_of
+from broker.userid import MEMBER_KEY, USER_KEY
 from broker.service import Outcome
 from broker.worker import Request
 

@@ -94,7 +94,7 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
     Example: python -m mds --data-dir data/mds --base-port 5550 --keys data/keys
     """
     setup_logging(log_level, log_file)
-    from .metastore import RecoveryError
+    from .store_files import RecoveryError
     from .quota import Limits
     from .server import MetadataServer, Settings
     from .wal import WalCorruption

@@ -54,8 +54,9 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
-from .metastore import MetaStore, StaleEpoch
+from .metastore import MetaStore
 from .snapshot import list_snapshots
+from .store_ha import StaleEpoch
 from .wal import frame_crc, frames_after
 
 log = logging.getLogger(__name__)

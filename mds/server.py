@@ -42,12 +42,13 @@ from .cluster import ClusterView
 from .election import Campaign, Election
 from .etcd import Gateway
 from .grants import Grants, load_ring, load_secret, save_ring
-from .metastore import MetaStore, StaleEpoch
+from .metastore import MetaStore
 from .namespace import NamespaceConfig
 from .ops import Handlers
 from .quota import Allocations, Limits
 from .repair import RepairPlanner
 from .replication import StandbyLink
+from .store_ha import StaleEpoch
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from run_cluster import PORTS_ENV  # noqa: E402
+from broker.free_ports import PORTS_ENV  # noqa: E402
 from tests.support import figures  # noqa: E402
 
 # Under pytest-xdist each worker (gw0, gw1, ...) takes its clusters' ports from a range of

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.free_ports import free_base_port
+from broker.local_roles import ETCD, etcd_argv
 from mds.etcd import EtcdUnavailable, Gateway
-from run_cluster import ETCD, etcd_argv, free_base_port
 
 
 def need_etcd() -> None:

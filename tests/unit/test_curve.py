@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from broker import curve
+from broker.callers import caller_of, CLIENT, WORKER
 from broker.keys import KeyStore, load_secret
-from broker.routing import caller_of, parse_user_id, CLIENT, WORKER
+from broker.userid import parse_user_id
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mds import metastore as metastore_mod
-from mds.metastore import MetaStore, RecoveryError
+from mds import store_checkpoint
+from mds.metastore import MetaStore
+from mds.store_files import RecoveryError
 from mds.namespace import NamespaceConfig
 from mds.perms import Cred
 from mds.snapshot import list_snapshots
@@ -117,7 +118,7 @@ def test_the_epoch_is_logged_once_per_term_and_recovered(tmp_path: Path) -> None
 
 
 def test_a_lower_epoch_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    from mds.metastore import StaleEpoch
+    from mds.store_ha import StaleEpoch
     store = open_store(tmp_path)
     store.begin_term(9)
     seq = store.last_seq
@@ -249,12 +250,12 @@ def test_segments_go_only_after_the_snapshot_is_durable(
     # one snapshot: the WAL from seq 1 stays, the fallback for a damaged snapshot
     assert names(tmp_path, "wal")[0] == "wal-00000000000000000001.log"
     put(store, "/b")
-    real = metastore_mod.write_snapshot
+    real = store_checkpoint.write_snapshot
 
     def slow(*args: object, **kwargs: object) -> Path:
         time.sleep(0.4)
         return real(*args, **kwargs)
-    monkeypatch.setattr(metastore_mod, "write_snapshot", slow)
+    monkeypatch.setattr(store_checkpoint, "write_snapshot", slow)
     store.checkpoint_now(wait=False)
     assert store.checkpointing
     store.poll()
@@ -281,7 +282,7 @@ def test_failed_checkpoint_keeps_the_wal(tmp_path: Path, monkeypatch: pytest.Mon
 
     def broken(*args: object, **kwargs: object) -> Path:
         raise OSError(errno.ENOSPC, "disk full")
-    monkeypatch.setattr(metastore_mod, "write_snapshot", broken)
+    monkeypatch.setattr(store_checkpoint, "write_snapshot", broken)
     store.flush()
     with caplog.at_level(logging.ERROR, logger="mds.metastore"):
         with pytest.raises(OSError, match="checkpoint failed"):
@@ -312,7 +313,7 @@ def test_checkpoint_now_when_fork_fails_is_a_clear_error(
 
     def no_fork() -> int:
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
-    monkeypatch.setattr(metastore_mod.os, "fork", no_fork)
+    monkeypatch.setattr(store_checkpoint.os, "fork", no_fork)
     with pytest.raises(OSError, match="checkpoint failed") as err:
         store.checkpoint_now()
     assert err.value.errno == errno.EIO

@@ -14,10 +14,11 @@ import msgpack
 import pytest
 
 from mds import snapshot
-from mds.metastore import DATA_VERSION, FORMAT_FILE, MetaStore, RecoveryError
+from mds.metastore import MetaStore
 from mds.namespace import NamespaceConfig
 from mds.perms import Cred
 from mds.snapshot import SnapshotVersionError, list_snapshots, write_snapshot
+from mds.store_files import DATA_VERSION, FORMAT_FILE, RecoveryError
 from mds.wal import encode_frame
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "mds_v1"

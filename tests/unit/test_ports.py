@@ -1,13 +1,13 @@
-"""run_cluster.free_base_port within $AEGISFS_PORTS: what keeps parallel test workers (and
-the clusters they start) from racing for one port."""
+"""broker.free_ports.free_base_port within $AEGISFS_PORTS: what keeps parallel test
+workers (and the clusters they start) from racing for one port."""
 from __future__ import annotations
 
 import socket
 
 import pytest
 
-import run_cluster
-from run_cluster import PORTS_ENV, free_base_port
+from broker import free_ports
+from broker.free_ports import PORTS_ENV, free_base_port
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def window(monkeypatch):
     monkeypatch.delenv(PORTS_ENV, raising=False)
     lo = free_base_port(24)
     monkeypatch.setenv(PORTS_ENV, f"{lo}-{lo + 24}")
-    monkeypatch.setattr(run_cluster, "_cursor", {})
+    monkeypatch.setattr(free_ports, "_cursor", {})
     return lo, lo + 24
 
 

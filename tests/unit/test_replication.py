@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mds.metastore import MetaStore, StaleEpoch
+from mds.metastore import MetaStore
 from mds.namespace import NamespaceConfig
+from mds.store_ha import StaleEpoch
 from mds.wal import frame_crc, frames_after
 from tests.support.clock import FakeClock
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from broker import protocol as P
-from broker.routing import CLIENT, WORKER, Router
+from broker.callers import CLIENT, WORKER
+from broker.routing import Router
 from tests.support.clock import FakeClock
 
 
@@ -226,7 +227,7 @@ def test_exclusive_registration_supersedes_a_dead_predecessor(router):
     assert router.on_client(b"C", request(b"dn.dn1", b"2"), [])[0][1] == b"NEW"
 
 
-# -- security: the caller from the ZAP User-Id (routing.caller_of) ------------------------
+# -- security: the caller from the ZAP User-Id (callers.caller_of) ------------------------
 
 ALICE = "u:alice:" + "A" * 40
 MDS_KEY = "m:mds:" + "M" * 40
@@ -256,7 +257,7 @@ def test_a_user_key_is_a_client_named_after_its_user(clock):
 
 def test_security_off_every_client_is_the_superuser(router):
     from broker.keys import ADMIN
-    from broker.routing import INSECURE_USER
+    from broker.callers import INSECURE_USER
     from mds.perms import SUPERUSER
     assert INSECURE_USER == SUPERUSER == ADMIN
     ready(router, b"W", "mds")
@@ -265,7 +266,7 @@ def test_security_off_every_client_is_the_superuser(router):
 
 
 def test_a_member_key_registers_and_declares_only_its_own_service(clock):
-    from broker.routing import Refused
+    from broker.callers import Refused
     r = secure_router(clock)
     r.on_worker(b"MDS", P.ready_envelope("mds", {"capacity": 4, "exclusive": True}), [], MDS_KEY)
     for ident, key, service in ((b"X", DN1_KEY, "mds"), (b"Y", DN2_KEY, "dn.dn1"),
@@ -286,7 +287,7 @@ def test_a_member_key_registers_and_declares_only_its_own_service(clock):
 
 
 def test_a_key_on_the_wrong_endpoint_is_refused(clock):
-    from broker.routing import Refused
+    from broker.callers import Refused
     r = secure_router(clock)
     with pytest.raises(Refused):
         r.on_client(b"C", request(b"broker", b"1", {"op": "ping"}), [], MDS_KEY)
@@ -329,7 +330,7 @@ def test_a_revoked_member_key_loses_its_registration_and_requests(clock):
 
 
 def test_a_routing_id_reused_with_another_key_is_not_the_worker(clock):
-    from broker.routing import Refused
+    from broker.callers import Refused
     r = secure_router(clock)
     r.on_worker(b"W", P.ready_envelope("dn.dn1", {"capacity": 4}), [], DN1_KEY)
     (sent,) = r.on_client(b"C", request(b"dn.dn1", b"1"), [], ALICE)
@@ -343,7 +344,7 @@ def test_a_routing_id_reused_with_another_key_is_not_the_worker(clock):
 # -- DataNodes' data endpoints: the DATA side of caller_of, the registry op --------------
 
 def test_on_a_data_endpoint_users_are_clients_and_members_are_themselves():
-    from broker.routing import DATA, Refused, caller_of
+    from broker.callers import DATA, Refused, caller_of
     assert caller_of(DATA, ALICE) == ("client", "alice")
     assert caller_of(DATA, DN2_KEY) == ("datanode", "dn2")
     assert caller_of(DATA, MDS_KEY) == ("mds", "mds")
@@ -358,7 +359,7 @@ def _member_call(r: Router, key: str, member: str, header: dict) -> list:
 
 
 def test_the_registry_op_gives_datanodes_the_admitted_ids_and_no_one_else(clock):
-    from broker.routing import registry_digest
+    from broker.broker_ops import registry_digest
     r = secure_router(clock)
     (send,) = _member_call(r, DN1_KEY, "dn.dn1", {"op": "registry"})
     answer = P.parse_reply(P.unpack(send[2][0])[3])

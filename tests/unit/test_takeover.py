@@ -1,7 +1,7 @@
 """Takeover's state logic without sockets: the ran-alone mark (mds/election.py) on a fake
 etcd and a fake clock, the MDS's "covered before acknowledged" rule (mds/server.py
 `_covered`, `_clear_mark`) on fakes, and the broker routing `mds` only to the highest
-epoch (broker/routing.py)."""
+epoch (broker/registration.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from broker import protocol as P
-from broker.routing import CLIENT, WORKER, Refused, Router
+from broker.callers import CLIENT, WORKER, Refused
+from broker.routing import Router
 from mds.election import Election
 from mds.etcd import campaign_body, guarded_body, parse_campaign
 from mds.server import MetadataServer
@@ -204,7 +205,7 @@ def test_campaign_and_guarded_bodies():
     assert parse_campaign(failed, KEY, b"a", 7).create_revision == 0
 
 
-# -- broker/routing.py: `mds` to the highest epoch only ------------------------------------
+# -- broker/registration.py: `mds` to the highest epoch only -------------------------------
 
 def ready(router, ident, epoch):
     return router.on_worker(ident, P.ready_envelope("mds", {"exclusive": True,
