@@ -143,8 +143,10 @@ class RoleDefinitions:
                            "--broker", self.broker, "--keys-dir", str(self.data_dir / "keys"),
                            *(["--key", str(self.key)] if self.security else [])]
         if self.metrics_port:
+            # the second MDS (HA) after the others: it serves metrics as a standby too
             for i, name in enumerate(["broker", "mds", *self.node_ids,
-                                      *list(self.broker_ports)[1:]]):
+                                      *list(self.broker_ports)[1:],
+                                      *(["mds-standby"] if "mds-standby" in specs else [])]):
                 specs[name] += ["--metrics-port", str(self.metrics_port + i)]
         if self.mount_dir:
             Path(self.mount_dir).mkdir(parents=True, exist_ok=True)

@@ -140,16 +140,22 @@ def main(data_dir, config_path, base_port, broker_host, broker_worker, events, h
                 raise config.ConfigError("--standby needs [ha] standby (--standby-endpoint)")
             from .standby import Standby
             standby = Standby(settings)
+            # served while a standby too (its position and epoch); requests once it leads
+            standby.metrics = start_metrics(metrics_port, "mds", [])
             stop_on_signals(standby.stop)
             if not standby.run():
                 return
             server = standby.take_over()     # elected: the active, in this process
+            if standby.metrics:
+                from broker import metrics
+                server.ops.service.observe = metrics.observe
+                server.metrics = True
             stop_on_signals(server.stop)
             if standby._stop:                # a signal came during the takeover
                 server.stop()
         else:
             server = MetadataServer(settings)
-        server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
+            server.metrics = start_metrics(metrics_port, "mds", [server.ops.service])
     except (WalCorruption, RecoveryError) as exc:
         logging.getLogger("mds").critical("cannot recover the metadata: %s. Nothing was "
                                           "changed. Start with --salvage to cut the log at "

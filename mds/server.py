@@ -409,7 +409,7 @@ class MetadataServer:
                 "nodes_up": len(self.cluster.live_nodes(now)),
                 "opids": len(self.store.ns.opids), "last_seq": self.store.last_seq,
                 # upkeep runs only while leading (HA) or always (no HA)
-                "leader": True, "epoch": self.epoch or 0,
+                "leader": True, "standby": False, "epoch": self.epoch or 0,
                 **(health if isinstance(health, dict) else {})})
         return events
 

@@ -41,6 +41,7 @@ class Standby:
         self.server = StandbyServer(self.store, s.ha_standby, curve=keys, info=self.describe,
                                     reopen=self._reopen, on_ring=self._keep_ring)
         self._ring: object = None
+        self.metrics = False     # set when the process serves metrics (broker/metrics.py)
         if s.ha_etcd:
             self.campaign = Campaign(election_for(s, lambda: self.store.last_seq)).start()
         self._stop = False
@@ -73,6 +74,12 @@ class Standby:
         save_ring(self.s.data_dir / "capability.ring")(export)   # type: ignore[arg-type]
         self._ring = export
 
+    def _gauges(self) -> None:
+        """aegisfs_state{role="mds"} while a standby: leader 0, standby 1, its position."""
+        from broker import metrics
+        metrics.set_state("mds", {"leader": False, "standby": True,
+                                  "last_seq": self.store.last_seq, "epoch": self.store.epoch})
+
     def describe(self) -> dict:
         """What the standby tells the active in its hello answer (shown by status)."""
         election = self.campaign.election if self.campaign else None
@@ -91,6 +98,8 @@ class Standby:
             while not self._stop and not won:
                 self.server.serve(0.2)
                 self.store.poll()
+                if self.metrics:
+                    self._gauges()
                 if self.store._failed is not None:
                     log.critical("mds stopped: the standby's store failed: %r",
                                  self.store._failed)

@@ -282,3 +282,36 @@ def test_the_operator_drops_the_mark_and_a_candidate_leads(tmp_path):
         assert gw.get(MARK) is None
         wait_for(lambda: b.step() or b.leading(time.monotonic()), 10, 0.05, "b leads")
         assert b.leading(time.monotonic()) > epoch and b.refusal is None
+
+
+def test_the_standby_serves_metrics_and_its_requests_once_it_leads(tmp_path):
+    """The second MDS's metrics endpoint answers while it is a standby (leader 0, standby
+    1, its position) and, once it took over, says it leads and counts its requests."""
+    from tests.integration.test_metrics import scrape, series
+    need_etcd()
+    port = free_base_port(span=5)
+    cluster = start_cluster(tmp_path / "c", datanodes=2, heartbeat=HB, metrics_port=port,
+                            etcd_port=free_base_port(span=2),
+                            standby_port=free_base_port(span=2),
+                            env={"AEGISFS_HA_LEASE_TTL": str(TTL),
+                                 "AEGISFS_HA_STANDBY_TIMEOUT": str(TIMEOUT)})
+    standby_port = port + 4        # broker, mds, dn1, dn2, then mds-standby
+
+    def state(name: str) -> float:
+        return series(scrape(standby_port), "aegisfs_state", role="mds", name=name)
+    try:
+        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.mkdir("/m")
+        wait_for(lambda: state("standby") == 1 and state("last_seq") > 0, 10, 0.1,
+                 "the standby's gauges")
+        assert state("leader") == 0
+        assert series(scrape(port + 1), "aegisfs_state", role="mds", name="leader") == 1
+        cluster.kill("mds")
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.write_bytes("/m/after", b"x" * 100)        # waits out the takeover
+        wait_for(lambda: state("leader") == 1 and state("standby") == 0, 10, 0.1,
+                 "the promoted standby's gauges")
+        assert series(scrape(standby_port), "aegisfs_requests_total") >= 1
+    finally:
+        cluster.stop()
