@@ -20,6 +20,15 @@ Wire: DEALER (active) -> ROUTER (standby). Request [msgpack header, frames?]:
                                              takeover (why it may not take over, or None)}
     {op: "append", n, first, epoch, ring?} -> {n, last, epoch} or {n, err, last, epoch}
     {op: "truncate", n, seq, crc, epoch} -> {n, last, epoch, crc} or {n, err, last, epoch}
+    {op: "seed", n, seq, offset, size, epoch} + chunk -> {n, last, epoch, seeded} or {n, err, ...}
+
+A standby behind what the active's WAL still holds (a checkpoint pruned the records it
+lacks) is seeded: the active sends its newest snapshot in SEED_CHUNK pieces (at most
+CATCH_UP_BUDGET a turn); the standby writes them to <dir>/seed/, and with the last one
+checks the snapshot loads, then replaces its own log and snapshots by it (install: the
+snapshot renamed in, the directory fsynced, the store reopened) and answers seq S; the
+catch-up goes on from S+1. Only a standby behind the snapshot (its last seq < S, its
+epoch not higher) is seeded; a diverged one is not overwritten.
 
 A standby whose log runs past the active's history - the deposed leader restarted, holding
 a batch it fsynced but whose standby (now the active) never took it, so never
@@ -42,27 +51,32 @@ Public API:
         .ship(first, frames)   never raises;  .upkeep()   between batches
         .status() -> dict      .close()
     handle(store, header, frames) -> dict     the standby's answer, no sockets
-    cut_point(store, term_start, acked, their_epoch), truncate(store, header, reopen)
+    cut_point(store, term_start, acked, their_epoch), truncate(store, header, reopen),
+    seed(store, header, data, install)
     StandbyServer(store, bind, curve=None, info=None)    .serve(timeout) -> bool   .close()
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, cast
 
 import msgpack
 import zmq
 
 from .metastore import MetaStore
-from .snapshot import list_snapshots
+from .namespace import Namespace, NamespaceConfig
+from .snapshot import SnapshotCorrupt, list_snapshots, load_snapshot, snapshot_name
 from .store_ha import StaleEpoch
-from .wal import frame_crc, frames_after
+from .wal import frame_crc, frames_after, fsync_dir, list_segments
 
 log = logging.getLogger(__name__)
 
 CATCH_UP_CHUNK = 4 << 20       # bytes of WAL per catch-up message
 CATCH_UP_BUDGET = 0.5          # seconds of catch-up per upkeep, so the loop keeps serving
+SEED_CHUNK = 4 << 20           # bytes of snapshot per seed message
 PROBE_EVERY = 1.0
 
 
@@ -138,6 +152,59 @@ def truncate(store: MetaStore, header: dict,
     return {**base, "last": store.last_seq, "epoch": store.epoch}, store
 
 
+def seed(store: MetaStore, header: dict, data: bytes | None,
+         install: Callable[[int, Path], MetaStore] | None) -> tuple[dict, MetaStore]:
+    """The standby's side of `seed`: write the chunk at `offset` of snapshot `seq` into
+    <dir>/seed/; with the last chunk, check the snapshot loads and `install(seq, path)`
+    (close, replace our log and snapshots by it, reopen). (answer, the store now); every
+    refusal an answer that changes nothing of the store."""
+    base: dict = {"n": header.get("n")}
+    fields = [header.get(k) for k in ("seq", "offset", "size", "epoch")]
+    try:
+        if not all(type(v) is int for v in fields) or data is None:
+            raise ValueError("seed needs int seq, offset, size, epoch and one data part")
+        seq, offset, size, epoch = cast("list[int]", fields)
+        if install is None:
+            raise ValueError("this standby cannot be seeded")
+        if epoch < store.epoch:
+            raise StaleEpoch(epoch, store.epoch, "the standby")
+        if seq <= store.last_seq:
+            raise ValueError(f"seed at seq {seq}: this standby is at {store.last_seq}")
+        if not 0 <= offset <= size or offset + len(data) > size:
+            raise ValueError(f"seed chunk {offset}+{len(data)} outside {size} bytes")
+        folder = store.dir / "seed"
+        folder.mkdir(exist_ok=True)
+        path = folder / snapshot_name(seq)
+        with open(path, "r+b" if offset and path.exists() else "wb") as f:
+            if f.seek(0, 2) < offset:
+                raise ValueError(f"seed chunk at {offset}: only {f.tell()} bytes so far")
+            f.seek(offset)
+            f.write(data)
+            f.truncate()
+            if offset + len(data) == size:
+                f.flush()
+                os.fsync(f.fileno())
+        if offset + len(data) == size:
+            load_snapshot(path, Namespace(NamespaceConfig()))   # whole and readable
+            store = install(seq, path)
+        base["seeded"] = offset + len(data)
+    except (ValueError, OSError, SnapshotCorrupt) as exc:
+        base["err"] = str(exc)
+    return {**base, "last": store.last_seq, "epoch": store.epoch}, store
+
+
+def put_seed_in_place(folder: Path, path: Path) -> None:
+    """A checked seed snapshot becomes the directory's state (its store closed): renamed
+    in (newer than anything there, so recovery picks it), the directory fsynced, then the
+    older segments and snapshots removed and the directory fsynced again."""
+    os.replace(path, folder / path.name)
+    fsync_dir(folder)
+    for _, old in list_segments(folder) + list_snapshots(folder):
+        if old.name != path.name:
+            old.unlink()
+    fsync_dir(folder)
+
+
 class StandbyLink:
     def __init__(self, endpoint: str, store: MetaStore, timeout: float = 2.0,
                  curve: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -150,6 +217,7 @@ class StandbyLink:
         self.ring: Callable[[], Any] | None = None   # the capability ring export now
         self._ring_acked: Any = None         # the export the standby last acknowledged
         self._ring_sent: Any = None
+        self._seeding: tuple[int, Any, int] | None = None   # (snapshot seq, path, offset)
         self.acked = 0                   # the standby's last seq, as it last said
         self.since = clock()
         self.reason = "not connected yet"
@@ -255,6 +323,39 @@ class StandbyLink:
             self.acked = answer.get("last", self.acked)
             self._ring_acked = self._ring_sent
 
+    def _seed(self, started: float) -> dict | None:
+        """Send the next chunks of our newest snapshot (SEED_CHUNK each, CATCH_UP_BUDGET a
+        turn); the standby's answer to the last one sent, or None (no answer, or no
+        snapshot: the state says so)."""
+        if self._seeding is None:
+            snaps = list_snapshots(self.store.dir)
+            if not snaps or snaps[-1][0] <= self.acked:
+                self.state, self.reason = "needs_seed", f"standby at seq {self.acked}"
+                return None
+            seq, path = snaps[-1]
+            self._seeding = (seq, path, 0)
+            log.warning("standby at %s is at seq %d, which this WAL no longer holds: "
+                        "seeding it with snapshot %d (%d bytes)", self.endpoint,
+                        self.acked, seq, path.stat().st_size)
+        self.state, self.reason = "catching_up", "seeding"
+        seq, path, offset = self._seeding
+        size = path.stat().st_size
+        answer = None
+        with open(path, "rb") as f:
+            while True:
+                f.seek(offset)
+                data = f.read(SEED_CHUNK)
+                answer = self._call({"op": "seed", "seq": seq, "offset": offset,
+                                     "size": size, "epoch": self.store.epoch},
+                                    data, self.timeout)
+                if answer is None or "err" in answer:
+                    return answer
+                offset += len(data)
+                self._seeding = (seq, path, offset)
+                if offset >= size or self.clock() - started > CATCH_UP_BUDGET:
+                    self._next_probe = 0.0
+                    return answer
+
     def _append(self, first: int) -> dict:
         header = {"op": "append", "first": first, "epoch": self.store.epoch}
         ring = self.ring() if self.ring is not None else None
@@ -355,12 +456,21 @@ class StandbyLink:
                     return
                 chunk = frames_after(self.store.dir, self.acked, CATCH_UP_CHUNK)
                 if chunk is None:
-                    if self.state != "needs_seed":
-                        log.error("standby at %s is at seq %d, which this WAL no longer "
-                                  "holds: it needs a copy of a snapshot (not automated)",
-                                  self.endpoint, self.acked)
-                    self.state, self.reason = "needs_seed", f"standby at seq {self.acked}"
-                    return
+                    # behind what this WAL holds (a checkpoint pruned it): send our newest
+                    # snapshot, then the records after it
+                    answer = self._seed(started)
+                    if answer is None or "err" in answer or answer.get("last") != \
+                            (self._seeding or (None,))[0]:
+                        if answer is not None and "err" in answer:
+                            log.error("standby at %s refused the seed: %s", self.endpoint,
+                                      answer["err"])
+                            self.state, self.reason = "needs_seed", answer["err"]
+                            self._seeding = None
+                        return      # more at the next upkeep, or the refusal said
+                    log.warning("standby at %s seeded with snapshot %d", self.endpoint,
+                                answer["last"])
+                    self._seeding = None
+                    continue
                 if self.clock() - started > CATCH_UP_BUDGET:
                     self.state = "catching_up"
                     self._next_probe = 0.0       # go on at the next upkeep
@@ -392,8 +502,10 @@ class StandbyServer:
     def __init__(self, store: MetaStore, bind: str, curve: Any = None,
                  info: Callable[[], dict] | None = None,
                  reopen: Callable[[int], MetaStore] | None = None,
-                 on_ring: Callable[[Any], None] | None = None) -> None:
+                 on_ring: Callable[[Any], None] | None = None,
+                 install: Callable[[int, Path], MetaStore] | None = None) -> None:
         self.store, self.info = store, info
+        self.install = install   # replace our state by a seed snapshot and reopen
         self.reopen = reopen     # cut the log after a seq and open the store again
         self.on_ring = on_ring   # the active's capability ring, to keep as ours
         self.ctx = zmq.Context()
@@ -423,6 +535,8 @@ class StandbyServer:
         frames = parts[2] if len(parts) > 2 else None
         if isinstance(header, dict) and header.get("op") == "truncate":
             answer, self.store = truncate(self.store, header, self.reopen)
+        elif isinstance(header, dict) and header.get("op") == "seed":
+            answer, self.store = seed(self.store, header, frames, self.install)
         else:
             answer = handle(self.store, header, frames, self.on_ring)
         if self.info is not None and isinstance(header, dict) and header.get("op") == "hello":

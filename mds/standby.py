@@ -16,13 +16,14 @@ import logging
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from broker.capability import KeyRing
 
 from .election import Campaign
 from .grants import save_ring
 from .metastore import MetaStore
-from .replication import StandbyServer
+from .replication import StandbyServer, put_seed_in_place
 from .server import MetadataServer, Settings, election_for, open_store
 from .wal import truncate_after
 
@@ -39,7 +40,8 @@ class Standby:
             keys = CurveKeys(keys.public, keys.secret, keys.public, keys.source)
         self.campaign: Campaign | None = None
         self.server = StandbyServer(self.store, s.ha_standby, curve=keys, info=self.describe,
-                                    reopen=self._reopen, on_ring=self._keep_ring)
+                                    reopen=self._reopen, on_ring=self._keep_ring,
+                                    install=self._install_seed)
         self._ring: object = None
         self.metrics = False     # set when the process serves metrics (broker/metrics.py)
         if s.ha_etcd:
@@ -59,6 +61,21 @@ class Standby:
             sys.exit(70)
         log.warning("standby cut back to seq %d: dropped %d records past it (a deposed "
                     "term's, never acknowledged), following the active", seq, dropped)
+        return self.store
+
+    def _install_seed(self, seq: int, path: Path) -> MetaStore:
+        """The active's snapshot `seq` (checked whole and readable) replaces our state: it
+        is renamed in (newer than anything we hold: recovery would pick it), the
+        directory fsynced, then our older segments and snapshots go, and the store is
+        reopened on it. A failure past the close is fail-stop (the seed is sent again)."""
+        self.store.close(checkpoint=False)
+        try:
+            put_seed_in_place(Path(self.s.data_dir), path)
+            self.store = open_store(self.s)
+        except BaseException as exc:
+            log.critical("mds stopped: installing the seed snapshot %d failed: %r", seq, exc)
+            sys.exit(70)
+        log.warning("standby seeded with the active's snapshot at seq %d", seq)
         return self.store
 
     def _keep_ring(self, export: object) -> None:

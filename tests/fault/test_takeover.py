@@ -315,3 +315,36 @@ def test_the_standby_serves_metrics_and_its_requests_once_it_leads(tmp_path):
         assert series(scrape(standby_port), "aegisfs_requests_total") >= 1
     finally:
         cluster.stop()
+
+
+def test_a_standby_the_pruned_log_no_longer_reaches_is_seeded_and_can_take_over(tmp_path):
+    """The standby killed; the active acknowledges writes alone and checkpoints often
+    enough that its WAL no longer holds the standby's position; the standby restarted is
+    sent the active's snapshot, catches up, and takes over with every write."""
+    need_etcd()
+    cluster = start_cluster(tmp_path / "c", datanodes=2, heartbeat=HB,
+                            etcd_port=free_base_port(span=2),
+                            standby_port=free_base_port(span=2),
+                            env={"AEGISFS_HA_LEASE_TTL": str(TTL),
+                                 "AEGISFS_HA_STANDBY_TIMEOUT": str(TIMEOUT),
+                                 "AEGISFS_MDS_CHECKPOINT_RECORDS": "40"})
+    try:
+        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
+        ledger: dict[str, bytes] = {}
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            fs.mkdir("/seed")
+            cluster.kill("mds-standby")
+            for i in range(120):             # several checkpoints: the log is pruned
+                ledger[f"/seed/f{i}"] = os.urandom(300)
+                fs.write_bytes(f"/seed/f{i}", ledger[f"/seed/f{i}"])
+        cluster.start_role("mds-standby")
+        wait_for(lambda: in_sync(cluster), 30, 0.1, "the seeded standby in sync")
+        log = cluster.roles["mds"].log_path.read_text()
+        assert "seeding it with snapshot" in log, log[-2000:]
+        cluster.kill("mds")
+        with AegisClient(cluster.broker, key=cluster.key) as fs:
+            for path, data in ledger.items():
+                assert fs.read_bytes(path) == data, path
+        assert leader_name(cluster) == "mds-standby"
+    finally:
+        cluster.stop()

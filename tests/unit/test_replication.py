@@ -358,3 +358,64 @@ def test_the_actives_key_ring_rides_on_an_append_until_acknowledged(pair):
     answer = handle(standby, {"op": "append", "n": 2, "first": got[0], "epoch": 2,
                               "ring": {"keys": "y"}}, got[1], kept.append)
     assert "err" in answer and kept == [{"keys": "x"}]
+
+
+def test_a_standby_behind_the_pruned_log_is_seeded_with_the_snapshot(tmp_path):
+    """A standby at seq 0 while the active's checkpoints pruned its first records: the
+    active's newest snapshot, sent in chunks, replaces the standby's state; the catch-up
+    goes on from there to the same namespace, and it recovers so from disk."""
+    from mds.replication import put_seed_in_place, seed
+    from mds.snapshot import list_snapshots
+    active = open_store(tmp_path / "a")
+    standby = open_store(tmp_path / "s", seed=2)
+    old_work = open_store(tmp_path / "s2", seed=3)
+    try:
+        active.begin_term(4)
+        for round_ in range(3):
+            work(active, random.Random(20 + round_), 5, f"/r{round_}")
+            active.checkpoint_now()
+        work(active, random.Random(30), 3, "/after")
+        assert frames_after(active.dir, 0) is None           # pruned: catch-up impossible
+        seq, path = list_snapshots(active.dir)[-1]
+        data = path.read_bytes()
+
+        def install(s: int, p: Path) -> MetaStore:
+            standby.close(checkpoint=False)
+            put_seed_in_place(tmp_path / "s", p)
+            return open_store(tmp_path / "s", seed=2)
+        store, n = standby, 0
+        for offset in range(0, len(data), 1000):             # small chunks
+            answer, store = seed(store, {"n": n, "seq": seq, "offset": offset,
+                                         "size": len(data), "epoch": 4},
+                                 data[offset:offset + 1000], install)
+            assert "err" not in answer, answer
+            n += 1
+        assert store is not standby and store.last_seq == seq == answer["last"]
+        while store.last_seq < active.last_seq:
+            got = frames_after(active.dir, store.last_seq, limit=1 << 20)
+            store.replicate(got[0], got[1])
+        assert store.ns.dump() == active.ns.dump()
+        store.close()
+        again = open_store(tmp_path / "s", seed=2)
+        assert again.ns.dump() == active.ns.dump() and again.last_seq == active.last_seq
+        # refused, changing nothing: a standby not behind, a lower epoch, a bad chunk
+        for header, chunk in (({"seq": again.last_seq, "offset": 0, "size": 3, "epoch": 4},
+                               b"abc"),
+                              ({"seq": 10**6, "offset": 0, "size": 3, "epoch": 1}, b"abc"),
+                              ({"seq": 10**6, "offset": 2, "size": 3, "epoch": 4}, b"abc"),
+                              ({"seq": 10**6, "offset": 0, "size": 3, "epoch": 4}, None)):
+            answer, kept = seed(again, {"n": 9, **header}, chunk, install)
+            assert "err" in answer and kept is again, header
+        # a damaged snapshot is refused at its last chunk
+        work(old_work, random.Random(40), 2)
+        old_work.begin_term(4)
+        broken = bytearray(data)
+        broken[len(broken) // 2] ^= 0xFF
+        answer, kept = seed(old_work, {"n": 1, "seq": seq, "offset": 0, "size": len(data),
+                                       "epoch": 4}, bytes(broken), install)
+        assert "err" in answer and kept is old_work and old_work.last_seq < seq
+        assert "seed at seq" not in answer["err"] and "outside" not in answer["err"], answer
+        again.close()
+    finally:
+        for s in (active, old_work):
+            s.close()
