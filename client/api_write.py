@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable
 from . import localio
 from .api_args import Outcome, PathLike, ProgressFn, Source, _about, _abs, _batch_size, _outcomes
 from .blocks import Suspects
-from .streams import SMALL_MAX, BlockWriter, put_small
+from .smallfiles import SMALL_MAX, put_small
+from .streams import BlockWriter
 
 if TYPE_CHECKING:
     from .mux import Mux

@@ -15,7 +15,7 @@ from broker.limits import MDS_SERVICE
 from .retry import Retrier, stamp_opids
 
 if TYPE_CHECKING:
-    from .streams import BlockPool
+    from .smallfiles import BlockPool
 
 
 class BufferPool:

@@ -12,7 +12,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from client.output import CLOCK
 from client.output import human as human_bytes  # sizes read as in the CLI: one helper
+from client.output import when as format_time
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +251,8 @@ def short_checksum(checksum: Any) -> str:
     if isinstance(checksum, (bytes, bytearray, memoryview)):
         return bytes(checksum).hex()[:8]
     return str(checksum)[:8]
+
+
+def when(ts: float | None) -> str:
+    """A wall-clock time of today's activity; "–" for none."""
+    return "–" if not ts else format_time(ts, CLOCK, missing="–")

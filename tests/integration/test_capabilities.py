@@ -17,7 +17,7 @@ from broker.capability import KeyRing, mint
 from broker.checksum import verify_range
 from broker.client import Client
 from client import AegisClient
-from client.streams import POOL_BLOCKS
+from client.smallfiles import POOL_BLOCKS
 from datanode.fileformat import checksums, encode_tail
 from run_cluster import Cluster
 from tests.support.caps import cap_for
@@ -184,7 +184,7 @@ def test_an_allocation_flood_is_bounded_and_writes_keep_succeeding(cluster, fs, 
     assert codes == ["ok"] + ["EDQUOT"] * 17
     assert [fs.read_bytes(f"/caps/victim/f{i}") for i in range(18)] == [b"v" * 1000] * 18
     # many drafts: bounded by the user's 4096 blocks in all, released by abort. The
-    # victims' block pool (client/streams.py) holds up to POOL_BLOCKS of them too: fill
+    # victims' block pool (client/smallfiles.py) holds up to POOL_BLOCKS of them too: fill
     # what is left exactly (halving counts), then the pool's reserved blocks are all the
     # user can still write into, and the write after them gets EDQUOT.
     drafts = [mds(raw, "create", path=f"/caps/flood{i}", block_size=64 * KIB)["handle"]

@@ -1,4 +1,4 @@
-"""The client's small-file path (client/streams.py put_small, BlockPool) against the
+"""The client's small-file path (client/smallfiles.py put_small, BlockPool) against the
 in-process cluster: one MDS request per file after its puts, fallback to the streaming
 writer when a replica fails or the pool is gone, and pools given back after their time."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from client.streams import POOL_FIRST, POOL_LIFE
+from client.smallfiles import POOL_FIRST, POOL_LIFE
 from tests.support.inprocess import InProcessCluster
 
 
