@@ -23,7 +23,7 @@ from broker.capability import KeyRing
 from .election import Campaign
 from .grants import save_ring
 from .metastore import MetaStore
-from .replication import StandbyServer, put_seed_in_place
+from .standby_server import StandbyServer, put_seed_in_place
 from .server import MetadataServer, Settings, election_for, open_store
 from .wal import truncate_after
 

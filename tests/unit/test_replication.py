@@ -177,8 +177,8 @@ def test_frames_after_is_none_once_a_checkpoint_pruned_the_records(tmp_path):
 
 
 def test_the_standbys_answers(pair):
-    """mds/replication.handle: what the standby's socket answers, for any input."""
-    from mds.replication import handle
+    """mds/standby_server.handle: what the standby's socket answers, for any input."""
+    from mds.standby_server import handle
     active, standby = pair
     active.on_sync = standby.replicate
     active.begin_term(6)
@@ -269,7 +269,8 @@ def _deposed_pair(tmp_path):
 
 
 def test_a_deposed_leaders_unacknowledged_tail_is_cut_back_and_it_follows(tmp_path):
-    from mds.replication import cut_point, truncate
+    from mds.replication import cut_point
+    from mds.standby_server import truncate
     from mds.wal import truncate_after
     a, b, start = _deposed_pair(tmp_path)
     tail = a.last_seq
@@ -299,7 +300,8 @@ def test_a_deposed_leaders_unacknowledged_tail_is_cut_back_and_it_follows(tmp_pa
 
 
 def test_a_cut_is_refused_unless_it_is_a_lower_terms_tail_past_a_shared_record(tmp_path):
-    from mds.replication import cut_point, truncate
+    from mds.replication import cut_point
+    from mds.standby_server import truncate
     a, b, start = _deposed_pair(tmp_path)
     reopened: list[int] = []
 
@@ -333,7 +335,8 @@ def test_a_cut_is_refused_unless_it_is_a_lower_terms_tail_past_a_shared_record(t
 def test_the_actives_key_ring_rides_on_an_append_until_acknowledged(pair):
     """The standby keeps the active's capability ring (mds/standby.py saves it), so the
     capabilities the active minted still verify after a takeover."""
-    from mds.replication import StandbyLink, handle
+    from mds.replication import StandbyLink
+    from mds.standby_server import handle
     active, standby = pair
     link = StandbyLink("tcp://127.0.0.1:9", active, 0.1)    # never connected: headers only
     try:
@@ -364,7 +367,7 @@ def test_a_standby_behind_the_pruned_log_is_seeded_with_the_snapshot(tmp_path):
     """A standby at seq 0 while the active's checkpoints pruned its first records: the
     active's newest snapshot, sent in chunks, replaces the standby's state; the catch-up
     goes on from there to the same namespace, and it recovers so from disk."""
-    from mds.replication import put_seed_in_place, seed
+    from mds.standby_server import put_seed_in_place, seed
     from mds.snapshot import list_snapshots
     active = open_store(tmp_path / "a")
     standby = open_store(tmp_path / "s", seed=2)
