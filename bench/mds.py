@@ -26,7 +26,7 @@ unless --lease-ttl. One client writes 1 KiB files one after another (each acknow
 write durable on both MDS and two DataNodes); N times the active MDS is SIGKILLed once the
 standby is in sync, and the failover time is from the kill to the next acknowledged write
 (lease expiry + the standby's campaign + safe mode until the DataNodes heartbeat + the
-client's retry backoff); the killed MDS is started again (what run_cluster.py's supervisor
+client's retry backoff; the first write begun after the kill, acknowledged); the killed MDS is started again (what run_cluster.py's supervisor
 does) and becomes the new standby. At the end every acknowledged file is read back; the
 client must have seen no error.
 """
@@ -353,7 +353,7 @@ def main_failover(args, root: Path) -> None:
     cluster = Cluster(root / "c", free_base_port(), datanodes=2,
                       etcd_port=free_base_port(span=2), standby_port=free_base_port(span=2),
                       env={"AEGISFS_HA_LEASE_TTL": str(args.lease_ttl)})
-    acked: list[tuple[float, str, bytes]] = []
+    acked: list[tuple[float, float, str, bytes]] = []     # (start, acknowledged, path, data)
     errors: list[BaseException] = []
     halt = threading.Event()
 
@@ -363,8 +363,9 @@ def main_failover(args, root: Path) -> None:
                 i = 0
                 while not halt.is_set():
                     path, data = f"/failover/f{i}", os.urandom(1024)
+                    start = time.monotonic()
                     fs.write_bytes(path, data)
-                    acked.append((time.monotonic(), path, data))
+                    acked.append((start, time.monotonic(), path, data))
                     i += 1
         except BaseException as exc:     # an error the client saw: the run failed
             errors.append(exc)
@@ -383,7 +384,9 @@ def main_failover(args, root: Path) -> None:
             st = _ha_status(cluster)
         except OSError:
             return False
-        return st["state"] == "active" and (st.get("standby") or {}).get("state") == "in_sync"
+        # and the ran-alone mark cleared: until then no standby may take over
+        return st["state"] == "active" and not st.get("alone_mark") and \
+            (st.get("standby") or {}).get("state") == "in_sync"
 
     times: list[float] = []
     writer = threading.Thread(target=write_loop, daemon=True)
@@ -401,9 +404,11 @@ def main_failover(args, root: Path) -> None:
             count = len(acked)
             cluster.kill(victim)                      # SIGKILL by PID
             killed = time.monotonic()
+            # the first write begun after the kill: one in flight at the kill may have been
+            # answered just before it (the one thread waits for it before the next)
             until(lambda: len(acked) > count and acked[-1][0] > killed, 120,
                   "a write through the new active")
-            first = next(t for t, _, _ in acked[count:] if t > killed)
+            first = next(end for start, end, _, _ in acked[count:] if start > killed)
             times.append(first - killed)
             print(f"  failover {n + 1}: {victim} killed, {_leading_role(cluster)} leads; "
                   f"first write {times[-1]:.2f}s after the kill", flush=True)
@@ -413,7 +418,7 @@ def main_failover(args, root: Path) -> None:
         if errors:
             raise SystemExit(f"the client saw an error: {errors[0]!r}")
         with AegisClient(cluster.broker, key=cluster.key) as fs:
-            lost = [path for _, path, data in acked if fs.read_bytes(path) != data]
+            lost = [path for _, _, path, data in acked if fs.read_bytes(path) != data]
         if lost:
             raise SystemExit(f"{len(lost)} acknowledged files read back wrong: {lost[:5]}")
     finally:

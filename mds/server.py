@@ -177,7 +177,8 @@ class MetadataServer:
         # like its own once the standby is in sync: a guarded delete of nothing is harmless
         self._stale_mark = self.campaign is not None
         self._uncovered = False
-        self._mark_next = 0.0
+        self._mark_next = 0.0        # the next attempt to write the mark, after a failed one
+        self._clear_next = 0.0       # the next attempt to clear it, after a failed one
         self.ops.ha_status = self._ha_status if (self.campaign or self.link) else None
         if self.campaign is None:
             self.worker = self._register()
@@ -299,14 +300,18 @@ class MetadataServer:
         return False
 
     def _clear_mark(self) -> None:
+        """At the first turn the standby is in sync again (the window in which a kill of
+        this MDS leaves no standby allowed to lead stays one turn long); after a failed
+        attempt, again every MARK_RETRY s."""
         link, now = self.link, time.monotonic()
         if not (self.marked or self._stale_mark) or link is None or self.campaign is None \
                 or self.epoch is None \
                 or link.state != "in_sync" or link.acked != self.store.last_seq \
-                or now < self._mark_next:
+                or now < self._clear_next:
             return
-        self._mark_next = now + MARK_RETRY
+        self._clear_next = now + MARK_RETRY
         if self.campaign.election.clear_mark(self.epoch):
+            self._clear_next = 0.0
             self.marked = self._stale_mark = False
             log.info("the standby is in sync at seq %d: the ran-alone mark is cleared",
                      link.acked)

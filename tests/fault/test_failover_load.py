@@ -115,7 +115,9 @@ def standby_in_sync(cluster) -> bool:
             st = fs.status()["ha"]
     except OSError:
         return False
-    return st["state"] == "active" and (st.get("standby") or {}).get("state") == "in_sync"
+    # and the ran-alone mark cleared: until then no standby may take over
+    return st["state"] == "active" and not st.get("alone_mark") and \
+        (st.get("standby") or {}).get("state") == "in_sync"
 
 
 def duplicate_opids(mds_dir) -> list[bytes]:

@@ -147,7 +147,7 @@ def server(etcd, clock, link_state="gone", acked=3, last_seq=8):
     assert e.step() == "elected"
     return SimpleNamespace(
         campaign=SimpleNamespace(election=e), marked=False, _stale_mark=False,
-        _uncovered=False, _mark_next=0.0, epoch=e.leading(clock()),
+        _uncovered=False, _mark_next=0.0, _clear_next=0.0, epoch=e.leading(clock()),
         link=SimpleNamespace(state=link_state, acked=acked) if link_state else None,
         store=SimpleNamespace(last_seq=last_seq))
 
@@ -172,10 +172,27 @@ def test_alone_the_mark_is_written_before_it_counts_as_covered(world, monkeypatc
     assert MetadataServer._covered(s) and s.marked
     mark = json.loads(etcd.keys[MARK].value)
     assert mark == {"name": "a", "epoch": s.epoch, "since": 3, "last": 8}
-    # the standby back in sync: cleared (guarded), and the next lone batch marks again
+    # the standby back in sync: cleared (guarded) at the first turn, not MARK_RETRY
+    # after the mark was written (a kill in between would leave no standby to lead)
     s.link.state, s.link.acked = "in_sync", 8
+    etcd.down = True
+    MetadataServer._clear_mark(s)
+    assert MARK in etcd.keys and s.marked          # etcd away: kept, retried later
+    etcd.down = False
+    MetadataServer._clear_mark(s)
+    assert MARK in etcd.keys                       # not before MARK_RETRY after a failure
     clock.advance(0.6)
     MetadataServer._clear_mark(s)
+    assert MARK not in etcd.keys and not s.marked
+
+
+def test_the_mark_is_cleared_at_the_first_turn_in_sync(world, monkeypatch):
+    clock, etcd = world
+    monkeypatch.setattr("mds.server.time.monotonic", clock)
+    s = server(etcd, clock, "gone", acked=3, last_seq=8)
+    assert MetadataServer._covered(s) and s.marked
+    s.link.state, s.link.acked = "in_sync", 8
+    MetadataServer._clear_mark(s)                  # no clock advance
     assert MARK not in etcd.keys and not s.marked
 
 
