@@ -28,7 +28,9 @@ CATCH_UP_BUDGET a turn); the standby writes them to <dir>/seed/, and with the la
 checks the snapshot loads, then replaces its own log and snapshots by it (install: the
 snapshot renamed in, the directory fsynced, the store reopened) and answers seq S; the
 catch-up goes on from S+1. Only a standby behind the snapshot (its last seq < S, its
-epoch not higher) is seeded; a diverged one is not overwritten.
+epoch not higher) is seeded; one whose last record this WAL still holds and finds
+different is never overwritten (it stays needs_seed). With security on only a member
+holding the MDS key can be at the other end at all.
 
 A standby whose log runs past the active's history - the deposed leader restarted, holding
 a batch it fsynced but whose standby (now the active) never took it, so never
