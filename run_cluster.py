@@ -2,10 +2,10 @@
 
     python run_cluster.py                 # 3 DataNodes, data in ./data, broker on :5550
     python run_cluster.py --reset --datanodes 5 --base-port 7000 --viz
-    python run_cluster.py --ha            # + etcd (P+4, P+5) and a standby MDS: both MDS
-                                          # campaign (standby endpoints P+6, P+7), the
-                                          # winner leads, the other is its standby
-    python run_cluster.py --brokers 2     # brokers on P and P+4 (with --ha, etcd moves to P+8)
+    python run_cluster.py --ha            # two brokers (P, P+4), etcd (P+8, P+9) and two
+                                          # MDS that campaign (standby endpoints P+10,
+                                          # P+11): the winner leads, the other is standby
+    python run_cluster.py --brokers 2     # brokers on P and P+4
 
 Each role runs as a child process (`sys.executable -m <role>`) logging to
 <data-dir>/logs/<role>.log. Security is on unless --insecure: the first start creates the
@@ -43,9 +43,9 @@ __all__ = ["Cluster", "free_base_port", "main"]
               help="Root data directory (a subdirectory per role, logs in <dir>/logs).")
 @click.option("--base-port", default=config.DEFAULT_BASE_PORT, show_default=True,
               help="Broker client endpoint tcp://127.0.0.1:P; P+1..P+3 for workers and events.")
-@click.option("--brokers", default=1, show_default=True, type=click.IntRange(1, 16),
+@click.option("--brokers", type=click.IntRange(1, 16),
               help="Number of brokers, on base ports P, P+4, ...; every other role "
-                   "connects to all of them ([broker] endpoints).")
+                   "connects to all of them ([broker] endpoints).  [default: 1; 2 with --ha]")
 @click.option("--reset", is_flag=True, help="Wipe the data directory first.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config (default configs/cluster.toml).")
@@ -63,14 +63,15 @@ __all__ = ["Cluster", "free_base_port", "main"]
                    "DataNode i on PORT+1+i.")
 @click.option("--mount", "mount_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Also mount the cluster at DIR (FUSE; see docs/mount.md).")
-@click.option("--ha", is_flag=True, help="Also run etcd (from the etcd-server package, data "
+@click.option("--ha", is_flag=True, help="Two brokers unless --brokers says otherwise, and "
+              "etcd (from the etcd-server package, data "
               "in <data-dir>/etcd, client port Q, peer port Q+1, where Q = P + 4 x brokers); "
               "two MDS campaign for the leader lease there: the one leading ships its WAL "
               "synchronously to the other (standby endpoints Q+3 for mds, Q+2 for "
               "mds-standby, data in <data-dir>/mds-standby), which takes over when the "
               "leader's lease lapses; a deposed one exits 77 and is restarted as the "
               "standby (see docs/architecture.md, HA).")
-def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: bool,
+def main(datanodes: int, data_dir: str, base_port: int, brokers: int | None, reset: bool,
          config_path: str | None,
          replication: int | None, viz: bool, viz_port: int, insecure: bool,
          s3_port: int | None, supervise: bool, metrics_port: int | None,
@@ -82,6 +83,8 @@ def main(datanodes: int, data_dir: str, base_port: int, brokers: int, reset: boo
 
     Example: python run_cluster.py --reset --datanodes 3
     """
+    # --ha: no single point of failure, brokers included (issue 18)
+    brokers = brokers if brokers is not None else 2 if ha else 1
     root = Path(data_dir).resolve()
     if reset and root.exists():
         shutil.rmtree(root)

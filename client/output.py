@@ -160,10 +160,11 @@ def status_lines(info: dict) -> Iterator[str]:
 
 def role_lines(roles: dict) -> Iterator[str]:
     """The supervised roles of a local cluster: state, pid, restarts, the last exit."""
+    width = max([8, *(len(str(name)) for name in roles)])    # mds-standby is 11
     for name, r in sorted(roles.items()):
         if not isinstance(r, dict):
             continue
-        line = f"role {name:<8} {r.get('state', '?'):<10} pid {r.get('pid') or '-':<8}"
+        line = f"role {name:<{width}} {r.get('state', '?'):<10} pid {r.get('pid') or '-':<8}"
         line += f" restarts {r.get('restarts', 0)}"
         if r.get("last_exit"):
             at = r.get("last_exit_at")

@@ -90,3 +90,13 @@ def test_status_says_when_the_active_runs_without_its_standby():
                                                                 "acked_seq": 40, "for": 12.5,
                                                                 "reason": "no answer"}}}))
     assert gone[-1] == "standby: gone   at seq 40 for 12.5 s (no answer): the active runs alone"
+
+
+def test_role_lines_align_the_columns_for_the_longest_role_name():
+    from client.output import role_lines
+    lines = list(role_lines({"mds": {"state": "up", "pid": 7, "restarts": 0},
+                             "mds-standby": {"state": "up", "pid": 12, "restarts": 1}}))
+    assert [line.index(" up ") for line in lines] == [len("role mds-standby"),
+                                                      len("role mds-standby")]
+    assert [line.index("pid") for line in lines][0] == [line.index("pid")
+                                                        for line in lines][1]
