@@ -22,7 +22,6 @@ import sys
 
 import click
 
-from . import cli_attrs, cli_cluster, cli_transfer
 from .cli_errors import AegisGroup
 from .cli_params import OCTAL_MODE, REMOTE
 from .cli_state import State, pass_state
@@ -38,7 +37,11 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # the file system), the S3 gateway, the mount and tree quotas.
 LAZY = {"user": "client.cli_users:user", "whoami": "client.cli_users:whoami",
         "s3": "client.s3.cli:s3", "mount": "client.mount.cli:mount",
-        "umount": "client.mount.cli:umount", "quota": "client.cli_quota:quota"}
+        "umount": "client.mount.cli:umount", "quota": "client.cli_quota:quota",
+        "put": "client.cli_transfer:put", "get": "client.cli_transfer:get",
+        "chmod": "client.cli_attrs:chmod", "chown": "client.cli_attrs:chown",
+        "chgrp": "client.cli_attrs:chgrp", "status": "client.cli_cluster:status",
+        "fsck": "client.cli_cluster:fsck", "node": "client.cli_cluster:node"}
 
 
 @click.group(cls=AegisGroup, context_settings=CONTEXT, lazy=LAZY)
@@ -81,12 +84,6 @@ def cli(ctx: click.Context, broker: str | None, key: str | None, timeout: float 
     state = ctx.obj = State(broker, timeout, config_path, debug, key,
                             retry_deadline=retry_deadline)
     ctx.call_on_close(state.close)
-
-
-# The commands whose jobs have modules of their own, loaded with this one.
-for _command in (cli_transfer.put, cli_transfer.get, cli_attrs.chmod, cli_attrs.chown,
-                 cli_attrs.chgrp, cli_cluster.status, cli_cluster.fsck, cli_cluster.node):
-    cli.add_command(_command)
 
 
 @cli.command()
