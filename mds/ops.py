@@ -15,6 +15,7 @@ monotonic, `wall` wall clock), never from the handlers. Public API: `Handlers` (
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
@@ -32,6 +33,9 @@ from .ops_write import WriteOps
 from .quota import Allocations
 from .repair import RepairPlanner
 
+log = logging.getLogger(__name__)
+
+STALL = 2.0      # seconds without an upkeep (normally <= ~0.5) that mean this MDS stalled
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
                        "commit", "pool", "put_small", "abort", "renew", "rm", "chmod", "chown", "copy",
@@ -56,6 +60,8 @@ class Handlers(NamespaceOps, WriteOps, DataNodeOps, AdminOps):
         # node -> [data endpoint, CURVE public key or ""], from heartbeats (in memory)
         self.endpoints: dict[str, list[str]] = {}
         self.service = Service.collect(MDS_SERVICE, self, once=self._once)
+        self._last_upkeep: float | None = None    # wall clock of the previous upkeep
+        self._stall: tuple[float, float] | None = None   # (began, grace until), see upkeep
 
     def _once(self, opid: bytes, ctx: Context, call: Callable[[], Any]) -> Any:
         """A mutation with an operation id: applied at most once, its records and answer
@@ -84,6 +90,27 @@ class Handlers(NamespaceOps, WriteOps, DataNodeOps, AdminOps):
 
     # -- between batches -----------------------------------------------------------------
 
+    def _expiry_cutoff(self, wall: float) -> float:
+        """Leases ending at or before this expire now. Normally `wall`; but after this MDS
+        itself stalled (no upkeep for more than STALL s: a long fsync, a paused process,
+        the host starved), nobody could renew meanwhile, so a lease that ended during
+        the stall gets as long again to be renewed before it expires (its renew may be
+        queued at the broker right now); leases that ended before the stall expire."""
+        last, self._last_upkeep = self._last_upkeep, wall
+        if last is not None and wall - last > STALL:
+            began, until = last, wall + (wall - last)
+            if self._stall is not None:          # stalled again within a grace
+                began, until = min(began, self._stall[0]), max(until, self._stall[1])
+            self._stall = (began, until)
+            log.warning("no upkeep for %.1f s (this MDS stalled): leases that ended "
+                        "meanwhile get until %.1f s from now to be renewed",
+                        wall - last, wall - last)
+        if self._stall is not None:
+            if wall < self._stall[1]:
+                return self._stall[0]
+            self._stall = None
+        return wall
+
     def upkeep(self, now: float, wall: float) -> list[tuple[str, dict]]:
         """Lease expiry, dead nodes, repair planning; `now` monotonic, `wall` wall clock."""
         events: list[tuple[str, dict]] = []
@@ -91,7 +118,7 @@ class Handlers(NamespaceOps, WriteOps, DataNodeOps, AdminOps):
             events.append((ev.topic, {"node": ev.node, "reason": ev.reason}))
             if ev.topic == "node.down":
                 self.repair.on_node_down(ev.node)
-        for rec in self.ns.expire_drafts(wall):
+        for rec in self.ns.expire_drafts(self._expiry_cutoff(wall)):
             self._submit_all([rec])
             self.allocations.release(rec["handle"])
         self.allocations.retain(self.ns.drafts.by_handle)

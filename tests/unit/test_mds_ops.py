@@ -199,6 +199,34 @@ def test_handlers_take_time_from_the_context(world):
     assert handle not in world.store.ns.draft_handles()
 
 
+def test_a_lease_that_ended_while_the_mds_itself_stalled_gets_time_to_be_renewed(world):
+    """The MDS gave no upkeep for 10 s (a long fsync, a pause): nobody could renew
+    meanwhile, so a lease that ended in the stall does not expire at once; one that
+    ended before it does, and an unrenewed one goes once the grace is over."""
+    old = world.ok("create", path="/old")["handle"]
+    world.ops.upkeep(world.now, world.wall + 1)
+    world.store.ns.drafts.get(old).lease = world.wall + 0.5    # ended before the stall
+    kept = world.ok("create", path="/kept")["handle"]
+    world.store.ns.drafts.get(kept).lease = world.wall + 5      # ends during the stall
+    renewed = world.ok("create", path="/renewed")["handle"]
+    world.store.ns.drafts.get(renewed).lease = world.wall + 5
+    world.ops.upkeep(world.now, world.wall + 11)                # 10 s without an upkeep
+    assert old not in world.store.ns.draft_handles()
+    assert {kept, renewed} <= set(world.store.ns.draft_handles())
+    world.store.ns.drafts.get(renewed).lease = world.wall + 60  # its renew came in
+
+    def upkeeps(start: float, end: float) -> None:              # every 0.5 s, as the loop
+        t = start
+        while t <= end:
+            world.ops.upkeep(world.now, world.wall + t)
+            t += 0.5
+    upkeeps(11.5, 20.5)                                         # within the grace
+    assert kept in world.store.ns.draft_handles()
+    upkeeps(21, 21.5)                                           # grace over (10 s more)
+    assert kept not in world.store.ns.draft_handles()
+    assert renewed in world.store.ns.draft_handles()
+
+
 @pytest.mark.parametrize("op,fields,code", [
     ("stat", {"path": 5}, errno.EPROTO),
     ("stat", {"path": "/", "junk": 1}, errno.EINVAL),
