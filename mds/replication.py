@@ -304,8 +304,10 @@ class StandbyLink:
                     self.takeover = None    # said before: the active clears its mark now
                     return
                 theirs = answer.get("crc")
+                ours = frame_crc(self.store.dir, self.acked) \
+                    if theirs is not None and self.acked <= self.store.last_seq else None
                 diverged = self.acked > self.store.last_seq or (
-                    theirs is not None and frame_crc(self.store.dir, self.acked) != theirs)
+                    theirs is not None and ours != theirs)
                 cut = cut_point(self.store, self.term_start, self.acked,
                                 answer.get("epoch")) if diverged else None
                 if cut is not None:
@@ -332,8 +334,6 @@ class StandbyLink:
                                   self.acked, self.store.last_seq)
                     self.state, self.reason = "needs_seed", f"standby ahead at {self.acked}"
                     return
-                theirs = answer.get("crc")
-                ours = frame_crc(self.store.dir, self.acked) if theirs is not None else None
                 if ours is not None and theirs != ours:
                     # another history (a data directory of another cluster or an older
                     # reset): shipping onto it would corrupt it

@@ -26,6 +26,7 @@ from run_cluster import free_base_port
 from tests.support.cluster import start_cluster
 from tests.support.etcd import need_etcd
 from tests.support.figures import record
+from tests.support.ha import standby_in_sync
 from tests.support.wait import wait_for
 
 HB = 0.3
@@ -106,18 +107,6 @@ def client_loop(cluster, n: int, ledger: Ledger, halt: threading.Event) -> None:
 def leader_role(cluster) -> str:
     held = Gateway(cluster.etcd_url).get(LEADER)
     return held.value.decode() if held else ""
-
-
-def standby_in_sync(cluster) -> bool:
-    try:
-        with AegisClient(cluster.broker, key=cluster.key, retry_deadline=5,
-                         timeout=2) as fs:
-            st = fs.status()["ha"]
-    except OSError:
-        return False
-    # and the ran-alone mark cleared: until then no standby may take over
-    return st["state"] == "active" and not st.get("alone_mark") and \
-        (st.get("standby") or {}).get("state") == "in_sync"
 
 
 def duplicate_opids(mds_dir) -> list[bytes]:

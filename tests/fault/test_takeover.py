@@ -24,6 +24,7 @@ from run_cluster import free_base_port
 from tests.support.cluster import start_cluster
 from tests.support.etcd import need_etcd
 from tests.support.figures import record
+from tests.support.ha import ha_status, standby_in_sync
 from tests.support.wait import wait_for
 
 HB = 0.3
@@ -37,17 +38,6 @@ def ha_cluster(tmp_path):
                          etcd_port=free_base_port(span=2), standby_port=free_base_port(span=2),
                          env={"AEGISFS_HA_LEASE_TTL": str(TTL),
                               "AEGISFS_HA_STANDBY_TIMEOUT": str(TIMEOUT)})
-
-
-def ha(cluster, deadline: float = 0) -> dict:
-    with AegisClient(cluster.broker, key=cluster.key, retry_deadline=deadline,
-                     timeout=2) as fs:
-        return fs.status()["ha"]
-
-
-def in_sync(cluster) -> bool:
-    st = ha(cluster, 10)
-    return st["state"] == "active" and st["standby"]["state"] == "in_sync"
 
 
 def leader_name(cluster) -> str:
@@ -94,8 +84,8 @@ def test_active_killed_under_load_the_standby_takes_over(tmp_path):
     cluster = ha_cluster(tmp_path)
     writer = Writer(cluster, "/a")
     try:
-        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
-        first = ha(cluster)["epoch"]
+        wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the standby in sync")
+        first = ha_status(cluster)["epoch"]
         assert leader_name(cluster) == "mds"
         with AegisClient(cluster.broker, key=cluster.key) as fs:
             fs.mkdir("/a")
@@ -108,7 +98,7 @@ def test_active_killed_under_load_the_standby_takes_over(tmp_path):
                  "writes through the new active")
         took = writer.acked[count][0] - killed
         writer.stop()
-        after = ha(cluster)
+        after = ha_status(cluster)
         assert after["state"] == "active" and after["epoch"] > first, after
         assert leader_name(cluster) == "mds-standby"
         assert took <= 10.0, f"takeover took {took:.2f}s"
@@ -117,7 +107,8 @@ def test_active_killed_under_load_the_standby_takes_over(tmp_path):
                 assert fs.read_bytes(path) == data, path
         cluster.start_role("mds")       # what a supervisor does: it is the standby now
         back = time.monotonic()
-        wait_for(lambda: ha(cluster, 10)["standby"], 20, 0.1, "the killed active caught up",
+        wait_for(lambda: ha_status(cluster, 10)["standby"], 20, 0.1,
+                 "the killed active caught up",
                  done=lambda st: st["state"] == "in_sync")
         caught_up = time.monotonic() - back
         assert leader_name(cluster) == "mds-standby"
@@ -142,7 +133,7 @@ def test_a_stale_standby_does_not_serve_after_the_active_ran_alone(tmp_path):
     cluster = ha_cluster(tmp_path)
     etcd = Gateway(cluster.etcd_url)
     try:
-        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
+        wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the standby in sync")
         assert etcd.get(MARK) is None, "a mark with the standby in sync"
         ledger: dict[str, bytes] = {}
         with AegisClient(cluster.broker, key=cluster.key) as fs:
@@ -150,12 +141,12 @@ def test_a_stale_standby_does_not_serve_after_the_active_ran_alone(tmp_path):
             for i in range(5):
                 ledger[f"/g/a{i}"] = os.urandom(1500)
                 fs.write_bytes(f"/g/a{i}", ledger[f"/g/a{i}"])
-            standby_seq = ha(cluster)["standby"]["acked_seq"]
+            standby_seq = ha_status(cluster)["standby"]["acked_seq"]
             cluster.kill("mds-standby")
             for i in range(5):       # acknowledged by the active alone
                 ledger[f"/g/b{i}"] = os.urandom(1500)
                 fs.write_bytes(f"/g/b{i}", ledger[f"/g/b{i}"])
-            st = ha(cluster)
+            st = ha_status(cluster)
             assert st["standby"]["state"] == "gone", st
         mark = etcd.get(MARK)
         assert mark is not None, "acknowledged alone without the mark"
@@ -184,7 +175,7 @@ def test_a_stale_standby_does_not_serve_after_the_active_ran_alone(tmp_path):
                 assert fs.read_bytes(path) == data, path
             back = time.monotonic() - started
             assert leader_name(cluster) == "mds"
-            wait_for(lambda: in_sync(cluster), 20, 0.1, "the old standby caught up")
+            wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the old standby caught up")
             wait_for(lambda: etcd.get(MARK) is None, 10, 0.1, "the mark cleared")
             ledger["/g/c"] = b"after"
             fs.write_bytes("/g/c", b"after")
@@ -200,8 +191,8 @@ def test_split_brain_a_paused_active_changes_nothing_and_comes_back_as_standby(t
     need_etcd()
     cluster = ha_cluster(tmp_path)
     try:
-        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
-        first = ha(cluster)["epoch"]
+        wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the standby in sync")
+        first = ha_status(cluster)["epoch"]
         ledger: dict[str, bytes] = {}
         with AegisClient(cluster.broker, key=cluster.key) as fs:
             fs.mkdir("/s")
@@ -230,7 +221,8 @@ def test_split_brain_a_paused_active_changes_nothing_and_comes_back_as_standby(t
                 fs.write_bytes(f"/s/c{i}", ledger[f"/s/c{i}"])
             assert fs.status()["ha"]["epoch"] == second
             cluster.start_role("mds")           # restarted: the standby of the new active
-            wait_for(lambda: ha(cluster, 10)["standby"], 20, 0.1, "the old active caught up",
+            wait_for(lambda: ha_status(cluster, 10)["standby"], 20, 0.1,
+                     "the old active caught up",
                      done=lambda st: st["state"] == "in_sync")
             assert leader_name(cluster) == "mds-standby"
             for path, data in ledger.items():
@@ -300,7 +292,7 @@ def test_the_standby_serves_metrics_and_its_requests_once_it_leads(tmp_path):
     def state(name: str) -> float:
         return series(scrape(standby_port), "aegisfs_state", role="mds", name=name)
     try:
-        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
+        wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the standby in sync")
         with AegisClient(cluster.broker, key=cluster.key) as fs:
             fs.mkdir("/m")
         wait_for(lambda: state("standby") == 1 and state("last_seq") > 0, 10, 0.1,
@@ -329,7 +321,7 @@ def test_a_standby_the_pruned_log_no_longer_reaches_is_seeded_and_can_take_over(
                                  "AEGISFS_HA_STANDBY_TIMEOUT": str(TIMEOUT),
                                  "AEGISFS_MDS_CHECKPOINT_RECORDS": "40"})
     try:
-        wait_for(lambda: in_sync(cluster), 20, 0.1, "the standby in sync")
+        wait_for(lambda: standby_in_sync(cluster), 20, 0.1, "the standby in sync")
         ledger: dict[str, bytes] = {}
         with AegisClient(cluster.broker, key=cluster.key) as fs:
             fs.mkdir("/seed")
@@ -338,7 +330,7 @@ def test_a_standby_the_pruned_log_no_longer_reaches_is_seeded_and_can_take_over(
                 ledger[f"/seed/f{i}"] = os.urandom(300)
                 fs.write_bytes(f"/seed/f{i}", ledger[f"/seed/f{i}"])
         cluster.start_role("mds-standby")
-        wait_for(lambda: in_sync(cluster), 30, 0.1, "the seeded standby in sync")
+        wait_for(lambda: standby_in_sync(cluster), 30, 0.1, "the seeded standby in sync")
         log = cluster.roles["mds"].log_path.read_text()
         assert "seeding it with snapshot" in log, log[-2000:]
         cluster.kill("mds")

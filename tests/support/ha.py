@@ -1,0 +1,23 @@
+"""What the HA fault tests ask of a running cluster: its MDS's `ha` status, and whether
+its standby could take over now."""
+from __future__ import annotations
+
+from client import AegisClient
+
+
+def ha_status(cluster, deadline: float = 0) -> dict:
+    """The active MDS's `status()["ha"]`, retrying through a failover for `deadline` s."""
+    with AegisClient(cluster.broker, key=cluster.key, retry_deadline=deadline,
+                     timeout=2) as fs:
+        return fs.status()["ha"]
+
+
+def standby_in_sync(cluster, deadline: float = 5) -> bool:
+    """True when a kill of the active now would be taken over: an active MDS, its standby
+    in sync, and the ran-alone mark cleared (while it is set no standby may lead)."""
+    try:
+        st = ha_status(cluster, deadline)
+    except OSError:
+        return False
+    return st["state"] == "active" and not st.get("alone_mark") and \
+        (st.get("standby") or {}).get("state") == "in_sync"
