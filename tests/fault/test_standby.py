@@ -13,6 +13,7 @@ from run_cluster import free_base_port
 from tests.support.cluster import start_cluster
 from tests.support.etcd import need_etcd
 from tests.support.figures import record
+from tests.support.ha import settled
 from tests.support.wait import wait_for
 
 HB = 0.3
@@ -87,6 +88,7 @@ def test_standby_mirrors_goes_away_and_catches_up(tmp_path):
             write("c", 10)
             last = fs.status()
         assert_only_the_mds_key_gets_in(cluster)
+        wait_for(lambda: settled(cluster), 20, 0.1, "nothing left for the active to record")
         cluster.stop()     # both MDS at once: one stopped alone would hand over to the other
         with MetaStore(cluster.data_dir / "mds") as active, \
                 MetaStore(cluster.data_dir / "mds-standby") as standby:

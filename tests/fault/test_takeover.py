@@ -24,7 +24,7 @@ from run_cluster import free_base_port
 from tests.support.cluster import start_cluster
 from tests.support.etcd import need_etcd
 from tests.support.figures import record
-from tests.support.ha import ha_status, standby_in_sync
+from tests.support.ha import ha_status, settled, standby_in_sync
 from tests.support.wait import wait_for
 
 HB = 0.3
@@ -112,6 +112,7 @@ def test_active_killed_under_load_the_standby_takes_over(tmp_path):
                  done=lambda st: st["state"] == "in_sync")
         caught_up = time.monotonic() - back
         assert leader_name(cluster) == "mds-standby"
+        wait_for(lambda: settled(cluster), 20, 0.1, "nothing left for the active to record")
         cluster.stop()
         with MetaStore(cluster.data_dir / "mds") as a, \
                 MetaStore(cluster.data_dir / "mds-standby") as b:
@@ -227,6 +228,7 @@ def test_split_brain_a_paused_active_changes_nothing_and_comes_back_as_standby(t
             assert leader_name(cluster) == "mds-standby"
             for path, data in ledger.items():
                 assert fs.read_bytes(path) == data, path
+        wait_for(lambda: settled(cluster), 20, 0.1, "nothing left for the active to record")
         broker_log = cluster.roles["broker"].log_path.read_text()
         cluster.stop()
         with MetaStore(cluster.data_dir / "mds") as a, \

@@ -21,3 +21,20 @@ def standby_in_sync(cluster, deadline: float = 5) -> bool:
         return False
     return st["state"] == "active" and not st.get("alone_mark") and \
         (st.get("standby") or {}).get("state") == "in_sync"
+
+
+def settled(cluster, deadline: float = 5) -> bool:
+    """`standby_in_sync` and nothing left that the active would still write a record for:
+    no drafts and no block pools (a closing client ends its pools with a request nobody
+    waits for). A stop of both MDS then leaves their logs equal; a record written while
+    they are being stopped may reach only the active (not acknowledged to anyone)."""
+    try:
+        with AegisClient(cluster.broker, key=cluster.key, retry_deadline=deadline,
+                         timeout=2) as fs:
+            st = fs.status()
+    except OSError:
+        return False
+    ha = st["ha"]
+    return ha["state"] == "active" and not ha.get("alone_mark") and \
+        (ha.get("standby") or {}).get("state") == "in_sync" and \
+        not st["drafts"] and not st.get("pools")
