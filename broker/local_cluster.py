@@ -181,7 +181,8 @@ class Cluster(RoleDefinitions, Readiness):
                            "last_exit": st.get("last_exit"),
                            "last_exit_at": st.get("last_exit_at")}
         try:
-            write_state(self.data_dir, roles)
+            write_state(self.data_dir, roles, {"etcd": self.etcd_url} if self.etcd_port
+                        else None)
         except OSError as exc:    # a full disk must not stop the supervision itself
             print(f"run_cluster: cannot write the supervisor state: {exc}", file=sys.stderr)
 

@@ -99,11 +99,15 @@ def exit_reason(returncode: int, log_line: str | None) -> str:
     return f"{reason}: {message}"
 
 
-def write_state(directory: Path, roles: dict[str, dict[str, Any]]) -> None:
-    """Atomically replace the state file (a reader never sees half of it)."""
+def write_state(directory: Path, roles: dict[str, dict[str, Any]],
+                ha: dict[str, str] | None = None) -> None:
+    """Atomically replace the state file (a reader never sees half of it). `ha`:
+    {"etcd": URL} of a cluster run with --ha, where `aegisfs status` reads who leads
+    (the MDS may not answer)."""
     path = directory / STATE_FILE
     tmp = path.with_name(f"{STATE_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"roles": roles}, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps({"roles": roles, **({"ha": ha} if ha else {})}, indent=1,
+                              sort_keys=True))
     os.replace(tmp, path)
 
 

@@ -8,7 +8,8 @@ import click
 
 from .cli_errors import EXIT_FAILED, Failure
 from .cli_state import State, pass_state
-from .output import drain_text, emit_json, fsck_lines, node_lines, role_lines, status_lines
+from .output import (drain_text, emit_json, fsck_lines, leadership_lines, node_lines, role_lines,
+                     status_lines)
 
 
 @click.command()
@@ -17,6 +18,8 @@ from .output import drain_text, emit_json, fsck_lines, node_lines, role_lines, s
 def status(state: State, as_json: bool) -> None:
     """The DataNodes (up/down, capacity, used, blocks) and the replication health;
     for a cluster run by run_cluster.py here, its roles, restarts and why they stopped.
+    With HA ([ha] etcd, or a local cluster run with --ha), first what etcd says when no
+    MDS leads: which MDS may lead and why (the ran-alone mark), and the way out.
 
     \b
     Example:
@@ -30,12 +33,33 @@ def status(state: State, as_json: bool) -> None:
     if supervised and not as_json:
         for line in role_lines(supervised["roles"]):
             click.echo(line)
+    # with HA, etcd says who leads even when no MDS answers (the request below then
+    # waits for one): which MDS the ran-alone mark names, and the way out
+    ha = {**state.cfg.get("ha", {})}
+    etcd = ha.get("etcd") or ((supervised or {}).get("ha") or {}).get("etcd")
+    if etcd and not as_json:
+        for line in leadership(str(etcd), str(ha.get("key") or "/aegisfs/mds/leader")):
+            click.echo(line, err=True)
     info = {**state.fs.status(), "brokers": state.fs.brokers()}
     if as_json:
         emit_json({**info, "roles": supervised["roles"]} if supervised else info)
         return
     for line in status_lines(info):
         click.echo(line)
+
+
+def leadership(etcd: str, key: str) -> list[str]:
+    """leadership_lines for the leader key and ran-alone mark etcd holds now."""
+    from mds.election import read_mark
+    from mds.etcd import EtcdUnavailable, Gateway
+    gateway = Gateway(etcd, timeout=1.0)
+    try:
+        held, mark = gateway.get(key.encode()), gateway.get(key.encode() + b"/alone")
+    except EtcdUnavailable as exc:
+        return leadership_lines(etcd, None, None, str(exc))
+    leader = held.value.decode(errors="replace") if held else None
+    return leadership_lines(etcd, leader, None if mark is None else
+                            (read_mark(mark.value) or {}))
 
 
 @click.command()

@@ -158,6 +158,30 @@ def status_lines(info: dict) -> Iterator[str]:
             yield line
 
 
+def leadership_lines(etcd: str, leader: str | None, mark: dict | None,
+                     error: str | None = None) -> list[str]:
+    """Why no MDS answers, from etcd itself (read before asking the MDS, which may not be
+    there): `leader` the leader key's value (None: nobody leads), `mark` the ran-alone mark
+    ({name, epoch, since, last}; {} when unreadable), `error` why etcd did not answer. Empty when
+    an MDS leads and no mark is set: nothing to explain."""
+    if error is not None:
+        return [f"ha: {error}: no MDS can lead until etcd answers"]
+    if mark is None:
+        return [] if leader else [f"ha: no MDS leads (etcd {etcd}): an election is under "
+                                  "way, or no MDS is running"]
+    who = mark.get("name", "?")
+    alone = (f"{who} acknowledged writes without its standby from seq "
+             f"{mark.get('since', '?')} (epoch {mark.get('epoch', '?')})" if mark
+             else "a ran-alone mark is set but unreadable")
+    if leader:
+        return [f"ha: {leader} leads; {alone}: no other MDS may take over until its "
+                "standby is in sync again"]
+    return [f"ha: no MDS leads (etcd {etcd}): {alone}, and only an MDS holding those "
+            f"writes may lead: start {who} again",
+            f"ha: if its disk is lost for good, `python -m mds --etcd {etcd} "
+            "--drop-alone-mark` lets a standby lead without those writes"]
+
+
 def role_lines(roles: dict) -> Iterator[str]:
     """The supervised roles of a local cluster: state, pid, restarts, the last exit."""
     width = max([8, *(len(str(name)) for name in roles)])    # mds-standby is 11

@@ -18,6 +18,7 @@ import threading
 import time
 
 from client import AegisClient
+from client.cli_cluster import leadership
 from mds.etcd import Gateway
 from mds.metastore import MetaStore
 from run_cluster import free_base_port
@@ -161,6 +162,11 @@ def test_a_stale_standby_does_not_serve_after_the_active_ran_alone(tmp_path):
                  "the stale standby saying why it does not lead")
         time.sleep(TTL + 1.0)                   # the killed active's lease has lapsed
         assert leader_name(cluster) == "", "the stale standby took the leader key"
+        # what `aegisfs status` prints first: the MDS the mark names, and the way out
+        said = leadership(cluster.etcd_url, "/aegisfs/mds/leader")
+        assert "no MDS leads" in said[0] and "start mds again" in said[0], said
+        assert f"from seq {value['since']}" in said[0], said
+        assert "--drop-alone-mark" in said[1], said
         assert cluster.roles["mds-standby"].alive()
         with AegisClient(cluster.broker, key=cluster.key, retry_deadline=0,
                          timeout=1) as fs:

@@ -100,3 +100,24 @@ def test_role_lines_align_the_columns_for_the_longest_role_name():
                                                       len("role mds-standby")]
     assert [line.index("pid") for line in lines][0] == [line.index("pid")
                                                         for line in lines][1]
+
+
+def test_leadership_lines_explain_why_no_mds_leads():
+    from client.output import leadership_lines
+    url = "http://127.0.0.1:2379"
+    assert leadership_lines(url, "mds", None) == []          # leading, nothing to explain
+    assert leadership_lines(url, None, None) == [
+        f"ha: no MDS leads (etcd {url}): an election is under way, or no MDS is running"]
+    mark = {"name": "mds", "epoch": 4, "since": 9, "last": 12}
+    blocked = leadership_lines(url, None, mark)
+    assert blocked[0] == (f"ha: no MDS leads (etcd {url}): mds acknowledged writes without "
+                          "its standby from seq 9 (epoch 4), and only an MDS holding those "
+                          "writes may lead: start mds again")
+    assert f"python -m mds --etcd {url} --drop-alone-mark" in blocked[1]
+    assert leadership_lines(url, "mds", mark) == [
+        "ha: mds leads; mds acknowledged writes without its standby from seq 9 (epoch 4): "
+        "no other MDS may take over until its standby is in sync again"]
+    assert "unreadable" in leadership_lines(url, None, {})[0]
+    down = leadership_lines(url, None, None, f"etcd at {url} unreachable: refused")
+    assert down == [f"ha: etcd at {url} unreachable: refused: no MDS can lead until etcd "
+                    "answers"]

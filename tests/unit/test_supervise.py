@@ -45,6 +45,8 @@ def test_state_file_round_trip(tmp_path):
     assert read_state(tmp_path) is None
     write_state(tmp_path, {"mds": {"state": "up", "restarts": 1}})
     assert read_state(tmp_path) == {"roles": {"mds": {"state": "up", "restarts": 1}}}
+    write_state(tmp_path, {}, {"etcd": "http://127.0.0.1:5558"})    # run with --ha
+    assert read_state(tmp_path) == {"roles": {}, "ha": {"etcd": "http://127.0.0.1:5558"}}
     (tmp_path / "supervisor.json").write_text("{not json")
     assert read_state(tmp_path) is None
 
