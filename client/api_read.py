@@ -200,15 +200,17 @@ class ReadVerbs:
 
     cat = read_bytes
 
-    def read_info(self, remote: PathLike) -> dict:
+    def read_info(self, remote: PathLike, *, blocks: bool = True) -> dict:
         """What reading `remote` needs, in one MDS round trip: its stat (type, size, mtime,
         mode, owner, ...) and, for a file, its block list with read capabilities (ids as
         raw bytes). PermissionError when the caller may not read the file; a directory
         comes back as its stat with an empty block list. For iter_range; the capabilities
         are bearer tokens for this process's readers, not for display (stat leaves them
-        out)."""
+        out). blocks=False: the stat and the permission check only (no block list, no
+        capabilities signed: an S3 HEAD)."""
         p = _abs(remote)
-        info = self._mds(p, "stat", path=p, read=True)
+        info = self._mds(p, "stat", path=p, read=True) if blocks else \
+            self._mds(p, "stat", path=p, read=True, blocks=False)
         info["path"] = p
         return info
 

@@ -222,6 +222,11 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
         """Total committed bytes, files and directories under a path (inclusive)."""
         return self.tree.du(path, cred)
 
+    def need_read(self, path: str, cred: Cred | None) -> None:
+        """EACCES naming ``path`` unless ``cred`` may read the entry (which it can reach)."""
+        norm = paths.normalize(path)
+        self.tree.need(cred, self.tree.node(norm)[1], perms.R, norm)
+
     def may_read(self, path: str, cred: Cred | None) -> bool:
         """Whether ``cred`` may read the entry at ``path`` (which it can already reach)."""
         return self.tree.may(cred, self.tree.node(paths.normalize(path))[1], perms.R)

@@ -56,10 +56,11 @@ class NamespaceOps(HandlerBase):
         at most 4096 blocks from index `caps_from` (default 0); stat again with caps_from
         for the others, or when a DataNode refuses an expired one. `blocks: false` (a
         caller that only wants the attributes, like a HEAD) leaves the block list and
-        the capabilities out without building them; `read` overrides it."""
+        the capabilities out without building them; with `read` as well, a file the
+        caller may not read is still EACCES (an S3 HEAD needs read permission)."""
         cred = cred_of(ctx)
         read, want_blocks = bool(h.get("read")), h.get("blocks", True)
-        if read or want_blocks:
+        if want_blocks:
             # file_info resolves the path and checks read permission itself: a file the
             # caller may read costs one lookup, not stat + may_read + file_info
             try:
@@ -77,7 +78,9 @@ class NamespaceOps(HandlerBase):
         info = self.ns.stat(h["path"], cred=cred)
         if info["type"] == "file":
             del info["blocks"]       # the count tree.stat gives, not a block list
-        elif want_blocks or read:
+            if read:
+                self.ns.need_read(info["path"], cred)
+        elif want_blocks:
             info["blocks"] = []
         return info
 

@@ -29,7 +29,7 @@ class BucketStore(MetaRecords):
         """The bucket's owner; NoSuchBucket when there is no such top-level directory."""
         path = naming.bucket_path(bucket)
         try:
-            if self.meta.stat(path).get("type") != "dir":
+            if self.meta.stat(path, blocks=False).get("type") != "dir":
                 raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
         except (FileNotFoundError, NotADirectoryError):
             raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
@@ -40,7 +40,7 @@ class BucketStore(MetaRecords):
         """PermissionError unless the user may search the bucket's directory (a lookup
         of a name that cannot be a key: no listing of a big directory)."""
         try:
-            self.fs.stat(naming.bucket_path(bucket) + "/\x01probe")
+            self.fs.stat(naming.bucket_path(bucket) + "/\x01probe", blocks=False)
         except FileNotFoundError:
             pass
 

@@ -102,7 +102,7 @@ RESPONSE_OVERRIDES = {"response-content-type": "content-type",
 
 async def get_object(gw: "Gateway", req: "Request") -> "Response":
     from .app import Response, _object_headers, _range
-    info = await gw.run(req.store.head, req.bucket, req.key)
+    info = await gw.run(req.store.head, req.bucket, req.key, req.method == "GET")
     headers = _object_headers(info)
     cond = _preconditions(req, info)
     if cond == 412:

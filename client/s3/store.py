@@ -91,16 +91,17 @@ class Store(BucketStore, MultipartStore):
 
     # -- objects -------------------------------------------------------------------------
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
-        """The object as the user may see it: one stat as the user that is also what a
-        GET reads from (`source`), then the sidecar (from the cache when it describes
-        this version of the object)."""
+    def head(self, bucket: str, key: str, reading: bool = False) -> ObjectInfo:
+        """The object as the user may see it: one stat as the user, then the sidecar (from
+        the cache when it describes this version of the object). `reading` (a GET): the
+        stat is also what the GET reads from (`source`: the block list and its read
+        capabilities); else (HEAD, a copy's source) the MDS builds and signs none."""
         path = naming.object_path(bucket, key)
         resource = f"/{bucket}/{key}"
         try:
-            # with read=True the MDS refuses (EACCES) a file the user may not read: this
-            # refuses here, before a GET has sent its 200 (as S3, HEAD needs read too)
-            st = self.fs.read_info(path)
+            # the MDS refuses (EACCES) a file the user may not read: this refuses here,
+            # before a GET has sent its 200 (as S3, HEAD needs read too)
+            st = self.fs.read_info(path, blocks=reading)
         except (FileNotFoundError, NotADirectoryError):
             raise S3Error("NoSuchKey", resource=resource, Key=key) from None
         except PermissionError:
@@ -121,7 +122,7 @@ class Store(BucketStore, MultipartStore):
             if side is not None:
                 self.sidecars.put(sidecar, side)
         info = object_info(key, st, side)
-        info.source = st
+        info.source = st if reading else None
         return info
 
     def put(self, bucket: str, key: str, chunks: Iterable[bytes],
@@ -147,7 +148,7 @@ class Store(BucketStore, MultipartStore):
                 with self.fs.open(path, "wb") as f:    # an exception aborts the draft
                     write_hashed(f, chunks, md5)
                     finish()
-                st = self.fs.stat(path)
+                st = self.fs.stat(path, blocks=False)
                 size, mtime = int(st["size"]), float(st["mtime"])
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise S3Error("InvalidArgument", "the key conflicts with an existing object or "
@@ -187,7 +188,7 @@ class Store(BucketStore, MultipartStore):
 
     def _commit_sidecar(self, bucket: str, key: str, path: str, tag: str,
                         content_type: str | None, meta: dict[str, str]) -> ObjectInfo:
-        st = self.fs.stat(path)
+        st = self.fs.stat(path, blocks=False)
         info = ObjectInfo(key, int(st["size"]), float(st["mtime"]), tag,
                           content_type or DEFAULT_TYPE, meta)
         self._write_sidecar(bucket, key, info)
@@ -248,7 +249,7 @@ class Store(BucketStore, MultipartStore):
                     fs.rm(path)
                 elif naming.is_marker(key):
                     pass              # the folder goes below, when it is empty
-                elif fs.stat(path)["type"] == "file":
+                elif fs.stat(path, blocks=False)["type"] == "file":
                     fs.rm(path)
             except (FileNotFoundError, NotADirectoryError):
                 pass

@@ -664,11 +664,15 @@ def test_stat_sized_to_what_the_caller_asks(world, monkeypatch):
     assert attrs == {k: v for k, v in full.items() if k not in ("blocks", "cap_ttl")}
     top = world.ok("stat", ALICE, path="/home", blocks=False)
     assert top["type"] == "dir" and "blocks" not in top
+    # a HEAD: read permission checked, still nothing built or signed
+    assert world.ok("stat", ALICE, path="/home/alice/f", read=True, blocks=False) == attrs
     monkeypatch.undo()
     assert world.ok("stat", ALICE, path="/home", read=True)["blocks"] == []
     # read permission is still what decides, with or without the new paths
     assert "blocks" not in world.ok("stat", BOB, path="/home/alice/f")
     assert world.call("stat", BOB, path="/home/alice/f", read=True).error.errno == errno.EACCES
+    refused = world.call("stat", BOB, path="/home/alice/f", read=True, blocks=False).error
+    assert refused.errno == errno.EACCES and "/home/alice/f" in str(refused)
 
 
 def test_heartbeat_answers_carry_the_leadership_epoch_only_with_ha(world):

@@ -103,3 +103,22 @@ def test_part_copy_shares_aligned_ranges_and_streams_the_others(cluster, store):
         store.complete(uid, "bkt", "copied", [(1, t1), (2, t2), (3, t3)])
     want = data[BS:3 * BS] + data[10:110] + data[3 * BS:]
     assert b"".join(store.chunks("bkt", "copied")) == want
+
+
+def test_a_head_signs_no_capability_and_a_get_reads_from_its_own_stat(cluster, store,
+                                                                      monkeypatch):
+    data = random.Random(5).randbytes(3 * BS + 5)
+    put(store, "obj", data)
+    minted: list[bytes] = []
+    mint = cluster.mds.grants.mint_read
+    monkeypatch.setattr(cluster.mds.grants, "mint_read",
+                        lambda bid, wall: minted.append(bid) or mint(bid, wall))
+    head = store.head("bkt", "obj")             # HEAD, or a copy's source
+    assert head.size == len(data) and head.source is None and minted == []
+    got = store.head("bkt", "obj", reading=True)      # a GET: its stat is what it reads
+    assert len(minted) == 4 and got.etag == head.etag
+    out = bytearray()
+    mark = len(cluster.calls)
+    store.read("bkt", "obj", 0, len(data), lambda v: out.extend(v), source=got.source)
+    assert bytes(out) == data
+    assert not [c for c in cluster.calls[mark:] if c.op == "stat"], "the GET stat'ed again"
