@@ -68,7 +68,7 @@ class MultipartStore(MetaRecords):
                           f"/{bucket}/{key}")
         return rec
 
-    def put_part(self, upload_id: str, number: int, chunks: Iterable[bytes],
+    def put_part(self, upload_id: str, number: int, chunks: Iterable[bytes | memoryview],
                  finish: Callable[[], Any]) -> str:
         """Store a part as <upload>/<number>.<random>, then rename it to
         <number>-<md5>: the name carries the ETag, so a part costs no record file of its
@@ -86,14 +86,18 @@ class MultipartStore(MetaRecords):
         """UploadPartCopy. A range that starts and ends on block boundaries of the source
         becomes a part that shares those blocks (no byte moves; its ETag is derived from
         the blocks' ids and CRC32Cs, since no byte passes here to hash). Any other range
-        is streamed through the gateway, that range only."""
+        is streamed through the gateway, that range only, read from the same stat (its
+        blocks with their read capabilities, fetched a window ahead)."""
         src = naming.object_path(sb, sk)
-        span = None if naming.is_marker(sk) else _block_span(self.fs.stat(src), start, length)
+        info = None if naming.is_marker(sk) else self.fs.read_info(src)
+        span = None if info is None else _block_span(info, start, length)
         if span is None:
-            return self.put_part(upload_id, number, self.chunks(sb, sk, start, length),
-                                 lambda: None)
+            chunks: Iterable[bytes | memoryview] = () if info is None or length <= 0 else \
+                self.fs.iter_range(info, start, length)
+            return self.put_part(upload_id, number, chunks, lambda: None)
         first, count, blocks = span
-        etag = hashlib.md5(b"".join(bytes.fromhex(b["id"]) + b["checksum"].to_bytes(4, "big")
+        # read_info's ids are raw bytes
+        etag = hashlib.md5(b"".join(bytes(b["id"]) + b["checksum"].to_bytes(4, "big")
                                     for b in blocks)).hexdigest()
         d = naming.upload_dir(upload_id)
         draft = f"{d}/{number:05d}.{secrets.token_hex(4)}"

@@ -75,7 +75,7 @@ class Sidecars:
             self._entries.pop(path, None)
 
 
-def write_hashed(f: Any, chunks: Iterable[bytes], md5: Any) -> None:
+def write_hashed(f: Any, chunks: Iterable[bytes | memoryview], md5: Any) -> None:
     """Stream `chunks` into the open file `f`, feeding each to `md5` on the way."""
     for c in chunks:
         md5.update(c)

@@ -95,6 +95,8 @@ def test_part_copy_shares_aligned_ranges_and_streams_the_others(cluster, store):
     assert dn_calls(cluster, mark) == [] and stored(cluster) == before
     mark = len(cluster.calls)
     t2 = store.put_part_copy(uid, 2, "bkt", "src", 10, 100)            # not aligned
+    stats = [c for c in cluster.calls[mark:] if c.op == "stat"]
+    assert len(stats) == 1, "the range is read from the stat that found it unaligned"
     assert touched(cluster, mark, store, "/bkt/src") == ["get_block"]
     t3 = store.put_part_copy(uid, 3, "bkt", "src", 3 * BS, BS)         # the last block
     assert t2 == hashlib.md5(data[10:110]).hexdigest()
