@@ -124,7 +124,7 @@ class AegisFileSystem(AbstractFileSystem):
         entries = self.client.ls(p, detail=True)
         base = os.path.basename(p)
         if (len(entries) == 1 and entries[0]["name"] == base and entries[0]["type"] == "file"
-                and self.client.stat(p)["type"] == "file"):
+                and self.client.stat(p, blocks=False)["type"] == "file"):
             out = [self._entry(p, entries[0])]        # a file lists itself
         else:
             prefix = p.rstrip("/")
@@ -210,7 +210,7 @@ class AegisFileSystem(AbstractFileSystem):
 
     def _range(self, path: str, start: int | None, end: int | None) -> tuple[int, int | None]:
         if (start is not None and start < 0) or (end is not None and end < 0):
-            size = self.client.stat(path)["size"]
+            size = self.client.stat(path, blocks=False)["size"]
             start = size + start if start is not None and start < 0 else start
             end = size + end if end is not None and end < 0 else end
         start = max(0, start or 0)
@@ -307,7 +307,7 @@ class AegisFileSystem(AbstractFileSystem):
         if self.client.isdir(r):
             os.makedirs(lpath, exist_ok=True)
             return
-        info = self.client.stat(r)
+        info = self.client.stat(r, blocks=False)     # client.get reads its own stat
         callback.set_size(info["size"])
         if outfile is None and isinstance(lpath, (str, os.PathLike)):
             parent = os.path.dirname(os.fspath(lpath))
@@ -322,7 +322,8 @@ class AegisFileSystem(AbstractFileSystem):
     # -- metadata ------------------------------------------------------------------------
 
     def modified(self, path: Any) -> datetime:
-        return datetime.fromtimestamp(self.client.stat(self._strip_protocol(path))["mtime"],
+        return datetime.fromtimestamp(self.client.stat(self._strip_protocol(path),
+                                                      blocks=False)["mtime"],
                                       tz=timezone.utc)
 
     def created(self, path: Any) -> datetime:
