@@ -41,13 +41,14 @@ def _sha(data: bytes) -> str:
 
 
 class Ledger:
-    """What was acknowledged: files (path -> sha256), directories; every op's end time."""
+    """What was acknowledged: files (path -> sha256), directories; every op's (start,
+    end) time."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.files: dict[str, str] = {}
         self.dirs: set[str] = set()
-        self.acks: list[float] = []
+        self.acks: list[tuple[float, float]] = []
         self.failures: list[str] = []
 
     def acked(self) -> int:
@@ -55,8 +56,10 @@ class Ledger:
             return len(self.acks)
 
     def first_ack_after(self, t: float) -> float | None:
+        """When the first operation begun after `t` was acknowledged (one in flight at
+        `t` may be answered at once, by the MDS that was killed, before it died)."""
         with self.lock:
-            return min((a for a in self.acks if a > t), default=None)
+            return min((end for start, end in self.acks if start > t), default=None)
 
 
 def client_loop(cluster, n: int, ledger: Ledger, halt: threading.Event) -> None:
@@ -67,6 +70,7 @@ def client_loop(cluster, n: int, ledger: Ledger, halt: threading.Event) -> None:
         i = 0
         while not halt.is_set():
             i += 1
+            began = time.monotonic()
             try:
                 kind = ("mkdir" if i % 5 == 0 else "mv" if i % 4 == 0 and mine else
                         "rm" if i % 7 == 0 and mine else "write")
@@ -93,7 +97,7 @@ def client_loop(cluster, n: int, ledger: Ledger, halt: threading.Event) -> None:
                     done = lambda: ledger.files.pop(old)   # noqa: E731
                 with ledger.lock:
                     done()
-                    ledger.acks.append(time.monotonic())
+                    ledger.acks.append((began, time.monotonic()))
                 if mine and i % 3 == 0:
                     path = rng.choice(sorted(mine))
                     if fs.read_bytes(path) != mine[path]:
