@@ -35,7 +35,7 @@ def status(state: State, as_json: bool) -> None:
             click.echo(line)
     # with HA, etcd says who leads even when no MDS answers (the request below then
     # waits for one): which MDS the ran-alone mark names, and the way out
-    ha = {**state.cfg.get("ha", {})}
+    ha = state.cfg.get("ha", {})
     etcd = ha.get("etcd") or ((supervised or {}).get("ha") or {}).get("etcd")
     if etcd and not as_json:
         for line in leadership(str(etcd), str(ha.get("key") or "/aegisfs/mds/leader")):

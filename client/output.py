@@ -162,14 +162,14 @@ def leadership_lines(etcd: str, leader: str | None, mark: dict | None,
                      error: str | None = None) -> list[str]:
     """Why no MDS answers, from etcd itself (read before asking the MDS, which may not be
     there): `leader` the leader key's value (None: nobody leads), `mark` the ran-alone mark
-    ({name, epoch, since, last}; {} when unreadable), `error` why etcd did not answer. Empty when
-    an MDS leads and no mark is set: nothing to explain."""
+    ({name, epoch, since, last}; {} when unreadable), `error` why etcd did not answer.
+    Empty when an MDS leads and no mark is set: nothing to explain."""
     if error is not None:
         return [f"ha: {error}: no MDS can lead until etcd answers"]
     if mark is None:
         return [] if leader else [f"ha: no MDS leads (etcd {etcd}): an election is under "
                                   "way, or no MDS is running"]
-    who = mark.get("name", "?")
+    who = mark.get("name") or "the MDS that wrote it"
     alone = (f"{who} acknowledged writes without its standby from seq "
              f"{mark.get('since', '?')} (epoch {mark.get('epoch', '?')})" if mark
              else "a ran-alone mark is set but unreadable")

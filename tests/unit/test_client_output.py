@@ -117,7 +117,8 @@ def test_leadership_lines_explain_why_no_mds_leads():
     assert leadership_lines(url, "mds", mark) == [
         "ha: mds leads; mds acknowledged writes without its standby from seq 9 (epoch 4): "
         "no other MDS may take over until its standby is in sync again"]
-    assert "unreadable" in leadership_lines(url, None, {})[0]
+    unreadable = leadership_lines(url, None, {})[0]
+    assert "unreadable" in unreadable and unreadable.endswith("start the MDS that wrote it again")
     down = leadership_lines(url, None, None, f"etcd at {url} unreachable: refused")
     assert down == [f"ha: etcd at {url} unreachable: refused: no MDS can lead until etcd "
                     "answers"]
