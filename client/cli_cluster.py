@@ -35,10 +35,10 @@ def status(state: State, as_json: bool) -> None:
             click.echo(line)
     # with HA, etcd says who leads even when no MDS answers (the request below then
     # waits for one): which MDS the ran-alone mark names, and the way out
-    ha = state.cfg.get("ha", {})
-    etcd = ha.get("etcd") or ((supervised or {}).get("ha") or {}).get("etcd")
+    ha = state.cfg["ha"]          # the config's, over the built-in defaults
+    etcd = ha["etcd"] or ((supervised or {}).get("ha") or {}).get("etcd")
     if etcd and not as_json:
-        for line in leadership(str(etcd), str(ha.get("key") or "/aegisfs/mds/leader")):
+        for line in leadership(str(etcd), str(ha["key"])):
             click.echo(line, err=True)
     info = {**state.fs.status(), "brokers": state.fs.brokers()}
     if as_json:

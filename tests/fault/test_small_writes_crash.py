@@ -88,8 +88,9 @@ def test_sigkill_mds_and_datanodes_under_single_file_writes(tmp_path, soak):
             w.stop = True
         for w in writers:
             w.join(60)
-        stuck = {w.name: "".join(traceback.format_stack(sys._current_frames()[w.ident]))
-                 for w in writers if w.is_alive() and w.ident in sys._current_frames()}
+        frames = sys._current_frames()
+        stuck = {w.name: "".join(traceback.format_stack(frames[w.ident]))
+                 for w in writers if w.is_alive() and w.ident in frames}
         assert not stuck, "writers still in a call 60 s after the stop:\n" + \
             "\n".join(f"{name}:\n{stack}" for name, stack in stuck.items())
         for w in writers:

@@ -5,22 +5,30 @@ from __future__ import annotations
 from client import AegisClient
 
 
-def ha_status(cluster, deadline: float = 0) -> dict:
-    """The active MDS's `status()["ha"]`, retrying through a failover for `deadline` s."""
+def status(cluster, deadline: float = 0) -> dict:
+    """The active MDS's `status()`, retrying through a failover for `deadline` s."""
     with AegisClient(cluster.broker, key=cluster.key, retry_deadline=deadline,
                      timeout=2) as fs:
-        return fs.status()["ha"]
+        return fs.status()
+
+
+def ha_status(cluster, deadline: float = 0) -> dict:
+    """The active MDS's `status()["ha"]`, retrying through a failover for `deadline` s."""
+    return status(cluster, deadline)["ha"]
 
 
 def standby_in_sync(cluster, deadline: float = 5) -> bool:
     """True when a kill of the active now would be taken over: an active MDS, its standby
     in sync, and the ran-alone mark cleared (while it is set no standby may lead)."""
     try:
-        st = ha_status(cluster, deadline)
+        return _in_sync(ha_status(cluster, deadline))
     except OSError:
         return False
-    return st["state"] == "active" and not st.get("alone_mark") and \
-        (st.get("standby") or {}).get("state") == "in_sync"
+
+
+def _in_sync(ha: dict) -> bool:
+    return ha["state"] == "active" and not ha.get("alone_mark") and \
+        (ha.get("standby") or {}).get("state") == "in_sync"
 
 
 def settled(cluster, deadline: float = 5) -> bool:
@@ -29,12 +37,7 @@ def settled(cluster, deadline: float = 5) -> bool:
     waits for). A stop of both MDS then leaves their logs equal; a record written while
     they are being stopped may reach only the active (not acknowledged to anyone)."""
     try:
-        with AegisClient(cluster.broker, key=cluster.key, retry_deadline=deadline,
-                         timeout=2) as fs:
-            st = fs.status()
+        st = status(cluster, deadline)
     except OSError:
         return False
-    ha = st["ha"]
-    return ha["state"] == "active" and not ha.get("alone_mark") and \
-        (ha.get("standby") or {}).get("state") == "in_sync" and \
-        not st["drafts"] and not st.get("pools")
+    return _in_sync(st["ha"]) and not st["drafts"] and not st.get("pools")
