@@ -45,6 +45,14 @@ def _log_wait(state: str, exc: OSError | None) -> None:
         log.warning("the metadata server answers again")
 
 
+def _end(mux: Mux) -> None:
+    """End a thread's link: release its block pools (fire and forget), close its socket."""
+    for pool in mux.pools.values():
+        pool.release()
+    mux.pools.clear()
+    mux.rpc.close()
+
+
 class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
     """A connection to an AegisFS cluster through its broker.
 
@@ -102,17 +110,21 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
         self.small_puts = 0      # files written through a block pool (put_small)
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._clients: list[Client] = []
-        self._muxes: list[Mux] = []
+        # every thread's broker link: (thread, its Mux); a zmq socket is used and closed
+        # by the thread that made it (closing it under a thread inside a call aborts)
+        self._links: list[tuple[threading.Thread, Mux]] = []
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------------------
 
     def _io(self) -> Mux:
         mux = getattr(self._local, "mux", None)
+        if self._closed:
+            if mux is not None:        # close() left this thread's link to this thread
+                self._local.mux = None
+                _end(mux)
+            raise ValueError("AegisClient is closed")
         if mux is None:
-            if self._closed:
-                raise ValueError("AegisClient is closed")
             try:
                 rpc = self._transport() if self._transport else Client(
                     self.broker, timeout=self.timeout, max_in_flight=4096,
@@ -131,8 +143,7 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
                 raise self._key_error
             mux = self._local.mux = Mux(rpc, keep_buffers=self.window, retry=self.retrier)
             with self._lock:
-                self._clients.append(rpc)
-                self._muxes.append(mux)
+                self._links.append((threading.current_thread(), mux))
         return mux
 
     def _mds(self, about: str | None, op: str, **fields: Any) -> dict:
@@ -151,20 +162,23 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
         return self._io().call("broker", {"op": "whoami"}).result
 
     def close(self) -> None:
-        """Close the broker sockets (of every thread: call when all are done). Block pools
-        still open are ended with a request nobody waits for, so a short-lived process
-        does not hold its spare blocks against the user's allocation limit for a lease."""
+        """Close the broker sockets; later calls raise ValueError. The links of this
+        thread and of threads that have ended close now; a thread still running (perhaps
+        inside a call) closes its own at its next call, which raises, so that no socket
+        is closed under a thread using it. Block pools still open are ended with a
+        request nobody waits for, so a short-lived process does not hold its spare
+        blocks against the user's allocation limit for a lease."""
         self._closed = True
+        me = threading.current_thread()
         with self._lock:
-            clients, self._clients = self._clients, []
-            muxes, self._muxes = self._muxes, []
-        for mux in muxes:
-            for pool in mux.pools.values():
-                pool.release()
-            mux.pools.clear()
-        for rpc in clients:
-            rpc.close()
-        self._local = threading.local()
+            links, self._links = self._links, []
+            left = [(t, mux) for t, mux in links if t is not me and t.is_alive()]
+            self._links = left
+        for thread, mux in links:
+            if (thread, mux) not in left:
+                _end(mux)
+        if getattr(self._local, "mux", None) is not None:
+            self._local.mux = None
 
     def __enter__(self) -> "AegisClient":
         return self

@@ -30,6 +30,7 @@ class MountClient(AegisClient):
                                      notice=self.retrier.notice)
         self._idle: list[Mux] = []
         self._pool_lock = threading.Lock()
+        self._clients: list[Client] = []     # every leased connection (closed at close())
 
     def _io(self) -> Mux:
         mux = getattr(self._lease, "mux", None)
@@ -61,6 +62,17 @@ class MountClient(AegisClient):
             if mux.rpc in self._clients:
                 self._clients.remove(mux.rpc)
         mux.rpc.close()
+
+    def close(self) -> None:
+        """Close the threads' links (AegisClient.close) and every leased connection:
+        call once the FUSE loop has stopped, when no lease is in use."""
+        super().close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        with self._pool_lock:
+            self._idle.clear()
+        for rpc in clients:
+            rpc.close()
 
     @contextlib.contextmanager
     def using(self, mux: Mux | None = None) -> Iterator[Mux]:

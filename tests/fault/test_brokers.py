@@ -100,7 +100,8 @@ class Load:
                                                  f"{len(mine[old])} written, or different")
                     self._timed(f"read {old}", read_back)
                 i += 1
-            for c in fs._clients:     # requests moved to the other broker (broker/client.py)
+            for _, mux in fs._links:  # requests moved to the other broker (broker/client.py)
+                c = mux.rpc
                 with self.lock:
                     self.resent += getattr(getattr(c, "broker", c), "resent", 0)
 
