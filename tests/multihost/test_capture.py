@@ -1,7 +1,8 @@
 """What crosses the wire: a raw capture on the client host's interface (client <-> broker
 for the requests, client <-> DataNode data endpoints for the block payloads, both pass
-there) must not show a file's content or its path once CURVE encrypts the sockets. Without security the same capture must show both: that proves
-the capture sees the traffic, so the encrypted case cannot pass by capturing nothing."""
+there) must not show a file's content or its path once CURVE encrypts the sockets.
+Without security the same capture must show both: that proves the capture sees the
+traffic, so the encrypted case cannot pass by capturing nothing."""
 from __future__ import annotations
 
 import subprocess
