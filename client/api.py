@@ -125,26 +125,31 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
                 _end(mux)
             raise ValueError("AegisClient is closed")
         if mux is None:
-            try:
-                rpc = self._transport() if self._transport else Client(
-                    self.broker, timeout=self.timeout, max_in_flight=4096,
-                    connect_timeout=self.connect_timeout, curve=self._curve)
-                if self.direct and not self._transport:
-                    # block payloads to the DataNodes' data endpoints (client/direct.py)
-                    # Links has the interface of Client that Mux uses (it forwards to
-                    # the broker what no direct link takes); typed as one for Mux
-                    rpc = cast(Client, Links(rpc, curve=self._curve, timeout=self.timeout,
-                               connect_timeout=min(DIRECT_CONNECT, self.connect_timeout)))
-            except (zmq.ZMQError, broker_config.ConfigError) as exc:
-                raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
-                              f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
-            if self._key_error is not None and not self._transport:   # after the endpoint
-                rpc.close()
-                raise self._key_error
-            mux = self._local.mux = Mux(rpc, keep_buffers=self.window, retry=self.retrier)
+            mux = self._local.mux = Mux(self._connect(), keep_buffers=self.window,
+                                        retry=self.retrier)
             with self._lock:
                 self._links.append((threading.current_thread(), mux))
         return mux
+
+    def _connect(self) -> Client:
+        """A new link to the cluster for one thread: the broker Client, inside Links
+        when block payloads go to the DataNodes' data endpoints (client/direct.py)."""
+        try:
+            rpc = self._transport() if self._transport else Client(
+                self.broker, timeout=self.timeout, max_in_flight=4096,
+                connect_timeout=self.connect_timeout, curve=self._curve)
+            if self.direct and not self._transport:
+                # Links has the interface of Client that Mux uses (it forwards to the
+                # broker what no direct link takes); typed as one for Mux
+                rpc = cast(Client, Links(rpc, curve=self._curve, timeout=self.timeout,
+                           connect_timeout=min(DIRECT_CONNECT, self.connect_timeout)))
+        except (zmq.ZMQError, broker_config.ConfigError) as exc:
+            raise OSError(errno.EINVAL, f"invalid broker endpoint {self.broker!r} "
+                          f"({exc}); expected e.g. tcp://127.0.0.1:5550") from None
+        if self._key_error is not None and not self._transport:   # after the endpoint
+            rpc.close()
+            raise self._key_error
+        return rpc
 
     def _mds(self, about: str | None, op: str, **fields: Any) -> dict:
         """One MDS request; an error names `about` (the path) if it does not already."""

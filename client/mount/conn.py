@@ -41,13 +41,7 @@ class MountClient(AegisClient):
         with self._pool_lock:
             if self._idle:
                 return self._idle.pop()
-        if self._transport is not None:
-            rpc = self._transport()
-        else:
-            if self._key_error is not None:
-                raise self._key_error
-            rpc = Client(self.broker, timeout=self.timeout, max_in_flight=4096,
-                         connect_timeout=self.connect_timeout, curve=self._curve)
+        rpc = self._connect()       # direct to the DataNodes' data endpoints, as the CLI
         with self._lock:
             self._clients.append(rpc)
         return Mux(rpc, keep_buffers=self.window, retry=self.mount_retrier)

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from broker.client import Client
 from broker.limits import MAX_FILE_BLOCKS
 from client import AegisClient
 from tests.support.mount import Mount, fuse_skip_reason
@@ -171,6 +172,30 @@ def test_two_mounts_see_each_others_closed_files_and_renames(
         assert (mnt.path / "inflight").stat().st_size == 2 * MiB
     finally:
         other.stop()
+
+
+def test_block_payloads_go_straight_to_the_datanodes(cluster, mnt: Mount) -> None:
+    """The mount writes and reads blocks through the DataNodes' data endpoints, as the
+    CLI does (client/direct.py), not relayed by the broker (each payload encrypted and
+    copied once more there): the nodes' data-endpoint counters grow by the bytes."""
+    def counters() -> tuple[int, int]:
+        infos = [raw.call(f"dn.{n}", {"op": "info"}).result for n in cluster.node_ids]
+        return (sum(i["data_bytes_in"] for i in infos),
+                sum(i["data_bytes_out"] for i in infos))
+
+    data, other = os.urandom(5 * MiB + 17), os.urandom(3 * MiB + 5)
+    with Client(cluster.broker, timeout=20, curve=cluster.curve) as raw, \
+            AegisClient(cluster.broker, key=cluster.key) as fs:
+        bytes_in, _ = counters()
+        (mnt.path / "direct.bin").write_bytes(data)
+        st = raw.call("mds", {"op": "stat", "path": "/direct.bin", "read": True}).result
+        stored = sum(b["size"] * len(b["replicas"]) for b in st["blocks"])
+        assert stored >= 2 * len(data)
+        assert counters()[0] - bytes_in >= stored
+        fs.write_bytes("/direct-read.bin", other)     # never in this mount's page cache
+        _, bytes_out = counters()
+        assert (mnt.path / "direct-read.bin").read_bytes() == other
+        assert counters()[1] - bytes_out >= len(other)
 
 
 def test_tar_of_thousands_of_files_matches_local_disk(mnt: Mount, tmp_path: Path,
