@@ -39,7 +39,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     rename       {src, dst, mtime}             exact target; see resolve_move()
     chmod        {path, mode, ctime}
     chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
-    utimes       {path, mtime, ctime}          utimensat (atime is not kept)
+    utimes       {path, mtime, ctime, atime?}  utimensat (atime: Tree.atimes, dir_atimes)
     set_replicas {block, replicas}
     queue_delete {node, blocks}                orphans found by block reports
     ack_delete   {node, blocks}                a DataNode confirmed these deletions
@@ -326,6 +326,10 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
                "counts": self.counts()}
         if self.quotas:     # only then: dumps of states from before quotas stay equal
             out["quotas"] = self.quotas.rows()
+        if self.tree.atimes:     # likewise
+            out["atimes"] = dict(sorted(self.tree.atimes.items()))
+        if self.tree.dir_atimes:
+            out["dir_atimes"] = dict(sorted(self.tree.dir_atime_paths()))
         return out
 
     # ------------------------------------------------------------------ blocks

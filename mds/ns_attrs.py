@@ -126,24 +126,37 @@ class AttrRecords:
                 "mode": mode & perms.MODE_BITS, "owner": owner, "group": group}
 
     def prepare_utimes(self, path: str, mtime: float | None, *,
+                       atime: float | None = None, keep_mtime: bool = False,
                        cred: Cred | None = None) -> dict:
-        """utimensat: `mtime` None means now. A given time needs the owner or the
-        superuser (EPERM); "now" also lets anyone with write permission (EACCES)."""
+        """utimensat: `mtime` None means now, unless `keep_mtime` (UTIME_OMIT: only the
+        atime changes, and the ctime); `atime`: the access time to keep (None: not
+        changed). A given time needs the owner or the superuser (EPERM); "now" also
+        lets anyone with write permission (EACCES)."""
         path = paths.normalize(path)
         _, node = self.tree.node(path, cred)
         _, owner, _, _ = self.tree.attrs(node)
         now = self._clock()
         who = perms.ROOT_CRED if cred is None else cred
         if not who.superuser and who.user != owner:
-            if mtime is not None:
+            if (mtime is not None and not keep_mtime) or atime is not None:
                 raise PermissionError(errno.EPERM, "Operation not permitted", path)
             self.tree.need(cred, node, perms.W, path)
+        if keep_mtime:
+            mtime = node.mtime if type(node) is Dir else node.header()[2]
         rec = {"op": "utimes", "path": path, "mtime": now if mtime is None else mtime,
                "ctime": now}
+        if atime is None and mtime is None and not keep_mtime and (
+                node in self.tree.dir_atimes if type(node) is Dir
+                else node.id in self.tree.atimes):
+            atime = now          # utimensat(NULL): both now, an atime kept apart too
+        if atime is not None:
+            rec["atime"] = atime
         self.tree.check_utimes(rec)
         return rec
 
     def _apply_utimes(self, rec: Mapping) -> dict:
         _, node = self.tree.node(rec["path"])
         self.tree.set_times(node, rec["mtime"], rec["ctime"])
+        if "atime" in rec:
+            self.tree.set_atime(node, rec["atime"])
         return {"path": rec["path"], "mtime": rec["mtime"]}

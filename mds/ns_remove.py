@@ -39,6 +39,8 @@ class RemoveRecords:
 
     def _release_file(self, node: Inode) -> None:
         """Forget a committed file; its blocks go to the deletion queue."""
+        if self.tree.atimes:
+            self.tree.atimes.pop(node.id, None)
         self.blockmap.release_file(node)
         self.files -= 1
         self.blocks -= len(node.bids)
@@ -52,6 +54,8 @@ class RemoveRecords:
             if type(node) is Dir:
                 dirs += 1
                 stack.extend(node.children.values())
+                if self.tree.dir_atimes:
+                    self.tree.dir_atimes.pop(node, None)
                 if self.quotas:
                     self.quotas.drop(node)
             else:

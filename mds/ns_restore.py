@@ -8,8 +8,9 @@ import builtins   # `bytes` in this class's body is the Namespace counter
 import struct
 from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
+from mds.fields import is_time
 from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, LEGACY_FILE_MODE, SIZE,
-                       SUPERUSER_ID, Draft, Inode)
+                       SUPERUSER_ID, Dir, Draft, Inode)
 
 if TYPE_CHECKING:
     from mds.blockmap import BlockMap
@@ -112,6 +113,24 @@ class SnapshotState:
         self.files += nfiles
         self.blocks += nblocks
         self.bytes += nbytes
+
+    def restore_atimes(self, files: Sequence, dirs: Sequence) -> None:
+        """Own access times: of files (inode id, atime, inode id, ...) and of
+        directories, restored before this frame (path, atime, path, ...)."""
+        it = iter(files)
+        for ino, atime in zip(it, it):
+            if type(ino) is not int or not is_time(atime):
+                raise ValueError(f"bad atime entry {ino!r}: {atime!r}")
+            self.tree.atimes[ino] = atime
+        it = iter(dirs)
+        for path, atime in zip(it, it):
+            try:
+                _, node = self.tree.node(path)
+            except OSError as exc:
+                raise ValueError(f"directory atime of {path!r}: {exc}") from None
+            if type(node) is not Dir or not is_time(atime):
+                raise ValueError(f"bad directory atime entry {path!r}: {atime!r}")
+            self.tree.dir_atimes[node] = atime
 
     def restore_deletes(self, node: str, block_ids: Sequence[builtins.bytes]) -> None:
         queue = self.blockmap.queue

@@ -172,15 +172,17 @@ class NamespaceOps(HandlerBase):
         ctx.emit("file.rename", src=result["src"], dst=result["dst"])
         return {"path": result["dst"]}
 
-    @operation({"path": PATH, "mtime?": Float(-1e11, 1e11), "atime?": Float(-1e11, 1e11)},
-               callers=CLIENT, mutating=True)
+    @operation({"path": PATH, "mtime?": Float(-1e11, 1e11), "atime?": Float(-1e11, 1e11),
+                "keep_mtime?": Bool()}, callers=CLIENT, mutating=True)
     def utimens(self, h: dict, payload: list, ctx: Context) -> dict:
-        """utimensat(2): set the mtime of `path` (now when absent) -> {path, mtime}. An
-        explicit time needs the owner or the superuser (EPERM); now, write permission
-        too (EACCES). atime is accepted and not kept (reported as the mtime)."""
+        """utimensat(2): set the mtime of `path` (now when absent; unchanged with
+        `keep_mtime`, UTIME_OMIT) and, given, its atime (kept apart from the mtime from
+        then on) -> {path, mtime}. An explicit time needs the owner or the superuser
+        (EPERM); now, write permission too (EACCES)."""
         cred = cred_of(ctx)
-        result = self.submit(lambda ns: ns.prepare_utimes(h["path"], h.get("mtime"),
-                                                          cred=cred))
+        result = self.submit(lambda ns: ns.prepare_utimes(
+            h["path"], h.get("mtime"), atime=h.get("atime"),
+            keep_mtime=bool(h.get("keep_mtime")), cred=cred))
         ctx.emit("file.attr", path=result["path"], mtime=result["mtime"])
         return result
 

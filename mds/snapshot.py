@@ -46,8 +46,11 @@ from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "aegisfs-mds-snapshot"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# version 4 adds "atime" frames (files' own access times: Tree.atimes); a snapshot that
+# has none is written as version 3, which an AegisFS from before atimes still reads
+VERSION = 4
+WITHOUT_ATIMES = 3
+READABLE_VERSIONS = (1, 2, 3, 4)
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.msgpack$")
 ENTRIES_PER_FRAME = 4096
 IDS_PER_FRAME = 65536
@@ -115,7 +118,10 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                 f.write(encode_frame(packer.pack(obj)))
                 frames += 1
 
-            emit({"format": FORMAT, "version": VERSION, "seq": seq, "created": clock()})
+            atimes, dir_atimes = ns.tree.atimes, ns.tree.dir_atime_paths()
+            emit({"format": FORMAT,
+                  "version": VERSION if atimes or dir_atimes else WITHOUT_ATIMES,
+                  "seq": seq, "created": clock()})
             state = ns.export_state()
             emit({"k": "state", "state": state})
             # flat lists (one msgpack array per frame, not one per entry): fewer objects
@@ -129,6 +135,13 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                     dirs, files = [], []
             if dirs or files:
                 emit({"k": "tree", "d": dirs, "f": files})
+            items = list(atimes.items())
+            for i in range(0, len(items), ENTRIES_PER_FRAME):
+                emit({"k": "atime", "e": [v for item in items[i:i + ENTRIES_PER_FRAME]
+                                          for v in item]})
+            for i in range(0, len(dir_atimes), ENTRIES_PER_FRAME):
+                emit({"k": "atime", "d": [v for item in dir_atimes[i:i + ENTRIES_PER_FRAME]
+                                          for v in item]})
             for node, queued in ns.pending_deletes.items():
                 ids = list(queued)
                 for i in range(0, len(ids), IDS_PER_FRAME):
@@ -203,6 +216,8 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
                 if kind == "tree" and state is not None:
                     ns.restore_dirs(obj["d"], legacy)
                     ns.restore_files(obj["f"], legacy)
+                elif kind == "atime" and version >= 4:
+                    ns.restore_atimes(obj.get("e", ()), obj.get("d", ()))
                 elif kind == "del":
                     ns.restore_deletes(obj["node"], obj["ids"])
                 elif kind == "ops":

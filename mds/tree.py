@@ -44,6 +44,11 @@ class Tree:
         self.root = Dir(0.0)
         self.names = Names(perms.SUPERUSER)   # owner/group names, interned
         self.numbered: list[Dir] = []      # directories by number, while restoring
+        # a file's access time where utimensat set one (by inode id; sparse: reads are
+        # not recorded, and a file without an entry reports its mtime): an entry costs
+        # ~100 bytes, only files given an atime of their own (cp -p, touch -a) pay it
+        self.atimes: dict[int, float] = {}
+        self.dir_atimes: dict[Dir, float] = {}     # likewise, of directories
 
     # ------------------------------------------------------------------ attributes
 
@@ -197,6 +202,26 @@ class Tree:
         else:
             node.meta = node.with_attrs(mode, uid, gid, ctime)
 
+    def set_atime(self, node: Dir | Inode, atime: float) -> None:
+        """A node's own access time (from then on apart from its mtime)."""
+        if type(node) is Dir:
+            self.dir_atimes[node] = atime
+        else:
+            self.atimes[node.id] = atime
+
+    def dir_atime_paths(self) -> list[tuple[str, float]]:
+        """(path, atime) of every directory with an atime of its own (snapshots)."""
+        if not self.dir_atimes:
+            return []
+        out, stack = [], [("/", self.root)]
+        while stack:
+            path, d = stack.pop()
+            if d in self.dir_atimes:
+                out.append((path, self.dir_atimes[d]))
+            stack.extend((paths.join(path, name), child)
+                         for name, child in d.children.items() if type(child) is Dir)
+        return out
+
     def set_times(self, node: Dir | Inode, mtime: float, ctime: float) -> None:
         if type(node) is Dir:
             node.mtime, node.ctime = mtime, ctime
@@ -322,11 +347,12 @@ class Tree:
             raise error(errno.ENOTEMPTY, dst)
 
     def check_utimes(self, rec: Mapping) -> None:
-        """utimes {path, mtime, ctime} records."""
+        """utimes {path, mtime, ctime, atime?} records."""
         path = rec["path"]
         self.canonical(path)
         check(is_time(rec["ctime"]), path, "bad ctime")
         check(is_time(rec["mtime"]), path, "bad mtime")
+        check("atime" not in rec or is_time(rec["atime"]), path, "bad atime")
         self.node(path)
 
     def check_attr(self, rec: Mapping) -> None:
@@ -344,11 +370,16 @@ class Tree:
     # ------------------------------------------------------------------ reads
 
     def describe(self, node: Dir | Inode) -> dict:
-        """The POSIX attributes of a node, as stat and ls give them (atime is the mtime:
-        reads are not recorded)."""
+        """The POSIX attributes of a node, as stat and ls give them (atime: what
+        utimensat set, else the mtime; reads are not recorded)."""
         mode, owner, group, ctime = self.attrs(node)
+        if type(node) is Dir:
+            atime = self.dir_atimes.get(node, node.mtime) if self.dir_atimes else node.mtime
+        else:
+            ino, _, mtime, _, _ = node.header()
+            atime = self.atimes.get(ino, mtime) if self.atimes else mtime
         out = {"mode": mode & perms.MODE_BITS, "owner": owner, "group": group,
-               "ctime": ctime, "atime": node.mtime if type(node) is Dir else node.header()[2]}
+               "ctime": ctime, "atime": atime}
         if mode & perms.KIND_BITS:
             out["kind"] = perms.KIND_NAMES[mode & perms.KIND_BITS]
         return out

@@ -30,9 +30,25 @@ def then_ops(f: PendingFile) -> list[dict[str, Any]]:
         ops.append({"op": "chmod", "path": f.path, "mode": f.mode})
     if f.chown is not None:
         ops.append({"op": "chown", "path": f.path, "owner": f.chown[0], "group": f.chown[1]})
-    if f.mtime is not None:
-        ops.append({"op": "utimens", "path": f.path, "mtime": f.mtime})
+    times = times_op(f.path, f.mtime, f.atime)
+    if times is not None:
+        ops.append(times)
     return ops
+
+
+def times_op(path: str, mtime: float | None, atime: float | None) -> dict[str, Any] | None:
+    """The MDS utimens that sets a new file's times after its commit (None: neither was
+    set; only an atime: the commit's mtime stays)."""
+    if mtime is None and atime is None:
+        return None
+    op: dict[str, Any] = {"op": "utimens", "path": path}
+    if mtime is not None:
+        op["mtime"] = mtime
+    else:
+        op["keep_mtime"] = True
+    if atime is not None:
+        op["atime"] = atime
+    return op
 
 
 def commit_groups(groups: Sequence[list[dict]], limit: int = MAX_BATCH) -> list[list[int]]:

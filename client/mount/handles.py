@@ -205,6 +205,7 @@ class FileHandle:
         self.created = time.time()
         self.owner = (os.getuid(), os.getgid())     # who made a fresh file (the caller)
         self.mtime: float | None = None             # a fresh file's utimens, until commit
+        self.atime: float | None = None
         self.draft_mode: int | None = None          # the mode its first draft was made with
         self.queued = False            # its content went to the background commits at close
 

@@ -55,7 +55,8 @@ class AttrOps(MountState):
         return {"st_mode": S.S_IFREG | int(h.new.get("mode", NEW_FILE_MODE)),
                 "st_nlink": 1, "st_uid": h.owner[0], "st_gid": h.owner[1],
                 "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
-                "st_mtime": m, "st_ctime": t, "st_atime": m}
+                "st_mtime": m, "st_ctime": t,
+                "st_atime": m if h.atime is None else int(h.atime * 1e9)}
 
     def _pending_attrs(self, p: PendingFile) -> dict:
         """A closed new file whose commit is still to come: only this mount knows it."""
@@ -63,7 +64,8 @@ class AttrOps(MountState):
         m = t if p.mtime is None else int(p.mtime * 1e9)
         return {"st_mode": S.S_IFREG | p.mode, "st_nlink": 1, "st_uid": p.owner[0],
                 "st_gid": p.owner[1], "st_size": p.size, "st_blocks": (p.size + 511) // 512,
-                "st_blksize": BLKSIZE, "st_mtime": m, "st_ctime": t, "st_atime": m}
+                "st_blksize": BLKSIZE, "st_mtime": m, "st_ctime": t,
+                "st_atime": m if p.atime is None else int(p.atime * 1e9)}
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         h = self._handles.get(fh) if fh else None

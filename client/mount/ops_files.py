@@ -19,7 +19,7 @@ from broker.crc import crc32c
 from broker.limits import MAX_FILE_BLOCKS
 
 from ..retry import retryable
-from .background import MountBatch
+from .background import MountBatch, times_op
 from .cache import parent_of
 from .handles import SMALL, FileHandle
 from .ops_attrs import NEW_FILE_MODE
@@ -213,8 +213,9 @@ class FileOps(MountState):
         names = self._chown_names(h.owner)
         if names is not None:             # a plain user's mount: EPERM, kept
             ops.append({"op": "chown", "path": h.path, "owner": names[0], "group": names[1]})
-        if h.mtime is not None:
-            ops.append({"op": "utimens", "path": h.path, "mtime": h.mtime})
+        times = times_op(h.path, h.mtime, h.atime)
+        if times is not None:
+            ops.append(times)
         return ops
 
     def _chown_names(self, owner: tuple[int, int]) -> tuple[str, str] | None:
@@ -251,7 +252,8 @@ class FileOps(MountState):
             if len(data) > min(SMALL, self._block_size or SMALL):
                 return False
             p = PendingFile(h.path, data, int(h.new.get("mode", NEW_FILE_MODE)), h.owner,
-                            h.created, mtime=h.mtime, exclusive=bool(h.new.get("exclusive")),
+                            h.created, mtime=h.mtime, atime=h.atime,
+                            exclusive=bool(h.new.get("exclusive")),
                             chown=self._chown_names(h.owner))
             if not self._committer_started:
                 self._committer_started = True

@@ -211,14 +211,25 @@ class NameOps(MountState):
                     continue
                 fields[key] = time.time() if ts.tv_nsec == UTIME_NOW \
                     else ts.tv_sec + ts.tv_nsec / 1e9
+        if times is not None and "mtime" not in fields and "atime" not in fields:
+            return 0                   # both UTIME_OMIT: nothing changes
         h = self._fresh_on(path)
         if h is not None:
             if "mtime" in fields:
                 h.mtime = float(fields["mtime"])
+            if "atime" in fields:
+                h.atime = float(fields["atime"])
             return 0
-        if "mtime" in fields and self.pending.update(
-                path, lambda p: setattr(p, "mtime", float(fields["mtime"]))):
+
+        def set_times(p: Any) -> None:
+            if "mtime" in fields:
+                p.mtime = float(fields["mtime"])
+            if "atime" in fields:
+                p.atime = float(fields["atime"])
+        if len(fields) > 1 and self.pending.update(path, set_times):
             return 0
+        if times is not None and "mtime" not in fields:
+            fields["keep_mtime"] = True        # UTIME_OMIT: only the atime changes
         self._commit_open(path)
         # a directory's times set after files in it were closed: their commits (each
         # changes the directory's mtime) go first, or they would undo these times

@@ -44,6 +44,7 @@ class PendingFile:
     owner: tuple[int, int]          # uid, gid of the creator
     created: float                  # wall clock, the create
     mtime: float | None = None      # set by utimens before the commit
+    atime: float | None = None
     exclusive: bool = False
     chown: tuple[str, str] | None = None   # owner and group names for the MDS, if not ours
     replaces: bool = False          # renamed over an existing file: set its mode too

@@ -266,3 +266,45 @@ def test_a_directorys_times_set_after_a_close_are_not_undone_by_its_commit(
     finally:
         gate.set()
         ops.pending.stop()
+
+
+def test_atimes_set_on_new_queued_and_committed_files_reach_the_mds(
+        fs: MountClient) -> None:
+    """utimensat's atime is kept (the MDS's Tree.atimes): set on a file not committed
+    yet it travels with the commit; UTIME_OMIT for the mtime (touch -a) leaves the
+    mtime as it was."""
+    from types import SimpleNamespace
+
+    from client.mount.ops import AegisOperations
+    from client.mount.ops_names import UTIME_OMIT
+
+    def ts(sec: float) -> SimpleNamespace:
+        return SimpleNamespace(tv_sec=int(sec), tv_nsec=0)
+    omit = SimpleNamespace(tv_sec=0, tv_nsec=UTIME_OMIT)
+    ops = AegisOperations(fs, IdMap("admin", 0, 0), background=True)
+    try:
+        fh = ops.create("/fresh", 0o644, os.O_WRONLY | os.O_CREAT)
+        ops.write("/fresh", b"abc", 0, fh)
+        ops.utimens("/fresh", (ts(1_000_000), ts(2_000_000)))     # open, not committed
+        assert ops.getattr("/fresh", fh)["st_atime"] == 1_000_000 * 10**9
+        ops.flush("/fresh", fh)
+        ops.release("/fresh", fh)
+        fh = ops.create("/queued", 0o644, os.O_WRONLY | os.O_CREAT)
+        ops.write("/queued", b"xyz", 0, fh)
+        ops.flush("/queued", fh)
+        ops.release("/queued", fh)
+        queued = ops.pending.get("/queued") is not None
+        ops.utimens("/queued", (ts(3_000_000), omit))            # touch -a
+        assert ops.getattr("/queued")["st_atime"] == 3_000_000 * 10**9
+        ops.pending.settle("/", raise_errors=True)
+        st = fs.stat("/fresh")
+        assert (st["atime"], st["mtime"]) == (1_000_000, 2_000_000)
+        st = fs.stat("/queued")
+        assert st["atime"] == 3_000_000 and st["mtime"] > 3_000_000, (queued, st)
+        ops.utimens("/fresh", (ts(4_000_000), omit))             # committed: touch -a
+        st = fs.stat("/fresh")
+        assert (st["atime"], st["mtime"]) == (4_000_000, 2_000_000)
+        ops.utimens("/fresh", (omit, omit))                      # nothing changes
+        assert fs.stat("/fresh")["ctime"] == st["ctime"]
+    finally:
+        ops.pending.stop()

@@ -34,6 +34,55 @@ def test_utimes_sets_mtime_and_ctime_of_files_and_dirs(ns: Namespace,
     assert ns.stat("/home/alice/f")["mtime"] == clock.now
 
 
+def test_a_files_atime_is_kept_apart_until_touched_or_removed(
+        ns: Namespace, clock: FakeClock, tmp_path: Path) -> None:
+    put_as(ns, alice, "/home/alice/f")
+    put_as(ns, alice, "/home/alice/g")
+    assert ns.stat("/home/alice/f")["atime"] == ns.stat("/home/alice/f")["mtime"]
+    run(ns, ns.prepare_utimes("/home/alice/f", 1000.0, atime=500.0, cred=alice))
+    assert (ns.stat("/home/alice/f")["atime"], ns.stat("/home/alice/f")["mtime"]) == \
+        (500.0, 1000.0)
+    assert ns.ls("/home/alice")[0]["atime"] == 500.0          # ls -l says the same
+    run(ns, ns.prepare_utimes("/home/alice/f", 2000.0, cred=alice))   # the mtime only
+    assert ns.stat("/home/alice/f")["atime"] == 500.0
+    # UTIME_OMIT for the mtime (touch -a): the mtime stays, the ctime moves
+    clock.advance(5)
+    run(ns, ns.prepare_utimes("/home/alice/f", None, atime=700.0, keep_mtime=True,
+                              cred=alice))
+    st = ns.stat("/home/alice/f")
+    assert (st["atime"], st["mtime"], st["ctime"]) == (700.0, 2000.0, clock.now)
+    # an explicit atime is the owner's to set (as an explicit mtime)
+    fails(PermissionError, errno.EPERM, ns.prepare_utimes, "/home/alice/f", None,
+          atime=1.0, keep_mtime=True, cred=bob)
+    # it survives a snapshot; a snapshot without any is still version 3
+    run(ns, ns.prepare_utimes("/home/alice/g", 3000.0, atime=-1.5, cred=alice))
+    path = write_snapshot(tmp_path, ns, 7)
+    other = Namespace(ns.config)
+    assert load_snapshot(path, other)["version"] == 4
+    assert other.dump() == ns.dump()
+    assert other.stat("/home/alice/g")["atime"] == -1.5
+    # utimensat(NULL) (touch): both now
+    clock.advance(5)
+    run(ns, ns.prepare_utimes("/home/alice/f", None, cred=alice))
+    st = ns.stat("/home/alice/f")
+    assert st["atime"] == st["mtime"] == clock.now
+    run(ns, ns.prepare_rm("/home/alice/f", cred=alice))
+    run(ns, ns.prepare_rm("/home/alice/g", cred=alice))
+    assert ns.tree.atimes == {}                     # removed files leave no entry
+    assert load_snapshot(write_snapshot(tmp_path, ns, 8), Namespace(ns.config))[
+        "version"] == 3
+    # directories too, through a snapshot, until removed
+    run(ns, ns.prepare_mkdir("/home/alice/d/e", parents=True, cred=alice))
+    run(ns, ns.prepare_utimes("/home/alice/d/e", 5.0, atime=3.0, cred=alice))
+    assert (ns.stat("/home/alice/d/e")["atime"], ns.stat("/home/alice/d/e")["mtime"]) == \
+        (3.0, 5.0)
+    other = Namespace(ns.config)
+    load_snapshot(write_snapshot(tmp_path, ns, 9), other)
+    assert other.stat("/home/alice/d/e")["atime"] == 3.0 and other.dump() == ns.dump()
+    run(ns, ns.prepare_rm("/home/alice/d", recursive=True, cred=alice))
+    assert ns.tree.dir_atimes == {}
+
+
 def test_utimes_permissions(ns: Namespace) -> None:
     put_as(ns, alice, "/home/alice/f", mode=0o644)
     before = copy.deepcopy(ns.dump())

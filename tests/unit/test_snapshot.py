@@ -57,6 +57,7 @@ def populated(files: int = 40) -> Namespace:
     h = ns.apply(ns.prepare_create("/d/open"))["handle"]
     ns.apply(ns.prepare_allocate(h, [["n1", "n2"], ["n3"]]))
     ns.apply(ns.prepare_create("/d/e/other", handle="client-chosen"))
+    ns.apply(ns.prepare_utimes("/d/e/file2", 50.0, atime=40.0))     # an atime of its own
     return ns
 
 
@@ -74,6 +75,7 @@ def test_roundtrip_preserves_everything(tmp_path: Path) -> None:
     assert (other.stat("/d/e/mine")["owner"], other.stat("/d/e/mine")["mode"]) == ("alice",
                                                                                   0o750)
     assert other.stat("/d/e/file1")["mode"] == 0o4600 and other.stat("/")["mode"] == 0o1777
+    assert other.stat("/d/e/file2")["atime"] == 40.0
     assert other.dump()["drafts"]["zz-alice"][-3:] == ["alice", "alice", 0o600]
     # the block index is rebuilt, including the position map of big files
     big = other.file_info("/d/e/file7")["blocks"]
