@@ -175,15 +175,18 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
         blocks against the user's allocation limit for a lease."""
         self._closed = True
         me = threading.current_thread()
+        ending: list[Mux] = []
         with self._lock:
-            links, self._links = self._links, []
-            left = [(t, mux) for t, mux in links if t is not me and t.is_alive()]
+            left = []
+            for thread, mux in self._links:
+                if thread is not me and thread.is_alive():
+                    left.append((thread, mux))
+                else:
+                    ending.append(mux)
             self._links = left
-        for thread, mux in links:
-            if (thread, mux) not in left:
-                _end(mux)
-        if getattr(self._local, "mux", None) is not None:
-            self._local.mux = None
+        for mux in ending:
+            _end(mux)
+        self._local.mux = None
 
     def __enter__(self) -> "AegisClient":
         return self

@@ -46,7 +46,7 @@ from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "aegisfs-mds-snapshot"
-# version 4 adds "atime" frames (files' own access times: Tree.atimes); a snapshot that
+# version 4 adds "atime" frames (own access times: Tree.atimes, dir_atimes); a snapshot that
 # has none is written as version 3, which an AegisFS from before atimes still reads
 VERSION = 4
 WITHOUT_ATIMES = 3
@@ -135,13 +135,11 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                     dirs, files = [], []
             if dirs or files:
                 emit({"k": "tree", "d": dirs, "f": files})
-            items = list(atimes.items())
-            for i in range(0, len(items), ENTRIES_PER_FRAME):
-                emit({"k": "atime", "e": [v for item in items[i:i + ENTRIES_PER_FRAME]
-                                          for v in item]})
-            for i in range(0, len(dir_atimes), ENTRIES_PER_FRAME):
-                emit({"k": "atime", "d": [v for item in dir_atimes[i:i + ENTRIES_PER_FRAME]
-                                          for v in item]})
+            # files' (inode id, atime) under "e", directories' (path, atime) under "d"
+            for key, pairs in (("e", list(atimes.items())), ("d", dir_atimes)):
+                for i in range(0, len(pairs), ENTRIES_PER_FRAME):
+                    emit({"k": "atime", key: [v for pair in pairs[i:i + ENTRIES_PER_FRAME]
+                                              for v in pair]})
             for node, queued in ns.pending_deletes.items():
                 ids = list(queued)
                 for i in range(0, len(ids), IDS_PER_FRAME):

@@ -39,17 +39,20 @@ def fill_stat(st: Any, attrs: dict) -> None:
     """Set a zeroed mfusepy c_stat from a getattr dict (times in nanoseconds, as the
     mount's use_ns): the fields our getattr gives directly, any other as mfusepy's own
     set_st_attrs would."""
+    known = 0
     for key in _STAT_FIELDS:
         if key in attrs:
             setattr(st, key, attrs[key])
+            known += 1
     for key, spec in _STAT_TIMES:
         if key in attrs:
             ts = getattr(st, spec)
             ts.tv_sec, ts.tv_nsec = divmod(int(attrs[key]), 1_000_000_000)
-    extra = attrs.keys() - _KNOWN
-    if extra:
+            known += 1
+    if known < len(attrs):             # anything else (not on the hot path: no set built)
         import mfusepy
-        mfusepy.set_st_attrs(st, {k: attrs[k] for k in extra}, use_ns=True)
+        mfusepy.set_st_attrs(st, {k: v for k, v in attrs.items() if k not in _KNOWN},
+                             use_ns=True)
 
 
 def _fuse_class() -> Any:

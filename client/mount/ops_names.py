@@ -213,19 +213,15 @@ class NameOps(MountState):
                     else ts.tv_sec + ts.tv_nsec / 1e9
         if times is not None and "mtime" not in fields and "atime" not in fields:
             return 0                   # both UTIME_OMIT: nothing changes
+        def set_times(f: Any) -> None:       # a file not committed yet: at its commit
+            if "mtime" in fields:
+                f.mtime = float(fields["mtime"])
+            if "atime" in fields:
+                f.atime = float(fields["atime"])
         h = self._fresh_on(path)
         if h is not None:
-            if "mtime" in fields:
-                h.mtime = float(fields["mtime"])
-            if "atime" in fields:
-                h.atime = float(fields["atime"])
+            set_times(h)
             return 0
-
-        def set_times(p: Any) -> None:
-            if "mtime" in fields:
-                p.mtime = float(fields["mtime"])
-            if "atime" in fields:
-                p.atime = float(fields["atime"])
         if len(fields) > 1 and self.pending.update(path, set_times):
             return 0
         if times is not None and "mtime" not in fields:
