@@ -263,6 +263,13 @@ class AegisClient(ReadVerbs, WriteVerbs, ClusterVerbs):
         s, d = _abs(src), _abs(dst)
         return self._mds(f"{s} -> {d}", "mv", src=s, dst=d).get("path", d)
 
+    def link(self, src: PathLike, dst: PathLike) -> int:
+        """Make ``dst`` a hard link: another name of file src (exactly dst, not into a
+        directory), sharing everything with it; returns the file's link count. A
+        directory is PermissionError (EPERM), an existing dst FileExistsError."""
+        s, d = _abs(src), _abs(dst)
+        return int(self._mds(f"{s} -> {d}", "link", src=s, dst=d)["nlink"])
+
     def copy(self, src: PathLike, dst: PathLike, exclusive: bool = False) -> str:
         """Server-side copy of a file (into dst when it is a directory); returns the final
         path. One MDS request: the copy shares the source's blocks, no byte moves, and

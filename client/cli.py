@@ -220,6 +220,25 @@ def mv(state: State, src: str, dst: str) -> None:
 @cli.command()
 @click.argument("src", type=REMOTE)
 @click.argument("dst", type=REMOTE)
+@pass_state
+def ln(state: State, src: str, dst: str) -> None:
+    """Make DST a hard link to file SRC: another name of the same file.
+
+    Both names share everything: a change through one (its content, mode, owner or
+    times) is seen through the other, and the file goes with its last name. DST is the
+    exact new name and must not exist; a directory cannot be linked.
+
+    \b
+    Example:
+      aegisfs ln /data/model.bin /releases/v2/model.bin
+    """
+    count = state.fs.link(src, dst)
+    click.echo(f"linked {dst} -> {src} ({count} names)")
+
+
+@cli.command()
+@click.argument("src", type=REMOTE)
+@click.argument("dst", type=REMOTE)
 @click.option("-n", "--no-clobber", is_flag=True,
               help="Fail instead of replacing an existing DST.")
 @pass_state

@@ -21,7 +21,7 @@ OPID_LEN = 16
 # The MDS operations declared mutating=True (mds/ops_*.py): each takes an `opid`.
 MUTATING = frozenset({"mkdir", "create", "allocate", "replace_target", "commit", "abort",
                       "renew", "rm", "mv", "chmod", "chown", "copy",
-                      "rename", "utimens", "quota_set", "quota_clear", "pool",
+                      "rename", "link", "utimens", "quota_set", "quota_clear", "pool",
                       "put_small"})
 # A restart looks like this from a client: the broker has no MDS registered (refused),
 # the MDS died with our request (reset), the request or the broker went silent

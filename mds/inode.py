@@ -36,6 +36,8 @@ BIG_FILE_BLOCKS = 32
 LEGACY_DIR_MODE = 0o755
 LEGACY_FILE_MODE = 0o644
 SUPERUSER_ID = 0          # Names index 0 is always the superuser (mds/perms.SUPERUSER)
+# directories' inode numbers: DIR_IDS + n (the root's n is 0), far above any file's
+DIR_IDS = 1 << 62
 
 
 # final (Dir, Inode, Draft): the namespace tells them apart by ``type(x) is Dir`` (faster
@@ -45,10 +47,13 @@ SUPERUSER_ID = 0          # Names index 0 is always the superuser (mds/perms.SUP
 class Dir:
     # subdirs: how many children are directories (nlink = 2 + subdirs), derived: kept
     # by the tree's attach/detach/mkdirs and recounted on restore, never logged
-    __slots__ = ("children", "mtime", "ctime", "mode", "uid", "gid", "subdirs")
+    # ino: the directory's inode number (DIR_IDS + a sequence number, mds/tree.py), kept
+    # in snapshots; files' numbers come from the namespace's next_inode, so never equal
+    __slots__ = ("children", "mtime", "ctime", "mode", "uid", "gid", "subdirs", "ino")
 
     def __init__(self, mtime: float, mode: int = LEGACY_DIR_MODE, uid: int = SUPERUSER_ID,
-                 gid: int = SUPERUSER_ID, ctime: float | None = None) -> None:
+                 gid: int = SUPERUSER_ID, ctime: float | None = None, ino: int = 0) -> None:
+        self.ino = ino
         self.children: dict[str, Dir | Inode] = {}
         self.mtime = mtime
         self.ctime = mtime if ctime is None else ctime

@@ -30,13 +30,16 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
                                                a 3-entry block is an existing committed
                                                block the new file shares (size, checksum
                                                checked against the index)
-    clone        {src, dst, inode, mtime, owner, group, mode, exclusive?}
+    clone        {src, dst, inode, version?, mtime, owner, group, mode, exclusive?}
                                                a server-side copy: dst gets src's block
-                                               list (inode: src's, checked), no bytes move
+                                               list (inode, version: src's, checked;
+                                               mds/ns_clone.version_of), no bytes move
     abort        {handle, reason}              reason: "abort" | "expired"
     renew        {handle, lease}
     rm           {path, recursive, mtime}
     rename       {src, dst, mtime}             exact target; see resolve_move()
+    link         {src, dst, mtime}             a hard link: dst is another name of file
+                                               src (mds/ns_link.py)
     chmod        {path, mode, ctime}
     chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
     utimes       {path, mtime, ctime, atime?}  utimensat (atime: Tree.atimes, dir_atimes)
@@ -51,7 +54,9 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
 apply() results: mkdir {path, created}; create {handle, path, inode, lease}; allocate
 {handle, lease, blocks: [{id, targets}]}; commit {path, inode, size, blocks, replaced};
 abort {handle, path, blocks}; renew {handle, lease}; rm {path, files, dirs, bytes};
-rename {src, dst, replaced}; clone {path, inode, size, blocks, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block, replicas}; queue_delete {node, queued};
+rename {src, dst, replaced}; link {src, dst, nlink, inode}; clone {path, inode, size,
+blocks, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block,
+replicas}; queue_delete {node, queued};
 ack_delete {node, acked}.
 
 Semantics worth knowing: a draft keeps the path it was created with (a rename or rm of
@@ -96,7 +101,8 @@ the record field checks (mds/fields.py). This class joins them: the dispatch tab
 reads, the counters; it is the only public door. Its records live in modules of their
 own, mixed in: mkdir, create, block pools and the draft records' prepare side
 (mds/ns_create.py), commit (mds/ns_commit.py), rm, rename and the release of files
-(mds/ns_remove.py), chmod/chown/utimes and tree quotas (mds/ns_attrs.py), clone and the
+(mds/ns_remove.py), hard links (mds/ns_link.py), chmod/chown/utimes and tree quotas
+(mds/ns_attrs.py), clone and the
 shared-block checks of commit (mds/ns_clone.py), and the plain-data export and restore
 for checkpoints (mds/ns_restore.py).
 """
@@ -119,6 +125,7 @@ from mds.ns_attrs import AttrRecords
 from mds.ns_clone import SharedBlockRecords
 from mds.ns_commit import CommitRecords
 from mds.ns_create import MAX_BLOCK_SIZE, MAX_HANDLE_LEN, CreateRecords
+from mds.ns_link import LinkRecords
 from mds.ns_remove import RemoveRecords
 from mds.ns_restore import SnapshotState
 from mds.perms import Cred
@@ -139,7 +146,7 @@ class NamespaceConfig:
     lease: float = 60.0
 
 
-class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
+class Namespace(CreateRecords, CommitRecords, RemoveRecords, LinkRecords, AttrRecords,
                 SharedBlockRecords, SnapshotState):
     def __init__(self, config: NamespaceConfig = NamespaceConfig(), *,
                  clock: Callable[[], float] = time.time,
@@ -169,6 +176,7 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
             "renew": (d.check_renew, d.apply_renew),
             "rm": (t.check_rm, self._apply_rm),
             "rename": (self._check_rename, self._apply_rename),
+            "link": (self._check_link, self._apply_link),
             "quota": (self._check_quota, self._apply_quota),
             "chmod": (t.check_attr, self._apply_attr),
             "chown": (t.check_attr, self._apply_attr),
@@ -300,6 +308,7 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
         """Canonical plain-data form of the whole state; equal states dump equal."""
         root, attrs = self.tree.root, self.tree.attrs
         dirs, files = {"/": (root.mtime, *attrs(root))}, {}
+        dir_ids = {"/": root.ino}
         stack: list[tuple[str, Dir]] = [("/", root)]
         while stack:
             p, d = stack.pop()
@@ -307,6 +316,7 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
                 cp = paths.join(p, name)
                 if type(child) is Dir:
                     dirs[cp] = (child.mtime, *attrs(child))
+                    dir_ids[cp] = child.ino
                     stack.append((cp, child))
                 else:
                     ino, size, mtime, repl, bsize = child.header()
@@ -317,6 +327,8 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
                                  "blocks": [(b["id"], b["size"], b["checksum"],
                                              tuple(b["replicas"]))
                                             for b in self.blockmap.blocks_of(child)]}
+                    if child in self.tree.links:    # only then: older dumps stay equal
+                        files[cp]["nlink"] = self.tree.links[child]
         drafts = {h: d.to_list() for h, d in self.drafts.by_handle.items()}
         shared = {bid: len(held) for bid, held in self.blockmap.owners.items()
                   if type(held) is tuple}
@@ -326,6 +338,7 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, AttrRecords,
                "counts": self.counts()}
         if self.quotas:     # only then: dumps of states from before quotas stay equal
             out["quotas"] = self.quotas.rows()
+        out["dir_ids"] = dir_ids
         if self.tree.atimes:     # likewise
             out["atimes"] = dict(sorted(self.tree.atimes.items()))
         if self.tree.dir_atimes:

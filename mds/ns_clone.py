@@ -6,6 +6,7 @@ Namespace); the record formats are in that module's docstring.
 from __future__ import annotations
 
 import errno
+import zlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 from mds import paths, perms
@@ -16,6 +17,12 @@ from mds.perms import Cred
 if TYPE_CHECKING:
     from mds.blockmap import BlockMap
     from mds.tree import Tree
+
+
+def version_of(node: Inode) -> int:
+    """Which version of a file this is: its inode number stays through new versions,
+    its block ids (random, never reused) do not; the size tells empty files apart."""
+    return zlib.crc32(b"".join(node.bids), node.size & 0xFFFFFFFF)
 
 
 class SharedBlockRecords:
@@ -37,8 +44,8 @@ class SharedBlockRecords:
                           kind: str | None = None, umask: int | None = None) -> dict: ...
         def _need_replace(self, cred: Cred | None, parent: Dir, existing: Dir | Inode | None,
                           path: str, names: list[str]) -> None: ...
-        def _charge_file(self, path: str, size: int, old: Dir | Inode | None) -> None: ...
-        def _release_file(self, node: Inode) -> None: ...
+        def _put_file(self, path: str, inode: Inode, mtime: float,
+                      kind: int | None = None) -> Inode | None: ...
 
     # ------------------------------------------------------------------ shared blocks
 
@@ -92,7 +99,8 @@ class SharedBlockRecords:
         self.tree.need(cred, node, perms.R, src)
         mode = node.attrs()[0] & 0o777
         rec = {"op": "clone", "src": src, "dst": dst, "inode": node.id,
-               "mtime": self._clock(), **self._owner_fields(cred, mode, False)}
+               "version": version_of(node), "mtime": self._clock(),
+               **self._owner_fields(cred, mode, False)}
         if exclusive:
             rec["exclusive"] = True
         self._check_clone(rec)
@@ -110,7 +118,8 @@ class SharedBlockRecords:
         _, node = self.tree.node(src)
         if isinstance(node, Dir):
             raise error(errno.EISDIR, src)
-        check(node.id == rec["inode"], src, "the source changed since the copy was made")
+        check(node.id == rec["inode"] and rec.get("version", version_of(node))
+              == version_of(node), src, "the source changed since the copy was made")
         names = self.tree.canonical(dst)
         if not names:
             raise error(errno.EISDIR, dst)
@@ -132,12 +141,7 @@ class SharedBlockRecords:
             bm.add_ref(bid, inode)
         if len(inode.bids) > BIG_FILE_BLOCKS:
             bm.positions[inode] = bm.positions[src]
-        old = cast("Inode | None", self.tree.attach(rec["dst"], inode, mtime))  # no Dir
-        if old is not None:
-            mode, uid, gid, _ = old.attrs()
-            inode.meta = inode.with_attrs(mode, uid, gid, mtime)
-            self._release_file(old)
-        self._charge_file(rec["dst"], size, old)
+        old = self._put_file(rec["dst"], inode, mtime)
         self.files += 1
         self.blocks += len(inode.bids)
         self.bytes += size

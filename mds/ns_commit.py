@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mds.treequota import TreeQuota, TreeQuotas
 
 NO_SHARED: frozenset[int] = frozenset()
+ID_LEN = 8                   # the inode number at the start of a file's header (HDR)
 
 
 class CommitRecords:
@@ -47,6 +48,8 @@ class CommitRecords:
         def _need_replace(self, cred: Cred | None, parent: Dir, existing: Dir | Inode | None,
                           path: str, names: list[str]) -> None: ...
         def _release_file(self, node: Inode) -> None: ...
+        def _replace_linked(self, old: Inode, new: Inode) -> None: ...
+        def _names_of(self, node: Dir | Inode | None) -> int: ...
 
     def prepare_commit(self, handle: str, blocks: Sequence[Mapping[str, Any]], *,
                        exclusive: bool = False, cred: Cred | None = None) -> dict:
@@ -151,20 +154,43 @@ class CommitRecords:
         # referenced before the file it replaces is released: a new version that shares
         # blocks with the old one (copy-on-write) keeps them
         bm.add_file(inode, frozenset(shared) if shared else NO_SHARED)
-        old = self.tree.attach(d.path, inode, rec["mtime"])
-        if type(old) is Inode:   # replacing a file keeps its owner, group and mode
-            mode, uid, gid, _ = old.attrs()
-            mode = mode & perms.MODE_BITS | d.mode & perms.KIND_BITS   # the new kind
-            inode.meta = inode.with_attrs(mode, uid, gid, rec["mtime"])
-        if old is not None:
-            # a file: _check_commit refused a directory at the path (EISDIR)
-            self._release_file(cast(Inode, old))
-        self._charge_file(d.path, size, old)
+        old = self._put_file(d.path, inode, rec["mtime"], d.mode & perms.KIND_BITS)
         self.files += 1
         self.blocks += len(bids)
         self.bytes += size
-        return {"path": d.path, "inode": d.inode, "size": size, "blocks": len(bids),
+        return {"path": d.path, "inode": inode.id, "size": size, "blocks": len(bids),
                 "replaced": old is not None}
+
+    def _put_file(self, path: str, inode: Inode, mtime: float,
+                  kind: int | None = None) -> Inode | None:
+        """Put new file ``inode`` (indexed already) at ``path`` and charge the tree
+        quotas; returns the file it replaces, whose owner, group and mode it keeps (and
+        its kind, unless ``kind``), and which is released: a file _check_new_file let
+        through (never a directory). A hard-linked file is changed in place instead,
+        for all its names (mds/ns_link.py)."""
+        names = paths.components(path)
+        old = cast("Inode | None", self.tree.walk_parent(path, names).children.get(names[-1]))
+        grow, count = inode.size, 1
+        if old is not None:
+            grow -= old.size
+            mode, uid, gid, _ = old.attrs()
+            if kind is not None:
+                mode = mode & perms.MODE_BITS | kind
+            # and its inode number: a file keeps its number through every new version
+            # (st_ino, as a write in place keeps it), like its owner and mode
+            inode.meta = old.meta[:ID_LEN] + inode.with_attrs(mode, uid, gid, mtime)[ID_LEN:]
+            count = self._names_of(old)
+        if self.quotas:
+            self.quotas.charge(self._quotas_over(names), grow * count, old is None)
+        if count > 1:
+            self._replace_linked(cast(Inode, old), inode)
+            self.files -= 1           # the caller counts a new file; it is not one
+            self.tree.attach(path, cast(Inode, old), mtime)
+            return old
+        self.tree.attach(path, inode, mtime)
+        if old is not None:
+            self._release_file(old)
+        return old
 
     def _check_new_file(self, path: str, names: list[str], size: int,
                         exclusive: Any) -> None:
@@ -178,11 +204,5 @@ class CommitRecords:
             raise error(errno.EEXIST, path)
         if self.quotas:
             old = existing.size if existing is not None else 0
-            self.quotas.need(self._quotas_over(names), size - old, existing is None, path)
-
-    def _charge_file(self, path: str, size: int, old: Dir | Inode | None) -> None:
-        """A committed or copied file of ``size`` bytes at ``path``, replacing ``old``."""
-        if self.quotas:
-            quotas = self._quotas_over(paths.components(path))
-            self.quotas.charge(quotas, size - (old.size if type(old) is Inode else 0),
-                               old is None)
+            self.quotas.need(self._quotas_over(names), (size - old) * self._names_of(existing),
+                             existing is None, path)

@@ -7,6 +7,7 @@ record formats are in that module's docstring.
 """
 from __future__ import annotations
 
+import errno
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from mds import paths
@@ -34,6 +35,7 @@ class RemoveRecords:
         _clock: Callable[[], float]
 
         def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
+        def _release_name(self, node: Inode, mtime: float) -> bool: ...
 
     # ------------------------------------------------------------------ release
 
@@ -46,8 +48,11 @@ class RemoveRecords:
         self.blocks -= len(node.bids)
         self.bytes -= node.size
 
-    def _release_tree(self, node: Dir | Inode) -> tuple[int, int]:
-        files = dirs = 0
+    def _release_tree(self, node: Dir | Inode, mtime: float) -> tuple[int, int, int]:
+        """Forget a removed entry and all below it: (files, dirs, bytes) as the tree
+        quotas count them (every name of a hard-linked file at its size; only its last
+        name takes the file and its blocks away, mds/ns_link.py)."""
+        files = dirs = nbytes = 0
         stack = [node]
         while stack:
             node = stack.pop()
@@ -60,9 +65,10 @@ class RemoveRecords:
                     self.quotas.drop(node)
             else:
                 files += 1
-                self._release_file(node)
+                nbytes += node.size
+                self._release_name(node, mtime)
         self.dirs -= dirs
-        return files, dirs
+        return files, dirs, nbytes
 
     # ------------------------------------------------------------------ rm / rename
 
@@ -77,10 +83,9 @@ class RemoveRecords:
         quotas = (self._quotas_over(paths.components(rec["path"]))
                   if self.quotas else [])
         node = self.tree.detach(rec["path"], rec["mtime"])
-        nbytes = self.bytes
-        files, dirs = self._release_tree(node)
-        self.quotas.charge(quotas, self.bytes - nbytes, -files - dirs)
-        return {"path": rec["path"], "files": files, "dirs": dirs, "bytes": nbytes - self.bytes}
+        files, dirs, nbytes = self._release_tree(node, rec["mtime"])
+        self.quotas.charge(quotas, -nbytes, -files - dirs)
+        return {"path": rec["path"], "files": files, "dirs": dirs, "bytes": nbytes}
 
     def prepare_rename(self, src: str, dst: str, *, cred: Cred | None = None) -> dict:
         """Exact rename (``dst`` is the new path); use resolve_move() for ``mv`` into dirs."""
@@ -91,8 +96,11 @@ class RemoveRecords:
 
     def _check_rename(self, rec: Mapping, cred: Cred | None = None) -> None:
         self.tree.check_rename(rec, cred)
-        if self.quotas and rec["src"] != rec["dst"]:
-            _, entering, _, moved, target = self._rename_quotas(rec["src"], rec["dst"])
+        if self.quotas and rec["src"] != rec["dst"] and not self._same_file(rec):
+            leaving, entering, _, moved, target = self._rename_quotas(rec["src"], rec["dst"])
+            if (leaving or entering) and self.tree.node(rec["src"])[1] in self.tree.links:
+                raise OSError(errno.EXDEV, "a hard-linked file cannot move across a tree "
+                              "quota's boundary", rec["dst"])
             self.quotas.need(entering, moved[0] - target[0], moved[1] - target[1],
                              rec["dst"])
 
@@ -113,16 +121,26 @@ class RemoveRecords:
             target = (0, 0)
         return leaving, entering, at_dst, moved, target
 
+    def _same_file(self, rec: Mapping) -> bool:
+        """Whether a rename's src and dst are names of one hard-linked file: then it
+        does nothing (POSIX)."""
+        if not self.tree.links:
+            return False
+        try:
+            return self.tree.node(rec["src"])[1] is self.tree.node(rec["dst"])[1]
+        except OSError:
+            return False
+
     def _apply_rename(self, rec: Mapping) -> dict:
         src, dst = rec["src"], rec["dst"]
-        if src == dst:
+        if src == dst or self._same_file(rec):
             return {"src": src, "dst": dst, "replaced": False}
         moves = self._rename_quotas(src, dst) if self.quotas else None
         node = self.tree.detach(src, rec["mtime"])
         self.tree.touch(node, rec["mtime"])
         old = self.tree.attach(dst, node, rec["mtime"])
         if old is not None:
-            self._release_tree(old)
+            self._release_tree(old, rec["mtime"])
         if moves is not None:
             leaving, entering, at_dst, moved, target = moves
             charge = self.quotas.charge

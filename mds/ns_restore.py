@@ -43,7 +43,8 @@ class SnapshotState:
     # Used by mds/snapshot.py only: plain-data export and import of the whole state.
 
     def export_state(self) -> dict:
-        return {"next_inode": self.next_inode, "root": self.tree.export_root(),
+        return {"next_inode": self.next_inode, "dir_seq": self.tree.dir_seq,
+                "root": self.tree.export_root(),
                 "names": list(self.tree.names),
                 "rsets": [list(t) for t in self.blockmap.rsets],
                 "drafts": [d.to_list() for d in self.drafts.by_handle.values()],
@@ -52,14 +53,15 @@ class SnapshotState:
                 "quotas": self.quotas.export()}
 
     def export_tree(self) -> Iterator[tuple]:
-        """Pre-order entries: (0, parent dir no., name, mtime) for a directory, numbered
-        in order of appearance from 1 (the root is 0), and (1, dir no., name, meta, bids)."""
+        """Pre-order entries of directories, files and later names of linked files
+        (see Tree.export)."""
         return self.tree.export()
 
     def restore_state(self, state: Mapping) -> None:
         """The state frame; one of a version 1 snapshot has ``root_mtime`` instead of
         ``root`` and ``names``, and drafts without owner, group and mode."""
         self.next_inode = state["next_inode"]
+        self.tree.dir_seq = state.get("dir_seq", 0)     # before directory numbers: 0
         self._restored_quotas = state.get("quotas", ())   # [path, bytes, files] (v3)
         if "root" in state:
             self.tree.start_restore(state["root"], state["names"])
@@ -77,9 +79,9 @@ class SnapshotState:
             for bid in d.bids:
                 owners[bid] = d
 
-    def restore_dirs(self, flat: Sequence, legacy: bool = False) -> None:
+    def restore_dirs(self, flat: Sequence, legacy: bool = False, ids: bool = True) -> None:
         """Directories as a flat list (see Tree.restore_dirs)."""
-        self.tree.restore_dirs(flat, legacy)
+        self.tree.restore_dirs(flat, legacy, ids)
 
     def restore_files(self, flat: Sequence, legacy: bool = False) -> None:
         """Files as a flat list: dir no., name, meta, block ids, dir no., ... With

@@ -39,7 +39,7 @@ STALL = 2.0      # seconds without an upkeep (normally <= ~0.5) that mean this M
 # What a `batch` may carry: the namespace and write-protocol operations of clients.
 BATCHABLE = frozenset({"mkdir", "stat", "ls", "create", "allocate", "replace_target",
                        "commit", "pool", "put_small", "abort", "renew", "rm", "chmod", "chown", "copy",
-                       "rename", "utimens"})
+                       "rename", "link", "utimens"})
 
 
 class Handlers(NamespaceOps, WriteOps, DataNodeOps, AdminOps):

@@ -1,5 +1,5 @@
 """The namespace verbs of the MDS (service "mds"): mkdir, ls, stat, du, rm, mv, rename,
-utimens, chmod, chown and the tree quotas (quota_set/clear/get/ls). A mixin of
+link, utimens, chmod, chown and the tree quotas (quota_set/clear/get/ls). A mixin of
 `mds.ops.Handlers`; each verb reads the namespace or submits its `prepare_*` record and
 emits its event. `stat` is also the read path: it mints the read capabilities
 (mds/grants.py) of the blocks it lists.
@@ -171,6 +171,18 @@ class NamespaceOps(HandlerBase):
         result = self.submit(lambda ns: ns.prepare_rename(h["src"], h["dst"], cred=cred))
         ctx.emit("file.rename", src=result["src"], dst=result["dst"])
         return {"path": result["dst"]}
+
+    @operation({"src": PATH, "dst": PATH}, callers=CLIENT, mutating=True)
+    def link(self, h: dict, payload: list, ctx: Context) -> dict:
+        """link(2): `dst` becomes another name of file `src` -> {path, nlink, inode}. The names
+        share one file: a change through either is seen through both, and the file goes
+        with its last name. EPERM for a directory, EEXIST when `dst` exists, EMLINK past
+        65,000 names, EXDEV across a tree quota's boundary; needs write and search on
+        the directory that gets the entry (EACCES)."""
+        cred = cred_of(ctx)
+        result = self.submit(lambda ns: ns.prepare_link(h["src"], h["dst"], cred=cred))
+        ctx.emit("file.link", src=result["src"], dst=result["dst"], nlink=result["nlink"])
+        return {"path": result["dst"], "nlink": result["nlink"], "inode": result["inode"]}
 
     @operation({"path": PATH, "mtime?": Float(-1e11, 1e11), "atime?": Float(-1e11, 1e11),
                 "keep_mtime?": Bool()}, callers=CLIENT, mutating=True)

@@ -3,11 +3,14 @@ table) at a WAL seq, streamed to ``snapshot-<seq, 20 digits>.msgpack``.
 
 File layout: a sequence of frames in the WAL frame format (``[u32 len][u32 CRC32C]
 [msgpack body]``, see mds/wal.py), so every chunk is checksummed and none is large:
-    {"format": "aegisfs-mds-snapshot", "version": 3, "seq": S, "created": t}
+    {"format": "aegisfs-mds-snapshot", "version": 5, "seq": S, "created": t}
     {"k": "state", ...}                       Namespace.export_state() (names table,
                                               root attributes)
     {"k": "tree", "d": [...], "f": [...]}      Namespace.export_tree() flattened, ~4096
                                               entries a frame: dirs, then files
+    {"k": "link", "e": [...]}                 hard links' later names (version 5): dir
+                                              no., name, first name's dir no. and name
+    {"k": "atime", "e"|"d": [...]}            own access times (version 4)
     {"k": "del", "node": n, "ids": [...]}      deletion queue, chunked
     {"k": "ops", "e": [[opid, wall, answer]]}  recent client operations' answers, chunked
                                               (mds/opids.py), oldest first
@@ -46,11 +49,11 @@ from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 log = logging.getLogger(__name__)
 
 FORMAT = "aegisfs-mds-snapshot"
-# version 4 adds "atime" frames (own access times: Tree.atimes, dir_atimes); a snapshot that
-# has none is written as version 3, which an AegisFS from before atimes still reads
-VERSION = 4
-WITHOUT_ATIMES = 3
-READABLE_VERSIONS = (1, 2, 3, 4)
+# version 4 adds "atime" frames (own access times: Tree.atimes, dir_atimes); version 5
+# directories' inode numbers (an eighth field of each, and dir_seq in the state frame)
+# and "link" frames (the later names of hard-linked files)
+VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 SNAPSHOT_RE = re.compile(r"^snapshot-(\d{20})\.msgpack$")
 ENTRIES_PER_FRAME = 4096
 IDS_PER_FRAME = 65536
@@ -119,22 +122,23 @@ def write_snapshot(directory: os.PathLike | str, ns: Namespace, seq: int, *,
                 frames += 1
 
             atimes, dir_atimes = ns.tree.atimes, ns.tree.dir_atime_paths()
-            emit({"format": FORMAT,
-                  "version": VERSION if atimes or dir_atimes else WITHOUT_ATIMES,
-                  "seq": seq, "created": clock()})
+            emit({"format": FORMAT, "version": VERSION, "seq": seq, "created": clock()})
             state = ns.export_state()
             emit({"k": "state", "state": state})
             # flat lists (one msgpack array per frame, not one per entry): fewer objects
             # to build on load; a frame's directories are restored before its files
             dirs: list = []
             files: list = []
+            links: list = []        # hard links' later names: after every directory
             for entry in ns.export_tree():
-                (files if entry[0] else dirs).extend(entry[1:])
+                (dirs, files, links)[entry[0]].extend(entry[1:])
                 if len(files) + len(dirs) >= ENTRIES_PER_FRAME * 4:
                     emit({"k": "tree", "d": dirs, "f": files})
                     dirs, files = [], []
             if dirs or files:
                 emit({"k": "tree", "d": dirs, "f": files})
+            for i in range(0, len(links), ENTRIES_PER_FRAME * 4):
+                emit({"k": "link", "e": links[i:i + ENTRIES_PER_FRAME * 4]})
             # files' (inode id, atime) under "e", directories' (path, atime) under "d"
             for key, pairs in (("e", list(atimes.items())), ("d", dir_atimes)):
                 for i in range(0, len(pairs), ENTRIES_PER_FRAME):
@@ -212,8 +216,10 @@ def load_snapshot(path: os.PathLike | str, ns: Namespace) -> dict:
             kind = obj.get("k")
             try:
                 if kind == "tree" and state is not None:
-                    ns.restore_dirs(obj["d"], legacy)
+                    ns.restore_dirs(obj["d"], legacy, ids=version >= 5)
                     ns.restore_files(obj["f"], legacy)
+                elif kind == "link" and version >= 5:
+                    ns.restore_links(obj["e"])
                 elif kind == "atime" and version >= 4:
                     ns.restore_atimes(obj.get("e", ()), obj.get("d", ()))
                 elif kind == "del":

@@ -1,7 +1,7 @@
 """The directory tree of the namespace: path lookups, the checks of the mkdir, rm and
 rename records, the permission checks of a caller (``cred``, mds/perms.py) on the way,
-the reads that need only the tree (stat, ls, du, iter_files, resolve_move), and the walk
-a snapshot writes and reads back.
+the reads that need only the tree (stat, ls, du, iter_files, resolve_move); the walk a
+snapshot writes and reads back is mds/tree_snapshot.py.
 
 The tree holds ``Dir`` and ``Inode`` nodes and never touches blocks: the Namespace
 releases what ``detach`` and ``attach`` take out of it. A ``cred`` of None means no
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import bisect
 import errno
-from typing import Iterator, Literal, Mapping, Sequence, TypeGuard, cast, overload
+from typing import Iterator, Literal, Mapping, TypeGuard, cast, overload
 
 from mds import paths, perms
 from mds.fields import check, error, is_time
-from mds.inode import ATTR, ATTR_OFFSET, BASE, Dir, Inode, Names
+from mds.inode import ATTR, ATTR_OFFSET, BASE, DIR_IDS, Dir, Inode, Names
 from mds.perms import SEARCH, W, Cred
+from mds.tree_snapshot import TreeSnapshot
 
 WX = W | SEARCH
 MAX_NAME = 128            # an owner or group name: a caller id is at most 128 characters
@@ -39,9 +40,10 @@ def checked(cred: Cred | None) -> TypeGuard[Cred]:
 PARENT_MODE = perms.new_mode(None, is_dir=True)
 
 
-class Tree:
+class Tree(TreeSnapshot):
     def __init__(self) -> None:
-        self.root = Dir(0.0)
+        self.root = Dir(0.0, ino=DIR_IDS)
+        self.dir_seq = 0                   # the last directory number given (new_dir_id)
         self.names = Names(perms.SUPERUSER)   # owner/group names, interned
         self.numbered: list[Dir] = []      # directories by number, while restoring
         # a file's access time where utimensat set one (by inode id; sparse: reads are
@@ -49,6 +51,9 @@ class Tree:
         # ~100 bytes, only files given an atime of their own (cp -p, touch -a) pay it
         self.atimes: dict[int, float] = {}
         self.dir_atimes: dict[Dir, float] = {}     # likewise, of directories
+        # hard links (mds/ns_link.py): the link count of a file that more than one entry
+        # holds (the entries hold one Inode object); sparse, like atimes
+        self.links: dict[Inode, int] = {}
 
     # ------------------------------------------------------------------ attributes
 
@@ -153,6 +158,11 @@ class Tree:
 
     # ------------------------------------------------------------------ changes
 
+    def new_dir_id(self) -> int:
+        """The inode number of a directory being made (or restored without one)."""
+        self.dir_seq += 1
+        return DIR_IDS + self.dir_seq
+
     def mkdirs(self, names: list[str], mtime: float, owner: str = perms.SUPERUSER,
                group: str = perms.SUPERUSER, mode: int = PARENT_MODE,
                parent_mode: int = PARENT_MODE) -> tuple[Dir, int]:
@@ -166,7 +176,7 @@ class Tree:
             child = node.children.get(name)
             if child is None:
                 child = node.children[name] = Dir(mtime, mode if i == last else parent_mode,
-                                                  uid, gid)
+                                                  uid, gid, ino=self.new_dir_id())
                 node.subdirs += 1
                 node.mtime = node.ctime = mtime
                 created += 1
@@ -327,6 +337,8 @@ class Tree:
             raise error(errno.EINVAL, dst, "cannot move a directory into its own subtree")
         dparent = self.walk_parent(dst, dnames, cred=cred)
         target = dparent.children.get(dnames[-1])
+        if target is node:              # two names of one hard-linked file: nothing to do
+            return
         if checked(cred):
             self.need_removable(cred, sparent, node, src, _prefix(snames, len(snames) - 1))
             if target is None:
@@ -389,21 +401,27 @@ class Tree:
         path = paths.normalize(path)
         _, node = self.node(path, cred)
         if type(node) is Dir:
-            return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
-                    "entries": len(node.children), "nlink": 2 + node.subdirs,
-                    **self.describe(node)}
+            return {"path": path, "type": "dir", "inode": node.ino, "size": 0,
+                    "mtime": node.mtime, "entries": len(node.children),
+                    "nlink": 2 + node.subdirs, **self.describe(node)}
         ino, size, mtime, repl, bsize = node.header()
-        return {"path": path, "type": "file", "inode": ino, "size": size, "mtime": mtime,
-                "replication": repl, "block_size": bsize, "blocks": len(node.bids),
-                **self.describe(node)}
+        out = {"path": path, "type": "file", "inode": ino, "size": size, "mtime": mtime,
+               "replication": repl, "block_size": bsize, "blocks": len(node.bids),
+               **self.describe(node)}
+        if self.links and node in self.links:
+            out["nlink"] = self.links[node]
+        return out
 
     def _entry(self, name: str, node: Dir | Inode) -> dict:
         if type(node) is Dir:
-            return {"name": name, "type": "dir", "size": 0, "mtime": node.mtime,
-                    "nlink": 2 + node.subdirs, **self.describe(node)}
-        _, size, mtime, _, _ = node.header()
-        return {"name": name, "type": "file", "size": size, "mtime": mtime,
-                **self.describe(node)}
+            return {"name": name, "type": "dir", "inode": node.ino, "size": 0,
+                    "mtime": node.mtime, "nlink": 2 + node.subdirs, **self.describe(node)}
+        ino, size, mtime, _, _ = node.header()
+        out = {"name": name, "type": "file", "inode": ino, "size": size, "mtime": mtime,
+               **self.describe(node)}
+        if self.links and node in self.links:
+            out["nlink"] = self.links[node]
+        return out
 
     def ls(self, path: str, *, start_after: str | None = None,
            limit: int | None = None, cred: Cred | None = None) -> list[dict]:
@@ -467,61 +485,3 @@ class Tree:
         if type(node) is Dir and src != "/":
             return paths.join(dst, paths.basename(src))
         return dst
-
-    # ------------------------------------------------------------------ snapshot walk
-
-    def export(self) -> Iterator[tuple]:
-        """Pre-order entries: (0, parent dir no., name, mtime, ctime, mode, owner index,
-        group index) for a directory, numbered in order of appearance from 1 (the root is
-        0), and (1, dir no., name, meta, bids) for a file (its attributes are in meta)."""
-        stack: list[tuple[int, Dir]] = [(0, self.root)]
-        count = 0
-        while stack:
-            idx, d = stack.pop()
-            for name, child in d.children.items():
-                if type(child) is Dir:
-                    count += 1
-                    yield (0, idx, name, child.mtime, child.ctime, child.mode, child.uid,
-                           child.gid)
-                    stack.append((count, child))
-                else:
-                    yield (1, idx, name, child.meta, child.bids)
-
-    def export_root(self) -> list:
-        r = self.root
-        return [r.mtime, r.ctime, r.mode, r.uid, r.gid]
-
-    def start_restore(self, root: Sequence, names: Sequence[str]) -> list[Dir]:
-        """Begin filling an empty tree with the root's attributes (or only its mtime, in
-        a version 1 snapshot) and the name table; returns the directories by number."""
-        for name in names:
-            self.names.intern(name)
-        if len(root) == 1:
-            self.root.mtime = self.root.ctime = root[0]
-        else:
-            r = self.root
-            r.mtime, r.ctime, r.mode, r.uid, r.gid = root
-        self.numbered = [self.root]
-        return self.numbered
-
-    def restore_dirs(self, flat: Sequence, legacy: bool = False) -> None:
-        """Directories as a flat list: parent no., name, mtime, ctime, mode, owner index,
-        group index, parent no., ... (``legacy``: parent no., name, mtime, ...)."""
-        dirs = self.numbered
-        it = iter(flat)
-        if legacy:
-            for parent, name, mtime in zip(it, it, it):
-                d = dirs[parent].children[name] = Dir(mtime)
-                dirs[parent].subdirs += 1
-                dirs.append(d)
-            return
-        for parent, name, mtime, ctime, mode, uid, gid in zip(it, it, it, it, it, it, it):
-            d = dirs[parent].children[name] = Dir(mtime, mode, uid, gid, ctime)
-            dirs[parent].subdirs += 1
-            dirs.append(d)
-
-    def finish_restore(self) -> int:
-        """Forget the numbering; returns how many directories were restored."""
-        count = len(self.numbered) - 1
-        self.numbered = []
-        return count

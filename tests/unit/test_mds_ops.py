@@ -90,7 +90,7 @@ EXPECTED_CALLERS = {
     **{op: {"client"} for op in ("mkdir", "ls", "stat", "du", "create", "allocate",
                                  "replace_target", "commit", "abort", "renew", "rm", "mv",
                                  "fsck", "batch", "bad_replica", "drain", "chmod",
-                                 "chown", "copy", "rename", "utimens", "quota_set",
+                                 "chown", "copy", "rename", "link", "utimens", "quota_set",
                                  "quota_clear", "quota_get", "quota_ls", "pool",
                                  "put_small")},
     "ping": {"client", "datanode", "mds", "broker"},

@@ -474,6 +474,7 @@ OPS = st.one_of(
     st.tuples(st.just("rm"), PATH, st.booleans()),
     st.tuples(st.just("rename"), PATH, PATH),
     st.tuples(st.just("move"), PATH, PATH),
+    st.tuples(st.just("link"), PATH, PATH),      # hard links (mds/ns_link.py)
     st.tuples(st.just("replicas"), st.integers(0, 99),
               st.lists(st.sampled_from(NODES), min_size=1, max_size=3, unique=True)),
     st.tuples(st.just("tick"), st.floats(0, 40)),
@@ -550,6 +551,8 @@ def drive(store: MetaStore, clock: FakeClock, ops: list[tuple], rng: random.Rand
             prep = lambda ns: ns.prepare_rm(args[0], recursive=args[1])  # noqa: E731
         elif kind == "rename":
             prep = lambda ns: ns.prepare_rename(args[0], args[1])  # noqa: E731
+        elif kind == "link":
+            prep = lambda ns: ns.prepare_link(args[0], args[1])  # noqa: E731
         elif kind == "move":
             prep = lambda ns: ns.prepare_rename(  # noqa: E731
                 args[0], ns.resolve_move(args[0], args[1]))

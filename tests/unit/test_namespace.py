@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import pytest
 
+from mds.inode import DIR_IDS
 from mds.namespace import BIG_FILE_BLOCKS, Inode, Namespace, NamespaceConfig
 from tests.support.clock import FakeClock
 
@@ -75,7 +76,8 @@ def test_mkdir_and_stat(ns: Namespace, clock: FakeClock) -> None:
     clock.now = 1234.5
     assert run(ns, ns.prepare_mkdir("/a")) == {"path": "/a", "created": 1}
     st = ns.stat("/a")
-    assert st == {"path": "/a", "type": "dir", "size": 0, "mtime": 1234.5, "entries": 0,
+    assert st == {"path": "/a", "type": "dir", "inode": DIR_IDS + 1, "size": 0,
+                  "mtime": 1234.5, "entries": 0,
                   "nlink": 2, "mode": 0o755, "owner": "admin", "group": "admin", "ctime": 1234.5,
                   "atime": 1234.5}
     assert ns.stat("/")["entries"] == 1
@@ -117,7 +119,8 @@ def test_ls_sorted_with_types_and_paging(ns: Namespace, clock: FakeClock) -> Non
     draft(ns, "/d/zz-draft")
     entries = ns.ls("/d")
     assert [e["name"] for e in entries] == ["a", "b", "c", "sub"]  # the draft is invisible
-    assert entries[0] == {"name": "a", "type": "file", "size": BS + 5, "mtime": clock.now,
+    assert entries[0] == {"name": "a", "type": "file", "inode": ns.stat("/d/a")["inode"],
+                          "size": BS + 5, "mtime": clock.now,
                           "mode": 0o644, "owner": "admin", "group": "admin",
                           "ctime": clock.now, "atime": clock.now}
     assert entries[3]["type"] == "dir"
@@ -243,7 +246,8 @@ def test_commit_replaces_an_older_version(ns: Namespace) -> None:
     old = [b["id"] for b in ns.file_info("/f")["blocks"]]
     res = put(ns, "/f", sizes=(7,), nodes=("n3",))
     assert res["replaced"] is True
-    assert ns.stat("/f")["size"] == 7 and ns.stat("/f")["inode"] == 2
+    # a new version keeps the file's inode number (st_ino), as a write in place does
+    assert ns.stat("/f")["size"] == 7 and ns.stat("/f")["inode"] == 1 == res["inode"]
     assert sorted(ns.deletes_for("n1")) == sorted(old)
     assert sorted(ns.deletes_for("n2")) == sorted(old)
     assert all(ns.block_info(b) is None for b in old)

@@ -165,16 +165,22 @@ def test_compose_from_parts_then_remove_the_parts(ns: Namespace) -> None:
     assert ns.block_info(parts[3])["index"] == 3
 
 
+def rewrite_middle(ns: Namespace, path: str) -> tuple[dict, dict]:
+    """A copy-on-write commit over a 3-block file: block 1 new (on n1, n3), blocks 0
+    and 2 shared with the current version -> (the new block, the commit's result)."""
+    h = run(ns, ns.prepare_create(path))["handle"]
+    (new,) = run(ns, ns.prepare_allocate(h, [["n1", "n3"]]))["blocks"]
+    info = ns.file_info(path)["blocks"]
+    blocks = [{**{k: info[0][k] for k in ("id", "size", "checksum")}, "from": path},
+              {"id": new["id"], "size": BS, "checksum": 9, "replicas": ["n1", "n3"]},
+              {**{k: info[2][k] for k in ("id", "size", "checksum")}, "from": path}]
+    return new, run(ns, ns.prepare_commit(h, blocks))
+
+
 def test_copy_on_write_commit_over_the_file_it_shares_with(ns: Namespace) -> None:
     put(ns, "/f", (BS, BS, 10))
     old = ids(ns, "/f")
-    h = run(ns, ns.prepare_create("/f"))["handle"]
-    (new,) = run(ns, ns.prepare_allocate(h, [["n1", "n3"]]))["blocks"]
-    info = ns.file_info("/f")["blocks"]
-    blocks = [{**{k: info[0][k] for k in ("id", "size", "checksum")}, "from": "/f"},
-              {"id": new["id"], "size": BS, "checksum": 9, "replicas": ["n1", "n3"]},
-              {**{k: info[2][k] for k in ("id", "size", "checksum")}, "from": "/f"}]
-    run(ns, ns.prepare_commit(h, blocks))
+    new, _ = rewrite_middle(ns, "/f")
     assert ids(ns, "/f") == [old[0], new["id"], old[2]]
     assert queued(ns) == {old[1]}                 # only the rewritten block goes
     assert refs(ns) == {old[0]: 1, new["id"]: 1, old[2]: 1}
