@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import threading
 import time
+from stat import S_ISDIR
+from typing import Callable
 
 
 class AttrCache:
-    """path -> (deadline, attrs); short-lived, dropped on every change through us."""
+    """path -> (deadline, attrs); short-lived, dropped on every change through us. A
+    hard-linked file's attributes are not kept (another name's change would not drop
+    them); `on_change` hears of every path dropped, with whether its subtree went too
+    (client/mount/links.py tells the kernel about the file's other names)."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._d: dict[str, tuple[float, dict]] = {}
         self._lock = threading.Lock()
+        self.on_change: Callable[[str, bool], None] | None = None
 
     def get(self, path: str) -> dict | None:
         hit = self._d.get(path)
@@ -22,7 +28,8 @@ class AttrCache:
         return hit[1]
 
     def put(self, path: str, attrs: dict) -> None:
-        if self.ttl > 0:
+        if self.ttl > 0 and (attrs.get("st_nlink", 1) == 1
+                            or S_ISDIR(attrs.get("st_mode", 0))):
             with self._lock:
                 if len(self._d) > 200_000:
                     self._d.clear()
@@ -33,11 +40,16 @@ class AttrCache:
             for p in paths:
                 self._d.pop(p, None)
                 self._d.pop(parent_of(p), None)
+        if self.on_change is not None:
+            for p in paths:
+                self.on_change(p, False)
 
     def drop_entry(self, path: str) -> None:
         """Drop one path, not its parent (a change that leaves the directory as it is)."""
         with self._lock:
             self._d.pop(path, None)
+        if self.on_change is not None:
+            self.on_change(path, False)
 
     def touch(self, path: str, ns: int) -> None:
         """A directory changed by this mount (a new entry): its cached mtime and ctime
@@ -53,6 +65,8 @@ class AttrCache:
             for p in [p for p in self._d if p == path or p.startswith(prefix)]:
                 del self._d[p]
             self._d.pop(parent_of(path), None)
+        if self.on_change is not None:
+            self.on_change(path, True)
 
 
 class OwnChanges:

@@ -28,8 +28,8 @@ class MountOptions:
 
 
 # what getattr answers (client/mount/ops_attrs.py): plain fields and nanosecond times
-_STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
-                "st_blksize")
+_STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
+                "st_blocks", "st_blksize")
 _STAT_TIMES = (("st_atime", "st_atimespec"), ("st_mtime", "st_mtimespec"),
                ("st_ctime", "st_ctimespec"))
 _KNOWN = frozenset(_STAT_FIELDS) | {key for key, _ in _STAT_TIMES}
@@ -113,6 +113,9 @@ def serve(mountpoint: str, make_ops: Callable[[], Any], opts: MountOptions) -> N
     ops = make_ops()
     kw: dict[str, Any] = {"foreground": True, "fsname": "aegisfs", "subtype": "aegisfs",
                           "default_permissions": True,
+                          # st_ino from the MDS (ops_attrs.py): one per file, whatever
+                          # its names (hard links), as tools that compare them expect
+                          "use_ino": True,
                           "attr_timeout": opts.attr_timeout,
                           "entry_timeout": opts.entry_timeout,
                           "negative_timeout": 0}

@@ -20,6 +20,7 @@ from .cache import AttrCache, KnownDirs, OwnChanges
 from .conn import MountClient
 from .handles import FileHandle
 from .ids import IdMap
+from .links import InodeNumbers, KernelCache, LinkNames
 from .ops_attrs import AttrOps
 from .ops_files import FileOps
 from .ops_names import NameOps
@@ -53,6 +54,10 @@ class AegisOperations(AttrOps, NameOps, FileOps, mfusepy.Operations):
         self._block_size: int | None = None
         self.own = OwnChanges()             # our commits: their events keep the parent
         self.known = KnownDirs(attr_timeout)  # negative lookups answered here
+        self.links = LinkNames()            # names seen of hard-linked files
+        self.inos = InodeNumbers()          # st_ino of files made here
+        self.kernel = KernelCache()         # bound to the session by init()
+        self.cache.on_change = self._names_changed
 
     # Extended attributes are not supported. Not registering the xattr operations makes
     # libfuse answer ENOSYS, after which the kernel stops asking (and answers EOPNOTSUPP
@@ -61,12 +66,23 @@ class AegisOperations(AttrOps, NameOps, FileOps, mfusepy.Operations):
 
     def init(self, path: str) -> None:
         """The mount is live: follow the event feed to drop what changed elsewhere."""
+        self.kernel.bind()
         from .events import Invalidator, events_endpoint
         endpoint = events_endpoint(self.fs.broker)
         if endpoint and self.cache.ttl > 0:
             self.invalidator = Invalidator(endpoint, self.fs._curve, self.cache,
                                            self.own, self.known)
             self.invalidator.start()
+
+    def _names_changed(self, path: str, tree: bool) -> None:
+        """A change to `path` (and below, `tree`): the kernel forgets its attributes of
+        the other names of hard-linked files there (client/mount/links.py)."""
+        if not self.links:
+            return
+        names = self.links.under(path) if tree else [path]
+        others = {q for p in names for q in self.links.others(p)}
+        if others:
+            self.kernel.invalidate(sorted(others))
 
     def destroy(self, path: str) -> None:
         """Unmount: open drafts are aborted (a file not closed is not committed)."""

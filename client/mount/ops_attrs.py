@@ -30,17 +30,24 @@ def _ns(t: Any) -> int:
     return int(float(t or 0) * 1e9)
 
 
+_DOT = {"st_mode": S.S_IFDIR, "st_ino": 1}
+
+
 class AttrOps(MountState):
     """getattr, readdir and statfs, mixed into AegisOperations."""
 
     if TYPE_CHECKING:    # what this part calls in the others
         def _open_on(self, path: str) -> list[FileHandle]: ...
 
-    def _attrs(self, e: dict) -> dict:
+    def _attrs(self, e: dict, path: str) -> dict:
+        """st_* of an MDS entry at `path`. st_ino: the MDS's inode numbers (use_ino): one
+        per file, whatever its names (hard links) and versions, one per directory; a
+        file made here keeps the number it had before its commit (links.InodeNumbers)."""
         kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(str(e.get("kind")), S.S_IFREG)
         size = int(e.get("size") or 0)
         mtime = _ns(e.get("mtime"))
-        return {"st_mode": kind | int(e.get("mode", 0o644)),
+        ino = self.inos.of(path, int(e.get("inode") or 0))
+        return {"st_mode": kind | int(e.get("mode", 0o644)), "st_ino": ino,
                 "st_nlink": int(e.get("nlink") or (2 if kind == S.S_IFDIR else 1)),
                 "st_uid": self.ids.uid_of(str(e.get("owner", self.ids.user))),
                 "st_gid": self.ids.gid_of(str(e.get("group", self.ids.user))),
@@ -53,7 +60,8 @@ class AttrOps(MountState):
         t = int(h.created * 1e9)
         m = t if h.mtime is None else int(h.mtime * 1e9)
         return {"st_mode": S.S_IFREG | int(h.new.get("mode", NEW_FILE_MODE)),
-                "st_nlink": 1, "st_uid": h.owner[0], "st_gid": h.owner[1],
+                "st_ino": self.inos.temp(h.path), "st_nlink": 1, "st_uid": h.owner[0],
+                "st_gid": h.owner[1],
                 "st_size": h.size, "st_blocks": (h.size + 511) // 512, "st_blksize": BLKSIZE,
                 "st_mtime": m, "st_ctime": t,
                 "st_atime": m if h.atime is None else int(h.atime * 1e9)}
@@ -62,7 +70,8 @@ class AttrOps(MountState):
         """A closed new file whose commit is still to come: only this mount knows it."""
         t = int(p.created * 1e9)
         m = t if p.mtime is None else int(p.mtime * 1e9)
-        return {"st_mode": S.S_IFREG | p.mode, "st_nlink": 1, "st_uid": p.owner[0],
+        return {"st_mode": S.S_IFREG | p.mode, "st_ino": self.inos.temp(p.path),
+                "st_nlink": 1, "st_uid": p.owner[0],
                 "st_gid": p.owner[1], "st_size": p.size, "st_blocks": (p.size + 511) // 512,
                 "st_blksize": BLKSIZE, "st_mtime": m, "st_ctime": t,
                 "st_atime": m if p.atime is None else int(p.atime * 1e9)}
@@ -88,7 +97,8 @@ class AttrOps(MountState):
             with self.fs.using():
                 info = self.fs._mds(path, "stat", path=path, blocks=False)
             info.pop("blocks", None)
-            cached = self._attrs(info)
+            self.links.note(path, info)
+            cached = self._attrs(info, path)
             self.cache.put(path, cached)
         if h is not None and h.dirty:        # our own unflushed writes
             cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
@@ -101,7 +111,10 @@ class AttrOps(MountState):
         names: set[str] = set()
         try:
             for e in self._list(path):
-                self.cache.put(f"{base}/{e['name']}", self._attrs(e))
+                child = f"{base}/{e['name']}"
+                self.cache.put(child, self._attrs(e, child))
+                if "nlink" in e:
+                    self.links.note(f"{base}/{e['name']}", e)
                 names.add(e["name"])
         except OSError:
             self.known.drop_below(path)
@@ -114,9 +127,11 @@ class AttrOps(MountState):
             fresh = {p.rsplit("/", 1)[1] for p in self._by_path if parent_of(p) == path}
         return fresh | {name for name, _ in self.pending.names_in(path)}
 
-    def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict, int]]:
-        yield "."
-        yield ".."
+    def readdir(self, path: str, fh: int) -> Iterator[tuple[str, dict, int]]:
+        # every entry with its inode number: under use_ino, an entry without one (0) is
+        # one readdir(3) skips (a deleted slot); "." and ".." are the kernel's own
+        yield ".", _DOT, 0
+        yield "..", _DOT, 0
         token = self.known.begin(path)
         listed: set[str] = set()
         base = path.rstrip("/")
@@ -127,13 +142,20 @@ class AttrOps(MountState):
                                                    for i in ids)}
         fresh.update(name for name, _ in self.pending.names_in(path))
         for e in self._list(path):
-            attrs = self._attrs(e)
-            self.cache.put(f"{base}/{e['name']}", attrs)
+            child = f"{base}/{e['name']}"
+            attrs = self._attrs(e, child)
+            self.cache.put(child, attrs)
+            if "nlink" in e:                # a hard-linked file (client/mount/links.py)
+                self.links.note(f"{base}/{e['name']}", e)
             fresh.discard(e["name"])
             listed.add(e["name"])
-            yield e["name"]
+            yield e["name"], attrs, 0
         self.known.install(path, listed | self._local_names(path), token)
-        yield from sorted(fresh)
+        for name in sorted(fresh):           # not committed yet: their own numbers
+            try:
+                yield name, self.getattr(f"{base}/{name}"), 0
+            except FileNotFoundError:        # gone (unlinked) since
+                continue
 
     def _list(self, path: str) -> Iterator[dict]:
         after: str | None = None

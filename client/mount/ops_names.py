@@ -96,7 +96,8 @@ class NameOps(MountState):
             if self.fs._mds(path, "stat", path=path, blocks=False)["type"] == "dir":
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
             self.fs._mds(path, "rm", path=path)
-        self.cache.drop(path)
+        self.cache.drop(path)             # the other names' link count: on_change
+        self.links.forget(path)
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
@@ -117,7 +118,10 @@ class NameOps(MountState):
         self.known.drop_below(new)
         self.known.add(new)
         self.cache.drop_tree(old)
-        self.cache.drop_tree(new)
+        self.cache.drop_tree(new)          # a name replaced there: on_change
+        self.links.forget(new)
+        self.links.move(old, new)
+        self.inos.move(old, new)
         with self._lock:
             prefix = old.rstrip("/") + "/"
             for p in [p for p in self._by_path if p == old or p.startswith(prefix)]:
@@ -155,6 +159,7 @@ class NameOps(MountState):
             return False
         if not self.pending.move(old, new):
             return False
+        self.inos.move(old, new)
         if flags & RENAME_NOREPLACE:     # and nothing may appear there before the commit
             self.pending.update(new, lambda f: setattr(f, "exclusive", True))
         now = time.time_ns()
@@ -272,7 +277,20 @@ class NameOps(MountState):
         return data.decode("utf-8", "surrogateescape")
 
     def link(self, target: str, source: str) -> int:
-        raise PermissionError(errno.EPERM, "hard links are not supported", target)
+        """A hard link `target` to file `source`: what this mount wrote to `source` is
+        committed first, so the MDS links the file the caller sees. The kernel forgets
+        what it cached of the file's other names (their link count changed)."""
+        self._commit_open(source)
+        self.pending.settle(parent_of(target), raise_errors=False)
+        with self.fs.using():
+            got = self.fs._mds(f"{source} -> {target}", "link", src=source, dst=target)
+        self.links.note(source, got)
+        self.links.add(source, target)
+        self.known.add(target)
+        self.cache.drop(target)
+        self.cache.drop(source)           # and the other names, through on_change
+        self.kernel.invalidate([source])
+        return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
         """Regular files, FIFOs, sockets and device nodes (the device number is not

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .conn import MountClient
     from .handles import FileHandle
     from .ids import IdMap
+    from .links import InodeNumbers, KernelCache, LinkNames
     from .pending import PendingQueue
 
 
@@ -25,6 +26,9 @@ class MountState:
     known: KnownDirs                # directories whose every name is known
     own: OwnChanges                 # our commits: their events keep the parent
     pending: PendingQueue           # small new files closed, their commit to come
+    links: LinkNames                # names seen of hard-linked files
+    inos: InodeNumbers              # st_ino of files made here
+    kernel: KernelCache             # the kernel's attribute cache of paths
     spool_dir: str | None
     background: bool
     _handles: dict[int, FileHandle]

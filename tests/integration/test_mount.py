@@ -403,3 +403,71 @@ def test_rsync_in_and_out_matches_local_disk(mnt: Mount, tmp_path: Path) -> None
     sh(f"rsync -a {dest}/ {back}/", tmp_path)
     assert tree(back) == tree(src)
     assert mtimes(back) == mtimes(src)
+
+
+def test_hard_links_are_names_of_one_file(cluster, mnt: Mount, tmp_path: Path) -> None:
+    """link(2) through the mount: every name shows every change at once (the kernel's
+    cache of the other names is invalidated, within attr_timeout's 1 s), the file goes
+    with its last name, and tar, cp -al and git's local clone make and keep links."""
+    d = mnt.path / "links"
+    d.mkdir()
+    data = bytearray(os.urandom(3 * MiB + 5))
+    (d / "a").write_bytes(data)
+    os.link(d / "a", d / "b")
+    assert [os.stat(d / n).st_nlink for n in "ab"] == [2, 2]
+    os.chmod(d / "b", 0o600)
+    assert stat.S_IMODE(os.stat(d / "a").st_mode) == 0o600
+    with open(d / "b", "r+b") as f:           # a write in place through one name
+        f.seek(MiB)
+        f.write(b"Z" * 100)
+    data[MiB:MiB + 100] = b"Z" * 100
+    assert (d / "a").read_bytes() == data
+    with open(d / "a", "ab") as f:            # an append through the other
+        f.write(b"tail")
+    assert os.stat(d / "b").st_size == len(data) + 4
+    os.link(d / "b", d / "c")
+    os.rename(d / "b", d / "c")               # two names of one file: nothing happens
+    assert sorted(os.listdir(d)) == ["a", "b", "c"]
+    os.unlink(d / "a")
+    assert [os.stat(d / n).st_nlink for n in "bc"] == [2, 2]
+    os.unlink(d / "c")
+    assert os.stat(d / "b").st_nlink == 1
+    assert (d / "b").read_bytes() == bytes(data) + b"tail"
+    for src, dst, code in [(d, d / "dirlink", errno.EPERM),
+                           (d / "b", d / "b", errno.EEXIST),
+                           (d / "missing", d / "x", errno.ENOENT)]:
+        with pytest.raises(OSError) as info:
+            os.link(src, dst)
+        assert info.value.errno == code, (src, dst)
+    # the client API and a second mount see the same file under both names
+    with AegisClient(cluster.broker, key=cluster.key) as fs:
+        assert fs.link("/links/b", "/links/api") == 2
+        assert fs.read_bytes("/links/api") == bytes(data) + b"tail"
+    other = Mount.start(cluster, tmp_path / "o")
+    try:
+        assert (other.path / "links" / "api").stat().st_nlink == 2
+        assert (other.path / "links" / "api").read_bytes() == bytes(data) + b"tail"
+    finally:
+        other.stop()
+    # tar keeps the links of an archive; cp -al makes a tree of links
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "one").write_bytes(os.urandom(5000))
+    os.link(src / "one", src / "sub" / "two")
+    sh(f"tar -C {src} -cf {tmp_path}/l.tar .", tmp_path)
+    (d / "tarx").mkdir()
+    sh(f"tar -xf {tmp_path}/l.tar", d / "tarx")
+    assert tree(d / "tarx") == tree(src)
+    assert os.stat(d / "tarx" / "sub" / "two").st_nlink == 2
+    sh("cp -al tarx copy", d)
+    assert os.stat(d / "copy" / "one").st_nlink == 4
+    # git clone of a repository on the same file system hard-links its objects
+    if shutil.which("git"):
+        git = "git -c user.email=t@example.com -c user.name=t -c init.defaultBranch=main"
+        (d / "repo").mkdir()
+        sh(f"{git} init -q . && echo hi > f && {git} add f && {git} commit -qm one", d / "repo")
+        sh("git clone -q --local repo clone && git -C clone fsck --full", d)
+        objects = [p for p in (d / "clone" / ".git" / "objects").rglob("*") if p.is_file()
+                   and p.parent.name != "pack" and p.parent.name != "info"]
+        assert objects and all(p.stat().st_nlink == 2 for p in objects)
+        assert (d / "clone" / "f").read_text() == "hi\n"
