@@ -29,7 +29,7 @@ class MountOptions:
 
 # what getattr answers (client/mount/ops_attrs.py): plain fields and nanosecond times
 _STAT_FIELDS = ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
-                "st_blocks", "st_blksize")
+                "st_blocks", "st_blksize", "st_rdev")
 _STAT_TIMES = (("st_atime", "st_atimespec"), ("st_mtime", "st_mtimespec"),
                ("st_ctime", "st_ctimespec"))
 _KNOWN = frozenset(_STAT_FIELDS) | {key for key, _ in _STAT_TIMES}

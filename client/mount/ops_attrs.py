@@ -31,6 +31,8 @@ def _ns(t: Any) -> int:
 
 
 _DOT = {"st_mode": S.S_IFDIR, "st_ino": 1}
+DEVICES = (S.S_IFCHR, S.S_IFBLK)
+RDEV_BYTES = 8
 
 
 class AttrOps(MountState):
@@ -44,7 +46,8 @@ class AttrOps(MountState):
         per file, whatever its names (hard links) and versions, one per directory; a
         file made here keeps the number it had before its commit (links.InodeNumbers)."""
         kind = S.S_IFDIR if e.get("type") == "dir" else KINDS.get(str(e.get("kind")), S.S_IFREG)
-        size = int(e.get("size") or 0)
+        # a device node's content is its number (st_rdev, read by getattr): size 0
+        size = 0 if kind in DEVICES else int(e.get("size") or 0)
         mtime = _ns(e.get("mtime"))
         ino = self.inos.of(path, int(e.get("inode") or 0))
         return {"st_mode": kind | int(e.get("mode", 0o644)), "st_ino": ino,
@@ -100,9 +103,18 @@ class AttrOps(MountState):
             self.links.note(path, info)
             cached = self._attrs(info, path)
             self.cache.put(path, cached)
+        if "st_rdev" not in cached and S.S_IFMT(cached["st_mode"]) in DEVICES:
+            cached = {**cached, "st_rdev": self._rdev(path)}
+            self.cache.put(path, cached)
         if h is not None and h.dirty:        # our own unflushed writes
             cached = {**cached, "st_size": h.size, "st_blocks": (h.size + 511) // 512}
         return cached
+
+    def _rdev(self, path: str) -> int:
+        """A device node's number: its content (mknod), 8 bytes; 0 when absent."""
+        with self.fs.using():
+            data = self.fs.read_bytes(path)
+        return int.from_bytes(data, "little") if len(data) == RDEV_BYTES else 0
 
     def _relist(self, path: str) -> None:
         """List a known directory again, whole, to trust its name set for another ttl."""

@@ -16,7 +16,7 @@ import mfusepy
 
 from ..streams import BlockWriter
 from .cache import parent_of
-from .ops_attrs import KINDS
+from .ops_attrs import DEVICES, KINDS, RDEV_BYTES
 from .ops_state import MountState
 from .pending import QUEUED, PendingFile
 
@@ -293,8 +293,8 @@ class NameOps(MountState):
         return 0
 
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        """Regular files, FIFOs, sockets and device nodes (the device number is not
-        kept: st_rdev is 0; the mount is nodev anyway)."""
+        """Regular files, FIFOs, sockets and device nodes (whose number, st_rdev, is
+        their content: 8 bytes; the mount is nodev, so they cannot be opened)."""
         if S.S_ISREG(mode):
             fh = self.create(path, mode)
             try:
@@ -305,5 +305,6 @@ class NameOps(MountState):
         kind = KIND_OF.get(S.S_IFMT(mode))
         if kind is None or kind == "symlink":
             raise OSError(errno.EINVAL, "Invalid argument", path)
-        self._special(path, kind, mode, b"")
+        rdev = dev.to_bytes(RDEV_BYTES, "little") if S.S_IFMT(mode) in DEVICES else b""
+        self._special(path, kind, mode, rdev)
         return 0

@@ -16,14 +16,14 @@ import mfusepy  # noqa: E402  (loads libfuse)
 
 CASES = [
     # what ops_attrs._attrs gives for a file
-    {"st_mode": S.S_IFREG | 0o644, "st_ino": 1 << 62, "st_nlink": 1, "st_uid": 1000, "st_gid": 100,
-     "st_size": 4096, "st_blocks": 8, "st_blksize": 131072,
+    {"st_mode": S.S_IFREG | 0o644, "st_ino": 1 << 62, "st_nlink": 1, "st_uid": 1000,
+     "st_gid": 100, "st_size": 4096, "st_blocks": 8, "st_blksize": 131072,
      "st_mtime": 1_700_000_000_123_456_789, "st_ctime": 1_700_000_001_000_000_000,
      "st_atime": 1_700_000_000_123_456_789},
     # before 1970: a negative time keeps tv_nsec in [0, 1e9)
     {"st_mode": S.S_IFDIR | 0o755, "st_nlink": 3, "st_mtime": -1_500_000_000,
      "st_ctime": 0, "st_atime": -1},
-    # a field of its own (a device node) and fields left out
+    # a device node's number and fields left out
     {"st_mode": S.S_IFCHR | 0o600, "st_rdev": 0x0103, "st_size": 0},
     {},
 ]
