@@ -40,6 +40,7 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
     rename       {src, dst, mtime}             exact target; see resolve_move()
     link         {src, dst, mtime}             a hard link: dst is another name of file
                                                src (mds/ns_link.py)
+    exchange     {a, b, mtime}                 RENAME_EXCHANGE: a and b trade places
     chmod        {path, mode, ctime}
     chown        {path, owner, group, ctime}   both final (unchanged ones repeated)
     utimes       {path, mtime, ctime, atime?}  utimensat (atime: Tree.atimes, dir_atimes)
@@ -54,8 +55,8 @@ Records (all paths normalised; ids are 16-byte ``bytes``; times are float second
 apply() results: mkdir {path, created}; create {handle, path, inode, lease}; allocate
 {handle, lease, blocks: [{id, targets}]}; commit {path, inode, size, blocks, replaced};
 abort {handle, path, blocks}; renew {handle, lease}; rm {path, files, dirs, bytes};
-rename {src, dst, replaced}; link {src, dst, nlink, inode}; clone {path, inode, size,
-blocks, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block,
+rename {src, dst, replaced}; link {src, dst, nlink, inode}; exchange {a, b}; clone {path,
+inode, size, blocks, replaced}; chmod/chown {path, type, mode, owner, group}; set_replicas {block,
 replicas}; queue_delete {node, queued};
 ack_delete {node, acked}.
 
@@ -177,6 +178,7 @@ class Namespace(CreateRecords, CommitRecords, RemoveRecords, LinkRecords, AttrRe
             "rm": (t.check_rm, self._apply_rm),
             "rename": (self._check_rename, self._apply_rename),
             "link": (self._check_link, self._apply_link),
+            "exchange": (self._check_exchange, self._apply_exchange),
             "quota": (self._check_quota, self._apply_quota),
             "chmod": (t.check_attr, self._apply_attr),
             "chown": (t.check_attr, self._apply_attr),

@@ -150,3 +150,49 @@ class RemoveRecords:
             if type(node) is Dir:
                 self.quotas.repath(src, dst)
         return {"src": src, "dst": dst, "replaced": old is not None}
+
+    # ------------------------------------------------------------------ exchange
+
+    def prepare_exchange(self, a: str, b: str, *, cred: Cred | None = None) -> dict:
+        """renameat2(RENAME_EXCHANGE): the entries at ``a`` and ``b`` trade places, both
+        existing, of any kinds, atomically."""
+        rec = {"op": "exchange", "a": paths.normalize(a), "b": paths.normalize(b),
+               "mtime": self._clock()}
+        self._check_exchange(rec, cred)
+        return rec
+
+    def _check_exchange(self, rec: Mapping, cred: Cred | None = None) -> None:
+        a, b = rec["a"], rec["b"]
+        self.tree.check_exchange(rec, cred)
+        if self.quotas and a != b:
+            moves = self._exchange_quotas(a, b)
+            for quotas, usage, path in moves:
+                self.quotas.need(quotas, usage[0], usage[1], path)
+
+    def _exchange_quotas(self, a: str, b: str) -> list[tuple[list, tuple[int, int], str]]:
+        """(quotas, usage change, path) of an exchange: the trees over one entry and not
+        the other get the other's usage instead of its own."""
+        at_a = self._quotas_over(paths.components(a))
+        at_b = self._quotas_over(paths.components(b))
+        only_a = [q for q in at_a if not any(q is x for x in at_b)]
+        only_b = [q for q in at_b if not any(q is x for x in at_a)]
+        if not only_a and not only_b:
+            return []
+        na, nb = self.tree.node(a)[1], self.tree.node(b)[1]
+        if na in self.tree.links or nb in self.tree.links:
+            raise OSError(errno.EXDEV, "a hard-linked file cannot move across a tree "
+                          "quota's boundary", b)
+        ua, ub = usage_of(na), usage_of(nb)
+        return [(only_a, (ub[0] - ua[0], ub[1] - ua[1]), a),
+                (only_b, (ua[0] - ub[0], ua[1] - ub[1]), b)]
+
+    def _apply_exchange(self, rec: Mapping) -> dict:
+        a, b, mtime = rec["a"], rec["b"], rec["mtime"]
+        if a != b:
+            moves = self._exchange_quotas(a, b) if self.quotas else []
+            self.tree.exchange(a, b, mtime)
+            for quotas, usage, _ in moves:
+                self.quotas.charge(quotas, usage[0], usage[1])
+            if self.quotas:
+                self.quotas.swap_paths(a, b)
+        return {"a": a, "b": b}

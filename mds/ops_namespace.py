@@ -154,13 +154,21 @@ class NamespaceOps(HandlerBase):
         ctx.emit("file.rename", src=h["src"], dst=dst)
         return {"path": dst}
 
-    @operation({"src": PATH, "dst": PATH, "noreplace?": Bool()}, callers=CLIENT,
-               mutating=True)
+    @operation({"src": PATH, "dst": PATH, "noreplace?": Bool(), "exchange?": Bool()},
+               callers=CLIENT, mutating=True)
     def rename(self, h: dict, payload: list, ctx: Context) -> dict:
         """rename(2): `src` becomes exactly `dst` -> {path}. A file replaces a file, a
         directory an empty directory (ENOTEMPTY, EISDIR, ENOTDIR otherwise); with
-        `noreplace`, EEXIST when `dst` exists. Permissions as mv."""
+        `noreplace`, EEXIST when `dst` exists; with `exchange` (RENAME_EXCHANGE), both
+        exist (ENOENT) and trade places atomically, whatever their kinds (EINVAL when
+        one holds the other). Permissions as mv."""
         cred = cred_of(ctx)
+        if h.get("exchange"):
+            if h.get("noreplace"):
+                raise bad_request("noreplace and exchange exclude each other")
+            done = self.submit(lambda ns: ns.prepare_exchange(h["src"], h["dst"], cred=cred))
+            ctx.emit("file.exchange", src=done["a"], dst=done["b"])
+            return {"path": done["b"]}
         if h.get("noreplace"):
             try:
                 self.ns.stat(h["dst"], cred=cred)

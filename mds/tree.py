@@ -358,6 +358,49 @@ class Tree(TreeSnapshot):
         if type(target) is Dir and target.children:
             raise error(errno.ENOTEMPTY, dst)
 
+    def check_exchange(self, rec: Mapping, cred: Cred | None = None) -> None:
+        """exchange {a, b, mtime}: both exist (ENOENT), neither is the root or holds the
+        other (EINVAL); with ``cred``, both may be removed from their directories and
+        put in the other's, and a directory that changes parent must be writable (its
+        "..", as rename)."""
+        a, b = rec["a"], rec["b"]
+        anames, bnames = self.canonical(a), self.canonical(b)
+        check(is_time(rec["mtime"]), a, "bad mtime")
+        if not anames or not bnames:
+            raise error(errno.EINVAL, a if not anames else b, "cannot exchange the root")
+        pa = self.walk_parent(a, anames, cred=cred)
+        pb = self.walk_parent(b, bnames, cred=cred)
+        na, nb = pa.children.get(anames[-1]), pb.children.get(bnames[-1])
+        if na is None or nb is None:
+            raise error(errno.ENOENT, a if na is None else b)
+        if a == b:
+            return
+        if paths.is_within(a, b) or paths.is_within(b, a):
+            raise error(errno.EINVAL, b, "cannot exchange a directory with an entry below it")
+        if checked(cred):
+            self.need_removable(cred, pa, na, a, _prefix(anames, len(anames) - 1))
+            self.need_removable(cred, pb, nb, b, _prefix(bnames, len(bnames) - 1))
+            if pa is not pb:
+                for node, path in ((na, a), (nb, b)):
+                    if type(node) is Dir:
+                        self.need(cred, node, W, path)
+
+    def exchange(self, a: str, b: str, mtime: float) -> tuple[Dir | Inode, Dir | Inode]:
+        """Swap the entries at ``a`` and ``b`` (checked: both exist, neither holds the
+        other); both directories' times and both nodes' ctimes change."""
+        anames, bnames = paths.components(a), paths.components(b)
+        pa, pb = self.walk_parent(a, anames), self.walk_parent(b, bnames)
+        na, nb = pa.children[anames[-1]], pb.children[bnames[-1]]
+        pa.children[anames[-1]], pb.children[bnames[-1]] = nb, na
+        da, db = int(type(na) is Dir), int(type(nb) is Dir)
+        pa.subdirs += db - da
+        pb.subdirs += da - db
+        for parent in (pa, pb):
+            parent.mtime = parent.ctime = mtime
+        self.touch(na, mtime)
+        self.touch(nb, mtime)
+        return na, nb
+
     def check_utimes(self, rec: Mapping) -> None:
         """utimes {path, mtime, ctime, atime?} records."""
         path = rec["path"]

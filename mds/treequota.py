@@ -44,6 +44,10 @@ def usage_of(node: Dir | Inode, include_self: bool = True) -> tuple[int, int]:
     return nbytes, entries - (0 if include_self else 1)
 
 
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def _edquot(q: TreeQuota, what: str, used: int, more: int, limit: int, path: str) -> OSError:
     return OSError(errno.EDQUOT, f"quota of {q.path} exceeded: {what} would be {used + more} "
                    f"(now {used}), the limit is {limit}", path)
@@ -107,6 +111,13 @@ class TreeQuotas:
         for q in self.by_dir.values():
             if q.path == src or q.path.startswith(src.rstrip("/") + "/"):
                 q.path = dst + q.path[len(src):]
+
+    def swap_paths(self, a: str, b: str) -> None:
+        """Entries ``a`` and ``b`` traded places: the quotas in each follow."""
+        under = [(q, q.path[len(a):], b) for q in self.by_dir.values() if _within(q.path, a)]
+        under += [(q, q.path[len(b):], a) for q in self.by_dir.values() if _within(q.path, b)]
+        for q, rest, top in under:
+            q.path = top + rest
 
     def rows(self) -> list[dict]:
         return sorted((q.row() for q in self.by_dir.values()), key=lambda r: r["path"])

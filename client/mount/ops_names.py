@@ -102,7 +102,7 @@ class NameOps(MountState):
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         if flags & RENAME_EXCHANGE:
-            raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+            return self._exchange(old, new)
         if self._rename_pending(old, new, flags):
             return 0
         fields: dict[str, Any] = {"src": old, "dst": new}
@@ -122,6 +122,30 @@ class NameOps(MountState):
         self.links.forget(new)
         self.links.move(old, new)
         self.inos.move(old, new)
+        self._move_handles(old, new)
+        return 0
+
+    def _exchange(self, a: str, b: str) -> int:
+        """RENAME_EXCHANGE: what this mount wrote to either side is committed first, the
+        MDS swaps the two entries, and everything this mount keeps by path swaps too."""
+        for path in (a, b):
+            self._commit_open(path, below=True)
+            self.pending.settle(path, raise_errors=False)
+        with self.fs.using():
+            self.fs._mds(f"{a} <-> {b}", "rename", src=a, dst=b, exchange=True)
+        swap = f"{a}\0exchange"          # no path has a NUL: a free name for the swap
+        for path in (a, b):
+            self.known.drop_below(path)
+            self.known.add(path)
+            self.cache.drop_tree(path)
+        for move in (self.links.move, self.inos.move, self._move_handles):
+            move(a, swap)
+            move(b, a)
+            move(swap, b)
+        return 0
+
+    def _move_handles(self, old: str, new: str) -> None:
+        """Open handles at or under `old` are under `new` now."""
         with self._lock:
             prefix = old.rstrip("/") + "/"
             for p in [p for p in self._by_path if p == old or p.startswith(prefix)]:
@@ -130,7 +154,6 @@ class NameOps(MountState):
                 self._by_path.setdefault(q, set()).update(moved)
                 for i in moved:
                     self._handles[i].path = q
-        return 0
 
     def _rename_pending(self, old: str, new: str, flags: int) -> bool:
         """A file still queued for its commit (rsync's temporary file) is renamed in the

@@ -471,3 +471,28 @@ def test_hard_links_are_names_of_one_file(cluster, mnt: Mount, tmp_path: Path) -
                    and p.parent.name != "pack" and p.parent.name != "info"]
         assert objects and all(p.stat().st_nlink == 2 for p in objects)
         assert (d / "clone" / "f").read_text() == "hi\n"
+
+
+def test_rename_exchange_swaps_a_file_and_a_directory(mnt: Mount) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+
+    def exchange(a: Path, b: Path) -> int:
+        done = libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange)
+        return 0 if done == 0 else ctypes.get_errno()
+    d = mnt.path / "xchg"
+    (d / "dir").mkdir(parents=True)
+    (d / "dir" / "inner").write_bytes(b"inner")
+    (d / "file").write_bytes(b"a file")
+    (d / "new").write_bytes(b"not committed yet, maybe")   # a queued small file
+    ino = os.stat(d / "file").st_ino
+    assert exchange(d / "file", d / "dir") == 0
+    assert (d / "dir").read_bytes() == b"a file" and os.stat(d / "dir").st_ino == ino
+    assert (d / "file" / "inner").read_bytes() == b"inner"
+    assert exchange(d / "new", d / "dir") == 0
+    assert (d / "new").read_bytes() == b"a file"
+    assert (d / "dir").read_bytes() == b"not committed yet, maybe"
+    assert exchange(d / "new", d / "missing") == errno.ENOENT
+    assert exchange(d / "file", d / "file" / "inner") == errno.EINVAL
+    assert sorted(os.listdir(d)) == ["dir", "file", "new"]

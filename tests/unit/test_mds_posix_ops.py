@@ -1,5 +1,5 @@
 """The MDS operations the mount uses, through the in-process cluster: rename (exact,
-noreplace), utimens, create/mkdir with a umask and a kind, paged ls, nlink."""
+noreplace, exchange), link, utimens, create/mkdir with a umask and a kind, paged ls, nlink."""
 from __future__ import annotations
 
 import errno
@@ -29,6 +29,25 @@ def test_rename_is_exact_and_noreplace_refuses(fs) -> None:  # type: ignore[no-u
     assert fs.read_bytes("/b") == b"B"
     assert fs._mds("/a", "rename", src="/a", dst="/b") == {"path": "/b"}
     assert fs.read_bytes("/b") == b"A" and not fs.exists("/a")
+
+
+def test_rename_exchange_and_link_through_the_service(fs) -> None:  # type: ignore[no-untyped-def]
+    fs.write_bytes("/a", b"A")
+    fs.write_bytes("/b", b"BB")
+    assert fs._mds("/a", "rename", src="/a", dst="/b", exchange=True) == {"path": "/b"}
+    assert (fs.read_bytes("/a"), fs.read_bytes("/b")) == (b"BB", b"A")
+    with pytest.raises(OSError) as info:
+        fs._mds("/a", "rename", src="/a", dst="/b", exchange=True, noreplace=True)
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(FileNotFoundError):
+        fs._mds("/a", "rename", src="/a", dst="/c", exchange=True)
+    assert fs.link("/a", "/c") == 2
+    got = fs._mds("/c", "link", src="/c", dst="/e")
+    assert got["nlink"] == 3 and got["inode"] == fs.stat("/a")["inode"]
+    fs.write_bytes("/c", b"CCC")                    # a new version through one name
+    assert fs.read_bytes("/e") == b"CCC" and fs.stat("/a")["nlink"] == 3
+    with pytest.raises(PermissionError):
+        fs.link("/", "/x")
 
 
 def test_utimens_and_umask_and_kind(fs) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from mds.namespace import Namespace
 from mds.snapshot import load_snapshot, snapshot_name, write_snapshot
 from mds.perms import ROOT_CRED
 from tests.support.clock import FakeClock
-from tests.unit.test_namespace import fails, put, run
+from tests.unit.test_namespace import fails, put, run, unchanged
 from tests.unit.test_namespace_perms import alice, bob, clock, ns  # noqa: F401  (fixtures)
 from tests.unit.test_namespace_perms import put_as
 
@@ -190,3 +190,58 @@ def test_directory_nlink_counts_subdirectories(ns: Namespace, tmp_path: Path) ->
     run(ns, ns.prepare_rm("/a", recursive=True))
     assert ns.stat("/")["nlink"] == base + 1
     assert _copy(ns, tmp_path).stat("/")["nlink"] == base + 1   # recounted on restore
+
+
+def test_exchange_swaps_two_entries_of_any_kind(ns: Namespace, clock: FakeClock,
+                                                tmp_path: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): both exist, they trade places atomically."""
+    run(ns, ns.prepare_mkdir("/home/alice/d/sub", parents=True, cred=alice))
+    put_as(ns, alice, "/home/alice/f")
+    f, d = ns.stat("/home/alice/f"), ns.stat("/home/alice/d")
+    clock.advance(7)
+    run(ns, ns.prepare_exchange("/home/alice/f", "/home/alice/d", cred=alice))
+    assert ns.stat("/home/alice/d")["inode"] == f["inode"]       # the file is at d now
+    assert ns.stat("/home/alice/f")["type"] == "dir"
+    assert ns.stat("/home/alice/f/sub")["type"] == "dir"
+    assert ns.stat("/home/alice/f")["ctime"] == ns.stat("/home/alice")["mtime"] == clock.now
+    assert ns.stat("/home/alice")["nlink"] == 2 + 1            # still one subdirectory
+    # across directories, then back: as it was (but the times)
+    run(ns, ns.prepare_exchange("/home/alice/d", "/home/bob", cred=ROOT_CRED))
+    assert ns.stat("/home/bob")["inode"] == f["inode"]
+    assert ns.stat("/home/alice/d")["type"] == "dir" and ns.stat("/home")["nlink"] == 3
+    run(ns, ns.prepare_exchange("/home/bob", "/home/alice/d"))
+    run(ns, ns.prepare_exchange("/home/alice/d", "/home/alice/f"))
+    assert ns.stat("/home/alice/f")["inode"] == f["inode"]
+    assert ns.stat("/home/alice/d")["inode"] == d["inode"]
+    other = Namespace(ns.config)                          # and the log replays it
+    load_snapshot(write_snapshot(tmp_path, ns, 3), other)
+    assert other.dump() == ns.dump()
+
+
+def test_exchange_refusals_change_nothing(ns: Namespace) -> None:
+    run(ns, ns.prepare_mkdir("/home/alice/d/sub", parents=True, cred=alice))
+    put_as(ns, alice, "/home/alice/f")
+    for args, kw, exc, code in [
+            (("/home/alice/f", "/home/alice/none"), {}, FileNotFoundError, errno.ENOENT),
+            (("/home/alice/d", "/home/alice/d/sub"), {}, OSError, errno.EINVAL),
+            (("/home/alice/d/sub", "/home/alice/d"), {}, OSError, errno.EINVAL),
+            (("/", "/home/alice/f"), {}, OSError, errno.EINVAL),
+            # bob may not take alice's entries out of her directory
+            (("/home/alice/f", "/home/bob"), {"cred": bob}, PermissionError, errno.EACCES)]:
+        unchanged(ns, ns.prepare_exchange, *args, **kw)
+        fails(exc, code, ns.prepare_exchange, *args, **kw)
+    before = ns.dump()
+    run(ns, ns.prepare_exchange("/home/alice/f", "/home/alice/f"))   # itself: nothing
+    assert ns.dump()["files"] == before["files"]
+
+
+def test_exchange_moves_usage_between_quota_trees(ns: Namespace) -> None:
+    run(ns, ns.prepare_mkdir("/q"))
+    run(ns, ns.prepare_mkdir("/r"))
+    run(ns, ns.prepare_quota("/q", 15, None))
+    put(ns, "/q/small", sizes=(10,))
+    put(ns, "/r/big", sizes=(20,))
+    fails(OSError, errno.EDQUOT, ns.prepare_exchange, "/q/small", "/r/big")
+    run(ns, ns.prepare_quota("/q", 25, None))
+    run(ns, ns.prepare_exchange("/q/small", "/r/big"))
+    assert ns.quota_get("/q")[-1]["bytes"] == 20 and ns.stat("/q/small")["size"] == 20
