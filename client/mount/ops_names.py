@@ -16,6 +16,7 @@ import mfusepy
 
 from ..streams import BlockWriter
 from .cache import parent_of
+from .links import renamed
 from .ops_attrs import DEVICES, KINDS, RDEV_BYTES
 from .ops_state import MountState
 from .pending import QUEUED, PendingFile
@@ -147,10 +148,8 @@ class NameOps(MountState):
     def _move_handles(self, old: str, new: str) -> None:
         """Open handles at or under `old` are under `new` now."""
         with self._lock:
-            prefix = old.rstrip("/") + "/"
-            for p in [p for p in self._by_path if p == old or p.startswith(prefix)]:
+            for p, q in renamed(self._by_path, old, new):
                 moved = self._by_path.pop(p)
-                q = new + p[len(old):]
                 self._by_path.setdefault(q, set()).update(moved)
                 for i in moved:
                     self._handles[i].path = q
