@@ -130,8 +130,7 @@ class NameOps(MountState):
         """RENAME_EXCHANGE: what this mount wrote to either side is committed first, the
         MDS swaps the two entries, and everything this mount keeps by path swaps too."""
         for path in (a, b):
-            self._commit_open(path, below=True)
-            self.pending.settle(path, raise_errors=False)
+            self._commit_open(path, below=True)    # its queued files too
         with self.fs.using():
             self.fs._mds(f"{a} <-> {b}", "rename", src=a, dst=b, exchange=True)
         swap = f"{a}\0exchange"          # no path has a NUL: a free name for the swap
@@ -303,7 +302,8 @@ class NameOps(MountState):
         committed first, so the MDS links the file the caller sees. The kernel forgets
         what it cached of the file's other names (their link count changed)."""
         self._commit_open(source)
-        self.pending.settle(parent_of(target), raise_errors=False)
+        # a file queued at `target` is there for the caller: the MDS must see it (EEXIST)
+        self.pending.settle(target, exact=True, raise_errors=False)
         with self.fs.using():
             got = self.fs._mds(f"{source} -> {target}", "link", src=source, dst=target)
         self.links.note(source, got)
