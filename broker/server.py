@@ -32,24 +32,30 @@ DRAIN_BATCH = 256   # messages taken from one socket before looking at the other
 
 
 class RateLimitedLog:
-    """Log peer garbage at most `per_interval` times per interval; count the rest."""
+    """Log peer garbage at most `per_interval` times per interval for each kind of it
+    (`key`, e.g. the refusal's reason), and at most `kinds` kinds per interval; count the
+    rest and say how many were left out when the interval ends. So one noisy peer cannot
+    hide another's first refusal, and a peer inventing reasons cannot flood the log."""
 
     def __init__(self, logger: logging.Logger, per_interval: int = 5, interval: float = 10.0,
-                 clock=time.monotonic, what: str = "malformed messages") -> None:
+                 clock=time.monotonic, what: str = "malformed messages",
+                 kinds: int = 16) -> None:
         self.logger, self.per_interval, self.interval, self.clock = logger, per_interval, interval, clock
-        self.what = what
+        self.what, self.kinds = what, kinds
         self.window_start = clock()
-        self.count = 0
+        self.counts: dict[object, int] = {}
         self.suppressed = 0
 
-    def warning(self, msg: str, *args: Any) -> None:
+    def warning(self, msg: str, *args: Any, key: object = None) -> None:
         now = self.clock()
         if now - self.window_start >= self.interval:
             if self.suppressed:
                 self.logger.warning("%d more %s were not logged", self.suppressed, self.what)
-            self.window_start, self.count, self.suppressed = now, 0, 0
-        if self.count < self.per_interval:
-            self.count += 1
+            self.window_start, self.suppressed = now, 0
+            self.counts.clear()
+        count = self.counts.get(key, 0)
+        if count < self.per_interval and (count or len(self.counts) < self.kinds):
+            self.counts[key] = count + 1
             self.logger.warning(msg, *args)
         else:
             self.suppressed += 1
@@ -214,7 +220,7 @@ class Broker:
                 self.refused += 1
                 side = "client" if from_client else "worker"
                 self.refusals.warning("refused %s %s (%s): %s", side, ident.hex(),
-                                      _who(user), exc.strerror)
+                                      _who(user), exc.strerror, key=(side, exc.strerror))
                 continue
             except P.ProtocolError as exc:
                 self._reject(sock, from_client, ident, env, exc)
