@@ -98,7 +98,7 @@ class RemoveRecords:
         self.tree.check_rename(rec, cred)
         if self.quotas and rec["src"] != rec["dst"] and not self._same_file(rec):
             leaving, entering, _, moved, target = self._rename_quotas(rec["src"], rec["dst"])
-            if (leaving or entering) and self.tree.node(rec["src"])[1] in self.tree.links:
+            if (leaving or entering) and self._splits_links(self.tree.node(rec["src"])[1]):
                 raise OSError(errno.EXDEV, "a hard-linked file cannot move across a tree "
                               "quota's boundary", rec["dst"])
             self.quotas.need(entering, moved[0] - target[0], moved[1] - target[1],
@@ -120,6 +120,26 @@ class RemoveRecords:
         except (FileNotFoundError, NotADirectoryError):
             target = (0, 0)
         return leaving, entering, at_dst, moved, target
+
+    def _splits_links(self, node: Dir | Inode) -> bool:
+        """Whether moving ``node`` across a tree quota's boundary would leave a name of a
+        hard-linked file behind it (quotas count every name, and every name of a file is
+        under the same quotas: mds/ns_link.py). A directory that holds all the names of
+        its linked files may move; a walk, only when there are links."""
+        links = self.tree.links
+        if not links:
+            return False
+        if type(node) is not Dir:
+            return node in links
+        inside: dict[Inode, int] = {}
+        stack: list[Dir | Inode] = [node]
+        while stack:
+            n = stack.pop()
+            if type(n) is Dir:
+                stack.extend(n.children.values())
+            elif n in links:
+                inside[n] = inside.get(n, 0) + 1
+        return any(count < links[n] for n, count in inside.items())
 
     def _same_file(self, rec: Mapping) -> bool:
         """Whether a rename's src and dst are names of one hard-linked file: then it
@@ -179,7 +199,7 @@ class RemoveRecords:
         if not only_a and not only_b:
             return []
         na, nb = self.tree.node(a)[1], self.tree.node(b)[1]
-        if na in self.tree.links or nb in self.tree.links:
+        if self._splits_links(na) or self._splits_links(nb):
             raise OSError(errno.EXDEV, "a hard-linked file cannot move across a tree "
                           "quota's boundary", b)
         ua, ub = usage_of(na), usage_of(nb)

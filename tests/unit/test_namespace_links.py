@@ -202,6 +202,16 @@ def test_quotas_count_every_name(ns: Namespace, tmp_path: Path) -> None:
     run(ns, ns.prepare_link("/r/x", "/r/y"))
     fails(OSError, errno.EXDEV, ns.prepare_link, "/r/x", "/q/x")
     fails(OSError, errno.EXDEV, ns.prepare_rename, "/q/b", "/r/b")
+    # a directory holding one name of a linked file cannot cross either; one holding
+    # every name may (and takes their usage along, each name counted)
+    run(ns, ns.prepare_mkdir("/r/d"))
+    run(ns, ns.prepare_rename("/r/y", "/r/d/y"))
+    fails(OSError, errno.EXDEV, ns.prepare_rename, "/r/d", "/q/d")
+    run(ns, ns.prepare_rename("/r/x", "/r/d/x"))
+    run(ns, ns.prepare_rename("/r/d", "/q/d"))
+    row = ns.quota_get("/q")[-1]
+    assert (row["bytes"], row["files"]) == (2 * BS + 20, 5)
+    run(ns, ns.prepare_rename("/q/d", "/r/d"))
     # growth through one name is charged for each; within the limit only
     h = run(ns, ns.prepare_create("/q/b"))["handle"]
     (b1, b2) = run(ns, ns.prepare_allocate(h, [["n1", "n2"]] * 2))["blocks"]
