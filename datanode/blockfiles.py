@@ -16,8 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import crc32c
-
+from broker.crc import crc32c
 from datanode.blocks import BlockCorrupt, BlockInfo, cannot_store
 from datanode.fileformat import FOOTER_SIZE, Meta, decode_footer, encode_tail, shift_for
 from datanode.fileio import open_dir, pread_into, write_all
@@ -249,7 +248,7 @@ class BlockFiles:
     def _read_table(self, bid: bytes, fd: int, meta: Meta) -> tuple[int, ...]:
         raw = bytearray(4 * meta.count)
         pread_into(bid, fd, memoryview(raw), meta.size)
-        if crc32c.crc32c(raw) != meta.table_crc:
+        if crc32c(raw) != meta.table_crc:
             raise BlockCorrupt(bid, "chunk table checksum mismatch")
         return struct.unpack(f"<{meta.count}I", raw)
 
@@ -266,9 +265,9 @@ class BlockFiles:
                 # even when the data is intact, and it is cheaper to learn it now.
                 view = memoryview(bytearray(meta.size + 4 * meta.count))
                 pread_into(bid, fd, view, 0)
-                if crc32c.crc32c(view[meta.size:]) != meta.table_crc:
+                if crc32c(view[meta.size:]) != meta.table_crc:
                     raise BlockCorrupt(bid, "chunk table checksum mismatch")
-                if crc32c.crc32c(view[:meta.size]) != meta.crc:
+                if crc32c(view[:meta.size]) != meta.crc:
                     raise BlockCorrupt(bid, "data checksum mismatch")
                 if self._drop_cache:
                     # Whole blocks are read once and sent away. Cached copies only grow the
@@ -311,7 +310,7 @@ class BlockFiles:
         pread_into(bid, fd, view, start)
         for i in range(first, last + 1):
             lo = (i - first) * cs
-            if crc32c.crc32c(view[lo:lo + cs]) != table[i]:
+            if crc32c(view[lo:lo + cs]) != table[i]:
                 raise BlockCorrupt(bid, f"checksum mismatch in chunk {i}")
         return start, view.toreadonly(), cs, table
 
@@ -336,13 +335,13 @@ class BlockFiles:
                 pread_into(bid, fd, view, pos)
                 for lo in range(0, view.nbytes, cs):
                     chunk, index = view[lo:lo + cs], (pos + lo) // cs
-                    crc = crc32c.crc32c(chunk)
+                    crc = crc32c(chunk)
                     if crc != table[index]:
                         raise BlockCorrupt(bid, f"checksum mismatch in chunk {index}")
                     if chunk.nbytes == cs:
                         whole = shift(whole) ^ crc
                     else:  # only the last chunk can be short
-                        whole = crc32c.crc32c(chunk, value=whole)
+                        whole = crc32c(chunk, value=whole)
             if whole != meta.crc:
                 raise BlockCorrupt(bid, "data checksum mismatch")
             if self._drop_cache:  # a scrub pass would otherwise fill the page cache; see get()

@@ -12,8 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Sequence
 
-import crc32c
-
+from broker.crc import crc32c
 from datanode.blocks import CompactStats
 from datanode.groupcommit import Ticket, later
 from datanode.packformat import HEADER_SIZE, KIND_PUT, KIND_TOMB, Record, Scanner, header
@@ -74,7 +73,7 @@ def _rewrite(packs: PackLog, pack: Pack) -> int | None:
                 assert rec.data is not None   # with_data=True: every put comes with its data
                 if not packs.is_current(rec.rid, pack.seq << 32 | rec.off):
                     continue
-                if crc32c.crc32c(rec.data) != rec.crc:
+                if crc32c(rec.data) != rec.crc:
                     log.warning("compaction: block %s in %s fails its checksum; moved as "
                                 "is (reads and the scrubber report it)", rec.rid.hex(),
                                 pack.path)

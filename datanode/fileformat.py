@@ -19,8 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Sequence
 
-import crc32c
-
+from broker.crc import crc32c
 from datanode.blocks import BlockCorrupt
 
 MAGIC = b"AEGISBLK"
@@ -59,7 +58,7 @@ class CrcShift:
         m = 0xFFFFFFFF
         zeros = bytes(n)
         # Feeding zeros is linear in the CRC register; crc32c() adds pre/post inversion.
-        basis = [~crc32c.crc32c(zeros, value=~(1 << i) & m) & m for i in range(32)]
+        basis = [~crc32c(zeros, value=~(1 << i) & m) & m for i in range(32)]
         self.tables: list[list[int]] = []
         for k in range(4):
             table = [0] * 256
@@ -81,7 +80,7 @@ def shift_for(chunk_size: int) -> CrcShift:
 def checksums(views: Sequence[memoryview], cs: int) -> tuple[int, list[int]]:
     """CRC32C of the whole payload and of each cs-byte chunk, across buffer boundaries."""
     t0, t1, t2, t3 = shift_for(cs).tables
-    crc = crc32c.crc32c
+    crc = crc32c
     whole, cur, table = 0, 0, []
     partial: list[memoryview] = []  # pieces of a chunk that spans buffers
     filled = 0
@@ -119,15 +118,15 @@ def checksums(views: Sequence[memoryview], cs: int) -> tuple[int, list[int]]:
 def encode_tail(size: int, crc: int, chunk_size: int, table: list[int]) -> bytes:
     table_bytes = struct.pack(f"<{len(table)}I", *table)
     head = _HEAD.pack(MAGIC, VERSION, 0, chunk_size, size, len(table), crc,
-                      crc32c.crc32c(table_bytes))
-    return table_bytes + head + _U32.pack(crc32c.crc32c(head))
+                      crc32c(table_bytes))
+    return table_bytes + head + _U32.pack(crc32c(head))
 
 
 def decode_footer(block_id: bytes, raw: bytes, file_size: int) -> Meta:
     magic, version, flags, chunk_size, size, count, crc, table_crc = _HEAD.unpack_from(raw)
     if magic != MAGIC:
         raise BlockCorrupt(block_id, "no footer magic (truncated or not a block file)")
-    if crc32c.crc32c(raw[:_HEAD.size]) != _U32.unpack_from(raw, _HEAD.size)[0]:
+    if crc32c(raw[:_HEAD.size]) != _U32.unpack_from(raw, _HEAD.size)[0]:
         raise BlockCorrupt(block_id, "footer checksum mismatch")
     if version != VERSION or flags != 0:
         raise BlockCorrupt(block_id, f"unsupported format version {version} flags {flags:#x}")

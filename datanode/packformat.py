@@ -21,7 +21,7 @@ import re
 import struct
 from typing import Iterator, NamedTuple
 
-import crc32c
+from broker.crc import crc32c
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def list_packs(directory: str | os.PathLike[str]) -> list[tuple[int, str]]:
 
 def header(kind: int, raw_id: bytes, size: int, crc: int, ref: int) -> bytes:
     head = _HEAD.pack(MAGIC, kind, VERSION, 0, raw_id, size, crc, ref)
-    return head + _U32.pack(crc32c.crc32c(head))
+    return head + _U32.pack(crc32c(head))
 
 
 def parse_header(raw: memoryview | bytes, off: int, seq: int, file_size: int
@@ -66,7 +66,7 @@ def parse_header(raw: memoryview | bytes, off: int, seq: int, file_size: int
     if len(raw) < HEADER_SIZE:
         return None
     magic, kind, version, reserved, rid, size, crc, ref = _HEAD.unpack_from(raw)
-    if magic != MAGIC or crc32c.crc32c(raw[:_HEAD.size]) != _U32.unpack_from(raw, _HEAD.size)[0]:
+    if magic != MAGIC or crc32c(raw[:_HEAD.size]) != _U32.unpack_from(raw, _HEAD.size)[0]:
         return None
     if version != VERSION or reserved != 0:
         return None
@@ -165,7 +165,7 @@ class Scanner:
             data = None
             if kind == KIND_PUT and (self.with_data or self.verify):
                 data = self._read(pos + HEADER_SIZE, size)
-                if self.verify and (len(data) != size or crc32c.crc32c(data) != crc):
+                if self.verify and (len(data) != size or crc32c(data) != crc):
                     if bad is None:
                         bad = pos
                     pos += HEADER_SIZE + size  # the header is sound: trust its size

@@ -9,8 +9,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-import crc32c
-
+from broker.crc import crc32c
 from datanode.blocks import BlockCorrupt
 from datanode.fileio import pread_into
 from datanode.packformat import HEADER_SIZE, pread
@@ -66,7 +65,7 @@ class PackReads:
         start = (loc & 0xFFFFFFFF) + HEADER_SIZE
         buf = memoryview(bytearray(size))
         pread_into(bid, pack.fd, buf, start, f" in {pack.path}")
-        if crc32c.crc32c(buf) != crc:
+        if crc32c(buf) != crc:
             raise BlockCorrupt(bid, f"data checksum mismatch ({pack.path} offset "
                                f"{start - HEADER_SIZE})")
         return buf

@@ -83,8 +83,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import crc32c
-
+from broker.crc import crc32c
 from datanode.blockfiles import BlockFiles
 from datanode.blockid import parse_block_id
 from datanode.blocks import (BlockCorrupt, BlockInfo, Capacity, CompactStats, PackStats, Usage,
@@ -245,7 +244,7 @@ class BlockStore(StoreReads):
                     expected_crc: int | None) -> BlockInfo:
         crc = 0
         for view in views:
-            crc = crc32c.crc32c(view, value=crc)
+            crc = crc32c(view, value=crc)
         if expected_crc is not None and crc != expected_crc:
             raise checksum_mismatch(bid, expected_crc, crc)
         return BlockInfo(bid, size, crc)

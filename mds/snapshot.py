@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 import msgpack
-from crc32c import crc32c
 
+from broker.crc import crc32c
 from mds.namespace import Namespace
 from mds.wal import HEADER, MAX_BODY, encode_frame, fsync_dir
 

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import msgpack
-from crc32c import crc32c
+
+from broker.crc import crc32c
 
 log = logging.getLogger(__name__)
 
