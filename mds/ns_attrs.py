@@ -7,27 +7,17 @@ from __future__ import annotations
 
 import errno
 from stat import S_ISGID
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, cast
+from typing import Mapping, cast
 
 from mds import paths, perms
 from mds.fields import check, error
 from mds.inode import Dir
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
 
-if TYPE_CHECKING:
-    from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
 
-
-class AttrRecords:
+class AttrRecords(NamespaceState):
     """chmod / chown / utimes and tree quotas, mixed into Namespace."""
-
-    if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        quotas: TreeQuotas
-        _clock: Callable[[], float]
-
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
 
     # ------------------------------------------------------------------ tree quotas
 

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import errno
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 from mds import paths, perms
 from mds.fields import check, error, is_time
 from mds.inode import BIG_FILE_BLOCKS, HDR, Dir, Inode
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
-
-if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
-    from mds.tree import Tree
 
 
 def version_of(node: Inode) -> int:
@@ -25,18 +22,10 @@ def version_of(node: Inode) -> int:
     return zlib.crc32(b"".join(node.bids), node.size & 0xFFFFFFFF)
 
 
-class SharedBlockRecords:
+class SharedBlockRecords(NamespaceState):
     """clone, and the shared-block checks of commit, mixed into Namespace."""
 
     if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        blockmap: BlockMap
-        next_inode: int
-        files: int
-        blocks: int
-        bytes: int
-        _clock: Callable[[], float]
-
         def _check_new_file(self, path: str, names: list[str], size: int,
                             exclusive: Any) -> None: ...
         @staticmethod

@@ -8,39 +8,24 @@ docstring.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 from mds import paths, perms
 from mds.drafts import POOL_PATH
 from mds.fields import check, error, is_node_list, is_time, nodes_arg
 from mds.inode import BLK, HDR, Dir, Inode
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
 from mds.tree import checked
-
-if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
-    from mds.drafts import Drafts
-    from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
 
 NO_SHARED: frozenset[int] = frozenset()
 ID_LEN = 8                   # the inode number at the start of a file's header (HDR)
 
 
-class CommitRecords:
+class CommitRecords(NamespaceState):
     """commit, and the new-file checks commit and clone share, mixed into Namespace."""
 
     if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        blockmap: BlockMap
-        drafts: Drafts
-        quotas: TreeQuotas
-        files: int
-        blocks: int
-        bytes: int
-        _clock: Callable[[], float]
-
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
         def _check_shared_block(self, path: str, i: int, bid: Any, size: Any,
                                 crc: Any) -> None: ...
         def _check_sources(self, handle: str, blocks: Sequence[Mapping[str, Any]],

@@ -8,42 +8,23 @@ prepare/apply contract are in that module's docstring.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from mds import paths, perms
 from mds.drafts import POOL_PATH
 from mds.fields import check, error, is_time, nodes_arg
 from mds.inode import BLOCK_ID_LEN, LEGACY_DIR_MODE, LEGACY_FILE_MODE, Dir, Draft, Inode
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
 from mds.tree import WX, checked
-
-if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
-    from mds.drafts import Drafts
-    from mds.namespace import NamespaceConfig
-    from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
 
 MAX_BLOCK_SIZE = 1 << 31
 MAX_HANDLE_LEN = 128
 
 
-class CreateRecords:
+class CreateRecords(NamespaceState):
     """mkdir, create, block pools and the draft records' prepare side, mixed into
     Namespace."""
-
-    if TYPE_CHECKING:    # what this part uses of the Namespace
-        config: NamespaceConfig
-        tree: Tree
-        blockmap: BlockMap
-        drafts: Drafts
-        quotas: TreeQuotas
-        next_inode: int
-        dirs: int
-        _clock: Callable[[], float]
-        _random: Callable[[int], bytes]
-
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
 
     # ------------------------------------------------------------------ mkdir
 

@@ -22,36 +22,27 @@ and pays nothing). What follows from it:
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Mapping, Sequence, cast
 
 from mds import paths
 from mds.fields import check, error, is_time
 from mds.inode import Dir, Inode
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
 from mds.tree import WX, checked
 
 if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
     from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
+    from mds.treequota import TreeQuota
 
 # the most names one file may have (EMLINK), as ext4's
 MAX_LINKS = 65000
 
 
-class LinkRecords:
+class LinkRecords(NamespaceState):
     """link, and hard-linked files in the other records, mixed into Namespace."""
 
     if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        blockmap: BlockMap
-        quotas: TreeQuotas
-        files: int
-        blocks: int
-        bytes: int
-        _clock: Callable[[], float]
-
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
         def _release_file(self, node: Inode) -> None: ...
 
     def prepare_link(self, src: str, dst: str, *, cred: Cred | None = None) -> dict:

@@ -8,33 +8,19 @@ record formats are in that module's docstring.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping
 
 from mds import paths
 from mds.inode import Dir, Inode
+from mds.ns_state import NamespaceState
 from mds.perms import Cred
 from mds.treequota import usage_of
 
-if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
-    from mds.tree import Tree
-    from mds.treequota import TreeQuota, TreeQuotas
 
-
-class RemoveRecords:
+class RemoveRecords(NamespaceState):
     """rm, rename and the release of files and trees, mixed into Namespace."""
 
     if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        blockmap: BlockMap
-        quotas: TreeQuotas
-        files: int
-        dirs: int
-        blocks: int
-        bytes: int
-        _clock: Callable[[], float]
-
-        def _quotas_over(self, names: Sequence[str]) -> list[TreeQuota]: ...
         def _release_name(self, node: Inode, mtime: float) -> bool: ...
 
     # ------------------------------------------------------------------ release

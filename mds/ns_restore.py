@@ -11,31 +11,18 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 from mds.fields import is_time
 from mds.inode import (ATTR, ATTR_OFFSET, BIG_FILE_BLOCKS, LEGACY_FILE_MODE, SIZE,
                        SUPERUSER_ID, Dir, Draft, Inode)
+from mds.ns_state import NamespaceState
 
 if TYPE_CHECKING:
-    from mds.blockmap import BlockMap
-    from mds.drafts import Drafts
     from mds.tree import Tree
-    from mds.treequota import TreeQuotas
 
 HDR_MTIME = struct.Struct("<d").unpack_from   # the mtime field of a header, at offset 16
 
 
-class SnapshotState:
+class SnapshotState(NamespaceState):
     """export_* and restore_*, mixed into Namespace; used by mds/snapshot.py only."""
 
     if TYPE_CHECKING:    # what this part uses of the Namespace
-        tree: Tree
-        blockmap: BlockMap
-        drafts: Drafts
-        quotas: TreeQuotas
-        next_inode: int
-        files: int
-        dirs: int
-        blocks: int
-        bytes: int
-        _restored_quotas: Sequence
-
         def _check_quota(self, rec: Mapping) -> None: ...
         def _apply_quota(self, rec: Mapping) -> dict: ...
 
