@@ -71,12 +71,17 @@ def run_dir(pjd: Path, where: Path, name: str) -> tuple[int, list[str]]:
     work.chmod(0o755)         # as mkdir makes it: the tests' other users search it
     done = subprocess.run(["prove", "-v", "-r", str(pjd / "tests" / name)], cwd=work,
                           capture_output=True, text=True, timeout=1800)
-    lines = done.stdout.splitlines()
     # TAP: "not ok N # TODO ..." is an expected failure (pjdfstest marks Linux's own
-    # departures so), counted as passed, as prove does
-    todo = [line for line in lines if re.match(r"not ok \d+ # TODO", line)]
-    passed = sum(1 for line in lines if re.match(r"ok \d+", line)) + len(todo)
-    failed = [line for line in lines if re.match(r"not ok \d+", line) and line not in todo]
+    # departures so), counted as passed, as prove does; a failure is named with its
+    # file (prove -v starts each file's lines with "<path>/NN.t ..")
+    passed, failed, current = 0, [], "?"
+    for line in done.stdout.splitlines():
+        if m := re.match(r"(\S+\.t) \.\.", line):
+            current = Path(m.group(1)).name
+        elif re.match(r"ok \d+|not ok \d+ # TODO", line):
+            passed += 1
+        elif re.match(r"not ok \d+", line):
+            failed.append(f"{current}: {line}")
     return passed, failed
 
 
